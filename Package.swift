@@ -1,0 +1,129 @@
+// swift-tools-version:6.2
+import PackageDescription
+
+/// Strict settings from day one (the same upcoming features Hummingbird itself builds with).
+let swiftSettings: [SwiftSetting] = [
+    .enableUpcomingFeature("ExistentialAny"),
+    .enableUpcomingFeature("MemberImportVisibility"),
+    .enableUpcomingFeature("InternalImportsByDefault"),
+]
+
+let package = Package(
+    name: "nanogate",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "nanogate", targets: ["nanogate"]),
+        .executable(name: "gemini-emulator", targets: ["gemini-emulator"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
+        .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-crypto.git", from: "3.12.3"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+        .package(url: "https://github.com/vapor/sqlite-kit.git", from: "4.5.2"),
+        .package(url: "https://github.com/vapor/sql-kit.git", from: "3.36.0"),
+        .package(url: "https://github.com/swift-extras/swift-extras-base64.git", from: "1.2.0"),
+    ],
+    targets: [
+        // Pure domain: the catalog, size rules, OpenAI types, translation to Gemini, errors. No I/O.
+        .target(
+            name: "NanoGateCore",
+            dependencies: [],
+            swiftSettings: swiftSettings
+        ),
+        // Google's wire format, the HTTP client and the upstream pool.
+        .target(
+            name: "Upstream",
+            dependencies: [
+                "NanoGateCore",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOFoundationCompat", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // Keys (SQLite by default, any SQLKit database), the image store and URL signing.
+        .target(
+            name: "NanoGateStorage",
+            dependencies: [
+                "NanoGateCore",
+                .product(name: "SQLiteKit", package: "sqlite-kit"),
+                .product(name: "SQLKit", package: "sql-kit"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOFoundationCompat", package: "swift-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // The Hummingbird application: routes, auth, the request pipeline, the one place errors become JSON.
+        .target(
+            name: "NanoGateServer",
+            dependencies: [
+                "NanoGateCore", "Upstream", "NanoGateStorage",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "ExtrasBase64", package: "swift-extras-base64"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOFoundationCompat", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .systemLibrary(name: "CZlib", path: "Sources/CZlib"),
+        // The offline Gemini: real PNGs, Google's usage figures, fault injection.
+        .target(
+            name: "GeminiEmulator",
+            dependencies: [
+                "NanoGateCore", "CZlib",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "ExtrasBase64", package: "swift-extras-base64"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOFoundationCompat", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "nanogate",
+            dependencies: [
+                "NanoGateServer", "NanoGateStorage", "GeminiEmulator", "Upstream",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "gemini-emulator",
+            dependencies: [
+                "GeminiEmulator",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "NanoGateCoreTests",
+            dependencies: ["NanoGateCore", "Upstream"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "NanoGateServerTests",
+            dependencies: [
+                "NanoGateServer", "NanoGateStorage", "GeminiEmulator", "NanoGateCore",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdTesting", package: "hummingbird"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+    ]
+)

@@ -1,0 +1,233 @@
+/// Google's Gemini `generateContent` wire format (v1beta), as sent and as received.
+///
+/// Requests are encoded camelCase (what Google's SDKs send). Responses are decoded leniently:
+/// both camelCase and snake_case part names, unknown keys ignored, `content`, `parts`,
+/// `candidates` and usage fields may all be missing (safety blocks arrive as HTTP 200).
+public enum GeminiWire {
+    /// The body of `POST /v1beta/models/{model}:generateContent`.
+    public struct Request: Codable, Sendable, Equatable {
+        public var contents: [Content]
+        public var generationConfig: GenerationConfig?
+        public var systemInstruction: Content?
+
+        public init(contents: [Content], generationConfig: GenerationConfig?, systemInstruction: Content? = nil) {
+            self.contents = contents
+            self.generationConfig = generationConfig
+            self.systemInstruction = systemInstruction
+        }
+    }
+
+    /// `generationConfig`.
+    public struct GenerationConfig: Codable, Sendable, Equatable {
+        public var responseModalities: [String]?
+        public var imageConfig: ImageConfig?
+        public var candidateCount: Int?
+        public var temperature: Double?
+
+        public init(responseModalities: [String]?, imageConfig: ImageConfig?, candidateCount: Int? = nil, temperature: Double? = nil) {
+            self.responseModalities = responseModalities
+            self.imageConfig = imageConfig
+            self.candidateCount = candidateCount
+            self.temperature = temperature
+        }
+    }
+
+    /// `generationConfig.imageConfig`: `imageSize` is upper-case and 3-pro only.
+    public struct ImageConfig: Codable, Sendable, Equatable {
+        public var aspectRatio: String?
+        public var imageSize: String?
+
+        public init(aspectRatio: String?, imageSize: String?) {
+            self.aspectRatio = aspectRatio
+            self.imageSize = imageSize
+        }
+    }
+
+    /// One turn of the conversation.
+    public struct Content: Codable, Sendable, Equatable {
+        public var role: String?
+        public var parts: [Part]?
+
+        public init(role: String?, parts: [Part]) {
+            self.role = role
+            self.parts = parts
+        }
+    }
+
+    /// Base64 bytes with their MIME type.
+    public struct InlineData: Codable, Sendable, Equatable {
+        public var mimeType: String
+        public var data: String
+
+        public init(mimeType: String, data: String) {
+            self.mimeType = mimeType
+            self.data = data
+        }
+
+        enum CodingKeys: String, CodingKey { case mimeType, data }
+        enum SnakeKeys: String, CodingKey { case mime_type }
+
+        public init(from decoder: any Decoder) throws {
+            let container = try decoder.container(keyedBy: CodingKeys.self)
+            let snake = try decoder.container(keyedBy: SnakeKeys.self)
+            self.mimeType = try container.decodeIfPresent(String.self, forKey: .mimeType)
+                ?? snake.decodeIfPresent(String.self, forKey: .mime_type) ?? "application/octet-stream"
+            self.data = try container.decode(String.self, forKey: .data)
+        }
+    }
+
+    /// A text or image part, possibly a thought, possibly carrying a signature to echo back.
+    public struct Part: Codable, Sendable, Equatable {
+        public var text: String?
+        public var inlineData: InlineData?
+        public var thought: Bool?
+        public var thoughtSignature: String?
+
+        public init(text: String? = nil, inlineData: InlineData? = nil, thought: Bool? = nil, thoughtSignature: String? = nil) {
+            self.text = text
+            self.inlineData = inlineData
+            self.thought = thought
+            self.thoughtSignature = thoughtSignature
+        }
+
+        enum CodingKeys: String, CodingKey { case text, inlineData, thought, thoughtSignature }
+        enum SnakeKeys: String, CodingKey { case inline_data, thought_signature }
+
+        public init(from decoder: any Decoder) throws {
+            let container = try decoder.container(keyedBy: CodingKeys.self)
+            let snake = try decoder.container(keyedBy: SnakeKeys.self)
+            self.text = try container.decodeIfPresent(String.self, forKey: .text)
+            self.inlineData = try container.decodeIfPresent(InlineData.self, forKey: .inlineData)
+                ?? snake.decodeIfPresent(InlineData.self, forKey: .inline_data)
+            self.thought = try container.decodeIfPresent(Bool.self, forKey: .thought)
+            self.thoughtSignature = try container.decodeIfPresent(String.self, forKey: .thoughtSignature)
+                ?? snake.decodeIfPresent(String.self, forKey: .thought_signature)
+        }
+
+        public func encode(to encoder: any Encoder) throws {
+            var container = encoder.container(keyedBy: CodingKeys.self)
+            try container.encodeIfPresent(text, forKey: .text)
+            try container.encodeIfPresent(inlineData, forKey: .inlineData)
+            try container.encodeIfPresent(thought, forKey: .thought)
+            try container.encodeIfPresent(thoughtSignature, forKey: .thoughtSignature)
+        }
+
+        /// A final (non-thought) image part.
+        public var isFinalImage: Bool { inlineData != nil && thought != true }
+    }
+
+    /// `GenerateContentResponse`.
+    public struct Response: Codable, Sendable, Equatable {
+        public var candidates: [Candidate]?
+        public var promptFeedback: PromptFeedback?
+        public var usageMetadata: UsageMetadata?
+        public var modelVersion: String?
+        public var responseId: String?
+
+        public init(candidates: [Candidate]?, promptFeedback: PromptFeedback? = nil, usageMetadata: UsageMetadata?, modelVersion: String? = nil, responseId: String? = nil) {
+            self.candidates = candidates
+            self.promptFeedback = promptFeedback
+            self.usageMetadata = usageMetadata
+            self.modelVersion = modelVersion
+            self.responseId = responseId
+        }
+    }
+
+    /// One candidate; Gemini image models return exactly one.
+    public struct Candidate: Codable, Sendable, Equatable {
+        public var content: Content?
+        public var finishReason: String?
+        public var finishMessage: String?
+        public var index: Int?
+
+        public init(content: Content?, finishReason: String?, finishMessage: String? = nil, index: Int? = nil) {
+            self.content = content
+            self.finishReason = finishReason
+            self.finishMessage = finishMessage
+            self.index = index
+        }
+    }
+
+    /// Set when Google refused the prompt before generating anything.
+    public struct PromptFeedback: Codable, Sendable, Equatable {
+        public var blockReason: String?
+        public var blockReasonMessage: String?
+
+        public init(blockReason: String?, blockReasonMessage: String? = nil) {
+            self.blockReason = blockReason
+            self.blockReasonMessage = blockReasonMessage
+        }
+    }
+
+    /// `usageMetadata`; every field is omitted by Google when zero.
+    public struct UsageMetadata: Codable, Sendable, Equatable {
+        public var promptTokenCount: Int?
+        public var candidatesTokenCount: Int?
+        public var thoughtsTokenCount: Int?
+        public var totalTokenCount: Int?
+        public var promptTokensDetails: [ModalityTokenCount]?
+        public var candidatesTokensDetails: [ModalityTokenCount]?
+
+        public init(
+            promptTokenCount: Int?, candidatesTokenCount: Int?, thoughtsTokenCount: Int?, totalTokenCount: Int?,
+            promptTokensDetails: [ModalityTokenCount]?, candidatesTokensDetails: [ModalityTokenCount]?
+        ) {
+            self.promptTokenCount = promptTokenCount
+            self.candidatesTokenCount = candidatesTokenCount
+            self.thoughtsTokenCount = thoughtsTokenCount
+            self.totalTokenCount = totalTokenCount
+            self.promptTokensDetails = promptTokensDetails
+            self.candidatesTokensDetails = candidatesTokensDetails
+        }
+    }
+
+    /// `{modality, tokenCount}`.
+    public struct ModalityTokenCount: Codable, Sendable, Equatable {
+        public var modality: String?
+        public var tokenCount: Int?
+
+        public init(modality: String, tokenCount: Int) {
+            self.modality = modality
+            self.tokenCount = tokenCount
+        }
+    }
+
+    /// `google.rpc.Status` as Google sends it on HTTP errors.
+    public struct ErrorEnvelope: Codable, Sendable {
+        public var error: Status
+
+        public init(error: Status) { self.error = error }
+
+        public struct Status: Codable, Sendable {
+            public var code: Int?
+            public var message: String?
+            public var status: String?
+            public var details: [Detail]?
+
+            public init(code: Int?, message: String?, status: String?, details: [Detail]?) {
+                self.code = code
+                self.message = message
+                self.status = status
+                self.details = details
+            }
+        }
+
+        /// The detail kinds the gateway reads: `ErrorInfo.reason`, `RetryInfo.retryDelay`.
+        public struct Detail: Codable, Sendable {
+            public var type: String?
+            public var reason: String?
+            public var retryDelay: String?
+
+            public init(type: String?, reason: String? = nil, retryDelay: String? = nil) {
+                self.type = type
+                self.reason = reason
+                self.retryDelay = retryDelay
+            }
+
+            enum CodingKeys: String, CodingKey {
+                case type = "@type"
+                case reason, retryDelay
+            }
+        }
+    }
+}

@@ -1,0 +1,70 @@
+public import Foundation
+public import NanoGateCore
+public import Upstream
+
+/// Everything `nanogate serve` can be told, in one place.
+///
+/// | flag | environment | meaning | default |
+/// |---|---|---|---|
+/// | `--host` | `NANOGATE_HOST` | address to listen on | `127.0.0.1` |
+/// | `--port` | `NANOGATE_PORT` | port | `8080` |
+/// | `--data-dir` | `NANOGATE_DATA_DIR` | database, images, URL-signing secret | `./nanogate-data` |
+/// | `--public-url` | `NANOGATE_PUBLIC_URL` | base of image URLs | the request's `Host` |
+/// | | `NANOGATE_URL_TTL` | seconds an image URL stays valid | 14400 (4 h) |
+/// | | `NANOGATE_URL_SECRET` | HMAC secret for image URLs (share it across instances) | generated into the data dir |
+/// | | `GEMINI_API_KEY` | Google key(s), comma-separated | none |
+/// | | `NANOGATE_GEMINI_BASE_URL` | Gemini API base | Google's |
+/// | | `NANOGATE_UPSTREAM_FLASH` / `NANOGATE_UPSTREAM_PRO` | upstream model ids | `gemini-2.5-flash-image` / `gemini-3-pro-image-preview` |
+/// | | `NANOGATE_UPSTREAM_TIMEOUT` | seconds per upstream call | 300 |
+public struct GatewayConfiguration: Sendable {
+    public var host: String
+    public var port: Int
+    public var dataDirectory: URL
+    /// Base of the image URLs handed out (no trailing slash); nil derives it from each request's `Host`.
+    public var publicURL: String?
+    public var urlTTL: Duration
+    public var urlSecret: String?
+    public var upstream: UpstreamConfiguration
+    public var catalog: ModelCatalog
+    /// Largest JSON body accepted on the generations endpoint.
+    public var maxJSONBodyBytes: Int
+
+    public init(
+        host: String = "127.0.0.1", port: Int = 8080, dataDirectory: URL, publicURL: String? = nil,
+        urlTTL: Duration = .seconds(4 * 3600), urlSecret: String? = nil, upstream: UpstreamConfiguration,
+        catalog: ModelCatalog = .standard(), maxJSONBodyBytes: Int = 1024 * 1024
+    ) {
+        self.host = host
+        self.port = port
+        self.dataDirectory = dataDirectory
+        self.publicURL = publicURL.map { $0.hasSuffix("/") ? String($0.dropLast()) : $0 }
+        self.urlTTL = urlTTL
+        self.urlSecret = urlSecret
+        self.upstream = upstream
+        self.catalog = catalog
+        self.maxJSONBodyBytes = maxJSONBodyBytes
+    }
+
+    /// Reads the environment part of the table above; flags override it in the CLI.
+    public static func fromEnvironment(_ environment: [String: String] = ProcessInfo.processInfo.environment) -> GatewayConfiguration {
+        let keys = (environment["GEMINI_API_KEY"] ?? "").split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+        return GatewayConfiguration(
+            host: environment["NANOGATE_HOST"] ?? "127.0.0.1",
+            port: environment["NANOGATE_PORT"].flatMap(Int.init) ?? 8080,
+            dataDirectory: URL(fileURLWithPath: environment["NANOGATE_DATA_DIR"] ?? "./nanogate-data"),
+            publicURL: environment["NANOGATE_PUBLIC_URL"].flatMap { $0.isEmpty ? nil : $0 },
+            urlTTL: .seconds(environment["NANOGATE_URL_TTL"].flatMap(Int.init) ?? 4 * 3600),
+            urlSecret: environment["NANOGATE_URL_SECRET"],
+            upstream: UpstreamConfiguration(
+                baseURL: environment["NANOGATE_GEMINI_BASE_URL"] ?? "https://generativelanguage.googleapis.com",
+                apiKeys: keys,
+                requestTimeout: .seconds(environment["NANOGATE_UPSTREAM_TIMEOUT"].flatMap(Int.init) ?? 300),
+                maxAttempts: environment["NANOGATE_UPSTREAM_ATTEMPTS"].flatMap(Int.init) ?? 3
+            ),
+            catalog: .standard(
+                flashUpstream: environment["NANOGATE_UPSTREAM_FLASH"] ?? "gemini-2.5-flash-image",
+                proUpstream: environment["NANOGATE_UPSTREAM_PRO"] ?? "gemini-3-pro-image-preview"
+            )
+        )
+    }
+}

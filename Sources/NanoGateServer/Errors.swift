@@ -1,0 +1,70 @@
+import Foundation
+public import Hummingbird
+import Logging
+import NanoGateCore
+import NIOCore
+import NIOFoundationCompat
+
+/// The one place errors become OpenAI's `{"error":{"message","type","param","code"}}`.
+///
+/// Catches `GatewayError`, Hummingbird's own `HTTPError`s (unknown route, body too large) and
+/// anything unexpected (logged, answered as a 500 with a body), so no client ever sees an empty
+/// error response.
+struct OpenAIErrorMiddleware<Context: RequestContext>: RouterMiddleware {
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        do {
+            return try await next(request, context)
+        } catch let error as GatewayError {
+            if error.status >= 500 { context.logger.warning("request failed", metadata: ["error": "\(error)"]) }
+            return Self.response(for: error)
+        } catch let error as HTTPError {
+            return Self.response(for: Self.gatewayError(from: error, request: request))
+        } catch {
+            context.logger.error("unexpected error", metadata: ["error": "\(String(reflecting: error))"])
+            return Self.response(for: .internal("The gateway failed unexpectedly; the error has been logged."))
+        }
+    }
+
+    static func gatewayError(from error: HTTPError, request: Request) -> GatewayError {
+        switch error.status {
+        case .notFound:
+            return GatewayError(status: 404, type: "invalid_request_error", code: "not_found", param: nil, message: "Unknown request URL: \(request.method) \(request.uri.path).")
+        case .contentTooLarge:
+            return GatewayError(status: 413, type: "invalid_request_error", code: "request_too_large", param: nil, message: "The request body is too large.")
+        case .methodNotAllowed:
+            return GatewayError(status: 405, type: "invalid_request_error", code: "method_not_allowed", param: nil, message: "\(request.method) is not allowed on \(request.uri.path).")
+        default:
+            return GatewayError(status: Int(error.status.code), type: error.status.code >= 500 ? "server_error" : "invalid_request_error", code: nil, param: nil, message: error.body ?? error.status.reasonPhrase)
+        }
+    }
+
+    static func response(for error: GatewayError) -> Response {
+        var headers: HTTPFields = [.contentType: "application/json"]
+        if let retry = error.retryAfterSeconds { headers[.retryAfter] = "\(retry)" }
+        let body = (try? JSONEncoder().encode(ErrorResponse(error))) ?? Data()
+        return Response(status: .init(code: error.status), headers: headers, body: .init(byteBuffer: ByteBuffer(data: body)))
+    }
+}
+
+extension GatewayError {
+    /// A readable 400 for a JSON body that does not decode, naming the field at fault.
+    static func from(decodingError error: any Error) -> GatewayError {
+        guard let error = error as? DecodingError else { return .invalidBody("We could not parse the JSON body of your request.") }
+        func name(_ path: [any CodingKey], _ key: (any CodingKey)? = nil) -> String {
+            (path + (key.map { [$0] } ?? [])).map(\.stringValue).joined(separator: ".")
+        }
+        switch error {
+        case .keyNotFound(let key, let context):
+            let field = name(context.codingPath, key)
+            return .invalidParameter(field, "Missing required parameter: '\(field)'.", code: "missing_required_parameter")
+        case .typeMismatch(let type, let context), .valueNotFound(let type, let context):
+            let field = name(context.codingPath)
+            return .invalidParameter(field, "Invalid type for '\(field)': expected \(type == String.self ? "a string" : type == Int.self ? "an integer" : "\(type)").", code: "invalid_type")
+        case .dataCorrupted(let context) where !context.codingPath.isEmpty:
+            let field = name(context.codingPath)
+            return .invalidParameter(field, "Invalid value for '\(field)': \(context.debugDescription)", code: "invalid_value")
+        default:
+            return .invalidBody("We could not parse the JSON body of your request. (The body must be a JSON object; see https://platform.openai.com/docs/api-reference/images.)")
+        }
+    }
+}

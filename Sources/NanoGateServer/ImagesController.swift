@@ -1,0 +1,133 @@
+import Foundation
+import Hummingbird
+import Logging
+import NanoGateCore
+import NanoGateStorage
+import NIOCore
+import NIOFoundationCompat
+
+/// `POST /v1/images/generations`.
+struct ImagesController {
+    let catalog: ModelCatalog
+    let pipeline: GenerationPipeline
+    let publicURL: String?
+    let maxJSONBodyBytes: Int
+
+    /// Longest prompt accepted, in characters (the spec allows 32,768 tokens).
+    static let maxPromptCharacters = 131_072
+
+    func addRoutes(to group: RouterGroup<GatewayRequestContext>) {
+        group.post("images/generations", use: generations)
+    }
+
+    @Sendable func generations(_ request: Request, context: GatewayRequestContext) async throws -> Response {
+        guard let key = context.apiKey else { throw GatewayError.unauthorized("Missing API key.") }
+        var request = request
+        let body: ByteBuffer
+        do {
+            body = try await request.collectBody(upTo: maxJSONBodyBytes)
+        } catch {
+            throw GatewayError.payloadTooLarge(limitBytes: maxJSONBodyBytes)
+        }
+        let input: ImageGenerationRequest
+        do {
+            input = try JSONDecoder().decode(ImageGenerationRequest.self, from: body)
+        } catch {
+            throw GatewayError.from(decodingError: error)
+        }
+
+        let job = try validate(input, key: key, baseURL: publicURL ?? Self.baseURL(of: request))
+        context.logger.info("image generation", metadata: ["model": "\(job.model.name)", "n": "\(job.count)", "format": "\(job.format.rawValue)"])
+        let response = try await pipeline.run(job, logger: context.logger)
+        return try Self.json(response)
+    }
+
+    /// Validates against the catalog: model, prompt, n, size/aspect_ratio, response_format.
+    func validate(_ input: ImageGenerationRequest, key: APIKey, baseURL: String) throws(GatewayError) -> ImageJob {
+        guard let name = input.model, !name.isEmpty else {
+            throw .invalidParameter("model", "Missing required parameter: 'model'. Available models: \(catalog.names.joined(separator: ", ")).", code: "missing_required_parameter")
+        }
+        guard let model = catalog.model(named: name) else { throw .unknownModel(name, known: catalog.names) }
+        let prompt = input.prompt.trimmingCharacters(in: .whitespacesAndNewlines)
+        guard !prompt.isEmpty else { throw .invalidParameter("prompt", "The prompt must not be empty.") }
+        guard input.prompt.count <= Self.maxPromptCharacters else {
+            throw .invalidParameter("prompt", "The prompt is longer than \(Self.maxPromptCharacters) characters.")
+        }
+        let count = input.n ?? 1
+        guard (1...4).contains(count) else {
+            throw .invalidParameter("n", "Invalid value for 'n': \(count). It must be between 1 and 4.")
+        }
+        let spec = try SizeRules.resolve(model: model, size: input.size, aspectRatio: input.aspectRatio)
+        let format = try Self.responseFormat(input.responseFormat, model: model, group: key.group)
+        return ImageJob(
+            key: key, endpoint: "images.generations", model: model, spec: spec, prompt: input.prompt,
+            inputImages: [], count: count, format: format, baseURL: baseURL
+        )
+    }
+
+    /// `response_format` if given; else the key's group decides (default → url, gemini → b64_json).
+    /// Names the catalog marks base64-only (`gemini-2.5-flash-image`, `gemini-3-pro-image-preview`)
+    /// always answer base64, as the spec says.
+    static func responseFormat(_ requested: String?, model: CatalogModel, group: KeyGroup) throws(GatewayError) -> ResponseFormat {
+        var format: ResponseFormat
+        if let requested, !requested.isEmpty {
+            guard let parsed = ResponseFormat(rawValue: requested) else {
+                throw .invalidParameter("response_format", "Invalid value for 'response_format': '\(requested)'. Accepted values: b64_json, url.")
+            }
+            format = parsed
+        } else {
+            format = group == .gemini ? .b64JSON : .url
+        }
+        if !model.allowsURLOutput { format = .b64JSON }
+        return format
+    }
+
+    /// `scheme://host[:port]` as the client reached us (honouring a proxy's `X-Forwarded-*`).
+    static func baseURL(of request: Request) -> String {
+        let scheme = request.headers[.init("X-Forwarded-Proto")!] ?? "http"
+        let host = request.headers[.init("X-Forwarded-Host")!] ?? request.head.authority ?? "127.0.0.1"
+        return "\(scheme)://\(host)"
+    }
+
+    static func json(_ value: some Encodable) throws -> Response {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = .withoutEscapingSlashes
+        let data = try encoder.encode(value)
+        return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(data: data)))
+    }
+}
+
+/// `GET /v1/files/images/{name}?expires=…&signature=…`: the stored image, while the URL is valid.
+struct ImageFilesController {
+    let store: ImageStore
+    let signer: URLSigner
+    let fileIO = FileIO()
+
+    func addRoutes(to router: Router<GatewayRequestContext>) {
+        router.get("v1/files/images/{name}", use: serve)
+    }
+
+    @Sendable func serve(_ request: Request, context: GatewayRequestContext) async throws -> Response {
+        let name = context.parameters.get("name") ?? ""
+        let query = request.uri.queryParameters
+        guard let expires = query.get("expires", as: Int.self), let signature = query.get("signature"),
+            signer.isValid(name: name, expires: expires, signature: signature)
+        else {
+            throw GatewayError(status: 403, type: "invalid_request_error", code: "invalid_signature", param: nil, message: "This image URL is not valid (its signature does not match).")
+        }
+        guard expires >= Int(Date().timeIntervalSince1970) else {
+            throw GatewayError(status: 410, type: "invalid_request_error", code: "url_expired", param: nil, message: "This image URL has expired. Image URLs are valid for a few hours; download images promptly.")
+        }
+        guard let path = store.path(of: name), FileManager.default.fileExists(atPath: path) else {
+            throw GatewayError(status: 404, type: "invalid_request_error", code: "not_found", param: nil, message: "This image is no longer stored.")
+        }
+        let ext = (name as NSString).pathExtension
+        let mime = ["png": "image/png", "jpg": "image/jpeg", "webp": "image/webp", "gif": "image/gif"][ext] ?? "application/octet-stream"
+        let body = try await fileIO.loadFile(path: path, context: context)
+        return Response(
+            status: .ok,
+            headers: [.contentType: mime, .cacheControl: "private, max-age=\(max(0, expires - Int(Date().timeIntervalSince1970)))"],
+            body: body
+        )
+    }
+}

@@ -1,0 +1,131 @@
+public import Foundation
+public import Logging
+public import ServiceLifecycle
+import Crypto
+public import NIOCore
+public import NIOPosix
+import NIOFoundationCompat
+
+/// Signs and checks image URLs: `…/v1/files/images/{name}?expires={unix}&signature={hmac}`.
+///
+/// The signature is HMAC-SHA256 over `name` and `expires` with a secret only the gateway knows,
+/// so a URL can be neither forged nor extended; several instances share the secret through
+/// `NANOGATE_URL_SECRET`.
+public struct URLSigner: Sendable {
+    private let secret: Data
+
+    public init(secret: Data) {
+        self.secret = secret
+    }
+
+    public func signature(name: String, expires: Int) -> String {
+        let mac = HMAC<SHA256>.authenticationCode(for: Data("\(name)\n\(expires)".utf8), using: SymmetricKey(data: secret))
+        return Data(mac).base64EncodedString().replacingOccurrences(of: "+", with: "-")
+            .replacingOccurrences(of: "/", with: "_").replacingOccurrences(of: "=", with: "")
+    }
+
+    /// Constant-time check of a signature from a URL.
+    public func isValid(name: String, expires: Int, signature: String) -> Bool {
+        let expected = Array(self.signature(name: name, expires: expires).utf8)
+        let given = Array(signature.utf8)
+        guard expected.count == given.count else { return false }
+        return zip(expected, given).reduce(UInt8(0)) { $0 | ($1.0 ^ $1.1) } == 0
+    }
+
+    /// The secret from `NANOGATE_URL_SECRET`, else one kept in `dataDirectory/url-signing.key`
+    /// (created on first start, readable by the owner only).
+    public static func loadOrCreateSecret(environmentValue: String?, dataDirectory: URL) throws -> Data {
+        if let environmentValue, !environmentValue.isEmpty { return Data(environmentValue.utf8) }
+        let file = dataDirectory.appendingPathComponent("url-signing.key")
+        if let existing = try? Data(contentsOf: file), existing.count >= 32 { return existing }
+        var generator = SystemRandomNumberGenerator()
+        let secret = Data((0..<32).map { _ in UInt8.random(in: .min ... .max, using: &generator) })
+        try secret.write(to: file, options: .atomic)
+        try FileManager.default.setAttributes([.posixPermissions: 0o600], ofItemAtPath: file.path)
+        return secret
+    }
+}
+
+/// Generated images kept on disk for URL answers, each file written whole or not at all.
+public struct ImageStore: Sendable {
+    public let directory: URL
+    private let threadPool: NIOThreadPool
+
+    public init(directory: URL, threadPool: NIOThreadPool = .singleton) throws {
+        self.directory = directory
+        self.threadPool = threadPool
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+    }
+
+    /// Writes the bytes under a new random name with the extension of their sniffed type.
+    /// Returns the file name (no directory).
+    public func save(_ bytes: ByteBuffer, fileExtension: String) async throws -> String {
+        var generator = SystemRandomNumberGenerator()
+        let id = (0..<16).map { _ in String(format: "%02x", UInt8.random(in: .min ... .max, using: &generator)) }.joined()
+        let name = "\(id).\(fileExtension)"
+        let url = directory.appendingPathComponent(name)
+        try await threadPool.runIfActive {
+            // .atomic writes a temporary file and renames it: a reader never sees half an image.
+            try Data(buffer: bytes, byteTransferStrategy: .noCopy).write(to: url, options: .atomic)
+        }
+        return name
+    }
+
+    /// The path of a stored image, if `name` is one of ours (no directory tricks).
+    public func path(of name: String) -> String? {
+        guard Self.isValidName(name) else { return nil }
+        return directory.appendingPathComponent(name).path
+    }
+
+    static func isValidName(_ name: String) -> Bool {
+        let parts = name.split(separator: ".")
+        guard parts.count == 2, parts[0].count == 32 else { return false }
+        return parts[0].allSatisfy(\.isHexDigit) && parts[1].allSatisfy { $0.isLetter && $0.isASCII }
+    }
+
+    /// Deletes images older than `age`. Returns how many were removed.
+    @discardableResult
+    public func sweep(olderThan age: Duration, now: Date = Date()) async throws -> Int {
+        let cutoff = now.addingTimeInterval(-TimeInterval(age.components.seconds))
+        let directory = self.directory
+        return try await threadPool.runIfActive {
+            let files = try FileManager.default.contentsOfDirectory(at: directory, includingPropertiesForKeys: [.contentModificationDateKey])
+            var removed = 0
+            for file in files {
+                let modified = try? file.resourceValues(forKeys: [.contentModificationDateKey]).contentModificationDate
+                if let modified, modified < cutoff {
+                    try? FileManager.default.removeItem(at: file)
+                    removed += 1
+                }
+            }
+            return removed
+        }
+    }
+}
+
+/// Deletes expired images periodically for as long as the gateway runs.
+public struct ImageSweeper: Service {
+    let store: ImageStore
+    let ttl: Duration
+    let interval: Duration
+    let logger: Logger
+
+    public init(store: ImageStore, ttl: Duration, interval: Duration? = nil, logger: Logger) {
+        self.store = store
+        self.ttl = ttl
+        self.interval = interval ?? min(.seconds(300), max(.seconds(1), ttl / 4))
+        self.logger = logger
+    }
+
+    public func run() async throws {
+        while !Task.isCancelled && !Task.isShuttingDownGracefully {
+            do {
+                let removed = try await store.sweep(olderThan: ttl)
+                if removed > 0 { logger.info("swept expired images", metadata: ["count": "\(removed)"]) }
+            } catch {
+                logger.warning("image sweep failed", metadata: ["error": "\(error)"])
+            }
+            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: interval) }
+        }
+    }
+}

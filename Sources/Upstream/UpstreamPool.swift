@@ -1,0 +1,226 @@
+public import AsyncHTTPClient
+public import Logging
+public import NanoGateCore
+import Foundation
+import NIOCore
+import NIOFoundationCompat
+import NIOHTTP1
+import Synchronization
+
+/// Where and how the gateway reaches Google.
+///
+/// | key (environment) | meaning | default |
+/// |---|---|---|
+/// | `NANOGATE_GEMINI_BASE_URL` | Gemini API base | `https://generativelanguage.googleapis.com` |
+/// | `GEMINI_API_KEY` | one key, or several separated by commas | none |
+/// | `NANOGATE_UPSTREAM_TIMEOUT` | seconds one upstream call may take | 300 |
+/// | `NANOGATE_UPSTREAM_ATTEMPTS` | attempts per image (across keys) before giving up | 3 |
+public struct UpstreamConfiguration: Sendable {
+    public var baseURL: String
+    public var apiKeys: [String]
+    public var requestTimeout: Duration
+    public var maxAttempts: Int
+    /// First retry delay; doubles each attempt (with jitter).
+    public var retryBaseDelay: Duration
+    /// Largest response body accepted from Google (a 4K image is tens of MB of base64).
+    public var maxResponseBytes: Int
+
+    public init(
+        baseURL: String = "https://generativelanguage.googleapis.com",
+        apiKeys: [String],
+        requestTimeout: Duration = .seconds(300),
+        maxAttempts: Int = 3,
+        retryBaseDelay: Duration = .milliseconds(250),
+        maxResponseBytes: Int = 256 * 1024 * 1024
+    ) {
+        self.baseURL = baseURL.hasSuffix("/") ? String(baseURL.dropLast()) : baseURL
+        self.apiKeys = apiKeys
+        self.requestTimeout = requestTimeout
+        self.maxAttempts = max(1, maxAttempts)
+        self.retryBaseDelay = retryBaseDelay
+        self.maxResponseBytes = maxResponseBytes
+    }
+}
+
+/// The Google keys the gateway holds, and the calls it makes with them.
+///
+/// Keys are used round-robin. A rate-limited key cools down for Google's `retryDelay`; a key
+/// Google calls invalid is set aside for ten minutes (an operator fault, logged at error level,
+/// identified by its position, never by its value). Retries go to the next usable key, with
+/// exponential backoff for 5xx, timeouts and unreadable answers. AsyncHTTPClient itself never
+/// retries, so this is the one place that does.
+public final class UpstreamPool: Sendable {
+    private let httpClient: HTTPClient
+    private let configuration: UpstreamConfiguration
+    private let state: Mutex<KeyState>
+
+    private struct KeyState {
+        var next = 0
+        /// Earliest time each key may be used again.
+        var coolingUntil: [ContinuousClock.Instant?]
+    }
+
+    public init(httpClient: HTTPClient, configuration: UpstreamConfiguration) {
+        self.httpClient = httpClient
+        self.configuration = configuration
+        self.state = Mutex(KeyState(coolingUntil: Array(repeating: nil, count: configuration.apiKeys.count)))
+    }
+
+    /// Calls `generateContent` on `model`, retrying across keys, and maps every failure to a `GatewayError`.
+    public func generateContent(model: String, request: GeminiWire.Request, logger: Logger) async throws(GatewayError) -> GeminiWire.Response {
+        let body: ByteBuffer
+        do {
+            body = ByteBuffer(data: try JSONEncoder().encode(request))
+        } catch {
+            throw .internal("Could not encode the upstream request.")
+        }
+        var lastError = GatewayError.unavailable("No Google API key is configured (set GEMINI_API_KEY).", code: "no_upstream")
+        for attempt in 1...configuration.maxAttempts {
+            guard let keyIndex = pickKey() else {
+                if configuration.apiKeys.isEmpty { throw lastError }
+                break
+            }
+            var attemptLogger = logger
+            attemptLogger[metadataKey: "upstream.attempt"] = "\(attempt)"
+            attemptLogger[metadataKey: "upstream.key"] = "#\(keyIndex + 1)"
+            attemptLogger[metadataKey: "upstream.model"] = "\(model)"
+            let result = await callOnce(model: model, body: body, keyIndex: keyIndex, logger: attemptLogger)
+            switch result {
+            case .success(let response):
+                return response
+            case .failure(let failure):
+                lastError = failure.error
+                switch failure.disposition {
+                case .fatal:
+                    throw failure.error
+                case .nextKey(let coolDown):
+                    setAside(keyIndex, for: coolDown)
+                case .retryAfterBackoff:
+                    if attempt < configuration.maxAttempts { try? await Task.sleep(for: backoff(attempt)) }
+                }
+                attemptLogger.warning("upstream attempt failed", metadata: ["error": "\(failure.error.message)"])
+            }
+        }
+        throw lastError
+    }
+
+    /// What to do after a failed attempt.
+    private enum Disposition {
+        /// Retrying cannot help (a bad request).
+        case fatal
+        /// This key is unusable for a while; another key may work at once.
+        case nextKey(coolDown: Duration)
+        /// A transient fault: wait and try again.
+        case retryAfterBackoff
+    }
+
+    private struct AttemptFailure: Error {
+        var error: GatewayError
+        var disposition: Disposition
+    }
+
+    private func callOnce(model: String, body: ByteBuffer, keyIndex: Int, logger: Logger) async -> Result<GeminiWire.Response, AttemptFailure> {
+        let key = configuration.apiKeys[keyIndex]
+        var request = HTTPClientRequest(url: "\(configuration.baseURL)/v1beta/models/\(model):generateContent")
+        request.method = .POST
+        request.headers.add(name: "Content-Type", value: "application/json")
+        request.headers.add(name: "x-goog-api-key", value: key)
+        request.body = .bytes(body)
+
+        let status: Int
+        let responseBody: ByteBuffer
+        do {
+            let response = try await httpClient.execute(request, timeout: .init(configuration.requestTimeout))
+            status = Int(response.status.code)
+            responseBody = try await response.body.collect(upTo: configuration.maxResponseBytes)
+        } catch let error as HTTPClientError where error == .deadlineExceeded || error == .readTimeout || error == .connectTimeout {
+            return .failure(.init(error: .timeout("Google did not answer within \(configuration.requestTimeout)."), disposition: .retryAfterBackoff))
+        } catch let error as NIOTooManyBytesError {
+            _ = error
+            return .failure(.init(error: .badGateway("Google's answer was larger than \(configuration.maxResponseBytes) bytes."), disposition: .fatal))
+        } catch {
+            return .failure(.init(error: .badGateway("Could not reach Google: \(redacted(String(describing: error)))."), disposition: .retryAfterBackoff))
+        }
+
+        if status == 200 {
+            do {
+                return .success(try JSONDecoder().decode(GeminiWire.Response.self, from: responseBody))
+            } catch {
+                return .failure(.init(error: .badGateway("Google returned an answer the gateway could not read."), disposition: .retryAfterBackoff))
+            }
+        }
+        return .failure(classify(status: status, body: responseBody, logger: logger))
+    }
+
+    /// Maps Google's HTTP errors (a `google.rpc.Status` body) to what the client sees and what the pool does next.
+    private func classify(status: Int, body: ByteBuffer, logger: Logger) -> AttemptFailure {
+        let envelope = try? JSONDecoder().decode(GeminiWire.ErrorEnvelope.self, from: body)
+            ?? (try? JSONDecoder().decode([GeminiWire.ErrorEnvelope].self, from: body))?.first
+        let googleStatus = envelope?.error.status ?? "HTTP \(status)"
+        let message = redacted(envelope?.error.message ?? "no message")
+        let reasons = Set((envelope?.error.details ?? []).compactMap(\.reason))
+        let retryDelay = (envelope?.error.details ?? []).compactMap(\.retryDelay).compactMap(Self.seconds(fromDuration:)).first
+
+        if reasons.contains("API_KEY_INVALID") || status == 401 || status == 403 {
+            logger.error("Google rejected an API key; check GEMINI_API_KEY", metadata: ["google.status": "\(googleStatus)", "google.message": "\(message)"])
+            return AttemptFailure(
+                error: .unavailable("The gateway's upstream credentials were rejected by Google; the operator has been told.", code: "upstream_auth_failed"),
+                disposition: .nextKey(coolDown: .seconds(600))
+            )
+        }
+        switch status {
+        case 429:
+            let wait = retryDelay ?? 30
+            return AttemptFailure(
+                error: .upstreamRateLimited("Google's rate limit for this model was reached: \(message)", retryAfterSeconds: Int(wait.rounded(.up))),
+                disposition: .nextKey(coolDown: .milliseconds(Int64(wait * 1000)))
+            )
+        case 400:
+            return AttemptFailure(error: .invalidParameter(nil, "Google rejected the request: \(message)", code: "upstream_invalid_request"), disposition: .fatal)
+        case 404:
+            logger.error("Google does not know the upstream model; check NANOGATE_UPSTREAM_FLASH/NANOGATE_UPSTREAM_PRO", metadata: ["google.message": "\(message)"])
+            return AttemptFailure(error: .badGateway("The upstream model is not available: \(message)", code: "upstream_model_not_found"), disposition: .fatal)
+        case 503:
+            return AttemptFailure(error: .unavailable("Google is overloaded: \(message)", retryAfterSeconds: retryDelay.map { Int($0.rounded(.up)) }), disposition: .retryAfterBackoff)
+        case 504:
+            return AttemptFailure(error: .timeout("Google could not finish in time: \(message)"), disposition: .retryAfterBackoff)
+        default:
+            return AttemptFailure(error: .badGateway("Google failed (\(googleStatus)): \(message)"), disposition: .retryAfterBackoff)
+        }
+    }
+
+    private func pickKey() -> Int? {
+        let now = ContinuousClock.now
+        return state.withLock { state -> Int? in
+            let count = state.coolingUntil.count
+            for offset in 0..<count {
+                let index = (state.next + offset) % count
+                if let until = state.coolingUntil[index], until > now { continue }
+                state.next = (index + 1) % count
+                return index
+            }
+            return nil
+        }
+    }
+
+    private func setAside(_ index: Int, for duration: Duration) {
+        let until = ContinuousClock.now.advanced(by: duration)
+        state.withLock { $0.coolingUntil[index] = until }
+    }
+
+    private func backoff(_ attempt: Int) -> Duration {
+        let base = configuration.retryBaseDelay * (1 << (attempt - 1))
+        return base + base * Double.random(in: 0..<0.5)
+    }
+
+    /// Removes every configured key from text that may reach a client or a log.
+    private func redacted(_ text: String) -> String {
+        configuration.apiKeys.reduce(text) { $0.replacingOccurrences(of: $1, with: "[redacted]") }
+    }
+
+    /// Parses protobuf Duration JSON (`"27s"`, `"1.5s"`).
+    static func seconds(fromDuration text: String) -> Double? {
+        guard text.hasSuffix("s") else { return nil }
+        return Double(text.dropLast())
+    }
+}

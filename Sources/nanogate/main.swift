@@ -1,0 +1,180 @@
+import ArgumentParser
+import Foundation
+import GeminiEmulator
+import Hummingbird
+import Logging
+import NanoGateServer
+import NanoGateStorage
+import Upstream
+
+@main
+struct NanoGate: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "nanogate",
+        abstract: "An OpenAI-compatible gateway for Google's nano-banana image models.",
+        subcommands: [Serve.self, Keys.self]
+    )
+}
+
+/// Options shared by every command that touches the data directory.
+struct DataDirectoryOption: ParsableArguments {
+    @Option(help: "Data directory (database, images). Env: NANOGATE_DATA_DIR. Default: ./nanogate-data")
+    var dataDir: String?
+
+    func apply(to configuration: inout GatewayConfiguration) {
+        if let dataDir { configuration.dataDirectory = URL(fileURLWithPath: dataDir) }
+    }
+}
+
+struct Serve: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Run the gateway.")
+
+    @Option(help: "Address to listen on. Env: NANOGATE_HOST. Default: 127.0.0.1") var host: String?
+    @Option(help: "Port. Env: NANOGATE_PORT. Default: 8080") var port: Int?
+    @OptionGroup var data: DataDirectoryOption
+    @Option(help: "Base of image URLs, e.g. https://img.example.com. Env: NANOGATE_PUBLIC_URL. Default: the request's Host.")
+    var publicURL: String?
+    @Flag(help: "Start the offline Gemini emulator in-process, point the gateway at it and print a ready demo key.")
+    var demo = false
+    @Option(help: "Log level (trace, debug, info, notice, warning, error). Env: LOG_LEVEL.") var logLevel: String?
+
+    func run() async throws {
+        var configuration = GatewayConfiguration.fromEnvironment()
+        if let host { configuration.host = host }
+        if let port { configuration.port = port }
+        if let publicURL { configuration.publicURL = publicURL }
+        data.apply(to: &configuration)
+        var logger = Logger(label: "nanogate")
+        logger.logLevel = (logLevel ?? ProcessInfo.processInfo.environment["LOG_LEVEL"]).flatMap(Logger.Level.init(rawValue:)) ?? .info
+
+        guard demo else {
+            if configuration.upstream.apiKeys.isEmpty {
+                logger.warning("GEMINI_API_KEY is not set: every generation will fail with 503. Use --demo to try NanoGate offline.")
+            }
+            let dependencies = try await GatewayDependencies.live(configuration: configuration, logger: logger)
+            let app = buildApplication(configuration: configuration, dependencies: dependencies, logger: logger)
+            try await app.runService()
+            return
+        }
+        try await runDemo(configuration: configuration, logger: logger)
+    }
+
+    /// The emulator on a free loopback port, the gateway pointed at it, and a fresh demo key.
+    private func runDemo(configuration: GatewayConfiguration, logger: Logger) async throws {
+        var configuration = configuration
+        let emulatorKey = "demo-google-key"
+        let (portStream, portContinuation) = AsyncStream.makeStream(of: Int.self)
+        let emulator = Application(
+            router: GeminiEmulator(configuration: .init(acceptedKeys: [emulatorKey])).router(),
+            configuration: .init(address: .hostname("127.0.0.1", port: 0), serverName: "gemini-emulator"),
+            onServerRunning: { channel in
+                portContinuation.yield(channel.localAddress?.port ?? 0)
+                portContinuation.finish()
+            },
+            logger: Logger(label: "gemini-emulator")
+        )
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await emulator.runService() }
+            var iterator = portStream.makeAsyncIterator()
+            guard let emulatorPort = await iterator.next() else { throw CleanExit.message("The emulator did not start.") }
+            configuration.upstream.baseURL = "http://127.0.0.1:\(emulatorPort)"
+            configuration.upstream.apiKeys = [emulatorKey]
+
+            let dependencies = try await GatewayDependencies.live(configuration: configuration, logger: logger)
+            let keys = dependencies.store
+            if (try await keys.listKeys()).contains(where: { $0.name == "demo" && $0.revokedAt == nil }) {
+                try await keys.revokeKey(name: "demo")
+            }
+            let (_, secret) = try await keys.createKey(name: "demo", group: .default)
+            let address = "http://\(configuration.host):\(configuration.port)"
+            let app = buildApplication(
+                configuration: configuration, dependencies: dependencies, logger: logger,
+                onServerRunning: { _ in
+                    FileHandle.standardOutput.write(Data("""
+
+                        NanoGate demo is running at \(address), answering from the offline Gemini emulator.
+                        Demo API key (group "default"): \(secret)
+
+                        Try it:
+                          curl -s \(address)/v1/images/generations \\
+                            -H "Authorization: Bearer \(secret)" -H "Content-Type: application/json" \\
+                            -d '{"model":"nano-banana","prompt":"a banana on the moon","size":"16:9","response_format":"b64_json"}' \\
+                            | python3 -c 'import sys,json,base64; open("banana.png","wb").write(base64.b64decode(json.load(sys.stdin)["data"][0]["b64_json"]))'
+
+                        """.utf8))
+                }
+            )
+            group.addTask { try await app.runService() }
+            // When either stops (Ctrl-C stops both), stop the other.
+            try await group.next()
+            group.cancelAll()
+        }
+    }
+}
+
+struct Keys: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Manage NanoGate API keys.",
+        subcommands: [Create.self, List.self, Revoke.self]
+    )
+
+    /// Opens the data directory's database for one command.
+    static func withStore<T>(_ data: DataDirectoryOption, _ body: (SQLStore) async throws -> T) async throws -> T {
+        var configuration = GatewayConfiguration.fromEnvironment()
+        data.apply(to: &configuration)
+        try FileManager.default.createDirectory(at: configuration.dataDirectory, withIntermediateDirectories: true)
+        var logger = Logger(label: "nanogate")
+        logger.logLevel = .warning
+        let database = try await SQLiteDatabaseHandle.open(path: configuration.dataDirectory.appendingPathComponent("nanogate.sqlite").path, logger: logger)
+        do {
+            let result = try await body(database.store)
+            try await database.close()
+            return result
+        } catch {
+            try? await database.close()
+            throw error
+        }
+    }
+
+    struct Create: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Create a key; its secret is printed once, alone on the last line.")
+        @Option(help: "A unique name for the key.") var name: String
+        @Option(help: "default (answers with URLs unless asked) or gemini (answers with base64).") var group = "default"
+        @OptionGroup var data: DataDirectoryOption
+
+        func run() async throws {
+            guard let keyGroup = KeyGroup(lenient: group) else {
+                throw ValidationError("--group must be one of: \(KeyGroup.allCases.map(\.rawValue).joined(separator: ", ")).")
+            }
+            let (key, secret) = try await Keys.withStore(data) { try await $0.createKey(name: name, group: keyGroup) }
+            print("Created key '\(key.name)' (group \(key.group.rawValue)). Store the secret now; it is not shown again:")
+            print(secret)
+        }
+    }
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List keys (never their secrets).")
+        @OptionGroup var data: DataDirectoryOption
+
+        func run() async throws {
+            let keys = try await Keys.withStore(data) { try await $0.listKeys() }
+            let formatter = ISO8601DateFormatter()
+            print(["NAME", "GROUP", "PREFIX", "CREATED", "STATUS"].joined(separator: "\t"))
+            for key in keys {
+                let status = key.revokedAt.map { "revoked \(formatter.string(from: $0))" } ?? "active"
+                print([key.name, key.group.rawValue, key.prefix + "…", formatter.string(from: key.createdAt), status].joined(separator: "\t"))
+            }
+        }
+    }
+
+    struct Revoke: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Revoke the active key with this name; it stops working at once.")
+        @Argument(help: "The key's name.") var name: String
+        @OptionGroup var data: DataDirectoryOption
+
+        func run() async throws {
+            try await Keys.withStore(data) { try await $0.revokeKey(name: name) }
+            print("Revoked key '\(name)'.")
+        }
+    }
+}
