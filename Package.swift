@@ -113,15 +113,20 @@ let package = Package(
         .testTarget(
             name: "NanoGateCoreTests",
             dependencies: ["NanoGateCore", "Upstream"],
+            resources: [.copy("Fixtures")],
             swiftSettings: swiftSettings
         ),
         .testTarget(
             name: "NanoGateServerTests",
             dependencies: [
-                "NanoGateServer", "NanoGateStorage", "GeminiEmulator", "NanoGateCore",
+                "NanoGateServer", "NanoGateStorage", "GeminiEmulator", "NanoGateCore", "Upstream",
                 .product(name: "Hummingbird", package: "hummingbird"),
-                .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOFoundationCompat", package: "swift-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             swiftSettings: swiftSettings
         ),

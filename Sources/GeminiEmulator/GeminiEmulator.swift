@@ -114,29 +114,30 @@ public struct GeminiEmulator: Sendable {
             return Self.error(404, "NOT_FOUND", "Method not found: \(target).")
         }
         let model = pieces[0]
+        let apiKey = request.headers[.init("x-goog-api-key")!]
+        let bodyBytes = try await request.body.collect(upTo: 128 * 1024 * 1024)
+        let decoded = Result { try JSONDecoder().decode(GeminiWire.Request.self, from: bodyBytes) }
+        if case .success(let body) = decoded {
+            recorder?.append(.init(model: model, apiKey: apiKey, body: body))
+        }
+
         let family: ModelFamily
         switch model {
         case configuration.flashModel: family = .flash25
         case configuration.proModel: family = .pro3
         default: return Self.error(404, "NOT_FOUND", "models/\(model) is not found for API version v1beta, or is not supported for generateContent.")
         }
-
-        let apiKey = request.headers[.init("x-goog-api-key")!]
         guard let apiKey, !apiKey.isEmpty else {
             return Self.error(403, "PERMISSION_DENIED", "Method doesn't allow unregistered callers (callers without established identity). Please use API Key or other form of API consumer identity to call this API.")
         }
         if let accepted = configuration.acceptedKeys, !accepted.contains(apiKey) {
             return Self.error(400, "INVALID_ARGUMENT", "API key not valid. Please pass a valid API key.", reason: "API_KEY_INVALID")
         }
-
-        let bodyBytes = try await request.body.collect(upTo: 128 * 1024 * 1024)
         let body: GeminiWire.Request
-        do {
-            body = try JSONDecoder().decode(GeminiWire.Request.self, from: bodyBytes)
-        } catch {
-            return Self.error(400, "INVALID_ARGUMENT", "Invalid JSON payload received. \(error)")
+        switch decoded {
+        case .success(let decodedBody): body = decodedBody
+        case .failure(let error): return Self.error(400, "INVALID_ARGUMENT", "Invalid JSON payload received. \(error)")
         }
-        recorder?.append(.init(model: model, apiKey: apiKey, body: body))
         if let problem = validate(body, family: family) {
             return Self.error(400, "INVALID_ARGUMENT", problem)
         }

@@ -64,7 +64,7 @@ public func buildApplication(
 
     let api = router.group("v1").add(middleware: APIKeyAuthenticator(keys: dependencies.store))
     ImagesController(
-        catalog: configuration.catalog, pipeline: pipeline, publicURL: configuration.publicURL,
+        catalog: configuration.catalog, pipeline: pipeline, publicURL: configuration.publicURL.map { $0.hasSuffix("/") ? String($0.dropLast()) : $0 },
         maxJSONBodyBytes: configuration.maxJSONBodyBytes
     ).addRoutes(to: api)
 

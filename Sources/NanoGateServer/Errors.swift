@@ -57,7 +57,7 @@ extension GatewayError {
         case .keyNotFound(let key, let context):
             let field = name(context.codingPath, key)
             return .invalidParameter(field, "Missing required parameter: '\(field)'.", code: "missing_required_parameter")
-        case .typeMismatch(let type, let context), .valueNotFound(let type, let context):
+        case .typeMismatch(let type, let context) where !context.codingPath.isEmpty, .valueNotFound(let type, let context) where !context.codingPath.isEmpty:
             let field = name(context.codingPath)
             return .invalidParameter(field, "Invalid type for '\(field)': expected \(type == String.self ? "a string" : type == Int.self ? "an integer" : "\(type)").", code: "invalid_type")
         case .dataCorrupted(let context) where !context.codingPath.isEmpty:

@@ -1,0 +1,112 @@
+import NanoGateCore
+import Testing
+
+/// The size rules, driven by the user's spec table and Google's pixel tables.
+@Suite struct SizeRulesTests {
+    let catalog = ModelCatalog.standard()
+
+    func model(_ name: String) -> CatalogModel { catalog.model(named: name)! }
+
+    /// The spec's table for the 2.5 family: each ratio and its WxH mean the same request.
+    static let seedTable: [(ratio: String, pixels: String)] = [
+        ("1:1", "1024x1024"), ("2:3", "832x1248"), ("3:2", "1248x832"), ("3:4", "864x1184"), ("4:3", "1184x864"),
+        ("4:5", "896x1152"), ("5:4", "1152x896"), ("9:16", "768x1344"), ("16:9", "1344x768"), ("21:9", "1536x672"),
+    ]
+
+    @Test(arguments: ["nano-banana", "gemini-2.5-flash-image"])
+    func flashAcceptsEveryRatioAndItsPixelSize(name: String) throws {
+        for row in Self.seedTable {
+            let byRatio = try SizeRules.resolve(model: model(name), size: row.ratio, aspectRatio: nil)
+            let byPixels = try SizeRules.resolve(model: model(name), size: row.pixels, aspectRatio: nil)
+            #expect(byRatio == byPixels)
+            #expect(byRatio.aspectRatio?.rawValue == row.ratio)
+            #expect(byRatio.imageSize == nil, "imageSize must never be sent for the 2.5 family")
+            #expect(byRatio.expectedPixels(for: .flash25).description == row.pixels)
+        }
+    }
+
+    @Test func flashDefaultsToModelChoiceAndMapsOpenAISizes() throws {
+        #expect(try SizeRules.resolve(model: model("nano-banana"), size: nil, aspectRatio: nil) == ImageSpec(aspectRatio: nil, imageSize: nil))
+        #expect(try SizeRules.resolve(model: model("nano-banana"), size: "auto", aspectRatio: nil).aspectRatio == nil)
+        #expect(try SizeRules.resolve(model: model("nano-banana"), size: "1536x1024", aspectRatio: nil).aspectRatio == .landscape3x2)
+        #expect(try SizeRules.resolve(model: model("nano-banana"), size: "1024x1792", aspectRatio: nil).aspectRatio == .portrait9x16)
+        #expect(try SizeRules.resolve(model: model("nano-banana"), size: "512x512", aspectRatio: nil).aspectRatio == .square)
+    }
+
+    @Test(arguments: ["7:3", "1k", "4K", "1000x1000", "big", "1:1:1"])
+    func flashRefusesWhatTheSpecDoesNotList(size: String) {
+        #expect {
+            try SizeRules.resolve(model: model("nano-banana"), size: size, aspectRatio: nil)
+        } throws: { error in
+            let error = error as! GatewayError
+            return error.status == 400 && error.param == "size" && error.message.contains("16:9 or 1344x768")
+        }
+    }
+
+    @Test func flashRefusesAspectRatioField() {
+        #expect(throws: GatewayError.self) {
+            try SizeRules.resolve(model: model("gemini-2.5-flash-image"), size: nil, aspectRatio: "16:9")
+        }
+    }
+
+    @Test(arguments: [("1k", ImageSize.oneK), ("1K", .oneK), ("2k", .twoK), ("2K", .twoK), ("4k", .fourK), ("4K", .fourK)])
+    func proTiersInAnyCase(size: String, tier: ImageSize) throws {
+        for name in ["nano-banana-pro", "gemini-3-pro-image-preview"] {
+            let spec = try SizeRules.resolve(model: model(name), size: size, aspectRatio: "2:3")
+            #expect(spec == ImageSpec(aspectRatio: .portrait2x3, imageSize: tier))
+        }
+    }
+
+    @Test func proDefaultsTo1KAndReadsPixelSizesFromGooglesTable() throws {
+        #expect(try SizeRules.resolve(model: model("nano-banana-pro"), size: nil, aspectRatio: nil) == ImageSpec(aspectRatio: nil, imageSize: .oneK))
+        for (ratio, tiers) in PixelTables.pro3 {
+            for (tier, pixels) in tiers {
+                let spec = try SizeRules.resolve(model: model("nano-banana-pro"), size: pixels.description, aspectRatio: nil)
+                #expect(spec == ImageSpec(aspectRatio: ratio, imageSize: tier))
+                #expect(spec.expectedPixels(for: .pro3) == pixels)
+            }
+        }
+        // A ratio in `size` is accepted leniently, at 1K.
+        #expect(try SizeRules.resolve(model: model("nano-banana-pro"), size: "16:9", aspectRatio: nil) == ImageSpec(aspectRatio: .landscape16x9, imageSize: .oneK))
+        // OpenAI sizes pick the smallest tier that is large enough.
+        #expect(try SizeRules.resolve(model: model("nano-banana-pro"), size: "1792x1024", aspectRatio: nil) == ImageSpec(aspectRatio: .landscape16x9, imageSize: .twoK))
+        #expect(try SizeRules.resolve(model: model("nano-banana-pro"), size: "1024x1024", aspectRatio: nil) == ImageSpec(aspectRatio: .square, imageSize: .oneK))
+    }
+
+    @Test func proRefusesBadValuesNamingTheField() {
+        func param(_ size: String?, _ ratio: String?) -> String? {
+            do {
+                _ = try SizeRules.resolve(model: model("nano-banana-pro"), size: size, aspectRatio: ratio)
+                return nil
+            } catch { return error.param }
+        }
+        #expect(param("8k", nil) == "size")
+        #expect(param("1344x768", nil) == "size")  // a 2.5 size, not in the 3-pro table
+        #expect(param("1k", "7:3") == "aspect_ratio")
+        #expect(param("16:9", "2:3") == "aspect_ratio")  // contradicting ratios
+    }
+
+    @Test func fixedTierNamesTakeTheRatioInSize() throws {
+        // The spec's own example: {"model":"nano-banana-pro-2k","size":"2:3"}.
+        let twoK = try SizeRules.resolve(model: model("nano-banana-pro-2k"), size: "2:3", aspectRatio: nil)
+        #expect(twoK == ImageSpec(aspectRatio: .portrait2x3, imageSize: .twoK))
+        #expect(twoK.expectedPixels(for: .pro3) == PixelSize(1696, 2528))
+        let fourK = try SizeRules.resolve(model: model("nano-banana-pro-4k"), size: nil, aspectRatio: "21:9")
+        #expect(fourK.expectedPixels(for: .pro3) == PixelSize(6336, 2688))
+        #expect(try SizeRules.resolve(model: model("nano-banana-pro-4k"), size: "4k", aspectRatio: nil).imageSize == .fourK)
+        #expect(throws: GatewayError.self) { try SizeRules.resolve(model: model("nano-banana-pro-2k"), size: "4k", aspectRatio: nil) }
+        // OpenAI clients send 1024x1024 by default: on a fixed tier it means the ratio only.
+        #expect(try SizeRules.resolve(model: model("nano-banana-pro-4k"), size: "1024x1024", aspectRatio: nil) == ImageSpec(aspectRatio: .square, imageSize: .fourK))
+        #expect(throws: GatewayError.self) { try SizeRules.resolve(model: model("nano-banana-pro-4k"), size: "2048x2048", aspectRatio: nil) }
+    }
+
+    @Test func catalogMatchesTheSpec() {
+        #expect(catalog.names == ["nano-banana", "gemini-2.5-flash-image", "nano-banana-pro", "gemini-3-pro-image-preview", "nano-banana-pro-2k", "nano-banana-pro-4k"])
+        #expect(catalog.models.filter(\.allowsURLOutput).map(\.name) == ["nano-banana", "nano-banana-pro", "nano-banana-pro-2k", "nano-banana-pro-4k"])
+        let renamed = ModelCatalog.standard(proUpstream: "gemini-3-pro-image")
+        #expect(renamed.model(named: "nano-banana-pro-4k")?.upstreamModel == "gemini-3-pro-image")
+        #expect(ModelFamily.flash25.outputImageTokens(nil) == 1290)
+        #expect(ModelFamily.pro3.outputImageTokens(.twoK) == 1120)
+        #expect(ModelFamily.pro3.outputImageTokens(.fourK) == 2000)
+    }
+}

@@ -1,0 +1,97 @@
+import Foundation
+import NanoGateCore
+import Testing
+
+/// Reading Gemini answers (the shared reference fixtures) and writing Gemini requests.
+@Suite struct TranslationTests {
+    func fixture(_ name: String) throws -> GeminiWire.Response {
+        let url = try #require(Bundle.module.url(forResource: "Fixtures/\(name)", withExtension: "json"))
+        return try JSONDecoder().decode(GeminiWire.Response.self, from: Data(contentsOf: url))
+    }
+
+    @Test func imageOnlyAnswer() throws {
+        let outcome = try ImageTranslation.outcome(of: fixture("01-generate-image-only.gemini-2.5-flash-image"))
+        #expect(outcome.images.count == 1)
+        #expect(outcome.usage.outputTokensDetails.imageTokens == 1290)
+        #expect(outcome.usage.totalTokens == outcome.usage.inputTokens + outcome.usage.outputTokens)
+    }
+
+    @Test func editAnswerCountsTheInputImage() throws {
+        let outcome = try ImageTranslation.outcome(of: fixture("02-edit-image-and-text.gemini-2.5-flash-image"))
+        #expect(outcome.images.count == 1)
+        #expect(outcome.text != nil)
+        #expect(outcome.usage.inputTokensDetails.imageTokens == 258)
+        #expect(outcome.usage.inputTokensDetails.textTokens == outcome.usage.inputTokens - 258)
+    }
+
+    @Test func thoughtPartsAreDropped() throws {
+        let response = try fixture("03-generate-with-thoughts-and-signatures.gemini-3-pro-image-preview")
+        let outcome = try ImageTranslation.outcome(of: response)
+        // The fixture has an interim thought image (1×1) and a final image (8×8): only the final one counts.
+        #expect(outcome.images.count == 1)
+        let bytes = try #require(Data(base64Encoded: outcome.images[0].data))
+        #expect(bytes[16..<24].elementsEqual([0, 0, 0, 8, 0, 0, 0, 8]))
+        #expect(outcome.text == "Here is the nano banana dish in a Gemini-themed restaurant.")
+        // Thoughts are billed as output text.
+        #expect(outcome.usage.outputTokens == 1133 + 248)
+        #expect(outcome.usage.outputTokensDetails == .init(imageTokens: 1120, textTokens: 1133 + 248 - 1120))
+        #expect(outcome.usage.totalTokens == 1398)
+    }
+
+    @Test(arguments: [
+        ("04-finish-image-safety", 400, "content_policy_violation", "IMAGE_SAFETY"),
+        ("05-finish-no-image", 400, "no_image_generated", "NO_IMAGE"),
+        ("06-prompt-blocked", 400, "content_policy_violation", "PROHIBITED_CONTENT"),
+    ])
+    func answersWithoutAnImageAreErrors(file: String, status: Int, code: String, reason: String) throws {
+        let response = try fixture(file)
+        #expect {
+            try ImageTranslation.outcome(of: response)
+        } throws: { error in
+            let error = error as! GatewayError
+            return error.status == status && error.code == code && error.message.contains(reason)
+        }
+    }
+
+    @Test func unknownFinishReasonIsAServerSideError() {
+        let response = GeminiWire.Response(candidates: [.init(content: nil, finishReason: "SOMETHING_NEW")], usageMetadata: nil)
+        #expect {
+            try ImageTranslation.outcome(of: response)
+        } throws: { ($0 as! GatewayError).status == 502 }
+    }
+
+    @Test func snakeCasePartsAreRead() throws {
+        let json = #"{"candidates":[{"content":{"parts":[{"inline_data":{"mime_type":"image/png","data":"iVBORw0KGgo="},"thought_signature":"c2ln"}]},"finishReason":"STOP"}]}"#
+        let response = try JSONDecoder().decode(GeminiWire.Response.self, from: Data(json.utf8))
+        let part = try #require(response.candidates?.first?.content?.parts?.first)
+        #expect(part.inlineData?.mimeType == "image/png")
+        #expect(part.thoughtSignature == "c2ln")
+    }
+
+    @Test func requestSendsImageSizeOnlyToPro() throws {
+        let pro = ImageTranslation.geminiRequest(prompt: "p", spec: .init(aspectRatio: .landscape16x9, imageSize: .fourK), family: .pro3)
+        #expect(pro.generationConfig?.imageConfig == .init(aspectRatio: "16:9", imageSize: "4K"))
+        let flash = ImageTranslation.geminiRequest(prompt: "p", spec: .init(aspectRatio: nil, imageSize: .fourK), family: .flash25)
+        #expect(flash.generationConfig?.imageConfig == nil)
+        let encoded = String(decoding: try JSONEncoder().encode(pro), as: UTF8.self)
+        #expect(encoded.contains("\"imageConfig\"") && encoded.contains("\"responseModalities\""))
+        #expect(pro.contents.first?.role == "user")
+    }
+
+    @Test func pricesMatchGooglesInvoice() {
+        // 2.5: 1290 output image tokens at $30/M = $0.0387.
+        let flash = ImageUsage(inputTokens: 0, inputTokensDetails: .init(imageTokens: 0, textTokens: 0), outputTokens: 1290, outputTokensDetails: .init(imageTokens: 1290, textTokens: 0), totalTokens: 1290)
+        #expect(Pricing.costMicroUSD(flash, prices: ModelCatalog.flash25Prices) == 38_700)
+        // 3-pro 4K: 2000 tokens at $120/M = $0.24.
+        let pro = ImageUsage(inputTokens: 0, inputTokensDetails: .init(imageTokens: 0, textTokens: 0), outputTokens: 2000, outputTokensDetails: .init(imageTokens: 2000, textTokens: 0), totalTokens: 2000)
+        #expect(Pricing.costMicroUSD(pro, prices: ModelCatalog.pro3Prices) == 240_000)
+    }
+
+    @Test func sniffsImageTypesByTheirBytes() {
+        #expect(ImageSniffer.mimeType(of: [0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A, 0]) == "image/png")
+        #expect(ImageSniffer.mimeType(of: [0xFF, 0xD8, 0xFF, 0xE0]) == "image/jpeg")
+        #expect(ImageSniffer.mimeType(of: Array("RIFF\0\0\0\0WEBPVP8 ".utf8)) == "image/webp")
+        #expect(ImageSniffer.mimeType(of: Array("\0\0\0\u{18}ftypheic".utf8)) == "image/heic")
+        #expect(ImageSniffer.mimeType(of: Array("hello world".utf8)) == nil)
+    }
+}

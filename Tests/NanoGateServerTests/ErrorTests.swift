@@ -1,0 +1,165 @@
+import Foundation
+import Testing
+import GeminiEmulator
+import NanoGateServer
+import NanoGateStorage
+import NIOCore
+import NIOFoundationCompat
+import NIOHTTP1
+import Upstream
+
+/// Bad input, bad keys and upstream faults: OpenAI-style errors with the right status.
+@Suite struct ErrorTests {
+    /// Every error body has exactly OpenAI's four fields.
+    func expectOpenAIShape(_ reply: Harness.Reply, sourceLocation: SourceLocation = #_sourceLocation) {
+        #expect(Set(reply.error.keys) == ["message", "type", "param", "code"], "\(reply.text)", sourceLocation: sourceLocation)
+        #expect(reply.headers.first(name: "Content-Type") == "application/json", sourceLocation: sourceLocation)
+    }
+
+    @Test func badRequestsNameTheField() async throws {
+        try await withGateway { gateway in
+            let cases: [(body: String, status: Int, param: String?)] = [
+                (#"{"model":"nano-banana","prompt":"p","size":"7:3"}"#, 400, "size"),
+                (#"{"model":"nano-banana","prompt":"p","aspect_ratio":"16:9"}"#, 400, "aspect_ratio"),
+                (#"{"model":"nano-banana-pro","prompt":"p","size":"8k"}"#, 400, "size"),
+                (#"{"model":"nano-banana-pro","prompt":"p","aspect_ratio":"2:1"}"#, 400, "aspect_ratio"),
+                (#"{"model":"nano-banana","prompt":"p","n":5}"#, 400, "n"),
+                (#"{"model":"nano-banana","prompt":"p","n":0}"#, 400, "n"),
+                (#"{"model":"nano-banana","prompt":"p","n":"two"}"#, 400, "n"),
+                (#"{"model":"nano-banana","prompt":"p","response_format":"png"}"#, 400, "response_format"),
+                (#"{"model":"nano-banana","prompt":"   "}"#, 400, "prompt"),
+                (#"{"model":"nano-banana"}"#, 400, "prompt"),
+                (#"{"prompt":"p"}"#, 400, "model"),
+                (#"{"model":"dall-e-3","prompt":"p"}"#, 404, "model"),
+                (#"{"model":"nano-banana","prompt":42}"#, 400, "prompt"),
+                (#"{"model":"nano-banana","#, 400, nil),
+                (#"[1,2]"#, 400, nil),
+            ]
+            for item in cases {
+                let reply = try await gateway.generate(item.body)
+                #expect(reply.status == item.status, "\(item.body): \(reply.text)")
+                #expect(reply.error["param"] as? String == item.param, "\(item.body): \(reply.text)")
+                expectOpenAIShape(reply)
+            }
+            #expect(gateway.recorder.all.isEmpty, "nothing invalid reaches Google")
+            let sizeError = try await gateway.generate(#"{"model":"nano-banana","prompt":"p","size":"7:3"}"#)
+            #expect((sizeError.error["message"] as? String)?.contains("2:3 or 832x1248") == true, "the message lists what is accepted")
+        }
+    }
+
+    @Test func keysAreRequiredAndRevocationIsImmediate() async throws {
+        try await withGateway { gateway in
+            let body = #"{"model":"nano-banana","prompt":"p"}"#
+            let missing = try await gateway.generate(body, key: "")
+            #expect(missing.status == 401)
+            #expect(missing.error["code"] as? String == "invalid_api_key")
+            expectOpenAIShape(missing)
+            #expect(try await gateway.generate(body, key: "sk-ng-not-a-real-key").status == 401)
+
+            let (_, secret) = try await gateway.dependencies.store.createKey(name: "short-lived", group: .default)
+            #expect(try await gateway.generate(body, key: secret).status == 200)
+            try await gateway.dependencies.store.revokeKey(name: "short-lived")
+            #expect(try await gateway.generate(body, key: secret).status == 401)
+        }
+    }
+
+    @Test func unknownRoutesAndBigBodiesAnswerInJSON() async throws {
+        try await withGateway(configure: { $0.maxJSONBodyBytes = 1024 }) { gateway in
+            let unknown = try await gateway.post("/v1/images/variations", json: "{}")
+            #expect(unknown.status == 404)
+            expectOpenAIShape(unknown)
+            let big = try await gateway.generate(#"{"model":"nano-banana","prompt":"\#(String(repeating: "a", count: 4000))"}"#)
+            #expect(big.status == 413)
+            expectOpenAIShape(big)
+        }
+    }
+
+    @Test func googleRefusalsAreClientErrorsWithGooglesReason() async throws {
+        try await withGateway { gateway in
+            let cases: [(directive: String, code: String, reason: String)] = [
+                ("image_safety", "content_policy_violation", "IMAGE_SAFETY"),
+                ("prohibited", "content_policy_violation", "IMAGE_PROHIBITED_CONTENT"),
+                ("prompt_block", "content_policy_violation", "PROHIBITED_CONTENT"),
+                ("no_image", "no_image_generated", "NO_IMAGE"),
+            ]
+            for item in cases {
+                let reply = try await gateway.generate(#"{"model":"nano-banana","prompt":"p [emulate:\#(item.directive)]"}"#)
+                #expect(reply.status == 400, "\(item.directive)")
+                #expect(reply.error["code"] as? String == item.code, "\(item.directive)")
+                #expect((reply.error["message"] as? String)?.contains(item.reason) == true, "\(reply.text)")
+                #expect(reply.json["data"] == nil, "never 200 with empty data")
+                expectOpenAIShape(reply)
+            }
+        }
+    }
+
+    @Test func rateLimitsPassRetryAfterThrough() async throws {
+        try await withGateway { gateway in
+            let reply = try await gateway.generate(#"{"model":"nano-banana","prompt":"p [emulate:429]"}"#)
+            #expect(reply.status == 429)
+            #expect(reply.headers.first(name: "Retry-After") == "27")
+            #expect(reply.error["code"] as? String == "rate_limit_exceeded")
+            expectOpenAIShape(reply)
+        }
+    }
+
+    @Test func rateLimitedKeysAreSkippedForTheNextKey() async throws {
+        try await withGateway(googleKeys: ["google-key-1", "google-key-2"], emulatorKeys: ["google-key-1", "google-key-2"]) { gateway in
+            let reply = try await gateway.generate(#"{"model":"nano-banana","prompt":"p [emulate:flaky=429]","response_format":"b64_json"}"#)
+            #expect(reply.status == 200)
+            let keysUsed = gateway.recorder.all.map(\.apiKey)
+            #expect(keysUsed.count == 2)
+            #expect(Set(keysUsed).count == 2, "the retry went to the other key")
+        }
+    }
+
+    @Test func transientFaultsAreRetried() async throws {
+        try await withGateway { gateway in
+            let reply = try await gateway.generate(#"{"model":"nano-banana","prompt":"p [emulate:flaky=503]","response_format":"b64_json"}"#)
+            #expect(reply.status == 200)
+            #expect(gateway.recorder.all.count == 2)
+        }
+    }
+
+    @Test func persistentUpstreamFaultsMapToGatewayStatuses() async throws {
+        try await withGateway(configure: { $0.upstream.requestTimeout = .milliseconds(500) }) { gateway in
+            let cases: [(directive: String, status: Int)] = [("503", 503), ("500", 502), ("garbage", 502), ("slow=3000", 504)]
+            for item in cases {
+                let before = gateway.recorder.all.count
+                let reply = try await gateway.generate(#"{"model":"nano-banana","prompt":"p [emulate:\#(item.directive)]"}"#)
+                #expect(reply.status == item.status, "\(item.directive): \(reply.text)")
+                expectOpenAIShape(reply)
+                #expect(gateway.recorder.all.count - before == 3, "\(item.directive) is retried up to 3 attempts")
+            }
+        }
+    }
+
+    @Test func aBadGoogleKeyIsTheOperatorsProblemAndNeverLeaks() async throws {
+        try await withGateway(googleKeys: ["AIzaSy-secret-but-wrong"], emulatorKeys: ["the-real-key"]) { gateway in
+            let reply = try await gateway.generate(#"{"model":"nano-banana","prompt":"p"}"#)
+            #expect(reply.status == 503)
+            #expect(reply.error["code"] as? String == "upstream_auth_failed")
+            #expect(!reply.text.contains("AIzaSy"))
+            expectOpenAIShape(reply)
+        }
+    }
+
+    @Test func aBadKeyIsSkippedWhenAGoodOneExists() async throws {
+        try await withGateway(googleKeys: ["wrong-key", "google-key-1"], emulatorKeys: ["google-key-1"]) { gateway in
+            for _ in 0..<3 {
+                let reply = try await gateway.generate(#"{"model":"nano-banana","prompt":"p","response_format":"b64_json"}"#)
+                #expect(reply.status == 200)
+            }
+            // After the first rejection the bad key is set aside: at most one call used it.
+            #expect(gateway.recorder.all.filter { $0.apiKey == "wrong-key" }.count == 1)
+        }
+    }
+
+    @Test func noGoogleKeyConfiguredIsA503() async throws {
+        try await withGateway(googleKeys: []) { gateway in
+            let reply = try await gateway.generate(#"{"model":"nano-banana","prompt":"p"}"#)
+            #expect(reply.status == 503)
+            #expect((reply.error["message"] as? String)?.contains("GEMINI_API_KEY") == true)
+        }
+    }
+}

@@ -1,0 +1,198 @@
+import Foundation
+import NanoGateCore
+import Testing
+import GeminiEmulator
+import NanoGateServer
+import NanoGateStorage
+import NIOCore
+import NIOFoundationCompat
+import NIOHTTP1
+import Upstream
+
+/// `POST /v1/images/generations` over real HTTP, against the emulator.
+@Suite struct GenerationsTests {
+    /// Model, size, aspect_ratio → the pixel size Google's tables promise.
+    static let sizeCases: [(model: String, size: String?, ratio: String?, width: Int, height: Int)] = [
+        ("nano-banana", nil, nil, 1024, 1024),
+        ("nano-banana", "2:3", nil, 832, 1248),
+        ("nano-banana", "1344x768", nil, 1344, 768),
+        ("gemini-2.5-flash-image", "21:9", nil, 1536, 672),
+        ("nano-banana-pro", "4k", "2:3", 3392, 5056),
+        ("nano-banana-pro", "2K", "16:9", 2752, 1536),
+        ("nano-banana-pro", nil, nil, 1024, 1024),
+        ("gemini-3-pro-image-preview", "1k", "9:16", 768, 1376),
+        ("nano-banana-pro-2k", "2:3", nil, 1696, 2528),
+        ("nano-banana-pro-4k", "16:9", nil, 5504, 3072),
+    ]
+
+    @Test func everyModelReturnsAPNGOfTheRequestedSize() async throws {
+        try await withGateway { gateway in
+            for item in Self.sizeCases {
+                var fields = [#""model":"\#(item.model)""#, #""prompt":"a banana""#, #""response_format":"b64_json""#]
+                if let size = item.size { fields.append(#""size":"\#(size)""#) }
+                if let ratio = item.ratio { fields.append(#""aspect_ratio":"\#(ratio)""#) }
+                let reply = try await gateway.generate("{\(fields.joined(separator: ","))}")
+                #expect(reply.status == 200, "\(item): \(reply.text.prefix(300))")
+                let bytes = try await gateway.imageBytes(reply)
+                let size = try #require(Harness.pngSize(bytes), "\(item)")
+                #expect(size == (item.width, item.height), "\(item)")
+                #expect(reply.json["created"] is Int)
+            }
+        }
+    }
+
+    @Test func whatReachesGoogleIsGooglesSpelling() async throws {
+        try await withGateway { gateway in
+            _ = try await gateway.generate(#"{"model":"nano-banana-pro","prompt":"p","size":"4k","aspect_ratio":"21:9"}"#)
+            _ = try await gateway.generate(#"{"model":"nano-banana","prompt":"p","size":"832x1248"}"#)
+            let calls = gateway.recorder.all
+            #expect(calls.count == 2)
+            #expect(calls[0].model == "gemini-3-pro-image-preview")
+            #expect(calls[0].body.generationConfig?.imageConfig == .init(aspectRatio: "21:9", imageSize: "4K"))
+            #expect(calls[0].body.generationConfig?.candidateCount == nil)
+            #expect(calls[1].model == "gemini-2.5-flash-image")
+            #expect(calls[1].body.generationConfig?.imageConfig == .init(aspectRatio: "2:3", imageSize: nil))
+            #expect(calls.allSatisfy { $0.apiKey == "google-key-1" })
+        }
+    }
+
+    @Test func upstreamModelIDsComeFromConfiguration() async throws {
+        try await withGateway(configure: { $0.catalog = .standard(flashUpstream: "gemini-2.5-flash-image-renamed") }) { gateway in
+            // The emulator does not know the renamed id, as Google would not: the operator sees a clear 502.
+            let reply = try await gateway.generate(#"{"model":"nano-banana","prompt":"p"}"#)
+            #expect(reply.status == 502)
+            #expect(reply.error["code"] as? String == "upstream_model_not_found")
+            #expect(gateway.recorder.all.first?.model == "gemini-2.5-flash-image-renamed")
+        }
+    }
+
+    @Test func usageComesFromGeminiAndThoughtsAreDropped() async throws {
+        try await withGateway { gateway in
+            let reply = try await gateway.generate(#"{"model":"gemini-3-pro-image-preview","prompt":"a cat in a hat","size":"1k"}"#)
+            #expect(reply.status == 200)
+            #expect(reply.data.count == 1, "the interim thought image must not be returned")
+            #expect(Harness.pngSize(try await gateway.imageBytes(reply))! == (1024, 1024))
+            let usage = reply.usage
+            let input = usage["input_tokens"] as! Int
+            let output = usage["output_tokens"] as! Int
+            #expect(usage["total_tokens"] as! Int == input + output)
+            let outputDetails = usage["output_tokens_details"] as! [String: Int]
+            #expect(outputDetails["image_tokens"] == 1120)
+            #expect(outputDetails["text_tokens"]! > 0, "thought tokens are billed as text output")
+            let inputDetails = usage["input_tokens_details"] as! [String: Int]
+            #expect(inputDetails["text_tokens"] == input && inputDetails["image_tokens"] == 0)
+        }
+    }
+
+    @Test func nFansOutAndSumsUsage() async throws {
+        try await withGateway { gateway in
+            let reply = try await gateway.generate(#"{"model":"nano-banana","prompt":"three bananas","n":3,"response_format":"b64_json"}"#)
+            #expect(reply.status == 200)
+            #expect(reply.data.count == 3)
+            #expect(gateway.recorder.all.count == 3, "one upstream call per image")
+            #expect((reply.usage["output_tokens_details"] as! [String: Int])["image_tokens"] == 3 * 1290)
+            // n as a string, as form posts send it, works too.
+            let two = try await gateway.generate(#"{"model":"nano-banana","prompt":"two","n":"2","response_format":"b64_json"}"#)
+            #expect(two.data.count == 2)
+        }
+    }
+
+    @Test func responseFormatFollowsTheRequestThenTheGroup() async throws {
+        try await withGateway { gateway in
+            let byDefaultGroup = try await gateway.generate(#"{"model":"nano-banana","prompt":"p"}"#, key: gateway.defaultKey)
+            #expect(byDefaultGroup.data.first?["url"] is String)
+            #expect(byDefaultGroup.data.first?["b64_json"] == nil)
+
+            let byGeminiGroup = try await gateway.generate(#"{"model":"nano-banana","prompt":"p"}"#, key: gateway.geminiKey)
+            #expect(byGeminiGroup.data.first?["b64_json"] is String)
+
+            let askedURL = try await gateway.generate(#"{"model":"nano-banana-pro","prompt":"p","response_format":"url"}"#, key: gateway.geminiKey)
+            #expect(askedURL.data.first?["url"] is String)
+
+            let askedB64 = try await gateway.generate(#"{"model":"nano-banana","prompt":"p","response_format":"b64_json"}"#, key: gateway.defaultKey)
+            #expect(askedB64.data.first?["b64_json"] is String)
+
+            // The spec: gemini-2.5-flash-image (and the 3-pro id) only answer base64.
+            for model in ["gemini-2.5-flash-image", "gemini-3-pro-image-preview"] {
+                let alwaysB64 = try await gateway.generate(#"{"model":"\#(model)","prompt":"p","response_format":"url"}"#)
+                #expect(alwaysB64.data.first?["b64_json"] is String, "\(model)")
+                #expect(alwaysB64.data.first?["url"] == nil, "\(model)")
+            }
+        }
+    }
+
+    @Test func imageURLsServeTheImageAndRefuseTampering() async throws {
+        try await withGateway { gateway in
+            let reply = try await gateway.generate(#"{"model":"nano-banana","prompt":"p","size":"9:16","response_format":"url"}"#)
+            let url = try #require(reply.data.first?["url"] as? String)
+            #expect(url.hasPrefix(gateway.baseURL + "/v1/files/images/"))
+            let image = try await gateway.get(url)
+            #expect(image.status == 200)
+            #expect(image.headers.first(name: "Content-Type") == "image/png")
+            #expect(Harness.pngSize(Array(buffer: image.body))! == (768, 1344))
+
+            // Another signature, another expiry, another file: never the image.
+            let tamperedSignature = url.replacingOccurrences(of: "signature=", with: "signature=x")
+            #expect(try await gateway.get(tamperedSignature).status == 403)
+            let extended = url.replacingOccurrences(of: "expires=", with: "expires=9")
+            #expect(try await gateway.get(extended).status == 403)
+            let otherFile = url.replacingOccurrences(of: "/images/", with: "/images/0")
+            #expect(try await gateway.get(otherFile).status == 403)
+            let unsigned = String(url.prefix { $0 != "?" })
+            let refused = try await gateway.get(unsigned)
+            #expect(refused.status == 403)
+            #expect(refused.error["code"] as? String == "invalid_signature")
+        }
+    }
+
+    @Test func publicURLIsTheBaseOfImageURLs() async throws {
+        try await withGateway(configure: { $0.publicURL = "https://img.example.com/" }) { gateway in
+            let reply = try await gateway.generate(#"{"model":"nano-banana","prompt":"p"}"#)
+            #expect((reply.data.first?["url"] as? String)?.hasPrefix("https://img.example.com/v1/files/images/") == true)
+        }
+    }
+
+    @Test func expiredURLsAreGoneAndSwept() async throws {
+        try await withGateway(configure: { $0.urlTTL = .seconds(1) }) { gateway in
+            let reply = try await gateway.generate(#"{"model":"nano-banana","prompt":"p"}"#)
+            let url = try #require(reply.data.first?["url"] as? String)
+            #expect(try await gateway.get(url).status == 200)
+            try await Task.sleep(for: .milliseconds(2200))
+            let expired = try await gateway.get(url)
+            #expect(expired.status == 410)
+            #expect(expired.error["code"] as? String == "url_expired")
+            // The sweeper removes files older than the TTL.
+            let store = gateway.dependencies.imageStore
+            try await store.sweep(olderThan: .seconds(1))
+            let left = try FileManager.default.contentsOfDirectory(atPath: store.directory.path)
+            #expect(left.isEmpty)
+        }
+    }
+
+    @Test func mislabelledJPEGIsServedAsJPEG() async throws {
+        try await withGateway { gateway in
+            let reply = try await gateway.generate(#"{"model":"nano-banana","prompt":"p [emulate:jpeg]","response_format":"url"}"#)
+            let url = try #require(reply.data.first?["url"] as? String)
+            #expect(url.contains(".jpg?"))
+            let image = try await gateway.get(url)
+            #expect(image.headers.first(name: "Content-Type") == "image/jpeg")
+            #expect(Array(buffer: image.body).starts(with: [0xFF, 0xD8, 0xFF]))
+        }
+    }
+
+    @Test func usageLogChargesSuccessesAndNothingForFailures() async throws {
+        try await withGateway { gateway in
+            _ = try await gateway.generate(#"{"model":"nano-banana","prompt":"ok","response_format":"b64_json"}"#)
+            _ = try await gateway.generate(#"{"model":"nano-banana","prompt":"no [emulate:image_safety]"}"#)
+            let key = try #require(try await gateway.dependencies.store.listKeys().first { $0.name == "test-default" })
+            let log = try await gateway.dependencies.store.recentUsage(keyID: key.id, limit: 10)
+            #expect(log.count == 2)
+            let success = try #require(log.first { $0.status == 200 })
+            #expect(success.images == 1)
+            #expect(success.costMicroUSD >= 38_700, "1290 image tokens at $30/M plus input")
+            let failure = try #require(log.first { $0.status != 200 })
+            #expect(failure.costMicroUSD == 0)
+            #expect(failure.errorCode == "content_policy_violation")
+        }
+    }
+}

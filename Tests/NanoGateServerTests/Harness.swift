@@ -1,0 +1,142 @@
+import AsyncHTTPClient
+import Foundation
+import GeminiEmulator
+import Hummingbird
+import Logging
+import NanoGateServer
+import NanoGateStorage
+import NIOCore
+import NIOFoundationCompat
+import NIOHTTP1
+import ServiceLifecycle
+import Upstream
+
+/// A gateway and an emulator, both listening on loopback ports, for one test.
+struct Harness {
+    let baseURL: String
+    let recorder: EmulatorRecorder
+    let dependencies: GatewayDependencies
+    let configuration: GatewayConfiguration
+    /// A key of the "default" group (URL answers unless asked otherwise).
+    let defaultKey: String
+    /// A key of the "gemini" group (base64 answers unless asked otherwise).
+    let geminiKey: String
+    let client = HTTPClient.shared
+
+    struct Reply {
+        var status: Int
+        var headers: HTTPHeaders
+        var body: ByteBuffer
+
+        var json: [String: Any] {
+            (try? JSONSerialization.jsonObject(with: Data(buffer: body))) as? [String: Any] ?? [:]
+        }
+        var error: [String: Any] { json["error"] as? [String: Any] ?? [:] }
+        var data: [[String: Any]] { json["data"] as? [[String: Any]] ?? [] }
+        var usage: [String: Any] { json["usage"] as? [String: Any] ?? [:] }
+        var text: String { String(buffer: body) }
+    }
+
+    func post(_ path: String, json: String, key: String? = nil) async throws -> Reply {
+        var request = HTTPClientRequest(url: baseURL + path)
+        request.method = .POST
+        request.headers.add(name: "Content-Type", value: "application/json")
+        if let key = key ?? Optional(defaultKey), !key.isEmpty { request.headers.add(name: "Authorization", value: "Bearer \(key)") }
+        request.body = .bytes(ByteBuffer(string: json))
+        return try await send(request)
+    }
+
+    /// Generations with the default key unless another is given.
+    func generate(_ json: String, key: String? = nil) async throws -> Reply {
+        try await post("/v1/images/generations", json: json, key: key)
+    }
+
+    func get(_ url: String) async throws -> Reply {
+        try await send(HTTPClientRequest(url: url))
+    }
+
+    func send(_ request: HTTPClientRequest) async throws -> Reply {
+        let response = try await client.execute(request, timeout: .seconds(120))
+        let body = try await response.body.collect(upTo: 512 * 1024 * 1024)
+        return Reply(status: Int(response.status.code), headers: response.headers, body: body)
+    }
+
+    /// Width and height of PNG bytes, read from the IHDR chunk.
+    static func pngSize(_ bytes: [UInt8]) -> (Int, Int)? {
+        guard bytes.count > 24, bytes.starts(with: [0x89, 0x50, 0x4E, 0x47]) else { return nil }
+        func int(_ at: Int) -> Int { bytes[at..<at + 4].reduce(0) { $0 << 8 | Int($1) } }
+        return (int(16), int(20))
+    }
+
+    /// Decodes `data[index]` of a reply, from base64 or by fetching its URL.
+    func imageBytes(_ reply: Reply, index: Int = 0) async throws -> [UInt8] {
+        let item = reply.data[index]
+        if let b64 = item["b64_json"] as? String { return Array(Data(base64Encoded: b64) ?? Data()) }
+        let url = item["url"] as! String
+        let fetched = try await get(url)
+        return Array(buffer: fetched.body)
+    }
+}
+
+/// Starts the emulator and the gateway on free loopback ports, runs `body`, then shuts both down.
+func withGateway(
+    googleKeys: [String] = ["google-key-1"],
+    emulatorKeys: Set<String>? = ["google-key-1"],
+    configure: (inout GatewayConfiguration) -> Void = { _ in },
+    _ body: (Harness) async throws -> Void
+) async throws {
+    var logger = Logger(label: "test")
+    logger.logLevel = .critical
+    let directory = FileManager.default.temporaryDirectory.appendingPathComponent("nanogate-test-\(UUID().uuidString)")
+    defer { try? FileManager.default.removeItem(at: directory) }
+
+    let recorder = EmulatorRecorder()
+    let (emulatorPorts, emulatorPort) = AsyncStream.makeStream(of: Int.self)
+    let emulator = Application(
+        router: GeminiEmulator(configuration: .init(acceptedKeys: emulatorKeys), recorder: recorder).router(),
+        configuration: .init(address: .hostname("127.0.0.1", port: 0)),
+        onServerRunning: { emulatorPort.yield($0.localAddress!.port!) },
+        logger: logger
+    )
+    let emulatorGroup = ServiceGroup(configuration: .init(services: [emulator], logger: logger))
+
+    try await withThrowingTaskGroup(of: Void.self) { tasks in
+        tasks.addTask { try await emulatorGroup.run() }
+        var ports = emulatorPorts.makeAsyncIterator()
+        let upstreamPort = await ports.next()!
+
+        var configuration = GatewayConfiguration(
+            host: "127.0.0.1", port: 0, dataDirectory: directory,
+            upstream: UpstreamConfiguration(baseURL: "http://127.0.0.1:\(upstreamPort)", apiKeys: googleKeys, retryBaseDelay: .milliseconds(5))
+        )
+        configure(&configuration)
+        let dependencies = try await GatewayDependencies.live(configuration: configuration, logger: logger)
+        let defaultKey = try await dependencies.store.createKey(name: "test-default", group: .default).secret
+        let geminiKey = try await dependencies.store.createKey(name: "test-gemini", group: .gemini).secret
+
+        let (gatewayPorts, gatewayPort) = AsyncStream.makeStream(of: Int.self)
+        let gateway = buildApplication(
+            configuration: configuration, dependencies: dependencies, logger: logger,
+            onServerRunning: { gatewayPort.yield($0.localAddress!.port!) }
+        )
+        let gatewayGroup = ServiceGroup(configuration: .init(services: [gateway], logger: logger))
+        tasks.addTask { try await gatewayGroup.run() }
+        var gatewayIterator = gatewayPorts.makeAsyncIterator()
+        let port = await gatewayIterator.next()!
+
+        let harness = Harness(
+            baseURL: "http://127.0.0.1:\(port)", recorder: recorder, dependencies: dependencies,
+            configuration: configuration, defaultKey: defaultKey, geminiKey: geminiKey
+        )
+        do {
+            try await body(harness)
+        } catch {
+            await gatewayGroup.triggerGracefulShutdown()
+            await emulatorGroup.triggerGracefulShutdown()
+            throw error
+        }
+        await gatewayGroup.triggerGracefulShutdown()
+        await emulatorGroup.triggerGracefulShutdown()
+        try await tasks.waitForAll()
+    }
+}

@@ -1,0 +1,182 @@
+"""Shared fixtures for the OpenAI SDK compatibility suite.
+
+A single ``nanogate serve --demo`` process is started for the whole session;
+it runs the offline Gemini emulator in-process, so no network is needed.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Callable, Iterator, NamedTuple
+
+import openai
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+STARTUP_TIMEOUT = 60.0
+CLIENT_TIMEOUT = 180.0
+CLI_TIMEOUT = 60.0
+KEY_LINE = re.compile(r"^Demo API key \(group \"default\"\):\s*(\S+)\s*$")
+RUNNING_LINE = re.compile(r"^NanoGate demo is running at (http://\S+?)[,\s]")
+
+
+class Gateway(NamedTuple):
+    """A running demo gateway: SDK base URL (ending in /v1), demo key, data dir."""
+
+    base_url: str
+    key: str
+    data_dir: Path
+
+
+def _nanogate_bin() -> Path:
+    """Path of the gateway binary: $NANOGATE_BIN or the debug build in the repo."""
+    path = Path(os.environ.get("NANOGATE_BIN") or REPO_ROOT / ".build" / "debug" / "nanogate")
+    # The binary may be relinked under us by a concurrent build; wait briefly.
+    deadline = time.monotonic() + 30
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    if not path.exists():
+        pytest.fail(f"nanogate binary not found at {path} (set NANOGATE_BIN)")
+    return path
+
+
+def _free_port() -> int:
+    """Ask the OS for a free TCP port on 127.0.0.1."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _pump(stream, lines: "queue.Queue[str | None]") -> None:
+    """Copy a process's output into a queue line by line; None marks EOF."""
+    for line in iter(stream.readline, ""):
+        lines.put(line)
+    lines.put(None)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGTERM the process, then SIGKILL it if it does not exit in time."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=15)
+
+
+@pytest.fixture(scope="session")
+def nanogate_bin() -> Path:
+    """The nanogate executable under test."""
+    return _nanogate_bin()
+
+
+@pytest.fixture(scope="session")
+def gateway(nanogate_bin: Path, tmp_path_factory) -> Iterator[Gateway]:
+    """Start ``nanogate serve --demo`` on a free port with a fresh data dir."""
+    data_dir = tmp_path_factory.mktemp("nanogate-data")
+    port = _free_port()
+    stderr_log = tempfile.TemporaryFile(mode="w+", encoding="utf-8", errors="replace")
+    proc = subprocess.Popen(
+        [str(nanogate_bin), "serve", "--demo", "--port", str(port), "--data-dir", str(data_dir)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=stderr_log,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+    )
+    lines: "queue.Queue[str | None]" = queue.Queue()
+    threading.Thread(target=_pump, args=(proc.stdout, lines), daemon=True).start()
+
+    seen: list[str] = []
+
+    def startup_failure(reason: str) -> None:
+        _stop(proc)
+        stderr_log.seek(0)
+        pytest.fail(
+            f"{reason}\n--- stdout ---\n{''.join(seen)}\n--- stderr ---\n{stderr_log.read()[-5000:]}",
+            pytrace=False,
+        )
+
+    key = None
+    root_url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while key is None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            startup_failure(f"no demo key printed within {STARTUP_TIMEOUT:.0f}s")
+        try:
+            line = lines.get(timeout=min(remaining, 1.0))
+        except queue.Empty:
+            continue
+        if line is None:
+            proc.wait(timeout=15)
+            startup_failure(f"nanogate exited early with status {proc.returncode}")
+        seen.append(line)
+        if match := RUNNING_LINE.match(line.strip() + " "):
+            root_url = match.group(1)
+        if match := KEY_LINE.match(line.strip()):
+            key = match.group(1)
+
+    try:
+        yield Gateway(base_url=f"{root_url.rstrip('/')}/v1", key=key, data_dir=Path(data_dir))
+    finally:
+        _stop(proc)
+        stderr_log.close()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def make_client(gateway: Gateway) -> Callable[[str], openai.OpenAI]:
+    """Factory for SDK clients bound to the gateway, with no retries."""
+
+    def make(api_key: str) -> openai.OpenAI:
+        return openai.OpenAI(
+            api_key=api_key,
+            base_url=gateway.base_url,
+            timeout=CLIENT_TIMEOUT,
+            max_retries=0,
+        )
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def client(make_client, gateway: Gateway) -> openai.OpenAI:
+    """SDK client authenticated with the demo key (group "default")."""
+    return make_client(gateway.key)
+
+
+@pytest.fixture(scope="session")
+def cli(nanogate_bin: Path, gateway: Gateway) -> Callable[..., subprocess.CompletedProcess]:
+    """Run ``nanogate <args> --data-dir <demo data dir>`` and capture its output."""
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(nanogate_bin), *args, "--data-dir", str(gateway.data_dir)],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=CLI_TIMEOUT,
+        )
+
+    return run
+
+
+@pytest.fixture
+def unique_name() -> str:
+    """A key name not used by any other test."""
+    return f"compat-{uuid.uuid4().hex[:10]}"
