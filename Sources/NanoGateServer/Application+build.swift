@@ -56,6 +56,9 @@ public func buildApplication(
     let pool = UpstreamPool(httpClient: dependencies.httpClient, configuration: configuration.upstream)
     let urls = ImageURLService(store: dependencies.imageStore, signer: dependencies.signer, ttl: configuration.urlTTL)
     let pipeline = GenerationPipeline(upstream: pool, usage: dependencies.store, images: urls)
+    let inputs = InputImageLoader(
+        httpClient: dependencies.httpClient, imageStore: dependencies.imageStore, signer: dependencies.signer, limits: configuration.inputs
+    )
 
     let router = Router(context: GatewayRequestContext.self)
     router.add(middleware: OpenAIErrorMiddleware())
@@ -65,8 +68,9 @@ public func buildApplication(
     let api = router.group("v1").add(middleware: APIKeyAuthenticator(keys: dependencies.store))
     ImagesController(
         catalog: configuration.catalog, pipeline: pipeline, publicURL: configuration.publicURL.map { $0.hasSuffix("/") ? String($0.dropLast()) : $0 },
-        maxJSONBodyBytes: configuration.maxJSONBodyBytes
+        maxJSONBodyBytes: configuration.maxJSONBodyBytes, inputs: inputs
     ).addRoutes(to: api)
+    ModelsController(catalog: configuration.catalog).addRoutes(to: api)
 
     var app = Application(
         router: router,

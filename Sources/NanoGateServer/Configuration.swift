@@ -16,6 +16,7 @@ public import Upstream
 /// | | `NANOGATE_GEMINI_BASE_URL` | Gemini API base | Google's |
 /// | | `NANOGATE_UPSTREAM_FLASH` / `NANOGATE_UPSTREAM_PRO` | upstream model ids | `gemini-2.5-flash-image` / `gemini-3-pro-image-preview` |
 /// | | `NANOGATE_UPSTREAM_TIMEOUT` | seconds per upstream call | 300 |
+/// | | `NANOGATE_MAX_IMAGE_BYTES`, `NANOGATE_MAX_REQUEST_BYTES`, `NANOGATE_ALLOW_PRIVATE_FETCH` | see `InputLimits` | |
 public struct GatewayConfiguration: Sendable {
     public var host: String
     public var port: Int
@@ -28,12 +29,15 @@ public struct GatewayConfiguration: Sendable {
     public var catalog: ModelCatalog
     /// Largest JSON body accepted on the generations endpoint.
     public var maxJSONBodyBytes: Int
+    /// Limits on input images (edits, chat).
+    public var inputs: InputLimits
 
     public init(
         host: String = "127.0.0.1", port: Int = 8080, dataDirectory: URL, publicURL: String? = nil,
         urlTTL: Duration = .seconds(4 * 3600), urlSecret: String? = nil, upstream: UpstreamConfiguration,
-        catalog: ModelCatalog = .standard(), maxJSONBodyBytes: Int = 1024 * 1024
+        catalog: ModelCatalog = .standard(), maxJSONBodyBytes: Int = 1024 * 1024, inputs: InputLimits = InputLimits()
     ) {
+        self.inputs = inputs
         self.host = host
         self.port = port
         self.dataDirectory = dataDirectory
@@ -64,6 +68,11 @@ public struct GatewayConfiguration: Sendable {
             catalog: .standard(
                 flashUpstream: environment["NANOGATE_UPSTREAM_FLASH"] ?? "gemini-2.5-flash-image",
                 proUpstream: environment["NANOGATE_UPSTREAM_PRO"] ?? "gemini-3-pro-image-preview"
+            ),
+            inputs: InputLimits(
+                maxImageBytes: environment["NANOGATE_MAX_IMAGE_BYTES"].flatMap(Int.init) ?? 20 * 1024 * 1024,
+                maxRequestBytes: environment["NANOGATE_MAX_REQUEST_BYTES"].flatMap(Int.init) ?? 64 * 1024 * 1024,
+                allowPrivateFetch: ["1", "true", "yes"].contains(environment["NANOGATE_ALLOW_PRIVATE_FETCH"]?.lowercased() ?? "")
             )
         )
     }

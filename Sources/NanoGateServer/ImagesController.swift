@@ -6,18 +6,22 @@ import NanoGateStorage
 import NIOCore
 import NIOFoundationCompat
 
-/// `POST /v1/images/generations`.
+/// `POST /v1/images/generations` and `POST /v1/images/edits`.
 struct ImagesController {
     let catalog: ModelCatalog
     let pipeline: GenerationPipeline
     let publicURL: String?
     let maxJSONBodyBytes: Int
+    let inputs: InputImageLoader
 
     /// Longest prompt accepted, in characters (the spec allows 32,768 tokens).
     static let maxPromptCharacters = 131_072
+    /// The spec: image-to-image with 1 to 6 input images.
+    static let maxEditImages = 6
 
     func addRoutes(to group: RouterGroup<GatewayRequestContext>) {
         group.post("images/generations", use: generations)
+        group.post("images/edits", use: edits)
     }
 
     @Sendable func generations(_ request: Request, context: GatewayRequestContext) async throws -> Response {
@@ -36,14 +40,14 @@ struct ImagesController {
             throw GatewayError.from(decodingError: error)
         }
 
-        let job = try validate(input, key: key, baseURL: publicURL ?? Self.baseURL(of: request))
+        let job = try validate(input, key: key, baseURL: publicURL ?? Self.baseURL(of: request), endpoint: "images.generations")
         context.logger.info("image generation", metadata: ["model": "\(job.model.name)", "n": "\(job.count)", "format": "\(job.format.rawValue)"])
         let response = try await pipeline.run(job, logger: context.logger)
         return try Self.json(response)
     }
 
     /// Validates against the catalog: model, prompt, n, size/aspect_ratio, response_format.
-    func validate(_ input: ImageGenerationRequest, key: APIKey, baseURL: String) throws(GatewayError) -> ImageJob {
+    func validate(_ input: ImageGenerationRequest, key: APIKey, baseURL: String, endpoint: String, inputImageCount: Int = 0) throws(GatewayError) -> ImageJob {
         guard let name = input.model, !name.isEmpty else {
             throw .invalidParameter("model", "Missing required parameter: 'model'. Available models: \(catalog.names.joined(separator: ", ")).", code: "missing_required_parameter")
         }
@@ -57,10 +61,16 @@ struct ImagesController {
         guard (1...4).contains(count) else {
             throw .invalidParameter("n", "Invalid value for 'n': \(count). It must be between 1 and 4.")
         }
+        if endpoint == "images.edits" {
+            let limit = min(Self.maxEditImages, model.maxInputImages)
+            guard (1...limit).contains(inputImageCount) else {
+                throw .invalidParameter("image", "'\(model.name)' takes 1 to \(limit) input images; \(inputImageCount) were sent.", code: inputImageCount == 0 ? "missing_required_parameter" : "too_many_images")
+            }
+        }
         let spec = try SizeRules.resolve(model: model, size: input.size, aspectRatio: input.aspectRatio)
         let format = try Self.responseFormat(input.responseFormat, model: model, group: key.group)
         return ImageJob(
-            key: key, endpoint: "images.generations", model: model, spec: spec, prompt: input.prompt,
+            key: key, endpoint: endpoint, model: model, spec: spec, prompt: input.prompt,
             inputImages: [], count: count, format: format, baseURL: baseURL
         )
     }

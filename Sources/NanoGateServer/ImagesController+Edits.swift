@@ -1,0 +1,202 @@
+import Foundation
+import Hummingbird
+import Logging
+import MultipartKit
+import NanoGateCore
+import NanoGateStorage
+import NIOCore
+import NIOFoundationCompat
+
+extension ImagesController {
+    /// `POST /v1/images/edits`: `multipart/form-data` as the SDKs send it (`image`, repeated
+    /// `image[]` or `image`, scalars as text fields) or JSON `{"images":[{"image_url":…}], …}`.
+    @Sendable func edits(_ request: Request, context: GatewayRequestContext) async throws -> Response {
+        guard let key = context.apiKey else { throw GatewayError.unauthorized("Missing API key.") }
+        let baseURL = publicURL ?? Self.baseURL(of: request)
+        let contentType = request.headers[.contentType] ?? ""
+        let fields: ImageGenerationRequest
+        var images: [GeminiWire.InlineData] = []
+
+        if contentType.lowercased().hasPrefix("multipart/form-data") {
+            guard let boundary = Self.boundary(of: contentType) else {
+                throw GatewayError.invalidBody("The multipart body has no boundary in its Content-Type.")
+            }
+            let form = try await MultipartForm.read(request.body, boundary: boundary, limits: inputs.limits)
+            if form.parts.contains(where: { $0.name == "mask" }) { throw Self.maskUnsupported }
+            fields = try form.imageFields()
+            let files = form.parts.filter { Self.isImageField($0.name) }
+            _ = try validate(fields, key: key, baseURL: baseURL, endpoint: "images.edits", inputImageCount: files.count)
+            for (index, file) in files.enumerated() {
+                images.append(try inputs.inline(bytes: file.body, param: files.count == 1 ? file.name : "image[\(index)]"))
+            }
+        } else {
+            var request = request
+            let body: ByteBuffer
+            do {
+                body = try await request.collectBody(upTo: inputs.limits.maxRequestBytes)
+            } catch {
+                throw GatewayError.payloadTooLarge(limitBytes: inputs.limits.maxRequestBytes)
+            }
+            let input: JSONEdit
+            do {
+                input = try JSONDecoder().decode(JSONEdit.self, from: body)
+            } catch {
+                throw GatewayError.from(decodingError: error)
+            }
+            if input.mask != nil { throw Self.maskUnsupported }
+            fields = input.fields
+            _ = try validate(fields, key: key, baseURL: baseURL, endpoint: "images.edits", inputImageCount: input.urls.count)
+            for (index, url) in input.urls.enumerated() {
+                images.append(try await inputs.load(url: url, param: "images[\(index)].image_url", baseURLs: [baseURL]))
+            }
+        }
+
+        var job = try validate(fields, key: key, baseURL: baseURL, endpoint: "images.edits", inputImageCount: images.count)
+        job.inputImages = images
+        context.logger.info("image edit", metadata: ["model": "\(job.model.name)", "images": "\(images.count)", "format": "\(job.format.rawValue)"])
+        return try Self.json(try await pipeline.run(job, logger: context.logger))
+    }
+
+    static let maskUnsupported = GatewayError.invalidParameter(
+        "mask", "Gemini image models take no mask. Describe the area to change in the prompt instead (e.g. \"replace only the sky\").", code: "unsupported_parameter"
+    )
+
+    /// `image`, `image[]`, `image[0]`, … (`images[]` too, leniently).
+    static func isImageField(_ name: String) -> Bool {
+        name == "image" || name == "images" || name.hasPrefix("image[") || name.hasPrefix("images[")
+    }
+
+    static func boundary(of contentType: String) -> String? {
+        for parameter in contentType.split(separator: ";").dropFirst() {
+            let pair = parameter.split(separator: "=", maxSplits: 1).map { $0.trimmingCharacters(in: .whitespaces) }
+            if pair.count == 2, pair[0].lowercased() == "boundary" {
+                let value = pair[1].trimmingCharacters(in: CharacterSet(charactersIn: "\""))
+                return value.isEmpty ? nil : value
+            }
+        }
+        return nil
+    }
+}
+
+/// The JSON form of an edit: OpenAI's `images: [{image_url}]`, or leniently `image` as one URL or a list.
+struct JSONEdit: Decodable {
+    var fields: ImageGenerationRequest
+    var urls: [String]
+    var mask: String?
+
+    private struct ImageReference: Decodable {
+        var url: String
+        init(from decoder: any Decoder) throws {
+            if let text = try? decoder.singleValueContainer().decode(String.self) {
+                url = text
+                return
+            }
+            struct Keyed: Decodable { var image_url: String }
+            url = try Keyed(from: decoder).image_url
+        }
+    }
+
+    private enum CodingKeys: String, CodingKey { case images, image, mask }
+
+    init(from decoder: any Decoder) throws {
+        fields = try ImageGenerationRequest(from: decoder)
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        if let list = try container.decodeIfPresent([ImageReference].self, forKey: .images) {
+            urls = list.map(\.url)
+        } else if let list = try? container.decodeIfPresent([ImageReference].self, forKey: .image) {
+            urls = list.map(\.url)
+        } else {
+            urls = try container.decodeIfPresent(ImageReference.self, forKey: .image).map { [$0.url] } ?? []
+        }
+        mask = container.contains(.mask) ? "present" : nil
+    }
+}
+
+/// A `multipart/form-data` body read as it streams in, with per-part and total size limits,
+/// so a huge upload is refused without being held in memory first.
+struct MultipartForm {
+    struct Part {
+        var name: String
+        var filename: String?
+        var body: ByteBuffer
+    }
+
+    var parts: [Part]
+
+    /// The scalar fields, decoded like the JSON body of a generation.
+    func imageFields() throws(GatewayError) -> ImageGenerationRequest {
+        func text(_ name: String) -> String? {
+            parts.last { $0.name == name && $0.filename == nil }.map { String(buffer: $0.body) }
+        }
+        guard let prompt = text("prompt") else {
+            throw .invalidParameter("prompt", "Missing required parameter: 'prompt'.", code: "missing_required_parameter")
+        }
+        var n: Int?
+        if let raw = text("n") {
+            guard let value = Int(raw.trimmingCharacters(in: .whitespaces)) else { throw .invalidParameter("n", "Invalid value for 'n': '\(raw)'. It must be an integer.") }
+            n = value
+        }
+        return ImageGenerationRequest(
+            prompt: prompt, model: text("model"), n: n, size: text("size"),
+            aspectRatio: text("aspect_ratio"), responseFormat: text("response_format")
+        )
+    }
+
+    private final class Accumulator {
+        var parts: [Part] = []
+        var name: String?
+        var filename: String?
+        var body = ByteBuffer()
+        var oversizedPart: String?
+    }
+
+    static func read(_ body: RequestBody, boundary: String, limits: InputLimits) async throws(GatewayError) -> MultipartForm {
+        let parser = MultipartParser(boundary: boundary)
+        let accumulator = Accumulator()
+        parser.onHeader = { field, value in
+            guard field.lowercased() == "content-disposition" else { return }
+            accumulator.name = Self.parameter("name", in: value)
+            accumulator.filename = Self.parameter("filename", in: value)
+        }
+        parser.onBody = { chunk in
+            if accumulator.body.readableBytes + chunk.readableBytes > limits.maxImageBytes {
+                accumulator.oversizedPart = accumulator.oversizedPart ?? accumulator.name ?? "a part"
+                return
+            }
+            accumulator.body.writeBuffer(&chunk)
+        }
+        parser.onPartComplete = {
+            accumulator.parts.append(Part(name: accumulator.name ?? "", filename: accumulator.filename, body: accumulator.body))
+            accumulator.name = nil
+            accumulator.filename = nil
+            accumulator.body = ByteBuffer()
+        }
+        var total = 0
+        do {
+            for try await chunk in body {
+                total += chunk.readableBytes
+                guard total <= limits.maxRequestBytes else { throw GatewayError.payloadTooLarge(limitBytes: limits.maxRequestBytes) }
+                try parser.execute(chunk)
+                if let part = accumulator.oversizedPart {
+                    throw GatewayError(status: 413, type: "invalid_request_error", code: "image_too_large", param: part, message: "'\(part)' is larger than the limit of \(limits.maxImageBytes) bytes per image.")
+                }
+            }
+        } catch let error as GatewayError {
+            throw error
+        } catch {
+            throw .invalidBody("The multipart body could not be parsed: \(error).")
+        }
+        return MultipartForm(parts: accumulator.parts)
+    }
+
+    /// `name="value"` from a Content-Disposition header.
+    static func parameter(_ key: String, in header: String) -> String? {
+        for item in header.split(separator: ";").dropFirst() {
+            let pair = item.split(separator: "=", maxSplits: 1).map { $0.trimmingCharacters(in: .whitespaces) }
+            if pair.count == 2, pair[0].lowercased() == key {
+                return pair[1].trimmingCharacters(in: CharacterSet(charactersIn: "\""))
+            }
+        }
+        return nil
+    }
+}
