@@ -88,6 +88,7 @@ public struct GeminiEmulator: Sendable {
     final class State: Sendable {
         let images = Mutex<[PixelSize: ByteBuffer]>([:])
         let flakyCalls = Mutex<[String: Int]>([:])
+        let signatures = Mutex<Set<String>>([])
     }
 
     public init(configuration: EmulatorConfiguration, recorder: EmulatorRecorder? = nil) {
@@ -110,9 +111,10 @@ public struct GeminiEmulator: Sendable {
     func handle(_ request: Request, context: BasicRequestContext) async throws -> Response {
         let target = context.parameters.get("target") ?? ""
         let pieces = target.split(separator: ":", maxSplits: 1).map(String.init)
-        guard pieces.count == 2, pieces[1] == "generateContent" else {
+        guard pieces.count == 2, ["generateContent", "streamGenerateContent"].contains(pieces[1]) else {
             return Self.error(404, "NOT_FOUND", "Method not found: \(target).")
         }
+        let streaming = pieces[1] == "streamGenerateContent"
         let model = pieces[0]
         let apiKey = request.headers[.init("x-goog-api-key")!]
         let bodyBytes = try await request.body.collect(upTo: 128 * 1024 * 1024)
@@ -150,7 +152,15 @@ public struct GeminiEmulator: Sendable {
             try await Task.sleep(for: configuration.latency)
         }
         if let fault = faultResponse(directives, prompt: promptText) { return fault }
-        return generate(body, family: family, model: model, directives: directives, promptText: promptText)
+        if family == .pro3, let problem = missingSignature(body) {
+            return Self.error(400, "INVALID_ARGUMENT", problem)
+        }
+        let (response, image) = generate(body, family: family, model: model, directives: directives, promptText: promptText)
+        if family == .pro3 {
+            let issued = (response.candidates ?? []).flatMap { $0.content?.parts ?? [] }.compactMap(\.thoughtSignature)
+            state.signatures.withLock { $0.formUnion(issued) }
+        }
+        return streaming ? Self.stream(response, image: image) : Self.encode(response, splicing: Self.placeholder, with: image)
     }
 
     /// What Google rejects with 400 INVALID_ARGUMENT (the parts a gateway could get wrong).
@@ -218,7 +228,7 @@ public struct GeminiEmulator: Sendable {
         return nil
     }
 
-    func generate(_ body: GeminiWire.Request, family: ModelFamily, model: String, directives: Directives, promptText: String) -> Response {
+    func generate(_ body: GeminiWire.Request, family: ModelFamily, model: String, directives: Directives, promptText: String) -> (GeminiWire.Response, ByteBuffer?) {
         let inputImages = body.contents.flatMap { $0.parts ?? [] }.compactMap(\.inlineData)
         let textTokens = max(1, promptText.utf8.count / 4)
         let imageTokensIn = inputImages.count * (family == .pro3 ? 560 : 258)
@@ -232,16 +242,16 @@ public struct GeminiEmulator: Sendable {
         let responseID = "emu-" + UUID().uuidString.prefix(8).lowercased()
 
         if directives.has("prompt_block") {
-            return Self.encode(.init(candidates: nil, promptFeedback: .init(blockReason: "PROHIBITED_CONTENT"), usageMetadata: promptOnly, modelVersion: model, responseId: responseID))
+            return (.init(candidates: nil, promptFeedback: .init(blockReason: "PROHIBITED_CONTENT"), usageMetadata: promptOnly, modelVersion: model, responseId: responseID), nil)
         }
         if directives.has("image_safety") || directives.has("prohibited") {
             let reason = directives.has("prohibited") ? "IMAGE_PROHIBITED_CONTENT" : "IMAGE_SAFETY"
-            return Self.encode(.init(
+            return (.init(
                 candidates: [.init(content: .init(role: "model", parts: []), finishReason: reason, finishMessage: "Unable to show the generated image. The image was filtered out because it violated Google's Generative AI Prohibited Use policy.", index: 0)],
-                usageMetadata: promptOnly, modelVersion: model, responseId: responseID))
+                usageMetadata: promptOnly, modelVersion: model, responseId: responseID), nil)
         }
         if directives.has("no_image") {
-            return Self.encode(.init(candidates: [.init(content: nil, finishReason: "NO_IMAGE", index: 0)], usageMetadata: promptOnly, modelVersion: model, responseId: responseID))
+            return (.init(candidates: [.init(content: nil, finishReason: "NO_IMAGE", index: 0)], usageMetadata: promptOnly, modelVersion: model, responseId: responseID), nil)
         }
 
         let imageConfig = body.generationConfig?.imageConfig
@@ -254,7 +264,7 @@ public struct GeminiEmulator: Sendable {
         let thoughtTokens = family == .pro3 ? 212 : 0
 
         // The image data is spliced in after encoding: JSONEncoder on megabytes of base64 is slow.
-        let placeholder = "@@EMULATOR_IMAGE@@"
+        let placeholder = Self.placeholder
         let mimeType = "image/png"  // also for `jpeg`: Gemini has been seen labelling JPEG bytes image/png
         var parts: [GeminiWire.Part] = []
         if family == .pro3 {
@@ -278,7 +288,68 @@ public struct GeminiEmulator: Sendable {
             usageMetadata: usage, modelVersion: model, responseId: responseID
         )
         let imageBase64 = directives.has("jpeg") ? ByteBuffer(string: Self.jpegBase64) : base64Image(pixels)
-        return Self.encode(response, splicing: placeholder, with: imageBase64)
+        return (response, imageBase64)
+    }
+
+    static let placeholder = "@@EMULATOR_IMAGE@@"
+
+    /// Google's rule for Gemini 3 multi-turn: every model turn's first non-thought part and each
+    /// of its images must carry a signature Google issued (or the documented bypass value).
+    func missingSignature(_ body: GeminiWire.Request) -> String? {
+        let issued = state.signatures.withLock { $0 }
+        for (contentIndex, content) in body.contents.enumerated() where content.role == "model" {
+            let parts = content.parts ?? []
+            let firstAnswerPart = parts.firstIndex { $0.thought != true }
+            for (partIndex, part) in parts.enumerated() where part.thought != true && (partIndex == firstAnswerPart || part.inlineData != nil) {
+                guard let signature = part.thoughtSignature else {
+                    let kind = part.inlineData != nil ? "Image" : "Text"
+                    return "\(kind) part is missing a thought_signature in content position \(contentIndex + 1), part position \(partIndex + 1)."
+                }
+                guard issued.contains(signature) || Self.bypassSignatures.contains(signature) else {
+                    return "Corrupted thought signature in content position \(contentIndex + 1), part position \(partIndex + 1)."
+                }
+            }
+        }
+        return nil
+    }
+
+    /// Values Google documents for history it did not produce.
+    static let bypassSignatures: Set<String> = ["context_engineering_is_the_way_to_go", "skip_thought_signature_validator"]
+
+    /// `streamGenerateContent?alt=sse`: one event per group of parts, CRLF framing as Google's,
+    /// the image whole in the last event with `finishReason` and the full usage. No `[DONE]`.
+    static func stream(_ response: GeminiWire.Response, image: ByteBuffer?) -> Response {
+        var events: [GeminiWire.Response] = []
+        let candidate = response.candidates?.first
+        let parts = candidate?.content?.parts ?? []
+        if parts.isEmpty {
+            events = [response]
+        } else {
+            let early = GeminiWire.UsageMetadata(
+                promptTokenCount: response.usageMetadata?.promptTokenCount, candidatesTokenCount: nil, thoughtsTokenCount: nil,
+                totalTokenCount: response.usageMetadata?.promptTokenCount, promptTokensDetails: response.usageMetadata?.promptTokensDetails, candidatesTokensDetails: nil
+            )
+            let thoughts = parts.filter { $0.thought == true }
+            let texts = parts.filter { $0.thought != true && $0.inlineData == nil }
+            let images = parts.filter { $0.thought != true && $0.inlineData != nil }
+            for group in [thoughts, texts] where !group.isEmpty {
+                events.append(.init(candidates: [.init(content: .init(role: "model", parts: group), finishReason: nil, index: 0)], usageMetadata: early, modelVersion: response.modelVersion, responseId: response.responseId))
+            }
+            events.append(.init(candidates: [.init(content: .init(role: "model", parts: images), finishReason: candidate?.finishReason, index: 0)], usageMetadata: response.usageMetadata, modelVersion: response.modelVersion, responseId: response.responseId))
+        }
+        let encoded = events.map { event -> ByteBuffer in
+            var buffer = ByteBuffer(string: "data: ")
+            buffer.writeImmutableBuffer(splicedJSON(event, splicing: placeholder, with: image))
+            buffer.writeString("\r\n\r\n")
+            return buffer
+        }
+        return Response(
+            status: .ok, headers: [.contentType: "text/event-stream"],
+            body: .init { writer in
+                for event in encoded { try await writer.write(event) }
+                try await writer.finish(nil)
+            }
+        )
     }
 
     /// The ratio of the first input image, as Gemini follows the input when no ratio is asked for.
@@ -316,6 +387,11 @@ public struct GeminiEmulator: Sendable {
         "/9j/4AAQSkZJRgABAQEASABIAAD/2wBDAP//////////////////////////////////////////////////////////////////////////////////////wgALCAABAAEBAREA/8QAFBABAAAAAAAAAAAAAAAAAAAAAP/aAAgBAQABPxA="
 
     static func encode(_ response: GeminiWire.Response, splicing placeholder: String? = nil, with data: ByteBuffer? = nil) -> Response {
+        Response(status: .ok, headers: [.contentType: "application/json; charset=UTF-8"], body: .init(byteBuffer: splicedJSON(response, splicing: placeholder, with: data)))
+    }
+
+    /// The response as JSON, with the image's base64 written where the placeholder stands.
+    static func splicedJSON(_ response: GeminiWire.Response, splicing placeholder: String?, with data: ByteBuffer?) -> ByteBuffer {
         let encoder = JSONEncoder()
         encoder.outputFormatting = .withoutEscapingSlashes
         var encoded = ByteBuffer(data: try! encoder.encode(response))
@@ -330,7 +406,7 @@ public struct GeminiEmulator: Sendable {
                 encoded = spliced
             }
         }
-        return Response(status: .ok, headers: [.contentType: "application/json; charset=UTF-8"], body: .init(byteBuffer: encoded))
+        return encoded
     }
 
     static func error(_ code: Int, _ status: String, _ message: String, reason: String? = nil) -> Response {

@@ -28,7 +28,7 @@ public enum ImageTranslation {
     }
 
     /// Finish reasons and block reasons that mean "refused on policy grounds".
-    static let policyReasons: Set<String> = [
+    public static let policyReasons: Set<String> = [
         "SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "LANGUAGE",
         "IMAGE_SAFETY", "IMAGE_PROHIBITED_CONTENT", "IMAGE_RECITATION", "MODEL_ARMOR", "JAILBREAK",
     ]

@@ -71,6 +71,11 @@ public func buildApplication(
         maxJSONBodyBytes: configuration.maxJSONBodyBytes, inputs: inputs
     ).addRoutes(to: api)
     ModelsController(catalog: configuration.catalog).addRoutes(to: api)
+    ChatController(
+        catalog: configuration.catalog, upstream: pool, usage: dependencies.store, signatures: dependencies.store, urls: urls,
+        inputs: inputs, publicURL: configuration.publicURL.map { $0.hasSuffix("/") ? String($0.dropLast()) : $0 },
+        keepAliveInterval: configuration.keepAliveInterval
+    ).addRoutes(to: api)
 
     var app = Application(
         router: router,

@@ -31,6 +31,8 @@ public struct GatewayConfiguration: Sendable {
     public var maxJSONBodyBytes: Int
     /// Limits on input images (edits, chat).
     public var inputs: InputLimits
+    /// How often a silent chat stream gets an SSE keep-alive comment (`NANOGATE_KEEPALIVE`, seconds).
+    public var keepAliveInterval: Duration = .seconds(15)
 
     public init(
         host: String = "127.0.0.1", port: Int = 8080, dataDirectory: URL, publicURL: String? = nil,
@@ -52,7 +54,7 @@ public struct GatewayConfiguration: Sendable {
     /// Reads the environment part of the table above; flags override it in the CLI.
     public static func fromEnvironment(_ environment: [String: String] = ProcessInfo.processInfo.environment) -> GatewayConfiguration {
         let keys = (environment["GEMINI_API_KEY"] ?? "").split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
-        return GatewayConfiguration(
+        var configuration = GatewayConfiguration(
             host: environment["NANOGATE_HOST"] ?? "127.0.0.1",
             port: environment["NANOGATE_PORT"].flatMap(Int.init) ?? 8080,
             dataDirectory: URL(fileURLWithPath: environment["NANOGATE_DATA_DIR"] ?? "./nanogate-data"),
@@ -75,5 +77,7 @@ public struct GatewayConfiguration: Sendable {
                 allowPrivateFetch: ["1", "true", "yes"].contains(environment["NANOGATE_ALLOW_PRIVATE_FETCH"]?.lowercased() ?? "")
             )
         )
+        if let seconds = environment["NANOGATE_KEEPALIVE"].flatMap(Int.init), seconds > 0 { configuration.keepAliveInterval = .seconds(seconds) }
+        return configuration
     }
 }

@@ -105,3 +105,10 @@ public enum KeySecrets {
         return "sk-ng-" + String((0..<43).map { _ in alphabet[Int(generator.next(upperBound: UInt64(alphabet.count)))] })
     }
 }
+
+/// Gemini 3's `thoughtSignature`s, kept server-side because OpenAI's chat format has no place
+/// for them. Keyed by a hash of what the client sends back: the image bytes, or the assistant text.
+public protocol SignatureStore: Sendable {
+    func saveSignatures(_ signatures: [String: String]) async throws
+    func signatures(for hashes: [String]) async throws -> [String: String]
+}

@@ -10,7 +10,7 @@ import SQLiteNIO
 /// Keys and usage in any SQLKit database. The queries are plain SQL that SQLite and PostgreSQL
 /// both accept, and every change is a single statement, so several gateway instances can share
 /// one database without read-modify-write races.
-public struct SQLStore: KeyStore, UsageLog {
+public struct SQLStore: KeyStore, UsageLog, SignatureStore {
     private let database: any SQLDatabase
 
     public init(database: any SQLDatabase) {
@@ -49,6 +49,36 @@ public struct SQLStore: KeyStore, UsageLog {
             )
             """).run()
         try await database.raw("CREATE INDEX IF NOT EXISTS usage_log_key_time ON usage_log (key_id, created_at)").run()
+        try await database.raw("""
+            CREATE TABLE IF NOT EXISTS thought_signatures (
+                hash TEXT PRIMARY KEY,
+                signature TEXT NOT NULL,
+                created_at BIGINT NOT NULL
+            )
+            """).run()
+    }
+
+    public func saveSignatures(_ signatures: [String: String]) async throws {
+        let now = Int64(Date().timeIntervalSince1970)
+        for (hash, signature) in signatures {
+            // Upsert in one statement: the newest signature for identical content wins.
+            try await database.raw("""
+                INSERT INTO thought_signatures (hash, signature, created_at) VALUES (\(bind: hash), \(bind: signature), \(bind: now))
+                ON CONFLICT (hash) DO UPDATE SET signature = excluded.signature, created_at = excluded.created_at
+                """).run()
+        }
+    }
+
+    private struct SignatureRow: Decodable {
+        var hash: String
+        var signature: String
+    }
+
+    public func signatures(for hashes: [String]) async throws -> [String: String] {
+        guard !hashes.isEmpty else { return [:] }
+        let rows = try await database.raw("SELECT hash, signature FROM thought_signatures WHERE hash IN (\(binds: hashes))")
+            .all(decoding: SignatureRow.self)
+        return Dictionary(rows.map { ($0.hash, $0.signature) }, uniquingKeysWith: { first, _ in first })
     }
 
     private struct KeyRow: Decodable {

@@ -68,6 +68,35 @@ public final class UpstreamPool: Sendable {
 
     /// Calls `generateContent` on `model`, retrying across keys, and maps every failure to a `GatewayError`.
     public func generateContent(model: String, request: GeminiWire.Request, logger: Logger) async throws(GatewayError) -> GeminiWire.Response {
+        try await withRetries(model: model, action: "generateContent", request: request, logger: logger) { response in
+            let body: ByteBuffer
+            do {
+                body = try await response.body.collect(upTo: configuration.maxResponseBytes)
+            } catch is NIOTooManyBytesError {
+                return .failure(.init(error: .badGateway("Google's answer was larger than \(configuration.maxResponseBytes) bytes."), disposition: .fatal))
+            } catch {
+                return .failure(Self.transportFailure(error, timeout: configuration.requestTimeout, redact: redacted))
+            }
+            do {
+                return .success(try JSONDecoder().decode(GeminiWire.Response.self, from: body))
+            } catch {
+                return .failure(.init(error: .badGateway("Google returned an answer the gateway could not read."), disposition: .retryAfterBackoff))
+            }
+        }
+    }
+
+    /// Calls `streamGenerateContent?alt=sse`. Retries happen until Google answers 200; the events
+    /// then arrive through the returned sequence (errors after that are the caller's to report).
+    public func streamGenerateContent(model: String, request: GeminiWire.Request, logger: Logger) async throws(GatewayError) -> GeminiEventStream {
+        try await withRetries(model: model, action: "streamGenerateContent?alt=sse", request: request, logger: logger) { response in
+            .success(GeminiEventStream(body: response.body, maxEventBytes: configuration.maxResponseBytes))
+        }
+    }
+
+    private func withRetries<Output>(
+        model: String, action: String, request: GeminiWire.Request, logger: Logger,
+        onSuccess: (HTTPClientResponse) async -> Result<Output, AttemptFailure>
+    ) async throws(GatewayError) -> Output {
         let body: ByteBuffer
         do {
             body = ByteBuffer(data: try JSONEncoder().encode(request))
@@ -84,10 +113,14 @@ public final class UpstreamPool: Sendable {
             attemptLogger[metadataKey: "upstream.attempt"] = "\(attempt)"
             attemptLogger[metadataKey: "upstream.key"] = "#\(keyIndex + 1)"
             attemptLogger[metadataKey: "upstream.model"] = "\(model)"
-            let result = await callOnce(model: model, body: body, keyIndex: keyIndex, logger: attemptLogger)
+            let result: Result<Output, AttemptFailure>
+            switch await send(model: model, action: action, body: body, keyIndex: keyIndex, logger: attemptLogger) {
+            case .success(let response): result = await onSuccess(response)
+            case .failure(let failure): result = .failure(failure)
+            }
             switch result {
-            case .success(let response):
-                return response
+            case .success(let output):
+                return output
             case .failure(let failure):
                 lastError = failure.error
                 switch failure.disposition {
@@ -119,37 +152,28 @@ public final class UpstreamPool: Sendable {
         var disposition: Disposition
     }
 
-    private func callOnce(model: String, body: ByteBuffer, keyIndex: Int, logger: Logger) async -> Result<GeminiWire.Response, AttemptFailure> {
-        let key = configuration.apiKeys[keyIndex]
-        var request = HTTPClientRequest(url: "\(configuration.baseURL)/v1beta/models/\(model):generateContent")
+    /// One HTTP call; a 200 response is returned with its body unread, anything else is classified.
+    private func send(model: String, action: String, body: ByteBuffer, keyIndex: Int, logger: Logger) async -> Result<HTTPClientResponse, AttemptFailure> {
+        var request = HTTPClientRequest(url: "\(configuration.baseURL)/v1beta/models/\(model):\(action)")
         request.method = .POST
         request.headers.add(name: "Content-Type", value: "application/json")
-        request.headers.add(name: "x-goog-api-key", value: key)
+        request.headers.add(name: "x-goog-api-key", value: configuration.apiKeys[keyIndex])
         request.body = .bytes(body)
-
-        let status: Int
-        let responseBody: ByteBuffer
         do {
             let response = try await httpClient.execute(request, timeout: .init(configuration.requestTimeout))
-            status = Int(response.status.code)
-            responseBody = try await response.body.collect(upTo: configuration.maxResponseBytes)
-        } catch let error as HTTPClientError where error == .deadlineExceeded || error == .readTimeout || error == .connectTimeout {
-            return .failure(.init(error: .timeout("Google did not answer within \(configuration.requestTimeout)."), disposition: .retryAfterBackoff))
-        } catch let error as NIOTooManyBytesError {
-            _ = error
-            return .failure(.init(error: .badGateway("Google's answer was larger than \(configuration.maxResponseBytes) bytes."), disposition: .fatal))
+            if response.status == .ok { return .success(response) }
+            let errorBody = (try? await response.body.collect(upTo: 1024 * 1024)) ?? ByteBuffer()
+            return .failure(classify(status: Int(response.status.code), body: errorBody, logger: logger))
         } catch {
-            return .failure(.init(error: .badGateway("Could not reach Google: \(redacted(String(describing: error)))."), disposition: .retryAfterBackoff))
+            return .failure(Self.transportFailure(error, timeout: configuration.requestTimeout, redact: redacted))
         }
+    }
 
-        if status == 200 {
-            do {
-                return .success(try JSONDecoder().decode(GeminiWire.Response.self, from: responseBody))
-            } catch {
-                return .failure(.init(error: .badGateway("Google returned an answer the gateway could not read."), disposition: .retryAfterBackoff))
-            }
+    private static func transportFailure(_ error: any Error, timeout: Duration, redact: (String) -> String) -> AttemptFailure {
+        if let error = error as? HTTPClientError, error == .deadlineExceeded || error == .readTimeout || error == .connectTimeout {
+            return .init(error: .timeout("Google did not answer within \(timeout)."), disposition: .retryAfterBackoff)
         }
-        return .failure(classify(status: status, body: responseBody, logger: logger))
+        return .init(error: .badGateway("Could not reach Google: \(redact(String(describing: error)))."), disposition: .retryAfterBackoff)
     }
 
     /// Maps Google's HTTP errors (a `google.rpc.Status` body) to what the client sees and what the pool does next.

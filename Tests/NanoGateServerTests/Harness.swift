@@ -14,6 +14,8 @@ import Upstream
 /// A gateway and an emulator, both listening on loopback ports, for one test.
 struct Harness {
     let baseURL: String
+    /// The emulator's own address, for checking what Google would say.
+    let emulatorURL: String
     let recorder: EmulatorRecorder
     let dependencies: GatewayDependencies
     let configuration: GatewayConfiguration
@@ -38,7 +40,7 @@ struct Harness {
     }
 
     func post(_ path: String, json: String, key: String? = nil) async throws -> Reply {
-        var request = HTTPClientRequest(url: baseURL + path)
+        var request = HTTPClientRequest(url: path.hasPrefix("http") ? path : baseURL + path)
         request.method = .POST
         request.headers.add(name: "Content-Type", value: "application/json")
         if let key = key ?? Optional(defaultKey), !key.isEmpty { request.headers.add(name: "Authorization", value: "Bearer \(key)") }
@@ -125,7 +127,7 @@ func withGateway(
         let port = await gatewayIterator.next()!
 
         let harness = Harness(
-            baseURL: "http://127.0.0.1:\(port)", recorder: recorder, dependencies: dependencies,
+            baseURL: "http://127.0.0.1:\(port)", emulatorURL: "http://127.0.0.1:\(upstreamPort)", recorder: recorder, dependencies: dependencies,
             configuration: configuration, defaultKey: defaultKey, geminiKey: geminiKey
         )
         do {

@@ -1,0 +1,318 @@
+import AsyncAlgorithms
+import Crypto
+import ExtrasBase64
+import Foundation
+import Hummingbird
+import Logging
+import NanoGateCore
+import NanoGateStorage
+import NIOCore
+import NIOFoundationCompat
+import Upstream
+
+/// `POST /v1/chat/completions`: conversation with image output, streamed or not.
+///
+/// Images come back twice: as `message.images` (`[{"type":"image_url","image_url":{"url"}}]`, the
+/// OpenRouter/LiteLLM/Vercel convention) and as Markdown `![image](url)` in `content`, so plain
+/// chat clients show them. The URL is a signed gateway URL or a `data:` URL, by the same rules as
+/// the images API: `response_format` (or `image_response_format`) `url`/`b64_json` if given, else
+/// the key's group (default → URL, gemini → data URL); base64-only model names always give data URLs.
+///
+/// Gemini 3 needs the `thoughtSignature` of every earlier model part back; OpenAI clients cannot
+/// carry it, so signatures are kept server-side, keyed by the SHA-256 of the image bytes and of
+/// the assistant text, and restored on later turns. History the gateway never produced gets
+/// Google's documented bypass value.
+struct ChatController {
+    let catalog: ModelCatalog
+    let upstream: UpstreamPool
+    let usage: any UsageLog
+    let signatures: any SignatureStore
+    let urls: ImageURLService
+    let inputs: InputImageLoader
+    let publicURL: String?
+    /// How often a silent stream gets an SSE comment, so proxies do not cut a slow generation.
+    let keepAliveInterval: Duration
+
+    static let bypassSignature = "context_engineering_is_the_way_to_go"
+
+    func addRoutes(to group: RouterGroup<GatewayRequestContext>) {
+        group.post("chat/completions", use: completions)
+    }
+
+    /// A validated chat request.
+    struct ChatJob {
+        var key: APIKey
+        var model: CatalogModel
+        var gemini: GeminiWire.Request
+        var format: ResponseFormat
+        var baseURL: String
+        var includeUsage: Bool
+    }
+
+    @Sendable func completions(_ request: Request, context: GatewayRequestContext) async throws -> Response {
+        guard let key = context.apiKey else { throw GatewayError.unauthorized("Missing API key.") }
+        var request = request
+        let body: ByteBuffer
+        do {
+            body = try await request.collectBody(upTo: inputs.limits.maxRequestBytes)
+        } catch {
+            throw GatewayError.payloadTooLarge(limitBytes: inputs.limits.maxRequestBytes)
+        }
+        let input: ChatCompletionRequest
+        do {
+            input = try JSONDecoder().decode(ChatCompletionRequest.self, from: body)
+        } catch {
+            throw GatewayError.from(decodingError: error)
+        }
+        let baseURL = publicURL ?? ImagesController.baseURL(of: request)
+        let job = try await prepare(input, key: key, baseURL: baseURL)
+        context.logger.info("chat completion", metadata: ["model": "\(job.model.name)", "stream": "\(input.stream == true)", "turns": "\(job.gemini.contents.count)"])
+        if input.stream == true {
+            return try await streamed(job, modelName: job.model.name, logger: context.logger)
+        }
+        return try await whole(job, logger: context.logger)
+    }
+
+    // MARK: Request
+
+    func prepare(_ input: ChatCompletionRequest, key: APIKey, baseURL: String) async throws(GatewayError) -> ChatJob {
+        guard let name = input.model, !name.isEmpty else {
+            throw .invalidParameter("model", "Missing required parameter: 'model'.", code: "missing_required_parameter")
+        }
+        guard let model = catalog.model(named: name) else { throw .unknownModel(name, known: catalog.names) }
+        guard input.n == nil || input.n == 1 else {
+            throw .invalidParameter("n", "Gemini image models return one choice; 'n' must be 1.")
+        }
+        guard !input.messages.isEmpty else { throw .invalidParameter("messages", "'messages' must not be empty.") }
+
+        var size = input.size ?? input.imageConfig?.imageSize
+        var ratio = input.aspectRatio ?? input.imageConfig?.aspectRatio
+        if !model.acceptsAspectRatio, let given = ratio, size == nil {
+            (size, ratio) = (given, nil)  // the 2.5 family takes its ratio in `size`
+        }
+        let spec = try SizeRules.resolve(model: model, size: size, aspectRatio: ratio)
+        let format = try ImagesController.responseFormat(input.imageFormat, model: model, group: key.group)
+
+        let contents = try await geminiContents(input.messages, family: model.family, baseURL: baseURL)
+        var request = ImageTranslation.geminiRequest(prompt: "", spec: spec, family: model.family)
+        request.contents = contents
+        return ChatJob(key: key, model: model, gemini: request, format: format, baseURL: baseURL, includeUsage: input.includeUsage)
+    }
+
+    /// OpenAI messages → Gemini contents: roles `user`/`model`, images as `inlineData`, system
+    /// text at the start of the first user turn (whether the image models honour
+    /// `systemInstruction` is undocumented), signatures restored on model turns.
+    func geminiContents(_ messages: [ChatMessage], family: ModelFamily, baseURL: String) async throws(GatewayError) -> [GeminiWire.Content] {
+        var system: [String] = []
+        var turns: [(role: String, text: String, images: [GeminiWire.InlineData])] = []
+        for (index, message) in messages.enumerated() {
+            var texts: [String] = []
+            var imageURLs: [String] = []
+            for part in message.content {
+                switch part {
+                case .text(let text): texts.append(text)
+                case .imageURL(let url): imageURLs.append(url)
+                case .unsupported(let type):
+                    throw .invalidParameter("messages[\(index)].content", "Content parts of type '\(type)' are not supported; send 'text' and 'image_url' parts.")
+                }
+            }
+            var text = texts.joined(separator: "\n")
+            switch message.role {
+            case "system", "developer":
+                system.append(text)
+                continue
+            case "user":
+                break
+            case "assistant":
+                let split = ChatTranslation.splitMarkdownImages(text)
+                text = split.text
+                imageURLs = split.urls + message.images + imageURLs
+            default:
+                throw .invalidParameter("messages[\(index)].role", "Role '\(message.role)' is not supported; use system, user or assistant.")
+            }
+            var images: [GeminiWire.InlineData] = []
+            for (imageIndex, url) in imageURLs.enumerated() {
+                images.append(try await inputs.load(url: url, param: "messages[\(index)].content[\(imageIndex)]", baseURLs: [baseURL]))
+            }
+            guard !text.isEmpty || !images.isEmpty else { continue }
+            turns.append((message.role == "assistant" ? "model" : "user", text, images))
+        }
+        guard turns.contains(where: { $0.role == "user" }) else {
+            throw .invalidParameter("messages", "The conversation needs at least one user message.")
+        }
+        if !system.isEmpty, let first = turns.firstIndex(where: { $0.role == "user" }) {
+            turns[first].text = (system + [turns[first].text]).filter { !$0.isEmpty }.joined(separator: "\n\n")
+        }
+
+        // Restore signatures on model turns in one look-up.
+        var hashes: [String] = []
+        for turn in turns where turn.role == "model" {
+            if !turn.text.isEmpty { hashes.append(Self.hash(text: turn.text)) }
+            hashes += turn.images.map(Self.hash(image:))
+        }
+        let known: [String: String]
+        do {
+            known = try await signatures.signatures(for: hashes)
+        } catch {
+            throw .internal("Could not read stored thought signatures.")
+        }
+
+        var contents: [GeminiWire.Content] = []
+        for turn in turns {
+            var parts: [GeminiWire.Part] = []
+            if !turn.text.isEmpty {
+                parts.append(GeminiWire.Part(text: turn.text, thoughtSignature: turn.role == "model" ? known[Self.hash(text: turn.text)] : nil))
+            }
+            for image in turn.images {
+                parts.append(GeminiWire.Part(inlineData: image, thoughtSignature: turn.role == "model" ? known[Self.hash(image: image)] : nil))
+            }
+            if turn.role == "model" && family == .pro3 {
+                // History Gemini did not produce (or whose signature expired): Google's documented bypass.
+                for index in parts.indices where (index == 0 || parts[index].inlineData != nil) && parts[index].thoughtSignature == nil {
+                    parts[index].thoughtSignature = Self.bypassSignature
+                }
+            }
+            if let last = contents.last, last.role == turn.role {
+                contents[contents.count - 1].parts = (last.parts ?? []) + parts
+            } else {
+                contents.append(GeminiWire.Content(role: turn.role, parts: parts))
+            }
+        }
+        return contents
+    }
+
+    static func hash(text: String) -> String {
+        "t:" + SHA256.hash(data: Data(text.trimmingCharacters(in: .whitespacesAndNewlines).utf8)).map { String(format: "%02x", $0) }.joined()
+    }
+
+    static func hash(image: GeminiWire.InlineData) -> String {
+        let bytes = (try? Base64.decode(string: image.data)) ?? Array(image.data.utf8)
+        return "i:" + SHA256.hash(data: bytes).map { String(format: "%02x", $0) }.joined()
+    }
+
+    // MARK: Reply
+
+    /// Turns image parts into client URLs and remembers the signatures the answer carried.
+    struct Collector {
+        var text = ""
+        var reasoning = ""
+        var textSignature: String?
+        var imageURLs: [String] = []
+        var signatures: [String: String] = [:]
+        var finishReason: String?
+        var blocked: String?
+        var usage: GeminiWire.UsageMetadata?
+    }
+
+    func imageURL(for image: GeminiWire.InlineData, job: ChatJob) async throws(GatewayError) -> String {
+        switch job.format {
+        case .url:
+            do {
+                return try await urls.store(base64: image.data, baseURL: job.baseURL)
+            } catch {
+                throw .internal("The image was generated but could not be stored; retry with response_format b64_json.")
+            }
+        case .b64JSON:
+            let head = (try? Base64.decode(string: String(image.data.prefix(24)))) ?? []
+            return "data:\(ImageSniffer.mimeType(of: head) ?? image.mimeType);base64,\(image.data)"
+        }
+    }
+
+    /// Reads the parts of one Gemini answer (or stream event) into the collector; returns the
+    /// deltas to send: text, reasoning, and image URLs, in order.
+    func absorb(_ response: GeminiWire.Response, into collector: inout Collector, job: ChatJob) async throws(GatewayError) -> [ChatMessageOut] {
+        if let metadata = response.usageMetadata { collector.usage = metadata }
+        if let block = response.promptFeedback?.blockReason {
+            collector.blocked = "Google blocked the prompt: \(block)."
+        }
+        guard let candidate = response.candidates?.first else { return [] }
+        if let reason = candidate.finishReason {
+            collector.finishReason = reason
+            if ImageTranslation.policyReasons.contains(reason) {
+                collector.blocked = "Google's safety filter stopped the reply (\(reason))" + (candidate.finishMessage.map { ": \($0)" } ?? ".")
+            }
+        }
+        var deltas: [ChatMessageOut] = []
+        for part in candidate.content?.parts ?? [] {
+            if part.thought == true {
+                if let text = part.text, !text.isEmpty {
+                    collector.reasoning += text
+                    deltas.append(ChatMessageOut(reasoningContent: text))
+                }
+                continue  // interim thought images are never results
+            }
+            if let image = part.inlineData {
+                let url = try await imageURL(for: image, job: job)
+                if let signature = part.thoughtSignature { collector.signatures[Self.hash(image: image)] = signature }
+                collector.imageURLs.append(url)
+                let markdown = (collector.text.isEmpty && collector.imageURLs.count == 1 ? "" : "\n\n") + ChatTranslation.markdown(imageURL: url)
+                deltas.append(ChatMessageOut(content: markdown, images: [ChatImage(url: url, index: collector.imageURLs.count - 1)]))
+            } else {
+                if let signature = part.thoughtSignature { collector.textSignature = collector.textSignature ?? signature }
+                if let text = part.text, !text.isEmpty {
+                    collector.text += text
+                    deltas.append(ChatMessageOut(content: text))
+                }
+            }
+        }
+        return deltas
+    }
+
+    /// Stores the signatures of this answer and writes the usage log. A reply without an image
+    /// or text (a refusal) costs nothing.
+    func settle(_ collector: Collector, job: ChatJob, status: Int, errorCode: String?, logger: Logger) async {
+        var signatures = collector.signatures
+        if let signature = collector.textSignature, !collector.text.isEmpty { signatures[Self.hash(text: collector.text)] = signature }
+        if !signatures.isEmpty {
+            do { try await self.signatures.saveSignatures(signatures) } catch { logger.error("could not store thought signatures", metadata: ["error": "\(error)"]) }
+        }
+        let total = ImageTranslation.usage(of: collector.usage)
+        let produced = status == 200 && collector.blocked == nil && (!collector.imageURLs.isEmpty || !collector.text.isEmpty)
+        let record = UsageRecord(
+            keyID: job.key.id, endpoint: "chat.completions", model: job.model.name, status: status, images: collector.imageURLs.count,
+            inputTokens: total.inputTokens, outputTokens: total.outputTokens, totalTokens: total.totalTokens,
+            costMicroUSD: produced ? Pricing.costMicroUSD(total, prices: job.model.prices) : 0, errorCode: errorCode ?? (collector.blocked == nil ? nil : "content_filter")
+        )
+        do { try await usage.record(record) } catch { logger.error("could not write the usage log", metadata: ["error": "\(error)"]) }
+    }
+
+    func chatUsage(_ collector: Collector) -> ChatUsage {
+        ChatUsage(ImageTranslation.usage(of: collector.usage), reasoningTokens: collector.usage?.thoughtsTokenCount ?? 0)
+    }
+
+    static func completionID() -> String {
+        "chatcmpl-" + UUID().uuidString.replacingOccurrences(of: "-", with: "").lowercased().prefix(24)
+    }
+
+    /// The non-streamed reply.
+    func whole(_ job: ChatJob, logger: Logger) async throws -> Response {
+        var collector = Collector()
+        let response: GeminiWire.Response
+        do {
+            response = try await upstream.generateContent(model: job.model.upstreamModel, request: job.gemini, logger: logger)
+        } catch {
+            await settle(collector, job: job, status: error.status, errorCode: error.code, logger: logger)
+            throw error
+        }
+        _ = try await absorb(response, into: &collector, job: job)
+        await settle(collector, job: job, status: 200, errorCode: nil, logger: logger)
+
+        var content = collector.text
+        for url in collector.imageURLs {
+            content += (content.isEmpty ? "" : "\n\n") + ChatTranslation.markdown(imageURL: url)
+        }
+        let message = ChatMessageOut(
+            role: "assistant",
+            content: collector.blocked != nil && content.isEmpty ? nil : content,
+            refusal: collector.blocked,
+            images: collector.imageURLs.isEmpty ? nil : collector.imageURLs.enumerated().map { ChatImage(url: $1, index: $0) },
+            reasoningContent: collector.reasoning.isEmpty ? nil : collector.reasoning
+        )
+        let completion = ChatCompletion(
+            id: Self.completionID(), object: "chat.completion", created: Int(Date().timeIntervalSince1970), model: job.model.name,
+            choices: [ChatChoice(message: message, finishReason: ChatTranslation.finishReason(collector.finishReason, blocked: collector.blocked != nil))],
+            usage: chatUsage(collector)
+        )
+        return try ImagesController.json(completion)
+    }
+}
