@@ -33,7 +33,10 @@ let package = Package(
         // Pure domain: the catalog, size rules, OpenAI types, translation to Gemini, errors. No I/O.
         .target(
             name: "NanoGateCore",
-            dependencies: [],
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOFoundationCompat", package: "swift-nio"),
+            ],
             swiftSettings: swiftSettings
         ),
         // Google's wire format, the HTTP client and the upstream pool.
@@ -118,7 +121,11 @@ let package = Package(
         ),
         .testTarget(
             name: "NanoGateCoreTests",
-            dependencies: ["NanoGateCore", "Upstream"],
+            dependencies: [
+                "NanoGateCore", "Upstream",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOFoundationCompat", package: "swift-nio"),
+            ],
             resources: [.copy("Fixtures")],
             swiftSettings: swiftSettings
         ),

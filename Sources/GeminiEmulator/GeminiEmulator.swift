@@ -118,7 +118,7 @@ public struct GeminiEmulator: Sendable {
         let model = pieces[0]
         let apiKey = request.headers[.init("x-goog-api-key")!]
         let bodyBytes = try await request.body.collect(upTo: 128 * 1024 * 1024)
-        let decoded = Result { try JSONDecoder().decode(GeminiWire.Request.self, from: bodyBytes) }
+        let decoded = Result { try SplicedJSON.decode(GeminiWire.Request.self, from: bodyBytes) }
         if case .success(let body) = decoded {
             recorder?.append(.init(model: model, apiKey: apiKey, body: body))
         }
@@ -155,12 +155,12 @@ public struct GeminiEmulator: Sendable {
         if family == .pro3, let problem = missingSignature(body) {
             return Self.error(400, "INVALID_ARGUMENT", problem)
         }
-        let (response, image) = generate(body, family: family, model: model, directives: directives, promptText: promptText)
+        let response = generate(body, family: family, model: model, directives: directives, promptText: promptText)
         if family == .pro3 {
             let issued = (response.candidates ?? []).flatMap { $0.content?.parts ?? [] }.compactMap(\.thoughtSignature)
             state.signatures.withLock { $0.formUnion(issued) }
         }
-        return streaming ? Self.stream(response, image: image) : Self.encode(response, splicing: Self.placeholder, with: image)
+        return streaming ? Self.stream(response) : Self.encode(response)
     }
 
     /// What Google rejects with 400 INVALID_ARGUMENT (the parts a gateway could get wrong).
@@ -177,7 +177,7 @@ public struct GeminiEmulator: Sendable {
                     guard ["image/png", "image/jpeg", "image/webp", "image/heic", "image/heif"].contains(inline.mimeType) else {
                         return "Unsupported MIME type: \(inline.mimeType)"
                     }
-                    guard (try? inline.data.base64decoded()) != nil else {
+                    guard (try? Base64.decode(bytes: inline.data.bytes.readableBytesView)) != nil else {
                         return "Invalid value at 'contents[0].parts[0].inline_data.data' (TYPE_BYTES), Base64 decoding failed"
                     }
                 }
@@ -228,7 +228,7 @@ public struct GeminiEmulator: Sendable {
         return nil
     }
 
-    func generate(_ body: GeminiWire.Request, family: ModelFamily, model: String, directives: Directives, promptText: String) -> (GeminiWire.Response, ByteBuffer?) {
+    func generate(_ body: GeminiWire.Request, family: ModelFamily, model: String, directives: Directives, promptText: String) -> GeminiWire.Response {
         let inputImages = body.contents.flatMap { $0.parts ?? [] }.compactMap(\.inlineData)
         let textTokens = max(1, promptText.utf8.count / 4)
         let imageTokensIn = inputImages.count * (family == .pro3 ? 560 : 258)
@@ -242,16 +242,16 @@ public struct GeminiEmulator: Sendable {
         let responseID = "emu-" + UUID().uuidString.prefix(8).lowercased()
 
         if directives.has("prompt_block") {
-            return (.init(candidates: nil, promptFeedback: .init(blockReason: "PROHIBITED_CONTENT"), usageMetadata: promptOnly, modelVersion: model, responseId: responseID), nil)
+            return .init(candidates: nil, promptFeedback: .init(blockReason: "PROHIBITED_CONTENT"), usageMetadata: promptOnly, modelVersion: model, responseId: responseID)
         }
         if directives.has("image_safety") || directives.has("prohibited") {
             let reason = directives.has("prohibited") ? "IMAGE_PROHIBITED_CONTENT" : "IMAGE_SAFETY"
-            return (.init(
+            return .init(
                 candidates: [.init(content: .init(role: "model", parts: []), finishReason: reason, finishMessage: "Unable to show the generated image. The image was filtered out because it violated Google's Generative AI Prohibited Use policy.", index: 0)],
-                usageMetadata: promptOnly, modelVersion: model, responseId: responseID), nil)
+                usageMetadata: promptOnly, modelVersion: model, responseId: responseID)
         }
         if directives.has("no_image") {
-            return (.init(candidates: [.init(content: nil, finishReason: "NO_IMAGE", index: 0)], usageMetadata: promptOnly, modelVersion: model, responseId: responseID), nil)
+            return .init(candidates: [.init(content: nil, finishReason: "NO_IMAGE", index: 0)], usageMetadata: promptOnly, modelVersion: model, responseId: responseID)
         }
 
         let imageConfig = body.generationConfig?.imageConfig
@@ -263,18 +263,17 @@ public struct GeminiEmulator: Sendable {
         let captionTokens = 5
         let thoughtTokens = family == .pro3 ? 212 : 0
 
-        // The image data is spliced in after encoding: JSONEncoder on megabytes of base64 is slow.
-        let placeholder = Self.placeholder
+        let imageBase64 = Base64Text(bytes: directives.has("jpeg") ? ByteBuffer(string: Self.jpegBase64) : base64Image(pixels))
         let mimeType = "image/png"  // also for `jpeg`: Gemini has been seen labelling JPEG bytes image/png
         var parts: [GeminiWire.Part] = []
         if family == .pro3 {
             parts.append(.init(text: "**Composing the scene**\n\nPlanning the layout for: \(promptText.prefix(80))", thought: true))
-            parts.append(.init(inlineData: .init(mimeType: "image/png", data: Self.thoughtImage), thought: true))
+            parts.append(.init(inlineData: .init(mimeType: "image/png", data: Base64Text(Self.thoughtImage)), thought: true))
             parts.append(.init(text: caption, thoughtSignature: Self.signature("text", responseID)))
-            parts.append(.init(inlineData: .init(mimeType: mimeType, data: placeholder), thoughtSignature: Self.signature("image", responseID)))
+            parts.append(.init(inlineData: .init(mimeType: mimeType, data: imageBase64), thoughtSignature: Self.signature("image", responseID)))
         } else {
             parts.append(.init(text: caption))
-            parts.append(.init(inlineData: .init(mimeType: mimeType, data: placeholder)))
+            parts.append(.init(inlineData: .init(mimeType: mimeType, data: imageBase64)))
         }
         let usage = GeminiWire.UsageMetadata(
             promptTokenCount: promptTokens, candidatesTokenCount: imageTokens + captionTokens,
@@ -287,11 +286,9 @@ public struct GeminiEmulator: Sendable {
             candidates: [.init(content: .init(role: "model", parts: parts), finishReason: "STOP", index: 0)],
             usageMetadata: usage, modelVersion: model, responseId: responseID
         )
-        let imageBase64 = directives.has("jpeg") ? ByteBuffer(string: Self.jpegBase64) : base64Image(pixels)
-        return (response, imageBase64)
+        return response
     }
 
-    static let placeholder = "@@EMULATOR_IMAGE@@"
 
     /// Google's rule for Gemini 3 multi-turn: every model turn's first non-thought part and each
     /// of its images must carry a signature Google issued (or the documented bypass value).
@@ -318,7 +315,7 @@ public struct GeminiEmulator: Sendable {
 
     /// `streamGenerateContent?alt=sse`: one event per group of parts, CRLF framing as Google's,
     /// the image whole in the last event with `finishReason` and the full usage. No `[DONE]`.
-    static func stream(_ response: GeminiWire.Response, image: ByteBuffer?) -> Response {
+    static func stream(_ response: GeminiWire.Response) -> Response {
         var events: [GeminiWire.Response] = []
         let candidate = response.candidates?.first
         let parts = candidate?.content?.parts ?? []
@@ -339,7 +336,7 @@ public struct GeminiEmulator: Sendable {
         }
         let encoded = events.map { event -> ByteBuffer in
             var buffer = ByteBuffer(string: "data: ")
-            buffer.writeImmutableBuffer(splicedJSON(event, splicing: placeholder, with: image))
+            buffer.writeImmutableBuffer(try! SplicedJSON.encodeJoined(event))
             buffer.writeString("\r\n\r\n")
             return buffer
         }
@@ -354,7 +351,7 @@ public struct GeminiEmulator: Sendable {
 
     /// The ratio of the first input image, as Gemini follows the input when no ratio is asked for.
     func inputRatio(_ images: [GeminiWire.InlineData]) -> AspectRatio? {
-        guard let first = images.first, let bytes = try? first.data.base64decoded(), let size = PNGEncoder.dimensions(of: bytes) else { return nil }
+        guard let first = images.first, let bytes = try? Base64.decode(bytes: first.data.bytes.readableBytesView), let size = PNGEncoder.dimensions(of: bytes) else { return nil }
         let wanted = log(Double(size.width) / Double(size.height))
         return AspectRatio.allCases.min { lhs, rhs in
             abs(Self.logRatio(lhs) - wanted) < abs(Self.logRatio(rhs) - wanted)
@@ -386,27 +383,9 @@ public struct GeminiEmulator: Sendable {
     static let jpegBase64 =
         "/9j/4AAQSkZJRgABAQEASABIAAD/2wBDAP//////////////////////////////////////////////////////////////////////////////////////wgALCAABAAEBAREA/8QAFBABAAAAAAAAAAAAAAAAAAAAAP/aAAgBAQABPxA="
 
-    static func encode(_ response: GeminiWire.Response, splicing placeholder: String? = nil, with data: ByteBuffer? = nil) -> Response {
-        Response(status: .ok, headers: [.contentType: "application/json; charset=UTF-8"], body: .init(byteBuffer: splicedJSON(response, splicing: placeholder, with: data)))
-    }
-
-    /// The response as JSON, with the image's base64 written where the placeholder stands.
-    static func splicedJSON(_ response: GeminiWire.Response, splicing placeholder: String?, with data: ByteBuffer?) -> ByteBuffer {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = .withoutEscapingSlashes
-        var encoded = ByteBuffer(data: try! encoder.encode(response))
-        if let placeholder, let data {
-            let view = encoded.readableBytesView
-            if let range = view.firstRange(of: Array(placeholder.utf8)) {
-                var spliced = ByteBuffer()
-                spliced.reserveCapacity(encoded.readableBytes + data.readableBytes)
-                spliced.writeBytes(view[view.startIndex..<range.lowerBound])
-                spliced.writeImmutableBuffer(data)
-                spliced.writeBytes(view[range.upperBound...])
-                encoded = spliced
-            }
-        }
-        return encoded
+    /// The response as JSON; image bytes are spliced in rather than run through the JSON coder.
+    static func encode(_ response: GeminiWire.Response) -> Response {
+        Response(status: .ok, headers: [.contentType: "application/json; charset=UTF-8"], body: .init(byteBuffer: try! SplicedJSON.encodeJoined(response)))
     }
 
     static func error(_ code: Int, _ status: String, _ message: String, reason: String? = nil) -> Response {

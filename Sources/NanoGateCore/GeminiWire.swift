@@ -57,9 +57,10 @@ public enum GeminiWire {
     /// Base64 bytes with their MIME type.
     public struct InlineData: Codable, Sendable, Equatable {
         public var mimeType: String
-        public var data: String
+        /// Standard base64, kept as bytes (see `Base64Text`).
+        public var data: Base64Text
 
-        public init(mimeType: String, data: String) {
+        public init(mimeType: String, data: Base64Text) {
             self.mimeType = mimeType
             self.data = data
         }
@@ -72,7 +73,7 @@ public enum GeminiWire {
             let snake = try decoder.container(keyedBy: SnakeKeys.self)
             self.mimeType = try container.decodeIfPresent(String.self, forKey: .mimeType)
                 ?? snake.decodeIfPresent(String.self, forKey: .mime_type) ?? "application/octet-stream"
-            self.data = try container.decode(String.self, forKey: .data)
+            self.data = try container.decode(Base64Text.self, forKey: .data)
         }
     }
 

@@ -56,12 +56,12 @@ public struct ImageGenerationRequest: Decodable, Sendable {
 
 /// One entry of `data[]`.
 public struct ImageObject: Encodable, Sendable, Equatable {
-    public var b64JSON: String?
+    public var b64JSON: Base64Text?
     public var url: String?
     /// Text the model wrote beside the image, when it wrote any.
     public var revisedPrompt: String?
 
-    public init(b64JSON: String? = nil, url: String? = nil, revisedPrompt: String? = nil) {
+    public init(b64JSON: Base64Text? = nil, url: String? = nil, revisedPrompt: String? = nil) {
         self.b64JSON = b64JSON
         self.url = url
         self.revisedPrompt = revisedPrompt

@@ -186,7 +186,7 @@ struct ChatController {
     }
 
     static func hash(image: GeminiWire.InlineData) -> String {
-        let bytes = (try? Base64.decode(string: image.data)) ?? Array(image.data.utf8)
+        let bytes = (try? Base64.decode(bytes: image.data.bytes.readableBytesView)) ?? Array(image.data.bytes.readableBytesView)
         return "i:" + SHA256.hash(data: bytes).map { String(format: "%02x", $0) }.joined()
     }
 
@@ -213,8 +213,8 @@ struct ChatController {
                 throw .internal("The image was generated but could not be stored; retry with response_format b64_json.")
             }
         case .b64JSON:
-            let head = (try? Base64.decode(string: String(image.data.prefix(24)))) ?? []
-            return "data:\(ImageSniffer.mimeType(of: head) ?? image.mimeType);base64,\(image.data)"
+            let head = (try? Base64.decode(bytes: image.data.bytes.readableBytesView.prefix(24))) ?? []
+            return "data:\(ImageSniffer.mimeType(of: head) ?? image.mimeType);base64,\(image.data.string)"
         }
     }
 

@@ -116,8 +116,8 @@ struct ImageURLService: Sendable {
 
     /// Decodes Google's base64, sniffs the real type (Gemini mislabels JPEG as PNG), writes the
     /// file and returns its signed URL.
-    func store(base64: String, baseURL: String) async throws -> String {
-        let bytes = try Base64.decode(string: base64)
+    func store(base64: Base64Text, baseURL: String) async throws -> String {
+        let bytes = try Base64.decode(bytes: base64.bytes.readableBytesView)
         let mime = ImageSniffer.mimeType(of: bytes) ?? "image/png"
         let name = try await store.save(ByteBuffer(bytes: bytes), fileExtension: ImageSniffer.fileExtension(for: mime))
         let expires = Int(Date().timeIntervalSince1970) + Int(ttl.components.seconds)

@@ -99,11 +99,19 @@ struct ImagesController {
         return "\(scheme)://\(host)"
     }
 
+    /// JSON with any `Base64Text` written straight from Google's buffer, piece by piece.
     static func json(_ value: some Encodable) throws -> Response {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = .withoutEscapingSlashes
-        let data = try encoder.encode(value)
-        return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(data: data)))
+        let pieces = try SplicedJSON.encode(value)
+        let body: ResponseBody
+        if pieces.count == 1 {
+            body = ResponseBody(byteBuffer: pieces[0])
+        } else {
+            body = ResponseBody(contentLength: pieces.reduce(0) { $0 + $1.readableBytes }) { writer in
+                for piece in pieces { try await writer.write(piece) }
+                try await writer.finish(nil)
+            }
+        }
+        return Response(status: .ok, headers: [.contentType: "application/json"], body: body)
     }
 }
 

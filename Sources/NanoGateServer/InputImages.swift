@@ -54,7 +54,7 @@ struct InputImageLoader: Sendable {
         guard let mime = ImageSniffer.mimeType(of: bytes.readableBytesView), acceptedInputTypes.contains(mime) else {
             throw .invalidParameter(param, "'\(param)' is not a PNG, JPEG, WebP, HEIC or HEIF image.", code: "invalid_image_format")
         }
-        return GeminiWire.InlineData(mimeType: mime, data: Base64.encodeToString(bytes: bytes.readableBytesView))
+        return GeminiWire.InlineData(mimeType: mime, data: Base64Text(bytes: ByteBuffer(bytes: Base64.encodeToBytes(bytes: bytes.readableBytesView))))
     }
 
     /// A URL as OpenAI clients send it in `image_url`: a `data:` URL, one of our own signed URLs, or a remote `http(s)://` URL.

@@ -84,7 +84,7 @@ public struct GeminiEventStream: AsyncSequence, Sendable {
             guard event.readableBytes > 0 else { return nil }
             defer { event = ByteBuffer() }
             do {
-                return try JSONDecoder().decode(GeminiWire.Response.self, from: event)
+                return try SplicedJSON.decode(GeminiWire.Response.self, from: event)
             } catch {
                 if let envelope = try? JSONDecoder().decode(GeminiWire.ErrorEnvelope.self, from: event) {
                     throw GatewayError.badGateway("Google failed mid-stream: \(envelope.error.message ?? "no message")")

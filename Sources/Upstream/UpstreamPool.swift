@@ -78,7 +78,7 @@ public final class UpstreamPool: Sendable {
                 return .failure(Self.transportFailure(error, timeout: configuration.requestTimeout, redact: redacted))
             }
             do {
-                return .success(try JSONDecoder().decode(GeminiWire.Response.self, from: body))
+                return .success(try SplicedJSON.decode(GeminiWire.Response.self, from: body))
             } catch {
                 return .failure(.init(error: .badGateway("Google returned an answer the gateway could not read."), disposition: .retryAfterBackoff))
             }
@@ -99,7 +99,7 @@ public final class UpstreamPool: Sendable {
     ) async throws(GatewayError) -> Output {
         let body: ByteBuffer
         do {
-            body = ByteBuffer(data: try JSONEncoder().encode(request))
+            body = try SplicedJSON.encodeJoined(request)
         } catch {
             throw .internal("Could not encode the upstream request.")
         }

@@ -1,5 +1,7 @@
 import Foundation
-import NanoGateCore
+import NIOCore
+import NIOFoundationCompat
+@testable import NanoGateCore
 import Testing
 
 /// Reading Gemini answers (the shared reference fixtures) and writing Gemini requests.
@@ -29,7 +31,7 @@ import Testing
         let outcome = try ImageTranslation.outcome(of: response)
         // The fixture has an interim thought image (1×1) and a final image (8×8): only the final one counts.
         #expect(outcome.images.count == 1)
-        let bytes = try #require(Data(base64Encoded: outcome.images[0].data))
+        let bytes = try #require(Data(base64Encoded: outcome.images[0].data.string))
         #expect(bytes[16..<24].elementsEqual([0, 0, 0, 8, 0, 0, 0, 8]))
         #expect(outcome.text == "Here is the nano banana dish in a Gemini-themed restaurant.")
         // Thoughts are billed as output text.
@@ -93,5 +95,39 @@ import Testing
         #expect(ImageSniffer.mimeType(of: Array("RIFF\0\0\0\0WEBPVP8 ".utf8)) == "image/webp")
         #expect(ImageSniffer.mimeType(of: Array("\0\0\0\u{18}ftypheic".utf8)) == "image/heic")
         #expect(ImageSniffer.mimeType(of: Array("hello world".utf8)) == nil)
+    }
+}
+
+/// The zero-copy JSON path for image payloads.
+@Suite struct SplicedJSONTests {
+    static let big = String(repeating: "QUJD", count: 5000)  // 20,000 base64 characters
+
+    @Test func largeDataStringsAreLiftedAndRestored() throws {
+        let json = #"{"candidates":[{"content":{"parts":[{"text":"a \"data\": \"x\" in text"},{"inlineData":{"mimeType":"image/png","data":"\#(Self.big)"}}]}}]}"#
+        let buffer = ByteBuffer(string: json)
+        let ranges = SplicedJSON.largeDataStrings(in: buffer)
+        #expect(ranges.count == 1, "only the data value, not the quoted text")
+        let response = try SplicedJSON.decode(GeminiWire.Response.self, from: buffer)
+        let parts = try #require(response.candidates?.first?.content?.parts)
+        #expect(parts[0].text == #"a "data": "x" in text"#)
+        #expect(parts[1].inlineData?.data.string == Self.big)
+    }
+
+    @Test func encodingSplicesTheBytesBack() throws {
+        let image = ImageObject(b64JSON: Base64Text(Self.big), revisedPrompt: "look: @@ngsplice-0@@")
+        let joined = try SplicedJSON.encodeJoined(ImagesResponse(created: 1, data: [image], usage: .zero))
+        let decoded = try JSONSerialization.jsonObject(with: Data(buffer: joined)) as! [String: Any]
+        let first = (decoded["data"] as! [[String: Any]])[0]
+        #expect(first["b64_json"] as? String == Self.big)
+        #expect(first["revised_prompt"] as? String == "look: @@ngsplice-0@@", "client text that looks like a placeholder is left alone")
+    }
+
+    @Test func escapedOrShortStringsTakeTheOrdinaryPath() throws {
+        let escaped = #"{"data":"\#(String(repeating: "A", count: 5000))\/B"}"#
+        #expect(SplicedJSON.largeDataStrings(in: ByteBuffer(string: escaped)).isEmpty)
+        let short = #"{"data":"QUJD"}"#
+        #expect(SplicedJSON.largeDataStrings(in: ByteBuffer(string: short)).isEmpty)
+        let nested = #"{"data":{"data":"\#(Self.big)"}}"#
+        #expect(SplicedJSON.largeDataStrings(in: ByteBuffer(string: nested)).count == 1)
     }
 }

@@ -167,7 +167,11 @@ import Testing
         try await withGateway(configure: { $0.keepAliveInterval = .milliseconds(200) }) { gateway in
             let reply = try await Self.chat(gateway, ["model": "nano-banana", "stream": true, "messages": [["role": "user", "content": "slow [emulate:slow=2500]"]]])
             let parsed = Self.events(reply.text)
-            #expect(parsed.comments >= 2, "\(parsed.comments) keep-alive comments")
+            #expect(parsed.comments >= 1)
+            // The comments come while Google is silent: before the first text of the answer.
+            let firstComment = try #require(reply.text.range(of: ": keep-alive"))
+            let firstText = try #require(reply.text.range(of: "Here is your image."))
+            #expect(firstComment.lowerBound < firstText.lowerBound)
             #expect(parsed.data.last == "[DONE]")
         }
     }
