@@ -86,7 +86,7 @@ public func buildApplication(
     let database = dependencies.database
     let httpClient = dependencies.httpClient
     app.addServices(
-        ImageSweeper(store: dependencies.imageStore, ttl: configuration.urlTTL, logger: logger),
+        ImageSweeper(store: dependencies.imageStore, ttl: configuration.urlTTL, signatures: dependencies.store, logger: logger),
         CloseOnShutdown { try await httpClient.shutdown() },
         CloseOnShutdown { try await database.close() }
     )

@@ -103,16 +103,24 @@ public struct ImageStore: Sendable {
     }
 }
 
-/// Deletes expired images periodically for as long as the gateway runs.
+/// Deletes expired images (and thought signatures older than `signatureRetention`) periodically
+/// for as long as the gateway runs.
 public struct ImageSweeper: Service {
     let store: ImageStore
     let ttl: Duration
     let interval: Duration
+    let signatures: (any SignatureStore)?
+    let signatureRetention: Duration
     let logger: Logger
 
-    public init(store: ImageStore, ttl: Duration, interval: Duration? = nil, logger: Logger) {
+    public init(
+        store: ImageStore, ttl: Duration, interval: Duration? = nil,
+        signatures: (any SignatureStore)? = nil, signatureRetention: Duration = .seconds(7 * 24 * 3600), logger: Logger
+    ) {
         self.store = store
         self.ttl = ttl
+        self.signatures = signatures
+        self.signatureRetention = signatureRetention
         self.interval = interval ?? min(.seconds(300), max(.seconds(1), ttl / 4))
         self.logger = logger
     }
@@ -122,6 +130,11 @@ public struct ImageSweeper: Service {
             do {
                 let removed = try await store.sweep(olderThan: ttl)
                 if removed > 0 { logger.info("swept expired images", metadata: ["count": "\(removed)"]) }
+                if let signatures {
+                    let cutoff = Date().addingTimeInterval(-TimeInterval(signatureRetention.components.seconds))
+                    let pruned = try await signatures.pruneSignatures(before: cutoff)
+                    if pruned > 0 { logger.info("pruned old thought signatures", metadata: ["count": "\(pruned)"]) }
+                }
             } catch {
                 logger.warning("image sweep failed", metadata: ["error": "\(error)"])
             }

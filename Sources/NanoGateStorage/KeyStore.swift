@@ -111,4 +111,6 @@ public enum KeySecrets {
 public protocol SignatureStore: Sendable {
     func saveSignatures(_ signatures: [String: String]) async throws
     func signatures(for hashes: [String]) async throws -> [String: String]
+    /// Forgets signatures stored before `date`. Returns how many.
+    func pruneSignatures(before date: Date) async throws -> Int
 }

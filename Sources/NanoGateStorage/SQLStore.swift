@@ -74,6 +74,10 @@ public struct SQLStore: KeyStore, UsageLog, SignatureStore {
         var signature: String
     }
 
+    public func pruneSignatures(before date: Date) async throws -> Int {
+        try await database.raw("DELETE FROM thought_signatures WHERE created_at < \(bind: Int64(date.timeIntervalSince1970)) RETURNING hash").all().count
+    }
+
     public func signatures(for hashes: [String]) async throws -> [String: String] {
         guard !hashes.isEmpty else { return [:] }
         let rows = try await database.raw("SELECT hash, signature FROM thought_signatures WHERE hash IN (\(binds: hashes))")

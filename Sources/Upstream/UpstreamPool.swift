@@ -56,14 +56,16 @@ public final class UpstreamPool: Sendable {
 
     private struct KeyState {
         var next = 0
-        /// Earliest time each key may be used again.
+        /// Earliest time each key may be used again, and why it was set aside.
         var coolingUntil: [ContinuousClock.Instant?]
+        var coolingReason: [GatewayError?]
     }
 
     public init(httpClient: HTTPClient, configuration: UpstreamConfiguration) {
         self.httpClient = httpClient
         self.configuration = configuration
-        self.state = Mutex(KeyState(coolingUntil: Array(repeating: nil, count: configuration.apiKeys.count)))
+        let count = configuration.apiKeys.count
+        self.state = Mutex(KeyState(coolingUntil: Array(repeating: nil, count: count), coolingReason: Array(repeating: nil, count: count)))
     }
 
     /// Calls `generateContent` on `model`, retrying across keys, and maps every failure to a `GatewayError`.
@@ -103,11 +105,14 @@ public final class UpstreamPool: Sendable {
         } catch {
             throw .internal("Could not encode the upstream request.")
         }
-        var lastError = GatewayError.unavailable("No Google API key is configured (set GEMINI_API_KEY).", code: "no_upstream")
+        guard !configuration.apiKeys.isEmpty else {
+            throw .unavailable("No Google API key is configured (set GEMINI_API_KEY).", code: "no_upstream")
+        }
+        var lastError: GatewayError?
         for attempt in 1...configuration.maxAttempts {
             guard let keyIndex = pickKey() else {
-                if configuration.apiKeys.isEmpty { throw lastError }
-                break
+                // Every key is set aside: say why, with the wait until the first comes back.
+                throw lastError ?? whyAllKeysAreResting()
             }
             var attemptLogger = logger
             attemptLogger[metadataKey: "upstream.attempt"] = "\(attempt)"
@@ -127,14 +132,27 @@ public final class UpstreamPool: Sendable {
                 case .fatal:
                     throw failure.error
                 case .nextKey(let coolDown):
-                    setAside(keyIndex, for: coolDown)
+                    setAside(keyIndex, for: coolDown, because: failure.error)
                 case .retryAfterBackoff:
                     if attempt < configuration.maxAttempts { try? await Task.sleep(for: backoff(attempt)) }
                 }
                 attemptLogger.warning("upstream attempt failed", metadata: ["error": "\(failure.error.message)"])
             }
         }
-        throw lastError
+        throw lastError ?? .internal("No upstream attempt was made.")
+    }
+
+    /// The error of the key that comes back first, its `Retry-After` counted down.
+    private func whyAllKeysAreResting() -> GatewayError {
+        let now = ContinuousClock.now
+        return state.withLock { state -> GatewayError in
+            let soonest = state.coolingUntil.indices.min { (state.coolingUntil[$0] ?? now) < (state.coolingUntil[$1] ?? now) }!
+            var error = state.coolingReason[soonest] ?? .unavailable("Every upstream key is resting.")
+            if error.retryAfterSeconds != nil, let until = state.coolingUntil[soonest] {
+                error.retryAfterSeconds = max(1, Int((until - now).components.seconds) + 1)
+            }
+            return error
+        }
     }
 
     /// What to do after a failed attempt.
@@ -227,9 +245,12 @@ public final class UpstreamPool: Sendable {
         }
     }
 
-    private func setAside(_ index: Int, for duration: Duration) {
+    private func setAside(_ index: Int, for duration: Duration, because error: GatewayError) {
         let until = ContinuousClock.now.advanced(by: duration)
-        state.withLock { $0.coolingUntil[index] = until }
+        state.withLock {
+            $0.coolingUntil[index] = until
+            $0.coolingReason[index] = error
+        }
     }
 
     private func backoff(_ attempt: Int) -> Duration {

@@ -100,6 +100,12 @@ import Upstream
             #expect(reply.headers.first(name: "Retry-After") == "27")
             #expect(reply.error["code"] as? String == "rate_limit_exceeded")
             expectOpenAIShape(reply)
+            // The only key now rests for Google's retryDelay: the next request is answered at once.
+            let calls = gateway.recorder.all.count
+            let again = try await gateway.generate(#"{"model":"nano-banana","prompt":"p"}"#)
+            #expect(again.status == 429)
+            #expect((1...27).contains(Int(again.headers.first(name: "Retry-After") ?? "") ?? 0))
+            #expect(gateway.recorder.all.count == calls, "a resting key is not called")
         }
     }
 
@@ -141,6 +147,9 @@ import Upstream
             #expect(reply.error["code"] as? String == "upstream_auth_failed")
             #expect(!reply.text.contains("AIzaSy"))
             expectOpenAIShape(reply)
+            let again = try await gateway.generate(#"{"model":"nano-banana","prompt":"p"}"#)
+            #expect(again.status == 503)
+            #expect(again.error["code"] as? String == "upstream_auth_failed")
         }
     }
 

@@ -1,11 +1,13 @@
 """Shared fixtures for the OpenAI SDK compatibility suite.
 
-A single ``nanogate serve --demo`` process is started for the whole session;
-it runs the offline Gemini emulator in-process, so no network is needed.
+A single ``nanogate serve --demo`` process is started for the whole session
+(``fresh_gateway`` starts a private one for tests that leave state behind); it
+runs the offline Gemini emulator in-process, so no network is needed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import re
@@ -83,10 +85,9 @@ def nanogate_bin() -> Path:
     return _nanogate_bin()
 
 
-@pytest.fixture(scope="session")
-def gateway(nanogate_bin: Path, tmp_path_factory) -> Iterator[Gateway]:
-    """Start ``nanogate serve --demo`` on a free port with a fresh data dir."""
-    data_dir = tmp_path_factory.mktemp("nanogate-data")
+@contextlib.contextmanager
+def _serve_demo(nanogate_bin: Path, data_dir: Path) -> Iterator[Gateway]:
+    """Run ``nanogate serve --demo`` on a free port with ``data_dir`` until the block ends."""
     port = _free_port()
     stderr_log = tempfile.TemporaryFile(mode="w+", encoding="utf-8", errors="replace")
     proc = subprocess.Popen(
@@ -136,7 +137,45 @@ def gateway(nanogate_bin: Path, tmp_path_factory) -> Iterator[Gateway]:
     finally:
         _stop(proc)
         stderr_log.close()
+
+
+def _sdk_client(gateway: Gateway, api_key: str) -> openai.OpenAI:
+    """An SDK client bound to ``gateway``, with no retries."""
+    return openai.OpenAI(
+        api_key=api_key,
+        base_url=gateway.base_url,
+        timeout=CLIENT_TIMEOUT,
+        max_retries=0,
+    )
+
+
+@pytest.fixture(scope="session")
+def gateway(nanogate_bin: Path, tmp_path_factory) -> Iterator[Gateway]:
+    """The gateway shared by the session: ``nanogate serve --demo`` with a fresh data dir."""
+    data_dir = tmp_path_factory.mktemp("nanogate-data")
+    try:
+        with _serve_demo(nanogate_bin, data_dir) as running:
+            yield running
+    finally:
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def fresh_gateway(nanogate_bin: Path, tmp_path_factory) -> Iterator[Gateway]:
+    """A gateway of its own, for tests that leave state behind (e.g. an upstream key cooling
+    down after a 429) that must not reach the shared ``gateway``."""
+    data_dir = tmp_path_factory.mktemp("nanogate-fresh")
+    try:
+        with _serve_demo(nanogate_bin, data_dir) as running:
+            yield running
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def fresh_client(fresh_gateway: Gateway) -> openai.OpenAI:
+    """SDK client with the demo key of ``fresh_gateway``."""
+    return _sdk_client(fresh_gateway, fresh_gateway.key)
 
 
 @pytest.fixture(scope="session")
@@ -144,12 +183,7 @@ def make_client(gateway: Gateway) -> Callable[[str], openai.OpenAI]:
     """Factory for SDK clients bound to the gateway, with no retries."""
 
     def make(api_key: str) -> openai.OpenAI:
-        return openai.OpenAI(
-            api_key=api_key,
-            base_url=gateway.base_url,
-            timeout=CLIENT_TIMEOUT,
-            max_retries=0,
-        )
+        return _sdk_client(gateway, api_key)
 
     return make
 

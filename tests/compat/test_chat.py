@@ -193,15 +193,42 @@ def test_image_safety_is_content_filter(client):
     assert not (choice.message.model_extra or {}).get("images")
 
 
-def test_upstream_rate_limit(client):
-    """Google's 429 becomes RateLimitError with Retry-After from Google's retryDelay."""
+def rate_limited(client) -> openai.RateLimitError:
+    """Send a chat request the emulator answers with Google's 429 (retryDelay 27s)."""
     with pytest.raises(openai.RateLimitError) as excinfo:
         client.chat.completions.create(
             model="nano-banana", messages=[{"role": "user", "content": f"{PROMPT} [emulate:429]"}]
         )
+    return excinfo.value
 
-    assert excinfo.value.status_code == 429
-    assert excinfo.value.response.headers.get("retry-after") == "27"
+
+# These two run on a private gateway: after a 429 its only (demo) Google key cools down for
+# Google's retryDelay, which would fail every later test on the shared gateway.
+
+
+def test_upstream_rate_limit(fresh_client):
+    """Google's 429 becomes RateLimitError with Retry-After from Google's retryDelay."""
+    error = rate_limited(fresh_client)
+
+    assert error.status_code == 429
+    assert error.code == "rate_limit_exceeded"
+    assert error.response.headers.get("retry-after") == "27"
+
+
+def test_rate_limited_pool_keeps_answering_429(fresh_client):
+    """While the only Google key cools down, requests get 429 + Retry-After (README: "Google rate
+    limit on every key → 429 + Retry-After, rate_limit_exceeded"), not an error about configuration."""
+    rate_limited(fresh_client)
+
+    with pytest.raises(openai.APIStatusError) as excinfo:
+        fresh_client.chat.completions.create(model="nano-banana", messages=[{"role": "user", "content": PROMPT}])
+
+    error = excinfo.value
+    assert error.status_code == 429, f"{error.status_code}: {error.body}"
+    assert isinstance(error, openai.RateLimitError)
+    assert error.code == "rate_limit_exceeded"
+    retry_after = error.response.headers.get("retry-after")
+    assert retry_after is not None and 1 <= int(retry_after) <= 27, retry_after
 
 
 def test_n_above_one_is_bad_request(client):
