@@ -101,6 +101,13 @@ def reset_peak_rss(pid: int) -> None:
         handle.write("5")
 
 
+def system_busy_ticks() -> int:
+    """Busy CPU ticks of the whole machine (all CPUs), from /proc/stat."""
+    fields = [int(value) for value in (read_text("/proc/stat") or "cpu 0").splitlines()[0].split()[1:]]
+    user, nice, system, idle, iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    return user + nice + system + irq + softirq + steal
+
+
 def io_counters(pid: int) -> dict[str, int]:
     text = read_text(f"/proc/{pid}/io") or ""
     return {key: int(value) for key, value in re.findall(r"^(\w+): (\d+)$", text, re.MULTILINE)}
@@ -343,13 +350,13 @@ class Monitor(threading.Thread):
         self.emulator_pid = emulator_pid
         self.upstream_port = upstream_port
         self.interval = interval
-        self.samples: list[tuple[float, int, int]] = []  # (monotonic time, gateway ticks, emulator ticks)
+        self.samples: list[tuple[float, int, int, int]] = []  # (monotonic time, gateway, emulator, whole machine) ticks
         self.max_upstream_connections = 0
         self._halt = threading.Event()
 
     def sample(self) -> None:
         gateway = sum(cpu_ticks(pid) for pid in self.gateway_pids)
-        self.samples.append((time.monotonic(), gateway, cpu_ticks(self.emulator_pid)))
+        self.samples.append((time.monotonic(), gateway, cpu_ticks(self.emulator_pid), system_busy_ticks()))
         if self.gateway_pids:
             connections = established_connections_to(self.upstream_port, self.gateway_pids)
             self.max_upstream_connections = max(self.max_upstream_connections, connections)
@@ -425,7 +432,9 @@ class Benchmark:
         self.services.append(self.emulator)
 
         def listening() -> bool:
-            match = re.search(r"listening on http://127\.0\.0\.1:(\d+)", log_path.read_text(errors="replace"))
+            # The emulator prints "listening on http://HOST:PORT" (buffered when stdout is a file) and
+            # Hummingbird logs "Server started and listening on HOST:PORT"; either will do.
+            match = re.search(r"listening on (?:http://)?127\.0\.0\.1:(\d+)", log_path.read_text(errors="replace"))
             if match:
                 self.emulator_port = int(match.group(1))
             return bool(match)
@@ -641,6 +650,12 @@ http {{
         window = (started + 0.1 * case.duration, started + 0.9 * case.duration)
         gateway_rate = monitor.rate(*window, column=1) if gateway else None
         emulator_rate = monitor.rate(*window, column=2)
+        # Noise indicator: CPU the machine used beyond the gateway, the emulator and wrk
+        # (other processes, kernel threads such as writeback), in cores over the window.
+        machine_rate = monitor.rate(*window, column=3)
+        other_cores = None
+        if machine_rate is not None and emulator_rate is not None:
+            other_cores = max(0.0, machine_rate - (gateway_rate or 0) - emulator_rate - client_cpu / seconds)
         errors = report["errors"]
         result = case.result
         result.update({
@@ -661,6 +676,8 @@ http {{
             "gateway_cpu_cores": gateway_rate,
             "emulator_cpu_ms": emulator_rate / throughput * 1000 if emulator_rate is not None and throughput else None,
             "client_cpu_ms": client_cpu / units * 1000 if units else None,
+            "client_cpu_cores": client_cpu / seconds if seconds else None,
+            "other_cpu_cores": other_cores,
             "gateway_peak_rss_mib": sum(status_kib(pid, "VmHWM") or 0 for pid in gateway) / 1024 if gateway else None,
             "gateway_upstream_connections_max": monitor.max_upstream_connections if gateway else None,
         })
@@ -730,6 +747,7 @@ http {{
         self.check_tools()
         log(f"run directory {self.run_dir}")
         self.facts["fsync_ms_p50"] = self.fsync_probe()
+        self.facts["loadavg_at_start"] = (read_text("/proc/loadavg") or "").split()[:3]
         self.start_emulator()
         self.start_nanogate()
         time.sleep(1)

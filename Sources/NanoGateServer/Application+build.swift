@@ -79,6 +79,7 @@ public func buildApplication(
 
     var app = Application(
         router: router,
+        server: .http1(configuration: .init(additionalChannelHandlers: [ExpectContinueHandler()])),
         configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "NanoGate"),
         onServerRunning: onServerRunning,
         logger: logger

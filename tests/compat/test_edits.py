@@ -183,3 +183,25 @@ def test_file_on_disk_upload(client, pngs, tmp_path, form):
             )
 
     assert png_size(edited_png(result)) == INPUT_SIZES["9:16"]
+
+
+def test_expect_100_continue_is_answered_at_once(gateway):
+    """curl sends `Expect: 100-continue` with uploads over 1 MiB and waits a second for the
+    interim answer before sending the body; the gateway must answer it without waiting."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(gateway.base_url)
+    with socket.create_connection((url.hostname, url.port), timeout=5) as sock:
+        head = (
+            "POST /v1/images/edits HTTP/1.1\r\n"
+            f"Host: {url.hostname}:{url.port}\r\n"
+            f"Authorization: Bearer {gateway.key}\r\n"
+            "Content-Type: multipart/form-data; boundary=x\r\n"
+            "Content-Length: 2000000\r\n"
+            "Expect: 100-continue\r\n\r\n"
+        )
+        sock.sendall(head.encode())
+        sock.settimeout(0.5)  # well under curl's one-second wait
+        first = sock.recv(64)
+    assert first.startswith(b"HTTP/1.1 100 Continue")
