@@ -61,6 +61,7 @@ public func buildApplication(
     )
 
     let router = Router(context: GatewayRequestContext.self)
+    router.add(middleware: LogRequestsMiddleware(.info))
     router.add(middleware: OpenAIErrorMiddleware())
     router.get("health") { _, _ in "ok" }
     ImageFilesController(store: dependencies.imageStore, signer: dependencies.signer).addRoutes(to: router)

@@ -51,19 +51,7 @@ struct ChatController {
 
     @Sendable func completions(_ request: Request, context: GatewayRequestContext) async throws -> Response {
         guard let key = context.apiKey else { throw GatewayError.unauthorized("Missing API key.") }
-        var request = request
-        let body: ByteBuffer
-        do {
-            body = try await request.collectBody(upTo: inputs.limits.maxRequestBytes)
-        } catch {
-            throw GatewayError.payloadTooLarge(limitBytes: inputs.limits.maxRequestBytes)
-        }
-        let input: ChatCompletionRequest
-        do {
-            input = try JSONDecoder().decode(ChatCompletionRequest.self, from: body)
-        } catch {
-            throw GatewayError.from(decodingError: error)
-        }
+        let input = try await request.decodeJSON(ChatCompletionRequest.self, limit: inputs.limits.maxRequestBytes)
         let baseURL = publicURL ?? ImagesController.baseURL(of: request)
         let job = try await prepare(input, key: key, baseURL: baseURL)
         context.logger.info("chat completion", metadata: ["model": "\(job.model.name)", "stream": "\(input.stream == true)", "turns": "\(job.gemini.contents.count)"])

@@ -68,3 +68,22 @@ extension GatewayError {
         }
     }
 }
+
+extension Request {
+    /// Collects the body up to `limit` (413 beyond it) and decodes it as JSON (400 naming the
+    /// field at fault).
+    func decodeJSON<T: Decodable>(_ type: T.Type, limit: Int) async throws(GatewayError) -> T {
+        var request = self
+        let body: ByteBuffer
+        do {
+            body = try await request.collectBody(upTo: limit)
+        } catch {
+            throw .payloadTooLarge(limitBytes: limit)
+        }
+        do {
+            return try JSONDecoder().decode(type, from: body)
+        } catch {
+            throw .from(decodingError: error)
+        }
+    }
+}

@@ -30,19 +30,7 @@ extension ImagesController {
                 images.append(try inputs.inline(bytes: file.body, param: files.count == 1 ? file.name : "image[\(index)]"))
             }
         } else {
-            var request = request
-            let body: ByteBuffer
-            do {
-                body = try await request.collectBody(upTo: inputs.limits.maxRequestBytes)
-            } catch {
-                throw GatewayError.payloadTooLarge(limitBytes: inputs.limits.maxRequestBytes)
-            }
-            let input: JSONEdit
-            do {
-                input = try JSONDecoder().decode(JSONEdit.self, from: body)
-            } catch {
-                throw GatewayError.from(decodingError: error)
-            }
+            let input = try await request.decodeJSON(JSONEdit.self, limit: inputs.limits.maxRequestBytes)
             if input.mask != nil { throw Self.maskUnsupported }
             fields = input.fields
             _ = try validate(fields, key: key, baseURL: baseURL, endpoint: "images.edits", inputImageCount: input.urls.count)

@@ -26,19 +26,7 @@ struct ImagesController {
 
     @Sendable func generations(_ request: Request, context: GatewayRequestContext) async throws -> Response {
         guard let key = context.apiKey else { throw GatewayError.unauthorized("Missing API key.") }
-        var request = request
-        let body: ByteBuffer
-        do {
-            body = try await request.collectBody(upTo: maxJSONBodyBytes)
-        } catch {
-            throw GatewayError.payloadTooLarge(limitBytes: maxJSONBodyBytes)
-        }
-        let input: ImageGenerationRequest
-        do {
-            input = try JSONDecoder().decode(ImageGenerationRequest.self, from: body)
-        } catch {
-            throw GatewayError.from(decodingError: error)
-        }
+        let input = try await request.decodeJSON(ImageGenerationRequest.self, limit: maxJSONBodyBytes)
 
         let job = try validate(input, key: key, baseURL: publicURL ?? Self.baseURL(of: request), endpoint: "images.generations")
         context.logger.info("image generation", metadata: ["model": "\(job.model.name)", "n": "\(job.count)", "format": "\(job.format.rawValue)"])

@@ -72,7 +72,8 @@ end
 
 -- Prints one line `NGBENCH {json}` for bench.py: wrk's own totals and error counts, wrk's
 -- (corrected) percentiles for reference, and every latency the threads recorded themselves.
--- `extra_names` are further per-thread globals (numbers) to sum, e.g. pair counts.
+-- `extra_names` are further per-thread globals (numbers) to add up over the threads, e.g. pair
+-- counts; names ending in `_max` take the largest value instead.
 function M.report(threads, summary, latency, extra_names)
    local samples = {}
    local extra = {}
@@ -81,7 +82,12 @@ function M.report(threads, summary, latency, extra_names)
       local recorded = thread:get("lat_us") or {}
       for i = 1, #recorded do samples[#samples + 1] = recorded[i] end
       for _, name in ipairs(extra_names or {}) do
-         extra[name] = extra[name] + (tonumber(thread:get(name)) or 0)
+         local value = tonumber(thread:get(name)) or 0
+         if name:match("_max$") then
+            extra[name] = math.max(extra[name], value)
+         else
+            extra[name] = extra[name] + value
+         end
       end
    end
    local report = {
