@@ -151,12 +151,12 @@ public struct ChatUsage: Encodable, Sendable, Equatable {
 
 /// `{"type":"image_url","image_url":{"url":…}}`, the entry of `message.images` (OpenRouter, LiteLLM, Vercel).
 public struct ChatImage: Encodable, Sendable, Equatable {
-    public struct URL: Encodable, Sendable, Equatable { public var url: String }
+    public struct URL: Encodable, Sendable, Equatable { public var url: SplicedString }
     public var type = "image_url"
     public var imageURL: URL
     public var index: Int
 
-    public init(url: String, index: Int) {
+    public init(url: SplicedString, index: Int) {
         self.imageURL = URL(url: url)
         self.index = index
     }
@@ -170,13 +170,13 @@ public struct ChatImage: Encodable, Sendable, Equatable {
 /// The assistant message of a reply, and the `delta` of a streamed chunk.
 public struct ChatMessageOut: Encodable, Sendable {
     public var role: String?
-    public var content: String?
+    public var content: SplicedString?
     public var refusal: String?
     public var images: [ChatImage]?
     /// Thought summaries of 3-pro (as `reasoning_content`, the DeepSeek/new-api convention).
     public var reasoningContent: String?
 
-    public init(role: String? = nil, content: String? = nil, refusal: String? = nil, images: [ChatImage]? = nil, reasoningContent: String? = nil) {
+    public init(role: String? = nil, content: SplicedString? = nil, refusal: String? = nil, images: [ChatImage]? = nil, reasoningContent: String? = nil) {
         self.role = role
         self.content = content
         self.refusal = refusal
@@ -277,5 +277,5 @@ public enum ChatTranslation {
     }
 
     /// The Markdown that shows an image in chat clients that render Markdown.
-    public static func markdown(imageURL: String) -> String { "![image](\(imageURL))" }
+    public static func markdown(imageURL: SplicedString) -> SplicedString { "![image](" + imageURL + ")" }
 }

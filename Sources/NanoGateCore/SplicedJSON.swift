@@ -163,3 +163,57 @@ public enum SplicedJSON {
         }
     }
 }
+
+/// A JSON string made of text and raw byte pieces (base64 payloads), so a `data:` URL or a
+/// Markdown image holding one never copies the payload into a Swift String.
+public struct SplicedString: Encodable, Sendable, Equatable, ExpressibleByStringLiteral {
+    public enum Piece: Sendable, Equatable {
+        /// Ordinary text, escaped by the JSON coder.
+        case text(String)
+        /// Bytes that need no JSON escaping (base64, URL-safe ASCII), spliced in as they are.
+        case raw(ByteBuffer)
+    }
+
+    public var pieces: [Piece]
+
+    public init(_ pieces: [Piece]) { self.pieces = pieces }
+    public init(_ text: String) { self.pieces = [.text(text)] }
+    public init(stringLiteral value: String) { self.pieces = [.text(value)] }
+
+    public var isEmpty: Bool {
+        pieces.allSatisfy {
+            switch $0 {
+            case .text(let text): text.isEmpty
+            case .raw(let bytes): bytes.readableBytes == 0
+            }
+        }
+    }
+
+    /// The whole string (a copy; for tests and small values).
+    public var string: String {
+        pieces.map {
+            switch $0 {
+            case .text(let text): text
+            case .raw(let bytes): String(buffer: bytes)
+            }
+        }.joined()
+    }
+
+    public static func + (lhs: SplicedString, rhs: SplicedString) -> SplicedString {
+        SplicedString(lhs.pieces + rhs.pieces)
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.singleValueContainer()
+        guard let registry = encoder.userInfo[SplicedJSON.registryKey] as? SplicedJSON.Registry else {
+            try container.encode(string)
+            return
+        }
+        try container.encode(pieces.map {
+            switch $0 {
+            case .text(let text): text
+            case .raw(let bytes): registry.token(for: bytes)
+            }
+        }.joined())
+    }
+}

@@ -49,15 +49,16 @@ extension ChatController {
             status: .ok,
             headers: [.contentType: "text/event-stream", .cacheControl: "no-cache", .init("X-Accel-Buffering")!: "no"],
             body: .init { writer in
-                func chunk(_ choices: [ChatChoice], usage: ChatUsage? = nil) throws -> ByteBuffer {
+                /// One SSE event; image payloads go out as their own writes, never copied.
+                func send(_ choices: [ChatChoice], usage: ChatUsage? = nil) async throws {
                     let completion = ChatCompletion(id: id, object: "chat.completion.chunk", created: created, model: modelName, choices: choices, usage: usage)
-                    var buffer = ByteBuffer(string: "data: ")
-                    buffer.writeBytes(try Self.encoder.encode(completion))
-                    buffer.writeString("\n\n")
-                    return buffer
+                    var pieces = try SplicedJSON.encode(completion)
+                    pieces.insert(ByteBuffer(string: "data: "), at: 0)
+                    pieces.append(ByteBuffer(string: "\n\n"))
+                    for piece in pieces { try await writer.write(piece) }
                 }
                 var collector = Collector()
-                try await writer.write(chunk([ChatChoice(delta: ChatMessageOut(role: "assistant", content: ""), finishReason: nil)]))
+                try await send([ChatChoice(delta: ChatMessageOut(role: "assistant", content: ""), finishReason: nil)])
 
                 let channel = AsyncChannel<StreamItem>()
                 var failure: GatewayError?
@@ -90,7 +91,7 @@ extension ChatController {
                             switch item {
                             case .event(let event):
                                 for delta in try await controller.absorb(event, into: &collector, job: job) {
-                                    try await writer.write(chunk([ChatChoice(delta: delta, finishReason: nil)]))
+                                    try await send([ChatChoice(delta: delta, finishReason: nil)])
                                 }
                             case .tick:
                                 try await writer.write(ByteBuffer(string: ": keep-alive\n\n"))
@@ -122,12 +123,12 @@ extension ChatController {
                     return
                 }
                 if let refusal = collector.blocked {
-                    try await writer.write(chunk([ChatChoice(delta: ChatMessageOut(refusal: refusal), finishReason: nil)]))
+                    try await send([ChatChoice(delta: ChatMessageOut(refusal: refusal), finishReason: nil)])
                 }
                 let finish = ChatTranslation.finishReason(collector.finishReason, blocked: collector.blocked != nil)
-                try await writer.write(chunk([ChatChoice(delta: ChatMessageOut(), finishReason: finish)]))
+                try await send([ChatChoice(delta: ChatMessageOut(), finishReason: finish)])
                 if job.includeUsage {
-                    try await writer.write(chunk([], usage: controller.chatUsage(collector)))
+                    try await send([], usage: controller.chatUsage(collector))
                 }
                 try await writer.write(ByteBuffer(string: "data: [DONE]\n\n"))
                 await controller.settle(collector, job: job, status: 200, errorCode: nil, logger: logger)

@@ -185,24 +185,24 @@ struct ChatController {
         var text = ""
         var reasoning = ""
         var textSignature: String?
-        var imageURLs: [String] = []
+        var imageURLs: [SplicedString] = []
         var signatures: [String: String] = [:]
         var finishReason: String?
         var blocked: String?
         var usage: GeminiWire.UsageMetadata?
     }
 
-    func imageURL(for image: GeminiWire.InlineData, job: ChatJob) async throws(GatewayError) -> String {
+    func imageURL(for image: GeminiWire.InlineData, job: ChatJob) async throws(GatewayError) -> SplicedString {
         switch job.format {
         case .url:
             do {
-                return try await urls.store(base64: image.data, baseURL: job.baseURL)
+                return SplicedString(try await urls.store(base64: image.data, baseURL: job.baseURL))
             } catch {
                 throw .internal("The image was generated but could not be stored; retry with response_format b64_json.")
             }
         case .b64JSON:
             let head = (try? Base64.decode(bytes: image.data.bytes.readableBytesView.prefix(24))) ?? []
-            return "data:\(ImageSniffer.mimeType(of: head) ?? image.mimeType);base64,\(image.data.string)"
+            return SplicedString([.text("data:\(ImageSniffer.mimeType(of: head) ?? image.mimeType);base64,"), .raw(image.data.bytes)])
         }
     }
 
@@ -233,13 +233,13 @@ struct ChatController {
                 let url = try await imageURL(for: image, job: job)
                 if let signature = part.thoughtSignature { collector.signatures[Self.hash(image: image)] = signature }
                 collector.imageURLs.append(url)
-                let markdown = (collector.text.isEmpty && collector.imageURLs.count == 1 ? "" : "\n\n") + ChatTranslation.markdown(imageURL: url)
+                let markdown = SplicedString(collector.text.isEmpty && collector.imageURLs.count == 1 ? "" : "\n\n") + ChatTranslation.markdown(imageURL: url)
                 deltas.append(ChatMessageOut(content: markdown, images: [ChatImage(url: url, index: collector.imageURLs.count - 1)]))
             } else {
                 if let signature = part.thoughtSignature { collector.textSignature = collector.textSignature ?? signature }
                 if let text = part.text, !text.isEmpty {
                     collector.text += text
-                    deltas.append(ChatMessageOut(content: text))
+                    deltas.append(ChatMessageOut(content: SplicedString(text)))
                 }
             }
         }
@@ -285,9 +285,9 @@ struct ChatController {
         _ = try await absorb(response, into: &collector, job: job)
         await settle(collector, job: job, status: 200, errorCode: nil, logger: logger)
 
-        var content = collector.text
+        var content = SplicedString(collector.text)
         for url in collector.imageURLs {
-            content += (content.isEmpty ? "" : "\n\n") + ChatTranslation.markdown(imageURL: url)
+            content = content + SplicedString(content.isEmpty ? "" : "\n\n") + ChatTranslation.markdown(imageURL: url)
         }
         let message = ChatMessageOut(
             role: "assistant",
