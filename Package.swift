@@ -91,6 +91,7 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .systemLibrary(name: "CZlib", path: "Sources/CZlib"),
+        .systemLibrary(name: "CMalloc", path: "Sources/CMalloc"),
         // The offline Gemini: real PNGs, Google's usage figures, fault injection.
         .target(
             name: "GeminiEmulator",
@@ -107,7 +108,7 @@ let package = Package(
         .executableTarget(
             name: "nanogate",
             dependencies: [
-                "NanoGateServer", "NanoGateStorage", "GeminiEmulator", "Upstream",
+                "NanoGateServer", "NanoGateStorage", "GeminiEmulator", "Upstream", "CMalloc",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -117,7 +118,7 @@ let package = Package(
         .executableTarget(
             name: "gemini-emulator",
             dependencies: [
-                "GeminiEmulator",
+                "GeminiEmulator", "CMalloc",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Hummingbird", package: "hummingbird"),
             ],

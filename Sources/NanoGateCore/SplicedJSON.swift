@@ -71,14 +71,20 @@ public enum SplicedJSON {
         encoder.outputFormatting.insert(.withoutEscapingSlashes)
         let json = try encoder.encode(value)
         guard !registry.slices.isEmpty else { return [ByteBuffer(data: json)] }
+        // Placeholders may come out in any order (keys are not ordered), so find each one by
+        // its prefix and read its number.
+        let prefix = Data("@@ngsplice-\(Registry.nonce)-".utf8)
+        let suffix = Data("@@".utf8)
         var pieces: [ByteBuffer] = []
         var rest = json[...]
-        for (index, slice) in registry.slices.enumerated() {
-            let token = Data("@@ngsplice-\(Registry.nonce)-\(index)@@".utf8)
-            guard let range = rest.firstRange(of: token) else { continue }
-            pieces.append(ByteBuffer(data: rest[..<range.lowerBound]))
-            pieces.append(slice)
-            rest = rest[range.upperBound...]
+        while let start = rest.firstRange(of: prefix),
+            let end = rest[start.upperBound...].firstRange(of: suffix),
+            let index = Int(String(decoding: rest[start.upperBound..<end.lowerBound], as: UTF8.self)),
+            registry.slices.indices.contains(index)
+        {
+            pieces.append(ByteBuffer(data: rest[..<start.lowerBound]))
+            pieces.append(registry.slices[index])
+            rest = rest[end.upperBound...]
         }
         pieces.append(ByteBuffer(data: rest))
         return pieces

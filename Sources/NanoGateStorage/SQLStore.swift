@@ -199,6 +199,9 @@ public final class SQLiteDatabaseHandle: Sendable {
         // WAL lets readers run while the usage log is written; busy_timeout covers the CLI writing concurrently.
         _ = try await connection.query("PRAGMA journal_mode=WAL")
         _ = try await connection.query("PRAGMA busy_timeout=5000")
+        // In WAL mode NORMAL never corrupts the database; it only skips the fsync on every commit
+        // (a power cut may lose the last usage lines, never the keys' consistency).
+        _ = try await connection.query("PRAGMA synchronous=NORMAL")
         try await handle.store.migrate()
         return handle
     }

@@ -47,8 +47,12 @@ public struct GeminiEventStream: AsyncSequence, Sendable {
                         var payload = line
                         payload.moveReaderIndex(forwardBy: 5)
                         if payload.readableBytesView.first == UInt8(ascii: " ") { payload.moveReaderIndex(forwardBy: 1) }
-                        if event.readableBytes > 0 { event.writeInteger(UInt8(ascii: "\n")) }
-                        event.writeImmutableBuffer(payload)
+                        if event.readableBytes > 0 {
+                            event.writeInteger(UInt8(ascii: "\n"))
+                            event.writeImmutableBuffer(payload)
+                        } else {
+                            event = payload  // the usual one-line event: a slice, no copy
+                        }
                     }
                 }
                 if ended { return try dispatch() }

@@ -2,6 +2,9 @@ import ArgumentParser
 import GeminiEmulator
 import Hummingbird
 import Logging
+#if canImport(Glibc)
+import CMalloc
+#endif
 
 /// Runs the offline Gemini API on its own, e.g. for the benchmark or to point another gateway at it.
 @main
@@ -17,6 +20,10 @@ struct GeminiEmulatorCommand: AsyncParsableCommand {
     @Option(help: "Accept only this x-goog-api-key (repeatable); any key when absent.") var acceptKey: [String] = []
 
     func run() async throws {
+        #if canImport(Glibc)
+        _ = mallopt(M_MMAP_THRESHOLD, 32 * 1024 * 1024)
+        _ = mallopt(M_TRIM_THRESHOLD, 128 * 1024 * 1024)
+        #endif
         var logger = Logger(label: "gemini-emulator")
         logger.logLevel = .info
         let emulator = GeminiEmulator(configuration: .init(

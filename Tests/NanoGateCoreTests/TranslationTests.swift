@@ -122,6 +122,16 @@ import Testing
         #expect(first["revised_prompt"] as? String == "look: @@ngsplice-0@@", "client text that looks like a placeholder is left alone")
     }
 
+    @Test func theSamePayloadTwiceInAnyKeyOrderIsSplicedEverywhere() throws {
+        let url = SplicedString([.text("data:image/png;base64,"), .raw(ByteBuffer(string: Self.big))])
+        let message = ChatMessageOut(content: "![image](" + url + ")", images: [ChatImage(url: url, index: 0)])
+        for _ in 0..<5 {
+            let joined = String(buffer: try SplicedJSON.encodeJoined(message))
+            #expect(!joined.contains("@@ngsplice"))
+            #expect(joined.components(separatedBy: Self.big).count == 3, "both places hold the payload")
+        }
+    }
+
     @Test func escapedOrShortStringsTakeTheOrdinaryPath() throws {
         let escaped = #"{"data":"\#(String(repeating: "A", count: 5000))\/B"}"#
         #expect(SplicedJSON.largeDataStrings(in: ByteBuffer(string: escaped)).isEmpty)
