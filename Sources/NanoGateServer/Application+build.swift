@@ -25,7 +25,9 @@ public struct GatewayDependencies: Sendable {
         let database = try await SQLiteDatabaseHandle.open(path: directory.appendingPathComponent("nanogate.sqlite").path, logger: logger)
         var clientConfiguration = HTTPClient.Configuration()
         clientConfiguration.timeout = .init(connect: .seconds(10))
-        clientConfiguration.connectionPool = .init(idleTimeout: .seconds(60))
+        // AsyncHTTPClient keeps 8 connections per host by default; image calls are long, so allow
+        // as many as the gateway has requests in flight.
+        clientConfiguration.connectionPool = .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: 256)
         let httpClient = HTTPClient(eventLoopGroupProvider: .singleton, configuration: clientConfiguration)
         return GatewayDependencies(
             database: database,

@@ -119,7 +119,7 @@ struct ImageURLService: Sendable {
     func store(base64: Base64Text, baseURL: String) async throws -> String {
         let bytes = try Base64.decode(bytes: base64.bytes.readableBytesView)
         let mime = ImageSniffer.mimeType(of: bytes) ?? "image/png"
-        let name = try await store.save(ByteBuffer(bytes: bytes), fileExtension: ImageSniffer.fileExtension(for: mime))
+        let name = try await store.save(bytes, fileExtension: ImageSniffer.fileExtension(for: mime))
         let expires = Int(Date().timeIntervalSince1970) + Int(ttl.components.seconds)
         return "\(baseURL)/v1/files/images/\(name)?expires=\(expires)&signature=\(signer.signature(name: name, expires: expires))"
     }

@@ -46,6 +46,11 @@ public struct URLSigner: Sendable {
     }
 }
 
+/// Why an image could not be stored.
+public enum ImageStoreError: Error {
+    case emptyImage
+}
+
 /// Generated images kept on disk for URL answers, each file written whole or not at all.
 public struct ImageStore: Sendable {
     public let directory: URL
@@ -59,14 +64,18 @@ public struct ImageStore: Sendable {
 
     /// Writes the bytes under a new random name with the extension of their sniffed type.
     /// Returns the file name (no directory).
-    public func save(_ bytes: ByteBuffer, fileExtension: String) async throws -> String {
+    public func save(_ bytes: [UInt8], fileExtension: String) async throws -> String {
+        guard !bytes.isEmpty else { throw ImageStoreError.emptyImage }
         var generator = SystemRandomNumberGenerator()
         let id = (0..<16).map { _ in String(format: "%02x", UInt8.random(in: .min ... .max, using: &generator)) }.joined()
         let name = "\(id).\(fileExtension)"
         let url = directory.appendingPathComponent(name)
         try await threadPool.runIfActive {
             // .atomic writes a temporary file and renames it: a reader never sees half an image.
-            try Data(buffer: bytes, byteTransferStrategy: .noCopy).write(to: url, options: .atomic)
+            try bytes.withUnsafeBytes { raw in
+                try Data(bytesNoCopy: UnsafeMutableRawPointer(mutating: raw.baseAddress!), count: raw.count, deallocator: .none)
+                    .write(to: url, options: .atomic)
+            }
         }
         return name
     }

@@ -38,7 +38,7 @@ struct Serve: AsyncParsableCommand {
     static func tuneAllocator() {
         #if canImport(Glibc)
         _ = mallopt(M_MMAP_THRESHOLD, 32 * 1024 * 1024)
-        _ = mallopt(M_TRIM_THRESHOLD, 128 * 1024 * 1024)
+        _ = mallopt(M_TRIM_THRESHOLD, 64 * 1024 * 1024)
         #endif
     }
 
