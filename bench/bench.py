@@ -4,8 +4,8 @@
 Starts, all on 127.0.0.1:
   * the offline Gemini emulator (`gemini-emulator --latency-ms 0`), the "upstream";
   * NanoGate in front of it (`nanogate serve`, release build);
-  * nginx as a plain reverse proxy in front of the same emulator (a non-daemon child with its
-    own prefix directory);
+  * nginx as a plain reverse proxy in front of the same emulator (non-daemon children with their
+    own prefix directories), twice: with nginx's default proxy_buffer_size and with 64k;
 then drives each with wrk (Lua scripts in bench/lua/) and measures, side by side in one run:
   direct to the emulator (Gemini request) / through nginx (same Gemini request) / through
   NanoGate (OpenAI request), for 1K and 4K images, b64_json and url answers, 1 and 16
@@ -16,8 +16,9 @@ CPU per request of the gateway and of the emulator (utime+stime from /proc/PID/s
 steady part of the run, divided by the completed requests per second), the gateway's peak RSS
 (VmHWM, reset before each case through /proc/PID/clear_refs) and its idle RSS.
 
-Writes BENCHMARKS.md (tables, ratios, targets met / not met) and bench/results/latest.json,
-and prints the tables. Every process it starts is stopped before it exits.
+Writes BENCHMARKS.md (tables, ratios, targets met / not met) and bench/results/latest.json
+(raw figures), and prints the tables. Every process it starts is stopped before it exits, by
+its own pid.
 
 Run it through bench/run.sh, which installs wrk and nginx and builds the release binaries when
 they are missing.
@@ -84,6 +85,27 @@ def cpu_ticks(pid: int) -> int:
         return 0
     fields = stat[stat.rindex(")") + 2:].split()  # fields from #3 (state) on; comm may hold spaces
     return int(fields[11]) + int(fields[12])
+
+
+def proc_counters(pids: list[int]) -> dict[str, int]:
+    """utime, stime (ticks), minor page faults and context switches (of live threads), summed over processes."""
+    total = {"utime": 0, "stime": 0, "minflt": 0, "ctxsw": 0}
+    for pid in pids:
+        stat = read_text(f"/proc/{pid}/stat")
+        if stat is None:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        total["minflt"] += int(fields[7])
+        total["utime"] += int(fields[11])
+        total["stime"] += int(fields[12])
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except FileNotFoundError:
+            continue
+        for tid in tids:
+            status = read_text(f"/proc/{pid}/task/{tid}/status") or ""
+            total["ctxsw"] += sum(int(value) for value in re.findall(r"^(?:non)?voluntary_ctxt_switches:\s+(\d+)", status, re.MULTILINE))
+    return total
 
 
 def status_kib(pid: int, name: str) -> int | None:
@@ -275,7 +297,7 @@ def openai_chat_stream_request() -> dict:
 
 
 def check_png_base64(text: str, what: str) -> None:
-    if base64.b64decode(text[:24]) [:8] != PNG_MAGIC:
+    if base64.b64decode(text[:24])[:8] != PNG_MAGIC:
         raise BenchError(f"{what}: the base64 image does not start with a PNG signature")
 
 
@@ -448,6 +470,9 @@ class Benchmark:
             "NANOGATE_GEMINI_BASE_URL": f"http://127.0.0.1:{self.emulator_port}",
             "NANOGATE_URL_TTL": "3600",
         })
+        for assignment in self.args.nanogate_env:
+            name, _, value = assignment.partition("=")
+            env[name] = value
         created = subprocess.run(
             [str(self.nanogate_bin), "keys", "create", "--name", "bench", "--group", "gemini", "--data-dir", str(self.data_dir)],
             env=env, capture_output=True, text=True, timeout=60,
@@ -638,6 +663,7 @@ http {{
             reset_peak_rss(pid)
         threads_before = thread_ticks(self.nanogate.pid) if case.via == "nanogate" else {}
         io_before = io_counters(self.nanogate.pid) if case.via == "nanogate" else {}
+        counters_before = proc_counters(gateway)
         monitor = Monitor(gateway, self.emulator.pid, self.emulator_port)
         monitor.sample()
         monitor.start()
@@ -646,6 +672,7 @@ http {{
         report, client_cpu = self.wrk(case, case.duration, "run")
         threads_after = thread_ticks(self.nanogate.pid) if case.via == "nanogate" else {}
         io_after = io_counters(self.nanogate.pid) if case.via == "nanogate" else {}
+        counters_after = proc_counters(gateway)
         self.quiesce(watched)
         monitor.finish()
 
@@ -689,6 +716,13 @@ http {{
             "gateway_peak_rss_mib": sum(status_kib(pid, "VmHWM") or 0 for pid in gateway) / 1024 if gateway else None,
             "gateway_upstream_connections_max": monitor.max_upstream_connections if gateway else None,
         })
+        if gateway and units:
+            # Over the whole wrk run (abandoned requests included), so only roughly per request.
+            user = counters_after["utime"] - counters_before["utime"]
+            system = counters_after["stime"] - counters_before["stime"]
+            result["gateway_user_share"] = user / (user + system) if user + system else None
+            result["gateway_minor_faults_per_unit"] = (counters_after["minflt"] - counters_before["minflt"]) / units
+            result["gateway_context_switches_per_unit"] = (counters_after["ctxsw"] - counters_before["ctxsw"]) / units
         if case.kind == "url":
             result["post_body_bytes_max"] = report["extra"]["post_body_bytes_max"]
         if case.via == "nanogate":
@@ -772,8 +806,20 @@ http {{
         if busy > 0.25:
             log(f"WARNING: starting on a busy machine ({busy:.2f} cores used by other processes)")
 
+    def note_binaries(self) -> None:
+        """Which build is measured: the binaries' time, and whether sources changed since."""
+        built = min(self.nanogate_bin.stat().st_mtime, self.emulator_bin.stat().st_mtime)
+        sources = [ROOT / "Package.swift", *(ROOT / "Sources").rglob("*")]
+        newer = sorted(str(path.relative_to(ROOT)) for path in sources if path.is_file() and path.stat().st_mtime > built)
+        self.facts["binaries_built"] = datetime.datetime.fromtimestamp(built).astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
+        self.facts["sources_newer_than_binaries"] = newer
+        if newer:
+            log(f"WARNING: {len(newer)} source files are newer than the release binaries (e.g. {newer[0]}); "
+                "the figures will describe the older build (bench/run.sh --build rebuilds first)")
+
     def run(self) -> None:
         self.check_tools()
+        self.note_binaries()
         self.wait_for_quiet()
         log(f"run directory {self.run_dir}")
         self.facts["fsync_ms_p50"] = self.fsync_probe()
@@ -845,9 +891,9 @@ def machine_info() -> dict:
         "memory_gib": total_kib / 1024 / 1024,
         "kernel": platform.release(),
         "cpu": model.group(1).strip() if model else platform.machine(),
-        "wrk": version(["wrk", "-v"]),
+        "wrk": version(["wrk", "-v"]).split(" Copyright")[0],
         "nginx": version([shutil.which("nginx", path=os.environ.get("PATH", "") + ":/usr/sbin") or "nginx", "-v"]),
-        "commit": version(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"]),
+        "commit": version(["git", "-C", str(ROOT), "log", "-1", "--format=%h (%ci)"]),
     }
 
 
@@ -963,6 +1009,7 @@ class Report:
             bytes_ratio = four["check"]["response_bytes"] / one["check"]["response_bytes"]
             cpu_ratio = four["gateway_cpu_ms"] / one["gateway_cpu_ms"]
             per_mib = four["gateway_cpu_ms"] / (four["check"]["response_bytes"] / MIB)
+            user_ms = four["gateway_cpu_ms"] * four["gateway_user_share"] if four.get("gateway_user_share") is not None else None
             nginx_notes = []
             for via in self.bench.nginx:
                 n_one, n_four = self.get(f"1K/b64/c1/{via}"), self.get(f"4K/b64/c1/{via}")
@@ -974,7 +1021,8 @@ class Report:
                 "4K b64_json: payload passed through without being decoded and re-encoded",
                 f"By design — see Sources/NanoGateCore/SplicedJSON.swift. Measured NanoGate CPU per request (1 connection): "
                 f"1K {fmt_num(one['gateway_cpu_ms'], 2)} ms → 4K {fmt_num(four['gateway_cpu_ms'], 2)} ms ({cpu_ratio:.1f}× for {bytes_ratio:.1f}× the bytes; "
-                f"{per_mib:.2f} ms per MiB of answer){nginx_note}",
+                f"{per_mib:.2f} ms per MiB of answer; of the 4K figure only {fmt_num(user_ms, 1)} ms is user-space CPU, the rest is kernel time: "
+                f"socket copies and {fmt_num(four.get('gateway_minor_faults_per_unit'), 0)} page faults per request){nginx_note}",
                 "**met** (by design; CPU grows with bytes copied, see figures)",
             ))
 
@@ -1037,12 +1085,16 @@ class Report:
         lines = []
         for case in self.bench.cases:
             r = case.result
-            if case.via == "nanogate" and r.get("thread_cpu_shares"):
-                shares = ", ".join(f"{name} {share:.0%}" for name, share in r["thread_cpu_shares"][:4])
-                lines.append(
-                    f"| {case.label} | {case.conc} | {fmt_num(r['gateway_cpu_cores'], 2)} | {shares} | "
-                    f"{fmt_num(r.get('disk_write_kib_per_unit'), 1)} | {r.get('gateway_upstream_connections_max')} |"
-                )
+            if case.via == "direct" or not r or r.get("gateway_cpu_cores") is None:
+                continue
+            shares = ", ".join(f"{name} {share:.0%}" for name, share in r.get("thread_cpu_shares", [])[:4]) or "—"
+            user = r.get("gateway_user_share")
+            lines.append(
+                f"| {case.label} | {case.via} | {case.conc} | {fmt_num(r['gateway_cpu_cores'], 2)} | "
+                f"{'—' if user is None else f'{user:.0%} / {1 - user:.0%}'} | {fmt_num(r.get('gateway_minor_faults_per_unit'), 0)} | "
+                f"{fmt_num(r.get('gateway_context_switches_per_unit'), 0)} | {shares} | "
+                f"{fmt_num(r.get('disk_write_kib_per_unit'), 1)} | {r.get('gateway_upstream_connections_max')} |"
+            )
         return lines
 
     def markdown(self) -> str:
@@ -1050,7 +1102,12 @@ class Report:
         target_rows = "\n".join(f"| {t} | {m} | {v} |" for t, m, v in self.targets())
         comparisons = "\n".join(self.comparisons())
         threads = "\n".join(self.thread_notes())
+        results = os.path.relpath(args.results, ROOT) if args.results else "not written (--results '')"
         default_size = "nginx's default (one memory page, 4 KiB)"
+        newer = facts.get("sources_newer_than_binaries") or []
+        stale = (f". **{len(newer)} source files were changed after this build** ({', '.join(f'`{name}`' for name in newer[:6])}"
+                 f"{', …' if len(newer) > 6 else ''}): these figures describe the build, not the newer sources; "
+                 f"rerun with `bench/run.sh --build` to measure them." if newer else " (no source file is newer than the build)")
         others = [case.result["other_cpu_cores"] for case in self.bench.cases if case.result and case.result.get("other_cpu_cores") is not None]
         busy = facts.get("busy_cores_before_start", 0)
         noise = (f"other processes used {busy:.2f} cores just before the run and at most {max(others):.2f} cores "
@@ -1058,6 +1115,8 @@ class Report:
                  if others else "")
         if others and max(others) > 0.25:
             noise += " **The machine was not quiet during this run: treat the figures with care.**"
+        analysis_file = ROOT / "bench" / "ANALYSIS.md"
+        analysis = ("\n" + analysis_file.read_text().strip() + "\n") if analysis_file.exists() else ""
         variants = ", ".join(f"`{via}` with `proxy_buffer_size` {default_size if size == 'default' else size}"
                              for via, (_, _, size) in self.bench.nginx.items())
         return f"""# NanoGate benchmarks
@@ -1070,7 +1129,8 @@ and noisy, so read the ratios against direct and nginx of the same run rather th
 numbers. All numbers below come from the run described here; rerun to refresh them.
 
 **Command:** `{self.command}`  
-**Date:** {self.date} (commit `{machine['commit']}`, release build)  
+**Date:** {self.date}  
+**Build:** release binaries built {facts.get('binaries_built')}; HEAD `{machine['commit']}`{stale}  
 **Machine:** {machine['nproc']} CPUs ({machine['cpu']}), {machine['memory_gib']:.1f} GiB memory, Linux {machine['kernel']}; {machine['wrk']}; {machine['nginx']}  
 **Run time:** {facts.get('wall_seconds', 0) / 60:.1f} min
 
@@ -1098,7 +1158,7 @@ numbers. All numbers below come from the run described here; rerun to refresh th
   4K case after a {args.warmup} s warm-up with the same load. The Lua scripts in `bench/lua/` time each request
   themselves (monotonic clock between consecutive requests on the keep-alive connection) because wrk's own histogram
   adds synthetic samples for coordinated omission, which inflates p99 in a closed-loop test; wrk's corrected figures are
-  kept in `bench/results/latest.json`. Percentiles are nearest-rank over all requests of the case.
+  kept in the raw figures (see the end). Percentiles are nearest-rank over all requests of the case.
 - **url mode** (`bench/lua/url_pair.lua`): each connection alternates `POST` (answer: a signed URL) and `GET` of that URL;
   the unit is the pair: latency = from the POST being sent to the GET's last byte, throughput = pairs per second,
   CPU per pair. The script reads response bodies, so wrk copies the PNG into Lua — a client-side cost the b64_json
@@ -1126,17 +1186,21 @@ second; `response` is the size of one answer (url: the POST's JSON + the PNG fet
 |---|---|---|
 {target_rows}
 
-## Where NanoGate's CPU goes
+## Where the gateways' CPU goes
 
-Per case: NanoGate's CPU use in cores, the share of its threads (names with digits folded), disk writes per request
-(`/proc/PID/io` `write_bytes`: SQLite usage log, stored images) and the most connections it held to the emulator at once.
+Per gateway case: CPU used (cores, over the measured window), user / kernel split, minor page faults and thread
+context switches per request (over the whole wrk run, so roughly), NanoGate's threads by share of its CPU (names with digits folded:
+`NIO-SGLTN-N-#N` are SwiftNIO's event loops, `oot.default-qos` the Swift concurrency pool, `SGLTN-TP-#N` NIO's
+blocking-I/O thread pool, used for files and SQLite), NanoGate's disk writes per request (`/proc/PID/io` `write_bytes`:
+the SQLite usage log, stored images) and the most TCP connections the gateway held open to the emulator at once
+(pooled idle connections included).
 
-| case | conns | cores used | threads | disk write KiB/req | upstream conns (max) |
-|---|---:|---:|---|---:|---:|
+| case | via | conns | cores used | user / kernel | minor faults per req | context switches per req | NanoGate threads | disk write KiB/req | upstream conns (max) |
+|---|---|---:|---:|---:|---:|---:|---|---:|---:|
 {threads}
 
-Raw figures (every field above, wrk's own corrected percentiles, client CPU): `bench/results/latest.json`.
-"""
+Raw figures (every field above, wrk's own corrected percentiles, client CPU): `{results}`.
+{analysis}"""
 
 
 def main() -> int:
@@ -1156,7 +1220,10 @@ def main() -> int:
                         "to stop using the CPUs before starting (default 120)")
     parser.add_argument("--max-minutes", type=float, default=15, help="abort if the run takes longer (default 15)")
     parser.add_argument("--output", default=str(ROOT / "BENCHMARKS.md"), help="where to write the report ('' for nowhere)")
+    parser.add_argument("--results", default=str(BENCH_DIR / "results" / "latest.json"), help="where to write the raw figures as JSON ('' for nowhere)")
     parser.add_argument("--keep", action="store_true", help="keep the run directory (logs, wrk output, data dir)")
+    parser.add_argument("--nanogate-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="extra environment for nanogate serve (repeatable), e.g. MALLOC_ARENA_MAX=2 to try allocator settings")
     parser.add_argument("--run-parent", default="", help="where to create the run directory, NanoGate's data dir included "
                         "(default: the system temp dir; e.g. /dev/shm to take disk fsyncs out of the picture)")
     args = parser.parse_args()
@@ -1186,13 +1253,13 @@ def main() -> int:
             shutil.rmtree(bench.run_dir, ignore_errors=True)
 
     report = Report(bench, command)
-    results_dir = BENCH_DIR / "results"
-    results_dir.mkdir(exist_ok=True)
-    (results_dir / "latest.json").write_text(json.dumps({
-        "command": command, "date": report.date, "machine": report.machine, "facts": bench.facts,
-        "options": {key: value for key, value in vars(args).items()},
-        "cases": [{"key": case.key, "label": case.label, "via": case.via, "conc": case.conc, **case.result} for case in bench.cases],
-    }, indent=2, default=str))
+    if args.results:
+        Path(args.results).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.results).write_text(json.dumps({
+            "command": command, "date": report.date, "machine": report.machine, "facts": bench.facts,
+            "options": {key: value for key, value in vars(args).items()},
+            "cases": [{"key": case.key, "label": case.label, "via": case.via, "conc": case.conc, **case.result} for case in bench.cases],
+        }, indent=2, default=str))
     print()
     print(report.table())
     print()
@@ -1202,7 +1269,9 @@ def main() -> int:
         print(f"- {target}: {measured} → {verdict}")
     if args.output:
         Path(args.output).write_text(report.markdown())
-        log(f"wrote {args.output} and {results_dir / 'latest.json'}")
+        log(f"wrote {args.output}")
+    if args.results:
+        log(f"wrote {args.results}")
     return 0
 
 

@@ -2,6 +2,7 @@
 # NanoGate performance benchmark: one command.
 #
 #   bench/run.sh            # the full run (about 7 minutes), writes BENCHMARKS.md
+#   bench/run.sh --build    # first `swift build -c release` (the harness warns when sources are newer than the binaries)
 #   bench/run.sh --quick    # short cases, to try the harness
 #   bench/run.sh --help     # options (durations, connections, nginx settings, --keep, --only)
 #
@@ -22,7 +23,12 @@ if [ ${#missing[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
 fi
 
-if [ ! -x .build/release/nanogate ] || [ ! -x .build/release/gemini-emulator ]; then
+build=0
+if [ "${1:-}" = "--build" ]; then
+    build=1
+    shift
+fi
+if [ "$build" = 1 ] || [ ! -x .build/release/nanogate ] || [ ! -x .build/release/gemini-emulator ]; then
     echo "bench: building the release binaries"
     swift build -c release
 fi
