@@ -149,27 +149,30 @@ def _sdk_client(gateway: Gateway, api_key: str) -> openai.OpenAI:
     )
 
 
-@pytest.fixture(scope="session")
-def gateway(nanogate_bin: Path, tmp_path_factory) -> Iterator[Gateway]:
-    """The gateway shared by the session: ``nanogate serve --demo`` with a fresh data dir."""
-    data_dir = tmp_path_factory.mktemp("nanogate-data")
+@contextlib.contextmanager
+def _demo_in_temp_dir(nanogate_bin: Path, tmp_path_factory, prefix: str) -> Iterator[Gateway]:
+    """``nanogate serve --demo`` over a fresh data dir, removed afterwards."""
+    data_dir = tmp_path_factory.mktemp(prefix)
     try:
         with _serve_demo(nanogate_bin, data_dir) as running:
             yield running
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def gateway(nanogate_bin: Path, tmp_path_factory) -> Iterator[Gateway]:
+    """The gateway shared by the session: ``nanogate serve --demo`` with a fresh data dir."""
+    with _demo_in_temp_dir(nanogate_bin, tmp_path_factory, "nanogate-data") as running:
+        yield running
 
 
 @pytest.fixture
 def fresh_gateway(nanogate_bin: Path, tmp_path_factory) -> Iterator[Gateway]:
     """A gateway of its own, for tests that leave state behind (e.g. an upstream key cooling
     down after a 429) that must not reach the shared ``gateway``."""
-    data_dir = tmp_path_factory.mktemp("nanogate-fresh")
-    try:
-        with _serve_demo(nanogate_bin, data_dir) as running:
-            yield running
-    finally:
-        shutil.rmtree(data_dir, ignore_errors=True)
+    with _demo_in_temp_dir(nanogate_bin, tmp_path_factory, "nanogate-fresh") as running:
+        yield running
 
 
 @pytest.fixture
