@@ -5,6 +5,7 @@ import ExtrasBase64
 import Foundation
 import NIOCore
 import NIOFoundationCompat
+import NIOPosix
 import Synchronization
 
 /// How the offline Gemini behaves.
@@ -155,7 +156,7 @@ public struct GeminiEmulator: Sendable {
         if family == .pro3, let problem = missingSignature(body) {
             return Self.error(400, "INVALID_ARGUMENT", problem)
         }
-        let response = generate(body, family: family, model: model, directives: directives, promptText: promptText)
+        let response = await generate(body, family: family, model: model, directives: directives, promptText: promptText)
         if family == .pro3 {
             let issued = (response.candidates ?? []).flatMap { $0.content?.parts ?? [] }.compactMap(\.thoughtSignature)
             state.signatures.withLock { $0.formUnion(issued) }
@@ -228,7 +229,7 @@ public struct GeminiEmulator: Sendable {
         return nil
     }
 
-    func generate(_ body: GeminiWire.Request, family: ModelFamily, model: String, directives: Directives, promptText: String) -> GeminiWire.Response {
+    func generate(_ body: GeminiWire.Request, family: ModelFamily, model: String, directives: Directives, promptText: String) async -> GeminiWire.Response {
         let inputImages = body.contents.flatMap { $0.parts ?? [] }.compactMap(\.inlineData)
         let textTokens = max(1, promptText.utf8.count / 4)
         let imageTokensIn = inputImages.count * (family == .pro3 ? 560 : 258)
@@ -263,7 +264,7 @@ public struct GeminiEmulator: Sendable {
         let captionTokens = 5
         let thoughtTokens = family == .pro3 ? 212 : 0
 
-        let imageBase64 = Base64Text(bytes: directives.has("jpeg") ? ByteBuffer(string: Self.jpegBase64) : base64Image(pixels))
+        let imageBase64 = Base64Text(bytes: directives.has("jpeg") ? ByteBuffer(string: Self.jpegBase64) : await base64Image(pixels))
         let mimeType = "image/png"  // also for `jpeg`: Gemini has been seen labelling JPEG bytes image/png
         var parts: [GeminiWire.Part] = []
         if family == .pro3 {
@@ -363,11 +364,14 @@ public struct GeminiEmulator: Sendable {
         return log(sides[0] / sides[1])
     }
 
-    /// Base64 of a PNG of this size, made once per size and kept.
-    func base64Image(_ pixels: PixelSize) -> ByteBuffer {
+    /// Base64 of a PNG of this size, made once per size and kept. Making one takes seconds at 4K,
+    /// so it runs on NIO's thread pool, never on the Swift concurrency pool whose few threads
+    /// also run every timer and handler of the process.
+    func base64Image(_ pixels: PixelSize) async -> ByteBuffer {
         if let cached = state.images.withLock({ $0[pixels] }) { return cached }
-        let png = PNGEncoder.photoLike(width: pixels.width, height: pixels.height)
-        let encoded = ByteBuffer(bytes: Base64.encodeToBytes(bytes: png))
+        let encoded = (try? await NIOThreadPool.singleton.runIfActive {
+            ByteBuffer(bytes: Base64.encodeToBytes(bytes: PNGEncoder.photoLike(width: pixels.width, height: pixels.height)))
+        }) ?? ByteBuffer(bytes: Base64.encodeToBytes(bytes: PNGEncoder.photoLike(width: pixels.width, height: pixels.height)))
         state.images.withLock { $0[pixels] = encoded }
         return encoded
     }

@@ -165,7 +165,7 @@ import Testing
 
     @Test func silentStreamsGetKeepAlives() async throws {
         try await withGateway(configure: { $0.keepAliveInterval = .milliseconds(200) }) { gateway in
-            let reply = try await Self.chat(gateway, ["model": "nano-banana", "stream": true, "messages": [["role": "user", "content": "slow [emulate:slow=2500]"]]])
+            let reply = try await Self.chat(gateway, ["model": "nano-banana", "stream": true, "messages": [["role": "user", "content": "slow [emulate:slow=4000]"]]])
             let parsed = Self.events(reply.text)
             #expect(parsed.comments >= 1)
             // The comments come while Google is silent: before the first text of the answer.
