@@ -70,13 +70,13 @@ public func buildApplication(
 
     let api = router.group("v1").add(middleware: APIKeyAuthenticator(keys: dependencies.store))
     ImagesController(
-        catalog: configuration.catalog, pipeline: pipeline, publicURL: configuration.publicURL.map { $0.hasSuffix("/") ? String($0.dropLast()) : $0 },
+        catalog: configuration.catalog, pipeline: pipeline, publicURL: configuration.publicBaseURL,
         maxJSONBodyBytes: configuration.maxJSONBodyBytes, inputs: inputs
     ).addRoutes(to: api)
     ModelsController(catalog: configuration.catalog).addRoutes(to: api)
     ChatController(
         catalog: configuration.catalog, upstream: pool, usage: dependencies.store, signatures: dependencies.store, urls: urls,
-        inputs: inputs, publicURL: configuration.publicURL.map { $0.hasSuffix("/") ? String($0.dropLast()) : $0 },
+        inputs: inputs, publicURL: configuration.publicBaseURL,
         keepAliveInterval: configuration.keepAliveInterval
     ).addRoutes(to: api)
 

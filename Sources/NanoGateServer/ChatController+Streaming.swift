@@ -23,7 +23,7 @@ extension ChatController {
     /// an SSE `error` event (the OpenAI SDKs raise on it). Upstream events pass through a channel
     /// that suspends the reader until the writer took the previous event, so memory holds at most
     /// one event (one image) per stream, whatever the client's speed.
-    func streamed(_ job: ChatJob, modelName: String, logger: Logger) async throws -> Response {
+    func streamed(_ job: ChatJob, logger: Logger) async throws -> Response {
         // Google may hold its answer's head until the first event is ready (a 4K image can take a
         // minute). Wait one keep-alive interval for it: errors until then are plain HTTP errors;
         // after that the SSE response starts, with keep-alives, and later errors become SSE events.
@@ -51,7 +51,7 @@ extension ChatController {
             body: .init { writer in
                 /// One SSE event; image payloads go out as their own writes, never copied.
                 func send(_ choices: [ChatChoice], usage: ChatUsage? = nil) async throws {
-                    let completion = ChatCompletion(id: id, object: "chat.completion.chunk", created: created, model: modelName, choices: choices, usage: usage)
+                    let completion = ChatCompletion(id: id, object: "chat.completion.chunk", created: created, model: job.model.name, choices: choices, usage: usage)
                     var pieces = try SplicedJSON.encode(completion)
                     pieces.insert(ByteBuffer(string: "data: "), at: 0)
                     pieces.append(ByteBuffer(string: "\n\n"))
@@ -116,7 +116,7 @@ extension ChatController {
                     await controller.settle(collector, job: job, status: failure.status, errorCode: failure.code, logger: logger)
                     if failure.code == "client_disconnected" { return }
                     var buffer = ByteBuffer(string: "data: ")
-                    buffer.writeBytes(try Self.encoder.encode(ErrorResponse(failure)))
+                    buffer.writeImmutableBuffer(try SplicedJSON.encodeJoined(ErrorResponse(failure)))
                     buffer.writeString("\n\ndata: [DONE]\n\n")
                     try await writer.write(buffer)
                     try await writer.finish(nil)
@@ -151,12 +151,6 @@ extension ChatController {
             }
         }
     }
-
-    static let encoder: JSONEncoder = {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = .withoutEscapingSlashes
-        return encoder
-    }()
 }
 
 /// A flag that can be claimed once, from any task.

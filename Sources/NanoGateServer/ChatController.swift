@@ -56,7 +56,7 @@ struct ChatController {
         let job = try await prepare(input, key: key, baseURL: baseURL)
         context.logger.info("chat completion", metadata: ["model": "\(job.model.name)", "stream": "\(input.stream == true)", "turns": "\(job.gemini.contents.count)"])
         if input.stream == true {
-            return try await streamed(job, modelName: job.model.name, logger: context.logger)
+            return try await streamed(job, logger: context.logger)
         }
         return try await whole(job, logger: context.logger)
     }

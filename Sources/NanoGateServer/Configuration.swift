@@ -23,6 +23,11 @@ public struct GatewayConfiguration: Sendable {
     public var dataDirectory: URL
     /// Base of the image URLs handed out (no trailing slash); nil derives it from each request's `Host`.
     public var publicURL: String?
+
+    /// `publicURL` without a trailing slash, ready to prefix `/v1/files/images/…`.
+    var publicBaseURL: String? {
+        publicURL.map { $0.hasSuffix("/") ? String($0.dropLast()) : $0 }
+    }
     public var urlTTL: Duration
     public var urlSecret: String?
     public var upstream: UpstreamConfiguration
@@ -43,7 +48,7 @@ public struct GatewayConfiguration: Sendable {
         self.host = host
         self.port = port
         self.dataDirectory = dataDirectory
-        self.publicURL = publicURL.map { $0.hasSuffix("/") ? String($0.dropLast()) : $0 }
+        self.publicURL = publicURL
         self.urlTTL = urlTTL
         self.urlSecret = urlSecret
         self.upstream = upstream

@@ -14,34 +14,29 @@ extension ImagesController {
         guard let key = context.apiKey else { throw GatewayError.unauthorized("Missing API key.") }
         let baseURL = publicURL ?? Self.baseURL(of: request)
         let contentType = request.headers[.contentType] ?? ""
-        let fields: ImageGenerationRequest
-        var images: [GeminiWire.InlineData] = []
-
+        // Validate (model, prompt, sizes, image count) before any image is read or fetched.
+        var job: ImageJob
         if contentType.lowercased().hasPrefix("multipart/form-data") {
             guard let boundary = Self.boundary(of: contentType) else {
                 throw GatewayError.invalidBody("The multipart body has no boundary in its Content-Type.")
             }
             let form = try await MultipartForm.read(request.body, boundary: boundary, limits: inputs.limits)
             if form.parts.contains(where: { $0.name == "mask" }) { throw Self.maskUnsupported }
-            fields = try form.imageFields()
             let files = form.parts.filter { Self.isImageField($0.name) }
-            _ = try validate(fields, key: key, baseURL: baseURL, endpoint: "images.edits", inputImageCount: files.count)
+            job = try validate(try form.imageFields(), key: key, baseURL: baseURL, endpoint: "images.edits", inputImageCount: files.count)
             for (index, file) in files.enumerated() {
-                images.append(try inputs.inline(bytes: file.body, param: files.count == 1 ? file.name : "image[\(index)]"))
+                job.inputImages.append(try inputs.inline(bytes: file.body, param: files.count == 1 ? file.name : "image[\(index)]"))
             }
         } else {
             let input = try await request.decodeJSON(JSONEdit.self, limit: inputs.limits.maxRequestBytes)
             if input.mask != nil { throw Self.maskUnsupported }
-            fields = input.fields
-            _ = try validate(fields, key: key, baseURL: baseURL, endpoint: "images.edits", inputImageCount: input.urls.count)
+            job = try validate(input.fields, key: key, baseURL: baseURL, endpoint: "images.edits", inputImageCount: input.urls.count)
             for (index, url) in input.urls.enumerated() {
-                images.append(try await inputs.load(url: url, param: "images[\(index)].image_url", baseURLs: [baseURL]))
+                job.inputImages.append(try await inputs.load(url: url, param: "images[\(index)].image_url", baseURLs: [baseURL]))
             }
         }
 
-        var job = try validate(fields, key: key, baseURL: baseURL, endpoint: "images.edits", inputImageCount: images.count)
-        job.inputImages = images
-        context.logger.info("image edit", metadata: ["model": "\(job.model.name)", "images": "\(images.count)", "format": "\(job.format.rawValue)"])
+        context.logger.info("image edit", metadata: ["model": "\(job.model.name)", "images": "\(job.inputImages.count)", "format": "\(job.format.rawValue)"])
         return try Self.json(try await pipeline.run(job, logger: context.logger))
     }
 
