@@ -1,12 +1,12 @@
 public import AsyncHTTPClient
-public import Foundation
+import Foundation
 public import Hummingbird
 public import Logging
 public import NIOCore
 public import NanoGateStorage
 import NanoGateCore
 import ServiceLifecycle
-public import Upstream
+import Upstream
 
 /// The long-lived resources the gateway runs on, created once and passed down.
 public struct GatewayDependencies: Sendable {

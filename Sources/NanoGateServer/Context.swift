@@ -2,7 +2,7 @@ public import Hummingbird
 import NanoGateStorage
 import NanoGateCore
 import Foundation
-public import Logging
+import Logging
 
 /// The per-request context: Hummingbird's core storage plus the authenticated key.
 public struct GatewayRequestContext: RequestContext {

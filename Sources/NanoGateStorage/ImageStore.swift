@@ -2,7 +2,7 @@ public import Foundation
 public import Logging
 public import ServiceLifecycle
 import Crypto
-public import NIOCore
+import NIOCore
 public import NIOPosix
 import NIOFoundationCompat
 

@@ -196,8 +196,7 @@ public final class UpstreamPool: Sendable {
 
     /// Maps Google's HTTP errors (a `google.rpc.Status` body) to what the client sees and what the pool does next.
     private func classify(status: Int, body: ByteBuffer, logger: Logger) -> AttemptFailure {
-        let envelope = try? JSONDecoder().decode(GeminiWire.ErrorEnvelope.self, from: body)
-            ?? (try? JSONDecoder().decode([GeminiWire.ErrorEnvelope].self, from: body))?.first
+        let envelope = Self.errorEnvelope(in: body)
         let googleStatus = envelope?.error.status ?? "HTTP \(status)"
         let message = redacted(envelope?.error.message ?? "no message")
         let reasons = Set((envelope?.error.details ?? []).compactMap(\.reason))
@@ -229,6 +228,13 @@ public final class UpstreamPool: Sendable {
         default:
             return AttemptFailure(error: .badGateway("Google failed (\(googleStatus)): \(message)"), disposition: .retryAfterBackoff)
         }
+    }
+
+    /// Google's `google.rpc.Status` body, also when wrapped in a one-element array (as the
+    /// non-SSE streaming variant sends it).
+    static func errorEnvelope(in body: ByteBuffer) -> GeminiWire.ErrorEnvelope? {
+        (try? JSONDecoder().decode(GeminiWire.ErrorEnvelope.self, from: body))
+            ?? (try? JSONDecoder().decode([GeminiWire.ErrorEnvelope].self, from: body))?.first
     }
 
     private func pickKey() -> Int? {

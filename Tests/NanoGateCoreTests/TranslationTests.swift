@@ -2,6 +2,7 @@ import Foundation
 import NIOCore
 import NIOFoundationCompat
 @testable import NanoGateCore
+@testable import Upstream
 import Testing
 
 /// Reading Gemini answers (the shared reference fixtures) and writing Gemini requests.
@@ -78,6 +79,17 @@ import Testing
         let encoded = String(decoding: try JSONEncoder().encode(pro), as: UTF8.self)
         #expect(encoded.contains("\"imageConfig\"") && encoded.contains("\"responseModalities\""))
         #expect(pro.contents.first?.role == "user")
+    }
+
+    @Test func googleErrorBodiesAreReadPlainOrInAnArray() throws {
+        let url = try #require(Bundle.module.url(forResource: "Fixtures/07-error-429-resource-exhausted", withExtension: "json"))
+        let plain = try String(contentsOf: url, encoding: .utf8)
+        for body in [plain, "[\(plain)]"] {
+            let envelope = try #require(UpstreamPool.errorEnvelope(in: ByteBuffer(string: body)))
+            #expect(envelope.error.status == "RESOURCE_EXHAUSTED")
+            #expect(envelope.error.details?.compactMap(\.retryDelay) == ["27s"])
+        }
+        #expect(UpstreamPool.errorEnvelope(in: ByteBuffer(string: "<html>")) == nil)
     }
 
     @Test func pricesMatchGooglesInvoice() {
