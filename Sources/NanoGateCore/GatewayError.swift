@@ -99,6 +99,31 @@ public struct GatewayError: Error, Sendable, Equatable, CustomStringConvertible 
         GatewayError(status: 504, type: "server_error", code: "upstream_timeout", param: nil, message: message)
     }
 
+    /// 499 (nginx's "client closed request") for a request whose client went away; only ever
+    /// written to the usage log, never sent.
+    public static let clientDisconnected = GatewayError(
+        status: 499, type: "invalid_request_error", code: "client_disconnected", param: nil, message: "The client closed the connection."
+    )
+
+    /// Whether this is the error recorded for a client that went away.
+    public var isClientDisconnect: Bool { code == Self.clientDisconnected.code }
+
+    /// 413 for one input image over the per-image limit.
+    public static func imageTooLarge(_ param: String, limitBytes: Int) -> GatewayError {
+        GatewayError(status: 413, type: "invalid_request_error", code: "image_too_large", param: param, message: "'\(param)' is larger than the limit of \(limitBytes) bytes per image.")
+    }
+
+    /// 400 for a remote image that could not be fetched. Deliberately vague: the message must
+    /// not tell a client what the gateway's network looks like (status codes, open ports).
+    public static func imageFetchFailed(_ param: String, _ reason: String = "it did not return an image") -> GatewayError {
+        .invalidParameter(param, "Fetching '\(param)' failed: \(reason).", code: "image_fetch_failed")
+    }
+
+    /// 408 for a client that did not send its request body in time.
+    public static func requestTimeout(_ message: String) -> GatewayError {
+        GatewayError(status: 408, type: "invalid_request_error", code: "request_timeout", param: nil, message: message)
+    }
+
     /// 500 for a fault of our own.
     public static func `internal`(_ message: String) -> GatewayError {
         GatewayError(status: 500, type: "server_error", code: "internal_error", param: nil, message: message)

@@ -124,6 +124,10 @@ public enum GeminiWire {
         public var usageMetadata: UsageMetadata?
         public var modelVersion: String?
         public var responseId: String?
+        /// Set when Google sent a `google.rpc.Status` where a response was expected (mid-stream
+        /// failures, or a 200 whose body is an error): every other field is optional, so without
+        /// this an error would read as an empty, successful answer.
+        public var error: ErrorEnvelope.Status?
 
         public init(candidates: [Candidate]?, promptFeedback: PromptFeedback? = nil, usageMetadata: UsageMetadata?, modelVersion: String? = nil, responseId: String? = nil) {
             self.candidates = candidates
@@ -161,6 +165,10 @@ public enum GeminiWire {
     }
 
     /// `usageMetadata`; every field is omitted by Google when zero.
+    ///
+    /// Counts come from the upstream and are untrusted: decoding never fails on them, and each
+    /// is clamped to `0...UpstreamNumbers.maxTokens` (a float is rounded, garbage reads as absent),
+    /// so later arithmetic cannot overflow.
     public struct UsageMetadata: Codable, Sendable, Equatable {
         public var promptTokenCount: Int?
         public var candidatesTokenCount: Int?
@@ -180,6 +188,20 @@ public enum GeminiWire {
             self.promptTokensDetails = promptTokensDetails
             self.candidatesTokensDetails = candidatesTokensDetails
         }
+
+        enum CodingKeys: String, CodingKey {
+            case promptTokenCount, candidatesTokenCount, thoughtsTokenCount, totalTokenCount, promptTokensDetails, candidatesTokensDetails
+        }
+
+        public init(from decoder: any Decoder) throws {
+            let container = try decoder.container(keyedBy: CodingKeys.self)
+            promptTokenCount = UpstreamNumbers.count(in: container, forKey: .promptTokenCount)
+            candidatesTokenCount = UpstreamNumbers.count(in: container, forKey: .candidatesTokenCount)
+            thoughtsTokenCount = UpstreamNumbers.count(in: container, forKey: .thoughtsTokenCount)
+            totalTokenCount = UpstreamNumbers.count(in: container, forKey: .totalTokenCount)
+            promptTokensDetails = try? container.decodeIfPresent([ModalityTokenCount].self, forKey: .promptTokensDetails)
+            candidatesTokensDetails = try? container.decodeIfPresent([ModalityTokenCount].self, forKey: .candidatesTokensDetails)
+        }
     }
 
     /// `{modality, tokenCount}`.
@@ -191,15 +213,23 @@ public enum GeminiWire {
             self.modality = modality
             self.tokenCount = tokenCount
         }
+
+        enum CodingKeys: String, CodingKey { case modality, tokenCount }
+
+        public init(from decoder: any Decoder) throws {
+            let container = try decoder.container(keyedBy: CodingKeys.self)
+            modality = try? container.decodeIfPresent(String.self, forKey: .modality)
+            tokenCount = UpstreamNumbers.count(in: container, forKey: .tokenCount)
+        }
     }
 
     /// `google.rpc.Status` as Google sends it on HTTP errors.
-    public struct ErrorEnvelope: Codable, Sendable {
+    public struct ErrorEnvelope: Codable, Sendable, Equatable {
         public var error: Status
 
         public init(error: Status) { self.error = error }
 
-        public struct Status: Codable, Sendable {
+        public struct Status: Codable, Sendable, Equatable {
             public var code: Int?
             public var message: String?
             public var status: String?
@@ -214,7 +244,7 @@ public enum GeminiWire {
         }
 
         /// The detail kinds the gateway reads: `ErrorInfo.reason`, `RetryInfo.retryDelay`.
-        public struct Detail: Codable, Sendable {
+        public struct Detail: Codable, Sendable, Equatable {
             public var type: String?
             public var reason: String?
             public var retryDelay: String?
@@ -230,5 +260,34 @@ public enum GeminiWire {
                 case reason, retryDelay
             }
         }
+    }
+}
+
+/// Bounds for numbers that come from an upstream, which may be buggy or hostile: a count near
+/// 2^63 or a delay of `1e300s` must neither crash the process (a trap ends every request in
+/// flight) nor reach a bill.
+public enum UpstreamNumbers {
+    /// The largest token count believed (far above any real image request; sums of a few stay far from overflow).
+    public static let maxTokens = 100_000_000
+    /// The longest wait an upstream may ask for, in seconds (a day).
+    public static let maxRetryDelaySeconds = 86_400.0
+
+    /// A token count clamped to `0...maxTokens`; a float is rounded; anything else is absent.
+    static func count<Key: CodingKey>(in container: KeyedDecodingContainer<Key>, forKey key: Key) -> Int? {
+        if let value = try? container.decodeIfPresent(Int.self, forKey: key) { return clamp(value) }
+        if let value = try? container.decodeIfPresent(Double.self, forKey: key), value.isFinite {
+            return clamp(value >= Double(maxTokens) ? maxTokens : Int(max(0, value).rounded()))
+        }
+        return nil
+    }
+
+    /// `value` within `0...maxTokens`.
+    public static func clamp(_ value: Int) -> Int { min(max(0, value), maxTokens) }
+
+    /// Protobuf Duration JSON (`"27s"`, `"1.5s"`) as seconds within `0...maxRetryDelaySeconds`;
+    /// nil for anything that is not a finite, non-negative duration.
+    public static func seconds(fromDuration text: String) -> Double? {
+        guard text.hasSuffix("s"), let value = Double(text.dropLast()), value.isFinite, value >= 0 else { return nil }
+        return min(value, maxRetryDelaySeconds)
     }
 }

@@ -75,19 +75,21 @@ public enum ImageTranslation {
     /// count in `output_tokens` and `output_tokens_details.text_tokens`.
     public static func usage(of metadata: GeminiWire.UsageMetadata?) -> ImageUsage {
         guard let metadata else { return .zero }
+        // Every count is already clamped by the decoder; the sums are clamped again, so no
+        // number Google sends can overflow here or in the bill.
         func sum(_ details: [GeminiWire.ModalityTokenCount]?, _ modality: String) -> Int {
-            (details ?? []).filter { $0.modality == modality }.reduce(0) { $0 + ($1.tokenCount ?? 0) }
+            UpstreamNumbers.clamp((details ?? []).prefix(16).filter { $0.modality == modality }.reduce(0) { $0 + UpstreamNumbers.clamp($1.tokenCount ?? 0) })
         }
-        let input = metadata.promptTokenCount ?? 0
-        let inputImage = sum(metadata.promptTokensDetails, "IMAGE")
-        let output = (metadata.candidatesTokenCount ?? 0) + (metadata.thoughtsTokenCount ?? 0)
-        let outputImage = sum(metadata.candidatesTokensDetails, "IMAGE")
+        let input = UpstreamNumbers.clamp(metadata.promptTokenCount ?? 0)
+        let inputImage = min(input, sum(metadata.promptTokensDetails, "IMAGE"))
+        let output = UpstreamNumbers.clamp(UpstreamNumbers.clamp(metadata.candidatesTokenCount ?? 0) + UpstreamNumbers.clamp(metadata.thoughtsTokenCount ?? 0))
+        let outputImage = min(output, sum(metadata.candidatesTokensDetails, "IMAGE"))
         return ImageUsage(
             inputTokens: input,
-            inputTokensDetails: .init(imageTokens: inputImage, textTokens: max(0, input - inputImage)),
+            inputTokensDetails: .init(imageTokens: inputImage, textTokens: input - inputImage),
             outputTokens: output,
-            outputTokensDetails: .init(imageTokens: outputImage, textTokens: max(0, output - outputImage)),
-            totalTokens: metadata.totalTokenCount ?? (input + output)
+            outputTokensDetails: .init(imageTokens: outputImage, textTokens: output - outputImage),
+            totalTokens: input + output
         )
     }
 }
@@ -99,8 +101,10 @@ public enum Pricing {
             Double(usage.inputTokens) * prices.inputPerMillion
             + Double(usage.outputTokensDetails.imageTokens) * prices.outputImagePerMillion
             + Double(usage.outputTokensDetails.textTokens) * prices.outputTextPerMillion
-        // dollars is per million tokens × tokens, i.e. already micro-dollars.
-        return Int(dollars.rounded())
+        // dollars is per million tokens × tokens, i.e. already micro-dollars. Token counts are
+        // clamped, but a configured price could still be absurd: never trap on the conversion.
+        guard dollars.isFinite, dollars > 0 else { return 0 }
+        return dollars >= 1e15 ? 1_000_000_000_000_000 : Int(dollars.rounded())
     }
 }
 

@@ -110,20 +110,25 @@ public struct ImageUsage: Codable, Sendable, Equatable {
         outputTokens: 0, outputTokensDetails: .init(imageTokens: 0, textTokens: 0), totalTokens: 0
     )
 
-    /// Field-wise sum, for `n` > 1 (each image is its own upstream call).
+    /// Field-wise sum, for `n` > 1 (each image is its own upstream call). Saturating: the
+    /// numbers come from the upstream and must never trap the process.
     public static func + (lhs: ImageUsage, rhs: ImageUsage) -> ImageUsage {
-        ImageUsage(
-            inputTokens: lhs.inputTokens + rhs.inputTokens,
+        func add(_ a: Int, _ b: Int) -> Int {
+            let (sum, overflow) = a.addingReportingOverflow(b)
+            return overflow ? .max : sum
+        }
+        return ImageUsage(
+            inputTokens: add(lhs.inputTokens, rhs.inputTokens),
             inputTokensDetails: .init(
-                imageTokens: lhs.inputTokensDetails.imageTokens + rhs.inputTokensDetails.imageTokens,
-                textTokens: lhs.inputTokensDetails.textTokens + rhs.inputTokensDetails.textTokens
+                imageTokens: add(lhs.inputTokensDetails.imageTokens, rhs.inputTokensDetails.imageTokens),
+                textTokens: add(lhs.inputTokensDetails.textTokens, rhs.inputTokensDetails.textTokens)
             ),
-            outputTokens: lhs.outputTokens + rhs.outputTokens,
+            outputTokens: add(lhs.outputTokens, rhs.outputTokens),
             outputTokensDetails: .init(
-                imageTokens: lhs.outputTokensDetails.imageTokens + rhs.outputTokensDetails.imageTokens,
-                textTokens: lhs.outputTokensDetails.textTokens + rhs.outputTokensDetails.textTokens
+                imageTokens: add(lhs.outputTokensDetails.imageTokens, rhs.outputTokensDetails.imageTokens),
+                textTokens: add(lhs.outputTokensDetails.textTokens, rhs.outputTokensDetails.textTokens)
             ),
-            totalTokens: lhs.totalTokens + rhs.totalTokens
+            totalTokens: add(lhs.totalTokens, rhs.totalTokens)
         )
     }
 

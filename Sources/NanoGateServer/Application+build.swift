@@ -7,6 +7,7 @@ public import NanoGateStorage
 import NanoGateCore
 import ServiceLifecycle
 import Upstream
+public import NIOPosix
 
 /// The long-lived resources the gateway runs on, created once and passed down.
 public struct GatewayDependencies: Sendable {
@@ -14,26 +15,31 @@ public struct GatewayDependencies: Sendable {
     public var httpClient: HTTPClient
     public var imageStore: ImageStore
     public var signer: URLSigner
+    /// Threads for blocking work on behalf of clients (DNS look-ups, reading stored images), so
+    /// it never runs on Swift's cooperative threads; its size also bounds concurrent look-ups.
+    public var blockingThreadPool: NIOThreadPool
 
     /// The store for keys and usage.
     public var store: SQLStore { database.store }
 
-    /// Opens the embedded database and image directory under the data directory, and an HTTP client for Google.
+    /// Opens the embedded database and image directory under the data directory (owner-only),
+    /// and an HTTP client for Google that follows no redirect.
     public static func live(configuration: GatewayConfiguration, logger: Logger) async throws -> GatewayDependencies {
         let directory = configuration.dataDirectory
-        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        try createPrivateDirectory(directory)
+        let signer = URLSigner(secret: try URLSigner.loadOrCreateSecret(environmentValue: configuration.urlSecret, dataDirectory: directory))
         let database = try await SQLiteDatabaseHandle.open(path: directory.appendingPathComponent("nanogate.sqlite").path, logger: logger)
-        var clientConfiguration = HTTPClient.Configuration()
-        clientConfiguration.timeout = .init(connect: .seconds(10))
-        // AsyncHTTPClient keeps 8 connections per host by default; image calls are long, so allow
-        // as many as the gateway has requests in flight.
-        clientConfiguration.connectionPool = .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: 256)
-        let httpClient = HTTPClient(eventLoopGroupProvider: .singleton, configuration: clientConfiguration)
+        let httpClient = HTTPClient(
+            eventLoopGroupProvider: .singleton, configuration: UpstreamPool.clientConfiguration(requestTimeout: configuration.upstream.requestTimeout)
+        )
+        let threadPool = NIOThreadPool(numberOfThreads: 8)
+        threadPool.start()
         return GatewayDependencies(
             database: database,
             httpClient: httpClient,
             imageStore: try ImageStore(directory: directory.appendingPathComponent("images")),
-            signer: URLSigner(secret: try URLSigner.loadOrCreateSecret(environmentValue: configuration.urlSecret, dataDirectory: directory))
+            signer: signer,
+            blockingThreadPool: threadPool
         )
     }
 }
@@ -44,7 +50,9 @@ struct CloseOnShutdown: Service {
 
     func run() async throws {
         try? await gracefulShutdown()
-        try await close()
+        // Close even when the group was cancelled rather than shut down: a resource left open
+        // (SQLite asserts on it) is worse than a late close.
+        try await Task { try await close() }.value
     }
 }
 
@@ -53,46 +61,53 @@ public func buildApplication(
     configuration: GatewayConfiguration,
     dependencies: GatewayDependencies,
     logger: Logger,
+    hostLookup: @escaping HostLookup = systemHostLookup,
     onServerRunning: @escaping @Sendable (any Channel) async -> Void = { _ in }
 ) -> some ApplicationProtocol {
     let pool = UpstreamPool(httpClient: dependencies.httpClient, configuration: configuration.upstream)
     let urls = ImageURLService(store: dependencies.imageStore, signer: dependencies.signer, ttl: configuration.urlTTL)
-    let pipeline = GenerationPipeline(upstream: pool, usage: dependencies.store, images: urls)
+    let pipeline = RequestPipeline(upstream: pool, usage: dependencies.store, images: urls)
     let inputs = InputImageLoader(
-        httpClient: dependencies.httpClient, imageStore: dependencies.imageStore, signer: dependencies.signer, limits: configuration.inputs
+        imageStore: dependencies.imageStore, signer: dependencies.signer, limits: configuration.inputs,
+        resolver: ThreadPoolResolver(threadPool: dependencies.blockingThreadPool, lookup: hostLookup), fileThreadPool: dependencies.blockingThreadPool
     )
+    let publicURL = PublicURL(configured: configuration.publicBaseURL, trustForwardedHeaders: configuration.trustForwardedHeaders)
 
     let router = Router(context: GatewayRequestContext.self)
-    router.add(middleware: LogRequestsMiddleware(.info))
+    router.add(middleware: RequestLogMiddleware())
     router.add(middleware: OpenAIErrorMiddleware())
     router.get("health") { _, _ in "ok" }
     ImageFilesController(store: dependencies.imageStore, signer: dependencies.signer).addRoutes(to: router)
 
     let api = router.group("v1").add(middleware: APIKeyAuthenticator(keys: dependencies.store))
     ImagesController(
-        catalog: configuration.catalog, pipeline: pipeline, publicURL: configuration.publicBaseURL,
+        catalog: configuration.catalog, pipeline: pipeline, publicURL: publicURL,
         maxJSONBodyBytes: configuration.maxJSONBodyBytes, inputs: inputs
     ).addRoutes(to: api)
     ModelsController(catalog: configuration.catalog).addRoutes(to: api)
     ChatController(
-        catalog: configuration.catalog, upstream: pool, usage: dependencies.store, signatures: dependencies.store, urls: urls,
-        inputs: inputs, publicURL: configuration.publicBaseURL,
-        keepAliveInterval: configuration.keepAliveInterval
+        catalog: configuration.catalog, pipeline: pipeline, signatures: dependencies.store,
+        inputs: inputs, publicURL: publicURL, keepAliveInterval: configuration.keepAliveInterval
     ).addRoutes(to: api)
 
     var app = Application(
         router: router,
-        server: .http1(configuration: .init(additionalChannelHandlers: [ExpectContinueHandler()])),
+        // The idle timeout closes connections that send nothing: idle keep-alive ones, request
+        // heads or bodies that stall (slowloris). It never cuts a request whose handler is
+        // still working (waiting on Google): Hummingbird suspends it between head and response.
+        server: .http1(configuration: .init(additionalChannelHandlers: [ConnectionGuard()], idleTimeout: .init(configuration.idleTimeout))),
         configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "NanoGate"),
         onServerRunning: onServerRunning,
         logger: logger
     )
     let database = dependencies.database
     let httpClient = dependencies.httpClient
+    let threadPool = dependencies.blockingThreadPool
     app.addServices(
         ImageSweeper(store: dependencies.imageStore, ttl: configuration.urlTTL, signatures: dependencies.store, logger: logger),
         CloseOnShutdown { try await httpClient.shutdown() },
-        CloseOnShutdown { try await database.close() }
+        CloseOnShutdown { try await database.close() },
+        CloseOnShutdown { try await threadPool.shutdownGracefully() }
     )
     return app
 }

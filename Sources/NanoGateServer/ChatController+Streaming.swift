@@ -20,30 +20,39 @@ extension ChatController {
     /// The streamed reply: Server-Sent Events of `chat.completion.chunk`s, then `data: [DONE]`.
     ///
     /// Upstream errors before Google answers are ordinary HTTP errors; after that they arrive as
-    /// an SSE `error` event (the OpenAI SDKs raise on it). Upstream events pass through a channel
-    /// that suspends the reader until the writer took the previous event, so memory holds at most
-    /// one event (one image) per stream, whatever the client's speed.
-    func streamed(_ job: ChatJob, logger: Logger) async throws -> Response {
+    /// an SSE `error` event (the OpenAI SDKs raise on it), mid-stream Google errors included.
+    /// Upstream events pass through a channel that suspends the reader until the writer took
+    /// the previous event, so memory holds at most one event (one image) per stream.
+    ///
+    /// Settled on every path, by what the client received: a client that disconnects after an
+    /// image chunk keeps the image (its URL works), so the gateway reads Google's answer to its
+    /// end (without writing) to learn the usage, and charges it; one that leaves before any
+    /// image costs nothing and Google's stream is cancelled.
+    func streamed(_ job: ChatJob, settlement: Settlement, logger: Logger) async throws -> Response {
         // Google may hold its answer's head until the first event is ready (a 4K image can take a
         // minute). Wait one keep-alive interval for it: errors until then are plain HTTP errors;
         // after that the SSE response starts, with keep-alives, and later errors become SSE events.
-        let upstream = self.upstream
+        let pipeline = self.pipeline
         let call = Task { () -> Result<GeminiEventStream, GatewayError> in
             do throws(GatewayError) {
-                return .success(try await upstream.streamGenerateContent(model: job.model.upstreamModel, request: job.gemini, logger: logger))
+                return .success(try await pipeline.stream(job.gemini, settlement: settlement, logger: logger))
             } catch {
                 return .failure(error)
             }
         }
-        let interval = keepAliveInterval
-        let early = await Self.firstOf({ await call.value }, orNilAfter: interval)
+        let early = await withTaskCancellationHandler {
+            await Self.firstOf({ await call.value }, orNilAfter: keepAliveInterval)
+        } onCancel: {
+            call.cancel()
+        }
         if case .failure(let error) = early {
-            await settle(Collector(), job: job, status: error.status, errorCode: error.code, logger: logger)
+            await pipeline.settle(settlement, status: error.status, errorCode: error.code, logger: logger)
             throw error
         }
         let id = Self.completionID()
         let created = Int(Date().timeIntervalSince1970)
         let controller = self
+        let interval = keepAliveInterval
 
         return Response(
             status: .ok,
@@ -58,43 +67,69 @@ extension ChatController {
                     for piece in pieces { try await writer.write(piece) }
                 }
                 var collector = Collector()
-                try await send([ChatChoice(delta: ChatMessageOut(role: "assistant", content: ""), finishReason: nil)])
-
-                let channel = AsyncChannel<StreamItem>()
                 var failure: GatewayError?
-                await withTaskGroup(of: Void.self) { group in
-                    group.addTask {
-                        do {
-                            let events: GeminiEventStream
-                            switch await withTaskCancellationHandler(operation: { await call.value }, onCancel: { call.cancel() }) {
-                            case .success(let stream): events = stream
-                            case .failure(let error): throw error
+                var clientGone = false
+                do {
+                    try await send([ChatChoice(delta: ChatMessageOut(role: "assistant", content: ""), finishReason: nil)])
+                } catch {
+                    clientGone = true
+                    call.cancel()
+                }
+
+                if !clientGone {
+                    let channel = AsyncChannel<StreamItem>()
+                    await withTaskGroup(of: Void.self) { group in
+                        group.addTask {
+                            do {
+                                let events: GeminiEventStream
+                                switch await withTaskCancellationHandler(operation: { await call.value }, onCancel: { call.cancel() }) {
+                                case .success(let stream): events = stream
+                                case .failure(let error): throw error
+                                }
+                                try await events.consume { event in await channel.send(.event(event)) }
+                                await channel.send(.finished)
+                            } catch let error as GatewayError {
+                                await channel.send(.failed(error))
+                            } catch is CancellationError {
+                            } catch {
+                                await channel.send(.failed(.badGateway("The stream from Google broke.")))
                             }
-                            for try await event in events { await channel.send(.event(event)) }
-                            await channel.send(.finished)
-                        } catch let error as GatewayError {
-                            await channel.send(.failed(error))
-                        } catch is CancellationError {
-                        } catch {
-                            await channel.send(.failed(.badGateway("The stream from Google broke: \(error).")))
                         }
-                    }
-                    group.addTask {
-                        while !Task.isCancelled {
-                            try? await Task.sleep(for: interval)
-                            if Task.isCancelled { break }
-                            await channel.send(.tick)
+                        group.addTask {
+                            while !Task.isCancelled {
+                                try? await Task.sleep(for: interval)
+                                if Task.isCancelled { break }
+                                await channel.send(.tick)
+                            }
                         }
-                    }
-                    do {
                         loop: for await item in channel {
                             switch item {
                             case .event(let event):
-                                for delta in try await controller.absorb(event, into: &collector, job: job) {
-                                    try await send([ChatChoice(delta: delta, finishReason: nil)])
+                                let deltas: [ChatMessageOut]
+                                switch await controller.absorbed(event, into: &collector, job: job) {
+                                case .success(let value): deltas = value
+                                case .failure(let error):
+                                    failure = error
+                                    break loop
+                                }
+                                do {
+                                    for delta in deltas {
+                                        try await send([ChatChoice(delta: delta, finishReason: nil)])
+                                        // Delivered once written: from here on the client has it.
+                                        collector.deliveredImages += delta.images?.count ?? 0
+                                        if delta.images == nil, delta.content?.isEmpty == false { collector.deliveredText = true }
+                                    }
+                                } catch {
+                                    clientGone = true
+                                    break loop
                                 }
                             case .tick:
-                                try await writer.write(ByteBuffer(string: ": keep-alive\n\n"))
+                                do {
+                                    try await writer.write(ByteBuffer(string: ": keep-alive\n\n"))
+                                } catch {
+                                    clientGone = true
+                                    break loop
+                                }
                             case .finished:
                                 break loop
                             case .failed(let error):
@@ -102,52 +137,75 @@ extension ChatController {
                                 break loop
                             }
                         }
-                    } catch let error as GatewayError {
-                        failure = error
-                    } catch {
-                        // The client went away: stop reading from Google.
-                        failure = .badGateway("The client disconnected.", code: "client_disconnected")
+                        if clientGone, collector.deliveredImages > 0 {
+                            // The client has an image: read on (bounded by the stream's deadline)
+                            // for the usage Google reports at the end, so the charge is Google's.
+                            drain: for await item in channel {
+                                switch item {
+                                case .event(let event): if let usage = event.usageMetadata { collector.usage = usage }
+                                case .tick: continue
+                                case .finished, .failed: break drain
+                                }
+                            }
+                        }
+                        group.cancelAll()
+                        channel.finish()
                     }
-                    group.cancelAll()
-                    channel.finish()
                 }
 
-                if let failure {
-                    await controller.settle(collector, job: job, status: failure.status, errorCode: failure.code, logger: logger)
-                    if failure.code == "client_disconnected" { return }
-                    var buffer = ByteBuffer(string: "data: ")
-                    buffer.writeImmutableBuffer(try SplicedJSON.encodeJoined(ErrorResponse(failure)))
-                    buffer.writeString("\n\ndata: [DONE]\n\n")
-                    try await writer.write(buffer)
-                    try await writer.finish(nil)
-                    return
+                if !clientGone {
+                    do {
+                        if let failure {
+                            var buffer = ByteBuffer(string: "data: ")
+                            buffer.writeImmutableBuffer(try SplicedJSON.encodeJoined(ErrorResponse(failure)))
+                            buffer.writeString("\n\ndata: [DONE]\n\n")
+                            try await writer.write(buffer)
+                        } else {
+                            if let refusal = collector.blocked {
+                                try await send([ChatChoice(delta: ChatMessageOut(refusal: refusal), finishReason: nil)])
+                            }
+                            let finish = ChatTranslation.finishReason(collector.finishReason, blocked: collector.blocked != nil)
+                            try await send([ChatChoice(delta: ChatMessageOut(), finishReason: finish)])
+                            if job.includeUsage {
+                                try await send([], usage: controller.chatUsage(collector))
+                            }
+                            try await writer.write(ByteBuffer(string: "data: [DONE]\n\n"))
+                        }
+                        try await writer.finish(nil)
+                    } catch {
+                        clientGone = true
+                    }
                 }
-                if let refusal = collector.blocked {
-                    try await send([ChatChoice(delta: ChatMessageOut(refusal: refusal), finishReason: nil)])
-                }
-                let finish = ChatTranslation.finishReason(collector.finishReason, blocked: collector.blocked != nil)
-                try await send([ChatChoice(delta: ChatMessageOut(), finishReason: finish)])
-                if job.includeUsage {
-                    try await send([], usage: controller.chatUsage(collector))
-                }
-                try await writer.write(ByteBuffer(string: "data: [DONE]\n\n"))
-                await controller.settle(collector, job: job, status: 200, errorCode: nil, logger: logger)
-                try await writer.finish(nil)
+
+                await controller.account(collector, job: job, settlement: settlement, logger: logger)
+                let outcome = clientGone ? GatewayError.clientDisconnected : failure
+                await pipeline.settle(settlement, status: outcome?.status ?? 200, errorCode: outcome?.code, logger: logger)
             }
         )
     }
 
-    /// The value of `operation`, or nil if `interval` passes first; `operation` is not cancelled.
+    /// `absorb` as a result (typed throws do not survive the SSE writer's closure).
+    func absorbed(_ event: GeminiWire.Response, into collector: inout Collector, job: ChatJob) async -> Result<[ChatMessageOut], GatewayError> {
+        do throws(GatewayError) {
+            return .success(try await absorb(event, into: &collector, job: job))
+        } catch {
+            return .failure(error)
+        }
+    }
+
+    /// The value of `operation`, or nil if `interval` passes first; `operation` is not cancelled,
+    /// the timer is once the value arrives.
     static func firstOf<Value: Sendable>(_ operation: @escaping @Sendable () async -> Value, orNilAfter interval: Duration) async -> Value? {
         let once = OnceFlag()
         return await withCheckedContinuation { (continuation: CheckedContinuation<Value?, Never>) in
-            Task {
-                let value = await operation()
-                if once.claim() { continuation.resume(returning: value) }
-            }
-            Task {
+            let timer = Task {
                 try? await Task.sleep(for: interval)
                 if once.claim() { continuation.resume(returning: nil) }
+            }
+            Task {
+                let value = await operation()
+                timer.cancel()
+                if once.claim() { continuation.resume(returning: value) }
             }
         }
     }

@@ -19,30 +19,39 @@ import Upstream
 /// the key's group (default → URL, gemini → data URL); base64-only model names always give data URLs.
 ///
 /// Gemini 3 needs the `thoughtSignature` of every earlier model part back; OpenAI clients cannot
-/// carry it, so signatures are kept server-side, keyed by the SHA-256 of the image bytes and of
-/// the assistant text, and restored on later turns. History the gateway never produced gets
-/// Google's documented bypass value.
+/// carry it, so signatures are kept server-side, keyed by the API key and a fingerprint of the
+/// image (or the SHA-256 of the assistant text), and restored on later turns of the same key
+/// only. History the gateway never produced gets Google's documented bypass value.
+///
+/// Limits, checked before any image is fetched: `maxMessages` messages, `maxParts` content
+/// parts, the model's own maximum of input images (the catalog's `maxInputImages`, Markdown and
+/// `message.images` of assistant turns included), and the prompt limit over all text.
 struct ChatController {
     let catalog: ModelCatalog
-    let upstream: UpstreamPool
-    let usage: any UsageLog
+    let pipeline: RequestPipeline
     let signatures: any SignatureStore
-    let urls: ImageURLService
     let inputs: InputImageLoader
-    let publicURL: String?
+    let publicURL: PublicURL
     /// How often a silent stream gets an SSE comment, so proxies do not cut a slow generation.
     let keepAliveInterval: Duration
 
     static let bypassSignature = "context_engineering_is_the_way_to_go"
+    /// Most messages in one request.
+    static let maxMessages = 256
+    /// Most content parts over all messages.
+    static let maxParts = 1024
+
+    var urls: ImageURLService { pipeline.images }
 
     func addRoutes(to group: RouterGroup<GatewayRequestContext>) {
         group.post("chat/completions", use: completions)
     }
 
     /// A validated chat request.
-    struct ChatJob {
+    struct ChatJob: Sendable {
         var key: APIKey
         var model: CatalogModel
+        var spec: ImageSpec
         var gemini: GeminiWire.Request
         var format: ResponseFormat
         var baseURL: String
@@ -52,13 +61,16 @@ struct ChatController {
     @Sendable func completions(_ request: Request, context: GatewayRequestContext) async throws -> Response {
         guard let key = context.apiKey else { throw GatewayError.unauthorized("Missing API key.") }
         let input = try await request.decodeJSON(ChatCompletionRequest.self, limit: inputs.limits.maxRequestBytes)
-        let baseURL = publicURL ?? ImagesController.baseURL(of: request)
+        let baseURL = publicURL.base(of: request)
         let job = try await prepare(input, key: key, baseURL: baseURL)
         context.logger.info("chat completion", metadata: ["model": "\(job.model.name)", "stream": "\(input.stream == true)", "turns": "\(job.gemini.contents.count)"])
+        let settlement = pipeline.open(key: key, endpoint: "chat.completions", model: job.model)
         if input.stream == true {
-            return try await streamed(job, logger: context.logger)
+            return try await streamed(job, settlement: settlement, logger: context.logger)
         }
-        return try await whole(job, logger: context.logger)
+        return try await pipeline.settling(settlement, logger: context.logger) { () throws(GatewayError) -> Response in
+            try await whole(job, settlement: settlement, logger: context.logger)
+        }
     }
 
     // MARK: Request
@@ -72,6 +84,13 @@ struct ChatController {
             throw .invalidParameter("n", "Gemini image models return one choice; 'n' must be 1.")
         }
         guard !input.messages.isEmpty else { throw .invalidParameter("messages", "'messages' must not be empty.") }
+        guard input.messages.count <= Self.maxMessages else {
+            throw .invalidParameter("messages", "Too many messages: \(input.messages.count); at most \(Self.maxMessages) are accepted.", code: "too_many_messages")
+        }
+        let parts = input.messages.reduce(0) { $0 + $1.content.count }
+        guard parts <= Self.maxParts else {
+            throw .invalidParameter("messages", "Too many content parts: \(parts); at most \(Self.maxParts) are accepted.", code: "too_many_parts")
+        }
 
         var size = input.size ?? input.imageConfig?.imageSize
         var ratio = input.aspectRatio ?? input.imageConfig?.aspectRatio
@@ -81,18 +100,19 @@ struct ChatController {
         let spec = try SizeRules.resolve(model: model, size: size, aspectRatio: ratio)
         let format = try ImagesController.responseFormat(input.imageFormat, model: model, group: key.group)
 
-        let contents = try await geminiContents(input.messages, family: model.family, baseURL: baseURL)
+        let contents = try await geminiContents(input.messages, model: model, keyID: key.id, baseURL: baseURL)
         var request = ImageTranslation.geminiRequest(prompt: "", spec: spec, family: model.family)
         request.contents = contents
-        return ChatJob(key: key, model: model, gemini: request, format: format, baseURL: baseURL, includeUsage: input.includeUsage)
+        return ChatJob(key: key, model: model, spec: spec, gemini: request, format: format, baseURL: baseURL, includeUsage: input.includeUsage)
     }
 
     /// OpenAI messages → Gemini contents: roles `user`/`model`, images as `inlineData`, system
     /// text at the start of the first user turn (whether the image models honour
     /// `systemInstruction` is undocumented), signatures restored on model turns.
-    func geminiContents(_ messages: [ChatMessage], family: ModelFamily, baseURL: String) async throws(GatewayError) -> [GeminiWire.Content] {
+    func geminiContents(_ messages: [ChatMessage], model: CatalogModel, keyID: String, baseURL: String) async throws(GatewayError) -> [GeminiWire.Content] {
+        let family = model.family
         var system: [String] = []
-        var turns: [(role: String, text: String, images: [GeminiWire.InlineData])] = []
+        var pending: [(role: String, text: String, urls: [(url: String, param: String)])] = []
         for (index, message) in messages.enumerated() {
             var texts: [String] = []
             var imageURLs: [String] = []
@@ -118,12 +138,23 @@ struct ChatController {
             default:
                 throw .invalidParameter("messages[\(index)].role", "Role '\(message.role)' is not supported; use system, user or assistant.")
             }
+            guard !text.isEmpty || !imageURLs.isEmpty else { continue }
+            pending.append((message.role == "assistant" ? "model" : "user", text, imageURLs.enumerated().map { ($1, "messages[\(index)].content[\($0)]") }))
+        }
+        // Every limit before the first fetch: a body can name thousands of URLs.
+        let imageCount = pending.reduce(0) { $0 + $1.urls.count }
+        guard imageCount <= model.maxInputImages else {
+            throw .invalidParameter("messages", "'\(model.name)' takes at most \(model.maxInputImages) images per request (earlier turns included); \(imageCount) were sent.", code: "too_many_images")
+        }
+        try PromptLimit.check((system + pending.map(\.text)).joined(separator: "\n"), param: "messages")
+
+        var turns: [(role: String, text: String, images: [GeminiWire.InlineData])] = []
+        for turn in pending {
             var images: [GeminiWire.InlineData] = []
-            for (imageIndex, url) in imageURLs.enumerated() {
-                images.append(try await inputs.load(url: url, param: "messages[\(index)].content[\(imageIndex)]", baseURLs: [baseURL]))
+            for reference in turn.urls {
+                images.append(try await inputs.load(url: reference.url, param: reference.param, baseURLs: [baseURL]))
             }
-            guard !text.isEmpty || !images.isEmpty else { continue }
-            turns.append((message.role == "assistant" ? "model" : "user", text, images))
+            turns.append((turn.role, turn.text, images))
         }
         guard turns.contains(where: { $0.role == "user" }) else {
             throw .invalidParameter("messages", "The conversation needs at least one user message.")
@@ -135,8 +166,8 @@ struct ChatController {
         // Restore signatures on model turns in one look-up.
         var hashes: [String] = []
         for turn in turns where turn.role == "model" {
-            if !turn.text.isEmpty { hashes.append(Self.hash(text: turn.text)) }
-            hashes += turn.images.map(Self.hash(image:))
+            if !turn.text.isEmpty { hashes.append(Self.hash(text: turn.text, keyID: keyID)) }
+            hashes += turn.images.map { Self.hash(image: $0, keyID: keyID) }
         }
         let known: [String: String]
         do {
@@ -149,10 +180,10 @@ struct ChatController {
         for turn in turns {
             var parts: [GeminiWire.Part] = []
             if !turn.text.isEmpty {
-                parts.append(GeminiWire.Part(text: turn.text, thoughtSignature: turn.role == "model" ? known[Self.hash(text: turn.text)] : nil))
+                parts.append(GeminiWire.Part(text: turn.text, thoughtSignature: turn.role == "model" ? known[Self.hash(text: turn.text, keyID: keyID)] : nil))
             }
             for image in turn.images {
-                parts.append(GeminiWire.Part(inlineData: image, thoughtSignature: turn.role == "model" ? known[Self.hash(image: image)] : nil))
+                parts.append(GeminiWire.Part(inlineData: image, thoughtSignature: turn.role == "model" ? known[Self.hash(image: image, keyID: keyID)] : nil))
             }
             if turn.role == "model" && family == .pro3 {
                 // History Gemini did not produce (or whose signature expired): Google's documented bypass.
@@ -169,25 +200,34 @@ struct ChatController {
         return contents
     }
 
-    static func hash(text: String) -> String {
-        "t:" + SHA256.hash(data: Data(text.trimmingCharacters(in: .whitespacesAndNewlines).utf8)).map { String(format: "%02x", $0) }.joined()
+    /// The signature-store key of an assistant text, scoped to the API key (a common reply such
+    /// as "Here is your image." must not hand one tenant another's signature).
+    static func hash(text: String, keyID: String) -> String {
+        var hasher = SHA256()
+        hasher.update(data: Array("\(keyID)\n".utf8))
+        hasher.update(data: Array(text.trimmingCharacters(in: .whitespacesAndNewlines).utf8))
+        return "t:" + hex(hasher.finalize())
     }
 
-    /// A fingerprint of the image's base64 text: its length and its first and last 256 KiB.
-    /// Hashing all of a 4K image (~47 MB of base64) on every streamed reply cost more than the
-    /// rest of the request; Google's images differ within their first bytes anyway.
-    static func hash(image: GeminiWire.InlineData) -> String {
+    /// A fingerprint of the image's base64 text, scoped to the API key: its length and its first
+    /// and last 256 KiB. Hashing all of a 4K image (~47 MB of base64) on every streamed reply
+    /// cost more than the rest of the request; Google's images differ within their first bytes.
+    static func hash(image: GeminiWire.InlineData, keyID: String) -> String {
         let text = image.data.bytes.readableBytesView
         let sample = 256 * 1024
         var hasher = SHA256()
-        hasher.update(data: Array("\(text.count):".utf8))
+        hasher.update(data: Array("\(keyID)\n\(text.count):".utf8))
         if text.count <= 2 * sample {
             hasher.update(data: Array(text))
         } else {
             hasher.update(data: Array(text.prefix(sample)))
             hasher.update(data: Array(text.suffix(sample)))
         }
-        return "i:" + hasher.finalize().map { String(format: "%02x", $0) }.joined()
+        return "i:" + hex(hasher.finalize())
+    }
+
+    private static func hex(_ digest: SHA256.Digest) -> String {
+        digest.map { String(format: "%02x", $0) }.joined()
     }
 
     // MARK: Reply
@@ -202,6 +242,9 @@ struct ChatController {
         var finishReason: String?
         var blocked: String?
         var usage: GeminiWire.UsageMetadata?
+        /// Images and text the client actually received (written to it, or returned whole).
+        var deliveredImages = 0
+        var deliveredText = false
     }
 
     func imageURL(for image: GeminiWire.InlineData, job: ChatJob) async throws(GatewayError) -> SplicedString {
@@ -213,7 +256,7 @@ struct ChatController {
                 throw .internal("The image was generated but could not be stored; retry with response_format b64_json.")
             }
         case .b64JSON:
-            let head = (try? Base64.decode(bytes: image.data.bytes.readableBytesView.prefix(24))) ?? []
+            let head = SafeBase64.decode(image.data.bytes.readableBytesView.prefix(24)) ?? []
             return SplicedString([.text("data:\(ImageSniffer.mimeType(of: head) ?? image.mimeType);base64,"), .raw(image.data.bytes)])
         }
     }
@@ -243,7 +286,7 @@ struct ChatController {
             }
             if let image = part.inlineData {
                 let url = try await imageURL(for: image, job: job)
-                if let signature = part.thoughtSignature { collector.signatures[Self.hash(image: image)] = signature }
+                if let signature = part.thoughtSignature { collector.signatures[Self.hash(image: image, keyID: job.key.id)] = signature }
                 collector.imageURLs.append(url)
                 let markdown = SplicedString(collector.text.isEmpty && collector.imageURLs.count == 1 ? "" : "\n\n") + ChatTranslation.markdown(imageURL: url)
                 deltas.append(ChatMessageOut(content: markdown, images: [ChatImage(url: url, index: collector.imageURLs.count - 1)]))
@@ -258,22 +301,28 @@ struct ChatController {
         return deltas
     }
 
-    /// Stores the signatures of this answer and writes the usage log. A reply without an image
-    /// or text (a refusal) costs nothing.
-    func settle(_ collector: Collector, job: ChatJob, status: Int, errorCode: String?, logger: Logger) async {
+    /// Stores the signatures of this answer and charges what the client received: its usage as
+    /// Google reported it, or (when the stream broke before the usage arrived) the catalog's
+    /// figure for the delivered images. A refusal costs nothing.
+    func account(_ collector: Collector, job: ChatJob, settlement: Settlement, logger: Logger) async {
         var signatures = collector.signatures
-        if let signature = collector.textSignature, !collector.text.isEmpty { signatures[Self.hash(text: collector.text)] = signature }
+        if let signature = collector.textSignature, !collector.text.isEmpty { signatures[Self.hash(text: collector.text, keyID: job.key.id)] = signature }
         if !signatures.isEmpty {
             do { try await self.signatures.saveSignatures(signatures) } catch { logger.error("could not store thought signatures", metadata: ["error": "\(error)"]) }
         }
-        let total = ImageTranslation.usage(of: collector.usage)
-        let produced = status == 200 && collector.blocked == nil && (!collector.imageURLs.isEmpty || !collector.text.isEmpty)
-        let record = UsageRecord(
-            keyID: job.key.id, endpoint: "chat.completions", model: job.model.name, status: status, images: collector.imageURLs.count,
-            inputTokens: total.inputTokens, outputTokens: total.outputTokens, totalTokens: total.totalTokens,
-            costMicroUSD: produced ? Pricing.costMicroUSD(total, prices: job.model.prices) : 0, errorCode: errorCode ?? (collector.blocked == nil ? nil : "content_filter")
-        )
-        do { try await usage.record(record) } catch { logger.error("could not write the usage log", metadata: ["error": "\(error)"]) }
+        var usage = ImageTranslation.usage(of: collector.usage)
+        if collector.usage == nil, collector.deliveredImages > 0 {
+            let tokens = job.model.family.outputImageTokens(job.spec.imageSize) * collector.deliveredImages
+            usage = ImageUsage(
+                inputTokens: 0, inputTokensDetails: .init(imageTokens: 0, textTokens: 0),
+                outputTokens: tokens, outputTokensDetails: .init(imageTokens: tokens, textTokens: 0), totalTokens: tokens
+            )
+        }
+        settlement.billed(usage)
+        if collector.blocked != nil { settlement.note("content_filter") }
+        if collector.blocked == nil, collector.deliveredImages > 0 || collector.deliveredText {
+            settlement.delivered(images: collector.deliveredImages, usage: usage)
+        }
     }
 
     func chatUsage(_ collector: Collector) -> ChatUsage {
@@ -284,18 +333,20 @@ struct ChatController {
         "chatcmpl-" + UUID().uuidString.replacingOccurrences(of: "-", with: "").lowercased().prefix(24)
     }
 
-    /// The non-streamed reply.
-    func whole(_ job: ChatJob, logger: Logger) async throws -> Response {
+    /// The non-streamed reply (settled by the caller, on every path).
+    func whole(_ job: ChatJob, settlement: Settlement, logger: Logger) async throws(GatewayError) -> Response {
         var collector = Collector()
-        let response: GeminiWire.Response
+        let response = try await pipeline.upstream.generateContent(model: job.model.upstreamModel, request: job.gemini, trace: settlement.trace, logger: logger)
         do {
-            response = try await upstream.generateContent(model: job.model.upstreamModel, request: job.gemini, logger: logger)
+            _ = try await absorb(response, into: &collector, job: job)
         } catch {
-            await settle(collector, job: job, status: error.status, errorCode: error.code, logger: logger)
+            // Google answered (and billed) even though the answer could not be delivered.
+            settlement.billed(ImageTranslation.usage(of: response.usageMetadata))
             throw error
         }
-        _ = try await absorb(response, into: &collector, job: job)
-        await settle(collector, job: job, status: 200, errorCode: nil, logger: logger)
+        collector.deliveredImages = collector.imageURLs.count
+        collector.deliveredText = !collector.text.isEmpty
+        await account(collector, job: job, settlement: settlement, logger: logger)
 
         var content = SplicedString(collector.text)
         for url in collector.imageURLs {
@@ -313,6 +364,10 @@ struct ChatController {
             choices: [ChatChoice(message: message, finishReason: ChatTranslation.finishReason(collector.finishReason, blocked: collector.blocked != nil))],
             usage: chatUsage(collector)
         )
-        return try ImagesController.json(completion)
+        do {
+            return try ImagesController.json(completion)
+        } catch {
+            throw .internal("The answer could not be encoded.")
+        }
     }
 }

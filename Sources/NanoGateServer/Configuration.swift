@@ -1,6 +1,7 @@
 public import Foundation
 public import NanoGateCore
 public import Upstream
+import Hummingbird
 
 /// Everything `nanogate serve` can be told, in one place.
 ///
@@ -16,7 +17,9 @@ public import Upstream
 /// | | `NANOGATE_GEMINI_BASE_URL` | Gemini API base | Google's |
 /// | | `NANOGATE_UPSTREAM_FLASH` / `NANOGATE_UPSTREAM_PRO` | upstream model ids | `gemini-2.5-flash-image` / `gemini-3-pro-image-preview` |
 /// | | `NANOGATE_UPSTREAM_TIMEOUT` | seconds per upstream call | 300 |
-/// | | `NANOGATE_MAX_IMAGE_BYTES`, `NANOGATE_MAX_REQUEST_BYTES`, `NANOGATE_ALLOW_PRIVATE_FETCH` | see `InputLimits` | |
+/// | | `NANOGATE_MAX_IMAGE_BYTES`, `NANOGATE_MAX_REQUEST_BYTES`, `NANOGATE_ALLOW_PRIVATE_FETCH`, `NANOGATE_FETCH_ALLOW_NETWORKS`, `NANOGATE_ALLOW_HTTP_FETCH`, `NANOGATE_FETCH_TIMEOUT`, `NANOGATE_MAX_FETCHES` | see `InputLimits` | |
+/// | | `NANOGATE_IDLE_TIMEOUT` | seconds a connection may send nothing (idle keep-alive, a stalled head or body) | 30 |
+/// | | `NANOGATE_TRUST_FORWARDED` | build image URLs from `X-Forwarded-Host`/`-Proto` (only behind a proxy that sets them) | off |
 public struct GatewayConfiguration: Sendable {
     public var host: String
     public var port: Int
@@ -38,6 +41,11 @@ public struct GatewayConfiguration: Sendable {
     public var inputs: InputLimits
     /// How often a silent chat stream gets an SSE keep-alive comment (`NANOGATE_KEEPALIVE`, seconds).
     public var keepAliveInterval: Duration = .seconds(15)
+    /// How long a connection may send nothing while no request is being answered.
+    public var idleTimeout: Duration = .seconds(30)
+    /// Whether `X-Forwarded-Host`/`-Proto` may decide where image URLs point. Off by default:
+    /// any client could otherwise make the gateway hand out URLs to a host of its choosing.
+    public var trustForwardedHeaders = false
 
     public init(
         host: String = "127.0.0.1", port: Int = 8080, dataDirectory: URL, publicURL: String? = nil,
@@ -58,6 +66,7 @@ public struct GatewayConfiguration: Sendable {
 
     /// Reads the environment part of the table above; flags override it in the CLI.
     public static func fromEnvironment(_ environment: [String: String] = ProcessInfo.processInfo.environment) -> GatewayConfiguration {
+        func flag(_ name: String) -> Bool { ["1", "true", "yes"].contains(environment[name]?.lowercased() ?? "") }
         let keys = (environment["GEMINI_API_KEY"] ?? "").split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
         var configuration = GatewayConfiguration(
             host: environment["NANOGATE_HOST"] ?? "127.0.0.1",
@@ -79,10 +88,32 @@ public struct GatewayConfiguration: Sendable {
             inputs: InputLimits(
                 maxImageBytes: environment["NANOGATE_MAX_IMAGE_BYTES"].flatMap(Int.init) ?? 20 * 1024 * 1024,
                 maxRequestBytes: environment["NANOGATE_MAX_REQUEST_BYTES"].flatMap(Int.init) ?? 64 * 1024 * 1024,
-                allowPrivateFetch: ["1", "true", "yes"].contains(environment["NANOGATE_ALLOW_PRIVATE_FETCH"]?.lowercased() ?? "")
+                fetchTimeout: .seconds(environment["NANOGATE_FETCH_TIMEOUT"].flatMap(Int.init) ?? 20),
+                allowPrivateFetch: flag("NANOGATE_ALLOW_PRIVATE_FETCH"),
+                allowedNetworks: (environment["NANOGATE_FETCH_ALLOW_NETWORKS"] ?? "").split(separator: ",").compactMap { IPNetwork(String($0)) },
+                allowPlainHTTP: flag("NANOGATE_ALLOW_HTTP_FETCH"),
+                maxConcurrentFetches: environment["NANOGATE_MAX_FETCHES"].flatMap(Int.init) ?? 32
             )
         )
         if let seconds = environment["NANOGATE_KEEPALIVE"].flatMap(Int.init), seconds > 0 { configuration.keepAliveInterval = .seconds(seconds) }
+        if let seconds = environment["NANOGATE_IDLE_TIMEOUT"].flatMap(Int.init), seconds > 0 { configuration.idleTimeout = .seconds(seconds) }
+        configuration.trustForwardedHeaders = flag("NANOGATE_TRUST_FORWARDED")
         return configuration
+    }
+}
+
+/// Where image URLs point: the configured public URL, else the address the client used.
+struct PublicURL: Sendable {
+    /// `NANOGATE_PUBLIC_URL` without a trailing slash.
+    let configured: String?
+    let trustForwardedHeaders: Bool
+
+    /// `scheme://host[:port]` for this request. `X-Forwarded-*` count only when the operator
+    /// said a proxy sets them.
+    func base(of request: Request) -> String {
+        if let configured { return configured }
+        let forwardedProto = trustForwardedHeaders ? request.headers[.init("X-Forwarded-Proto")!] : nil
+        let forwardedHost = trustForwardedHeaders ? request.headers[.init("X-Forwarded-Host")!] : nil
+        return "\(forwardedProto ?? "http")://\(forwardedHost ?? request.head.authority ?? "127.0.0.1")"
     }
 }

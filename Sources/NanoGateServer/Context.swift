@@ -3,16 +3,20 @@ import NanoGateStorage
 import NanoGateCore
 import Foundation
 import Logging
+public import NIOCore
 
 /// The per-request context: Hummingbird's core storage plus the authenticated key.
 public struct GatewayRequestContext: RequestContext {
     public var coreContext: CoreRequestContextStorage
     /// Set by `APIKeyAuthenticator` on every `/v1` route.
     var apiKey: APIKey?
+    /// The client's connection (to answer `Expect: 100-continue` once the key is known).
+    let channel: any Channel
 
     public init(source: ApplicationRequestContextSource) {
         self.coreContext = .init(source: source)
         self.apiKey = nil
+        self.channel = source.channel
     }
 
     /// Bodies are collected with explicit per-endpoint limits; this is the ceiling for any of them.
@@ -39,6 +43,7 @@ struct APIKeyAuthenticator: RouterMiddleware {
         var context = context
         context.apiKey = key
         context.logger[metadataKey: "nanogate.key_id"] = "\(key.id)"
+        if request.headers[.expect]?.lowercased() == "100-continue" { ConnectionGuard.sendContinue(on: context.channel) }
         return try await next(request, context)
     }
 }

@@ -41,6 +41,8 @@ struct OpenAIErrorMiddleware<Context: RequestContext>: RouterMiddleware {
     static func response(for error: GatewayError) -> Response {
         var headers: HTTPFields = [.contentType: "application/json"]
         if let retry = error.retryAfterSeconds { headers[.retryAfter] = "\(retry)" }
+        // The body of these requests may be unread (and endless): close instead of draining it.
+        if [401, 408, 413].contains(error.status) { headers[.connection] = "close" }
         let body = (try? JSONEncoder().encode(ErrorResponse(error))) ?? Data()
         return Response(status: .init(code: error.status), headers: headers, body: .init(byteBuffer: ByteBuffer(data: body)))
     }
@@ -73,17 +75,52 @@ extension Request {
     /// Collects the body up to `limit` (413 beyond it) and decodes it as JSON (400 naming the
     /// field at fault).
     func decodeJSON<T: Decodable>(_ type: T.Type, limit: Int) async throws(GatewayError) -> T {
-        var request = self
-        let body: ByteBuffer
-        do {
-            body = try await request.collectBody(upTo: limit)
-        } catch {
-            throw .payloadTooLarge(limitBytes: limit)
-        }
+        let body = try await collectBody(limit: limit)
         do {
             return try JSONDecoder().decode(type, from: body)
         } catch {
             throw .from(decodingError: error)
         }
+    }
+}
+
+extension Request {
+    /// How long a client may take to send its body once the head arrived.
+    static let bodyTimeout = Duration.seconds(120)
+
+    /// The whole body, up to `limit` (413 beyond it), within `bodyTimeout` (408: a client that
+    /// trickles its body must not hold a connection and its memory forever).
+    func collectBody(limit: Int) async throws(GatewayError) -> ByteBuffer {
+        let body = self.body
+        do {
+            return try await Deadline.run(until: .now.advanced(by: Self.bodyTimeout), orThrow: GatewayError.requestTimeout("The request body did not arrive within \(Self.bodyTimeout).")) {
+                var total = ByteBuffer()
+                for try await chunk in body {
+                    guard total.readableBytes + chunk.readableBytes <= limit else { throw GatewayError.payloadTooLarge(limitBytes: limit) }
+                    var chunk = chunk
+                    total.writeBuffer(&chunk)
+                }
+                return total
+            }
+        } catch let error as GatewayError {
+            throw error
+        } catch {
+            // The connection broke while the body was arriving.
+            throw .clientDisconnected
+        }
+    }
+}
+
+/// Logs each request with its method, path and status, never its query string: signed image
+/// URLs (`signature=`) and `?key=` style credentials live there.
+struct RequestLogMiddleware<Context: RequestContext>: RouterMiddleware {
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        let start = ContinuousClock.now
+        let response = try await next(request, context)
+        context.logger.info("request", metadata: [
+            "http.method": "\(request.method)", "http.path": "\(request.uri.path)", "http.status": "\(response.status.code)",
+            "duration_ms": "\((ContinuousClock.now - start).components.seconds * 1000 + (ContinuousClock.now - start).components.attoseconds / 1_000_000_000_000_000)",
+        ])
+        return response
     }
 }

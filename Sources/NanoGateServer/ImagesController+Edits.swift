@@ -12,7 +12,7 @@ extension ImagesController {
     /// `image[]` or `image`, scalars as text fields) or JSON `{"images":[{"image_url":…}], …}`.
     @Sendable func edits(_ request: Request, context: GatewayRequestContext) async throws -> Response {
         guard let key = context.apiKey else { throw GatewayError.unauthorized("Missing API key.") }
-        let baseURL = publicURL ?? Self.baseURL(of: request)
+        let baseURL = publicURL.base(of: request)
         let contentType = request.headers[.contentType] ?? ""
         // Validate (model, prompt, sizes, image count) before any image is read or fetched.
         var job: ImageJob
@@ -37,7 +37,7 @@ extension ImagesController {
         }
 
         context.logger.info("image edit", metadata: ["model": "\(job.model.name)", "images": "\(job.inputImages.count)", "format": "\(job.format.rawValue)"])
-        return try Self.json(try await pipeline.run(job, logger: context.logger))
+        return try Self.json(try await pipeline.generateImages(job, logger: context.logger))
     }
 
     static let maskUnsupported = GatewayError.invalidParameter(
@@ -155,19 +155,24 @@ struct MultipartForm {
             accumulator.body = ByteBuffer()
         }
         var total = 0
+        let deadline = ContinuousClock.now.advanced(by: Request.bodyTimeout)
         do {
             for try await chunk in body {
+                // A stalled upload is closed by the server's idle timeout; a trickling one ends here.
+                guard ContinuousClock.now < deadline else { throw GatewayError.requestTimeout("The request body did not arrive within \(Request.bodyTimeout).") }
                 total += chunk.readableBytes
                 guard total <= limits.maxRequestBytes else { throw GatewayError.payloadTooLarge(limitBytes: limits.maxRequestBytes) }
-                try parser.execute(chunk)
-                if let part = accumulator.oversizedPart {
-                    throw GatewayError(status: 413, type: "invalid_request_error", code: "image_too_large", param: part, message: "'\(part)' is larger than the limit of \(limits.maxImageBytes) bytes per image.")
+                do {
+                    try parser.execute(chunk)
+                } catch {
+                    throw GatewayError.invalidBody("The multipart body could not be parsed.")
                 }
+                if let part = accumulator.oversizedPart { throw GatewayError.imageTooLarge(part, limitBytes: limits.maxImageBytes) }
             }
         } catch let error as GatewayError {
             throw error
         } catch {
-            throw .invalidBody("The multipart body could not be parsed: \(error).")
+            throw .clientDisconnected
         }
         return MultipartForm(parts: accumulator.parts)
     }

@@ -9,13 +9,11 @@ import NIOFoundationCompat
 /// `POST /v1/images/generations` and `POST /v1/images/edits`.
 struct ImagesController {
     let catalog: ModelCatalog
-    let pipeline: GenerationPipeline
-    let publicURL: String?
+    let pipeline: RequestPipeline
+    let publicURL: PublicURL
     let maxJSONBodyBytes: Int
     let inputs: InputImageLoader
 
-    /// Longest prompt accepted, in characters (the spec allows 32,768 tokens).
-    static let maxPromptCharacters = 131_072
     /// The spec: image-to-image with 1 to 6 input images.
     static let maxEditImages = 6
 
@@ -28,9 +26,9 @@ struct ImagesController {
         guard let key = context.apiKey else { throw GatewayError.unauthorized("Missing API key.") }
         let input = try await request.decodeJSON(ImageGenerationRequest.self, limit: maxJSONBodyBytes)
 
-        let job = try validate(input, key: key, baseURL: publicURL ?? Self.baseURL(of: request), endpoint: "images.generations")
+        let job = try validate(input, key: key, baseURL: publicURL.base(of: request), endpoint: "images.generations")
         context.logger.info("image generation", metadata: ["model": "\(job.model.name)", "n": "\(job.count)", "format": "\(job.format.rawValue)"])
-        let response = try await pipeline.run(job, logger: context.logger)
+        let response = try await pipeline.generateImages(job, logger: context.logger)
         return try Self.json(response)
     }
 
@@ -42,9 +40,7 @@ struct ImagesController {
         guard let model = catalog.model(named: name) else { throw .unknownModel(name, known: catalog.names) }
         let prompt = input.prompt.trimmingCharacters(in: .whitespacesAndNewlines)
         guard !prompt.isEmpty else { throw .invalidParameter("prompt", "The prompt must not be empty.") }
-        guard input.prompt.count <= Self.maxPromptCharacters else {
-            throw .invalidParameter("prompt", "The prompt is longer than \(Self.maxPromptCharacters) characters.")
-        }
+        try PromptLimit.check(input.prompt, param: "prompt")
         let count = input.n ?? 1
         guard (1...4).contains(count) else {
             throw .invalidParameter("n", "Invalid value for 'n': \(count). It must be between 1 and 4.")
@@ -78,13 +74,6 @@ struct ImagesController {
         }
         if !model.allowsURLOutput { format = .b64JSON }
         return format
-    }
-
-    /// `scheme://host[:port]` as the client reached us (honouring a proxy's `X-Forwarded-*`).
-    static func baseURL(of request: Request) -> String {
-        let scheme = request.headers[.init("X-Forwarded-Proto")!] ?? "http"
-        let host = request.headers[.init("X-Forwarded-Host")!] ?? request.head.authority ?? "127.0.0.1"
-        return "\(scheme)://\(host)"
     }
 
     /// JSON with any `Base64Text` written straight from Google's buffer, piece by piece.
@@ -130,10 +119,20 @@ struct ImageFilesController {
         let ext = (name as NSString).pathExtension
         let mime = ["png": "image/png", "jpg": "image/jpeg", "webp": "image/webp", "gif": "image/gif"][ext] ?? "application/octet-stream"
         // One read for the whole image (a few MB): far fewer thread hops than 128 KiB chunks.
-        let body = try await fileIO.loadFile(path: path, context: context, chunkLength: 8 * 1024 * 1024)
+        let body: ResponseBody
+        do {
+            body = try await fileIO.loadFile(path: path, context: context, chunkLength: 8 * 1024 * 1024)
+        } catch {
+            // Swept between the check above and the read.
+            throw GatewayError(status: 404, type: "invalid_request_error", code: "not_found", param: nil, message: "This image is no longer stored.")
+        }
         return Response(
             status: .ok,
-            headers: [.contentType: mime, .cacheControl: "private, max-age=\(max(0, expires - Int(Date().timeIntervalSince1970)))"],
+            headers: [
+                .contentType: mime, .cacheControl: "private, max-age=\(max(0, expires - Int(Date().timeIntervalSince1970)))",
+                // Never let a browser guess another type for stored bytes.
+                .init("X-Content-Type-Options")!: "nosniff",
+            ],
             body: body
         )
     }

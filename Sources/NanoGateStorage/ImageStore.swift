@@ -5,6 +5,9 @@ import Crypto
 import NIOCore
 public import NIOPosix
 import NIOFoundationCompat
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Signs and checks image URLs: `…/v1/files/images/{name}?expires={unix}&signature={hmac}`.
 ///
@@ -32,23 +35,59 @@ public struct URLSigner: Sendable {
         return zip(expected, given).reduce(UInt8(0)) { $0 | ($1.0 ^ $1.1) } == 0
     }
 
+    /// Shortest secret accepted: an HMAC key shorter than this could be guessed offline from
+    /// one signed URL.
+    public static let minimumSecretBytes = 32
+
     /// The secret from `NANOGATE_URL_SECRET`, else one kept in `dataDirectory/url-signing.key`
-    /// (created on first start, readable by the owner only).
+    /// (created on first start, mode 0600 from its first byte). A secret shorter than
+    /// `minimumSecretBytes` is refused, never silently replaced (that would break every URL out).
     public static func loadOrCreateSecret(environmentValue: String?, dataDirectory: URL) throws -> Data {
-        if let environmentValue, !environmentValue.isEmpty { return Data(environmentValue.utf8) }
+        if let environmentValue, !environmentValue.isEmpty {
+            guard environmentValue.utf8.count >= minimumSecretBytes else { throw URLSecretError.tooShort(source: "NANOGATE_URL_SECRET") }
+            return Data(environmentValue.utf8)
+        }
         let file = dataDirectory.appendingPathComponent("url-signing.key")
-        if let existing = try? Data(contentsOf: file), existing.count >= 32 { return existing }
+        if FileManager.default.fileExists(atPath: file.path) {
+            let existing = try Data(contentsOf: file)
+            guard existing.count >= minimumSecretBytes else { throw URLSecretError.tooShort(source: file.path) }
+            return existing
+        }
         var generator = SystemRandomNumberGenerator()
-        let secret = Data((0..<32).map { _ in UInt8.random(in: .min ... .max, using: &generator) })
-        try secret.write(to: file, options: .atomic)
-        try FileManager.default.setAttributes([.posixPermissions: 0o600], ofItemAtPath: file.path)
+        let secret = Data((0..<minimumSecretBytes).map { _ in UInt8.random(in: .min ... .max, using: &generator) })
+        let temporary = file.path + ".tmp-\(UInt32.random(in: .min ... .max))"
+        guard FileManager.default.createFile(atPath: temporary, contents: nil, attributes: [.posixPermissions: 0o600]) else {
+            throw CocoaError(.fileWriteUnknown)
+        }
+        try secret.write(to: URL(fileURLWithPath: temporary))
+        guard rename(temporary, file.path) == 0 else { throw CocoaError(.fileWriteUnknown) }
         return secret
+    }
+}
+
+/// A URL-signing secret that cannot be used.
+public enum URLSecretError: Error, CustomStringConvertible {
+    case tooShort(source: String)
+
+    public var description: String {
+        switch self {
+        case .tooShort(let source): "The URL-signing secret from \(source) is shorter than \(URLSigner.minimumSecretBytes) bytes; use a longer random value."
+        }
     }
 }
 
 /// Why an image could not be stored.
 public enum ImageStoreError: Error {
     case emptyImage
+    /// The bytes are not an image type the gateway serves.
+    case notAnImage
+}
+
+/// Creates `directory` (and its parents) readable by the owner only: images, the database and
+/// the signing secret of every user live below it.
+public func createPrivateDirectory(_ directory: URL) throws {
+    try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+    try FileManager.default.setAttributes([.posixPermissions: 0o700], ofItemAtPath: directory.path)
 }
 
 /// Generated images kept on disk for URL answers, each file written whole or not at all.
@@ -59,7 +98,7 @@ public struct ImageStore: Sendable {
     public init(directory: URL, threadPool: NIOThreadPool = .singleton) throws {
         self.directory = directory
         self.threadPool = threadPool
-        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        try createPrivateDirectory(directory)
     }
 
     /// Writes the bytes under a new random name with the extension of their sniffed type.
@@ -76,6 +115,7 @@ public struct ImageStore: Sendable {
                 try Data(bytesNoCopy: UnsafeMutableRawPointer(mutating: raw.baseAddress!), count: raw.count, deallocator: .none)
                     .write(to: url, options: .atomic)
             }
+            try FileManager.default.setAttributes([.posixPermissions: 0o600], ofItemAtPath: url.path)
         }
         return name
     }

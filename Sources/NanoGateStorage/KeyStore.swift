@@ -57,7 +57,9 @@ public protocol KeyStore: Sendable {
     func revokeKey(name: String) async throws
 }
 
-/// One line of the usage log: what a request cost, or why it failed (failures cost nothing).
+/// One line of the usage log, the one record of money: per request, what Google billed (its
+/// token counts, priced), what the client was charged (only what it received), how many upstream
+/// attempts it took, and why it failed, if it did.
 public struct UsageRecord: Sendable, Equatable, Codable {
     public var keyID: String
     public var endpoint: String
@@ -69,12 +71,18 @@ public struct UsageRecord: Sendable, Equatable, Codable {
     public var totalTokens: Int
     public var costMicroUSD: Int
     public var errorCode: String?
+    /// Google's price for every answer it returned for this request, delivered or not.
+    public var upstreamCostMicroUSD: Int
+    /// Upstream HTTP attempts made.
+    public var attempts: Int
     public var createdAt: Date
 
     public init(
         keyID: String, endpoint: String, model: String, status: Int, images: Int, inputTokens: Int, outputTokens: Int,
-        totalTokens: Int, costMicroUSD: Int, errorCode: String?, createdAt: Date = Date()
+        totalTokens: Int, costMicroUSD: Int, errorCode: String?, upstreamCostMicroUSD: Int = 0, attempts: Int = 0, createdAt: Date = Date()
     ) {
+        self.upstreamCostMicroUSD = upstreamCostMicroUSD
+        self.attempts = attempts
         self.keyID = keyID
         self.endpoint = endpoint
         self.model = model

@@ -17,8 +17,29 @@ public struct SQLStore: KeyStore, UsageLog, SignatureStore {
         self.database = database
     }
 
-    /// Creates the tables when they do not exist yet.
+    /// The schema changes, in order; each runs once, recorded in `nanogate_schema`. The first
+    /// is idempotent so databases made before versioning start at the right place.
+    static let migrations: [@Sendable (any SQLDatabase) async throws -> Void] = [
+        { database in try await SQLStore.createInitialTables(database) },
+        { database in
+            try await database.raw("ALTER TABLE usage_log ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0").run()
+            try await database.raw("ALTER TABLE usage_log ADD COLUMN upstream_cost_micro_usd BIGINT NOT NULL DEFAULT 0").run()
+        },
+    ]
+
+    /// Brings the schema up to the newest version.
     public func migrate() async throws {
+        try await database.raw("CREATE TABLE IF NOT EXISTS nanogate_schema (version INTEGER NOT NULL)").run()
+        struct Row: Decodable { var version: Int }
+        let current = try await database.raw("SELECT version FROM nanogate_schema").first(decoding: Row.self)?.version ?? 0
+        if current == 0 { try await database.raw("INSERT INTO nanogate_schema (version) VALUES (0)").run() }
+        for (index, migration) in Self.migrations.enumerated() where index + 1 > current {
+            try await migration(database)
+            try await database.raw("UPDATE nanogate_schema SET version = \(bind: index + 1)").run()
+        }
+    }
+
+    private static func createInitialTables(_ database: any SQLDatabase) async throws {
         try await database.raw("""
             CREATE TABLE IF NOT EXISTS api_keys (
                 id TEXT PRIMARY KEY,
@@ -145,10 +166,12 @@ public struct SQLStore: KeyStore, UsageLog, SignatureStore {
 
     public func record(_ entry: UsageRecord) async throws {
         try await database.raw("""
-            INSERT INTO usage_log (id, key_id, endpoint, model, status, images, input_tokens, output_tokens, total_tokens, cost_micro_usd, error_code, created_at)
+            INSERT INTO usage_log (id, key_id, endpoint, model, status, images, input_tokens, output_tokens, total_tokens, cost_micro_usd, error_code,
+                                   upstream_cost_micro_usd, attempts, created_at)
             VALUES (\(bind: UUID().uuidString.lowercased()), \(bind: entry.keyID), \(bind: entry.endpoint), \(bind: entry.model), \(bind: entry.status),
                     \(bind: entry.images), \(bind: entry.inputTokens), \(bind: entry.outputTokens), \(bind: entry.totalTokens),
-                    \(bind: Int64(entry.costMicroUSD)), \(bind: entry.errorCode), \(bind: Int64(entry.createdAt.timeIntervalSince1970)))
+                    \(bind: Int64(entry.costMicroUSD)), \(bind: entry.errorCode), \(bind: Int64(entry.upstreamCostMicroUSD)), \(bind: entry.attempts),
+                    \(bind: Int64(entry.createdAt.timeIntervalSince1970)))
             """).run()
     }
 
@@ -163,18 +186,22 @@ public struct SQLStore: KeyStore, UsageLog, SignatureStore {
         var total_tokens: Int
         var cost_micro_usd: Int64
         var error_code: String?
+        var upstream_cost_micro_usd: Int64
+        var attempts: Int
         var created_at: Int64
     }
 
     public func recentUsage(keyID: String, limit: Int) async throws -> [UsageRecord] {
         try await database.raw("""
-            SELECT key_id, endpoint, model, status, images, input_tokens, output_tokens, total_tokens, cost_micro_usd, error_code, created_at
+            SELECT key_id, endpoint, model, status, images, input_tokens, output_tokens, total_tokens, cost_micro_usd, error_code,
+                   upstream_cost_micro_usd, attempts, created_at
             FROM usage_log WHERE key_id = \(bind: keyID) ORDER BY created_at DESC, id LIMIT \(bind: limit)
             """).all(decoding: UsageRow.self).map {
                 UsageRecord(
                     keyID: $0.key_id, endpoint: $0.endpoint, model: $0.model, status: $0.status, images: $0.images,
                     inputTokens: $0.input_tokens, outputTokens: $0.output_tokens, totalTokens: $0.total_tokens,
                     costMicroUSD: Int($0.cost_micro_usd), errorCode: $0.error_code,
+                    upstreamCostMicroUSD: Int($0.upstream_cost_micro_usd), attempts: $0.attempts,
                     createdAt: Date(timeIntervalSince1970: TimeInterval($0.created_at))
                 )
             }
@@ -203,6 +230,10 @@ public final class SQLiteDatabaseHandle: Sendable {
         // (a power cut may lose the last usage lines, never the keys' consistency).
         _ = try await connection.query("PRAGMA synchronous=NORMAL")
         try await handle.store.migrate()
+        // Usage, keys and signatures of every user: owner only (the WAL files inherit the mode).
+        for suffix in ["", "-wal", "-shm"] where FileManager.default.fileExists(atPath: path + suffix) {
+            try FileManager.default.setAttributes([.posixPermissions: 0o600], ofItemAtPath: path + suffix)
+        }
         return handle
     }
 

@@ -14,28 +14,45 @@ public struct GeminiEventStream: AsyncSequence, Sendable {
 
     let body: HTTPClientResponse.Body
     let maxEventBytes: Int
+    /// When the whole stream must have ended (the request timeout, counted from the call).
+    public let deadline: ContinuousClock.Instant
+    let redact: @Sendable (String) -> String
 
-    public init(body: HTTPClientResponse.Body, maxEventBytes: Int) {
+    public init(body: HTTPClientResponse.Body, maxEventBytes: Int, deadline: ContinuousClock.Instant = .now.advanced(by: .seconds(300)), redact: @escaping @Sendable (String) -> String = { $0 }) {
         self.body = body
         self.maxEventBytes = maxEventBytes
+        self.deadline = deadline
+        self.redact = redact
     }
 
     public func makeAsyncIterator() -> Iterator {
-        Iterator(chunks: body.makeAsyncIterator(), maxEventBytes: maxEventBytes)
+        Iterator(chunks: body.makeAsyncIterator(), maxEventBytes: maxEventBytes, redact: redact)
+    }
+
+    /// Hands every event to `handle`, in order, and throws a timeout `GatewayError` if the
+    /// stream has not ended by `deadline` (a Google that sends its head and then stalls would
+    /// otherwise hold the request forever: AsyncHTTPClient's own deadline ends at the head).
+    public func consume(_ handle: @escaping @Sendable (GeminiWire.Response) async throws -> Void) async throws {
+        let timeout = GatewayError.timeout("Google's stream did not finish in time.")
+        try await Deadline.run(until: deadline, orThrow: timeout) {
+            for try await event in self { try await handle(event) }
+        }
     }
 
     public struct Iterator: AsyncIteratorProtocol {
         var chunks: HTTPClientResponse.Body.AsyncIterator
         let maxEventBytes: Int
+        let redact: @Sendable (String) -> String
         var buffer = ByteBuffer()
         /// Bytes of `buffer` already searched for a newline (so a long line is scanned once).
         var scanned = 0
         var event = ByteBuffer()
         var ended = false
 
-        init(chunks: HTTPClientResponse.Body.AsyncIterator, maxEventBytes: Int) {
+        init(chunks: HTTPClientResponse.Body.AsyncIterator, maxEventBytes: Int, redact: @escaping @Sendable (String) -> String) {
             self.chunks = chunks
             self.maxEventBytes = maxEventBytes
+            self.redact = redact
         }
 
         public mutating func next() async throws -> GeminiWire.Response? {
@@ -87,14 +104,15 @@ public struct GeminiEventStream: AsyncSequence, Sendable {
         mutating func dispatch() throws -> GeminiWire.Response? {
             guard event.readableBytes > 0 else { return nil }
             defer { event = ByteBuffer() }
+            let response: GeminiWire.Response
             do {
-                return try SplicedJSON.decode(GeminiWire.Response.self, from: event)
+                response = try SplicedJSON.decode(GeminiWire.Response.self, from: event)
             } catch {
-                if let envelope = try? JSONDecoder().decode(GeminiWire.ErrorEnvelope.self, from: event) {
-                    throw GatewayError.badGateway("Google failed mid-stream: \(envelope.error.message ?? "no message")")
-                }
                 throw GatewayError.badGateway("Google sent a streamed event the gateway could not read.")
             }
+            // `{"error":{…}}` inside the stream: Google failed after it started answering.
+            if let status = response.error { throw UpstreamPool.midStreamError(status, redact: redact) }
+            return response
         }
     }
 }

@@ -137,7 +137,7 @@ struct Keys: AsyncParsableCommand {
     static func withStore<T>(_ data: DataDirectoryOption, _ body: (SQLStore) async throws -> T) async throws -> T {
         var configuration = GatewayConfiguration.fromEnvironment()
         data.apply(to: &configuration)
-        try FileManager.default.createDirectory(at: configuration.dataDirectory, withIntermediateDirectories: true)
+        try createPrivateDirectory(configuration.dataDirectory)
         var logger = Logger(label: "nanogate")
         logger.logLevel = .warning
         let database = try await SQLiteDatabaseHandle.open(path: configuration.dataDirectory.appendingPathComponent("nanogate.sqlite").path, logger: logger)

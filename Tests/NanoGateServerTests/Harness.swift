@@ -8,6 +8,8 @@ import NanoGateStorage
 import NIOCore
 import NIOFoundationCompat
 import NIOHTTP1
+import NIOPosix
+import NanoGateCore
 import ServiceLifecycle
 import Upstream
 
@@ -85,6 +87,8 @@ func withGateway(
     googleKeys: [String] = ["google-key-1"],
     emulatorKeys: Set<String>? = ["google-key-1"],
     configure: (inout GatewayConfiguration) -> Void = { _ in },
+    hostLookup: @escaping HostLookup = systemHostLookup,
+    gatewayLogger: Logger? = nil,
     _ body: (Harness) async throws -> Void
 ) async throws {
     var logger = Logger(label: "test")
@@ -118,7 +122,7 @@ func withGateway(
 
         let (gatewayPorts, gatewayPort) = AsyncStream.makeStream(of: Int.self)
         let gateway = buildApplication(
-            configuration: configuration, dependencies: dependencies, logger: logger,
+            configuration: configuration, dependencies: dependencies, logger: gatewayLogger ?? logger, hostLookup: hostLookup,
             onServerRunning: { gatewayPort.yield($0.localAddress!.port!) }
         )
         let gatewayGroup = ServiceGroup(configuration: .init(services: [gateway], logger: logger))
@@ -135,10 +139,85 @@ func withGateway(
         } catch {
             await gatewayGroup.triggerGracefulShutdown()
             await emulatorGroup.triggerGracefulShutdown()
+            try? await tasks.waitForAll()
             throw error
         }
         await gatewayGroup.triggerGracefulShutdown()
         await emulatorGroup.triggerGracefulShutdown()
         try await tasks.waitForAll()
+    }
+}
+
+/// A small HTTP server of the test's own on `host` (any 127.x address works on Linux), for
+/// image hosts, redirectors and the like; `body` gets its port.
+func withLocalServer(
+    host: String = "127.0.0.1", _ routes: (Router<BasicRequestContext>) -> Void, _ body: (Int) async throws -> Void
+) async throws {
+    var logger = Logger(label: "test-server")
+    logger.logLevel = .critical
+    let router = Router()
+    routes(router)
+    let (ports, port) = AsyncStream.makeStream(of: Int.self)
+    let app = Application(router: router, configuration: .init(address: .hostname(host, port: 0)), onServerRunning: { port.yield($0.localAddress!.port!) }, logger: logger)
+    let group = ServiceGroup(configuration: .init(services: [app], logger: logger))
+    try await withThrowingTaskGroup(of: Void.self) { tasks in
+        tasks.addTask { try await group.run() }
+        var iterator = ports.makeAsyncIterator()
+        let bound = await iterator.next()!
+        do {
+            try await body(bound)
+        } catch {
+            await group.triggerGracefulShutdown()
+            try? await tasks.waitForAll()
+            throw error
+        }
+        await group.triggerGracefulShutdown()
+        try await tasks.waitForAll()
+    }
+}
+
+/// A raw TCP connection, for what an HTTP client library hides: interim responses, half-sent
+/// requests, whether the server closes.
+struct RawConnection {
+    let inbound: NIOAsyncChannelInboundStream<ByteBuffer>
+    let outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>
+
+    /// Connects to `port` on loopback and runs `body` with the connection.
+    static func with(port: Int, _ body: (RawConnection) async throws -> Void) async throws {
+        let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .connect(host: "127.0.0.1", port: port) { channel in
+                channel.eventLoop.makeCompletedFuture { try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel) }
+            }
+        try await channel.executeThenClose { inbound, outbound in
+            try await body(RawConnection(inbound: inbound, outbound: outbound))
+        }
+    }
+
+    func send(_ text: String) async throws {
+        try await outbound.write(ByteBuffer(string: text))
+    }
+
+    /// Everything the server sends until it closes the connection, or nil if it is still open
+    /// after `limit` (generous: the outcome must not depend on a busy machine's speed).
+    func readUntilClosed(limit: Duration = .seconds(20)) async throws -> String? {
+        let inbound = self.inbound
+        return try? await Deadline.run(until: .now.advanced(by: limit), orThrow: CancellationError()) {
+            var text = ""
+            for try await chunk in inbound { text += String(buffer: chunk) }
+            return text
+        }
+    }
+
+    /// Reads until the received text contains `marker` (or the connection ends, or `limit` passes).
+    func read(until marker: String, limit: Duration = .seconds(20)) async throws -> String {
+        let inbound = self.inbound
+        return (try? await Deadline.run(until: .now.advanced(by: limit), orThrow: CancellationError()) {
+            var text = ""
+            for try await chunk in inbound {
+                text += String(buffer: chunk)
+                if text.contains(marker) { break }
+            }
+            return text
+        }) ?? ""
     }
 }
