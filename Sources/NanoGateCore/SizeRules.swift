@@ -23,13 +23,17 @@ public struct ImageSpec: Sendable, Equatable {
 ///
 /// | model kind | `size` | `aspect_ratio` |
 /// |---|---|---|
-/// | 2.5 family | a ratio (`2:3`), its pixel size from the spec's table (`832x1248`), an OpenAI size (table below) | refused |
+/// | 2.5 family | a ratio (`2:3`), its pixel size from the spec's table (`832x1248`), an OpenAI size (table below) | a ratio, when `size` is absent or names the same ratio |
 /// | `nano-banana-pro`, `gemini-3-pro-image-preview` | `1k`/`2k`/`4k` (any case), a ratio (at 1K), a size from the 3-pro table, an OpenAI size | a ratio |
 /// | `nano-banana-pro-2k`/`-4k` | a ratio, the name's own tier, a size from that tier's table, an OpenAI size | a ratio |
 ///
 /// OpenAI sizes: `256x256`, `512x512`, `1024x1024` → 1:1; `1536x1024` → 3:2; `1024x1536` → 2:3;
 /// `1792x1024` → 16:9; `1024x1792` → 9:16. On 3-pro they pick the smallest tier whose long side
 /// reaches the requested one (so `1792x1024` is 16:9 at 2K). `auto` or no size: the model's default.
+///
+/// The same rule holds on every endpoint (images and chat): the 2.5 family also takes the ratio
+/// as `aspect_ratio` (as Google's API and OpenRouter's `image_config` do), so a client need not
+/// know which family it talks to; `size` and `aspect_ratio` naming different ratios is a 400.
 public enum SizeRules {
     public static func resolve(model: CatalogModel, size rawSize: String?, aspectRatio rawRatio: String?) throws(GatewayError) -> ImageSpec {
         let size = normalized(rawSize)
@@ -37,12 +41,6 @@ public enum SizeRules {
 
         var explicitRatio: AspectRatio?
         if let ratioField {
-            guard model.acceptsAspectRatio else {
-                throw .invalidParameter(
-                    "aspect_ratio",
-                    "'aspect_ratio' is only accepted by the 3-pro models; for '\(model.name)' put the ratio in 'size' (one of \(AspectRatio.accepted))."
-                )
-            }
             guard let ratio = AspectRatio(rawValue: ratioField) else {
                 throw .invalidParameter("aspect_ratio", "Invalid aspect_ratio '\(rawRatio ?? "")'. Accepted values: \(AspectRatio.accepted).")
             }
@@ -51,13 +49,17 @@ public enum SizeRules {
 
         switch model.sizeMode {
         case .ratioOrPixels:
-            guard let size else { return ImageSpec(aspectRatio: nil, imageSize: nil) }
-            if let ratio = AspectRatio(rawValue: size) { return ImageSpec(aspectRatio: ratio, imageSize: nil) }
-            if let ratio = PixelTables.flash25.first(where: { $0.value.description == size })?.key {
-                return ImageSpec(aspectRatio: ratio, imageSize: nil)
+            guard let size else { return ImageSpec(aspectRatio: explicitRatio, imageSize: nil) }
+            let ratio = AspectRatio(rawValue: size)
+                ?? PixelTables.flash25.first(where: { $0.value.description == size })?.key
+                ?? PixelTables.openAISizes[size]
+            guard let ratio else {
+                throw .invalidParameter("size", "Invalid size '\(rawSize ?? "")' for model '\(model.name)'. Accepted values: \(flashAccepted).")
             }
-            if let ratio = PixelTables.openAISizes[size] { return ImageSpec(aspectRatio: ratio, imageSize: nil) }
-            throw .invalidParameter("size", "Invalid size '\(rawSize ?? "")' for model '\(model.name)'. Accepted values: \(flashAccepted).")
+            if let explicitRatio, explicitRatio != ratio {
+                throw .invalidParameter("aspect_ratio", "aspect_ratio '\(explicitRatio.rawValue)' contradicts size '\(rawSize ?? "")' (\(ratio.rawValue)); send one of them.")
+            }
+            return ImageSpec(aspectRatio: ratio, imageSize: nil)
 
         case .tier:
             guard let size else { return ImageSpec(aspectRatio: explicitRatio, imageSize: .oneK) }

@@ -92,11 +92,9 @@ struct ChatController {
             throw .invalidParameter("messages", "Too many content parts: \(parts); at most \(Self.maxParts) are accepted.", code: "too_many_parts")
         }
 
-        var size = input.size ?? input.imageConfig?.imageSize
-        var ratio = input.aspectRatio ?? input.imageConfig?.aspectRatio
-        if !model.acceptsAspectRatio, let given = ratio, size == nil {
-            (size, ratio) = (given, nil)  // the 2.5 family takes its ratio in `size`
-        }
+        // The images API's rule (SizeRules), unchanged: chat adds only OpenRouter's spellings.
+        let size = input.size ?? input.imageConfig?.imageSize
+        let ratio = input.aspectRatio ?? input.imageConfig?.aspectRatio
         let spec = try SizeRules.resolve(model: model, size: size, aspectRatio: ratio)
         let format = try ImagesController.responseFormat(input.imageFormat, model: model, group: key.group)
 

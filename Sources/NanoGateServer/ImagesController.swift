@@ -17,9 +17,15 @@ struct ImagesController {
     /// The spec: image-to-image with 1 to 6 input images.
     static let maxEditImages = 6
 
+    /// The OpenAI paths and the spec's singular spellings (`/v1/image/generations`, its endpoint
+    /// table), one handler each.
+    static let pathPrefixes = ["images", "image"]
+
     func addRoutes(to group: RouterGroup<GatewayRequestContext>) {
-        group.post("images/generations", use: generations)
-        group.post("images/edits", use: edits)
+        for prefix in Self.pathPrefixes {
+            group.post("\(prefix)/generations", use: generations)
+            group.post("\(prefix)/edits", use: edits)
+        }
     }
 
     @Sendable func generations(_ request: Request, context: GatewayRequestContext) async throws -> Response {

@@ -162,7 +162,9 @@ struct InputImageLoader: Sendable {
         } else {
             addresses = (try? await resolver.addresses(of: host)) ?? []
         }
-        guard let address = addresses.first else { throw .invalidParameter(param, "The host of '\(param)' could not be resolved.", code: "image_fetch_failed") }
+        // IPv4 first: the connection goes to exactly one checked address, and servers that
+        // listen on one family only mostly listen on IPv4.
+        guard let address = addresses.first(where: { $0.count == 4 }) ?? addresses.first else { throw .invalidParameter(param, "The host of '\(param)' could not be resolved.", code: "image_fetch_failed") }
         if !limits.allowPrivateFetch {
             guard addresses.allSatisfy({ ip in AddressPolicy.isPublic(ip) || limits.allowedNetworks.contains { $0.contains(ip) } }) else {
                 throw .invalidParameter(param, "'\(param)' points to a loopback, private or reserved address, which this gateway does not fetch.", code: "forbidden_url")
@@ -175,6 +177,8 @@ struct InputImageLoader: Sendable {
         configuration.redirectConfiguration = .disallow
         configuration.timeout = .init(connect: .init(limits.fetchTimeout), read: .init(limits.fetchTimeout))
         configuration.dnsOverride = [host: AddressPolicy.text(address)]
+        // One address, one attempt: a refused connection fails now, not at the deadline.
+        configuration.connectionPool.retryConnectionEstablishment = false
         let client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
         let maxBytes = limits.maxImageBytes
         let outcome: Result<ByteBuffer, GatewayError>

@@ -43,9 +43,17 @@ import Testing
         }
     }
 
-    @Test func flashRefusesAspectRatioField() {
-        #expect(throws: GatewayError.self) {
-            try SizeRules.resolve(model: model("gemini-2.5-flash-image"), size: nil, aspectRatio: "16:9")
+    /// One rule on every endpoint: the 2.5 family takes the ratio as `aspect_ratio` too, and
+    /// a contradiction between the two fields is a 400 naming `aspect_ratio`.
+    @Test func flashTakesAspectRatioUnlessItContradictsSize() throws {
+        let flash = model("gemini-2.5-flash-image")
+        #expect(try SizeRules.resolve(model: flash, size: nil, aspectRatio: "16:9") == ImageSpec(aspectRatio: .landscape16x9, imageSize: nil))
+        #expect(try SizeRules.resolve(model: flash, size: "1344x768", aspectRatio: "16:9") == ImageSpec(aspectRatio: .landscape16x9, imageSize: nil))
+        #expect {
+            try SizeRules.resolve(model: flash, size: "3:2", aspectRatio: "16:9")
+        } throws: { error in
+            let error = error as! GatewayError
+            return error.status == 400 && error.param == "aspect_ratio" && error.message.contains("contradicts")
         }
     }
 

@@ -76,8 +76,12 @@ import Testing
         #expect(pro.generationConfig?.imageConfig == .init(aspectRatio: "16:9", imageSize: "4K"))
         let flash = ImageTranslation.geminiRequest(prompt: "p", spec: .init(aspectRatio: nil, imageSize: .fourK), family: .flash25)
         #expect(flash.generationConfig?.imageConfig == nil)
-        let encoded = String(decoding: try JSONEncoder().encode(pro), as: UTF8.self)
-        #expect(encoded.contains("\"imageConfig\"") && encoded.contains("\"responseModalities\""))
+        // Read back with an independent decoder: Google's names at Google's places.
+        let encoded = try #require(try JSONSerialization.jsonObject(with: Data(buffer: SplicedJSON.encodeJoined(pro))) as? [String: Any])
+        let config = try #require(encoded["generationConfig"] as? [String: Any])
+        #expect(config["responseModalities"] as? [String] == ["TEXT", "IMAGE"])
+        #expect(config["imageConfig"] as? [String: String] == ["aspectRatio": "16:9", "imageSize": "4K"])
+        #expect(Set(encoded.keys) == ["contents", "generationConfig"])
         #expect(pro.contents.first?.role == "user")
     }
 

@@ -29,8 +29,32 @@ import Upstream
         #expect(configuration.keepAliveInterval == .seconds(5))
     }
 
-    @Test func defaultsMatchTheREADME() {
+    /// The defaults in the README's configuration table are the ones the code uses.
+    @Test func defaultsMatchTheREADME() throws {
+        let readme = try String(contentsOf: URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../README.md"), encoding: .utf8)
+        // `| flag | `NAME` | meaning | `default` |` → NAME: default
+        var documented: [String: String] = [:]
+        for line in readme.split(separator: "\n") where line.hasPrefix("|") {
+            let cells = line.split(separator: "|", omittingEmptySubsequences: false).map { $0.trimmingCharacters(in: .whitespaces) }
+            guard cells.count >= 5, cells[2].hasPrefix("`NANOGATE_"), !cells[2].contains("/") else { continue }
+            documented[cells[2].trimmingCharacters(in: CharacterSet(charactersIn: "`"))] = cells[4].trimmingCharacters(in: CharacterSet(charactersIn: "`"))
+        }
         let configuration = GatewayConfiguration.fromEnvironment([:])
+        func seconds(_ duration: Duration) -> String { "\(duration.components.seconds)" }
+        let actual: [String: String] = [
+            "NANOGATE_HOST": configuration.host, "NANOGATE_PORT": "\(configuration.port)",
+            "NANOGATE_DATA_DIR": "./" + configuration.dataDirectory.lastPathComponent,
+            "NANOGATE_URL_TTL": seconds(configuration.urlTTL), "NANOGATE_GEMINI_BASE_URL": configuration.upstream.baseURL,
+            "NANOGATE_UPSTREAM_TIMEOUT": seconds(configuration.upstream.requestTimeout), "NANOGATE_UPSTREAM_ATTEMPTS": "\(configuration.upstream.maxAttempts)",
+            "NANOGATE_KEEPALIVE": seconds(configuration.keepAliveInterval), "NANOGATE_IDLE_TIMEOUT": seconds(configuration.idleTimeout),
+            "NANOGATE_FETCH_TIMEOUT": seconds(configuration.inputs.fetchTimeout), "NANOGATE_MAX_FETCHES": "\(configuration.inputs.maxConcurrentFetches)",
+            "NANOGATE_ALLOW_PRIVATE_FETCH": configuration.inputs.allowPrivateFetch ? "on" : "off",
+            "NANOGATE_ALLOW_HTTP_FETCH": configuration.inputs.allowPlainHTTP ? "on" : "off",
+            "NANOGATE_TRUST_FORWARDED": configuration.trustForwardedHeaders ? "on" : "off",
+        ]
+        for (name, value) in actual {
+            #expect(documented[name] == value, "\(name): README says \(documented[name] ?? "nothing"), the code uses \(value)")
+        }
         #expect(configuration.host == "127.0.0.1")
         #expect(configuration.port == 8080)
         #expect(configuration.dataDirectory.lastPathComponent == "nanogate-data")

@@ -265,7 +265,7 @@ import Upstream
             }
             try await RawConnection.with(port: port) { connection in
                 try await connection.send(head + "Authorization: Bearer \(gateway.defaultKey)\r\n\r\n")
-                let answer = try await connection.read(until: "\r\n\r\n")
+                let answer = try await connection.read(until: "\r\n\r\n", limit: .seconds(90))
                 #expect(answer.hasPrefix("HTTP/1.1 100"), "\(answer)")
             }
         }
