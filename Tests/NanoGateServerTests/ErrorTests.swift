@@ -20,7 +20,8 @@ import Upstream
         try await withGateway { gateway in
             let cases: [(body: String, status: Int, param: String?)] = [
                 (#"{"model":"nano-banana","prompt":"p","size":"7:3"}"#, 400, "size"),
-                (#"{"model":"nano-banana","prompt":"p","aspect_ratio":"16:9"}"#, 400, "aspect_ratio"),
+                (#"{"model":"nano-banana","prompt":"p","size":"3:2","aspect_ratio":"16:9"}"#, 400, "aspect_ratio"),
+                (#"{"model":"nano-banana","prompt":"p","aspect_ratio":"7:3"}"#, 400, "aspect_ratio"),
                 (#"{"model":"nano-banana-pro","prompt":"p","size":"8k"}"#, 400, "size"),
                 (#"{"model":"nano-banana-pro","prompt":"p","aspect_ratio":"2:1"}"#, 400, "aspect_ratio"),
                 (#"{"model":"nano-banana","prompt":"p","n":5}"#, 400, "n"),
