@@ -140,6 +140,8 @@ let package = Package(
             dependencies: [
                 "NanoGateServer", "NanoGateStorage", "GeminiEmulator", "NanoGateCore", "Upstream",
                 .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdTesting", package: "hummingbird"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),

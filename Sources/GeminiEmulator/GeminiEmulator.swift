@@ -5,7 +5,7 @@ import ExtrasBase64
 import Foundation
 import NIOCore
 import NIOFoundationCompat
-import NIOPosix
+public import NIOPosix
 import Synchronization
 
 /// How the offline Gemini behaves.
@@ -14,18 +14,33 @@ public struct EmulatorConfiguration: Sendable {
     public var acceptedKeys: Set<String>?
     /// Time each generation takes (0 for benchmarks).
     public var latency: Duration
-    /// Model ids it serves as 2.5 Flash Image and 3 Pro Image.
+    /// Model id it serves as 2.5 Flash Image.
     public var flashModel: String
+    /// Model id it serves as 3 Pro Image.
     public var proModel: String
+    /// Model id it serves as 3.1 Flash Image (the one with `imageSize` `512` and 14 ratios).
+    public var flash31Model: String
+    /// Where PNGs are made (seconds of CPU at 4K). In tests the gateway runs in the same process
+    /// and its SQLite work uses NIO's shared pool: a pool of the emulator's own keeps the
+    /// gateway's queries from queueing behind image encodes.
+    public var renderThreadPool: NIOThreadPool = .singleton
 
+    /// A configuration; the defaults accept any key and answer at once.
     public init(
         acceptedKeys: Set<String>? = nil, latency: Duration = .zero,
-        flashModel: String = "gemini-2.5-flash-image", proModel: String = "gemini-3-pro-image-preview"
+        flashModel: String = "gemini-2.5-flash-image", proModel: String = "gemini-3-pro-image-preview",
+        flash31Model: String = "gemini-3.1-flash-image"
     ) {
         self.acceptedKeys = acceptedKeys
         self.latency = latency
         self.flashModel = flashModel
         self.proModel = proModel
+        self.flash31Model = flash31Model
+    }
+
+    /// The models it serves, by id.
+    var models: [String: GoogleImageModel] {
+        [flashModel: .flash25, proModel: .pro3, flash31Model: .flash31]
     }
 }
 
@@ -33,15 +48,30 @@ public struct EmulatorConfiguration: Sendable {
 public final class EmulatorRecorder: Sendable {
     /// One received `generateContent` call.
     public struct Call: Sendable {
+        /// The model id in the path.
         public var model: String
+        /// The `x-goog-api-key` header.
         public var apiKey: String?
+        /// The body read with the gateway's own `GeminiWire` types (convenient, but lenient: it
+        /// cannot show a misspelt field; use `json` or `request` for that).
         public var body: GeminiWire.Request
+        /// The body exactly as received.
+        public var rawBody: ByteBuffer
+        /// The emulator's own reading of the body (Google's rules); nil when it refused the body.
+        public var request: GoogleRequest?
+
+        /// The body as plain JSON objects (`[String: Any]` trees), keys exactly as the gateway spelled them.
+        public var json: [String: any Sendable] {
+            (try? JSONSerialization.jsonObject(with: Data(buffer: rawBody))) as? [String: any Sendable] ?? [:]
+        }
     }
 
     private let calls = Mutex<[Call]>([])
 
+    /// An empty recorder.
     public init() {}
 
+    /// Every call received so far, oldest first.
     public var all: [Call] { calls.withLock { $0 } }
 
     func append(_ call: Call) {
@@ -80,6 +110,10 @@ struct Directives {
 }
 
 /// The offline Gemini API: `POST /v1beta/models/{model}:generateContent`.
+///
+/// Requests are read by `GoogleRequest` (Google's documented format and its proto-JSON rules,
+/// independent of the gateway's types) and checked against the emulator's own model table
+/// (`GoogleImageModel`); images are rendered at the pixels of that table.
 public struct GeminiEmulator: Sendable {
     let configuration: EmulatorConfiguration
     let recorder: EmulatorRecorder?
@@ -87,11 +121,12 @@ public struct GeminiEmulator: Sendable {
 
     /// Mutable state shared by all requests: generated images by size, `flaky` call counts.
     final class State: Sendable {
-        let images = Mutex<[PixelSize: ByteBuffer]>([:])
+        let images = Mutex<[EmulatorPixels: ByteBuffer]>([:])
         let flakyCalls = Mutex<[String: Int]>([:])
         let signatures = Mutex<Set<String>>([])
     }
 
+    /// An emulator; `recorder`, if given, keeps every call for tests.
     public init(configuration: EmulatorConfiguration, recorder: EmulatorRecorder? = nil) {
         self.configuration = configuration
         self.recorder = recorder
@@ -104,11 +139,12 @@ public struct GeminiEmulator: Sendable {
             try await self.handle(request, context: context)
         }
         router.get("/v1beta/models") { _, _ in
-            Self.json(["models": [configuration.flashModel, configuration.proModel].map { ["name": "models/\($0)"] }])
+            Self.json(["models": [configuration.flashModel, configuration.proModel, configuration.flash31Model].map { ["name": "models/\($0)"] }])
         }
         return router
     }
 
+    /// One `generateContent`/`streamGenerateContent` call: model, key, Google's parse, checks, faults, answer.
     func handle(_ request: Request, context: BasicRequestContext) async throws -> Response {
         let target = context.parameters.get("target") ?? ""
         let pieces = target.split(separator: ":", maxSplits: 1).map(String.init)
@@ -119,16 +155,13 @@ public struct GeminiEmulator: Sendable {
         let model = pieces[0]
         let apiKey = request.headers[.init("x-goog-api-key")!]
         let bodyBytes = try await request.body.collect(upTo: 128 * 1024 * 1024)
-        let decoded = Result { try SplicedJSON.decode(GeminiWire.Request.self, from: bodyBytes) }
-        if case .success(let body) = decoded {
-            recorder?.append(.init(model: model, apiKey: apiKey, body: body))
+        let parsed = GoogleRequest.parse(bodyBytes)
+        if let recorder, let wire = try? SplicedJSON.decode(GeminiWire.Request.self, from: bodyBytes) {
+            recorder.append(.init(model: model, apiKey: apiKey, body: wire, rawBody: bodyBytes, request: try? parsed.get()))
         }
 
-        let family: ModelFamily
-        switch model {
-        case configuration.flashModel: family = .flash25
-        case configuration.proModel: family = .pro3
-        default: return Self.error(404, "NOT_FOUND", "models/\(model) is not found for API version v1beta, or is not supported for generateContent.")
+        guard let spec = configuration.models[model] else {
+            return Self.error(404, "NOT_FOUND", "models/\(model) is not found for API version v1beta, or is not supported for generateContent.")
         }
         guard let apiKey, !apiKey.isEmpty else {
             return Self.error(403, "PERMISSION_DENIED", "Method doesn't allow unregistered callers (callers without established identity). Please use API Key or other form of API consumer identity to call this API.")
@@ -136,16 +169,16 @@ public struct GeminiEmulator: Sendable {
         if let accepted = configuration.acceptedKeys, !accepted.contains(apiKey) {
             return Self.error(400, "INVALID_ARGUMENT", "API key not valid. Please pass a valid API key.", reason: "API_KEY_INVALID")
         }
-        let body: GeminiWire.Request
-        switch decoded {
-        case .success(let decodedBody): body = decodedBody
-        case .failure(let error): return Self.error(400, "INVALID_ARGUMENT", "Invalid JSON payload received. \(error)")
+        let body: GoogleRequest
+        switch parsed {
+        case .success(let read): body = read
+        case .failure(let refusal): return Self.badRequest(refusal)
         }
-        if let problem = validate(body, family: family) {
+        if let problem = validate(body, model: spec, id: model) {
             return Self.error(400, "INVALID_ARGUMENT", problem)
         }
 
-        let promptText = body.contents.flatMap { $0.parts ?? [] }.compactMap(\.text).joined(separator: "\n")
+        let promptText = body.promptText
         let directives = Directives(text: promptText)
         if let milliseconds = directives.values["slow"].flatMap(Int.init) {
             try await Task.sleep(for: .milliseconds(milliseconds))
@@ -153,52 +186,71 @@ public struct GeminiEmulator: Sendable {
             try await Task.sleep(for: configuration.latency)
         }
         if let fault = faultResponse(directives, prompt: promptText) { return fault }
-        if family == .pro3, let problem = missingSignature(body) {
+        if spec.thinks, let problem = missingSignature(body) {
             return Self.error(400, "INVALID_ARGUMENT", problem)
         }
-        let response = await generate(body, family: family, model: model, directives: directives, promptText: promptText)
-        if family == .pro3 {
+        let response = await generate(body, model: spec, id: model, directives: directives, promptText: promptText)
+        if spec.thinks {
             let issued = (response.candidates ?? []).flatMap { $0.content?.parts ?? [] }.compactMap(\.thoughtSignature)
             state.signatures.withLock { $0.formUnion(issued) }
         }
         return streaming ? Self.stream(response) : Self.encode(response)
     }
 
-    /// What Google rejects with 400 INVALID_ARGUMENT (the parts a gateway could get wrong).
-    func validate(_ body: GeminiWire.Request, family: ModelFamily) -> String? {
-        guard !body.contents.isEmpty, body.contents.allSatisfy({ !($0.parts ?? []).isEmpty }) else {
+    /// MIME types Google takes for input images (§A2; GIF is refused).
+    static let inputImageTypes: Set<String> = ["image/png", "image/jpeg", "image/webp", "image/heic", "image/heif"]
+
+    /// What Google rejects with 400 INVALID_ARGUMENT after the body has parsed: the checks of
+    /// meaning a gateway could get wrong, against the emulator's own table for `model`.
+    func validate(_ body: GoogleRequest, model: GoogleImageModel, id: String) -> String? {
+        guard !body.contents.isEmpty else {
             return "* GenerateContentRequest.contents: contents is not specified"
         }
-        for content in body.contents {
-            guard let role = content.role, ["user", "model"].contains(role) else {
+        for (contentIndex, content) in body.contents.enumerated() {
+            guard !content.parts.isEmpty else {
+                return "* GenerateContentRequest.contents[\(contentIndex)].parts: contents.parts must not be empty."
+            }
+            // The Gemini API tolerates a missing role on a lone user turn (§A2); otherwise user or model.
+            let role = content.role ?? ""
+            guard ["user", "model"].contains(role) || (role.isEmpty && body.contents.count == 1) else {
                 return "Please use a valid role: user, model."
             }
-            for part in content.parts ?? [] {
-                if let inline = part.inlineData {
-                    guard ["image/png", "image/jpeg", "image/webp", "image/heic", "image/heif"].contains(inline.mimeType) else {
-                        return "Unsupported MIME type: \(inline.mimeType)"
-                    }
-                    guard (try? Base64.decode(bytes: inline.data.bytes.readableBytesView)) != nil else {
-                        return "Invalid value at 'contents[0].parts[0].inline_data.data' (TYPE_BYTES), Base64 decoding failed"
-                    }
+            for (partIndex, part) in content.parts.enumerated() {
+                let path = "GenerateContentRequest.contents[\(contentIndex)].parts[\(partIndex)]"
+                guard part.dataField != nil else {
+                    return "* \(path).data: required oneof field 'data' must have one initialized field"
+                }
+                if let inline = part.inlineData, !Self.inputImageTypes.contains(inline.mimeType) {
+                    return "Unsupported MIME type: \(inline.mimeType)"
+                }
+                if part.fileData != nil {
+                    return "* \(path).file_data.file_uri: the emulator holds no uploaded files; send the image as inlineData"
                 }
             }
         }
-        if let count = body.generationConfig?.candidateCount, count > 1 {
-            return "Multiple candidates is not enabled for models/\(family == .pro3 ? configuration.proModel : configuration.flashModel)"
+        guard let config = body.generationConfig else { return nil }
+        if let count = config.candidateCount, count > 1 {
+            return "Multiple candidates is not enabled for models/\(id)"
         }
-        if let image = body.generationConfig?.imageConfig {
-            if let ratio = image.aspectRatio, AspectRatio(rawValue: ratio) == nil {
+        if let modalities = config.responseModalities, let other = modalities.first(where: { !["TEXT", "IMAGE"].contains($0) }) {
+            return "The requested combination of response modalities (\(other)) is not supported by the model models/\(id)."
+        }
+        if let image = config.imageConfig {
+            if let ratio = image.aspectRatio, !model.aspectRatios.contains(ratio) {
                 return "* GenerateContentRequest.generation_config.image_config.aspect_ratio: unsupported aspect ratio \(ratio)"
             }
             if let size = image.imageSize {
-                if family == .flash25 { return "* GenerateContentRequest.generation_config.image_config.image_size: not supported by this model" }
-                if ImageSize(rawValue: size) == nil { return "* GenerateContentRequest.generation_config.image_config.image_size: invalid value \(size); use 1K, 2K or 4K" }
+                if model.imageSizes.isEmpty { return "* GenerateContentRequest.generation_config.image_config.image_size: not supported by this model" }
+                if !model.imageSizes.contains(size) {
+                    let accepted = model.imageSizes.dropLast().joined(separator: ", ") + " or " + model.imageSizes.last!
+                    return "* GenerateContentRequest.generation_config.image_config.image_size: invalid value \(size); use \(accepted)"
+                }
             }
         }
         return nil
     }
 
+    /// The error or garbage a fault directive asks for, if any.
     func faultResponse(_ directives: Directives, prompt: String) -> Response? {
         var code = directives.values.keys.first { ["429", "500", "503"].contains($0) }
         if let flaky = directives.values["flaky"] {
@@ -229,10 +281,12 @@ public struct GeminiEmulator: Sendable {
         return nil
     }
 
-    func generate(_ body: GeminiWire.Request, family: ModelFamily, model: String, directives: Directives, promptText: String) async -> GeminiWire.Response {
-        let inputImages = body.contents.flatMap { $0.parts ?? [] }.compactMap(\.inlineData)
+    /// Google's answer to an accepted request: pixels and tokens from the emulator's table for the
+    /// model, thought parts and signatures for the thinking models, fault directives applied.
+    func generate(_ body: GoogleRequest, model spec: GoogleImageModel, id model: String, directives: Directives, promptText: String) async -> GeminiWire.Response {
+        let inputImages = body.inlineImages
         let textTokens = max(1, promptText.utf8.count / 4)
-        let imageTokensIn = inputImages.count * (family == .pro3 ? 560 : 258)
+        let imageTokensIn = inputImages.count * spec.inputImageTokens
         var promptDetails = [GeminiWire.ModalityTokenCount(modality: "TEXT", tokenCount: textTokens)]
         if imageTokensIn > 0 { promptDetails.append(.init(modality: "IMAGE", tokenCount: imageTokensIn)) }
         let promptTokens = textTokens + imageTokensIn
@@ -256,32 +310,35 @@ public struct GeminiEmulator: Sendable {
         }
 
         let imageConfig = body.generationConfig?.imageConfig
-        let size = family == .pro3 ? (imageConfig?.imageSize.flatMap(ImageSize.init(rawValue:)) ?? .oneK) : nil
-        let ratio = imageConfig?.aspectRatio.flatMap(AspectRatio.init(rawValue:)) ?? inputRatio(inputImages) ?? .square
-        let pixels = family.pixels(ratio, size)
-        let imageTokens = family.outputImageTokens(size)
-        let caption = "Here is your image."
+        let size = spec.imageSizes.isEmpty ? nil : (imageConfig?.imageSize ?? spec.defaultSize)
+        let ratio = imageConfig?.aspectRatio ?? inputRatio(inputImages, among: spec.aspectRatios) ?? "1:1"
+        // validate() let only table values through, so the lookup cannot miss.
+        let pixels = spec.pixels(ratio: ratio, size: size) ?? EmulatorPixels(1024, 1024)
+        let wantsImage = body.generationConfig?.responseModalities.flatMap { $0.isEmpty ? nil : $0.contains("IMAGE") } ?? true
+        let imageTokens = wantsImage ? spec.outputImageTokens(size: size) : 0
+        let caption = wantsImage ? "Here is your image." : "I can only describe it in words: \(promptText.prefix(80))"
         let captionTokens = 5
-        let thoughtTokens = family == .pro3 ? 212 : 0
+        let thoughtTokens = spec.thinks ? 212 : 0
 
-        let imageBase64 = Base64Text(bytes: directives.has("jpeg") ? ByteBuffer(string: Self.jpegBase64) : await base64Image(pixels))
         let mimeType = "image/png"  // also for `jpeg`: Gemini has been seen labelling JPEG bytes image/png
         var parts: [GeminiWire.Part] = []
-        if family == .pro3 {
+        if spec.thinks {
             parts.append(.init(text: "**Composing the scene**\n\nPlanning the layout for: \(promptText.prefix(80))", thought: true))
-            parts.append(.init(inlineData: .init(mimeType: "image/png", data: Base64Text(Self.thoughtImage)), thought: true))
-            parts.append(.init(text: caption, thoughtSignature: Self.signature("text", responseID)))
-            parts.append(.init(inlineData: .init(mimeType: mimeType, data: imageBase64), thoughtSignature: Self.signature("image", responseID)))
-        } else {
-            parts.append(.init(text: caption))
-            parts.append(.init(inlineData: .init(mimeType: mimeType, data: imageBase64)))
+            if spec.line == .pro3 {
+                parts.append(.init(inlineData: .init(mimeType: "image/png", data: Base64Text(Self.thoughtImage)), thought: true))
+            }
+        }
+        parts.append(.init(text: caption, thoughtSignature: spec.thinks ? Self.signature("text", responseID) : nil))
+        if wantsImage {
+            let imageBase64 = Base64Text(bytes: directives.has("jpeg") ? ByteBuffer(string: Self.jpegBase64) : await base64Image(pixels))
+            parts.append(.init(inlineData: .init(mimeType: mimeType, data: imageBase64), thoughtSignature: spec.thinks ? Self.signature("image", responseID) : nil))
         }
         let usage = GeminiWire.UsageMetadata(
             promptTokenCount: promptTokens, candidatesTokenCount: imageTokens + captionTokens,
             thoughtsTokenCount: thoughtTokens == 0 ? nil : thoughtTokens,
             totalTokenCount: promptTokens + imageTokens + captionTokens + thoughtTokens,
             promptTokensDetails: promptDetails,
-            candidatesTokensDetails: [.init(modality: "IMAGE", tokenCount: imageTokens), .init(modality: "TEXT", tokenCount: captionTokens)]
+            candidatesTokensDetails: (wantsImage ? [.init(modality: "IMAGE", tokenCount: imageTokens)] : []) + [.init(modality: "TEXT", tokenCount: captionTokens)]
         )
         let response = GeminiWire.Response(
             candidates: [.init(content: .init(role: "model", parts: parts), finishReason: "STOP", index: 0)],
@@ -293,10 +350,10 @@ public struct GeminiEmulator: Sendable {
 
     /// Google's rule for Gemini 3 multi-turn: every model turn's first non-thought part and each
     /// of its images must carry a signature Google issued (or the documented bypass value).
-    func missingSignature(_ body: GeminiWire.Request) -> String? {
+    func missingSignature(_ body: GoogleRequest) -> String? {
         let issued = state.signatures.withLock { $0 }
         for (contentIndex, content) in body.contents.enumerated() where content.role == "model" {
-            let parts = content.parts ?? []
+            let parts = content.parts
             let firstAnswerPart = parts.firstIndex { $0.thought != true }
             for (partIndex, part) in parts.enumerated() where part.thought != true && (partIndex == firstAnswerPart || part.inlineData != nil) {
                 guard let signature = part.thoughtSignature else {
@@ -350,32 +407,35 @@ public struct GeminiEmulator: Sendable {
         )
     }
 
-    /// The ratio of the first input image, as Gemini follows the input when no ratio is asked for.
-    func inputRatio(_ images: [GeminiWire.InlineData]) -> AspectRatio? {
-        guard let first = images.first, let bytes = try? Base64.decode(bytes: first.data.bytes.readableBytesView), let size = PNGEncoder.dimensions(of: bytes) else { return nil }
+    /// The ratio (of `ratios`) nearest the first input image's, as Gemini follows the input when no ratio is asked for.
+    func inputRatio(_ images: [GoogleRequest.Blob], among ratios: [String]) -> String? {
+        guard let first = images.first else { return nil }
+        // The PNG header (24 bytes) is in the first 32 base64 characters; bytes may be URL-safe base64.
+        let head = String(first.data.prefix(32)).replacingOccurrences(of: "-", with: "+").replacingOccurrences(of: "_", with: "/")
+        guard let bytes = Data(base64Encoded: head), let size = PNGEncoder.dimensions(of: bytes) else { return nil }
         let wanted = log(Double(size.width) / Double(size.height))
-        return AspectRatio.allCases.min { lhs, rhs in
-            abs(Self.logRatio(lhs) - wanted) < abs(Self.logRatio(rhs) - wanted)
-        }
+        return ratios.min { abs(Self.logRatio($0) - wanted) < abs(Self.logRatio($1) - wanted) }
     }
 
-    static func logRatio(_ ratio: AspectRatio) -> Double {
-        let sides = ratio.rawValue.split(separator: ":").compactMap { Double($0) }
+    /// ln(width/height) of a ratio such as `16:9`.
+    static func logRatio(_ ratio: String) -> Double {
+        let sides = ratio.split(separator: ":").compactMap { Double($0) }
         return log(sides[0] / sides[1])
     }
 
     /// Base64 of a PNG of this size, made once per size and kept. Making one takes seconds at 4K,
     /// so it runs on NIO's thread pool, never on the Swift concurrency pool whose few threads
     /// also run every timer and handler of the process.
-    func base64Image(_ pixels: PixelSize) async -> ByteBuffer {
+    func base64Image(_ pixels: EmulatorPixels) async -> ByteBuffer {
         if let cached = state.images.withLock({ $0[pixels] }) { return cached }
-        let encoded = (try? await NIOThreadPool.singleton.runIfActive {
+        let encoded = (try? await configuration.renderThreadPool.runIfActive {
             ByteBuffer(bytes: Base64.encodeToBytes(bytes: PNGEncoder.photoLike(width: pixels.width, height: pixels.height)))
         }) ?? ByteBuffer(bytes: Base64.encodeToBytes(bytes: PNGEncoder.photoLike(width: pixels.width, height: pixels.height)))
         state.images.withLock { $0[pixels] = encoded }
         return encoded
     }
 
+    /// The emulator's thought signature for one part of one response (base64, recognisable in tests).
     static func signature(_ kind: String, _ responseID: String) -> String {
         Data("emulator-signature:\(kind):\(responseID)".utf8).base64EncodedString()
     }
@@ -392,6 +452,21 @@ public struct GeminiEmulator: Sendable {
         Response(status: .ok, headers: [.contentType: "application/json; charset=UTF-8"], body: .init(byteBuffer: try! SplicedJSON.encodeJoined(response)))
     }
 
+    /// Google's answer to a body its JSON front end refuses: 400 with `google.rpc.BadRequest` field violations.
+    static func badRequest(_ refusal: GoogleRequestError) -> Response {
+        let violations = refusal.violations.map { violation -> [String: any Sendable] in
+            var entry: [String: any Sendable] = ["description": violation.description]
+            if let field = violation.field { entry["field"] = field }
+            return entry
+        }
+        let error: [String: any Sendable] = [
+            "code": 400, "message": refusal.message, "status": "INVALID_ARGUMENT",
+            "details": [["@type": "type.googleapis.com/google.rpc.BadRequest", "fieldViolations": violations] as [String: any Sendable]],
+        ]
+        return json(["error": error], status: .badRequest)
+    }
+
+    /// A `google.rpc.Status` error body, with an `ErrorInfo` when `reason` is given.
     static func error(_ code: Int, _ status: String, _ message: String, reason: String? = nil) -> Response {
         var error: [String: any Sendable] = ["code": code, "message": message, "status": status]
         if let reason {
@@ -400,6 +475,7 @@ public struct GeminiEmulator: Sendable {
         return json(["error": error], status: .init(code: code))
     }
 
+    /// A JSON response.
     static func json(_ object: [String: any Sendable], status: HTTPResponse.Status = .ok) -> Response {
         let data = try! JSONSerialization.data(withJSONObject: object, options: [.withoutEscapingSlashes])
         return Response(status: status, headers: [.contentType: "application/json; charset=UTF-8"], body: .init(byteBuffer: ByteBuffer(data: data)))

@@ -8,13 +8,13 @@ import NIOHTTPTypes
 ///   (`sendContinue(on:)`, called by the authenticator), so an unauthenticated client is never
 ///   invited to upload. curl waits a full second for the interim response before every upload
 ///   over 1 MiB, so an accepted key gets it at once.
-/// - A response marked `Connection: close` (401, 408, 413) ends the connection at most
-///   `lingerTime` after it was written, instead of letting the server read (drain) the rest of
-///   a body nobody will use for as long as the client sends it: an endless chunked upload would
-///   otherwise hold the connection forever. Until then the rest of the body is still read and
-///   dropped (a bounded drain, like nginx's lingering close), so a client that finishes its
-///   upload before reading the answer (AsyncHTTPClient, Python's http.client) sees the 413
-///   rather than a reset.
+/// - A response marked `Connection: close` (401, 408, 413) ends the connection instead of
+///   letting the server read (drain) the rest of a body nobody will use for as long as the
+///   client sends it: an endless chunked upload would otherwise hold the connection forever.
+///   Like nginx's lingering close, the rest of the body is still read and dropped for a while,
+///   so a client that finishes its upload before reading the answer (AsyncHTTPClient, Python's
+///   http.client) sees the 413 rather than a reset: the connection closes `lingerPause` after
+///   the client's last byte, and `lingerTime` after the answer at the latest.
 final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPRequestPart
     typealias InboundOut = HTTPRequestPart
@@ -24,6 +24,9 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
     private var context: ChannelHandlerContext?
     private var continuePending = false
     private var closeAfterResponse = false
+    /// Set once an answer marked `Connection: close` was written: when the connection ends.
+    private var lingerDeadline: NIODeadline?
+    private var lingerTimer: Scheduled<Void>?
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
@@ -31,9 +34,11 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
 
     func handlerRemoved(context: ChannelHandlerContext) {
         self.context = nil
+        lingerTimer?.cancel()
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if lingerDeadline != nil { scheduleLingerClose(context) }
         if case .head(let head) = unwrapInboundIn(data) {
             continuePending = head.headerFields[.expect]?.lowercased() == "100-continue"
         }
@@ -59,15 +64,25 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
             let written = context.eventLoop.makePromise(of: Void.self)
             written.futureResult.cascade(to: promise)
             context.writeAndFlush(data, promise: written)
-            let linger = Self.lingerTime
-            written.futureResult.whenComplete { _ in
-                context.eventLoop.assumeIsolated().scheduleTask(in: linger) { context.close(promise: nil) }
+            written.futureResult.assumeIsolated().whenComplete { _ in
+                self.lingerDeadline = .now() + Self.lingerTime
+                self.scheduleLingerClose(context)
             }
         }
     }
 
-    /// How long the input of a connection ended after an error is still read (and dropped).
-    static let lingerTime = TimeAmount.seconds(5)
+    /// Longest time a connection ended after an error is still read (and dropped).
+    static let lingerTime = TimeAmount.seconds(30)
+    /// Longest pause in the client's upload before such a connection is closed.
+    static let lingerPause = TimeAmount.seconds(5)
+
+    /// (Re)arms the close: `lingerPause` from now, never past `lingerDeadline`.
+    private func scheduleLingerClose(_ context: ChannelHandlerContext) {
+        guard let deadline = lingerDeadline else { return }
+        lingerTimer?.cancel()
+        let at = min(deadline, .now() + Self.lingerPause)
+        lingerTimer = context.eventLoop.assumeIsolated().scheduleTask(deadline: at) { context.close(promise: nil) }
+    }
 
     /// Sends `100 Continue` if the current request asked for it and nothing was answered yet.
     private func sendContinue() {

@@ -115,7 +115,7 @@ public final class UpstreamPool: Sendable {
             } catch is NIOTooManyBytesError {
                 return .failure(.init(error: .badGateway("Google's answer was larger than \(limit) bytes."), disposition: .fatal))
             } catch {
-                return .failure(Self.transportFailure(error, timeout: timeout, redact: redact))
+                return .failure(Self.transportFailure(error, timeout: timeout))
             }
             let decoded: GeminiWire.Response
             do {
@@ -269,11 +269,12 @@ public final class UpstreamPool: Sendable {
             let errorBody = (try? await response.body.collect(upTo: 1024 * 1024)) ?? ByteBuffer()
             return .failure(Self.classify(status: Int(response.status.code), envelope: Self.errorEnvelope(in: errorBody), redact: redactor, logger: logger))
         } catch {
-            return .failure(Self.transportFailure(error, timeout: configuration.requestTimeout, redact: redactor))
+            return .failure(Self.transportFailure(error, timeout: configuration.requestTimeout))
         }
     }
 
-    private static func transportFailure(_ error: any Error, timeout: Duration, redact: @Sendable (String) -> String) -> AttemptFailure {
+    /// A failure below HTTP. The message names no host or address: it reaches clients.
+    private static func transportFailure(_ error: any Error, timeout: Duration) -> AttemptFailure {
         if error is CancellationError { return .init(error: .clientDisconnected, disposition: .fatal) }
         if let error = error as? HTTPClientError {
             if error == .cancelled { return .init(error: .clientDisconnected, disposition: .fatal) }
@@ -285,8 +286,6 @@ public final class UpstreamPool: Sendable {
                 return .init(error: .timeout("Google did not answer within \(timeout)."), disposition: .fatal)
             }
         }
-        // No host names or addresses in the message: it reaches clients.
-        _ = redact
         return .init(error: .badGateway("Could not reach Google (the connection failed)."), disposition: .retryAfterBackoff)
     }
 

@@ -52,7 +52,7 @@ import Testing
             let input = try await Self.png(gateway, size: "16:9")
             let reply = try await Self.postMultipart(gateway, fields: [("model", "nano-banana"), ("prompt", "add a hat"), ("response_format", "b64_json")], files: [("image", input)])
             #expect(reply.status == 200, "\(reply.text.prefix(300))")
-            #expect(Harness.pngSize(try await gateway.imageBytes(reply))! == (1344, 768))
+            #expect(Harness.pngSize(try await gateway.imageBytes(reply)) == (1344, 768))
             // Sent as PNG although the part said application/octet-stream: the type is sniffed.
             #expect(lastCallImages(gateway) == ["image/png"])
             #expect(gateway.recorder.all.last?.body.generationConfig?.imageConfig == nil)
@@ -66,7 +66,7 @@ import Testing
             let six = try await Self.postMultipart(gateway, fields: fields, files: Array(repeating: ("image[]", input), count: 6))
             #expect(six.status == 200, "\(six.text.prefix(300))")
             #expect(lastCallImages(gateway).count == 6)
-            #expect(Harness.pngSize(try await gateway.imageBytes(six))! == (2528, 1696))
+            #expect(Harness.pngSize(try await gateway.imageBytes(six)) == (2528, 1696))
             #expect((six.usage["input_tokens_details"] as! [String: Int])["image_tokens"] == 6 * 560)
 
             let callsBefore = gateway.recorder.all.count
@@ -135,7 +135,7 @@ import Testing
             let dataURL = "data:image/png;base64," + Data(input).base64EncodedString()
             let byData = try await gateway.post("/v1/images/edits", json: #"{"model":"nano-banana","prompt":"p","images":[{"image_url":"\#(dataURL)"}],"response_format":"b64_json"}"#)
             #expect(byData.status == 200, "\(byData.text.prefix(300))")
-            #expect(Harness.pngSize(try await gateway.imageBytes(byData))! == (768, 1344))
+            #expect(Harness.pngSize(try await gateway.imageBytes(byData)) == (768, 1344))
 
             let generated = try await gateway.generate(#"{"model":"nano-banana","prompt":"p","size":"3:2","response_format":"url"}"#)
             let ownURL = generated.data[0]["url"] as! String
@@ -156,7 +156,7 @@ import Testing
             let remote = (generated.data[0]["url"] as! String).replacingOccurrences(of: "127.0.0.1", with: "localhost")
             let reply = try await gateway.post("/v1/images/edits", json: #"{"model":"nano-banana","prompt":"p","images":[{"image_url":"\#(remote)"}],"response_format":"b64_json"}"#)
             #expect(reply.status == 200, "\(reply.text.prefix(300))")
-            #expect(Harness.pngSize(try await gateway.imageBytes(reply))! == (1184, 864))
+            #expect(Harness.pngSize(try await gateway.imageBytes(reply)) == (1184, 864))
         }
     }
 
