@@ -64,40 +64,64 @@ public struct GatewayConfiguration: Sendable {
         self.maxJSONBodyBytes = maxJSONBodyBytes
     }
 
-    /// Reads the environment part of the table above; flags override it in the CLI.
-    public static func fromEnvironment(_ environment: [String: String] = ProcessInfo.processInfo.environment) -> GatewayConfiguration {
-        func flag(_ name: String) -> Bool { ["1", "true", "yes"].contains(environment[name]?.lowercased() ?? "") }
+    /// Reads the environment part of the table above; flags override it in the CLI. A value that
+    /// does not parse (`NANOGATE_PORT=80a`, a CIDR that is not one) is an error naming the
+    /// variable, never a silent fall-back to the default.
+    public static func fromEnvironment(_ environment: [String: String] = ProcessInfo.processInfo.environment) throws(ConfigurationError) -> GatewayConfiguration {
+        var problems: [String] = []
+        func flag(_ name: String) -> Bool {
+            guard let raw = environment[name]?.lowercased(), !raw.isEmpty else { return false }
+            if ["1", "true", "yes", "on"].contains(raw) { return true }
+            if !["0", "false", "no", "off"].contains(raw) { problems.append("\(name)=\(raw) is not 1/0, true/false, yes/no or on/off") }
+            return false
+        }
+        func number(_ name: String, _ fallback: Int, minimum: Int = 1) -> Int {
+            guard let raw = environment[name], !raw.isEmpty else { return fallback }
+            guard let value = Int(raw.trimmingCharacters(in: .whitespaces)), value >= minimum else {
+                problems.append("\(name)=\(raw) is not a whole number of at least \(minimum)")
+                return fallback
+            }
+            return value
+        }
+        let networks = (environment["NANOGATE_FETCH_ALLOW_NETWORKS"] ?? "").split(separator: ",").compactMap { text -> IPNetwork? in
+            guard let network = IPNetwork(String(text)) else {
+                problems.append("NANOGATE_FETCH_ALLOW_NETWORKS has '\(text)', which is not an address or CIDR range")
+                return nil
+            }
+            return network
+        }
         let keys = (environment["GEMINI_API_KEY"] ?? "").split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
         var configuration = GatewayConfiguration(
             host: environment["NANOGATE_HOST"] ?? "127.0.0.1",
-            port: environment["NANOGATE_PORT"].flatMap(Int.init) ?? 8080,
+            port: number("NANOGATE_PORT", 8080, minimum: 0),
             dataDirectory: URL(fileURLWithPath: environment["NANOGATE_DATA_DIR"] ?? "./nanogate-data"),
             publicURL: environment["NANOGATE_PUBLIC_URL"].flatMap { $0.isEmpty ? nil : $0 },
-            urlTTL: .seconds(environment["NANOGATE_URL_TTL"].flatMap(Int.init) ?? 4 * 3600),
+            urlTTL: .seconds(number("NANOGATE_URL_TTL", 4 * 3600)),
             urlSecret: environment["NANOGATE_URL_SECRET"],
             upstream: UpstreamConfiguration(
                 baseURL: environment["NANOGATE_GEMINI_BASE_URL"] ?? "https://generativelanguage.googleapis.com",
                 apiKeys: keys,
-                requestTimeout: .seconds(environment["NANOGATE_UPSTREAM_TIMEOUT"].flatMap(Int.init) ?? 300),
-                maxAttempts: environment["NANOGATE_UPSTREAM_ATTEMPTS"].flatMap(Int.init) ?? 3
+                requestTimeout: .seconds(number("NANOGATE_UPSTREAM_TIMEOUT", 300)),
+                maxAttempts: number("NANOGATE_UPSTREAM_ATTEMPTS", 3)
             ),
             catalog: .standard(
                 flashUpstream: environment["NANOGATE_UPSTREAM_FLASH"] ?? "gemini-2.5-flash-image",
                 proUpstream: environment["NANOGATE_UPSTREAM_PRO"] ?? "gemini-3-pro-image-preview"
             ),
             inputs: InputLimits(
-                maxImageBytes: environment["NANOGATE_MAX_IMAGE_BYTES"].flatMap(Int.init) ?? 20 * 1024 * 1024,
-                maxRequestBytes: environment["NANOGATE_MAX_REQUEST_BYTES"].flatMap(Int.init) ?? 64 * 1024 * 1024,
-                fetchTimeout: .seconds(environment["NANOGATE_FETCH_TIMEOUT"].flatMap(Int.init) ?? 20),
+                maxImageBytes: number("NANOGATE_MAX_IMAGE_BYTES", 20 * 1024 * 1024),
+                maxRequestBytes: number("NANOGATE_MAX_REQUEST_BYTES", 64 * 1024 * 1024),
+                fetchTimeout: .seconds(number("NANOGATE_FETCH_TIMEOUT", 20)),
                 allowPrivateFetch: flag("NANOGATE_ALLOW_PRIVATE_FETCH"),
-                allowedNetworks: (environment["NANOGATE_FETCH_ALLOW_NETWORKS"] ?? "").split(separator: ",").compactMap { IPNetwork(String($0)) },
+                allowedNetworks: networks,
                 allowPlainHTTP: flag("NANOGATE_ALLOW_HTTP_FETCH"),
-                maxConcurrentFetches: environment["NANOGATE_MAX_FETCHES"].flatMap(Int.init) ?? 32
+                maxConcurrentFetches: number("NANOGATE_MAX_FETCHES", 32)
             )
         )
-        if let seconds = environment["NANOGATE_KEEPALIVE"].flatMap(Int.init), seconds > 0 { configuration.keepAliveInterval = .seconds(seconds) }
-        if let seconds = environment["NANOGATE_IDLE_TIMEOUT"].flatMap(Int.init), seconds > 0 { configuration.idleTimeout = .seconds(seconds) }
+        configuration.keepAliveInterval = .seconds(number("NANOGATE_KEEPALIVE", 15))
+        configuration.idleTimeout = .seconds(number("NANOGATE_IDLE_TIMEOUT", 30))
         configuration.trustForwardedHeaders = flag("NANOGATE_TRUST_FORWARDED")
+        guard problems.isEmpty else { throw ConfigurationError(problems: problems) }
         return configuration
     }
 }
@@ -116,4 +140,11 @@ struct PublicURL: Sendable {
         let forwardedHost = trustForwardedHeaders ? request.headers[.init("X-Forwarded-Host")!] : nil
         return "\(forwardedProto ?? "http")://\(forwardedHost ?? request.head.authority ?? "127.0.0.1")"
     }
+}
+
+/// Environment values the gateway cannot use, every one of them named.
+public struct ConfigurationError: Error, CustomStringConvertible {
+    public var problems: [String]
+
+    public var description: String { "Invalid configuration: " + problems.joined(separator: "; ") + "." }
 }

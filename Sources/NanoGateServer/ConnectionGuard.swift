@@ -8,13 +8,16 @@ import NIOHTTPTypes
 ///   (`sendContinue(on:)`, called by the authenticator), so an unauthenticated client is never
 ///   invited to upload. curl waits a full second for the interim response before every upload
 ///   over 1 MiB, so an accepted key gets it at once.
-/// - A response marked `Connection: close` (401, 408, 413) ends the connection instead of
-///   letting the server read (drain) the rest of a body nobody will use for as long as the
-///   client sends it: an endless chunked upload would otherwise hold the connection forever.
+/// - A response marked `Connection: close` (401, 408, 413) to a request whose body is chunked
+///   or declared larger than `maxDrainBytes` ends the connection instead of letting the server
+///   read (drain) the rest of a body nobody will use for as long as the client sends it: an
+///   endless chunked upload would otherwise hold the connection forever. (A smaller declared
+///   body is drained as usual: it is finite and cheap, and every client then reads the answer.)
 ///   Like nginx's lingering close, the rest of the body is still read and dropped for a while,
 ///   so a client that finishes its upload before reading the answer (AsyncHTTPClient, Python's
 ///   http.client) sees the 413 rather than a reset: the connection closes `lingerPause` after
-///   the client's last byte, and `lingerTime` after the answer at the latest.
+///   the client's last byte (generous: a client that stopped uploading to read the answer
+///   closes by itself), and `lingerTime` after the answer at the latest.
 final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPRequestPart
     typealias InboundOut = HTTPRequestPart
@@ -24,6 +27,8 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
     private var context: ChannelHandlerContext?
     private var continuePending = false
     private var closeAfterResponse = false
+    /// Whether the current request's body is chunked or declared over `maxDrainBytes`.
+    private var bodyIsUnbounded = false
     /// Set once an answer marked `Connection: close` was written: when the connection ends.
     private var lingerDeadline: NIODeadline?
     private var lingerTimer: Scheduled<Void>?
@@ -41,6 +46,11 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
         if lingerDeadline != nil { scheduleLingerClose(context) }
         if case .head(let head) = unwrapInboundIn(data) {
             continuePending = head.headerFields[.expect]?.lowercased() == "100-continue"
+            if let length = head.headerFields[.contentLength].flatMap({ Int($0) }) {
+                bodyIsUnbounded = length > Self.maxDrainBytes
+            } else {
+                bodyIsUnbounded = head.headerFields[.transferEncoding]?.lowercased().contains("chunked") == true
+            }
         }
         context.fireChannelRead(data)
     }
@@ -50,7 +60,7 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
         case .head(let response):
             if response.status.code >= 200 {
                 continuePending = false
-                closeAfterResponse = response.headerFields[.connection]?.lowercased() == "close"
+                closeAfterResponse = bodyIsUnbounded && response.headerFields[.connection]?.lowercased() == "close"
             }
             context.write(data, promise: promise)
         case .body:
@@ -71,10 +81,12 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
         }
     }
 
+    /// Largest declared body that is still drained after an error (finite, and cheap to read).
+    static let maxDrainBytes = 16 * 1024 * 1024
     /// Longest time a connection ended after an error is still read (and dropped).
     static let lingerTime = TimeAmount.seconds(30)
     /// Longest pause in the client's upload before such a connection is closed.
-    static let lingerPause = TimeAmount.seconds(5)
+    static let lingerPause = TimeAmount.seconds(15)
 
     /// (Re)arms the close: `lingerPause` from now, never past `lingerDeadline`.
     private func scheduleLingerClose(_ context: ChannelHandlerContext) {

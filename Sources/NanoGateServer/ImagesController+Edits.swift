@@ -177,13 +177,37 @@ struct MultipartForm {
         return MultipartForm(parts: accumulator.parts)
     }
 
-    /// `name="value"` from a Content-Disposition header.
+    /// `name="value"` from a Content-Disposition header. Quoted values may hold `;` and `\"`
+    /// (`filename="a;b.png"`), which a plain split on `;` would cut.
     static func parameter(_ key: String, in header: String) -> String? {
-        for item in header.split(separator: ";").dropFirst() {
-            let pair = item.split(separator: "=", maxSplits: 1).map { $0.trimmingCharacters(in: .whitespaces) }
-            if pair.count == 2, pair[0].lowercased() == key {
-                return pair[1].trimmingCharacters(in: CharacterSet(charactersIn: "\""))
+        var index = header.startIndex
+        func skipSpaces() { while index < header.endIndex, header[index] == " " || header[index] == "\t" { index = header.index(after: index) } }
+        // Skip the disposition type (`form-data`).
+        while index < header.endIndex, header[index] != ";" { index = header.index(after: index) }
+        while index < header.endIndex {
+            index = header.index(after: index)  // past ';'
+            skipSpaces()
+            var name = ""
+            while index < header.endIndex, header[index] != "=", header[index] != ";" { name.append(header[index]); index = header.index(after: index) }
+            var value = ""
+            if index < header.endIndex, header[index] == "=" {
+                index = header.index(after: index)
+                skipSpaces()
+                if index < header.endIndex, header[index] == "\"" {
+                    index = header.index(after: index)
+                    while index < header.endIndex, header[index] != "\"" {
+                        if header[index] == "\\", header.index(after: index) < header.endIndex { index = header.index(after: index) }
+                        value.append(header[index])
+                        index = header.index(after: index)
+                    }
+                    if index < header.endIndex { index = header.index(after: index) }  // closing quote
+                    while index < header.endIndex, header[index] != ";" { index = header.index(after: index) }
+                } else {
+                    while index < header.endIndex, header[index] != ";" { value.append(header[index]); index = header.index(after: index) }
+                    value = value.trimmingCharacters(in: .whitespaces)
+                }
             }
+            if name.trimmingCharacters(in: .whitespaces).lowercased() == key { return value }
         }
         return nil
     }

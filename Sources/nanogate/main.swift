@@ -54,7 +54,7 @@ struct Serve: AsyncParsableCommand {
 
     func run() async throws {
         Self.tuneAllocator()
-        var configuration = GatewayConfiguration.fromEnvironment()
+        var configuration = try GatewayConfiguration.fromEnvironment()
         if let host { configuration.host = host }
         if let port { configuration.port = port }
         if let publicURL { configuration.publicURL = publicURL }
@@ -135,7 +135,7 @@ struct Keys: AsyncParsableCommand {
 
     /// Opens the data directory's database for one command.
     static func withStore<T>(_ data: DataDirectoryOption, _ body: (SQLStore) async throws -> T) async throws -> T {
-        var configuration = GatewayConfiguration.fromEnvironment()
+        var configuration = try GatewayConfiguration.fromEnvironment()
         data.apply(to: &configuration)
         try createPrivateDirectory(configuration.dataDirectory)
         var logger = Logger(label: "nanogate")

@@ -1,4 +1,6 @@
 import Foundation
+import Logging
+import SQLiteKit
 import NanoGateCore
 import NanoGateServer
 import NanoGateStorage
@@ -7,8 +9,8 @@ import Upstream
 
 /// The operator interface: environment names and how keys are kept.
 @Suite struct ConfigurationTests {
-    @Test func environmentNamesAreRead() {
-        let configuration = GatewayConfiguration.fromEnvironment([
+    @Test func environmentNamesAreRead() throws {
+        let configuration = try GatewayConfiguration.fromEnvironment([
             "NANOGATE_HOST": "0.0.0.0", "NANOGATE_PORT": "9090", "NANOGATE_DATA_DIR": "/srv/nanogate",
             "NANOGATE_PUBLIC_URL": "https://img.example.com", "NANOGATE_URL_TTL": "600",
             "GEMINI_API_KEY": " key-a, key-b ,,", "NANOGATE_GEMINI_BASE_URL": "http://127.0.0.1:9999/",
@@ -39,7 +41,7 @@ import Upstream
             guard cells.count >= 5, cells[2].hasPrefix("`NANOGATE_"), !cells[2].contains("/") else { continue }
             documented[cells[2].trimmingCharacters(in: CharacterSet(charactersIn: "`"))] = cells[4].trimmingCharacters(in: CharacterSet(charactersIn: "`"))
         }
-        let configuration = GatewayConfiguration.fromEnvironment([:])
+        let configuration = try GatewayConfiguration.fromEnvironment([:])
         func seconds(_ duration: Duration) -> String { "\(duration.components.seconds)" }
         let actual: [String: String] = [
             "NANOGATE_HOST": configuration.host, "NANOGATE_PORT": "\(configuration.port)",
@@ -65,6 +67,17 @@ import Upstream
         #expect(!configuration.inputs.allowPrivateFetch)
     }
 
+    /// A value that does not parse stops the gateway with the variable's name, instead of the
+    /// default being used silently (the old behaviour: `NANOGATE_PORT=80a` served on 8080).
+    @Test func invalidValuesAreNamed() {
+        #expect {
+            try GatewayConfiguration.fromEnvironment(["NANOGATE_PORT": "80a", "NANOGATE_UPSTREAM_TIMEOUT": "-1", "NANOGATE_ALLOW_PRIVATE_FETCH": "maybe", "NANOGATE_FETCH_ALLOW_NETWORKS": "10.0.0.0/8,nonsense"])
+        } throws: { error in
+            let text = "\(error)"
+            return ["NANOGATE_PORT=80a", "NANOGATE_UPSTREAM_TIMEOUT=-1", "NANOGATE_ALLOW_PRIVATE_FETCH=maybe", "'nonsense'"].allSatisfy(text.contains)
+        }
+    }
+
     @Test func secretsAreStoredOnlyAsHashes() async throws {
         try await withGateway { gateway in
             let (_, secret) = try await gateway.dependencies.store.createKey(name: "hashed", group: .default)
@@ -77,5 +90,62 @@ import Upstream
             }
             #expect(try await gateway.dependencies.store.activeKey(secret: secret)?.name == "hashed")
         }
+    }
+}
+
+/// The embedded database across versions of the gateway.
+@Suite struct StorageTests {
+    /// A database made by the previous release (no schema version, no `attempts` column) opens,
+    /// keeps its keys and usage, and gains the new columns.
+    @Test func aDatabaseFromBeforeVersioningIsMigrated() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("nanogate-migrate-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let path = directory.appendingPathComponent("nanogate.sqlite").path
+        var logger = Logger(label: "test")
+        logger.logLevel = .critical
+        let old = try await SQLiteConnection.open(storage: .file(path: path), logger: logger)
+        for statement in [
+            "CREATE TABLE api_keys (id TEXT PRIMARY KEY, name TEXT NOT NULL, key_group TEXT NOT NULL, secret_hash TEXT NOT NULL UNIQUE, prefix TEXT NOT NULL, created_at BIGINT NOT NULL, revoked_at BIGINT)",
+            "CREATE TABLE usage_log (id TEXT PRIMARY KEY, key_id TEXT NOT NULL, endpoint TEXT NOT NULL, model TEXT NOT NULL, status INTEGER NOT NULL, images INTEGER NOT NULL, input_tokens INTEGER NOT NULL, output_tokens INTEGER NOT NULL, total_tokens INTEGER NOT NULL, cost_micro_usd BIGINT NOT NULL, error_code TEXT, created_at BIGINT NOT NULL)",
+            "CREATE TABLE thought_signatures (hash TEXT PRIMARY KEY, signature TEXT NOT NULL, created_at BIGINT NOT NULL)",
+            "INSERT INTO api_keys VALUES ('k1', 'old', 'default', 'h', 'sk-ng-abc', 1, NULL)",
+            "INSERT INTO usage_log VALUES ('u1', 'k1', 'images.generations', 'nano-banana', 200, 1, 9, 1290, 1299, 38700, NULL, 2)",
+        ] {
+            _ = try await old.query(statement)
+        }
+        try await old.close()
+
+        let handle = try await SQLiteDatabaseHandle.open(path: path, logger: logger)
+        let keys = try await handle.store.listKeys()
+        #expect(keys.map(\.name) == ["old"])
+        let rows = try await handle.store.recentUsage(keyID: "k1", limit: 10)
+        #expect(rows.count == 1 && rows[0].costMicroUSD == 38_700 && rows[0].attempts == 0)
+        try await handle.store.record(UsageRecord(
+            keyID: "k1", endpoint: "chat.completions", model: "nano-banana", status: 200, images: 1, inputTokens: 1, outputTokens: 1,
+            totalTokens: 2, costMicroUSD: 5, errorCode: nil, upstreamCostMicroUSD: 7, attempts: 2
+        ))
+        let newest = try #require(try await handle.store.recentUsage(keyID: "k1", limit: 10).first { $0.endpoint == "chat.completions" })
+        #expect(newest.attempts == 2 && newest.upstreamCostMicroUSD == 7)
+        try await handle.close()
+        // Opening again runs no migration twice.
+        let again = try await SQLiteDatabaseHandle.open(path: path, logger: logger)
+        #expect(try await again.store.recentUsage(keyID: "k1", limit: 10).count == 2)
+        try await again.close()
+    }
+
+    @Test func oldThoughtSignaturesArePruned() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("nanogate-prune-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        var logger = Logger(label: "test")
+        logger.logLevel = .critical
+        let handle = try await SQLiteDatabaseHandle.open(path: directory.appendingPathComponent("db.sqlite").path, logger: logger)
+        try await handle.store.saveSignatures(["t:a": "sig-a", "i:b": "sig-b"])
+        #expect(try await handle.store.pruneSignatures(before: Date().addingTimeInterval(-60)) == 0, "recent ones stay")
+        #expect(try await handle.store.signatures(for: ["t:a", "i:b", "t:c"]) == ["t:a": "sig-a", "i:b": "sig-b"])
+        #expect(try await handle.store.pruneSignatures(before: Date().addingTimeInterval(60)) == 2)
+        #expect(try await handle.store.signatures(for: ["t:a", "i:b"]).isEmpty)
+        try await handle.close()
     }
 }

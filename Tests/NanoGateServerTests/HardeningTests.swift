@@ -187,6 +187,16 @@ import Upstream
         }
     }
 
+    /// A `;` inside a quoted filename does not cut the part's name (the old parser split on it).
+    @Test func multipartParametersRespectQuotes() {
+        let header = #"form-data; name="image"; filename="a;b.png""#
+        #expect(MultipartForm.parameter("name", in: header) == "image")
+        #expect(MultipartForm.parameter("filename", in: header) == "a;b.png")
+        #expect(MultipartForm.parameter("name", in: #"form-data; filename="x\"; name=evil.png"; name="image[]""#) == "image[]")
+        #expect(MultipartForm.parameter("name", in: "form-data; name=prompt") == "prompt")
+        #expect(MultipartForm.parameter("filename", in: "form-data; name=prompt") == nil)
+    }
+
     // MARK: Limits
 
     @Test func chatLimitsHoldBeforeAnyFetch() async throws {
@@ -277,7 +287,7 @@ import Upstream
             let port = Int(gateway.baseURL.split(separator: ":").last!)!
             try await RawConnection.with(port: port) { connection in
                 try await connection.send("POST /v1/images/edits HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000000000\r\n\r\n{\"model\":")
-                let answer = try #require(try await connection.readUntilClosed(), "the server closed the connection")
+                let answer = try #require(try await connection.readUntilClosed(limit: .seconds(60)), "the server closed the connection")
                 #expect(answer.hasPrefix("HTTP/1.1 401"), "\(answer)")
             }
         }
