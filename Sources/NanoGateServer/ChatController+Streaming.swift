@@ -177,7 +177,8 @@ extension ChatController {
                     }
                 }
 
-                await controller.account(collector, job: job, settlement: settlement, logger: logger)
+                // A stream has no single answer to bill when it arrives: bill what it carried.
+                settlement.billed(await controller.account(collector, job: job, settlement: settlement, logger: logger))
                 let outcome = clientGone ? GatewayError.clientDisconnected : failure
                 await pipeline.settle(settlement, status: outcome?.status ?? 200, errorCode: outcome?.code, logger: logger)
             }

@@ -301,8 +301,9 @@ struct ChatController {
 
     /// Stores the signatures of this answer and charges what the client received: its usage as
     /// Google reported it, or (when the stream broke before the usage arrived) the catalog's
-    /// figure for the delivered images. A refusal costs nothing.
-    func account(_ collector: Collector, job: ChatJob, settlement: Settlement, logger: Logger) async {
+    /// figure for the delivered images. A refusal costs nothing. Returns the usage it used.
+    @discardableResult
+    func account(_ collector: Collector, job: ChatJob, settlement: Settlement, logger: Logger) async -> ImageUsage {
         var signatures = collector.signatures
         if let signature = collector.textSignature, !collector.text.isEmpty { signatures[Self.hash(text: collector.text, keyID: job.key.id)] = signature }
         if !signatures.isEmpty {
@@ -316,11 +317,11 @@ struct ChatController {
                 outputTokens: tokens, outputTokensDetails: .init(imageTokens: tokens, textTokens: 0), totalTokens: tokens
             )
         }
-        settlement.billed(usage)
         if collector.blocked != nil { settlement.note("content_filter") }
         if collector.blocked == nil, collector.deliveredImages > 0 || collector.deliveredText {
             settlement.delivered(images: collector.deliveredImages, usage: usage)
         }
+        return usage
     }
 
     func chatUsage(_ collector: Collector) -> ChatUsage {
@@ -334,14 +335,9 @@ struct ChatController {
     /// The non-streamed reply (settled by the caller, on every path).
     func whole(_ job: ChatJob, settlement: Settlement, logger: Logger) async throws(GatewayError) -> Response {
         var collector = Collector()
-        let response = try await pipeline.upstream.generateContent(model: job.model.upstreamModel, request: job.gemini, trace: settlement.trace, logger: logger)
-        do {
-            _ = try await absorb(response, into: &collector, job: job)
-        } catch {
-            // Google answered (and billed) even though the answer could not be delivered.
-            settlement.billed(ImageTranslation.usage(of: response.usageMetadata))
-            throw error
-        }
+        // Billed by the pipeline as soon as Google answers, whether or not it can be delivered.
+        let response = try await pipeline.generate(job.gemini, settlement: settlement, logger: logger)
+        _ = try await absorb(response, into: &collector, job: job)
         collector.deliveredImages = collector.imageURLs.count
         collector.deliveredText = !collector.text.isEmpty
         await account(collector, job: job, settlement: settlement, logger: logger)

@@ -94,16 +94,12 @@ extension Request {
         let body = self.body
         do {
             return try await Deadline.run(until: .now.advanced(by: Self.bodyTimeout), orThrow: GatewayError.requestTimeout("The request body did not arrive within \(Self.bodyTimeout).")) {
-                var total = ByteBuffer()
-                for try await chunk in body {
-                    guard total.readableBytes + chunk.readableBytes <= limit else { throw GatewayError.payloadTooLarge(limitBytes: limit) }
-                    var chunk = chunk
-                    total.writeBuffer(&chunk)
-                }
-                return total
+                try await body.collect(upTo: limit)
             }
         } catch let error as GatewayError {
             throw error
+        } catch is NIOTooManyBytesError {
+            throw .payloadTooLarge(limitBytes: limit)
         } catch {
             // The connection broke while the body was arriving.
             throw .clientDisconnected

@@ -1,4 +1,3 @@
-import ExtrasBase64
 import Foundation
 import Logging
 import NanoGateCore
@@ -87,8 +86,8 @@ final class Settlement: Sendable {
 /// Settlement is by what was delivered, never by how the request ended: a client that received
 /// an image is charged for it even if it disconnected right after, and a failure costs nothing.
 /// The usage log records Google's own token counts (what Google billed) beside the charge and
-/// the number of upstream attempts. Credit reservation (the operators issue) goes in `settle`'s
-/// counterpart before the first upstream call.
+/// the number of upstream attempts. Credit reservation (the operators issue) belongs beside
+/// `open`, before the first upstream call, and its release or commit in `settle`.
 struct RequestPipeline: Sendable {
     let upstream: UpstreamPool
     let usage: any UsageLog
