@@ -30,6 +30,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-async-algorithms.git", from: "1.1.4"),
         .package(url: "https://github.com/apple/swift-nio-extras.git", from: "1.35.2"),
         .package(url: "https://github.com/apple/swift-http-types.git", from: "1.8.0"),
+        .package(url: "https://github.com/jpsim/Yams.git", from: "6.0.0"),
     ],
     targets: [
         // Pure domain: the catalog, size rules, OpenAI types, translation to Gemini, errors. No I/O.
@@ -87,8 +88,16 @@ let package = Package(
                 .product(name: "AsyncAlgorithms", package: "swift-async-algorithms"),
                 .product(name: "NIOHTTPTypes", package: "swift-nio-extras"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "Yams", package: "Yams"),
+                "CImageCodecs",
             ],
             swiftSettings: swiftSettings
+        ),
+        // PNG/JPEG/WebP conversion through Debian's libpng and libjpeg-turbo (and libwebp, loaded
+        // at run time when present): `output_format` and `output_compression`.
+        .target(
+            name: "CImageCodecs",
+            linkerSettings: [.linkedLibrary("png16"), .linkedLibrary("jpeg"), .linkedLibrary("dl")]
         ),
         .systemLibrary(name: "CZlib", path: "Sources/CZlib"),
         .systemLibrary(name: "CMalloc", path: "Sources/CMalloc"),
@@ -96,7 +105,7 @@ let package = Package(
         .target(
             name: "GeminiEmulator",
             dependencies: [
-                "NanoGateCore", "CZlib",
+                "NanoGateCore", "CZlib", "CImageCodecs",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ExtrasBase64", package: "swift-extras-base64"),
@@ -109,8 +118,9 @@ let package = Package(
         .executableTarget(
             name: "nanogate",
             dependencies: [
-                "NanoGateServer", "NanoGateStorage", "GeminiEmulator", "Upstream", "CMalloc",
+                "NanoGateServer", "NanoGateStorage", "GeminiEmulator", "Upstream", "CMalloc", "NanoGateCore",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],

@@ -1,6 +1,7 @@
 public import Hummingbird
 import Logging
 public import NanoGateCore
+import CImageCodecs
 import ExtrasBase64
 import Foundation
 import NIOCore
@@ -24,11 +25,17 @@ public struct EmulatorConfiguration: Sendable {
     /// and its SQLite work uses NIO's shared pool: a pool of the emulator's own keeps the
     /// gateway's queries from queueing behind image encodes.
     public var renderThreadPool: NIOThreadPool = .singleton
+    /// Ids Google shut down: `generateContent` answers 404 NOT_FOUND and the model list omits
+    /// them. By default the two preview ids retired on 2026-06-25 (wire-formats.md E1); add a
+    /// served id to test a gateway's fallback.
+    public var retiredModels: Set<String> = ["gemini-3-pro-image-preview", "gemini-3.1-flash-image-preview"]
+    /// Models per page of `GET /v1beta/models` when the caller asks for more (Google pages too).
+    public var maxPageSize = 1000
 
     /// A configuration; the defaults accept any key and answer at once.
     public init(
         acceptedKeys: Set<String>? = nil, latency: Duration = .zero,
-        flashModel: String = "gemini-2.5-flash-image", proModel: String = "gemini-3-pro-image-preview",
+        flashModel: String = "gemini-2.5-flash-image", proModel: String = "gemini-3-pro-image",
         flash31Model: String = "gemini-3.1-flash-image"
     ) {
         self.acceptedKeys = acceptedKeys
@@ -38,9 +45,14 @@ public struct EmulatorConfiguration: Sendable {
         self.flash31Model = flash31Model
     }
 
-    /// The models it serves, by id.
+    /// The image models it serves, by id (retired ones excluded).
     var models: [String: GoogleImageModel] {
-        [flashModel: .flash25, proModel: .pro3, flash31Model: .flash31]
+        [flashModel: .flash25, proModel: .pro3, flash31Model: .flash31].filter { !retiredModels.contains($0.key) }
+    }
+
+    /// What `GET /v1beta/models` lists: the image models and, as Google does, text models beside them.
+    var listedModels: [String] {
+        (["gemini-2.5-flash", "gemini-2.5-pro", "gemini-3-pro"] + [flashModel, proModel, flash31Model]).filter { !retiredModels.contains($0) }
     }
 }
 
@@ -90,7 +102,7 @@ public final class EmulatorRecorder: Sendable {
 /// | `image_safety`, `prohibited` | 200, `finishReason` `IMAGE_SAFETY` / `IMAGE_PROHIBITED_CONTENT`, no image |
 /// | `no_image` | 200, `finishReason` `NO_IMAGE`, no `content` |
 /// | `prompt_block` | 200, `promptFeedback.blockReason` `PROHIBITED_CONTENT`, no candidates |
-/// | `jpeg` | the image is JPEG bytes labelled `image/png` (as Gemini sometimes does) |
+/// | `jpeg` | the image is a real JPEG at the table's size, labelled `image/png` (as Gemini sometimes does) |
 /// | `garbage` | 200 with a body that is not JSON |
 struct Directives {
     var values: [String: String] = [:]
@@ -121,7 +133,7 @@ public struct GeminiEmulator: Sendable {
 
     /// Mutable state shared by all requests: generated images by size, `flaky` call counts.
     final class State: Sendable {
-        let images = Mutex<[EmulatorPixels: ByteBuffer]>([:])
+        let images = Mutex<[ImageKey: ByteBuffer]>([:])
         let flakyCalls = Mutex<[String: Int]>([:])
         let signatures = Mutex<Set<String>>([])
     }
@@ -138,8 +150,20 @@ public struct GeminiEmulator: Sendable {
         router.post("/v1beta/models/{target}") { request, context in
             try await self.handle(request, context: context)
         }
-        router.get("/v1beta/models") { _, _ in
-            Self.json(["models": [configuration.flashModel, configuration.proModel, configuration.flash31Model].map { ["name": "models/\($0)"] }])
+        router.get("/v1beta/models") { request, _ in
+            // Google's ListModels: `pageSize` (default 50), `pageToken` from the previous page's `nextPageToken`.
+            let query = request.uri.queryParameters
+            let size = min(max(1, query.get("pageSize", as: Int.self) ?? 50), configuration.maxPageSize)
+            let start = query.get("pageToken").flatMap { Int($0.dropFirst(5)) } ?? 0
+            let all = configuration.listedModels
+            let page = all.dropFirst(start).prefix(size)
+            var body: [String: any Sendable] = [
+                "models": page.map { id -> [String: any Sendable] in
+                    ["name": "models/\(id)", "displayName": id, "supportedGenerationMethods": ["generateContent", "countTokens"]]
+                }
+            ]
+            if start + size < all.count { body["nextPageToken"] = "page-\(start + size)" }
+            return Self.json(body)
         }
         return router
     }
@@ -330,7 +354,7 @@ public struct GeminiEmulator: Sendable {
         }
         parts.append(.init(text: caption, thoughtSignature: spec.thinks ? Self.signature("text", responseID) : nil))
         if wantsImage {
-            let imageBase64 = Base64Text(bytes: directives.has("jpeg") ? ByteBuffer(string: Self.jpegBase64) : await base64Image(pixels))
+            let imageBase64 = Base64Text(bytes: await base64Image(pixels, jpeg: directives.has("jpeg")))
             parts.append(.init(inlineData: .init(mimeType: mimeType, data: imageBase64), thoughtSignature: spec.thinks ? Self.signature("image", responseID) : nil))
         }
         let usage = GeminiWire.UsageMetadata(
@@ -426,13 +450,31 @@ public struct GeminiEmulator: Sendable {
     /// Base64 of a PNG of this size, made once per size and kept. Making one takes seconds at 4K,
     /// so it runs on NIO's thread pool, never on the Swift concurrency pool whose few threads
     /// also run every timer and handler of the process.
-    func base64Image(_ pixels: EmulatorPixels) async -> ByteBuffer {
-        if let cached = state.images.withLock({ $0[pixels] }) { return cached }
-        let encoded = (try? await configuration.renderThreadPool.runIfActive {
-            ByteBuffer(bytes: Base64.encodeToBytes(bytes: PNGEncoder.photoLike(width: pixels.width, height: pixels.height)))
-        }) ?? ByteBuffer(bytes: Base64.encodeToBytes(bytes: PNGEncoder.photoLike(width: pixels.width, height: pixels.height)))
-        state.images.withLock { $0[pixels] = encoded }
+    func base64Image(_ pixels: EmulatorPixels, jpeg: Bool = false) async -> ByteBuffer {
+        let key = ImageKey(pixels: pixels, jpeg: jpeg)
+        if let cached = state.images.withLock({ $0[key] }) { return cached }
+        let render = { @Sendable () -> ByteBuffer in
+            let png = PNGEncoder.photoLike(width: pixels.width, height: pixels.height)
+            return ByteBuffer(bytes: Base64.encodeToBytes(bytes: jpeg ? Self.jpeg(fromPNG: png) : png))
+        }
+        let encoded = (try? await configuration.renderThreadPool.runIfActive(render)) ?? render()
+        state.images.withLock { $0[key] = encoded }
         return encoded
+    }
+
+    struct ImageKey: Hashable {
+        var pixels: EmulatorPixels
+        var jpeg: Bool
+    }
+
+    /// A real JPEG of the same picture (libjpeg-turbo), as Gemini 3 returns; the tiny fixed JPEG if that fails.
+    static func jpeg(fromPNG png: [UInt8]) -> [UInt8] {
+        var output = ng_buffer(data: nil, size: 0)
+        var reason = [CChar](repeating: 0, count: 128)
+        let status = png.withUnsafeBufferPointer { ng_convert($0.baseAddress, $0.count, NG_FORMAT_JPEG, 90, &output, &reason, reason.count) }
+        defer { ng_buffer_free(&output) }
+        guard status == 0, let data = output.data else { return (try? Base64.decode(string: jpegBase64)) ?? [] }
+        return Array(UnsafeBufferPointer(start: data, count: output.size))
     }
 
     /// The emulator's thought signature for one part of one response (base64, recognisable in tests).

@@ -1,10 +1,13 @@
+import Foundation
+
 /// The whole model catalog in one place: what each public model name means upstream,
 /// which sizes and ratios it accepts, its pixel tables and its prices.
 ///
 /// Read this file first. Everything that validates a request or prices a result asks the
 /// catalog; nothing else hard-codes a model name.
 
-/// One of the ten aspect ratios both Gemini image models document.
+/// An aspect ratio Google documents for at least one image model (each family accepts its own
+/// subset: `ModelFamily.aspectRatios`).
 public enum AspectRatio: String, CaseIterable, Sendable, Codable {
     case square = "1:1"
     case portrait2x3 = "2:3"
@@ -16,14 +19,29 @@ public enum AspectRatio: String, CaseIterable, Sendable, Codable {
     case portrait9x16 = "9:16"
     case landscape16x9 = "16:9"
     case ultrawide21x9 = "21:9"
+    /// Nano Banana 2 only (wire-formats.md E2).
+    case tall1x4 = "1:4"
+    case wide4x1 = "4:1"
+    case tall1x8 = "1:8"
+    case wide8x1 = "8:1"
 
-    /// All ratios, spelled as the API accepts them, for error messages.
-    public static var accepted: String { allCases.map(\.rawValue).joined(separator: ", ") }
+    /// The ten ratios 2.5 Flash Image and 3 Pro Image document.
+    public static let ten: [AspectRatio] = [
+        .square, .portrait2x3, .landscape3x2, .portrait3x4, .landscape4x3, .portrait4x5, .landscape5x4,
+        .portrait9x16, .landscape16x9, .ultrawide21x9,
+    ]
+
+    /// Width and height parts (`16:9` → (16, 9)).
+    public var parts: (width: Int, height: Int) {
+        let numbers = rawValue.split(separator: ":").map { Int($0)! }
+        return (numbers[0], numbers[1])
+    }
 }
 
-/// Gemini 3's output resolution tier. Google rejects lower-case spellings, so the raw value is
-/// exactly what goes on the wire.
+/// Gemini's output resolution tier. Google rejects lower-case spellings, so the raw value is
+/// exactly what goes on the wire (`"512"`, never `"0.5K"` or `"512px"`, E2).
 public enum ImageSize: String, CaseIterable, Sendable, Codable, Comparable {
+    case half = "512"
     case oneK = "1K"
     case twoK = "2K"
     case fourK = "4K"
@@ -32,9 +50,14 @@ public enum ImageSize: String, CaseIterable, Sendable, Codable, Comparable {
         allCases.firstIndex(of: lhs)! < allCases.firstIndex(of: rhs)!
     }
 
-    /// Parses `1k`, `1K`, `2k`, … leniently.
+    /// Parses `1k`, `1K`, `2k`, … and `512`/`0.5k`/`512px` leniently.
     public init?(lenient text: String) {
-        self.init(rawValue: text.uppercased())
+        let upper = text.uppercased()
+        if ["512", "0.5K", "512PX", ".5K"].contains(upper) {
+            self = .half
+            return
+        }
+        self.init(rawValue: upper)
     }
 }
 
@@ -47,30 +70,112 @@ public struct PixelSize: Hashable, Sendable, CustomStringConvertible {
         self.height = height
     }
     public var description: String { "\(width)x\(height)" }
+
+    /// `1024x768` (also `×`, any case); nil for anything else or absurd numbers.
+    public init?(parsing text: String) {
+        let pieces = text.lowercased().replacingOccurrences(of: "×", with: "x").split(separator: "x")
+        guard pieces.count == 2, let width = Int(pieces[0]), let height = Int(pieces[1]),
+            (1...100_000).contains(width), (1...100_000).contains(height)
+        else { return nil }
+        self.init(width, height)
+    }
+
+    var longSide: Int { max(width, height) }
 }
 
-/// The upstream model families; each has its own pixel table and token figures.
-public enum ModelFamily: String, Sendable {
-    /// `gemini-2.5-flash-image`: about one megapixel, no `imageSize`.
+/// The upstream model families; each has its own ratios, sizes, pixel table, token figures and
+/// Google's prices (wire-formats.md Part E).
+public enum ModelFamily: String, Sendable, CaseIterable, Codable {
+    /// `gemini-2.5-flash-image` ("Nano Banana"): about one megapixel per ratio, no `imageSize`.
     case flash25
-    /// `gemini-3-pro-image-preview`: `imageSize` 1K/2K/4K, thinking always on.
+    /// `gemini-3-pro-image` ("Nano Banana Pro"): `imageSize` 1K/2K/4K, thinking always on.
     case pro3
+    /// `gemini-3.1-flash-image` ("Nano Banana 2"): `imageSize` 512/1K/2K/4K and 14 ratios.
+    case flash31
 
-    /// Google's published output resolutions (ai.google.dev image-generation docs).
-    public func pixels(_ ratio: AspectRatio, _ size: ImageSize?) -> PixelSize {
+    /// The `aspectRatio` values Google accepts for this family.
+    public var aspectRatios: [AspectRatio] {
         switch self {
-        case .flash25:
-            return PixelTables.flash25[ratio]!
-        case .pro3:
-            return PixelTables.pro3[ratio]![size ?? .oneK]!
+        case .flash25, .pro3: AspectRatio.ten
+        case .flash31: AspectRatio.ten + [.tall1x4, .wide4x1, .tall1x8, .wide8x1]
         }
     }
 
-    /// Output tokens Google bills for one image (1290 on 2.5; 1120 at 1K/2K and 2000 at 4K on 3-pro).
+    /// The `imageSize` values it accepts; empty for the one-size 2.5 model.
+    public var imageSizes: [ImageSize] {
+        switch self {
+        case .flash25: []
+        case .pro3: [.oneK, .twoK, .fourK]
+        case .flash31: [.half, .oneK, .twoK, .fourK]
+        }
+    }
+
+    /// The tier Google uses when `imageSize` is omitted (nil: the family has none).
+    public var defaultSize: ImageSize? { imageSizes.isEmpty ? nil : .oneK }
+
+    /// Google's published output resolution for a ratio and tier. SizeRules only produces
+    /// pairs the family serves; any other pair answers the 1:1 default rather than trap.
+    public func pixels(_ ratio: AspectRatio, _ size: ImageSize?) -> PixelSize {
+        switch self {
+        case .flash25:
+            return PixelTables.flash25[ratio] ?? PixelSize(1024, 1024)
+        case .pro3, .flash31:
+            let tier = size ?? .oneK
+            if tier == .half { return PixelTables.flash31At512[ratio] ?? PixelSize(512, 512) }
+            guard let base = PixelTables.oneK[ratio], self == .flash31 || AspectRatio.ten.contains(ratio) else { return PixelSize(1024, 1024) }
+            // Above 1K every cell is the 1K cell scaled exactly (E3).
+            let scale = tier == .fourK ? 4 : tier == .twoK ? 2 : 1
+            return PixelSize(base.width * scale, base.height * scale)
+        }
+    }
+
+    /// Output tokens Google bills for one image (E3).
     public func outputImageTokens(_ size: ImageSize?) -> Int {
         switch self {
         case .flash25: return 1290
         case .pro3: return (size ?? .oneK) == .fourK ? 2000 : 1120
+        case .flash31:
+            switch size ?? .oneK {
+            case .half: return 747
+            case .oneK: return 1120
+            case .twoK: return 1680
+            case .fourK: return 2520
+            }
+        }
+    }
+
+    /// Google's paid-tier prices (E4).
+    public var googlePrices: TokenPrices {
+        switch self {
+        case .flash25: TokenPrices(inputPerMillion: 0.30, outputTextPerMillion: 2.50, outputImagePerMillion: 30)
+        case .pro3: TokenPrices(inputPerMillion: 2.00, outputTextPerMillion: 12.00, outputImagePerMillion: 120)
+        case .flash31: TokenPrices(inputPerMillion: 0.50, outputTextPerMillion: 3.00, outputImagePerMillion: 60)
+        }
+    }
+
+    /// Whether Google's answer carries thought signatures that later turns must send back (E6).
+    public var thinks: Bool { self != .flash25 }
+
+    /// The family of a Google model id, for ids the gateway knows (a configured fallback or a
+    /// new upstream without `family:`); nil for anything else.
+    public init?(upstreamID id: String) {
+        if id.hasPrefix("gemini-2.5-flash-image") {
+            self = .flash25
+        } else if id.hasPrefix("gemini-3-pro-image") {
+            self = .pro3
+        } else if id.hasPrefix("gemini-3.1-flash-image") {
+            self = .flash31
+        } else {
+            return nil
+        }
+    }
+
+    /// Google's release date of the family's model (unix seconds), as OpenAI's `created`.
+    public var released: Int {
+        switch self {
+        case .flash25: 1_759_363_200  // 2025-10-02
+        case .pro3: 1_779_926_400  // 2026-05-28 (GA)
+        case .flash31: 1_779_926_400  // 2026-05-28 (GA)
         }
     }
 }
@@ -79,7 +184,7 @@ public enum ModelFamily: String, Sendable {
 public enum SizeMode: Sendable, Equatable {
     /// 2.5 family: a ratio (`2:3`) or the matching pixel size from the seed's table (`832x1248`).
     case ratioOrPixels
-    /// `nano-banana-pro`, `gemini-3-pro-image-preview`: `1k`/`2k`/`4k`; ratio via `aspect_ratio`.
+    /// `nano-banana-pro`, `nano-banana-2`, …: a tier (`1k`/`2k`/`4k`, `512` on NB2); ratio via `aspect_ratio`.
     case tier
     /// `nano-banana-pro-2k`/`-4k`: the tier is in the name, `size` carries the ratio.
     case ratioAtFixedTier(ImageSize)
@@ -102,19 +207,51 @@ public struct CatalogModel: Sendable, Equatable {
     /// The name clients send in `model`.
     public var name: String
     public var family: ModelFamily
-    /// The id sent to Google. Configurable because Google renames preview models.
+    /// The id sent to Google. Configurable because Google renames image models every few months.
     public var upstreamModel: String
+    /// The id tried when Google answers 404 NOT_FOUND for `upstreamModel` (a retired model).
+    public var fallbackModel: String?
+    /// The fallback's family (its ratios, sizes and prices); nil when there is no fallback.
+    public var fallbackFamily: ModelFamily?
     public var sizeMode: SizeMode
-    /// Whether the `aspect_ratio` field is accepted.
-    public var acceptsAspectRatio: Bool
     /// Whether this name may answer with a URL (`response_format: "url"`).
     public var allowsURLOutput: Bool
     /// Most input images an edit or chat turn may carry for this model.
     public var maxInputImages: Int
     public var prices: TokenPrices
+    /// A model turned off in the configuration file is unknown to clients.
+    public var enabled: Bool
+
+    public init(
+        name: String, family: ModelFamily, upstreamModel: String, fallbackModel: String? = nil, fallbackFamily: ModelFamily? = nil,
+        sizeMode: SizeMode, allowsURLOutput: Bool, maxInputImages: Int, prices: TokenPrices? = nil, enabled: Bool = true
+    ) {
+        self.name = name
+        self.family = family
+        self.upstreamModel = upstreamModel
+        self.fallbackModel = fallbackModel
+        self.fallbackFamily = fallbackFamily ?? fallbackModel.flatMap(ModelFamily.init(upstreamID:))
+        self.sizeMode = sizeMode
+        self.allowsURLOutput = allowsURLOutput
+        self.maxInputImages = maxInputImages
+        self.prices = prices ?? family.googlePrices
+        self.enabled = enabled
+    }
+
+    /// The ratios this name accepts.
+    public var aspectRatios: [AspectRatio] { family.aspectRatios }
+
+    /// The `size` tiers this name accepts (`[]` when `size` carries only a ratio).
+    public var sizes: [ImageSize] {
+        switch sizeMode {
+        case .ratioOrPixels: []
+        case .tier: family.imageSizes
+        case .ratioAtFixedTier(let tier): [tier]
+        }
+    }
 }
 
-/// Google's pixel tables, transcribed from the image-generation docs (see wire-formats.md §A4).
+/// Google's pixel tables, transcribed from the image-generation docs (wire-formats.md §A4, E3).
 public enum PixelTables {
     public static let flash25: [AspectRatio: PixelSize] = [
         .square: .init(1024, 1024), .portrait2x3: .init(832, 1248), .landscape3x2: .init(1248, 832),
@@ -123,21 +260,36 @@ public enum PixelTables {
         .ultrawide21x9: .init(1536, 672),
     ]
 
-    public static let pro3: [AspectRatio: [ImageSize: PixelSize]] = [
-        .square: [.oneK: .init(1024, 1024), .twoK: .init(2048, 2048), .fourK: .init(4096, 4096)],
-        .portrait2x3: [.oneK: .init(848, 1264), .twoK: .init(1696, 2528), .fourK: .init(3392, 5056)],
-        .landscape3x2: [.oneK: .init(1264, 848), .twoK: .init(2528, 1696), .fourK: .init(5056, 3392)],
-        .portrait3x4: [.oneK: .init(896, 1200), .twoK: .init(1792, 2400), .fourK: .init(3584, 4800)],
-        .landscape4x3: [.oneK: .init(1200, 896), .twoK: .init(2400, 1792), .fourK: .init(4800, 3584)],
-        .portrait4x5: [.oneK: .init(928, 1152), .twoK: .init(1856, 2304), .fourK: .init(3712, 4608)],
-        .landscape5x4: [.oneK: .init(1152, 928), .twoK: .init(2304, 1856), .fourK: .init(4608, 3712)],
-        .portrait9x16: [.oneK: .init(768, 1376), .twoK: .init(1536, 2752), .fourK: .init(3072, 5504)],
-        .landscape16x9: [.oneK: .init(1376, 768), .twoK: .init(2752, 1536), .fourK: .init(5504, 3072)],
-        .ultrawide21x9: [.oneK: .init(1584, 672), .twoK: .init(3168, 1344), .fourK: .init(6336, 2688)],
+    /// The 1K cells of 3 Pro Image and Nano Banana 2 (identical for the ten shared ratios, E3);
+    /// 2K and 4K are these ×2 and ×4.
+    public static let oneK: [AspectRatio: PixelSize] = [
+        .square: .init(1024, 1024), .portrait2x3: .init(848, 1264), .landscape3x2: .init(1264, 848),
+        .portrait3x4: .init(896, 1200), .landscape4x3: .init(1200, 896), .portrait4x5: .init(928, 1152),
+        .landscape5x4: .init(1152, 928), .portrait9x16: .init(768, 1376), .landscape16x9: .init(1376, 768),
+        .ultrawide21x9: .init(1584, 672),
+        .tall1x4: .init(512, 2048), .wide4x1: .init(2048, 512), .tall1x8: .init(384, 3072), .wide8x1: .init(3072, 384),
     ]
 
-    /// OpenAI's standard `size` values, mapped to the nearest Gemini ratio. On the 3-pro models
-    /// the tier is the smallest whose long side reaches the requested long side.
+    /// Nano Banana 2 at `512` (not a scaled 1K: Google rounds these cells on their own). The
+    /// 21:9 cell is printed 792×168 by Google (probably a typo, E3); the real size is read from
+    /// the returned image, never from here.
+    public static let flash31At512: [AspectRatio: PixelSize] = [
+        .square: .init(512, 512), .tall1x4: .init(256, 1024), .tall1x8: .init(192, 1536), .portrait2x3: .init(424, 632),
+        .landscape3x2: .init(632, 424), .portrait3x4: .init(448, 600), .wide4x1: .init(1024, 256), .landscape4x3: .init(600, 448),
+        .portrait4x5: .init(464, 576), .landscape5x4: .init(576, 464), .wide8x1: .init(1536, 192), .portrait9x16: .init(384, 688),
+        .landscape16x9: .init(688, 384), .ultrawide21x9: .init(792, 168),
+    ]
+
+    /// 3 Pro Image's table by ratio and tier (the 1K cells scaled), for tests and docs.
+    public static var pro3: [AspectRatio: [ImageSize: PixelSize]] {
+        Dictionary(uniqueKeysWithValues: AspectRatio.ten.map { ratio in
+            (ratio, Dictionary(uniqueKeysWithValues: ModelFamily.pro3.imageSizes.map { ($0, ModelFamily.pro3.pixels(ratio, $0)) }))
+        })
+    }
+
+    /// OpenAI's standard `size` values, mapped to the nearest Gemini ratio (`1792x1024` is 7:4,
+    /// so it maps to 16:9). On tiered models the tier is the smallest whose long side reaches
+    /// the requested long side.
     public static let openAISizes: [String: AspectRatio] = [
         "256x256": .square, "512x512": .square, "1024x1024": .square,
         "1536x1024": .landscape3x2, "1024x1536": .portrait2x3,
@@ -145,15 +297,20 @@ public enum PixelTables {
     ]
 }
 
-/// The model catalog: the six names from the user's spec, with defaults that can be overridden.
-public struct ModelCatalog: Sendable {
-    public private(set) var models: [CatalogModel]
+/// The model catalog: the spec's six names on today's Google ids, Nano Banana 2, and whatever
+/// the operator's configuration file adds or changes (`CatalogFile`).
+public struct ModelCatalog: Sendable, Equatable {
+    /// Every model, enabled or not, in the order `/v1/models` lists them.
+    public private(set) var all: [CatalogModel]
 
     public init(models: [CatalogModel]) {
-        self.models = models
+        self.all = models
     }
 
-    /// Looks a public model name up (exact, case-sensitive, as OpenAI does).
+    /// The models clients may use.
+    public var models: [CatalogModel] { all.filter(\.enabled) }
+
+    /// Looks a public model name up (exact, case-sensitive, as OpenAI does); disabled models are unknown.
     public func model(named name: String) -> CatalogModel? {
         models.first { $0.name == name }
     }
@@ -161,30 +318,45 @@ public struct ModelCatalog: Sendable {
     /// Every public name, for error messages and `/v1/models`.
     public var names: [String] { models.map(\.name) }
 
-    /// Google's paid-tier prices (USD per 1M tokens, ai.google.dev/gemini-api/docs/pricing).
-    public static let flash25Prices = TokenPrices(inputPerMillion: 0.30, outputTextPerMillion: 2.50, outputImagePerMillion: 30)
-    public static let pro3Prices = TokenPrices(inputPerMillion: 2.00, outputTextPerMillion: 12.00, outputImagePerMillion: 120)
+    public static let flash25Prices = ModelFamily.flash25.googlePrices
+    public static let pro3Prices = ModelFamily.pro3.googlePrices
+    public static let flash31Prices = ModelFamily.flash31.googlePrices
 
-    /// The catalog the user's spec describes.
+    /// Today's Google ids (wire-formats.md E1): `gemini-3-pro-image-preview` was shut down on
+    /// 2026-06-25, so every pro name goes to its GA successor; 2.5 Flash Image is past its
+    /// earliest shutdown date, so its names fall back to Nano Banana 2 when Google says 404.
+    public static let defaultFlashUpstream = "gemini-2.5-flash-image"
+    public static let defaultFlashFallback = "gemini-3.1-flash-image"
+    public static let defaultProUpstream = "gemini-3-pro-image"
+    public static let defaultFlash31Upstream = "gemini-3.1-flash-image"
+
+    /// The built-in catalog.
     ///
     /// - Parameters:
-    ///   - flashUpstream: Google's id for the 2.5 family (`NANOGATE_UPSTREAM_FLASH`).
-    ///   - proUpstream: Google's id for the 3-pro family (`NANOGATE_UPSTREAM_PRO`).
+    ///   - flashUpstream: Google's id for the 2.5 names (`NANOGATE_UPSTREAM_FLASH`).
+    ///   - proUpstream: Google's id for the pro names (`NANOGATE_UPSTREAM_PRO`).
+    ///   - flash31Upstream: Google's id for the Nano Banana 2 names (`NANOGATE_UPSTREAM_FLASH31`).
+    ///   - flashFallback: tried when Google answers 404 for `flashUpstream` (`NANOGATE_UPSTREAM_FLASH_FALLBACK`; empty for none).
     public static func standard(
-        flashUpstream: String = "gemini-2.5-flash-image",
-        proUpstream: String = "gemini-3-pro-image-preview"
+        flashUpstream: String = defaultFlashUpstream,
+        proUpstream: String = defaultProUpstream,
+        flash31Upstream: String = defaultFlash31Upstream,
+        flashFallback: String? = defaultFlashFallback
     ) -> ModelCatalog {
+        let fallback = flashFallback.flatMap { $0.isEmpty ? nil : $0 }
         func flash(_ name: String, url: Bool) -> CatalogModel {
+            // The spec: image-to-image with 1 to 6 input images ("works best with up to 3", E5).
             CatalogModel(
-                name: name, family: .flash25, upstreamModel: flashUpstream, sizeMode: .ratioOrPixels,
-                acceptsAspectRatio: false, allowsURLOutput: url, maxInputImages: 6, prices: flash25Prices
+                name: name, family: .flash25, upstreamModel: flashUpstream, fallbackModel: fallback,
+                fallbackFamily: fallback.map { ModelFamily(upstreamID: $0) ?? .flash31 },
+                sizeMode: .ratioOrPixels, allowsURLOutput: url, maxInputImages: 6
             )
         }
         func pro(_ name: String, _ mode: SizeMode, url: Bool) -> CatalogModel {
-            CatalogModel(
-                name: name, family: .pro3, upstreamModel: proUpstream, sizeMode: mode,
-                acceptsAspectRatio: true, allowsURLOutput: url, maxInputImages: 6, prices: pro3Prices
-            )
+            CatalogModel(name: name, family: .pro3, upstreamModel: proUpstream, sizeMode: mode, allowsURLOutput: url, maxInputImages: 14)
+        }
+        func flash31(_ name: String) -> CatalogModel {
+            CatalogModel(name: name, family: .flash31, upstreamModel: flash31Upstream, sizeMode: .tier, allowsURLOutput: true, maxInputImages: 14)
         }
         return ModelCatalog(models: [
             flash("nano-banana", url: true),
@@ -193,6 +365,23 @@ public struct ModelCatalog: Sendable {
             pro("gemini-3-pro-image-preview", .tier, url: false),
             pro("nano-banana-pro-2k", .ratioAtFixedTier(.twoK), url: true),
             pro("nano-banana-pro-4k", .ratioAtFixedTier(.fourK), url: true),
+            pro("gemini-3-pro-image", .tier, url: true),
+            flash31("nano-banana-2"),
+            flash31("gemini-3.1-flash-image"),
         ])
+    }
+
+    /// Replaces or appends a model (by name).
+    public mutating func upsert(_ model: CatalogModel) {
+        if let index = all.firstIndex(where: { $0.name == model.name }) {
+            all[index] = model
+        } else {
+            all.append(model)
+        }
+    }
+
+    /// Any model, enabled or not (for the configuration file's `like`).
+    public func anyModel(named name: String) -> CatalogModel? {
+        all.first { $0.name == name }
     }
 }

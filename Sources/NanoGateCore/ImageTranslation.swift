@@ -5,17 +5,35 @@ public enum ImageTranslation {
     /// - Parameters:
     ///   - prompt: the client's prompt, sent as the text part.
     ///   - inputImages: images to edit, sent as `inlineData` parts before the text (Google's samples use both orders).
-    ///   - spec: the validated ratio and tier; `imageSize` is only ever sent to the 3-pro family.
+    ///   - spec: the validated ratio and tier; `imageSize` is only sent to families that have tiers.
     public static func geminiRequest(prompt: String, inputImages: [GeminiWire.InlineData] = [], spec: ImageSpec, family: ModelFamily) -> GeminiWire.Request {
         var parts = inputImages.map { GeminiWire.Part(inlineData: $0) }
         parts.append(GeminiWire.Part(text: prompt))
-        let imageSize = family == .pro3 ? spec.imageSize?.rawValue : nil
+        let imageSize = spec.imageSize.flatMap { family.imageSizes.contains($0) ? $0.rawValue : nil }
         let imageConfig: GeminiWire.ImageConfig? =
             (spec.aspectRatio == nil && imageSize == nil) ? nil : .init(aspectRatio: spec.aspectRatio?.rawValue, imageSize: imageSize)
         return GeminiWire.Request(
             contents: [GeminiWire.Content(role: "user", parts: parts)],
             generationConfig: .init(responseModalities: ["TEXT", "IMAGE"], imageConfig: imageConfig)
         )
+    }
+
+    /// `request` rewritten for a model of another family (a fallback), or nil when that model
+    /// cannot honour it (a ratio or tier it lacks). The 2.5 family's requests carry no
+    /// `imageSize`, so on a tiered fallback they render at its default 1K: the cell nearest the
+    /// 2.5 family's one-megapixel sizes (2:3 answers 848×1264 instead of 832×1248).
+    public static func adapted(_ request: GeminiWire.Request, to family: ModelFamily) -> GeminiWire.Request? {
+        var request = request
+        guard let config = request.generationConfig?.imageConfig else { return request }
+        if let ratio = config.aspectRatio, !family.aspectRatios.map(\.rawValue).contains(ratio) { return nil }
+        if let size = config.imageSize {
+            if family.imageSizes.isEmpty {
+                request.generationConfig?.imageConfig?.imageSize = nil
+            } else if !family.imageSizes.map(\.rawValue).contains(size) {
+                return nil
+            }
+        }
+        return request
     }
 
     /// The final images and text of one Gemini answer, with its usage.
@@ -25,6 +43,9 @@ public enum ImageTranslation {
         /// Non-thought text the model wrote.
         public var text: String?
         public var usage: ImageUsage
+        /// Interim "thought" images (Gemini 3 Pro's drafts; not charged by Google): never
+        /// results, but OpenAI's `partial_images` when a client streams.
+        public var thoughtImages: [GeminiWire.InlineData] = []
     }
 
     /// Finish reasons and block reasons that mean "refused on policy grounds".
@@ -50,7 +71,8 @@ public enum ImageTranslation {
         let texts = parts.filter { $0.thought != true }.compactMap(\.text).filter { !$0.isEmpty }
         let text = texts.isEmpty ? nil : texts.joined(separator: "\n")
         if !images.isEmpty {
-            return Outcome(images: images, text: text, usage: usage)
+            let drafts = parts.filter { $0.thought == true }.compactMap(\.inlineData)
+            return Outcome(images: images, text: text, usage: usage, thoughtImages: drafts)
         }
 
         let reason = candidate?.finishReason ?? (candidate == nil ? "NO_CANDIDATES" : "FINISH_REASON_UNSPECIFIED")
@@ -136,5 +158,61 @@ public enum ImageSniffer {
         case "image/heif": "heif"
         default: "bin"
         }
+    }
+}
+
+extension ImageSniffer {
+    /// Width and height from the image's header (PNG IHDR, JPEG SOFn, WebP VP8/VP8L/VP8X), or
+    /// nil when the bytes hold no header this reads (or it lies beyond `bytes`: pass a long
+    /// enough prefix; JPEG metadata segments may come before the frame header).
+    public static func pixelSize(of bytes: [UInt8]) -> PixelSize? {
+        func u16be(_ i: Int) -> Int { Int(bytes[i]) << 8 | Int(bytes[i + 1]) }
+        func u32be(_ i: Int) -> Int { Int(bytes[i]) << 24 | Int(bytes[i + 1]) << 16 | Int(bytes[i + 2]) << 8 | Int(bytes[i + 3]) }
+        func u24le(_ i: Int) -> Int { Int(bytes[i]) | Int(bytes[i + 1]) << 8 | Int(bytes[i + 2]) << 16 }
+        switch mimeType(of: bytes) {
+        case "image/png":
+            guard bytes.count >= 24, bytes[12..<16].elementsEqual(Array("IHDR".utf8)) else { return nil }
+            return valid(u32be(16), u32be(20))
+        case "image/jpeg":
+            var index = 2
+            while index + 9 < bytes.count {
+                guard bytes[index] == 0xFF else { return nil }
+                let marker = bytes[index + 1]
+                if marker == 0xFF { index += 1; continue }  // fill byte
+                if marker == 0xD8 || marker == 0x01 || (0xD0...0xD7).contains(marker) { index += 2; continue }
+                let length = u16be(index + 2)
+                // SOF0…SOF15 except DHT (C4), JPG (C8) and DAC (CC) carry the frame size.
+                if (0xC0...0xCF).contains(marker), ![0xC4, 0xC8, 0xCC].contains(marker) {
+                    return valid(u16be(index + 7), u16be(index + 5))
+                }
+                guard length >= 2 else { return nil }
+                index += 2 + length
+            }
+            return nil
+        case "image/webp":
+            guard bytes.count >= 30 else { return nil }
+            let chunk = String(decoding: bytes[12..<16], as: UTF8.self)
+            switch chunk {
+            case "VP8 ":
+                return valid(u16le(bytes, 26) & 0x3FFF, u16le(bytes, 28) & 0x3FFF)
+            case "VP8L":
+                let b = bytes[21...24].map(Int.init)
+                let width = 1 + (b[0] | (b[1] & 0x3F) << 8)
+                let height = 1 + ((b[1] >> 6) | b[2] << 2 | (b[3] & 0x0F) << 10)
+                return valid(width, height)
+            case "VP8X":
+                return valid(1 + u24le(24), 1 + u24le(27))
+            default:
+                return nil
+            }
+        default:
+            return nil
+        }
+    }
+
+    private static func u16le(_ bytes: [UInt8], _ i: Int) -> Int { Int(bytes[i]) | Int(bytes[i + 1]) << 8 }
+
+    private static func valid(_ width: Int, _ height: Int) -> PixelSize? {
+        width > 0 && height > 0 ? PixelSize(width, height) : nil
     }
 }

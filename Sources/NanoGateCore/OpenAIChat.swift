@@ -18,6 +18,9 @@ public struct ChatCompletionRequest: Decodable, Sendable {
     /// How images come back: `url` or `b64_json` (a `data:` URL). A JSON-mode object (OpenAI's
     /// own meaning of `response_format` in chat) is ignored.
     public var imageFormat: String?
+    /// OpenRouter's `modalities` (`["image","text"]`): a client that names `image` reads images
+    /// from `message.images` / `delta.images`.
+    public var modalities: [String]?
 
     public struct ImageConfig: Decodable, Sendable {
         public var aspectRatio: String?
@@ -40,6 +43,7 @@ public struct ChatCompletionRequest: Decodable, Sendable {
         case imageConfig = "image_config"
         case responseFormat = "response_format"
         case imageResponseFormat = "image_response_format"
+        case modalities
     }
 
     public init(from decoder: any Decoder) throws {
@@ -54,6 +58,7 @@ public struct ChatCompletionRequest: Decodable, Sendable {
         imageConfig = try container.decodeIfPresent(ImageConfig.self, forKey: .imageConfig)
         imageFormat = try container.decodeIfPresent(String.self, forKey: .imageResponseFormat)
             ?? (try? container.decodeIfPresent(String.self, forKey: .responseFormat))
+        modalities = try? container.decodeIfPresent([String].self, forKey: .modalities)
     }
 }
 

@@ -1,3 +1,5 @@
+import Foundation
+
 /// OpenAI's images API types, as the official SDKs send and read them.
 
 /// How a generated image is returned.
@@ -6,7 +8,9 @@ public enum ResponseFormat: String, Sendable, Codable {
     case url
 }
 
-/// `POST /v1/images/generations` body. Unknown fields (`quality`, `style`, `user`, …) are ignored.
+/// `POST /v1/images/generations` body, and the scalar fields of an edit. Every parameter
+/// OpenAI's images API takes today is read (as text, so `"20"` and `20` are the same) and
+/// answered by `ImageOptions`; fields no OpenAI model has are ignored.
 public struct ImageGenerationRequest: Decodable, Sendable {
     public var prompt: String
     public var model: String?
@@ -14,43 +18,166 @@ public struct ImageGenerationRequest: Decodable, Sendable {
     public var size: String?
     public var aspectRatio: String?
     public var responseFormat: String?
+    /// `quality`, `background`, `output_format`, `output_compression`, `moderation`, `style`,
+    /// `user`, `stream`, `partial_images`, `input_fidelity`, as sent (numbers and booleans as text).
+    public var options: [String: String]
 
-    public init(prompt: String, model: String?, n: Int? = nil, size: String? = nil, aspectRatio: String? = nil, responseFormat: String? = nil) {
+    public init(
+        prompt: String, model: String?, n: Int? = nil, size: String? = nil, aspectRatio: String? = nil, responseFormat: String? = nil,
+        options: [String: String] = [:]
+    ) {
         self.prompt = prompt
         self.model = model
         self.n = n
         self.size = size
         self.aspectRatio = aspectRatio
         self.responseFormat = responseFormat
+        self.options = options
     }
 
-    enum CodingKeys: String, CodingKey {
-        case prompt, model, n, size
-        case aspectRatio = "aspect_ratio"
-        case responseFormat = "response_format"
+    /// The OpenAI parameters read into `options`.
+    public static let optionNames = [
+        "quality", "background", "output_format", "output_compression", "moderation", "style", "user", "stream",
+        "partial_images", "input_fidelity",
+    ]
+
+    struct AnyKey: CodingKey {
+        var stringValue: String
+        var intValue: Int? { nil }
+        init(stringValue: String) { self.stringValue = stringValue }
+        init?(intValue: Int) { nil }
     }
 
     public init(from decoder: any Decoder) throws {
-        let container = try decoder.container(keyedBy: CodingKeys.self)
-        self.prompt = try container.decode(String.self, forKey: .prompt)
-        self.model = try container.decodeIfPresent(String.self, forKey: .model)
+        let container = try decoder.container(keyedBy: AnyKey.self)
+        func key(_ name: String) -> AnyKey { AnyKey(stringValue: name) }
+        self.prompt = try container.decode(String.self, forKey: key("prompt"))
+        self.model = try container.decodeIfPresent(String.self, forKey: key("model"))
         // Form posts and some clients send numbers as strings ("2").
-        if let number = try? container.decodeIfPresent(Int.self, forKey: .n) {
+        if let number = try? container.decodeIfPresent(Int.self, forKey: key("n")) {
             self.n = number
-        } else if let text = try? container.decodeIfPresent(String.self, forKey: .n) {
+        } else if let text = try? container.decodeIfPresent(String.self, forKey: key("n")) {
             guard let number = Int(text) else {
-                throw DecodingError.dataCorruptedError(forKey: .n, in: container, debugDescription: "'n' must be an integer")
+                throw DecodingError.dataCorruptedError(forKey: key("n"), in: container, debugDescription: "'n' must be an integer")
             }
             self.n = number
         } else {
             self.n = nil
-            if container.contains(.n), try !container.decodeNil(forKey: .n) {
-                throw DecodingError.dataCorruptedError(forKey: .n, in: container, debugDescription: "'n' must be an integer")
+            if container.contains(key("n")), try !container.decodeNil(forKey: key("n")) {
+                throw DecodingError.dataCorruptedError(forKey: key("n"), in: container, debugDescription: "'n' must be an integer")
             }
         }
-        self.size = try container.decodeIfPresent(String.self, forKey: .size)
-        self.aspectRatio = try container.decodeIfPresent(String.self, forKey: .aspectRatio)
-        self.responseFormat = try container.decodeIfPresent(String.self, forKey: .responseFormat)
+        self.size = try container.decodeIfPresent(String.self, forKey: key("size"))
+        self.aspectRatio = try container.decodeIfPresent(String.self, forKey: key("aspect_ratio"))
+        self.responseFormat = try container.decodeIfPresent(String.self, forKey: key("response_format"))
+        var options: [String: String] = [:]
+        for name in Self.optionNames where container.contains(key(name)) {
+            if try container.decodeNil(forKey: key(name)) { continue }
+            if let text = try? container.decode(String.self, forKey: key(name)) {
+                options[name] = text
+            } else if let flag = try? container.decode(Bool.self, forKey: key(name)) {
+                options[name] = flag ? "true" : "false"
+            } else if let number = try? container.decode(Int.self, forKey: key(name)) {
+                options[name] = String(number)
+            } else if let number = try? container.decode(Double.self, forKey: key(name)) {
+                options[name] = String(number)
+            } else {
+                throw DecodingError.dataCorruptedError(forKey: key(name), in: container, debugDescription: "'\(name)' must be a string, a number or a boolean")
+            }
+        }
+        self.options = options
+    }
+}
+
+/// The format of delivered image bytes, as OpenAI's `output_format` names it.
+public enum OutputFormat: String, Sendable, CaseIterable {
+    case png, jpeg, webp
+
+    public var mimeType: String { "image/\(rawValue)" }
+
+    /// The format of a sniffed MIME type (nil for GIF, HEIC and unknown bytes).
+    public init?(mimeType: String) {
+        switch mimeType {
+        case "image/png": self = .png
+        case "image/jpeg", "image/jpg": self = .jpeg
+        case "image/webp": self = .webp
+        default: return nil
+        }
+    }
+}
+
+/// Every OpenAI image parameter beyond model, prompt, n, size and response_format, answered:
+/// mapped, accepted and ignored where ignoring is harmless, or refused with a 400 that names it.
+///
+/// | parameter | answer |
+/// |---|---|
+/// | `quality` | `low` → the smallest tier, `high`/`hd` → 2K on tiered models when `size` names no tier; `auto`/`medium`/`standard` → the default |
+/// | `background` | `auto`/`opaque` accepted (Gemini's images are opaque); `transparent` → 400 |
+/// | `output_format` | `png`/`jpeg` (`jpg`)/`webp`: the bytes are converted when Google returned another format |
+/// | `output_compression` | 0–100, the quality of JPEG/WebP output (re-encodes); ignored for PNG |
+/// | `moderation` | `auto`/`low` accepted and ignored: Google's own filters apply |
+/// | `style` | `vivid`/`natural` accepted and ignored (a dall-e-3 knob Gemini lacks) |
+/// | `user` | accepted and ignored |
+/// | `input_fidelity` | `high`/`low` accepted and ignored (Gemini keeps input detail on its own) |
+/// | `stream` + `partial_images` | Server-Sent Events; `partial_images` 0–3 |
+public struct ImageOptions: Sendable, Equatable {
+    public var quality: ImageQuality?
+    public var outputFormat: OutputFormat?
+    public var outputCompression: Int?
+    public var stream = false
+    public var partialImages = 0
+
+    public init(quality: ImageQuality? = nil, outputFormat: OutputFormat? = nil, outputCompression: Int? = nil, stream: Bool = false, partialImages: Int = 0) {
+        self.quality = quality
+        self.outputFormat = outputFormat
+        self.outputCompression = outputCompression
+        self.stream = stream
+        self.partialImages = partialImages
+    }
+
+    /// Whether delivered bytes in `format` must be re-encoded.
+    public func needsConversion(from format: OutputFormat?) -> Bool {
+        if let outputFormat, outputFormat != format { return true }
+        // A compression asked for JPEG/WebP output re-encodes even when the format already matches.
+        let target = outputFormat ?? format
+        return outputCompression != nil && (target == .jpeg || target == .webp)
+    }
+
+    public static func parse(_ options: [String: String]) throws(GatewayError) -> ImageOptions {
+        func value(_ name: String) -> String? {
+            options[name].map { $0.trimmingCharacters(in: .whitespaces).lowercased() }.flatMap { $0.isEmpty ? nil : $0 }
+        }
+        func oneOf(_ name: String, _ accepted: [String]) throws(GatewayError) -> String? {
+            guard let text = value(name) else { return nil }
+            guard accepted.contains(text) else {
+                throw .invalidParameter(name, "Invalid value for '\(name)': '\(options[name] ?? "")'. Accepted values: \(accepted.joined(separator: ", ")).")
+            }
+            return text
+        }
+        func integer(_ name: String, _ range: ClosedRange<Int>) throws(GatewayError) -> Int? {
+            guard let text = value(name) else { return nil }
+            guard let number = Int(text), range.contains(number) else {
+                throw .invalidParameter(name, "Invalid value for '\(name)': '\(options[name] ?? "")'. It must be an integer from \(range.lowerBound) to \(range.upperBound).")
+            }
+            return number
+        }
+        var result = ImageOptions()
+        result.quality = try oneOf("quality", ImageQuality.allCases.map(\.rawValue)).flatMap(ImageQuality.init(rawValue:))
+        if try oneOf("background", ["auto", "opaque", "transparent"]) == "transparent" {
+            throw .invalidParameter(
+                "background", "Gemini image models cannot make transparent images. Send background 'opaque' or 'auto' (and remove the background yourself if you need alpha).",
+                code: "unsupported_value"
+            )
+        }
+        let format = try oneOf("output_format", ["png", "jpeg", "jpg", "webp"])
+        result.outputFormat = format.map { $0 == "jpg" ? .jpeg : OutputFormat(rawValue: $0)! }
+        result.outputCompression = try integer("output_compression", 0...100)
+        _ = try oneOf("moderation", ["auto", "low"])
+        _ = try oneOf("style", ["vivid", "natural"])
+        _ = try oneOf("input_fidelity", ["high", "low"])
+        result.stream = try oneOf("stream", ["true", "false", "1", "0"]).map { $0 == "true" || $0 == "1" } ?? false
+        result.partialImages = try integer("partial_images", 0...3) ?? 0
+        return result
     }
 }
 
@@ -141,16 +268,31 @@ public struct ImageUsage: Codable, Sendable, Equatable {
     }
 }
 
-/// `{created, data[], usage}`.
+/// `{created, data[], usage}` and OpenAI's description of what was delivered: `background`,
+/// `output_format` (read from the bytes), `size` (read from the bytes: Google sometimes
+/// ignores the requested size) and `quality`.
 public struct ImagesResponse: Encodable, Sendable {
     public var created: Int
     public var data: [ImageObject]
     public var usage: ImageUsage
+    public var background: String?
+    public var outputFormat: String?
+    public var size: String?
+    public var quality: String?
 
-    public init(created: Int, data: [ImageObject], usage: ImageUsage) {
+    public init(created: Int, data: [ImageObject], usage: ImageUsage, background: String? = nil, outputFormat: String? = nil, size: String? = nil, quality: String? = nil) {
         self.created = created
         self.data = data
         self.usage = usage
+        self.background = background
+        self.outputFormat = outputFormat
+        self.size = size
+        self.quality = quality
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case created, data, usage, background, size, quality
+        case outputFormat = "output_format"
     }
 }
 

@@ -4,7 +4,7 @@ import Foundation
 public struct ImageSpec: Sendable, Equatable {
     /// `nil` lets Gemini choose (1:1, or the input image's ratio for edits).
     public var aspectRatio: AspectRatio?
-    /// Only ever set for the 3-pro family; Google gets exactly this upper-case value.
+    /// Only ever set for the tiered families; Google gets exactly this upper-case value.
     public var imageSize: ImageSize?
 
     public init(aspectRatio: AspectRatio?, imageSize: ImageSize?) {
@@ -18,31 +18,57 @@ public struct ImageSpec: Sendable, Equatable {
     }
 }
 
-/// Reads `size` and `aspect_ratio` the way the user's spec documents them, leniently for the
-/// obvious spellings, and refuses everything else with a 400 that lists what is accepted.
+/// OpenAI's `quality` (gpt-image: `auto|low|medium|high`; dall-e-3: `standard|hd`).
+public enum ImageQuality: String, Sendable, CaseIterable {
+    case auto, low, medium, high, hd, standard
+
+    /// The tier it asks for on a tiered model when `size` does not name one: `low` → the
+    /// smallest tier, `high`/`hd` → 2K, the rest → the model's default (1K).
+    func tier(among tiers: [ImageSize], default fallback: ImageSize) -> ImageSize {
+        switch self {
+        case .low: tiers.first ?? fallback
+        case .high, .hd: tiers.contains(.twoK) ? .twoK : fallback
+        case .auto, .medium, .standard: fallback
+        }
+    }
+
+    /// OpenAI's `quality` response field for what was delivered: 512 → low, 1K (and the
+    /// one-size 2.5 family, about 1 MP) → medium, 2K and 4K → high.
+    public static func reported(for size: ImageSize?) -> String {
+        switch size {
+        case .half: "low"
+        case .twoK, .fourK: "high"
+        case .oneK, nil: "medium"
+        }
+    }
+}
+
+/// Reads `size`, `aspect_ratio` and `quality` per model, leniently for the obvious spellings,
+/// and refuses everything else with a 400 that names the parameter and lists what that model
+/// accepts.
 ///
 /// | model kind | `size` | `aspect_ratio` |
 /// |---|---|---|
-/// | 2.5 family | a ratio (`2:3`), its pixel size from the spec's table (`832x1248`), an OpenAI size (table below) | a ratio, when `size` is absent or names the same ratio |
-/// | `nano-banana-pro`, `gemini-3-pro-image-preview` | `1k`/`2k`/`4k` (any case), a ratio (at 1K), a size from the 3-pro table, an OpenAI size | a ratio |
-/// | `nano-banana-pro-2k`/`-4k` | a ratio, the name's own tier, a size from that tier's table, an OpenAI size | a ratio |
+/// | 2.5 family | a ratio (`2:3`), its pixel size from the spec's table (`832x1248`), an OpenAI size, any `WxH` of an exact ratio | a ratio, when `size` is absent or names the same ratio |
+/// | tiered (`nano-banana-pro`, `nano-banana-2`, …) | a tier (`1k`/`2k`/`4k`, `512` on NB2, any case), a ratio (at 1K), a size from the model's table, an OpenAI size, any `WxH` of an exact ratio | a ratio of the model |
+/// | `nano-banana-pro-2k`/`-4k` | a ratio, the name's own tier, a size from that tier's table, an OpenAI size or exact-ratio `WxH` | a ratio |
 ///
 /// OpenAI sizes: `256x256`, `512x512`, `1024x1024` → 1:1; `1536x1024` → 3:2; `1024x1536` → 2:3;
-/// `1792x1024` → 16:9; `1024x1792` → 9:16. On 3-pro they pick the smallest tier whose long side
-/// reaches the requested one (so `1792x1024` is 16:9 at 2K). `auto` or no size: the model's default.
-///
-/// The same rule holds on every endpoint (images and chat): the 2.5 family also takes the ratio
-/// as `aspect_ratio` (as Google's API and OpenRouter's `image_config` do), so a client need not
-/// know which family it talks to; `size` and `aspect_ratio` naming different ratios is a 400.
+/// `1792x1024` → 16:9; `1024x1792` → 9:16. Any other `WxH` counts when it is exactly one of the
+/// model's ratios (`1920x1080` is 16:9); otherwise it is a 400, never a silent other shape. On
+/// tiered models a `WxH` picks the smallest tier whose long side reaches the requested one (so
+/// `1792x1024` is 16:9 at 2K). `auto` or no size: the model's default, or the tier `quality` asks for.
 public enum SizeRules {
-    public static func resolve(model: CatalogModel, size rawSize: String?, aspectRatio rawRatio: String?) throws(GatewayError) -> ImageSpec {
+    public static func resolve(
+        model: CatalogModel, size rawSize: String?, aspectRatio rawRatio: String?, quality: ImageQuality? = nil
+    ) throws(GatewayError) -> ImageSpec {
         let size = normalized(rawSize)
-        let ratioField = normalized(rawRatio)
+        let family = model.family
 
         var explicitRatio: AspectRatio?
-        if let ratioField {
-            guard let ratio = AspectRatio(rawValue: ratioField) else {
-                throw .invalidParameter("aspect_ratio", "Invalid aspect_ratio '\(rawRatio ?? "")'. Accepted values: \(AspectRatio.accepted).")
+        if let ratioField = normalized(rawRatio) {
+            guard let ratio = AspectRatio(rawValue: ratioField), family.aspectRatios.contains(ratio) else {
+                throw .invalidParameter("aspect_ratio", "Invalid aspect_ratio '\(rawRatio ?? "")' for model '\(model.name)'. Accepted values: \(ratioList(model)).")
             }
             explicitRatio = ratio
         }
@@ -50,43 +76,70 @@ public enum SizeRules {
         switch model.sizeMode {
         case .ratioOrPixels:
             guard let size else { return ImageSpec(aspectRatio: explicitRatio, imageSize: nil) }
-            let ratio = AspectRatio(rawValue: size)
+            let ratio = ratio(named: size, model: model)
                 ?? PixelTables.flash25.first(where: { $0.value.description == size })?.key
                 ?? PixelTables.openAISizes[size]
+                ?? PixelSize(parsing: size).flatMap { exactRatio(of: $0, among: family.aspectRatios) }
             guard let ratio else {
+                if ImageSize(lenient: size) != nil {
+                    throw .invalidParameter("size", "Model '\(model.name)' has one size per aspect ratio; '\(rawSize ?? "")' is a tier of other models. Pass an aspect ratio in size. Accepted values: \(flashAccepted).")
+                }
                 throw .invalidParameter("size", "Invalid size '\(rawSize ?? "")' for model '\(model.name)'. Accepted values: \(flashAccepted).")
             }
-            if let explicitRatio, explicitRatio != ratio {
-                throw .invalidParameter("aspect_ratio", "aspect_ratio '\(explicitRatio.rawValue)' contradicts size '\(rawSize ?? "")' (\(ratio.rawValue)); send one of them.")
-            }
-            return ImageSpec(aspectRatio: ratio, imageSize: nil)
+            return try merged(ImageSpec(aspectRatio: ratio, imageSize: nil), explicitRatio: explicitRatio, rawSize: rawSize)
 
         case .tier:
-            guard let size else { return ImageSpec(aspectRatio: explicitRatio, imageSize: .oneK) }
-            if let tier = ImageSize(lenient: size) { return ImageSpec(aspectRatio: explicitRatio, imageSize: tier) }
-            if let spec = proSpec(forPixelsOrRatio: size, tiers: ImageSize.allCases, defaultTier: .oneK) {
-                return try merged(spec, explicitRatio: explicitRatio, model: model)
+            let defaultTier = family.defaultSize ?? .oneK
+            let asked = quality?.tier(among: family.imageSizes, default: defaultTier) ?? defaultTier
+            guard let size else { return ImageSpec(aspectRatio: explicitRatio, imageSize: asked) }
+            if let tier = ImageSize(lenient: size) {
+                guard family.imageSizes.contains(tier) else {
+                    throw .invalidParameter("size", "Model '\(model.name)' does not render at \(tier.rawValue). Accepted sizes: \(tierList(family.imageSizes)), an aspect ratio (\(ratioList(model))) or a pixel size of its table.")
+                }
+                return ImageSpec(aspectRatio: explicitRatio, imageSize: tier)
             }
-            throw .invalidParameter("size", "Invalid size '\(rawSize ?? "")' for model '\(model.name)'. Accepted values: 1k, 2k, 4k (any case), an aspect ratio (\(AspectRatio.accepted)), or a pixel size from the 3-pro table.")
+            if let ratio = ratio(named: size, model: model) {
+                return try merged(ImageSpec(aspectRatio: ratio, imageSize: asked), explicitRatio: explicitRatio, rawSize: rawSize)
+            }
+            if let spec = pixelSpec(size, family: family, tiers: family.imageSizes) {
+                return try merged(spec, explicitRatio: explicitRatio, rawSize: rawSize)
+            }
+            throw .invalidParameter("size", "Invalid size '\(rawSize ?? "")' for model '\(model.name)'. Accepted values: \(tierList(family.imageSizes)) (any case), an aspect ratio (\(ratioList(model))), a pixel size of its table, or a WxH of one of those ratios.")
 
         case .ratioAtFixedTier(let tier):
             guard let size else { return ImageSpec(aspectRatio: explicitRatio, imageSize: tier) }
             if let named = ImageSize(lenient: size) {
                 guard named == tier else {
-                    throw .invalidParameter("size", "Model '\(model.name)' always renders at \(tier.rawValue); size '\(rawSize ?? "")' contradicts it. Pass an aspect ratio in size (\(AspectRatio.accepted)).")
+                    throw .invalidParameter("size", "Model '\(model.name)' always renders at \(tier.rawValue); size '\(rawSize ?? "")' contradicts it. Pass an aspect ratio in size (\(ratioList(model))).")
                 }
                 return ImageSpec(aspectRatio: explicitRatio, imageSize: tier)
             }
-            if let spec = proSpec(forPixelsOrRatio: size, tiers: [tier], defaultTier: tier) {
-                return try merged(ImageSpec(aspectRatio: spec.aspectRatio, imageSize: tier), explicitRatio: explicitRatio, model: model)
+            if let ratio = ratio(named: size, model: model) {
+                return try merged(ImageSpec(aspectRatio: ratio, imageSize: tier), explicitRatio: explicitRatio, rawSize: rawSize)
             }
-            throw .invalidParameter("size", "Invalid size '\(rawSize ?? "")' for model '\(model.name)'. Accepted values: an aspect ratio (\(AspectRatio.accepted)) or a pixel size from the \(tier.rawValue) table.")
+            if let spec = pixelSpec(size, family: family, tiers: [tier]) {
+                return try merged(ImageSpec(aspectRatio: spec.aspectRatio, imageSize: tier), explicitRatio: explicitRatio, rawSize: rawSize)
+            }
+            throw .invalidParameter("size", "Invalid size '\(rawSize ?? "")' for model '\(model.name)'. Accepted values: an aspect ratio (\(ratioList(model))) or a pixel size of its \(tier.rawValue) table.")
         }
     }
 
+    /// `1:4` on a model without it is a 400 naming what the model takes, not "invalid size".
+    private static func ratio(named size: String, model: CatalogModel) -> AspectRatio? {
+        AspectRatio(rawValue: size).flatMap { model.family.aspectRatios.contains($0) ? $0 : nil }
+    }
+
+    private static func ratioList(_ model: CatalogModel) -> String {
+        model.family.aspectRatios.map(\.rawValue).joined(separator: ", ")
+    }
+
+    private static func tierList(_ tiers: [ImageSize]) -> String {
+        tiers.map(\.rawValue).joined(separator: ", ")
+    }
+
     private static let flashAccepted =
-        AspectRatio.allCases.map { "\($0.rawValue) or \(PixelTables.flash25[$0]!)" }.joined(separator: ", ")
-        + ", or an OpenAI size (\(PixelTables.openAISizes.keys.sorted().joined(separator: ", ")))"
+        AspectRatio.ten.map { "\($0.rawValue) or \(PixelTables.flash25[$0]!)" }.joined(separator: ", ")
+        + ", an OpenAI size (\(PixelTables.openAISizes.keys.sorted().joined(separator: ", "))) or a WxH of one of those ratios"
 
     /// `auto`, empty and absent all mean "let the model choose".
     private static func normalized(_ value: String?) -> String? {
@@ -94,30 +147,34 @@ public enum SizeRules {
         return trimmed.lowercased().replacingOccurrences(of: "×", with: "x")
     }
 
-    /// A ratio, a pixel size from the 3-pro table at one of `tiers`, or an OpenAI size.
-    private static func proSpec(forPixelsOrRatio size: String, tiers: [ImageSize], defaultTier: ImageSize) -> ImageSpec? {
-        if let ratio = AspectRatio(rawValue: size) { return ImageSpec(aspectRatio: ratio, imageSize: defaultTier) }
-        for (ratio, bySize) in PixelTables.pro3 {
-            for tier in tiers where bySize[tier]!.description == size {
+    /// The ratio `pixels` is exactly (`1920x1080` → 16:9), among `ratios`.
+    static func exactRatio(of pixels: PixelSize, among ratios: [AspectRatio]) -> AspectRatio? {
+        ratios.first { ratio in
+            let (w, h) = ratio.parts
+            return pixels.width * h == pixels.height * w
+        }
+    }
+
+    /// A pixel size of the family's table at one of `tiers`, an OpenAI size, or an exact-ratio `WxH`.
+    private static func pixelSpec(_ size: String, family: ModelFamily, tiers: [ImageSize]) -> ImageSpec? {
+        for ratio in family.aspectRatios {
+            for tier in tiers where family.pixels(ratio, tier).description == size {
                 return ImageSpec(aspectRatio: ratio, imageSize: tier)
             }
         }
-        if let ratio = PixelTables.openAISizes[size] {
-            let longSide = size.split(separator: "x").compactMap { Int($0) }.max() ?? 0
-            let tier = tiers.first { tier in
-                let pixels = PixelTables.pro3[ratio]![tier]!
-                return max(pixels.width, pixels.height) >= longSide
-            } ?? tiers.last!
-            return ImageSpec(aspectRatio: ratio, imageSize: tier)
-        }
-        return nil
+        guard let pixels = PixelSize(parsing: size),
+            let ratio = PixelTables.openAISizes[size].flatMap({ family.aspectRatios.contains($0) ? $0 : nil })
+                ?? exactRatio(of: pixels, among: family.aspectRatios)
+        else { return nil }
+        let tier = tiers.first { family.pixels(ratio, $0).longSide >= pixels.longSide } ?? tiers.last!
+        return ImageSpec(aspectRatio: ratio, imageSize: tier)
     }
 
     /// A ratio given both in `size` and in `aspect_ratio` must agree.
-    private static func merged(_ spec: ImageSpec, explicitRatio: AspectRatio?, model: CatalogModel) throws(GatewayError) -> ImageSpec {
+    private static func merged(_ spec: ImageSpec, explicitRatio: AspectRatio?, rawSize: String?) throws(GatewayError) -> ImageSpec {
         guard let explicitRatio else { return spec }
         guard spec.aspectRatio == nil || spec.aspectRatio == explicitRatio else {
-            throw .invalidParameter("aspect_ratio", "aspect_ratio '\(explicitRatio.rawValue)' contradicts size, which means \(spec.aspectRatio!.rawValue). Send one or make them agree.")
+            throw .invalidParameter("aspect_ratio", "aspect_ratio '\(explicitRatio.rawValue)' contradicts size '\(rawSize ?? "")' (\(spec.aspectRatio!.rawValue)); send one of them or make them agree.")
         }
         return ImageSpec(aspectRatio: explicitRatio, imageSize: spec.imageSize)
     }

@@ -65,8 +65,12 @@ public func buildApplication(
     onServerRunning: @escaping @Sendable (any Channel) async -> Void = { _ in }
 ) -> some ApplicationProtocol {
     let pool = UpstreamPool(httpClient: dependencies.httpClient, configuration: configuration.upstream)
-    let urls = ImageURLService(store: dependencies.imageStore, signer: dependencies.signer, ttl: configuration.urlTTL)
-    let pipeline = RequestPipeline(upstream: pool, usage: dependencies.store, images: urls)
+    let urls = ImageURLService(
+        store: dependencies.imageStore, signer: dependencies.signer, ttl: configuration.urlTTL,
+        converter: ImageConverter(threadPool: dependencies.blockingThreadPool)
+    )
+    let retired = RetiredModels()
+    let pipeline = RequestPipeline(upstream: pool, usage: dependencies.store, images: urls, retired: retired)
     let inputs = InputImageLoader(
         imageStore: dependencies.imageStore, signer: dependencies.signer, limits: configuration.inputs,
         resolver: ThreadPoolResolver(threadPool: dependencies.blockingThreadPool, lookup: hostLookup), fileThreadPool: dependencies.blockingThreadPool
@@ -82,12 +86,12 @@ public func buildApplication(
     let api = router.group("v1").add(middleware: APIKeyAuthenticator(keys: dependencies.store))
     ImagesController(
         catalog: configuration.catalog, pipeline: pipeline, publicURL: publicURL,
-        maxJSONBodyBytes: configuration.maxJSONBodyBytes, inputs: inputs
+        maxJSONBodyBytes: configuration.maxJSONBodyBytes, inputs: inputs, keepAliveInterval: configuration.keepAliveInterval
     ).addRoutes(to: api)
     ModelsController(catalog: configuration.catalog).addRoutes(to: api)
     ChatController(
         catalog: configuration.catalog, pipeline: pipeline, signatures: dependencies.store,
-        inputs: inputs, publicURL: publicURL, keepAliveInterval: configuration.keepAliveInterval
+        inputs: inputs, publicURL: publicURL, keepAliveInterval: configuration.keepAliveInterval, chatImages: configuration.chatImages
     ).addRoutes(to: api)
 
     var app = Application(
@@ -103,6 +107,9 @@ public func buildApplication(
     let database = dependencies.database
     let httpClient = dependencies.httpClient
     let threadPool = dependencies.blockingThreadPool
+    if configuration.checkModelsAtStart {
+        app.addServices(ModelCheckService(catalog: configuration.catalog, pool: pool, retired: retired, logger: logger))
+    }
     app.addServices(
         ImageSweeper(store: dependencies.imageStore, ttl: configuration.urlTTL, signatures: dependencies.store, logger: logger),
         CloseOnShutdown { try await httpClient.shutdown() },

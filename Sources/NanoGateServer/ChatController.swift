@@ -2,6 +2,7 @@ import AsyncAlgorithms
 import Crypto
 import ExtrasBase64
 import Foundation
+import HTTPTypes
 import Hummingbird
 import Logging
 import NanoGateCore
@@ -12,9 +13,12 @@ import Upstream
 
 /// `POST /v1/chat/completions`: conversation with image output, streamed or not.
 ///
-/// Images come back twice: as `message.images` (`[{"type":"image_url","image_url":{"url"}}]`, the
-/// OpenRouter/LiteLLM/Vercel convention) and as Markdown `![image](url)` in `content`, so plain
-/// chat clients show them. The URL is a signed gateway URL or a `data:` URL, by the same rules as
+/// Each image comes back once, in one of two shapes (OpenRouter's convention): a client that asks
+/// for images with `modalities` (e.g. `["image","text"]`) gets `message.images` /
+/// `delta.images` (`[{"type":"image_url","image_url":{"url"}}]`) and text-only `content`; any other
+/// client gets Markdown `![image](url)` in `content`, which every plain chat client renders.
+/// Clients that render both (Open WebUI) would otherwise show every image twice. The operator
+/// can fix one shape, or both, with `NANOGATE_CHAT_IMAGES`. The URL is a signed gateway URL or a `data:` URL, by the same rules as
 /// the images API: `response_format` (or `image_response_format`) `url`/`b64_json` if given, else
 /// the key's group (default → URL, gemini → data URL); base64-only model names always give data URLs.
 ///
@@ -26,6 +30,30 @@ import Upstream
 /// Limits, checked before any image is fetched: `maxMessages` messages, `maxParts` content
 /// parts, the model's own maximum of input images (the catalog's `maxInputImages`, Markdown and
 /// `message.images` of assistant turns included), and the prompt limit over all text.
+/// How chat replies carry images (`NANOGATE_CHAT_IMAGES`).
+public enum ChatImageStyle: String, Sendable, CaseIterable {
+    /// `images` when the request's `modalities` names `image`, else Markdown.
+    case auto
+    /// Always Markdown in `content`.
+    case markdown
+    /// Always `message.images` / `delta.images`, text-only `content`.
+    case images
+    /// Both (the gateway's behaviour before 2026-12; clients that render both show images twice).
+    case both
+
+    /// The shape for one request.
+    func resolved(modalities: [String]?) -> (markdown: Bool, images: Bool) {
+        switch self {
+        case .auto:
+            let asksForImages = modalities?.contains { $0.lowercased() == "image" } ?? false
+            return (!asksForImages, asksForImages)
+        case .markdown: return (true, false)
+        case .images: return (false, true)
+        case .both: return (true, true)
+        }
+    }
+}
+
 struct ChatController {
     let catalog: ModelCatalog
     let pipeline: RequestPipeline
@@ -34,6 +62,7 @@ struct ChatController {
     let publicURL: PublicURL
     /// How often a silent stream gets an SSE comment, so proxies do not cut a slow generation.
     let keepAliveInterval: Duration
+    let chatImages: ChatImageStyle
 
     static let bypassSignature = "context_engineering_is_the_way_to_go"
     /// Most messages in one request.
@@ -56,7 +85,14 @@ struct ChatController {
         var format: ResponseFormat
         var baseURL: String
         var includeUsage: Bool
+        /// Whether reply images go in `content` as Markdown, in `images`, or both.
+        var markdownImages = true
+        var imagesField = true
+        /// Assistant-turn images that could not be read and were left out of what went to Google.
+        var droppedImages = 0
     }
+
+    static let droppedImagesHeader = HTTPField.Name("X-NanoGate-Dropped-Images")!
 
     @Sendable func completions(_ request: Request, context: GatewayRequestContext) async throws -> Response {
         guard let key = context.apiKey else { throw GatewayError.unauthorized("Missing API key.") }
@@ -65,12 +101,17 @@ struct ChatController {
         let job = try await prepare(input, key: key, baseURL: baseURL)
         context.logger.info("chat completion", metadata: ["model": "\(job.model.name)", "stream": "\(input.stream == true)", "turns": "\(job.gemini.contents.count)"])
         let settlement = pipeline.open(key: key, endpoint: "chat.completions", model: job.model)
+        var response: Response
         if input.stream == true {
-            return try await streamed(job, settlement: settlement, logger: context.logger)
+            response = try await streamed(job, settlement: settlement, logger: context.logger)
+        } else {
+            response = try await pipeline.settling(settlement, logger: context.logger) { () throws(GatewayError) -> Response in
+                try await whole(job, settlement: settlement, logger: context.logger)
+            }
         }
-        return try await pipeline.settling(settlement, logger: context.logger) { () throws(GatewayError) -> Response in
-            try await whole(job, settlement: settlement, logger: context.logger)
-        }
+        response.headers[ImagesController.upstreamModelHeader] = settlement.servedBy.id
+        if job.droppedImages > 0 { response.headers[Self.droppedImagesHeader] = "\(job.droppedImages)" }
+        return response
     }
 
     // MARK: Request
@@ -98,16 +139,26 @@ struct ChatController {
         let spec = try SizeRules.resolve(model: model, size: size, aspectRatio: ratio)
         let format = try ImagesController.responseFormat(input.imageFormat, model: model, group: key.group)
 
-        let contents = try await geminiContents(input.messages, model: model, keyID: key.id, baseURL: baseURL)
+        let (contents, dropped) = try await geminiContents(input.messages, model: model, keyID: key.id, baseURL: baseURL)
         var request = ImageTranslation.geminiRequest(prompt: "", spec: spec, family: model.family)
         request.contents = contents
-        return ChatJob(key: key, model: model, spec: spec, gemini: request, format: format, baseURL: baseURL, includeUsage: input.includeUsage)
+        let shape = chatImages.resolved(modalities: input.modalities)
+        return ChatJob(
+            key: key, model: model, spec: spec, gemini: request, format: format, baseURL: baseURL, includeUsage: input.includeUsage,
+            markdownImages: shape.markdown, imagesField: shape.images, droppedImages: dropped
+        )
     }
 
     /// OpenAI messages → Gemini contents: roles `user`/`model`, images as `inlineData`, system
     /// text at the start of the first user turn (whether the image models honour
     /// `systemInstruction` is undocumented), signatures restored on model turns.
-    func geminiContents(_ messages: [ChatMessage], model: CatalogModel, keyID: String, baseURL: String) async throws(GatewayError) -> [GeminiWire.Content] {
+    ///
+    /// An assistant turn's images go upstream once each, however often the client repeats them
+    /// (the SDK's message object sent back holds each image in `images` and in the Markdown).
+    /// An assistant-turn image the gateway cannot read (Open WebUI rewrites earlier images into
+    /// its own relative `/api/v1/files/…` URLs) is left out rather than failing the turn; the
+    /// count comes back as the second value. A user-turn image that cannot be read is a 400.
+    func geminiContents(_ messages: [ChatMessage], model: CatalogModel, keyID: String, baseURL: String) async throws(GatewayError) -> ([GeminiWire.Content], dropped: Int) {
         let family = model.family
         var system: [String] = []
         var pending: [(role: String, text: String, urls: [(url: String, param: String)])] = []
@@ -132,7 +183,8 @@ struct ChatController {
             case "assistant":
                 let split = ChatTranslation.splitMarkdownImages(text)
                 text = split.text
-                imageURLs = split.urls + message.images + imageURLs
+                var seen = Set<String>()
+                imageURLs = (split.urls + message.images + imageURLs).filter { seen.insert($0).inserted }
             default:
                 throw .invalidParameter("messages[\(index)].role", "Role '\(message.role)' is not supported; use system, user or assistant.")
             }
@@ -147,10 +199,23 @@ struct ChatController {
         try PromptLimit.check((system + pending.map(\.text)).joined(separator: "\n"), param: "messages")
 
         var turns: [(role: String, text: String, images: [GeminiWire.InlineData])] = []
+        var dropped = 0
         for turn in pending {
             var images: [GeminiWire.InlineData] = []
+            var fingerprints = Set<String>()
             for reference in turn.urls {
-                images.append(try await inputs.load(url: reference.url, param: reference.param, baseURLs: [baseURL]))
+                let image: GeminiWire.InlineData
+                do {
+                    image = try await inputs.load(url: reference.url, param: reference.param, baseURLs: [baseURL])
+                } catch {
+                    // Only the model's own earlier images may be left out; what the user sends must arrive.
+                    guard turn.role == "model", error.status < 500 || error.code == "image_fetch_failed" else { throw error }
+                    dropped += 1
+                    continue
+                }
+                // The same image by another URL (a data URL and its gateway URL) also goes once.
+                if turn.role == "model", !fingerprints.insert(Self.hash(image: image, keyID: keyID)).inserted { continue }
+                images.append(image)
             }
             turns.append((turn.role, turn.text, images))
         }
@@ -183,19 +248,20 @@ struct ChatController {
             for image in turn.images {
                 parts.append(GeminiWire.Part(inlineData: image, thoughtSignature: turn.role == "model" ? known[Self.hash(image: image, keyID: keyID)] : nil))
             }
-            if turn.role == "model" && family == .pro3 {
+            if turn.role == "model" && family.thinks {
                 // History Gemini did not produce (or whose signature expired): Google's documented bypass.
                 for index in parts.indices where (index == 0 || parts[index].inlineData != nil) && parts[index].thoughtSignature == nil {
                     parts[index].thoughtSignature = Self.bypassSignature
                 }
             }
+            guard !parts.isEmpty else { continue }
             if let last = contents.last, last.role == turn.role {
                 contents[contents.count - 1].parts = (last.parts ?? []) + parts
             } else {
                 contents.append(GeminiWire.Content(role: turn.role, parts: parts))
             }
         }
-        return contents
+        return (contents, dropped)
     }
 
     /// The signature-store key of an assistant text, scoped to the API key (a common reply such
@@ -287,7 +353,10 @@ struct ChatController {
                 if let signature = part.thoughtSignature { collector.signatures[Self.hash(image: image, keyID: job.key.id)] = signature }
                 collector.imageURLs.append(url)
                 let markdown = SplicedString(collector.text.isEmpty && collector.imageURLs.count == 1 ? "" : "\n\n") + ChatTranslation.markdown(imageURL: url)
-                deltas.append(ChatMessageOut(content: markdown, images: [ChatImage(url: url, index: collector.imageURLs.count - 1)]))
+                deltas.append(ChatMessageOut(
+                    content: job.markdownImages ? markdown : nil,
+                    images: job.imagesField ? [ChatImage(url: url, index: collector.imageURLs.count - 1)] : nil
+                ))
             } else {
                 if let signature = part.thoughtSignature { collector.textSignature = collector.textSignature ?? signature }
                 if let text = part.text, !text.isEmpty {
@@ -343,14 +412,14 @@ struct ChatController {
         await account(collector, job: job, settlement: settlement, logger: logger)
 
         var content = SplicedString(collector.text)
-        for url in collector.imageURLs {
+        for url in collector.imageURLs where job.markdownImages {
             content = content + SplicedString(content.isEmpty ? "" : "\n\n") + ChatTranslation.markdown(imageURL: url)
         }
         let message = ChatMessageOut(
             role: "assistant",
             content: collector.blocked != nil && content.isEmpty ? nil : content,
             refusal: collector.blocked,
-            images: collector.imageURLs.isEmpty ? nil : collector.imageURLs.enumerated().map { ChatImage(url: $1, index: $0) },
+            images: collector.imageURLs.isEmpty || !job.imagesField ? nil : collector.imageURLs.enumerated().map { ChatImage(url: $1, index: $0) },
             reasoningContent: collector.reasoning.isEmpty ? nil : collector.reasoning
         )
         let completion = ChatCompletion(

@@ -15,7 +15,11 @@ import Hummingbird
 /// | | `NANOGATE_URL_SECRET` | HMAC secret for image URLs (share it across instances) | generated into the data dir |
 /// | | `GEMINI_API_KEY` | Google key(s), comma-separated | none |
 /// | | `NANOGATE_GEMINI_BASE_URL` | Gemini API base | Google's |
-/// | | `NANOGATE_UPSTREAM_FLASH` / `NANOGATE_UPSTREAM_PRO` | upstream model ids | `gemini-2.5-flash-image` / `gemini-3-pro-image-preview` |
+/// | `--config` | `NANOGATE_CONFIG` | configuration file (YAML or JSON): settings and the `models:` list | none |
+/// | | `NANOGATE_UPSTREAM_FLASH` / `NANOGATE_UPSTREAM_PRO` / `NANOGATE_UPSTREAM_FLASH31` | upstream model ids of the built-in catalog | `gemini-2.5-flash-image` / `gemini-3-pro-image` / `gemini-3.1-flash-image` |
+/// | | `NANOGATE_UPSTREAM_FLASH_FALLBACK` | tried when Google answers 404 for the 2.5 id (empty: none) | `gemini-3.1-flash-image` |
+/// | | `NANOGATE_CHECK_MODELS` | check the catalog against Google's model list at start-up | on |
+/// | | `NANOGATE_CHAT_IMAGES` | how chat replies carry images: `auto`, `markdown`, `images`, `both` | `auto` |
 /// | | `NANOGATE_UPSTREAM_TIMEOUT` | seconds per upstream call | 300 |
 /// | | `NANOGATE_MAX_IMAGE_BYTES`, `NANOGATE_MAX_REQUEST_BYTES`, `NANOGATE_ALLOW_PRIVATE_FETCH`, `NANOGATE_FETCH_ALLOW_NETWORKS`, `NANOGATE_ALLOW_HTTP_FETCH`, `NANOGATE_FETCH_TIMEOUT`, `NANOGATE_MAX_FETCHES` | see `InputLimits` | |
 /// | | `NANOGATE_IDLE_TIMEOUT` | seconds a connection may send nothing (idle keep-alive, a stalled head or body) | 30 |
@@ -46,6 +50,10 @@ public struct GatewayConfiguration: Sendable {
     /// Whether `X-Forwarded-Host`/`-Proto` may decide where image URLs point. Off by default:
     /// any client could otherwise make the gateway hand out URLs to a host of its choosing.
     public var trustForwardedHeaders = false
+    /// How chat replies carry images (`ChatImageStyle`).
+    public var chatImages = ChatImageStyle.auto
+    /// Whether `serve` checks the catalog against Google's model list at start-up (in the background).
+    public var checkModelsAtStart = true
 
     public init(
         host: String = "127.0.0.1", port: Int = 8080, dataDirectory: URL, publicURL: String? = nil,
@@ -90,6 +98,14 @@ public struct GatewayConfiguration: Sendable {
             }
             return network
         }
+        func upstreamID(_ name: String, _ fallback: String) -> String {
+            guard let raw = environment[name], !raw.isEmpty else { return fallback }
+            guard ModelCatalog.isValidUpstreamID(raw) else {
+                problems.append("\(name)=\(raw) is not a Google model id (letters, digits, '.', '-', '_')")
+                return fallback
+            }
+            return raw
+        }
         let keys = (environment["GEMINI_API_KEY"] ?? "").split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
         var configuration = GatewayConfiguration(
             host: environment["NANOGATE_HOST"] ?? "127.0.0.1",
@@ -105,8 +121,11 @@ public struct GatewayConfiguration: Sendable {
                 maxAttempts: number("NANOGATE_UPSTREAM_ATTEMPTS", 3)
             ),
             catalog: .standard(
-                flashUpstream: environment["NANOGATE_UPSTREAM_FLASH"] ?? "gemini-2.5-flash-image",
-                proUpstream: environment["NANOGATE_UPSTREAM_PRO"] ?? "gemini-3-pro-image-preview"
+                flashUpstream: upstreamID("NANOGATE_UPSTREAM_FLASH", ModelCatalog.defaultFlashUpstream),
+                proUpstream: upstreamID("NANOGATE_UPSTREAM_PRO", ModelCatalog.defaultProUpstream),
+                flash31Upstream: upstreamID("NANOGATE_UPSTREAM_FLASH31", ModelCatalog.defaultFlash31Upstream),
+                flashFallback: environment["NANOGATE_UPSTREAM_FLASH_FALLBACK"].map { $0.isEmpty ? "" : upstreamID("NANOGATE_UPSTREAM_FLASH_FALLBACK", $0) }
+                    ?? ModelCatalog.defaultFlashFallback
             ),
             inputs: InputLimits(
                 maxImageBytes: number("NANOGATE_MAX_IMAGE_BYTES", 20 * 1024 * 1024),
@@ -121,6 +140,14 @@ public struct GatewayConfiguration: Sendable {
         configuration.keepAliveInterval = .seconds(number("NANOGATE_KEEPALIVE", 15))
         configuration.idleTimeout = .seconds(number("NANOGATE_IDLE_TIMEOUT", 30))
         configuration.trustForwardedHeaders = flag("NANOGATE_TRUST_FORWARDED")
+        configuration.checkModelsAtStart = environment["NANOGATE_CHECK_MODELS"].map { _ in flag("NANOGATE_CHECK_MODELS") } ?? true
+        if let raw = environment["NANOGATE_CHAT_IMAGES"], !raw.isEmpty {
+            if let style = ChatImageStyle(rawValue: raw.lowercased()) {
+                configuration.chatImages = style
+            } else {
+                problems.append("NANOGATE_CHAT_IMAGES=\(raw) is not one of \(ChatImageStyle.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+        }
         guard problems.isEmpty else { throw ConfigurationError(problems: problems) }
         return configuration
     }

@@ -37,7 +37,7 @@ extension ImagesController {
         }
 
         context.logger.info("image edit", metadata: ["model": "\(job.model.name)", "images": "\(job.inputImages.count)", "format": "\(job.format.rawValue)"])
-        return try Self.json(try await pipeline.generateImages(job, logger: context.logger))
+        return try await answer(job, logger: context.logger)
     }
 
     static let maskUnsupported = GatewayError.invalidParameter(
@@ -119,9 +119,13 @@ struct MultipartForm {
             guard let value = Int(raw.trimmingCharacters(in: .whitespaces)) else { throw .invalidParameter("n", "Invalid value for 'n': '\(raw)'. It must be an integer.") }
             n = value
         }
+        var options: [String: String] = [:]
+        for name in ImageGenerationRequest.optionNames {
+            if let value = text(name) { options[name] = value }
+        }
         return ImageGenerationRequest(
             prompt: prompt, model: text("model"), n: n, size: text("size"),
-            aspectRatio: text("aspect_ratio"), responseFormat: text("response_format")
+            aspectRatio: text("aspect_ratio"), responseFormat: text("response_format"), options: options
         )
     }
 

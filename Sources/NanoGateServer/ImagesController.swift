@@ -1,4 +1,5 @@
 import Foundation
+import HTTPTypes
 import Hummingbird
 import Logging
 import NanoGateCore
@@ -13,9 +14,8 @@ struct ImagesController {
     let publicURL: PublicURL
     let maxJSONBodyBytes: Int
     let inputs: InputImageLoader
-
-    /// The spec: image-to-image with 1 to 6 input images.
-    static let maxEditImages = 6
+    /// How often a silent image stream gets an SSE comment.
+    let keepAliveInterval: Duration
 
     /// The OpenAI paths and the spec's singular spellings (`/v1/image/generations`, its endpoint
     /// table), one handler each.
@@ -34,11 +34,26 @@ struct ImagesController {
 
         let job = try validate(input, key: key, baseURL: publicURL.base(of: request), endpoint: "images.generations")
         context.logger.info("image generation", metadata: ["model": "\(job.model.name)", "n": "\(job.count)", "format": "\(job.format.rawValue)"])
-        let response = try await pipeline.generateImages(job, logger: context.logger)
-        return try Self.json(response)
+        return try await answer(job, logger: context.logger)
     }
 
-    /// Validates against the catalog: model, prompt, n, size/aspect_ratio, response_format.
+    /// Runs a validated job: one JSON body, or OpenAI's image stream (`stream: true`). The
+    /// `X-NanoGate-Upstream-Model` header names the Google model that answered (the fallback
+    /// when the catalog's id is retired).
+    func answer(_ job: ImageJob, logger: Logger) async throws -> Response {
+        let settlement = pipeline.open(key: job.key, endpoint: job.endpoint, model: job.model)
+        if job.options.stream {
+            return streamed(job, settlement: settlement, logger: logger)
+        }
+        var response = try Self.json(try await pipeline.generateImages(job, settlement: settlement, logger: logger))
+        response.headers[Self.upstreamModelHeader] = settlement.servedBy.id
+        return response
+    }
+
+    static let upstreamModelHeader = HTTPField.Name("X-NanoGate-Upstream-Model")!
+
+    /// Validates against the catalog: model, prompt, n, size/aspect_ratio/quality, response_format
+    /// and the other OpenAI parameters (`ImageOptions`).
     func validate(_ input: ImageGenerationRequest, key: APIKey, baseURL: String, endpoint: String, inputImageCount: Int = 0) throws(GatewayError) -> ImageJob {
         guard let name = input.model, !name.isEmpty else {
             throw .invalidParameter("model", "Missing required parameter: 'model'. Available models: \(catalog.names.joined(separator: ", ")).", code: "missing_required_parameter")
@@ -52,16 +67,20 @@ struct ImagesController {
             throw .invalidParameter("n", "Invalid value for 'n': \(count). It must be between 1 and 4.")
         }
         if endpoint == "images.edits" {
-            let limit = min(Self.maxEditImages, model.maxInputImages)
-            guard (1...limit).contains(inputImageCount) else {
+            let limit = model.maxInputImages
+            guard (1...max(1, limit)).contains(inputImageCount) else {
                 throw .invalidParameter("image", "'\(model.name)' takes 1 to \(limit) input images; \(inputImageCount) were sent.", code: inputImageCount == 0 ? "missing_required_parameter" : "too_many_images")
             }
         }
-        let spec = try SizeRules.resolve(model: model, size: input.size, aspectRatio: input.aspectRatio)
+        let options = try ImageOptions.parse(input.options)
+        if options.outputFormat == .webp, !ImageConverter.webpAvailable {
+            throw .invalidParameter("output_format", "WebP output needs libwebp, which this server does not have; ask for png or jpeg.", code: "unsupported_value")
+        }
+        let spec = try SizeRules.resolve(model: model, size: input.size, aspectRatio: input.aspectRatio, quality: options.quality)
         let format = try Self.responseFormat(input.responseFormat, model: model, group: key.group)
         return ImageJob(
             key: key, endpoint: endpoint, model: model, spec: spec, prompt: input.prompt,
-            inputImages: [], count: count, format: format, baseURL: baseURL
+            inputImages: [], count: count, format: format, baseURL: baseURL, options: options
         )
     }
 

@@ -6,12 +6,26 @@ import NanoGateStorage
 struct ModelsController {
     let catalog: ModelCatalog
 
-    /// OpenAI's `Model` object.
+    /// OpenAI's `Model` object, with what the model accepts (so clients and consoles can build
+    /// their controls from it).
     struct ModelObject: Codable, Sendable {
         var id: String
         var object = "model"
         var created: Int
         var owned_by = "google"
+        var capabilities: Capabilities
+    }
+
+    struct Capabilities: Codable, Sendable {
+        var family: String
+        /// Values of `aspect_ratio` (and of `size` as a ratio).
+        var aspect_ratios: [String]
+        /// Tiers `size` takes (`[]`: the model has one size per ratio; `size` carries the ratio).
+        var sizes: [String]
+        var max_input_images: Int
+        var url_output: Bool
+        var output_formats: [String]
+        var streaming: Bool = true
     }
 
     struct ModelList: Codable, Sendable {
@@ -38,8 +52,15 @@ struct ModelsController {
         key == nil ? [] : catalog.models
     }
 
-    /// Release dates of the upstream models (unix seconds), as OpenAI's `created`.
+    /// Release dates of the upstream models (unix seconds) as OpenAI's `created`, and capabilities.
     func object(_ model: CatalogModel) -> ModelObject {
-        ModelObject(id: model.name, created: model.family == .flash25 ? 1_759_363_200 : 1_763_596_800)
+        ModelObject(
+            id: model.name, created: model.family.released,
+            capabilities: Capabilities(
+                family: model.family.rawValue, aspect_ratios: model.aspectRatios.map(\.rawValue), sizes: model.sizes.map(\.rawValue),
+                max_input_images: model.maxInputImages, url_output: model.allowsURLOutput,
+                output_formats: ImageConverter.webpAvailable ? ["png", "jpeg", "webp"] : ["png", "jpeg"]
+            )
+        )
     }
 }

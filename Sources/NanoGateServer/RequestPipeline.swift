@@ -18,6 +18,43 @@ struct ImageJob: Sendable {
     var format: ResponseFormat
     /// Where image URLs point (scheme and authority, no trailing slash).
     var baseURL: String
+    /// `output_format`, `output_compression`, `quality`, `stream`, `partial_images`.
+    var options = ImageOptions()
+}
+
+/// The Google model that answered (the catalog's upstream id, or its fallback), with the
+/// family and prices its usage is costed at.
+struct UpstreamTarget: Sendable, Equatable {
+    var id: String
+    var family: ModelFamily
+    var prices: TokenPrices
+
+    init(primaryOf model: CatalogModel) {
+        self.id = model.upstreamModel
+        self.family = model.family
+        self.prices = model.prices
+    }
+
+    init(id: String, family: ModelFamily) {
+        self.id = id
+        self.family = family
+        self.prices = family.googlePrices
+    }
+}
+
+/// Upstream ids Google answered 404 NOT_FOUND for (or `models check` found missing): requests
+/// go straight to the fallback for an hour instead of paying a failed call each time.
+final class RetiredModels: Sendable {
+    private let until = Mutex([String: ContinuousClock.Instant]())
+    static let memory = Duration.seconds(3600)
+
+    func markRetired(_ id: String) {
+        until.withLock { $0[id] = .now.advanced(by: Self.memory) }
+    }
+
+    func isRetired(_ id: String) -> Bool {
+        until.withLock { ($0[id].map { $0 > .now }) ?? false }
+    }
 }
 
 /// One request's account, from its first upstream call to its usage-log row: what Google
@@ -29,7 +66,7 @@ final class Settlement: Sendable {
     let model: CatalogModel
     /// Counts the upstream attempts for the row.
     let trace = UpstreamTrace()
-    private let state = Mutex(State())
+    private let state: Mutex<State>
 
     private struct State {
         var billed = ImageUsage.zero
@@ -37,12 +74,21 @@ final class Settlement: Sendable {
         var deliveredImages = 0
         var note: String?
         var settled = false
+        var servedBy: UpstreamTarget
     }
 
     init(key: APIKey, endpoint: String, model: CatalogModel) {
         self.key = key
         self.endpoint = endpoint
         self.model = model
+        self.state = Mutex(State(servedBy: UpstreamTarget(primaryOf: model)))
+    }
+
+    /// The Google model that answers this request (its fallback once the primary is retired).
+    var servedBy: UpstreamTarget { state.withLock { $0.servedBy } }
+
+    func serve(by target: UpstreamTarget) {
+        state.withLock { $0.servedBy = target }
     }
 
     /// Google answered with this usage (it bills it whether or not the client gets anything).
@@ -69,11 +115,12 @@ final class Settlement: Sendable {
             guard !state.settled else { return nil }
             state.settled = true
             let billed = state.billed
+            let prices = state.servedBy.prices
             return UsageRecord(
                 keyID: key.id, endpoint: endpoint, model: model.name, status: status, images: state.deliveredImages,
                 inputTokens: billed.inputTokens, outputTokens: billed.outputTokens, totalTokens: billed.totalTokens,
-                costMicroUSD: Pricing.costMicroUSD(state.delivered, prices: model.prices), errorCode: errorCode ?? state.note,
-                upstreamCostMicroUSD: Pricing.costMicroUSD(billed, prices: model.prices), attempts: trace.attempts
+                costMicroUSD: Pricing.costMicroUSD(state.delivered, prices: prices), errorCode: errorCode ?? state.note,
+                upstreamCostMicroUSD: Pricing.costMicroUSD(billed, prices: prices), attempts: trace.attempts
             )
         }
     }
@@ -92,6 +139,7 @@ struct RequestPipeline: Sendable {
     let upstream: UpstreamPool
     let usage: any UsageLog
     let images: ImageURLService
+    let retired: RetiredModels
 
     /// A new account for a validated request.
     func open(key: APIKey, endpoint: String, model: CatalogModel) -> Settlement {
@@ -121,93 +169,179 @@ struct RequestPipeline: Sendable {
         }
     }
 
-    /// One `generateContent` call on behalf of `settlement`; Google's usage is recorded as billed.
+    /// One `generateContent` call on behalf of `settlement` (through the fallback when Google
+    /// retired the model); Google's usage is recorded as billed.
     func generate(_ request: GeminiWire.Request, settlement: Settlement, logger: Logger) async throws(GatewayError) -> GeminiWire.Response {
-        let response = try await upstream.generateContent(model: settlement.model.upstreamModel, request: request, trace: settlement.trace, logger: logger)
+        let response = try await withFallback(request, settlement: settlement, logger: logger) { (model, request) throws(GatewayError) in
+            try await upstream.generateContent(model: model, request: request, trace: settlement.trace, logger: logger)
+        }
         settlement.billed(ImageTranslation.usage(of: response.usageMetadata))
         return response
     }
 
     /// One `streamGenerateContent` call on behalf of `settlement` (usage is recorded by the reader).
     func stream(_ request: GeminiWire.Request, settlement: Settlement, logger: Logger) async throws(GatewayError) -> GeminiEventStream {
-        try await upstream.streamGenerateContent(model: settlement.model.upstreamModel, request: request, trace: settlement.trace, logger: logger)
+        try await withFallback(request, settlement: settlement, logger: logger) { (model, request) throws(GatewayError) in
+            try await upstream.streamGenerateContent(model: model, request: request, trace: settlement.trace, logger: logger)
+        }
     }
 
-    /// The images endpoints: `n` parallel calls (Gemini rejects `candidateCount` > 1).
+    /// Calls the model's upstream id, or its fallback when Google answers 404 NOT_FOUND (a
+    /// retired id: Google renames image models every few months) or answered it recently. The
+    /// request is adapted to the fallback's family; a request the fallback cannot honour (a
+    /// ratio or tier it lacks) keeps the original error.
+    private func withFallback<Value>(
+        _ request: GeminiWire.Request, settlement: Settlement, logger: Logger,
+        _ call: (String, GeminiWire.Request) async throws(GatewayError) -> Value
+    ) async throws(GatewayError) -> Value {
+        let model = settlement.model
+        var fallback: (target: UpstreamTarget, request: GeminiWire.Request)?
+        if let id = model.fallbackModel, let family = model.fallbackFamily, let adapted = ImageTranslation.adapted(request, to: family) {
+            fallback = (UpstreamTarget(id: id, family: family), adapted)
+        }
+        if let fallback, retired.isRetired(model.upstreamModel) {
+            settlement.serve(by: fallback.target)
+            return try await call(fallback.target.id, fallback.request)
+        }
+        do {
+            return try await call(model.upstreamModel, request)
+        } catch {
+            guard error.code == "upstream_model_not_found", let fallback, !Task.isCancelled else { throw error }
+            retired.markRetired(model.upstreamModel)
+            logger.warning(
+                "Google does not serve the upstream model; using its fallback",
+                metadata: ["model": "\(model.name)", "upstream": "\(model.upstreamModel)", "fallback": "\(fallback.target.id)"]
+            )
+            settlement.serve(by: fallback.target)
+            return try await call(fallback.target.id, fallback.request)
+        }
+    }
+
+    /// The images endpoints' upstream work: `n` parallel calls (Gemini rejects `candidateCount` > 1).
     ///
-    /// When some calls fail, the images that succeeded are returned and charged (OpenAI clients
-    /// accept fewer than `n`); the request fails only when no image came back, with the first
-    /// call's error. Every answer Google returned is in the log's token counts either way.
-    func generateImages(_ job: ImageJob, logger: Logger) async throws(GatewayError) -> ImagesResponse {
-        let settlement = open(key: job.key, endpoint: job.endpoint, model: job.model)
-        return try await settling(settlement, logger: logger) { () throws(GatewayError) -> ImagesResponse in
-            let request = ImageTranslation.geminiRequest(prompt: job.prompt, inputImages: job.inputImages, spec: job.spec, family: job.model.family)
-            let results = await withTaskGroup(of: (Int, Result<ImageTranslation.Outcome, GatewayError>).self) { group in
-                for index in 0..<job.count {
-                    group.addTask {
-                        do throws(GatewayError) {
-                            let response = try await generate(request, settlement: settlement, logger: logger)
-                            return (index, .success(try ImageTranslation.outcome(of: response)))
-                        } catch {
-                            return (index, .failure(error))
-                        }
+    /// When some calls fail, the outcomes that succeeded are returned (OpenAI clients accept
+    /// fewer than `n`); it throws only when no image came back, with the first call's error.
+    /// Every answer Google returned is in the settlement's billed usage either way.
+    func produceImages(_ job: ImageJob, settlement: Settlement, logger: Logger) async throws(GatewayError) -> [ImageTranslation.Outcome] {
+        let request = ImageTranslation.geminiRequest(prompt: job.prompt, inputImages: job.inputImages, spec: job.spec, family: job.model.family)
+        let results = await withTaskGroup(of: (Int, Result<ImageTranslation.Outcome, GatewayError>).self) { group in
+            for index in 0..<job.count {
+                group.addTask {
+                    do throws(GatewayError) {
+                        let response = try await generate(request, settlement: settlement, logger: logger)
+                        return (index, .success(try ImageTranslation.outcome(of: response)))
+                    } catch {
+                        return (index, .failure(error))
                     }
                 }
-                var collected: [(Int, Result<ImageTranslation.Outcome, GatewayError>)] = []
-                for await result in group { collected.append(result) }
-                return collected.sorted { $0.0 < $1.0 }.map(\.1)
             }
-            let outcomes = results.compactMap { try? $0.get() }
-            guard !outcomes.isEmpty else {
-                for case .failure(let error) in results { throw error }
-                throw .internal("No upstream call was made.")
-            }
-            if outcomes.count < results.count {
-                logger.warning("some images of the request failed; answering with the others", metadata: ["delivered": "\(outcomes.count)", "asked": "\(job.count)"])
-            }
+            var collected: [(Int, Result<ImageTranslation.Outcome, GatewayError>)] = []
+            for await result in group { collected.append(result) }
+            return collected.sorted { $0.0 < $1.0 }.map(\.1)
+        }
+        let outcomes = results.compactMap { try? $0.get() }
+        guard !outcomes.isEmpty else {
+            for case .failure(let error) in results { throw error }
+            throw .internal("No upstream call was made.")
+        }
+        if outcomes.count < results.count {
+            logger.warning("some images of the request failed; answering with the others", metadata: ["delivered": "\(outcomes.count)", "asked": "\(job.count)"])
+        }
+        return outcomes
+    }
 
+    /// The images endpoints, answered as one JSON body. Images that succeeded are returned and
+    /// charged even when others of the same request failed.
+    func generateImages(_ job: ImageJob, settlement: Settlement, logger: Logger) async throws(GatewayError) -> ImagesResponse {
+        try await settling(settlement, logger: logger) { () throws(GatewayError) -> ImagesResponse in
+            let outcomes = try await produceImages(job, settlement: settlement, logger: logger)
             var data: [ImageObject] = []
             var delivered = ImageUsage.zero
+            var first: FinishedImage?
             for outcome in outcomes {
                 // One image per upstream call: Gemini may add more, but `n` is what the client asked for.
-                let image = outcome.images[0]
+                let image = try await images.finish(outcome.images[0], options: job.options)
                 switch job.format {
                 case .b64JSON:
-                    data.append(ImageObject(b64JSON: image.data, revisedPrompt: outcome.text))
+                    data.append(ImageObject(b64JSON: image.base64, revisedPrompt: outcome.text))
                 case .url:
                     do {
-                        let url = try await images.store(base64: image.data, baseURL: job.baseURL)
+                        let url = try await images.store(image, baseURL: job.baseURL)
                         data.append(ImageObject(url: url, revisedPrompt: outcome.text))
                     } catch {
                         logger.error("could not store a generated image", metadata: ["error": "\(error)"])
                         continue
                     }
                 }
+                first = first ?? image
                 delivered = delivered + outcome.usage
             }
             guard !data.isEmpty else {
                 throw .internal("The image was generated but could not be stored for a URL answer; retry with response_format b64_json.")
             }
             settlement.delivered(images: data.count, usage: delivered)
-            return ImagesResponse(created: Int(Date().timeIntervalSince1970), data: data, usage: delivered)
+            return ImagesResponse(
+                created: Int(Date().timeIntervalSince1970), data: data, usage: delivered, background: "opaque",
+                outputFormat: first?.format?.rawValue, size: first?.pixels?.description, quality: ImageQuality.reported(for: job.spec.imageSize)
+            )
         }
     }
 }
 
-/// Stores generated images and hands out signed, expiring URLs to them.
+/// A generated image as it is delivered: its base64, its real format and pixel size (read
+/// from the bytes), after any conversion the client asked for.
+struct FinishedImage: Sendable {
+    var base64: Base64Text
+    /// Decoded bytes when they were needed anyway (conversion, size), so a URL answer does not decode twice.
+    var bytes: [UInt8]?
+    var format: OutputFormat?
+    var pixels: PixelSize?
+}
+
+/// Finishes generated images (format, size, conversion) and stores them behind signed,
+/// expiring URLs.
 struct ImageURLService: Sendable {
     let store: ImageStore
     let signer: URLSigner
     let ttl: Duration
+    let converter: ImageConverter
 
-    /// Decodes Google's base64, sniffs the real type (Gemini mislabels JPEG as PNG), writes the
-    /// file and returns its signed URL. Bytes that are no image Google makes are refused rather
-    /// than stored under an image extension.
-    func store(base64: Base64Text, baseURL: String) async throws -> String {
-        guard let bytes = SafeBase64.decode(base64.bytes.readableBytesView) else { throw ImageStoreError.notAnImage }
-        guard let mime = ImageSniffer.mimeType(of: bytes) else { throw ImageStoreError.notAnImage }
+    /// Reads the real format and size from the bytes (Gemini labels JPEG as PNG at times) and
+    /// converts when the client asked for another format or a compression. Conversion and
+    /// decoding of large images run on the blocking pool, never on Swift's cooperative threads.
+    func finish(_ image: GeminiWire.InlineData, options: ImageOptions) async throws(GatewayError) -> FinishedImage {
+        // A 64 KiB prefix holds the header of every image Google makes (JPEG metadata included).
+        let head = SafeBase64.decode(image.data.bytes.readableBytesView.prefix(64 * 1024)) ?? []
+        let sniffed = ImageSniffer.mimeType(of: head).flatMap(OutputFormat.init(mimeType:))
+        var finished = FinishedImage(base64: image.data, bytes: nil, format: sniffed, pixels: ImageSniffer.pixelSize(of: head))
+        guard options.needsConversion(from: sniffed) || finished.pixels == nil else { return finished }
+        guard let bytes = SafeBase64.decode(image.data.bytes.readableBytesView) else {
+            throw .badGateway("Google returned an image the gateway could not decode.")
+        }
+        guard options.needsConversion(from: sniffed), let target = options.outputFormat ?? sniffed else {
+            finished.bytes = bytes
+            finished.pixels = ImageSniffer.pixelSize(of: bytes)
+            return finished
+        }
+        let converted = try await converter.convert(bytes, to: target, quality: options.outputCompression)
+        return FinishedImage(
+            base64: converted.base64, bytes: converted.bytes, format: target,
+            pixels: ImageSniffer.pixelSize(of: Array(converted.bytes.prefix(64 * 1024)))
+        )
+    }
+
+    /// Writes the image under its real type's extension and returns its signed URL. Bytes that
+    /// are no image Google makes are refused rather than stored under an image extension.
+    func store(_ image: FinishedImage, baseURL: String) async throws -> String {
+        guard let bytes = image.bytes ?? SafeBase64.decode(image.base64.bytes.readableBytesView) else { throw ImageStoreError.notAnImage }
+        guard let mime = ImageSniffer.mimeType(of: bytes.prefix(16)) else { throw ImageStoreError.notAnImage }
         let name = try await store.save(bytes, fileExtension: ImageSniffer.fileExtension(for: mime))
         let expires = Int(Date().timeIntervalSince1970) + Int(ttl.components.seconds)
         return "\(baseURL)/v1/files/images/\(name)?expires=\(expires)&signature=\(signer.signature(name: name, expires: expires))"
+    }
+
+    /// Google's base64 as a stored image (chat's URL answers: no conversion there).
+    func store(base64: Base64Text, baseURL: String) async throws -> String {
+        try await store(FinishedImage(base64: base64, bytes: nil, format: nil, pixels: nil), baseURL: baseURL)
     }
 }

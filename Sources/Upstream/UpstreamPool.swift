@@ -143,6 +143,52 @@ public final class UpstreamPool: Sendable {
         }
     }
 
+    /// Google's `GET /v1beta/models`, every page: the model ids it serves (without `models/`).
+    /// One key is used (the first usable one); at most 50 pages are read, each bounded in size
+    /// and time like any upstream answer.
+    public func listModels(logger: Logger) async throws(GatewayError) -> Set<String> {
+        guard !configuration.apiKeys.isEmpty else {
+            throw .unavailable("No Google API key is configured (set GEMINI_API_KEY).", code: "no_upstream")
+        }
+        let key = configuration.apiKeys[pickKey(model: "") ?? 0]
+        struct Page: Decodable {
+            struct Model: Decodable { var name: String? }
+            var models: [Model]?
+            var nextPageToken: String?
+        }
+        var ids = Set<String>()
+        var token: String?
+        for _ in 0..<50 {
+            var url = "\(configuration.baseURL)/v1beta/models?pageSize=1000"
+            if let token {
+                url += "&pageToken=" + (token.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? "")
+            }
+            var request = HTTPClientRequest(url: url)
+            request.headers.add(name: "x-goog-api-key", value: key)
+            let body: ByteBuffer
+            let status: Int
+            do {
+                let response = try await httpClient.execute(request, timeout: .seconds(30))
+                status = Int(response.status.code)
+                body = try await response.body.collect(upTo: 16 * 1024 * 1024)
+            } catch {
+                throw Self.transportFailure(error, timeout: .seconds(30)).error
+            }
+            guard status == 200 else {
+                throw Self.classify(status: status, envelope: Self.errorEnvelope(in: body), redact: redactor, logger: logger).error
+            }
+            guard let page = try? JSONDecoder().decode(Page.self, from: body) else {
+                throw .badGateway("Google's model list could not be read.")
+            }
+            for model in page.models ?? [] {
+                if let name = model.name { ids.insert(name.hasPrefix("models/") ? String(name.dropFirst(7)) : name) }
+            }
+            guard let next = page.nextPageToken, !next.isEmpty, next != token else { break }
+            token = next
+        }
+        return ids
+    }
+
     private func withRetries<Output: Sendable>(
         model: String, action: String, request: GeminiWire.Request, trace: UpstreamTrace?, logger: Logger,
         onSuccess: @escaping @Sendable (HTTPClientResponse) async -> Result<Output, AttemptFailure>
@@ -315,7 +361,7 @@ public final class UpstreamPool: Sendable {
         case 400:
             return AttemptFailure(error: .invalidParameter(nil, "Google rejected the request: \(message)", code: "upstream_invalid_request"), disposition: .fatal)
         case 404:
-            logger.error("Google does not know the upstream model; check NANOGATE_UPSTREAM_FLASH/NANOGATE_UPSTREAM_PRO", metadata: ["google.message": "\(message)"])
+            logger.error("Google does not know the upstream model; run `nanogate models check` and fix the catalog (configuration file or NANOGATE_UPSTREAM_*)", metadata: ["google.message": "\(message)"])
             return AttemptFailure(error: .badGateway("The upstream model is not available: \(message)", code: "upstream_model_not_found"), disposition: .fatal)
         case 503:
             return AttemptFailure(error: .unavailable("Google is overloaded: \(message)", retryAfterSeconds: retryDelay.map { max(1, Int($0.rounded(.up))) }), disposition: .retryAfterBackoff)

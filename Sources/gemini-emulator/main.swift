@@ -18,6 +18,8 @@ struct GeminiEmulatorCommand: AsyncParsableCommand {
     @Option(help: "Port to listen on (0 picks a free one).") var port = 8090
     @Option(help: "Milliseconds each generation takes.") var latencyMs = 0
     @Option(help: "Accept only this x-goog-api-key (repeatable); any key when absent.") var acceptKey: [String] = []
+    @Option(help: "Answer 404 NOT_FOUND for this model id, as Google does for a retired model (repeatable; the 2026 preview ids always are).")
+    var retired: [String] = []
 
     func run() async throws {
         #if canImport(Glibc)
@@ -26,9 +28,9 @@ struct GeminiEmulatorCommand: AsyncParsableCommand {
         #endif
         var logger = Logger(label: "gemini-emulator")
         logger.logLevel = .info
-        let emulator = GeminiEmulator(configuration: .init(
-            acceptedKeys: acceptKey.isEmpty ? nil : Set(acceptKey), latency: .milliseconds(latencyMs)
-        ))
+        var configuration = EmulatorConfiguration(acceptedKeys: acceptKey.isEmpty ? nil : Set(acceptKey), latency: .milliseconds(latencyMs))
+        configuration.retiredModels.formUnion(retired)
+        let emulator = GeminiEmulator(configuration: configuration)
         let app = Application(
             router: emulator.router(),
             configuration: .init(address: .hostname(host, port: port), serverName: "gemini-emulator"),

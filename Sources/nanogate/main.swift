@@ -1,8 +1,10 @@
 import ArgumentParser
+import AsyncHTTPClient
 import Foundation
 import GeminiEmulator
 import Hummingbird
 import Logging
+import NanoGateCore
 import NanoGateServer
 import NanoGateStorage
 import Upstream
@@ -15,14 +17,24 @@ struct NanoGate: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "nanogate",
         abstract: "An OpenAI-compatible gateway for Google's nano-banana image models.",
-        subcommands: [Serve.self, Keys.self]
+        subcommands: [Serve.self, Keys.self, Models.self]
     )
 }
 
-/// Options shared by every command that touches the data directory.
+/// Options shared by every command: the configuration file and the data directory.
 struct DataDirectoryOption: ParsableArguments {
+    @Option(help: "Configuration file (YAML or JSON): settings and the models list. Env: NANOGATE_CONFIG.")
+    var config: String?
     @Option(help: "Data directory (database, images). Env: NANOGATE_DATA_DIR. Default: ./nanogate-data")
     var dataDir: String?
+
+    /// The file (if any) under the environment, then these flags.
+    func load() throws -> GatewayConfiguration {
+        let environment = ProcessInfo.processInfo.environment
+        var configuration = try ConfigurationFile.configuration(path: config ?? environment["NANOGATE_CONFIG"], environment: environment)
+        apply(to: &configuration)
+        return configuration
+    }
 
     func apply(to configuration: inout GatewayConfiguration) {
         if let dataDir { configuration.dataDirectory = URL(fileURLWithPath: dataDir) }
@@ -54,11 +66,10 @@ struct Serve: AsyncParsableCommand {
 
     func run() async throws {
         Self.tuneAllocator()
-        var configuration = try GatewayConfiguration.fromEnvironment()
+        var configuration = try data.load()
         if let host { configuration.host = host }
         if let port { configuration.port = port }
         if let publicURL { configuration.publicURL = publicURL }
-        data.apply(to: &configuration)
         var logger = Logger(label: "nanogate")
         logger.logLevel = (logLevel ?? ProcessInfo.processInfo.environment["LOG_LEVEL"]).flatMap(Logger.Level.init(rawValue:)) ?? .info
 
@@ -79,8 +90,13 @@ struct Serve: AsyncParsableCommand {
         var configuration = configuration
         let emulatorKey = "demo-google-key"
         let (portStream, portContinuation) = AsyncStream.makeStream(of: Int.self)
+        var emulatorConfiguration = EmulatorConfiguration(acceptedKeys: [emulatorKey])
+        // Try the fallback offline: NANOGATE_DEMO_RETIRED=gemini-2.5-flash-image makes the emulator answer 404 for it.
+        for id in (ProcessInfo.processInfo.environment["NANOGATE_DEMO_RETIRED"] ?? "").split(separator: ",") {
+            emulatorConfiguration.retiredModels.insert(id.trimmingCharacters(in: .whitespaces))
+        }
         let emulator = Application(
-            router: GeminiEmulator(configuration: .init(acceptedKeys: [emulatorKey])).router(),
+            router: GeminiEmulator(configuration: emulatorConfiguration).router(),
             configuration: .init(address: .hostname("127.0.0.1", port: 0), serverName: "gemini-emulator"),
             onServerRunning: { channel in
                 portContinuation.yield(channel.localAddress?.port ?? 0)
@@ -135,8 +151,7 @@ struct Keys: AsyncParsableCommand {
 
     /// Opens the data directory's database for one command.
     static func withStore<T>(_ data: DataDirectoryOption, _ body: (SQLStore) async throws -> T) async throws -> T {
-        var configuration = try GatewayConfiguration.fromEnvironment()
-        data.apply(to: &configuration)
+        let configuration = try data.load()
         try createPrivateDirectory(configuration.dataDirectory)
         var logger = Logger(label: "nanogate")
         logger.logLevel = .warning
@@ -190,6 +205,59 @@ struct Keys: AsyncParsableCommand {
         func run() async throws {
             try await Keys.withStore(data) { try await $0.revokeKey(name: name) }
             print("Revoked key '\(name)'.")
+        }
+    }
+}
+
+struct Models: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Show and check the model catalog.",
+        subcommands: [Export.self, Check.self]
+    )
+
+    struct Export: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Print the catalog (built-in, with the configuration file applied) in the configuration file's format."
+        )
+        @OptionGroup var data: DataDirectoryOption
+
+        func run() async throws {
+            print(try ConfigurationFile.export(try data.load().catalog), terminator: "")
+        }
+    }
+
+    struct Check: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Ask Google which models it serves (GET /v1beta/models with GEMINI_API_KEY) and check each catalog model's upstream id and fallback.",
+            discussion: "Exits with 1 when a model can be served neither by its upstream id nor by its fallback."
+        )
+        @OptionGroup var data: DataDirectoryOption
+
+        func run() async throws {
+            let configuration = try data.load()
+            var logger = Logger(label: "nanogate")
+            logger.logLevel = .critical
+            let client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: UpstreamPool.clientConfiguration(requestTimeout: .seconds(30)))
+            let pool = UpstreamPool(httpClient: client, configuration: configuration.upstream)
+            let result: Result<ModelCheck, GatewayError>
+            do {
+                result = .success(try await ModelCheck.run(catalog: configuration.catalog, pool: pool, logger: logger))
+            } catch {
+                result = .failure(error)
+            }
+            try await client.shutdown()
+            switch result {
+            case .failure(let error):
+                FileHandle.standardError.write(Data("Could not read Google's model list: \(error.message)\n".utf8))
+                throw ExitCode(2)
+            case .success(let check):
+                print(check.report)
+                let broken = check.lines.filter { !$0.servable }
+                if !broken.isEmpty {
+                    FileHandle.standardError.write(Data("\(broken.count) model(s) cannot be served: \(broken.map(\.model).joined(separator: ", ")). Change their upstream or fallback in the configuration file.\n".utf8))
+                    throw ExitCode(1)
+                }
+            }
         }
     }
 }

@@ -41,7 +41,7 @@ import Testing
 
     @Test(arguments: [
         ("generate-text-to-image.gemini-2.5-flash-image", ImageSpec(aspectRatio: .portrait2x3, imageSize: nil), ModelFamily.flash25),
-        ("generate-4k.gemini-3-pro-image-preview", ImageSpec(aspectRatio: .landscape16x9, imageSize: .fourK), ModelFamily.pro3),
+        ("generate-4k.gemini-3-pro-image", ImageSpec(aspectRatio: .landscape16x9, imageSize: .fourK), ModelFamily.pro3),
     ])
     func generationHasTheFixturesKeys(name: String, spec: ImageSpec, family: ModelFamily) throws {
         let fixture = try Self.fixture(name)

@@ -33,7 +33,7 @@ import Testing
         #expect(try SizeRules.resolve(model: model("nano-banana"), size: "512x512", aspectRatio: nil).aspectRatio == .square)
     }
 
-    @Test(arguments: ["7:3", "1k", "4K", "1000x1000", "big", "1:1:1"])
+    @Test(arguments: ["7:3", "1k", "4K", "1000x300", "big", "1:1:1", "1:4", "0x0"])
     func flashRefusesWhatTheSpecDoesNotList(size: String) {
         #expect {
             try SizeRules.resolve(model: model("nano-banana"), size: size, aspectRatio: nil)
@@ -105,16 +105,74 @@ import Testing
         #expect(throws: GatewayError.self) { try SizeRules.resolve(model: model("nano-banana-pro-2k"), size: "4k", aspectRatio: nil) }
         // OpenAI clients send 1024x1024 by default: on a fixed tier it means the ratio only.
         #expect(try SizeRules.resolve(model: model("nano-banana-pro-4k"), size: "1024x1024", aspectRatio: nil) == ImageSpec(aspectRatio: .square, imageSize: .fourK))
-        #expect(throws: GatewayError.self) { try SizeRules.resolve(model: model("nano-banana-pro-4k"), size: "2048x2048", aspectRatio: nil) }
+        // Any WxH of an exact ratio means that ratio; on a fixed tier the name decides the pixels.
+        #expect(try SizeRules.resolve(model: model("nano-banana-pro-4k"), size: "2048x2048", aspectRatio: nil) == ImageSpec(aspectRatio: .square, imageSize: .fourK))
+        #expect(throws: GatewayError.self) { try SizeRules.resolve(model: model("nano-banana-pro-4k"), size: "2000x1000", aspectRatio: nil) }
     }
 
     @Test func catalogMatchesTheSpec() {
-        #expect(catalog.names == ["nano-banana", "gemini-2.5-flash-image", "nano-banana-pro", "gemini-3-pro-image-preview", "nano-banana-pro-2k", "nano-banana-pro-4k"])
-        #expect(catalog.models.filter(\.allowsURLOutput).map(\.name) == ["nano-banana", "nano-banana-pro", "nano-banana-pro-2k", "nano-banana-pro-4k"])
-        let renamed = ModelCatalog.standard(proUpstream: "gemini-3-pro-image")
-        #expect(renamed.model(named: "nano-banana-pro-4k")?.upstreamModel == "gemini-3-pro-image")
+        #expect(catalog.names == [
+            "nano-banana", "gemini-2.5-flash-image", "nano-banana-pro", "gemini-3-pro-image-preview", "nano-banana-pro-2k", "nano-banana-pro-4k",
+            "gemini-3-pro-image", "nano-banana-2", "gemini-3.1-flash-image",
+        ])
+        #expect(catalog.models.filter { !$0.allowsURLOutput }.map(\.name) == ["gemini-2.5-flash-image", "gemini-3-pro-image-preview"], "the spec's gemini-* names answer base64")
+        // Today's Google ids (wire-formats.md E1): the preview id was shut down on 2026-06-25.
+        for name in ["nano-banana-pro", "gemini-3-pro-image-preview", "nano-banana-pro-2k", "nano-banana-pro-4k"] {
+            #expect(catalog.model(named: name)?.upstreamModel == "gemini-3-pro-image", "\(name)")
+        }
+        for name in ["nano-banana", "gemini-2.5-flash-image"] {
+            #expect(catalog.model(named: name)?.upstreamModel == "gemini-2.5-flash-image")
+            #expect(catalog.model(named: name)?.fallbackModel == "gemini-3.1-flash-image")
+            #expect(catalog.model(named: name)?.fallbackFamily == .flash31)
+        }
+        #expect(catalog.model(named: "nano-banana-2")?.upstreamModel == "gemini-3.1-flash-image")
+        let renamed = ModelCatalog.standard(proUpstream: "gemini-3-pro-image-v2")
+        #expect(renamed.model(named: "nano-banana-pro-4k")?.upstreamModel == "gemini-3-pro-image-v2")
         #expect(ModelFamily.flash25.outputImageTokens(nil) == 1290)
         #expect(ModelFamily.pro3.outputImageTokens(.twoK) == 1120)
         #expect(ModelFamily.pro3.outputImageTokens(.fourK) == 2000)
+        #expect(ModelFamily.flash31.outputImageTokens(.half) == 747)
+        #expect(ModelFamily.flash31.outputImageTokens(.fourK) == 2520)
+        #expect(ModelFamily.flash31.googlePrices == TokenPrices(inputPerMillion: 0.50, outputTextPerMillion: 3.00, outputImagePerMillion: 60))
+    }
+
+    /// Nano Banana 2: `512` and the four extreme ratios are its own; asking another model for them
+    /// is a 400 naming the parameter and listing what that model takes.
+    @Test func nanoBanana2TakesItsOwnSizesAndRatios() throws {
+        let nb2 = model("nano-banana-2")
+        #expect(try SizeRules.resolve(model: nb2, size: "512", aspectRatio: "8:1") == ImageSpec(aspectRatio: .wide8x1, imageSize: .half))
+        #expect(try SizeRules.resolve(model: nb2, size: "1:4", aspectRatio: nil) == ImageSpec(aspectRatio: .tall1x4, imageSize: .oneK))
+        #expect(try SizeRules.resolve(model: nb2, size: "192x1536", aspectRatio: nil) == ImageSpec(aspectRatio: .tall1x8, imageSize: .half))
+        #expect(try SizeRules.resolve(model: nb2, size: "512x512", aspectRatio: nil) == ImageSpec(aspectRatio: .square, imageSize: .half))
+        #expect(nb2.family.pixels(.wide8x1, .fourK) == PixelSize(12288, 1536))
+        #expect(nb2.family.pixels(.portrait9x16, .half) == PixelSize(384, 688))
+        for (name, size, ratio, param) in [
+            ("nano-banana-pro", nil, "1:4", "aspect_ratio"), ("nano-banana-pro", "512", nil, "size"), ("nano-banana", "4:1", nil, "size"),
+            ("nano-banana-pro-2k", nil, "8:1", "aspect_ratio"),
+        ] as [(String, String?, String?, String)] {
+            #expect {
+                try SizeRules.resolve(model: model(name), size: size, aspectRatio: ratio)
+            } throws: { error in
+                let error = error as! GatewayError
+                return error.status == 400 && error.param == param && error.message.contains("21:9")
+            }
+        }
+    }
+
+    /// OpenAI's `quality` picks a tier on tiered models when `size` names none; an arbitrary
+    /// `WxH` counts when it is exactly one of the model's ratios.
+    @Test func qualityAndArbitraryPixelSizes() throws {
+        #expect(try SizeRules.resolve(model: model("nano-banana-2"), size: nil, aspectRatio: nil, quality: .low).imageSize == .half)
+        #expect(try SizeRules.resolve(model: model("nano-banana-pro"), size: nil, aspectRatio: nil, quality: .low).imageSize == .oneK)
+        #expect(try SizeRules.resolve(model: model("nano-banana-pro"), size: "16:9", aspectRatio: nil, quality: .hd).imageSize == .twoK)
+        #expect(try SizeRules.resolve(model: model("nano-banana-pro"), size: nil, aspectRatio: nil, quality: .high).imageSize == .twoK)
+        #expect(try SizeRules.resolve(model: model("nano-banana-pro"), size: "4k", aspectRatio: nil, quality: .low).imageSize == .fourK, "an explicit size wins")
+        #expect(try SizeRules.resolve(model: model("nano-banana-pro"), size: nil, aspectRatio: nil, quality: .medium).imageSize == .oneK)
+        #expect(try SizeRules.resolve(model: model("nano-banana"), size: nil, aspectRatio: nil, quality: .high).imageSize == nil)
+        #expect(try SizeRules.resolve(model: model("nano-banana-pro"), size: "1920x1080", aspectRatio: nil) == ImageSpec(aspectRatio: .landscape16x9, imageSize: .twoK))
+        #expect(try SizeRules.resolve(model: model("nano-banana"), size: "1920x1080", aspectRatio: nil).aspectRatio == .landscape16x9)
+        #expect(try SizeRules.resolve(model: model("nano-banana-pro"), size: "6000x4000", aspectRatio: nil) == ImageSpec(aspectRatio: .landscape3x2, imageSize: .fourK))
+        #expect(throws: GatewayError.self) { try SizeRules.resolve(model: model("nano-banana-pro"), size: "1000x300", aspectRatio: nil) }
+        #expect(ImageQuality.reported(for: .half) == "low" && ImageQuality.reported(for: nil) == "medium" && ImageQuality.reported(for: .fourK) == "high")
     }
 }

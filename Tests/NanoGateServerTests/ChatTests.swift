@@ -49,9 +49,11 @@ import Testing
         events(reply.text).data.filter { $0 != "[DONE]" }.compactMap { (try? JSONSerialization.jsonObject(with: Data($0.utf8))) as? [String: Any] }
     }
 
-    @Test func replyCarriesImagesTwiceAndChatUsage() async throws {
+    /// Each image once: a client that asks for images with `modalities` reads them from
+    /// `message.images` (content is text only); any other client gets Markdown in `content`.
+    @Test func replyCarriesEachImageOnceAndChatUsage() async throws {
         try await withGateway { gateway in
-            let reply = try await Self.chat(gateway, ["model": "nano-banana", "messages": [["role": "user", "content": "draw a banana"]]])
+            let reply = try await Self.chat(gateway, ["model": "nano-banana", "modalities": ["image", "text"], "messages": [["role": "user", "content": "draw a banana"]]])
             #expect(reply.status == 200, "\(reply.text.prefix(300))")
             #expect(reply.json["object"] as? String == "chat.completion")
             let message = Self.message(reply)
@@ -61,7 +63,12 @@ import Testing
             #expect(images[0]["type"] as? String == "image_url")
             let url = try #require((images[0]["image_url"] as? [String: Any])?["url"] as? String)
             #expect(url.hasPrefix(gateway.baseURL + "/v1/files/images/"), "default group: a signed URL")
-            #expect((message["content"] as? String)?.contains("![image](\(url))") == true, "Markdown for plain chat clients")
+            #expect((message["content"] as? String)?.contains("![") == false, "no second copy in content")
+
+            let plain = try await Self.chat(gateway, ["model": "nano-banana", "messages": [["role": "user", "content": "draw a banana"]]])
+            #expect(Self.message(plain)["images"] == nil)
+            let markdown = ChatTranslation.splitMarkdownImages(Self.message(plain)["content"] as? String ?? "").urls
+            #expect(markdown.count == 1 && markdown[0].hasPrefix(gateway.baseURL + "/v1/files/images/"), "Markdown for plain chat clients")
             #expect(Harness.pngSize(Array(buffer: try await gateway.get(url).body)) == (1024, 1024))
             #expect(Self.finishReason(reply) == "stop")
             let usage = reply.usage
@@ -70,7 +77,7 @@ import Testing
             #expect(usage["total_tokens"] as? Int == (usage["prompt_tokens"] as! Int) + (usage["completion_tokens"] as! Int))
 
             // The gemini group gets data URLs.
-            let inline = try await Self.chat(gateway, ["model": "nano-banana", "messages": [["role": "user", "content": "draw"]]], key: gateway.geminiKey)
+            let inline = try await Self.chat(gateway, ["model": "nano-banana", "modalities": ["image"], "messages": [["role": "user", "content": "draw"]]], key: gateway.geminiKey)
             let dataURL = try #require(((Self.message(inline)["images"] as? [[String: Any]])?.first?["image_url"] as? [String: Any])?["url"] as? String)
             #expect(dataURL.hasPrefix("data:image/png;base64,"))
         }
@@ -126,7 +133,7 @@ import Testing
 
     @Test func streamFollowsOpenAIsChunkProtocol() async throws {
         try await withGateway { gateway in
-            let reply = try await Self.chat(gateway, ["model": "nano-banana-pro", "stream": true, "stream_options": ["include_usage": true], "messages": [["role": "user", "content": "draw"]]])
+            let reply = try await Self.chat(gateway, ["model": "nano-banana-pro", "stream": true, "modalities": ["image", "text"], "stream_options": ["include_usage": true], "messages": [["role": "user", "content": "draw"]]])
             #expect(reply.status == 200)
             #expect(reply.headers.first(name: "Content-Type") == "text/event-stream")
             let parsed = Self.events(reply.text)
@@ -140,7 +147,7 @@ import Testing
             #expect(text.hasPrefix("Here is your image."))
             let imageChunks = deltas.filter { $0["images"] != nil }
             #expect(imageChunks.count == 1, "each image in its own chunk")
-            #expect((imageChunks.first?["content"] as? String)?.contains("![image](") == true)
+            #expect(!text.contains("!["), "images once: not also as Markdown")
             #expect(deltas.contains { $0["reasoning_content"] != nil }, "thoughts stream as reasoning_content")
             let finishes = chunks.compactMap { ($0["choices"] as? [[String: Any]])?.first?["finish_reason"] as? String }
             #expect(finishes == ["stop"])
@@ -153,7 +160,7 @@ import Testing
 
     @Test func streamedFourKImageArrivesWhole() async throws {
         try await withGateway { gateway in
-            let reply = try await Self.chat(gateway, ["model": "nano-banana-pro-4k", "stream": true, "image_config": ["aspect_ratio": "16:9"], "messages": [["role": "user", "content": "huge"]]], key: gateway.geminiKey)
+            let reply = try await Self.chat(gateway, ["model": "nano-banana-pro-4k", "stream": true, "modalities": ["image", "text"], "image_config": ["aspect_ratio": "16:9"], "messages": [["role": "user", "content": "huge"]]], key: gateway.geminiKey)
             let images = Self.chunks(reply).compactMap { (($0["choices"] as? [[String: Any]])?.first?["delta"] as? [String: Any])?["images"] as? [[String: Any]] }.flatMap { $0 }
             let url = try #require((images.first?["image_url"] as? [String: Any])?["url"] as? String)
             let prefix = "data:image/png;base64,"

@@ -70,9 +70,17 @@ import Testing
             #expect((six.usage["input_tokens_details"] as! [String: Int])["image_tokens"] == 6 * 560)
 
             let callsBefore = gateway.recorder.all.count
-            let seven = try await Self.postMultipart(gateway, fields: fields, files: Array(repeating: ("image[]", input), count: 7))
+            // The spec's 2.5 names take 1 to 6; the Gemini 3 models take Google's 14 (E5).
+            var flashFields = fields
+            flashFields[0] = ("model", "nano-banana")
+            flashFields.removeAll { $0.0 == "size" || $0.0 == "aspect_ratio" }
+            let seven = try await Self.postMultipart(gateway, fields: flashFields, files: Array(repeating: ("image[]", input), count: 7))
             #expect(seven.status == 400)
             #expect(seven.error["param"] as? String == "image")
+            #expect(seven.error["code"] as? String == "too_many_images")
+            let fifteen = try await Self.postMultipart(gateway, fields: fields, files: Array(repeating: ("image[]", input), count: 15))
+            #expect(fifteen.status == 400)
+            #expect((fifteen.error["message"] as? String)?.contains("1 to 14") == true, "\(fifteen.text)")
             #expect(gateway.recorder.all.count == callsBefore, "nothing sent upstream")
         }
     }
@@ -172,7 +180,22 @@ import Testing
             request.headers.add(name: "Authorization", value: "Bearer \(gateway.defaultKey)")
             let authorized = try await gateway.send(request)
             #expect(authorized.json["object"] as? String == "list")
-            #expect(authorized.data.compactMap { $0["id"] as? String } == ["nano-banana", "gemini-2.5-flash-image", "nano-banana-pro", "gemini-3-pro-image-preview", "nano-banana-pro-2k", "nano-banana-pro-4k"])
+            #expect(authorized.data.compactMap { $0["id"] as? String } == [
+                "nano-banana", "gemini-2.5-flash-image", "nano-banana-pro", "gemini-3-pro-image-preview", "nano-banana-pro-2k", "nano-banana-pro-4k",
+                "gemini-3-pro-image", "nano-banana-2", "gemini-3.1-flash-image",
+            ])
+            // What each model accepts, for clients that build their controls from it.
+            let capabilities = Dictionary(uniqueKeysWithValues: authorized.data.map { ($0["id"] as! String, $0["capabilities"] as? [String: Any] ?? [:]) })
+            #expect(capabilities["nano-banana-2"]?["sizes"] as? [String] == ["512", "1K", "2K", "4K"])
+            #expect((capabilities["nano-banana-2"]?["aspect_ratios"] as? [String])?.count == 14)
+            #expect((capabilities["nano-banana-2"]?["aspect_ratios"] as? [String])?.contains("8:1") == true)
+            #expect(capabilities["nano-banana-2"]?["max_input_images"] as? Int == 14)
+            #expect(capabilities["nano-banana"]?["sizes"] as? [String] == [])
+            #expect((capabilities["nano-banana"]?["aspect_ratios"] as? [String])?.count == 10)
+            #expect(capabilities["nano-banana"]?["max_input_images"] as? Int == 6)
+            #expect(capabilities["nano-banana-pro-4k"]?["sizes"] as? [String] == ["4K"])
+            #expect(capabilities["gemini-2.5-flash-image"]?["url_output"] as? Bool == false)
+            #expect(capabilities["nano-banana-pro"]?["url_output"] as? Bool == true)
             var one = HTTPClientRequest(url: gateway.baseURL + "/v1/models/nano-banana-pro-4k")
             one.headers.add(name: "Authorization", value: "Bearer \(gateway.defaultKey)")
             let single = try await gateway.send(one)

@@ -70,11 +70,11 @@ import Testing
     /// Pixels the fixtures must come back at, typed from wire-formats.md §A4 and E3 (not from either program's tables).
     static let expectedPixels: [String: (Int, Int)] = [
         "generate-text-to-image.gemini-2.5-flash-image": (832, 1248),  // 2:3 on 2.5
-        "generate-4k.gemini-3-pro-image-preview": (5504, 3072),  // 16:9 at 4K
+        "generate-4k.gemini-3-pro-image": (5504, 3072),  // 16:9 at 4K
         "edit-inline-data.gemini-2.5-flash-image": (1184, 864),  // no ratio: follows the 8×6 (4:3) input
-        "multi-turn-signatures.gemini-3-pro-image-preview": (2048, 2048),  // no ratio: the 8×8 image in history, at 2K
-        "edit-snake-case.gemini-3-pro-image-preview": (1200, 896),  // 4:3 at 1K
-        "full-request-a2.gemini-3-pro-image-preview": (2752, 1536),  // 16:9 at 2K
+        "multi-turn-signatures.gemini-3-pro-image": (2048, 2048),  // no ratio: the 8×8 image in history, at 2K
+        "edit-snake-case.gemini-3-pro-image": (1200, 896),  // 4:3 at 1K
+        "full-request-a2.gemini-3-pro-image": (2752, 1536),  // 16:9 at 2K
         "generate-512.gemini-3.1-flash-image": (256, 1024),  // 1:4 at 512
     ]
 
@@ -95,7 +95,7 @@ import Testing
     @Test func theRecorderKeepsTheBodyAsSent() async throws {
         let recorder = EmulatorRecorder()
         let emulator = GeminiEmulator(configuration: .init(acceptedKeys: ["google-key"]), recorder: recorder)
-        let name = "edit-snake-case.gemini-3-pro-image-preview"
+        let name = "edit-snake-case.gemini-3-pro-image"
         let reply = try await Self.post(try Self.fixtureText(name), model: Self.model(of: name), emulator: emulator)
         #expect(reply.status == 200)
         let call = try #require(recorder.all.last)
@@ -121,26 +121,26 @@ import Testing
 
     static let mutations: [Mutation] = [
         // Names: case-sensitive, unknown ones refused, in Google's wording and with proto paths.
-        .init(fixture: "generate-4k.gemini-3-pro-image-preview", find: #""imageConfig""#, replace: #""ImageConfig""#,
+        .init(fixture: "generate-4k.gemini-3-pro-image", find: #""imageConfig""#, replace: #""ImageConfig""#,
               message: #"Invalid JSON payload received. Unknown name "ImageConfig" at 'generation_config': Cannot find field."#, field: "generation_config"),
-        .init(fixture: "generate-4k.gemini-3-pro-image-preview", find: #""imageConfig""#, replace: #""imageConfiguration""#,
+        .init(fixture: "generate-4k.gemini-3-pro-image", find: #""imageConfig""#, replace: #""imageConfiguration""#,
               message: #"Invalid JSON payload received. Unknown name "imageConfiguration" at 'generation_config': Cannot find field."#, field: "generation_config"),
-        .init(fixture: "generate-4k.gemini-3-pro-image-preview", find: #""imageSize""#, replace: #""size""#,
+        .init(fixture: "generate-4k.gemini-3-pro-image", find: #""imageSize""#, replace: #""size""#,
               message: #"Invalid JSON payload received. Unknown name "size" at 'generation_config.image_config': Cannot find field."#, field: "generation_config.image_config"),
-        .init(fixture: "generate-4k.gemini-3-pro-image-preview", find: #""imageSize": "4K""#, replace: #""imageSize": "4K", "personGeneration": "ALLOW_ALL""#,
+        .init(fixture: "generate-4k.gemini-3-pro-image", find: #""imageSize": "4K""#, replace: #""imageSize": "4K", "personGeneration": "ALLOW_ALL""#,
               message: #"Unknown name "personGeneration" at 'generation_config.image_config': Cannot find field."#, field: "generation_config.image_config"),
         .init(fixture: "edit-inline-data.gemini-2.5-flash-image", find: #""mimeType""#, replace: #""mimetype""#,
               message: #"Unknown name "mimetype" at 'contents[0].parts[0].inline_data': Cannot find field."#, field: "contents[0].parts[0].inline_data"),
-        .init(fixture: "edit-snake-case.gemini-3-pro-image-preview", find: #""generation_config""#, replace: #""generationconfig""#,
+        .init(fixture: "edit-snake-case.gemini-3-pro-image", find: #""generation_config""#, replace: #""generationconfig""#,
               message: #"Invalid JSON payload received. Unknown name "generationconfig": Cannot find field."#, field: ""),
-        .init(fixture: "full-request-a2.gemini-3-pro-image-preview", find: #""safetySettings""#, replace: #""generation_config": {}, "safetySettings""#,
+        .init(fixture: "full-request-a2.gemini-3-pro-image", find: #""safetySettings""#, replace: #""generation_config": {}, "safetySettings""#,
               message: "given twice", field: "generation_config"),
         // Types.
         .init(fixture: "generate-text-to-image.gemini-2.5-flash-image", find: #""generationConfig": {"#, replace: #""generationConfig": {"temperature": "hot","#,
               message: #"Invalid value at 'generation_config.temperature' (TYPE_FLOAT), "hot""#, field: "generation_config.temperature"),
         .init(fixture: "generate-text-to-image.gemini-2.5-flash-image", find: #""role": "user""#, replace: #""role": {"name": "user"}"#,
               message: #"Unknown name "role" at 'contents[0]': Starting an object on a scalar field."#, field: "contents[0]"),
-        .init(fixture: "generate-4k.gemini-3-pro-image-preview", find: #""aspectRatio": "16:9""#, replace: #""aspectRatio": ["16:9"]"#,
+        .init(fixture: "generate-4k.gemini-3-pro-image", find: #""aspectRatio": "16:9""#, replace: #""aspectRatio": ["16:9"]"#,
               message: #"Unknown name "aspectRatio" at 'generation_config.image_config': Proto field is not repeating, cannot start list."#, field: "generation_config.image_config"),
         .init(fixture: "generate-text-to-image.gemini-2.5-flash-image", find: #""IMAGE""#, replace: #""PICTURE""#,
               message: #"Invalid value at 'generation_config.response_modalities[1]' (type.googleapis.com/google.ai.generativelanguage.v1beta.GenerationConfig.Modality), "PICTURE""#,
@@ -150,17 +150,17 @@ import Testing
         .init(fixture: "edit-inline-data.gemini-2.5-flash-image", find: #""text": "Put a tiny wizard hat on this cat""#, replace: #""text": "Put a hat on it", "inlineData": {"mimeType": "image/png", "data": "AAAA"}"#,
               message: "oneof field 'data' is already set", field: "contents[0].parts[1].data"),
         // Meaning: sizes, ratios, roles, MIME types, candidates (checked after parsing, no field violations).
-        .init(fixture: "generate-4k.gemini-3-pro-image-preview", find: #""4K""#, replace: #""4k""#,
+        .init(fixture: "generate-4k.gemini-3-pro-image", find: #""4K""#, replace: #""4k""#,
               message: "image_config.image_size: invalid value 4k; use 1K, 2K or 4K", field: nil),
-        .init(fixture: "full-request-a2.gemini-3-pro-image-preview", find: #""2K""#, replace: #""512""#,
+        .init(fixture: "full-request-a2.gemini-3-pro-image", find: #""2K""#, replace: #""512""#,
               message: "image_config.image_size: invalid value 512", field: nil),
         .init(fixture: "generate-text-to-image.gemini-2.5-flash-image", find: #""2:3""#, replace: #""2:1""#,
               message: "image_config.aspect_ratio: unsupported aspect ratio 2:1", field: nil),
-        .init(fixture: "generate-4k.gemini-3-pro-image-preview", find: #""16:9""#, replace: #""1:4""#,
+        .init(fixture: "generate-4k.gemini-3-pro-image", find: #""16:9""#, replace: #""1:4""#,
               message: "image_config.aspect_ratio: unsupported aspect ratio 1:4", field: nil),
         .init(fixture: "generate-text-to-image.gemini-2.5-flash-image", find: #""aspectRatio": "2:3""#, replace: #""aspectRatio": "2:3", "imageSize": "1K""#,
               message: "image_config.image_size: not supported by this model", field: nil),
-        .init(fixture: "multi-turn-signatures.gemini-3-pro-image-preview", find: #""role": "model""#, replace: #""role": "assistant""#,
+        .init(fixture: "multi-turn-signatures.gemini-3-pro-image", find: #""role": "model""#, replace: #""role": "assistant""#,
               message: "Please use a valid role: user, model.", field: nil),
         .init(fixture: "edit-inline-data.gemini-2.5-flash-image", find: #""image/png""#, replace: #""image/gif""#,
               message: "Unsupported MIME type: image/gif", field: nil),
@@ -220,7 +220,7 @@ import Testing
     }
 
     @Test func modelTurnsNeedTheSignaturesGoogleIssued() async throws {
-        let name = "multi-turn-signatures.gemini-3-pro-image-preview"
+        let name = "multi-turn-signatures.gemini-3-pro-image"
         let tree = try #require(try JSONSerialization.jsonObject(with: Data(Self.fixtureText(name).utf8)) as? [String: Any])
         func withModelParts(_ change: (inout [[String: Any]]) -> Void) throws -> String {
             var contents = try #require(tree["contents"] as? [[String: Any]])
@@ -249,11 +249,12 @@ import Testing
 
     /// The gateway's catalog (NanoGateCore) and the emulator's table (typed from Google's docs) agree cell for cell.
     @Test func theGatewaysTablesMatchTheEmulators() {
-        for (family, google) in [(ModelFamily.flash25, GoogleImageModel.flash25), (.pro3, .pro3)] {
-            #expect(Set(AspectRatio.allCases.map(\.rawValue)) == Set(google.aspectRatios), "\(family) ratios")
-            let sizes: [ImageSize?] = family == .pro3 ? ImageSize.allCases : [nil]
-            if family == .pro3 { #expect(Set(ImageSize.allCases.map(\.rawValue)) == Set(google.imageSizes)) }
-            for ratio in AspectRatio.allCases {
+        for (family, google) in [(ModelFamily.flash25, GoogleImageModel.flash25), (.pro3, .pro3), (.flash31, .flash31)] {
+            #expect(Set(family.aspectRatios.map(\.rawValue)) == Set(google.aspectRatios), "\(family) ratios")
+            #expect(Set(family.imageSizes.map(\.rawValue)) == Set(google.imageSizes), "\(family) sizes")
+            #expect(family.defaultSize?.rawValue == google.defaultSize, "\(family) default size")
+            let sizes: [ImageSize?] = family.imageSizes.isEmpty ? [nil] : family.imageSizes
+            for ratio in family.aspectRatios {
                 for size in sizes {
                     let ours = family.pixels(ratio, size)
                     let theirs = google.pixels(ratio: ratio.rawValue, size: size?.rawValue)
@@ -262,5 +263,33 @@ import Testing
                 }
             }
         }
+    }
+
+    /// Google shut the preview ids down on 2026-06-25 (E1): the emulator answers them as Google
+    /// does now, and leaves them out of its model list, which it pages like Google.
+    @Test func retiredIdsAnswerNotFoundAndAreNotListed() async throws {
+        let body = try Self.fixtureText("generate-4k.gemini-3-pro-image")
+        let retired = try await Self.post(body, model: "gemini-3-pro-image-preview")
+        #expect(retired.status == 404)
+        #expect(retired.error["status"] as? String == "NOT_FOUND")
+
+        var configuration = EmulatorConfiguration()
+        configuration.maxPageSize = 2
+        let app = Application(router: GeminiEmulator(configuration: configuration).router())
+        let ids = try await app.test(.router) { client -> [String] in
+            var ids: [String] = []
+            var token = ""
+            for _ in 0..<10 {
+                let page = try await client.execute(uri: "/v1beta/models?pageSize=1000" + (token.isEmpty ? "" : "&pageToken=\(token)"), method: .get)
+                let json = try JSONSerialization.jsonObject(with: Data(buffer: page.body)) as? [String: Any] ?? [:]
+                ids += (json["models"] as? [[String: Any]] ?? []).compactMap { $0["name"] as? String }
+                guard let next = json["nextPageToken"] as? String else { break }
+                token = next
+            }
+            return ids
+        }
+        #expect(ids.contains("models/gemini-3-pro-image") && ids.contains("models/gemini-3.1-flash-image") && ids.contains("models/gemini-2.5-flash-image"))
+        #expect(!ids.contains("models/gemini-3-pro-image-preview"))
+        #expect(Set(ids).count == ids.count, "pages do not repeat models")
     }
 }

@@ -1,9 +1,11 @@
+import AsyncHTTPClient
 import Foundation
 import NanoGateCore
 import Testing
 import GeminiEmulator
-import NanoGateServer
+@testable import NanoGateServer
 import NanoGateStorage
+import Logging
 import NIOCore
 import NIOFoundationCompat
 import NIOHTTP1
@@ -21,8 +23,15 @@ import Upstream
         ("nano-banana-pro", "2K", "16:9", 2752, 1536),
         ("nano-banana-pro", nil, nil, 1024, 1024),
         ("gemini-3-pro-image-preview", "1k", "9:16", 768, 1376),
+        ("gemini-3-pro-image", "3:2", nil, 1264, 848),
         ("nano-banana-pro-2k", "2:3", nil, 1696, 2528),
         ("nano-banana-pro-4k", "16:9", nil, 5504, 3072),
+        // Nano Banana 2 (E3): 512, the four tall and wide ratios, 2K/4K as the 1K cell ×2/×4.
+        ("nano-banana-2", nil, nil, 1024, 1024),
+        ("nano-banana-2", "512", "1:4", 256, 1024),
+        ("gemini-3.1-flash-image", "0.5k", "16:9", 688, 384),
+        ("nano-banana-2", "2k", "4:1", 4096, 1024),
+        ("nano-banana-2", "1k", "1:8", 384, 3072),
     ]
 
     @Test func everyModelReturnsAPNGOfTheRequestedSize() async throws {
@@ -47,7 +56,7 @@ import Upstream
             _ = try await gateway.generate(#"{"model":"nano-banana","prompt":"p","size":"832x1248"}"#)
             let calls = gateway.recorder.all
             #expect(calls.count == 2)
-            #expect(calls[0].model == "gemini-3-pro-image-preview")
+            #expect(calls[0].model == "gemini-3-pro-image", "the spec's pro names go to Google's GA id")
             #expect(calls[0].body.generationConfig?.imageConfig == .init(aspectRatio: "21:9", imageSize: "4K"))
             #expect(calls[0].body.generationConfig?.candidateCount == nil)
             #expect(calls[1].model == "gemini-2.5-flash-image")
@@ -57,12 +66,60 @@ import Upstream
     }
 
     @Test func upstreamModelIDsComeFromConfiguration() async throws {
-        try await withGateway(configure: { $0.catalog = .standard(flashUpstream: "gemini-2.5-flash-image-renamed") }) { gateway in
-            // The emulator does not know the renamed id, as Google would not: the operator sees a clear 502.
+        try await withGateway(configure: { $0.catalog = .standard(flashUpstream: "gemini-2.5-flash-image-renamed", flashFallback: "") }) { gateway in
+            // The emulator does not know the renamed id, as Google would not: without a fallback the operator sees a clear 502.
             let reply = try await gateway.generate(#"{"model":"nano-banana","prompt":"p"}"#)
             #expect(reply.status == 502)
             #expect(reply.error["code"] as? String == "upstream_model_not_found")
             #expect(gateway.recorder.all.first?.model == "gemini-2.5-flash-image-renamed")
+            #expect(try await gateway.usageRows().first?.costMicroUSD == 0, "a failed call costs nothing")
+        }
+    }
+
+    /// Google retires image models every few months: the 2.5 names fall back to Nano Banana 2
+    /// (its 1K cell for the ratio), at Nano Banana 2's prices, and later requests skip the dead id.
+    @Test func aRetiredModelIsServedByItsFallback() async throws {
+        try await withGateway(emulator: { $0.retiredModels.insert("gemini-2.5-flash-image") }) { gateway in
+            let reply = try await gateway.generate(#"{"model":"nano-banana","prompt":"p","size":"2:3","response_format":"b64_json"}"#)
+            #expect(reply.status == 200, "\(reply.text.prefix(300))")
+            #expect(reply.headers.first(name: "X-NanoGate-Upstream-Model") == "gemini-3.1-flash-image")
+            #expect(Harness.pngSize(try await gateway.imageBytes(reply)) == (848, 1264), "Nano Banana 2's 1K cell for 2:3, not 2.5's 832x1248")
+            #expect(reply.json["size"] as? String == "848x1264")
+            #expect((reply.usage["output_tokens_details"] as? [String: Int])?["image_tokens"] == 1120)
+            #expect(gateway.recorder.all.map(\.model) == ["gemini-2.5-flash-image", "gemini-3.1-flash-image"])
+            #expect(gateway.recorder.all.last?.body.generationConfig?.imageConfig == .init(aspectRatio: "2:3", imageSize: nil))
+
+            let second = try await gateway.generate(#"{"model":"gemini-2.5-flash-image","prompt":"p"}"#)
+            #expect(second.status == 200)
+            #expect(gateway.recorder.all.map(\.model).suffix(1) == ["gemini-3.1-flash-image"], "the retired id is remembered")
+            // Costed at Nano Banana 2's image price ($60/1M), not 2.5's ($30/1M).
+            let rows = try await gateway.usageRows()
+            let image = rows.first { $0.status == 200 }
+            #expect(image.map { $0.costMicroUSD >= 1120 * 60 } == true, "\(rows)")
+        }
+    }
+
+    /// `nanogate models check` and `serve`'s start-up check read Google's model list (every
+    /// page) and mark a missing id with a served fallback as retired before any request.
+    @Test func theModelCheckReadsEveryPageAndRetiresMissingIDs() async throws {
+        try await withGateway(emulator: { $0.retiredModels.insert("gemini-2.5-flash-image"); $0.maxPageSize = 2 }) { gateway in
+            var logger = Logger(label: "test")
+            logger.logLevel = .critical
+            let pool = UpstreamPool(httpClient: HTTPClient.shared, configuration: gateway.configuration.upstream)
+            let check = try await ModelCheck.run(catalog: gateway.configuration.catalog, pool: pool, logger: logger)
+            let byName = Dictionary(uniqueKeysWithValues: check.lines.map { ($0.model, $0) })
+            #expect(byName["nano-banana-pro"]?.upstreamServed == true, "found on a later page")
+            #expect(byName["nano-banana-2"]?.upstreamServed == true)
+            #expect(byName["nano-banana"]?.upstreamServed == false)
+            #expect(byName["nano-banana"]?.fallbackServed == true)
+            let allServable = check.lines.allSatisfy { $0.servable }
+            #expect(allServable)
+            #expect(check.report.contains("missing"))
+
+            let retired = RetiredModels()
+            await ModelCheckService(catalog: gateway.configuration.catalog, pool: pool, retired: retired, logger: logger).check()
+            #expect(retired.isRetired("gemini-2.5-flash-image"))
+            #expect(!retired.isRetired("gemini-3-pro-image"))
         }
     }
 

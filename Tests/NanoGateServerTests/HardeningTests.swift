@@ -212,7 +212,7 @@ import Upstream
                 #expect(many.error["code"] as? String == "too_many_images", "\(many.text)")
                 let history = try await ChatTests.chat(gateway, ["model": "nano-banana", "messages": [
                     ["role": "user", "content": "draw"],
-                    ["role": "assistant", "content": String(repeating: "![x](\(url)) ", count: 20)],
+                    ["role": "assistant", "content": (0..<20).map { "![x](\(url)?n=\($0)) " }.joined()],
                     ["role": "user", "content": "again"],
                 ]])
                 #expect(history.status == 400, "Markdown images of assistant turns count too")

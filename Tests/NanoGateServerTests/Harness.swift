@@ -1,3 +1,4 @@
+import Testing
 import AsyncHTTPClient
 import Foundation
 import GeminiEmulator
@@ -50,6 +51,12 @@ struct Harness {
         return try await send(request)
     }
 
+    /// The default key's usage-log rows, newest first.
+    func usageRows(limit: Int = 20) async throws -> [UsageRecord] {
+        let key = try #require(try await dependencies.store.listKeys().first { $0.name == "test-default" })
+        return try await dependencies.store.recentUsage(keyID: key.id, limit: limit)
+    }
+
     /// Generations with the default key unless another is given.
     func generate(_ json: String, key: String? = nil) async throws -> Reply {
         try await post("/v1/images/generations", json: json, key: key)
@@ -91,6 +98,7 @@ func withGateway(
     googleKeys: [String] = ["google-key-1"],
     emulatorKeys: Set<String>? = ["google-key-1"],
     configure: (inout GatewayConfiguration) -> Void = { _ in },
+    emulator configureEmulator: (inout EmulatorConfiguration) -> Void = { _ in },
     hostLookup: @escaping HostLookup = systemHostLookup,
     gatewayLogger: Logger? = nil,
     _ body: (Harness) async throws -> Void
@@ -102,8 +110,10 @@ func withGateway(
 
     let recorder = EmulatorRecorder()
     let (emulatorPorts, emulatorPort) = AsyncStream.makeStream(of: Int.self)
+    var emulatorSettings = emulatorConfiguration(acceptedKeys: emulatorKeys)
+    configureEmulator(&emulatorSettings)
     let emulator = Application(
-        router: GeminiEmulator(configuration: emulatorConfiguration(acceptedKeys: emulatorKeys), recorder: recorder).router(),
+        router: GeminiEmulator(configuration: emulatorSettings, recorder: recorder).router(),
         configuration: .init(address: .hostname("127.0.0.1", port: 0)),
         onServerRunning: { emulatorPort.yield($0.localAddress!.port!) },
         logger: logger
@@ -119,6 +129,9 @@ func withGateway(
             host: "127.0.0.1", port: 0, dataDirectory: directory,
             upstream: UpstreamConfiguration(baseURL: "http://127.0.0.1:\(upstreamPort)", apiKeys: googleKeys, retryBaseDelay: .milliseconds(5))
         )
+        // The start-up model check runs in the background; off unless a test asks, so no test's
+        // first request races it.
+        configuration.checkModelsAtStart = false
         configure(&configuration)
         let dependencies = try await GatewayDependencies.live(configuration: configuration, logger: logger)
         let defaultKey = try await dependencies.store.createKey(name: "test-default", group: .default).secret

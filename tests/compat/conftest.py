@@ -20,7 +20,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Callable, Iterator, NamedTuple
+from typing import Callable, Iterator, Mapping, NamedTuple, Sequence
 
 import openai
 import pytest
@@ -86,12 +86,23 @@ def nanogate_bin() -> Path:
 
 
 @contextlib.contextmanager
-def _serve_demo(nanogate_bin: Path, data_dir: Path) -> Iterator[Gateway]:
-    """Run ``nanogate serve --demo`` on a free port with ``data_dir`` until the block ends."""
-    port = _free_port()
+def _serve_demo(
+    nanogate_bin: Path,
+    data_dir: Path,
+    env: Mapping[str, str] | None = None,
+    args: Sequence[str] = (),
+    port: int | None = None,
+) -> Iterator[Gateway]:
+    """Run ``nanogate serve --demo`` with ``data_dir`` until the block ends.
+
+    ``env`` is added to this process's environment, ``args`` go after the built-in flags (e.g.
+    ``["--config", path]``), and ``port`` defaults to a free one.
+    """
+    port = port or _free_port()
     stderr_log = tempfile.TemporaryFile(mode="w+", encoding="utf-8", errors="replace")
     proc = subprocess.Popen(
-        [str(nanogate_bin), "serve", "--demo", "--port", str(port), "--data-dir", str(data_dir)],
+        [str(nanogate_bin), "serve", "--demo", "--port", str(port), "--data-dir", str(data_dir), *args],
+        env=None if env is None else {**os.environ, **env},
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=stderr_log,
@@ -150,11 +161,18 @@ def _sdk_client(gateway: Gateway, api_key: str) -> openai.OpenAI:
 
 
 @contextlib.contextmanager
-def _demo_in_temp_dir(nanogate_bin: Path, tmp_path_factory, prefix: str) -> Iterator[Gateway]:
+def _demo_in_temp_dir(
+    nanogate_bin: Path,
+    tmp_path_factory,
+    prefix: str,
+    env: Mapping[str, str] | None = None,
+    args: Sequence[str] = (),
+    port: int | None = None,
+) -> Iterator[Gateway]:
     """``nanogate serve --demo`` over a fresh data dir, removed afterwards."""
     data_dir = tmp_path_factory.mktemp(prefix)
     try:
-        with _serve_demo(nanogate_bin, data_dir) as running:
+        with _serve_demo(nanogate_bin, data_dir, env=env, args=args, port=port) as running:
             yield running
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)
@@ -173,6 +191,28 @@ def fresh_gateway(nanogate_bin: Path, tmp_path_factory) -> Iterator[Gateway]:
     down after a 429) that must not reach the shared ``gateway``."""
     with _demo_in_temp_dir(nanogate_bin, tmp_path_factory, "nanogate-fresh") as running:
         yield running
+
+
+@pytest.fixture
+def private_gateway(nanogate_bin: Path, tmp_path_factory) -> Iterator[Callable[..., Gateway]]:
+    """Factory for gateways of the test's own, started with extra environment or flags:
+    ``private_gateway(env={"NANOGATE_DEMO_RETIRED": "..."}, args=["--config", path], port=...)``.
+    Every one started is stopped (and its data dir removed) when the test ends."""
+    with contextlib.ExitStack() as stack:
+
+        def start(
+            env: Mapping[str, str] | None = None, args: Sequence[str] = (), port: int | None = None
+        ) -> Gateway:
+            return stack.enter_context(
+                _demo_in_temp_dir(nanogate_bin, tmp_path_factory, "nanogate-private", env=env, args=args, port=port)
+            )
+
+        yield start
+
+
+def sdk_client(gateway: Gateway, api_key: str | None = None) -> openai.OpenAI:
+    """An SDK client bound to ``gateway`` (its demo key unless another is given), no retries."""
+    return _sdk_client(gateway, api_key or gateway.key)
 
 
 @pytest.fixture
