@@ -49,7 +49,8 @@ def check_chat_usage(usage, image_tokens: int) -> dict:
 
 
 def test_non_streamed_reply(client, gateway):
-    """One user message: content has a Markdown image, message.images the same URL."""
+    """Each image once: without ``modalities`` it is Markdown in content (what plain chat
+    clients render); with ``modalities: ["image", "text"]`` it is in message.images only."""
     completion = client.chat.completions.create(
         model="nano-banana", messages=[{"role": "user", "content": PROMPT}]
     )
@@ -64,16 +65,20 @@ def test_non_streamed_reply(client, gateway):
     assert message.role == "assistant"
     urls = markdown_urls(message.content)
     assert len(urls) == 1, message.content
-    url = urls[0]
+    assert "images" not in (message.model_extra or {}), "the image must not come twice"
+    assert png_size(fetch_url(urls[0], gateway.base_url)) == (1024, 1024)
+    check_chat_usage(completion.usage, FLASH_TOKENS)
 
+    asked = client.chat.completions.create(
+        model="nano-banana", messages=[{"role": "user", "content": PROMPT}], extra_body={"modalities": ["image", "text"]}
+    )
+    message = asked.choices[0].message
     images = message.model_extra["images"]
     assert images == extras(message)["images"]
     assert len(images) == 1
     assert images[0]["type"] == "image_url"
-    assert images[0]["image_url"] == {"url": url}
-
-    assert png_size(fetch_url(url, gateway.base_url)) == (1024, 1024)
-    check_chat_usage(completion.usage, FLASH_TOKENS)
+    assert markdown_urls(message.content or "") == [], message.content
+    assert png_size(fetch_url(images[0]["image_url"]["url"], gateway.base_url)) == (1024, 1024)
 
 
 def stream_chat(client, **kwargs) -> list:
@@ -84,8 +89,9 @@ def stream_chat(client, **kwargs) -> list:
         return list(stream)
 
 
-def check_stream(chunks: list) -> tuple[str, str]:
-    """The shape every streamed reply has; returns (content, image URL)."""
+def check_stream(chunks: list, images_field: bool = False) -> tuple[str, str]:
+    """The shape every streamed reply has; returns (content, image URL). The image comes once:
+    in delta.images when the request named ``modalities``, else as Markdown in the content."""
     assert chunks, "empty stream"
     for chunk in chunks:
         assert isinstance(chunk, openai.types.chat.ChatCompletionChunk)
@@ -95,15 +101,20 @@ def check_stream(chunks: list) -> tuple[str, str]:
     assert chunks[0].choices[0].delta.role == "assistant"
     with_choices = [chunk for chunk in chunks if chunk.choices]
     content = "".join(chunk.choices[0].delta.content or "" for chunk in with_choices)
-    assert "![image](" in content, content[:200]
     assert [chunk.choices[0].finish_reason for chunk in with_choices if chunk.choices[0].finish_reason] == ["stop"]
 
     image_chunks = [chunk for chunk in with_choices if (chunk.choices[0].delta.model_extra or {}).get("images")]
-    assert len(image_chunks) == 1, f"{len(image_chunks)} chunks carry delta.images"
-    images = image_chunks[0].choices[0].delta.model_extra["images"]
-    assert len(images) == 1 and images[0]["type"] == "image_url"
-    url = images[0]["image_url"]["url"]
-    assert markdown_urls(content) == [url]
+    if images_field:
+        assert len(image_chunks) == 1, f"{len(image_chunks)} chunks carry delta.images"
+        images = image_chunks[0].choices[0].delta.model_extra["images"]
+        assert len(images) == 1 and images[0]["type"] == "image_url"
+        url = images[0]["image_url"]["url"]
+        assert markdown_urls(content) == [], "the image must not come twice"
+    else:
+        assert image_chunks == [], "the image must not come twice"
+        urls = markdown_urls(content)
+        assert len(urls) == 1, content[:200]
+        url = urls[0]
 
     last = chunks[-1]
     assert last.choices == []
@@ -134,10 +145,10 @@ def test_streamed_reply_with_4k_data_url(cli, make_client, gateway, unique_name)
         client,
         model="nano-banana-pro-4k",
         messages=[{"role": "user", "content": PROMPT}],
-        extra_body={"image_config": {"aspect_ratio": "1:1"}},
+        extra_body={"image_config": {"aspect_ratio": "1:1"}, "modalities": ["image", "text"]},
     )
 
-    _, url = check_stream(chunks)
+    _, url = check_stream(chunks, images_field=True)
     assert url.startswith(DATA_URL_PREFIX), url[:40]
     data = image_from_url(url, gateway.base_url)
     assert len(data) > 20 * 1024 * 1024, len(data)
