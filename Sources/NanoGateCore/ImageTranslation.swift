@@ -24,6 +24,17 @@ public enum ImageTranslation {
     /// 2.5 family's one-megapixel sizes (2:3 answers 848×1264 instead of 832×1248).
     public static func adapted(_ request: GeminiWire.Request, to family: ModelFamily) -> GeminiWire.Request? {
         var request = request
+        if family.thinks {
+            // History from a model that issues no signatures: Gemini 3 wants them on every model
+            // turn's first part and images, so it gets Google's documented bypass value.
+            for index in request.contents.indices where request.contents[index].role == "model" {
+                var parts = request.contents[index].parts ?? []
+                for partIndex in parts.indices where (partIndex == 0 || parts[partIndex].inlineData != nil) && parts[partIndex].thoughtSignature == nil {
+                    parts[partIndex].thoughtSignature = bypassSignature
+                }
+                request.contents[index].parts = parts
+            }
+        }
         guard let config = request.generationConfig?.imageConfig else { return request }
         if let ratio = config.aspectRatio, !family.aspectRatios.map(\.rawValue).contains(ratio) { return nil }
         if let size = config.imageSize {
@@ -35,6 +46,10 @@ public enum ImageTranslation {
         }
         return request
     }
+
+    /// Google's documented value for model turns whose thought signature is unknown (history the
+    /// gateway did not produce, or from a model that issues none).
+    public static let bypassSignature = "context_engineering_is_the_way_to_go"
 
     /// The final images and text of one Gemini answer, with its usage.
     public struct Outcome: Sendable, Equatable {

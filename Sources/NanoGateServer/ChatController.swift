@@ -64,7 +64,7 @@ struct ChatController {
     let keepAliveInterval: Duration
     let chatImages: ChatImageStyle
 
-    static let bypassSignature = "context_engineering_is_the_way_to_go"
+    static let bypassSignature = ImageTranslation.bypassSignature
     /// Most messages in one request.
     static let maxMessages = 256
     /// Most content parts over all messages.
@@ -380,7 +380,7 @@ struct ChatController {
         }
         var usage = ImageTranslation.usage(of: collector.usage)
         if collector.usage == nil, collector.deliveredImages > 0 {
-            let tokens = job.model.family.outputImageTokens(job.spec.imageSize) * collector.deliveredImages
+            let tokens = settlement.servedBy.family.outputImageTokens(job.spec.imageSize) * collector.deliveredImages
             usage = ImageUsage(
                 inputTokens: 0, inputTokensDetails: .init(imageTokens: 0, textTokens: 0),
                 outputTokens: tokens, outputTokensDetails: .init(imageTokens: tokens, textTokens: 0), totalTokens: tokens

@@ -216,4 +216,20 @@ import Testing
             #expect(user.status == 400, "a user's own image must arrive")
         }
     }
+
+    /// A multi-turn chat on a retired 2.5 id goes to Nano Banana 2, which (like Google) refuses
+    /// model turns without thought signatures: the history gets Google's bypass value.
+    @Test func multiTurnChatSurvivesTheFallback() async throws {
+        try await withGateway(emulator: { $0.retiredModels.insert("gemini-2.5-flash-image") }) { gateway in
+            // History the gateway never produced (no stored signature to restore).
+            let content = "An answer another gateway wrote."
+            let second = try await ChatTests.chat(gateway, ["model": "nano-banana", "messages": [
+                ["role": "user", "content": "draw"], ["role": "assistant", "content": content], ["role": "user", "content": "now in blue"],
+            ]])
+            #expect(second.status == 200, "\(second.text.prefix(300))")
+            #expect(second.headers.first(name: "X-NanoGate-Upstream-Model") == "gemini-3.1-flash-image")
+            let model = gateway.recorder.all.last?.body.contents.first { $0.role == "model" }
+            #expect(model?.parts?.first?.thoughtSignature == ImageTranslation.bypassSignature)
+        }
+    }
 }

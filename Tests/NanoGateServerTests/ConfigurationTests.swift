@@ -53,6 +53,10 @@ import Upstream
             "NANOGATE_ALLOW_PRIVATE_FETCH": configuration.inputs.allowPrivateFetch ? "on" : "off",
             "NANOGATE_ALLOW_HTTP_FETCH": configuration.inputs.allowPlainHTTP ? "on" : "off",
             "NANOGATE_TRUST_FORWARDED": configuration.trustForwardedHeaders ? "on" : "off",
+            "NANOGATE_CHECK_MODELS": configuration.checkModelsAtStart ? "on" : "off",
+            "NANOGATE_CHAT_IMAGES": configuration.chatImages.rawValue,
+            "NANOGATE_UPSTREAM_FLASH31": configuration.catalog.model(named: "nano-banana-2")?.upstreamModel ?? "",
+            "NANOGATE_UPSTREAM_FLASH_FALLBACK": configuration.catalog.model(named: "nano-banana")?.fallbackModel ?? "",
         ]
         for (name, value) in actual {
             #expect(documented[name] == value, "\(name): README says \(documented[name] ?? "nothing"), the code uses \(value)")
