@@ -190,16 +190,35 @@ public enum SizeMode: Sendable, Equatable {
     case ratioAtFixedTier(ImageSize)
 }
 
-/// USD prices per million tokens, as on Google's paid-tier invoice.
-public struct TokenPrices: Sendable, Equatable {
-    public var inputPerMillion: Double
-    public var outputTextPerMillion: Double
-    public var outputImagePerMillion: Double
-    public init(inputPerMillion: Double, outputTextPerMillion: Double, outputImagePerMillion: Double) {
-        self.inputPerMillion = inputPerMillion
-        self.outputTextPerMillion = outputTextPerMillion
-        self.outputImagePerMillion = outputImagePerMillion
+/// Prices per million tokens by modality, in integer micro-USD (so sums are exact), as on
+/// Google's paid-tier invoice: `outputText` covers thinking, which Google bills as text output.
+public struct TokenPrices: Sendable, Equatable, Codable {
+    public var inputText: Int
+    public var inputImage: Int
+    public var outputText: Int
+    public var outputImage: Int
+
+    public init(inputText: Int, inputImage: Int, outputText: Int, outputImage: Int) {
+        self.inputText = inputText
+        self.inputImage = inputImage
+        self.outputText = outputText
+        self.outputImage = outputImage
     }
+
+    /// From USD per million tokens (Google's price list), input text and image alike.
+    public init(inputPerMillion: Double, outputTextPerMillion: Double, outputImagePerMillion: Double) {
+        let input = Self.micro(inputPerMillion)
+        self.init(inputText: input, inputImage: input, outputText: Self.micro(outputTextPerMillion), outputImage: Self.micro(outputImagePerMillion))
+    }
+
+    /// USD → micro-USD, rounded; negative, infinite or absurd amounts are refused by callers.
+    public static func micro(_ usd: Double) -> Int {
+        guard usd.isFinite, usd > 0 else { return 0 }
+        return usd >= 1e9 ? 1_000_000_000_000_000 : Int((usd * 1_000_000).rounded())
+    }
+
+    /// USD, for people and files.
+    public static func usd(_ micro: Int) -> Double { Double(micro) / 1_000_000 }
 }
 
 /// One public model name and everything the gateway needs to serve it.

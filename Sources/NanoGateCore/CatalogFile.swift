@@ -9,7 +9,7 @@
 ///     fallback: gemini-3.1-flash-image
 ///     url_output: true
 ///     enabled: true
-///     prices: {input: 0.30, output_text: 2.50, output_image: 30}   # USD per 1M tokens
+///     prices: {input: 0.30, output_text: 2.50, output_image: 30}   # USD per 1M tokens (input_image too)
 ///   - name: gemini-2.5-flash-image  # an existing name: changes that model
 ///     enabled: false
 /// ```
@@ -38,24 +38,28 @@ public struct CatalogFileEntry: Codable, Sendable, Equatable {
 
     /// USD per million tokens (Google's invoice figures; what the usage log's cost uses).
     public struct Prices: Codable, Sendable, Equatable {
+        /// Input text, and input images unless `input_image` is given.
         public var input: Double?
+        public var inputImage: Double?
         public var outputText: Double?
         public var outputImage: Double?
 
-        public init(input: Double?, outputText: Double?, outputImage: Double?) {
+        public init(input: Double?, inputImage: Double? = nil, outputText: Double?, outputImage: Double?) {
             self.input = input
+            self.inputImage = inputImage
             self.outputText = outputText
             self.outputImage = outputImage
         }
 
         enum CodingKeys: String, CodingKey {
             case input
+            case inputImage = "input_image"
             case outputText = "output_text"
             case outputImage = "output_image"
         }
 
         /// Keys the file may use, for its unknown-key check.
-        public static let keys: Set<String> = ["input", "output_text", "output_image"]
+        public static let keys: Set<String> = ["input", "input_image", "output_text", "output_image"]
     }
 
     public init(
@@ -197,18 +201,20 @@ extension ModelCatalog {
             if (0...14).contains(maxInputImages) { model.maxInputImages = maxInputImages } else { problems.append("'max_input_images' must be 0 to 14 (Google's limit)") }
         }
         if let prices = entry.prices {
-            func price(_ value: Double?, _ key: String, _ current: Double) -> Double {
+            func price(_ value: Double?, _ key: String, _ current: Int) -> Int {
                 guard let value else { return current }
                 guard value.isFinite, value >= 0, value <= 1_000_000 else {
-                    problems.append("'prices.\(key)' must be a number of USD per 1M tokens, 0 or more")
+                    problems.append("'prices.\(key)' must be a number of USD per 1M tokens, 0 to 1,000,000")
                     return current
                 }
-                return value
+                return TokenPrices.micro(value)
             }
+            let input = price(prices.input, "input", model.prices.inputText)
             model.prices = TokenPrices(
-                inputPerMillion: price(prices.input, "input", model.prices.inputPerMillion),
-                outputTextPerMillion: price(prices.outputText, "output_text", model.prices.outputTextPerMillion),
-                outputImagePerMillion: price(prices.outputImage, "output_image", model.prices.outputImagePerMillion)
+                inputText: input,
+                inputImage: price(prices.inputImage, "input_image", prices.input == nil ? model.prices.inputImage : input),
+                outputText: price(prices.outputText, "output_text", model.prices.outputText),
+                outputImage: price(prices.outputImage, "output_image", model.prices.outputImage)
             )
         }
         guard problems.isEmpty else { throw CatalogFileError(problems: problems) }
@@ -228,7 +234,10 @@ extension ModelCatalog {
                 name: model.name, family: model.family, upstream: model.upstreamModel, fallback: model.fallbackModel ?? "",
                 fallbackFamily: model.fallbackModel == nil ? nil : model.fallbackFamily, size: size, urlOutput: model.allowsURLOutput,
                 enabled: model.enabled, maxInputImages: model.maxInputImages,
-                prices: .init(input: model.prices.inputPerMillion, outputText: model.prices.outputTextPerMillion, outputImage: model.prices.outputImagePerMillion)
+                prices: .init(
+                    input: TokenPrices.usd(model.prices.inputText), inputImage: TokenPrices.usd(model.prices.inputImage),
+                    outputText: TokenPrices.usd(model.prices.outputText), outputImage: TokenPrices.usd(model.prices.outputImage)
+                )
             )
         }
     }

@@ -1,3 +1,5 @@
+import Foundation
+
 /// Every failure a client can see, in OpenAI's error vocabulary.
 ///
 /// The server turns this into `{"error":{"message","type","param","code"}}` in exactly one
@@ -48,9 +50,24 @@ public struct GatewayError: Error, Sendable, Equatable, CustomStringConvertible 
         )
     }
 
-    /// 401 for a missing, unknown or revoked API key.
-    public static func unauthorized(_ message: String) -> GatewayError {
-        GatewayError(status: 401, type: "invalid_request_error", code: "invalid_api_key", param: nil, message: message)
+    /// 401 for a missing, unknown, revoked, disabled or expired API key.
+    public static func unauthorized(_ message: String, code: String = "invalid_api_key") -> GatewayError {
+        GatewayError(status: 401, type: "invalid_request_error", code: code, param: nil, message: message)
+    }
+
+    /// 429 `insufficient_quota` (OpenAI's own) when the key's credit cannot cover the request;
+    /// answered before any upstream call.
+    public static func insufficientQuota(balanceMicroUSD: Int, neededMicroUSD: Int) -> GatewayError {
+        func usd(_ micro: Int) -> String { String(format: "%.6f", Double(micro) / 1_000_000) }
+        return GatewayError(
+            status: 429, type: "insufficient_quota", code: "insufficient_quota", param: nil,
+            message: "You exceeded your current quota: this request may cost up to $\(usd(neededMicroUSD)) and the key's balance is $\(usd(max(0, balanceMicroUSD))). Ask the operator for more credit."
+        )
+    }
+
+    /// 429 for a key over its own requests-per-minute or concurrency limit.
+    public static func keyRateLimited(_ message: String, retryAfterSeconds: Int?) -> GatewayError {
+        GatewayError(status: 429, type: "rate_limit_error", code: "rate_limit_exceeded", param: nil, message: message, retryAfterSeconds: retryAfterSeconds)
     }
 
     /// 413 for a body larger than the limit.

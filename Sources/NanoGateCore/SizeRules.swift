@@ -12,6 +12,12 @@ public struct ImageSpec: Sendable, Equatable {
         self.imageSize = imageSize
     }
 
+    /// `4K 16:9`, `2:3`, `default`: what was asked for, for the usage log.
+    public var label: String {
+        [imageSize?.rawValue, aspectRatio?.rawValue].compactMap { $0 }.joined(separator: " ").isEmpty
+            ? "default" : [imageSize?.rawValue, aspectRatio?.rawValue].compactMap { $0 }.joined(separator: " ")
+    }
+
     /// The pixel size Google will return (the default ratio is 1:1 when none is asked for).
     public func expectedPixels(for family: ModelFamily) -> PixelSize {
         family.pixels(aspectRatio ?? .square, imageSize)

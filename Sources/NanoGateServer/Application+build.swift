@@ -21,6 +21,8 @@ public struct GatewayDependencies: Sendable {
 
     /// The store for keys and usage.
     public var store: SQLStore { database.store }
+    /// Reservations and settlement.
+    public var ledger: any Ledger { database.ledger }
 
     /// Opens the embedded database and image directory under the data directory (owner-only),
     /// and an HTTP client for Google that follows no redirect.
@@ -70,7 +72,10 @@ public func buildApplication(
         converter: ImageConverter(threadPool: dependencies.blockingThreadPool)
     )
     let retired = RetiredModels()
-    let pipeline = RequestPipeline(upstream: pool, usage: dependencies.store, images: urls, retired: retired)
+    let pipeline = RequestPipeline(
+        upstream: pool, ledger: dependencies.ledger, images: urls, retired: retired, priceBook: PriceBook(store: dependencies.store),
+        limiter: KeyLimiter(), billing: configuration.billing
+    )
     let inputs = InputImageLoader(
         imageStore: dependencies.imageStore, signer: dependencies.signer, limits: configuration.inputs,
         resolver: ThreadPoolResolver(threadPool: dependencies.blockingThreadPool, lookup: hostLookup), fileThreadPool: dependencies.blockingThreadPool
@@ -79,16 +84,26 @@ public func buildApplication(
 
     let router = Router(context: GatewayRequestContext.self)
     router.add(middleware: RequestLogMiddleware())
+    router.add(middleware: RequestIDMiddleware())
     router.add(middleware: OpenAIErrorMiddleware())
     router.get("health") { _, _ in "ok" }
     ImageFilesController(store: dependencies.imageStore, signer: dependencies.signer).addRoutes(to: router)
 
     let api = router.group("v1").add(middleware: APIKeyAuthenticator(keys: dependencies.store))
+        .add(middleware: IdempotencyMiddleware(
+            store: dependencies.store, maxBodyBytes: configuration.inputs.maxRequestBytes,
+            staleAfter: TimeInterval(configuration.upstream.requestTimeout.components.seconds) * Double(configuration.upstream.maxAttempts) + 60
+        ))
     ImagesController(
         catalog: configuration.catalog, pipeline: pipeline, publicURL: publicURL,
         maxJSONBodyBytes: configuration.maxJSONBodyBytes, inputs: inputs, keepAliveInterval: configuration.keepAliveInterval
     ).addRoutes(to: api)
     ModelsController(catalog: configuration.catalog).addRoutes(to: api)
+    AccountController(store: dependencies.store).addRoutes(to: api)
+    if let token = configuration.adminToken {
+        AdminController(store: dependencies.store, catalog: configuration.catalog)
+            .addRoutes(to: router.group("admin/v1").add(middleware: AdminTokenAuthenticator(token: token)))
+    }
     ChatController(
         catalog: configuration.catalog, pipeline: pipeline, signatures: dependencies.store,
         inputs: inputs, publicURL: publicURL, keepAliveInterval: configuration.keepAliveInterval, chatImages: configuration.chatImages
@@ -110,6 +125,7 @@ public func buildApplication(
     if configuration.checkModelsAtStart {
         app.addServices(ModelCheckService(catalog: configuration.catalog, pool: pool, retired: retired, logger: logger))
     }
+    app.addServices(LeaseKeeper(ledger: dependencies.ledger, owner: configuration.billing.owner, lease: configuration.billing.lease, logger: logger))
     app.addServices(
         ImageSweeper(store: dependencies.imageStore, ttl: configuration.urlTTL, signatures: dependencies.store, logger: logger),
         CloseOnShutdown { try await httpClient.shutdown() },

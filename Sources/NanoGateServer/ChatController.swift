@@ -100,7 +100,11 @@ struct ChatController {
         let baseURL = publicURL.base(of: request)
         let job = try await prepare(input, key: key, baseURL: baseURL)
         context.logger.info("chat completion", metadata: ["model": "\(job.model.name)", "stream": "\(input.stream == true)", "turns": "\(job.gemini.contents.count)"])
-        let settlement = pipeline.open(key: key, endpoint: "chat.completions", model: job.model)
+        let texts = job.gemini.contents.flatMap { $0.parts ?? [] }.compactMap(\.text).joined(separator: "\n")
+        let inputImages = job.gemini.contents.flatMap { $0.parts ?? [] }.filter { $0.inlineData != nil }.count
+        let estimate = pipeline.estimate(key: key, model: job.model, spec: job.spec, count: 1, prompt: texts, inputImages: inputImages)
+        let info = RequestInfo(requestID: context.requestID, started: context.started, requestedSize: job.spec.label)
+        let settlement = try await pipeline.open(key: key, endpoint: "chat.completions", model: job.model, info: info, estimateMicroUSD: estimate, logger: context.logger)
         var response: Response
         if input.stream == true {
             response = try await streamed(job, settlement: settlement, logger: context.logger)
@@ -120,7 +124,9 @@ struct ChatController {
         guard let name = input.model, !name.isEmpty else {
             throw .invalidParameter("model", "Missing required parameter: 'model'.", code: "missing_required_parameter")
         }
-        guard let model = catalog.model(named: name) else { throw .unknownModel(name, known: catalog.names) }
+        guard let model = catalog.model(named: name), key.mayUse(model: name) else {
+            throw .unknownModel(name, known: catalog.names.filter { key.mayUse(model: $0) })
+        }
         guard input.n == nil || input.n == 1 else {
             throw .invalidParameter("n", "Gemini image models return one choice; 'n' must be 1.")
         }
@@ -137,7 +143,7 @@ struct ChatController {
         let size = input.size ?? input.imageConfig?.imageSize
         let ratio = input.aspectRatio ?? input.imageConfig?.aspectRatio
         let spec = try SizeRules.resolve(model: model, size: size, aspectRatio: ratio)
-        let format = try ImagesController.responseFormat(input.imageFormat, model: model, group: key.group)
+        let format = try ImagesController.responseFormat(input.imageFormat, model: model, group: key.groupSettings)
 
         let (contents, dropped) = try await geminiContents(input.messages, model: model, keyID: key.id, baseURL: baseURL)
         var request = ImageTranslation.geminiRequest(prompt: "", spec: spec, family: model.family)

@@ -20,6 +20,8 @@ import Hummingbird
 /// | | `NANOGATE_UPSTREAM_FLASH_FALLBACK` | tried when Google answers 404 for the 2.5 id (empty: none) | `gemini-3.1-flash-image` |
 /// | | `NANOGATE_CHECK_MODELS` | check the catalog against Google's model list at start-up | on |
 /// | | `NANOGATE_CHAT_IMAGES` | how chat replies carry images: `auto`, `markdown`, `images`, `both` | `auto` |
+/// | | `NANOGATE_ADMIN_TOKEN` | turns the admin API on, its bearer token | off |
+/// | | `NANOGATE_RESERVATION_LEASE` | seconds a credit reservation lives without renewal | 45 |
 /// | | `NANOGATE_UPSTREAM_TIMEOUT` | seconds per upstream call | 300 |
 /// | | `NANOGATE_MAX_IMAGE_BYTES`, `NANOGATE_MAX_REQUEST_BYTES`, `NANOGATE_ALLOW_PRIVATE_FETCH`, `NANOGATE_FETCH_ALLOW_NETWORKS`, `NANOGATE_ALLOW_HTTP_FETCH`, `NANOGATE_FETCH_TIMEOUT`, `NANOGATE_MAX_FETCHES` | see `InputLimits` | |
 /// | | `NANOGATE_IDLE_TIMEOUT` | seconds a connection may send nothing (idle keep-alive, a stalled head or body) | 30 |
@@ -54,6 +56,10 @@ public struct GatewayConfiguration: Sendable {
     public var chatImages = ChatImageStyle.auto
     /// Whether `serve` checks the catalog against Google's model list at start-up (in the background).
     public var checkModelsAtStart = true
+    /// Reservation leases and this instance's id.
+    public var billing = BillingConfiguration()
+    /// Turns the admin API (`/admin/v1/`) on; its bearer token (`NANOGATE_ADMIN_TOKEN`, at least 24 characters).
+    public var adminToken: String?
 
     public init(
         host: String = "127.0.0.1", port: Int = 8080, dataDirectory: URL, publicURL: String? = nil,
@@ -141,6 +147,14 @@ public struct GatewayConfiguration: Sendable {
         configuration.idleTimeout = .seconds(number("NANOGATE_IDLE_TIMEOUT", 30))
         configuration.trustForwardedHeaders = flag("NANOGATE_TRUST_FORWARDED")
         configuration.checkModelsAtStart = environment["NANOGATE_CHECK_MODELS"].map { _ in flag("NANOGATE_CHECK_MODELS") } ?? true
+        configuration.billing.lease = .seconds(number("NANOGATE_RESERVATION_LEASE", 45, minimum: 3))
+        if let token = environment["NANOGATE_ADMIN_TOKEN"], !token.isEmpty {
+            if token.count >= 24 {
+                configuration.adminToken = token
+            } else {
+                problems.append("NANOGATE_ADMIN_TOKEN must be at least 24 characters (it guards every key and all the money)")
+            }
+        }
         if let raw = environment["NANOGATE_CHAT_IMAGES"], !raw.isEmpty {
             if let style = ChatImageStyle(rawValue: raw.lowercased()) {
                 configuration.chatImages = style

@@ -1,4 +1,5 @@
 public import Hummingbird
+import HTTPTypes
 import NanoGateStorage
 import NanoGateCore
 import Foundation
@@ -12,11 +13,16 @@ public struct GatewayRequestContext: RequestContext {
     var apiKey: APIKey?
     /// The client's connection (to answer `Expect: 100-continue` once the key is known).
     let channel: any Channel
+    /// `x-request-id`: the client's (when it is a sane token), else one the gateway made.
+    var requestID: String
+    /// When the request arrived, for the usage log's latency.
+    let started = ContinuousClock.now
 
     public init(source: ApplicationRequestContextSource) {
         self.coreContext = .init(source: source)
         self.apiKey = nil
         self.channel = source.channel
+        self.requestID = ""
     }
 
     /// Bodies are collected with explicit per-endpoint limits; this is the ceiling for any of them.
@@ -40,10 +46,44 @@ struct APIKeyAuthenticator: RouterMiddleware {
         guard let key = try await keys.activeKey(secret: secret) else {
             throw GatewayError.unauthorized("Incorrect API key provided: \(secret.prefix(6))****. It is unknown or has been revoked.")
         }
+        if key.disabled {
+            throw GatewayError.unauthorized("This API key is disabled. Ask the operator to enable it.", code: "api_key_disabled")
+        }
+        if let expires = key.expiresAt, expires <= Date() {
+            throw GatewayError.unauthorized("This API key expired on \(ISO8601DateFormatter().string(from: expires)).", code: "api_key_expired")
+        }
         var context = context
         context.apiKey = key
         context.logger[metadataKey: "nanogate.key_id"] = "\(key.id)"
         if request.headers[.expect]?.lowercased() == "100-continue" { ConnectionGuard.sendContinue(on: context.channel) }
         return try await next(request, context)
+    }
+}
+
+/// `x-request-id` on every answer: the client's own id when it sent a sane one (up to 128
+/// letters, digits and `-_.:`), else a new one. The usage log row carries the same id.
+struct RequestIDMiddleware: RouterMiddleware {
+    typealias Context = GatewayRequestContext
+    static let header = HTTPField.Name("x-request-id")!
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        var context = context
+        if let given = request.headers[Self.header], (1...128).contains(given.utf8.count),
+            given.utf8.allSatisfy({ ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x41 && $0 <= 0x5A) || ($0 >= 0x61 && $0 <= 0x7A) || [0x2D, 0x5F, 0x2E, 0x3A].contains($0) })
+        {
+            context.requestID = given
+        } else {
+            context.requestID = "req_" + UUID().uuidString.replacingOccurrences(of: "-", with: "").lowercased()
+        }
+        context.logger[metadataKey: "request_id"] = "\(context.requestID)"
+        do {
+            var response = try await next(request, context)
+            response.headers[Self.header] = context.requestID
+            return response
+        } catch let error as GatewayError {
+            var response = OpenAIErrorMiddleware<GatewayRequestContext>.response(for: error)
+            response.headers[Self.header] = context.requestID
+            return response
+        }
     }
 }

@@ -37,7 +37,7 @@ extension ImagesController {
         }
 
         context.logger.info("image edit", metadata: ["model": "\(job.model.name)", "images": "\(job.inputImages.count)", "format": "\(job.format.rawValue)"])
-        return try await answer(job, logger: context.logger)
+        return try await answer(job, context: context)
     }
 
     static let maskUnsupported = GatewayError.invalidParameter(

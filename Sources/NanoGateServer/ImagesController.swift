@@ -34,14 +34,17 @@ struct ImagesController {
 
         let job = try validate(input, key: key, baseURL: publicURL.base(of: request), endpoint: "images.generations")
         context.logger.info("image generation", metadata: ["model": "\(job.model.name)", "n": "\(job.count)", "format": "\(job.format.rawValue)"])
-        return try await answer(job, logger: context.logger)
+        return try await answer(job, context: context)
     }
 
     /// Runs a validated job: one JSON body, or OpenAI's image stream (`stream: true`). The
     /// `X-NanoGate-Upstream-Model` header names the Google model that answered (the fallback
     /// when the catalog's id is retired).
-    func answer(_ job: ImageJob, logger: Logger) async throws -> Response {
-        let settlement = pipeline.open(key: job.key, endpoint: job.endpoint, model: job.model)
+    func answer(_ job: ImageJob, context: GatewayRequestContext) async throws -> Response {
+        let logger = context.logger
+        let estimate = pipeline.estimate(key: job.key, model: job.model, spec: job.spec, count: job.count, prompt: job.prompt, inputImages: job.inputImages.count)
+        let info = RequestInfo(requestID: context.requestID, started: context.started, requestedSize: job.spec.label)
+        let settlement = try await pipeline.open(key: job.key, endpoint: job.endpoint, model: job.model, info: info, estimateMicroUSD: estimate, logger: logger)
         if job.options.stream {
             return streamed(job, settlement: settlement, logger: logger)
         }
@@ -58,7 +61,9 @@ struct ImagesController {
         guard let name = input.model, !name.isEmpty else {
             throw .invalidParameter("model", "Missing required parameter: 'model'. Available models: \(catalog.names.joined(separator: ", ")).", code: "missing_required_parameter")
         }
-        guard let model = catalog.model(named: name) else { throw .unknownModel(name, known: catalog.names) }
+        guard let model = catalog.model(named: name), key.mayUse(model: name) else {
+            throw .unknownModel(name, known: catalog.names.filter { key.mayUse(model: $0) })
+        }
         let prompt = input.prompt.trimmingCharacters(in: .whitespacesAndNewlines)
         guard !prompt.isEmpty else { throw .invalidParameter("prompt", "The prompt must not be empty.") }
         try PromptLimit.check(input.prompt, param: "prompt")
@@ -77,17 +82,18 @@ struct ImagesController {
             throw .invalidParameter("output_format", "WebP output needs libwebp, which this server does not have; ask for png or jpeg.", code: "unsupported_value")
         }
         let spec = try SizeRules.resolve(model: model, size: input.size, aspectRatio: input.aspectRatio, quality: options.quality)
-        let format = try Self.responseFormat(input.responseFormat, model: model, group: key.group)
+        let format = try Self.responseFormat(input.responseFormat, model: model, group: key.groupSettings)
         return ImageJob(
             key: key, endpoint: endpoint, model: model, spec: spec, prompt: input.prompt,
             inputImages: [], count: count, format: format, baseURL: baseURL, options: options
         )
     }
 
-    /// `response_format` if given; else the key's group decides (default → url, gemini → b64_json).
+    /// `response_format` if given; else the key's group decides (default → url, gemini → b64_json,
+    /// an operator's group → its own setting).
     /// Names the catalog marks base64-only (`gemini-2.5-flash-image`, `gemini-3-pro-image-preview`)
     /// always answer base64, as the spec says.
-    static func responseFormat(_ requested: String?, model: CatalogModel, group: KeyGroup) throws(GatewayError) -> ResponseFormat {
+    static func responseFormat(_ requested: String?, model: CatalogModel, group: KeyGroupSettings) throws(GatewayError) -> ResponseFormat {
         var format: ResponseFormat
         if let requested, !requested.isEmpty {
             guard let parsed = ResponseFormat(rawValue: requested) else {
@@ -95,7 +101,7 @@ struct ImagesController {
             }
             format = parsed
         } else {
-            format = group == .gemini ? .b64JSON : .url
+            format = ResponseFormat(rawValue: group.responseFormat) ?? .url
         }
         if !model.allowsURLOutput { format = .b64JSON }
         return format

@@ -46,10 +46,10 @@ struct ModelsController {
         }
     }
 
-    /// The models a key may use. Every key may use every catalog model today; per-key model
-    /// lists slot in here.
+    /// The models a key may use (its own and its group's allow-lists).
     func models(for key: APIKey?) -> [CatalogModel] {
-        key == nil ? [] : catalog.models
+        guard let key else { return [] }
+        return catalog.models.filter { key.mayUse(model: $0.name) }
     }
 
     /// Release dates of the upstream models (unix seconds) as OpenAI's `created`, and capabilities.

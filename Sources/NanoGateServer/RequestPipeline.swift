@@ -29,16 +29,10 @@ struct UpstreamTarget: Sendable, Equatable {
     var family: ModelFamily
     var prices: TokenPrices
 
-    init(primaryOf model: CatalogModel) {
-        self.id = model.upstreamModel
-        self.family = model.family
-        self.prices = model.prices
-    }
-
-    init(id: String, family: ModelFamily) {
+    init(id: String, family: ModelFamily, prices: TokenPrices) {
         self.id = id
         self.family = family
-        self.prices = family.googlePrices
+        self.prices = prices
     }
 }
 
@@ -57,15 +51,26 @@ final class RetiredModels: Sendable {
     }
 }
 
-/// One request's account, from its first upstream call to its usage-log row: what Google
-/// billed (every answer it returned, delivered or not) and what the client received (the only
-/// thing charged). Written to the usage log exactly once, whatever path the request ends on.
+/// Who asked, for the usage-log row: the request id, when it started, the size it asked for.
+struct RequestInfo: Sendable {
+    var requestID: String
+    var started: ContinuousClock.Instant
+    var requestedSize: String?
+}
+
+/// One request's account, from its reservation to its usage-log row: what Google billed (every
+/// answer it returned, delivered or not) and what the client received (the only thing charged).
+/// Settled exactly once, whatever path the request ends on: the reservation is released or
+/// turned into the charge, and the row is written, in one ledger transaction.
 final class Settlement: Sendable {
     let key: APIKey
     let endpoint: String
     let model: CatalogModel
+    let info: RequestInfo
     /// Counts the upstream attempts for the row.
     let trace = UpstreamTrace()
+    /// The credit held for this request (nil: the key is unlimited).
+    let reservationID: String?
     private let state: Mutex<State>
 
     private struct State {
@@ -77,11 +82,13 @@ final class Settlement: Sendable {
         var servedBy: UpstreamTarget
     }
 
-    init(key: APIKey, endpoint: String, model: CatalogModel) {
+    init(key: APIKey, endpoint: String, model: CatalogModel, info: RequestInfo, primary: UpstreamTarget, reservationID: String?) {
         self.key = key
         self.endpoint = endpoint
         self.model = model
-        self.state = Mutex(State(servedBy: UpstreamTarget(primaryOf: model)))
+        self.info = info
+        self.reservationID = reservationID
+        self.state = Mutex(State(servedBy: primary))
     }
 
     /// The Google model that answers this request (its fallback once the primary is retired).
@@ -109,19 +116,34 @@ final class Settlement: Sendable {
         state.withLock { $0.note = code }
     }
 
-    /// The usage-log row, or nil when it was already written.
+    /// The usage-log row, or nil when it was already written. The charge is Google's usage of
+    /// what was delivered, priced per modality at the answering model's prices, times the
+    /// group's multiplier; the upstream cost is everything Google billed, unmultiplied.
     fileprivate func close(status: Int, errorCode: String?) -> UsageRecord? {
         state.withLock { state -> UsageRecord? in
             guard !state.settled else { return nil }
             state.settled = true
             let billed = state.billed
             let prices = state.servedBy.prices
-            return UsageRecord(
+            var record = UsageRecord(
                 keyID: key.id, endpoint: endpoint, model: model.name, status: status, images: state.deliveredImages,
                 inputTokens: billed.inputTokens, outputTokens: billed.outputTokens, totalTokens: billed.totalTokens,
-                costMicroUSD: Pricing.costMicroUSD(state.delivered, prices: prices), errorCode: errorCode ?? state.note,
+                costMicroUSD: Pricing.costMicroUSD(state.delivered, prices: prices, multiplierPPM: key.groupSettings.multiplierPPM),
+                errorCode: errorCode ?? state.note,
                 upstreamCostMicroUSD: Pricing.costMicroUSD(billed, prices: prices), attempts: trace.attempts
             )
+            record.requestID = info.requestID
+            record.keyName = key.name
+            record.group = key.group.rawValue
+            record.upstreamModel = state.servedBy.id
+            record.requestedSize = info.requestedSize
+            record.latencyMilliseconds = Int((info.started.duration(to: .now) / .milliseconds(1)).rounded())
+            record.inputTextTokens = billed.inputTokensDetails.textTokens
+            record.inputImageTokens = billed.inputTokensDetails.imageTokens
+            record.outputTextTokens = billed.outputTokensDetails.textTokens
+            record.outputImageTokens = billed.outputTokensDetails.imageTokens
+            record.upstreamKey = trace.lastKey
+            return record
         }
     }
 }
@@ -137,22 +159,71 @@ final class Settlement: Sendable {
 /// `open`, before the first upstream call, and its release or commit in `settle`.
 struct RequestPipeline: Sendable {
     let upstream: UpstreamPool
-    let usage: any UsageLog
+    let ledger: any Ledger
     let images: ImageURLService
     let retired: RetiredModels
+    let priceBook: PriceBook
+    let limiter: KeyLimiter
+    let billing: BillingConfiguration
 
-    /// A new account for a validated request.
-    func open(key: APIKey, endpoint: String, model: CatalogModel) -> Settlement {
-        Settlement(key: key, endpoint: endpoint, model: model)
+    /// The prices `id` is charged at (the operator's override, else `fallback`).
+    func prices(of id: String, fallback: TokenPrices) -> TokenPrices {
+        priceBook.prices(upstream: id, fallback: fallback)
     }
 
-    /// Writes the request's usage-log row (once; later calls do nothing).
+    /// The most `count` images of `spec` may cost this key (reserved before Google is called).
+    /// The fallback's price counts only once the primary id is known to be retired: a request
+    /// that meets the 404 first is charged the fallback's real cost even if it exceeds the hold.
+    func estimate(key: APIKey, model: CatalogModel, spec: ImageSpec, count: Int, prompt: String, inputImages: Int) -> Int {
+        var model = model
+        if !retired.isRetired(model.upstreamModel) { model.fallbackModel = nil }
+        return ReservationEstimate.microUSD(
+            model: model, spec: spec, count: count, promptTokens: PromptLimit.estimatedTokens(prompt), inputImages: inputImages,
+            prices: { id, family in prices(of: id, fallback: id == model.upstreamModel ? model.prices : family.googlePrices) },
+            multiplierPPM: key.groupSettings.multiplierPPM
+        )
+    }
+
+    /// A new account for a validated request: the key's rate and concurrency limits are
+    /// checked and the worst case is reserved against its credit, before any upstream call.
+    /// A key whose balance cannot cover `estimateMicroUSD` gets 429 `insufficient_quota`.
+    func open(key: APIKey, endpoint: String, model: CatalogModel, info: RequestInfo, estimateMicroUSD: Int, logger: Logger) async throws(GatewayError) -> Settlement {
+        try limiter.begin(key)
+        await priceBook.refreshIfStale(logger: logger)
+        var reservationID: String?
+        if key.creditMicroUSD != nil {
+            let reservation = Reservation(
+                keyID: key.id, amountMicroUSD: estimateMicroUSD, owner: billing.owner,
+                leaseUntil: Date().addingTimeInterval(TimeInterval(billing.lease.components.seconds))
+            )
+            let held: Bool
+            do {
+                held = try await ledger.reserve(reservation)
+            } catch {
+                limiter.finish(key)
+                logger.error("could not reserve credit", metadata: ["error": "\(error)"])
+                throw .internal("The key's credit could not be checked; retry.")
+            }
+            guard held else {
+                limiter.finish(key)
+                throw .insufficientQuota(balanceMicroUSD: key.balanceMicroUSD ?? 0, neededMicroUSD: estimateMicroUSD)
+            }
+            reservationID = reservation.id
+        }
+        let primary = UpstreamTarget(id: model.upstreamModel, family: model.family, prices: prices(of: model.upstreamModel, fallback: model.prices))
+        return Settlement(key: key, endpoint: endpoint, model: model, info: info, primary: primary, reservationID: reservationID)
+    }
+
+    /// Settles the request (once; later calls do nothing): releases its reservation, charges
+    /// what was delivered and writes its usage-log row, in one ledger transaction.
     func settle(_ settlement: Settlement, status: Int, errorCode: String?, logger: Logger) async {
         guard let record = settlement.close(status: status, errorCode: errorCode) else { return }
+        limiter.finish(settlement.key)
         do {
-            try await usage.record(record)
+            try await ledger.settle(reservationID: settlement.reservationID, record: record)
         } catch {
-            logger.error("could not write the usage log", metadata: ["error": "\(error)"])
+            // The reservation stays held until its lease runs out; then it is released uncharged.
+            logger.error("could not settle the request", metadata: ["error": "\(error)", "cost_micro_usd": "\(record.costMicroUSD)"])
         }
     }
 
@@ -197,7 +268,7 @@ struct RequestPipeline: Sendable {
         let model = settlement.model
         var fallback: (target: UpstreamTarget, request: GeminiWire.Request)?
         if let id = model.fallbackModel, let family = model.fallbackFamily, let adapted = ImageTranslation.adapted(request, to: family) {
-            fallback = (UpstreamTarget(id: id, family: family), adapted)
+            fallback = (UpstreamTarget(id: id, family: family, prices: prices(of: id, fallback: family.googlePrices)), adapted)
         }
         if let fallback, retired.isRetired(model.upstreamModel) {
             settlement.serve(by: fallback.target)

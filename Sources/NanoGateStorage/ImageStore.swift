@@ -184,6 +184,10 @@ public struct ImageSweeper: Service {
                     let pruned = try await signatures.pruneSignatures(before: cutoff)
                     if pruned > 0 { logger.info("pruned old thought signatures", metadata: ["count": "\(pruned)"]) }
                 }
+                if let store = signatures as? SQLStore {
+                    // Idempotent results are kept 24 h.
+                    _ = try await store.pruneIdempotency(before: Date().addingTimeInterval(-24 * 3600))
+                }
             } catch {
                 logger.warning("image sweep failed", metadata: ["error": "\(error)"])
             }

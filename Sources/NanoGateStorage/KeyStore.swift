@@ -1,18 +1,52 @@
 public import Foundation
 
-/// Which default a key's answers follow. The spec's "default" group answers with URLs unless asked
-/// otherwise; its "Gemini" group with base64.
-public enum KeyGroup: String, Sendable, Codable, CaseIterable {
-    case `default`
-    case gemini
+/// A group of keys. The spec's two exist from the start: `default` answers with URLs unless asked
+/// otherwise, `gemini` with base64; operators add more (`KeyGroupSettings`).
+public struct KeyGroup: RawRepresentable, Hashable, Sendable, Codable, CustomStringConvertible {
+    public var rawValue: String
 
-    /// Accepts any case (`Gemini`, `gemini`).
+    public init(rawValue: String) {
+        self.rawValue = rawValue
+    }
+
+    public static let `default` = KeyGroup(rawValue: "default")
+    public static let gemini = KeyGroup(rawValue: "gemini")
+
+    /// Any case (`Gemini`, `gemini`); 1 to 64 letters, digits, `-` and `_`.
     public init?(lenient text: String) {
-        self.init(rawValue: text.lowercased())
+        let name = text.lowercased()
+        guard (1...64).contains(name.count), name.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-" || $0 == "_") }) else { return nil }
+        self.init(rawValue: name)
+    }
+
+    public var description: String { rawValue }
+}
+
+/// What a group decides for its keys.
+public struct KeyGroupSettings: Sendable, Equatable, Codable {
+    public var name: KeyGroup
+    /// `url` or `b64_json`: the answer when a request names no `response_format`.
+    public var responseFormat: String
+    /// Multiplies every charge, in millionths (1,000,000 = ×1.0), so money stays integer.
+    public var multiplierPPM: Int
+    /// The models its keys may use; nil for all.
+    public var models: [String]?
+
+    public init(name: KeyGroup, responseFormat: String, multiplierPPM: Int = 1_000_000, models: [String]? = nil) {
+        self.name = name
+        self.responseFormat = responseFormat
+        self.multiplierPPM = multiplierPPM
+        self.models = models
+    }
+
+    /// The settings of a group the database does not know (a key whose group was never created).
+    public static func fallback(for group: KeyGroup) -> KeyGroupSettings {
+        KeyGroupSettings(name: group, responseFormat: group == .gemini ? "b64_json" : "url")
     }
 }
 
-/// A NanoGate API key as stored (the secret itself is never stored, only its SHA-256).
+/// A NanoGate API key as stored (the secret itself is never stored, only its SHA-256), with its
+/// limits, its money (micro-USD) and its group's settings.
 public struct APIKey: Sendable, Equatable, Codable {
     public var id: String
     public var name: String
@@ -21,14 +55,102 @@ public struct APIKey: Sendable, Equatable, Codable {
     public var prefix: String
     public var createdAt: Date
     public var revokedAt: Date?
+    /// Credit in micro-USD; nil for unlimited.
+    public var creditMicroUSD: Int?
+    /// Charged so far.
+    public var spentMicroUSD = 0
+    /// Held for requests in flight (reserve, then settle).
+    public var reservedMicroUSD = 0
+    public var expiresAt: Date?
+    /// The models this key may use; nil for all.
+    public var models: [String]?
+    /// Requests per minute; nil for no limit.
+    public var rpm: Int?
+    /// Requests in flight at once; nil for no limit.
+    public var concurrency: Int?
+    public var disabled = false
+    /// Its group's settings (read with the key).
+    public var groupSettings: KeyGroupSettings
 
-    public init(id: String, name: String, group: KeyGroup, prefix: String, createdAt: Date, revokedAt: Date?) {
+    public init(
+        id: String, name: String, group: KeyGroup, prefix: String, createdAt: Date, revokedAt: Date?,
+        creditMicroUSD: Int? = nil, spentMicroUSD: Int = 0, reservedMicroUSD: Int = 0, expiresAt: Date? = nil, models: [String]? = nil,
+        rpm: Int? = nil, concurrency: Int? = nil, disabled: Bool = false, groupSettings: KeyGroupSettings? = nil
+    ) {
         self.id = id
         self.name = name
         self.group = group
         self.prefix = prefix
         self.createdAt = createdAt
         self.revokedAt = revokedAt
+        self.creditMicroUSD = creditMicroUSD
+        self.spentMicroUSD = spentMicroUSD
+        self.reservedMicroUSD = reservedMicroUSD
+        self.expiresAt = expiresAt
+        self.models = models
+        self.rpm = rpm
+        self.concurrency = concurrency
+        self.disabled = disabled
+        self.groupSettings = groupSettings ?? .fallback(for: group)
+    }
+
+    /// Credit left for new requests; nil for unlimited.
+    public var balanceMicroUSD: Int? {
+        creditMicroUSD.map { $0 - spentMicroUSD - reservedMicroUSD }
+    }
+
+    /// Whether this key (and its group) may use the model named `name`.
+    public func mayUse(model name: String) -> Bool {
+        (models?.contains(name) ?? true) && (groupSettings.models?.contains(name) ?? true)
+    }
+}
+
+/// What a key's settings change to (`keys update`); nil leaves a field as it is.
+public struct KeyUpdate: Sendable, Equatable {
+    public enum Change<Value: Sendable & Equatable>: Sendable, Equatable {
+        case set(Value)
+        case clear
+    }
+
+    public var group: KeyGroup?
+    public var credit: Change<Int>?
+    /// Added to the credit (a top-up); with an unlimited key it sets a credit of this amount.
+    public var addCredit: Int?
+    public var expiresAt: Change<Date>?
+    public var models: Change<[String]>?
+    public var rpm: Change<Int>?
+    public var concurrency: Change<Int>?
+    public var disabled: Bool?
+
+    public init(
+        group: KeyGroup? = nil, credit: Change<Int>? = nil, addCredit: Int? = nil, expiresAt: Change<Date>? = nil,
+        models: Change<[String]>? = nil, rpm: Change<Int>? = nil, concurrency: Change<Int>? = nil, disabled: Bool? = nil
+    ) {
+        self.group = group
+        self.credit = credit
+        self.addCredit = addCredit
+        self.expiresAt = expiresAt
+        self.models = models
+        self.rpm = rpm
+        self.concurrency = concurrency
+        self.disabled = disabled
+    }
+}
+
+/// Limits of a new key.
+public struct KeyOptions: Sendable, Equatable {
+    public var creditMicroUSD: Int?
+    public var expiresAt: Date?
+    public var models: [String]?
+    public var rpm: Int?
+    public var concurrency: Int?
+
+    public init(creditMicroUSD: Int? = nil, expiresAt: Date? = nil, models: [String]? = nil, rpm: Int? = nil, concurrency: Int? = nil) {
+        self.creditMicroUSD = creditMicroUSD
+        self.expiresAt = expiresAt
+        self.models = models
+        self.rpm = rpm
+        self.concurrency = concurrency
     }
 }
 
@@ -36,11 +158,15 @@ public struct APIKey: Sendable, Equatable, Codable {
 public enum KeyStoreError: Error, Equatable, CustomStringConvertible {
     case duplicateName(String)
     case notFound(String)
+    case unknownGroup(String)
+    case duplicateGroup(String)
 
     public var description: String {
         switch self {
         case .duplicateName(let name): "A key named '\(name)' already exists."
         case .notFound(let name): "No active key named '\(name)'."
+        case .unknownGroup(let name): "No group named '\(name)'."
+        case .duplicateGroup(let name): "A group named '\(name)' already exists."
         }
     }
 }
@@ -48,7 +174,7 @@ public enum KeyStoreError: Error, Equatable, CustomStringConvertible {
 /// Issues, finds and revokes API keys.
 public protocol KeyStore: Sendable {
     /// Creates a key and returns it with its secret, which is shown once and never again.
-    func createKey(name: String, group: KeyGroup) async throws -> (key: APIKey, secret: String)
+    func createKey(name: String, group: KeyGroup, options: KeyOptions) async throws -> (key: APIKey, secret: String)
     /// The active (not revoked) key whose secret this is.
     func activeKey(secret: String) async throws -> APIKey?
     /// Every key, revoked ones included, oldest first.
@@ -76,6 +202,22 @@ public struct UsageRecord: Sendable, Equatable, Codable {
     /// Upstream HTTP attempts made.
     public var attempts: Int
     public var createdAt: Date
+    /// `x-request-id` (the client's, or one the gateway made).
+    public var requestID: String = ""
+    public var keyName: String?
+    public var group: String?
+    /// The Google model that answered (the fallback's id when the primary is retired).
+    public var upstreamModel: String?
+    /// The size asked for (`2:3`, `4K 16:9`).
+    public var requestedSize: String?
+    public var latencyMilliseconds: Int = 0
+    /// Tokens by modality, as Google's `usageMetadata` reported them.
+    public var inputTextTokens: Int = 0
+    public var inputImageTokens: Int = 0
+    public var outputTextTokens: Int = 0
+    public var outputImageTokens: Int = 0
+    /// Which upstream key served it (`#2`), never the secret.
+    public var upstreamKey: String?
 
     public init(
         keyID: String, endpoint: String, model: String, status: Int, images: Int, inputTokens: Int, outputTokens: Int,
@@ -97,11 +239,28 @@ public struct UsageRecord: Sendable, Equatable, Codable {
     }
 }
 
+/// Which usage rows to read.
+public struct UsageQuery: Sendable, Equatable {
+    public var keyID: String?
+    public var since: Date?
+    public var until: Date?
+    public var limit: Int
+
+    public init(keyID: String? = nil, since: Date? = nil, until: Date? = nil, limit: Int = 10_000) {
+        self.keyID = keyID
+        self.since = since
+        self.until = until
+        self.limit = limit
+    }
+}
+
 /// Where settled requests are written.
 public protocol UsageLog: Sendable {
     func record(_ entry: UsageRecord) async throws
     /// The newest entries for a key, newest first.
     func recentUsage(keyID: String, limit: Int) async throws -> [UsageRecord]
+    /// Rows by key and time range, newest first.
+    func usage(_ query: UsageQuery) async throws -> [UsageRecord]
 }
 
 /// Secrets and their hashes.

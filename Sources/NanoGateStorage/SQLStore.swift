@@ -11,7 +11,7 @@ import SQLiteNIO
 /// both accept, and every change is a single statement, so several gateway instances can share
 /// one database without read-modify-write races.
 public struct SQLStore: KeyStore, UsageLog, SignatureStore {
-    private let database: any SQLDatabase
+    let database: any SQLDatabase
 
     public init(database: any SQLDatabase) {
         self.database = database
@@ -25,7 +25,75 @@ public struct SQLStore: KeyStore, UsageLog, SignatureStore {
             try await database.raw("ALTER TABLE usage_log ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0").run()
             try await database.raw("ALTER TABLE usage_log ADD COLUMN upstream_cost_micro_usd BIGINT NOT NULL DEFAULT 0").run()
         },
+        { database in try await SQLStore.addMoney(database) },
     ]
+
+    /// Version 3: credit, limits and money per key (micro-USD), groups, price overrides,
+    /// reservations with leases, idempotent results, and the usage log's full row.
+    private static func addMoney(_ database: any SQLDatabase) async throws {
+        for column in [
+            "credit_micro_usd BIGINT", "spent_micro_usd BIGINT NOT NULL DEFAULT 0", "reserved_micro_usd BIGINT NOT NULL DEFAULT 0",
+            "expires_at BIGINT", "models TEXT", "rpm INTEGER", "concurrency INTEGER", "disabled INTEGER NOT NULL DEFAULT 0",
+        ] {
+            try await database.raw("ALTER TABLE api_keys ADD COLUMN \(unsafeRaw: column)").run()
+        }
+        try await database.raw("""
+            CREATE TABLE IF NOT EXISTS key_groups (
+                name TEXT PRIMARY KEY,
+                response_format TEXT NOT NULL,
+                multiplier_ppm BIGINT NOT NULL DEFAULT 1000000,
+                models TEXT,
+                created_at BIGINT NOT NULL
+            )
+            """).run()
+        let now = Int64(Date().timeIntervalSince1970)
+        try await database.raw("""
+            INSERT INTO key_groups (name, response_format, created_at) VALUES ('default', 'url', \(bind: now)), ('gemini', 'b64_json', \(bind: now))
+            ON CONFLICT (name) DO NOTHING
+            """).run()
+        try await database.raw("""
+            CREATE TABLE IF NOT EXISTS prices (
+                upstream_model TEXT PRIMARY KEY,
+                input_text BIGINT NOT NULL,
+                input_image BIGINT NOT NULL,
+                output_text BIGINT NOT NULL,
+                output_image BIGINT NOT NULL
+            )
+            """).run()
+        try await database.raw("""
+            CREATE TABLE IF NOT EXISTS reservations (
+                id TEXT PRIMARY KEY,
+                key_id TEXT NOT NULL,
+                amount_micro_usd BIGINT NOT NULL,
+                owner TEXT NOT NULL,
+                lease_until BIGINT NOT NULL
+            )
+            """).run()
+        try await database.raw("CREATE INDEX IF NOT EXISTS reservations_lease ON reservations (lease_until)").run()
+        try await database.raw("""
+            CREATE TABLE IF NOT EXISTS idempotent_results (
+                key_id TEXT NOT NULL,
+                idempotency_key TEXT NOT NULL,
+                body_hash TEXT NOT NULL,
+                state TEXT NOT NULL,
+                status INTEGER,
+                content_type TEXT,
+                body TEXT,
+                created_at BIGINT NOT NULL,
+                PRIMARY KEY (key_id, idempotency_key)
+            )
+            """).run()
+        for column in [
+            "request_id TEXT", "key_name TEXT", "key_group TEXT", "upstream_model TEXT", "requested_size TEXT", "latency_ms INTEGER NOT NULL DEFAULT 0",
+            "input_text_tokens INTEGER NOT NULL DEFAULT 0", "input_image_tokens INTEGER NOT NULL DEFAULT 0",
+            "output_text_tokens INTEGER NOT NULL DEFAULT 0", "output_image_tokens INTEGER NOT NULL DEFAULT 0", "upstream_key TEXT",
+        ] {
+            try await database.raw("ALTER TABLE usage_log ADD COLUMN \(unsafeRaw: column)").run()
+        }
+        // Rows of one second keep their order: milliseconds from now on.
+        try await database.raw("UPDATE usage_log SET created_at = created_at * 1000").run()
+        try await database.raw("CREATE INDEX IF NOT EXISTS usage_log_time ON usage_log (created_at)").run()
+    }
 
     /// Brings the schema up to the newest version.
     public func migrate() async throws {
@@ -106,138 +174,51 @@ public struct SQLStore: KeyStore, UsageLog, SignatureStore {
         return Dictionary(rows.map { ($0.hash, $0.signature) }, uniquingKeysWith: { first, _ in first })
     }
 
-    private struct KeyRow: Decodable {
-        var id: String
-        var name: String
-        var key_group: String
-        var prefix: String
-        var created_at: Int64
-        var revoked_at: Int64?
-
-        var key: APIKey {
-            APIKey(
-                id: id, name: name, group: KeyGroup(rawValue: key_group) ?? .default, prefix: prefix,
-                createdAt: Date(timeIntervalSince1970: TimeInterval(created_at)),
-                revokedAt: revoked_at.map { Date(timeIntervalSince1970: TimeInterval($0)) }
-            )
-        }
-    }
-
     static func hash(_ secret: String) -> String {
         SHA256.hash(data: Data(secret.utf8)).map { String(format: "%02x", $0) }.joined()
     }
-
-    public func createKey(name: String, group: KeyGroup) async throws -> (key: APIKey, secret: String) {
-        let secret = KeySecrets.generate()
-        let key = APIKey(
-            id: UUID().uuidString.lowercased(), name: name, group: group, prefix: String(secret.prefix(10)),
-            createdAt: Date(timeIntervalSince1970: Date().timeIntervalSince1970.rounded(.down)), revokedAt: nil
-        )
-        // Insert only when no active key has the name: one atomic statement, no check-then-insert race.
-        let inserted = try await database.raw("""
-            INSERT INTO api_keys (id, name, key_group, secret_hash, prefix, created_at)
-            SELECT \(bind: key.id), \(bind: name), \(bind: group.rawValue), \(bind: Self.hash(secret)), \(bind: key.prefix), \(bind: Int64(key.createdAt.timeIntervalSince1970))
-            WHERE NOT EXISTS (SELECT 1 FROM api_keys WHERE name = \(bind: name) AND revoked_at IS NULL)
-            RETURNING id
-            """).all()
-        guard !inserted.isEmpty else { throw KeyStoreError.duplicateName(name) }
-        return (key, secret)
-    }
-
-    public func activeKey(secret: String) async throws -> APIKey? {
-        try await database.raw("""
-            SELECT id, name, key_group, prefix, created_at, revoked_at FROM api_keys
-            WHERE secret_hash = \(bind: Self.hash(secret)) AND revoked_at IS NULL
-            """).first(decoding: KeyRow.self)?.key
-    }
-
-    public func listKeys() async throws -> [APIKey] {
-        try await database.raw("SELECT id, name, key_group, prefix, created_at, revoked_at FROM api_keys ORDER BY created_at, name")
-            .all(decoding: KeyRow.self).map(\.key)
-    }
-
-    public func revokeKey(name: String) async throws {
-        let revoked = try await database.raw("""
-            UPDATE api_keys SET revoked_at = \(bind: Int64(Date().timeIntervalSince1970))
-            WHERE name = \(bind: name) AND revoked_at IS NULL RETURNING id
-            """).all()
-        guard !revoked.isEmpty else { throw KeyStoreError.notFound(name) }
-    }
-
-    public func record(_ entry: UsageRecord) async throws {
-        try await database.raw("""
-            INSERT INTO usage_log (id, key_id, endpoint, model, status, images, input_tokens, output_tokens, total_tokens, cost_micro_usd, error_code,
-                                   upstream_cost_micro_usd, attempts, created_at)
-            VALUES (\(bind: UUID().uuidString.lowercased()), \(bind: entry.keyID), \(bind: entry.endpoint), \(bind: entry.model), \(bind: entry.status),
-                    \(bind: entry.images), \(bind: entry.inputTokens), \(bind: entry.outputTokens), \(bind: entry.totalTokens),
-                    \(bind: Int64(entry.costMicroUSD)), \(bind: entry.errorCode), \(bind: Int64(entry.upstreamCostMicroUSD)), \(bind: entry.attempts),
-                    \(bind: Int64(entry.createdAt.timeIntervalSince1970)))
-            """).run()
-    }
-
-    private struct UsageRow: Decodable {
-        var key_id: String
-        var endpoint: String
-        var model: String
-        var status: Int
-        var images: Int
-        var input_tokens: Int
-        var output_tokens: Int
-        var total_tokens: Int
-        var cost_micro_usd: Int64
-        var error_code: String?
-        var upstream_cost_micro_usd: Int64
-        var attempts: Int
-        var created_at: Int64
-    }
-
-    public func recentUsage(keyID: String, limit: Int) async throws -> [UsageRecord] {
-        try await database.raw("""
-            SELECT key_id, endpoint, model, status, images, input_tokens, output_tokens, total_tokens, cost_micro_usd, error_code,
-                   upstream_cost_micro_usd, attempts, created_at
-            FROM usage_log WHERE key_id = \(bind: keyID) ORDER BY created_at DESC, id LIMIT \(bind: limit)
-            """).all(decoding: UsageRow.self).map {
-                UsageRecord(
-                    keyID: $0.key_id, endpoint: $0.endpoint, model: $0.model, status: $0.status, images: $0.images,
-                    inputTokens: $0.input_tokens, outputTokens: $0.output_tokens, totalTokens: $0.total_tokens,
-                    costMicroUSD: Int($0.cost_micro_usd), errorCode: $0.error_code,
-                    upstreamCostMicroUSD: Int($0.upstream_cost_micro_usd), attempts: $0.attempts,
-                    createdAt: Date(timeIntervalSince1970: TimeInterval($0.created_at))
-                )
-            }
-    }
 }
 
-/// The embedded default database: one SQLite file under the data directory.
+/// The embedded default database: one SQLite file under the data directory, with a second
+/// connection for the ledger's transactions.
 public final class SQLiteDatabaseHandle: Sendable {
     private let connection: SQLiteConnection
     /// The store over this database.
     public let store: SQLStore
+    /// Reservations and settlement.
+    public let ledger: SQLiteLedger
 
-    private init(connection: SQLiteConnection) {
+    private init(connection: SQLiteConnection, ledger: SQLiteLedger) {
         self.connection = connection
         self.store = SQLStore(database: connection.sql())
+        self.ledger = ledger
     }
 
     /// Opens (creating if needed) `path` and brings its tables up to date.
     public static func open(path: String, logger: Logger) async throws -> SQLiteDatabaseHandle {
         let connection = try await SQLiteConnection.open(storage: .file(path: path), logger: logger)
-        let handle = SQLiteDatabaseHandle(connection: connection)
-        // WAL lets readers run while the usage log is written; busy_timeout covers the CLI writing concurrently.
-        _ = try await connection.query("PRAGMA journal_mode=WAL")
-        _ = try await connection.query("PRAGMA busy_timeout=5000")
-        // In WAL mode NORMAL never corrupts the database; it only skips the fsync on every commit
-        // (a power cut may lose the last usage lines, never the keys' consistency).
-        _ = try await connection.query("PRAGMA synchronous=NORMAL")
-        try await handle.store.migrate()
-        // Usage, keys and signatures of every user: owner only (the WAL files inherit the mode).
-        for suffix in ["", "-wal", "-shm"] where FileManager.default.fileExists(atPath: path + suffix) {
-            try FileManager.default.setAttributes([.posixPermissions: 0o600], ofItemAtPath: path + suffix)
+        do {
+            // WAL lets readers run while the usage log is written; busy_timeout covers the CLI writing concurrently.
+            _ = try await connection.query("PRAGMA journal_mode=WAL")
+            _ = try await connection.query("PRAGMA busy_timeout=5000")
+            // In WAL mode NORMAL never corrupts the database; it only skips the fsync on every commit
+            // (a power cut may lose the last usage lines, never the keys' consistency).
+            _ = try await connection.query("PRAGMA synchronous=NORMAL")
+            try await SQLStore(database: connection.sql()).migrate()
+            let ledger = try await SQLiteLedger.open(path: path, logger: logger)
+            // Usage, keys and signatures of every user: owner only (the WAL files inherit the mode).
+            for suffix in ["", "-wal", "-shm"] where FileManager.default.fileExists(atPath: path + suffix) {
+                try FileManager.default.setAttributes([.posixPermissions: 0o600], ofItemAtPath: path + suffix)
+            }
+            return SQLiteDatabaseHandle(connection: connection, ledger: ledger)
+        } catch {
+            try? await connection.close()
+            throw error
         }
-        return handle
     }
 
     public func close() async throws {
+        try? await ledger.close()
         try await connection.close()
     }
 }

@@ -45,14 +45,22 @@ public struct UpstreamConfiguration: Sendable {
 /// How many upstream attempts one request made, for its usage-log row (written by the pool,
 /// read by whoever settles the request).
 public final class UpstreamTrace: Sendable {
-    private let count = Mutex(0)
+    private let state = Mutex((count: 0, key: String?.none))
 
     public init() {}
 
     /// HTTP attempts made so far.
-    public var attempts: Int { count.withLock { $0 } }
+    public var attempts: Int { state.withLock { $0.count } }
 
-    func recordAttempt() { count.withLock { $0 += 1 } }
+    /// The upstream key of the last attempt, by position (`#2`), never its value.
+    public var lastKey: String? { state.withLock { $0.key } }
+
+    func recordAttempt(key: Int) {
+        state.withLock {
+            $0.count += 1
+            $0.key = "#\(key + 1)"
+        }
+    }
 }
 
 /// The Google keys the gateway holds, and the calls it makes with them.
@@ -214,7 +222,7 @@ public final class UpstreamPool: Sendable {
             attemptLogger[metadataKey: "upstream.attempt"] = "\(attempt)"
             attemptLogger[metadataKey: "upstream.key"] = "#\(keyIndex + 1)"
             attemptLogger[metadataKey: "upstream.model"] = "\(model)"
-            trace?.recordAttempt()
+            trace?.recordAttempt(key: keyIndex)
             let result = await attemptWithinTimeout(model: model, action: action, body: body, keyIndex: keyIndex, logger: attemptLogger, onSuccess: onSuccess)
             switch result {
             case .success(let output):

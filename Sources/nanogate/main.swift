@@ -17,7 +17,7 @@ struct NanoGate: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "nanogate",
         abstract: "An OpenAI-compatible gateway for Google's nano-banana image models.",
-        subcommands: [Serve.self, Keys.self, Models.self]
+        subcommands: [Serve.self, Keys.self, Groups.self, Prices.self, Usage.self, Models.self]
     )
 }
 
@@ -143,57 +143,173 @@ struct Serve: AsyncParsableCommand {
     }
 }
 
+/// Prints `value` as JSON (sorted keys, one document).
+func printJSON(_ value: some Encodable) throws {
+    let encoder = JSONEncoder()
+    encoder.outputFormatting = [.sortedKeys, .prettyPrinted]
+    print(String(decoding: try encoder.encode(value), as: UTF8.self))
+}
+
+/// Opens the data directory's database for one operator command.
+func withOperator<T>(_ data: DataDirectoryOption, _ body: (OperatorService) async throws -> T) async throws -> T {
+    let configuration = try data.load()
+    try createPrivateDirectory(configuration.dataDirectory)
+    var logger = Logger(label: "nanogate")
+    logger.logLevel = .warning
+    let database = try await SQLiteDatabaseHandle.open(path: configuration.dataDirectory.appendingPathComponent("nanogate.sqlite").path, logger: logger)
+    do {
+        let result = try await body(OperatorService(store: database.store, catalog: configuration.catalog))
+        try await database.close()
+        return result
+    } catch {
+        try? await database.close()
+        throw error
+    }
+}
+
+/// Options shared by `keys create` and `keys update`.
+struct KeyLimitOptions: ParsableArguments {
+    @Option(help: "Credit in USD (absent: unlimited).") var credit: Double?
+    @Option(help: "Expiry, ISO 8601 (2027-01-01T00:00:00Z).") var expires: String?
+    @Option(help: "Models the key may use, comma-separated (absent: all).") var models: String?
+    @Option(help: "Requests per minute.") var rpm: Int?
+    @Option(help: "Requests in flight at once.") var concurrency: Int?
+
+    func expiryDate() throws -> Date? {
+        guard let expires else { return nil }
+        guard let date = OperatorService.date(expires) else { throw ValidationError("--expires must be ISO 8601, e.g. 2027-01-01T00:00:00Z.") }
+        return date
+    }
+
+    func modelList() -> [String]? {
+        models.map { $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty } }
+    }
+
+    func validate() throws {
+        if let rpm, rpm < 1 { throw ValidationError("--rpm must be 1 or more.") }
+        if let concurrency, concurrency < 1 { throw ValidationError("--concurrency must be 1 or more.") }
+    }
+}
+
 struct Keys: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Manage NanoGate API keys.",
-        subcommands: [Create.self, List.self, Revoke.self]
+        subcommands: [Create.self, Show.self, List.self, Update.self, Rotate.self, Revoke.self]
     )
 
-    /// Opens the data directory's database for one command.
-    static func withStore<T>(_ data: DataDirectoryOption, _ body: (SQLStore) async throws -> T) async throws -> T {
-        let configuration = try data.load()
-        try createPrivateDirectory(configuration.dataDirectory)
-        var logger = Logger(label: "nanogate")
-        logger.logLevel = .warning
-        let database = try await SQLiteDatabaseHandle.open(path: configuration.dataDirectory.appendingPathComponent("nanogate.sqlite").path, logger: logger)
-        do {
-            let result = try await body(database.store)
-            try await database.close()
-            return result
-        } catch {
-            try? await database.close()
-            throw error
-        }
+    static func group(_ text: String) throws -> KeyGroup {
+        guard let group = KeyGroup(lenient: text) else { throw ValidationError("--group must be 1 to 64 letters, digits, '-' or '_'.") }
+        return group
     }
 
     struct Create: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Create a key; its secret is printed once, alone on the last line.")
         @Option(help: "A unique name for the key.") var name: String
-        @Option(help: "default (answers with URLs unless asked) or gemini (answers with base64).") var group = "default"
+        @Option(help: "Its group: default (answers with URLs unless asked), gemini (base64), or one you created.") var group = "default"
+        @OptionGroup var limits: KeyLimitOptions
+        @Flag(help: "Print the key as JSON (with its secret in `secret`).") var json = false
         @OptionGroup var data: DataDirectoryOption
 
         func run() async throws {
-            guard let keyGroup = KeyGroup(lenient: group) else {
-                throw ValidationError("--group must be one of: \(KeyGroup.allCases.map(\.rawValue).joined(separator: ", ")).")
+            let options = KeyOptions(
+                creditMicroUSD: try limits.credit.map { try OperatorService.microUSD($0, field: "--credit") }, expiresAt: try limits.expiryDate(),
+                models: limits.modelList(), rpm: limits.rpm, concurrency: limits.concurrency
+            )
+            let group = try Keys.group(group)
+            let (key, secret) = try await withOperator(data) { try await $0.store.createKey(name: name, group: group, options: options) }
+            if json {
+                try printJSON(OperatorService.KeyView(key, secret: secret))
+                return
             }
-            let (key, secret) = try await Keys.withStore(data) { try await $0.createKey(name: name, group: keyGroup) }
-            print("Created key '\(key.name)' (group \(key.group.rawValue)). Store the secret now; it is not shown again:")
+            print("Created key '\(key.name)' (group \(key.group.rawValue)\(key.creditMicroUSD.map { ", credit $" + String(format: "%.2f", TokenPrices.usd($0)) } ?? "")). Store the secret now; it is not shown again:")
             print(secret)
+        }
+    }
+
+    struct Show: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Show one key: group, credit, spent, reserved, balance, limits.")
+        @Argument(help: "The key's name.") var name: String
+        @Flag(help: "Print JSON.") var json = false
+        @OptionGroup var data: DataDirectoryOption
+
+        func run() async throws {
+            guard let key = try await withOperator(data, { try await $0.store.key(named: name) }) else { throw ValidationError("No active key named '\(name)'.") }
+            let view = OperatorService.KeyView(key)
+            if json { return try printJSON(view) }
+            func usd(_ value: Double?) -> String { value.map { String(format: "$%.6f", $0) } ?? "unlimited" }
+            print("""
+                name:        \(view.name)
+                group:       \(view.group)
+                credit:      \(usd(view.credit_usd))
+                spent:       \(usd(view.spent_usd))
+                reserved:    \(usd(view.reserved_usd))
+                balance:     \(usd(view.balance_usd))
+                expires:     \(view.expires_at ?? "never")
+                models:      \(view.models?.joined(separator: ",") ?? "all")
+                rpm:         \(view.rpm.map(String.init) ?? "no limit")
+                concurrency: \(view.concurrency.map(String.init) ?? "no limit")
+                disabled:    \(view.disabled)
+                """)
         }
     }
 
     struct List: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "List keys (never their secrets).")
+        @Flag(help: "Print JSON (active keys).") var json = false
         @OptionGroup var data: DataDirectoryOption
 
         func run() async throws {
-            let keys = try await Keys.withStore(data) { try await $0.listKeys() }
+            let keys = try await withOperator(data) { try await $0.store.listKeys() }
+            if json { return try printJSON(keys.filter { $0.revokedAt == nil }.map { OperatorService.KeyView($0) }) }
             let formatter = ISO8601DateFormatter()
-            print(["NAME", "GROUP", "PREFIX", "CREATED", "STATUS"].joined(separator: "\t"))
+            print(["NAME", "GROUP", "PREFIX", "BALANCE", "CREATED", "STATUS"].joined(separator: "\t"))
             for key in keys {
-                let status = key.revokedAt.map { "revoked \(formatter.string(from: $0))" } ?? "active"
-                print([key.name, key.group.rawValue, key.prefix + "…", formatter.string(from: key.createdAt), status].joined(separator: "\t"))
+                let status = key.revokedAt.map { "revoked \(formatter.string(from: $0))" } ?? (key.disabled ? "disabled" : "active")
+                let balance = key.balanceMicroUSD.map { String(format: "$%.2f", TokenPrices.usd($0)) } ?? "unlimited"
+                print([key.name, key.group.rawValue, key.prefix + "…", balance, formatter.string(from: key.createdAt), status].joined(separator: "\t"))
             }
+        }
+    }
+
+    struct Update: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Change a key's group, credit, expiry, models or limits.")
+        @Argument(help: "The key's name.") var name: String
+        @Option(help: "Move it to this group.") var group: String?
+        @OptionGroup var limits: KeyLimitOptions
+        @Option(help: "Add this many USD to its credit (a top-up, atomic).") var addCredit: Double?
+        @Flag(help: "Make it unlimited (no credit).") var unlimited = false
+        @Flag(help: "Disable it (401 until enabled).") var disable = false
+        @Flag(help: "Enable it.") var enable = false
+        @Flag(help: "Print JSON.") var json = false
+        @OptionGroup var data: DataDirectoryOption
+
+        func run() async throws {
+            var update = KeyUpdate()
+            if let group { update.group = try Keys.group(group) }
+            if let credit = limits.credit { update.credit = .set(try OperatorService.microUSD(credit, field: "--credit")) }
+            if unlimited { update.credit = .clear }
+            if let add = addCredit { update.addCredit = try OperatorService.microUSD(add, field: "--add-credit") }
+            if let expires = try limits.expiryDate() { update.expiresAt = .set(expires) }
+            if let models = limits.modelList() { update.models = models.isEmpty ? .clear : .set(models) }
+            if let rpm = limits.rpm { update.rpm = .set(rpm) }
+            if let concurrency = limits.concurrency { update.concurrency = .set(concurrency) }
+            if disable { update.disabled = true }
+            if enable { update.disabled = false }
+            let key = try await withOperator(data) { try await $0.store.updateKey(name: name, update) }
+            if json { return try printJSON(OperatorService.KeyView(key)) }
+            print("Updated key '\(key.name)'.")
+        }
+    }
+
+    struct Rotate: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Give a key a new secret (printed alone on the last line); the old one stops working at once.")
+        @Argument(help: "The key's name.") var name: String
+        @OptionGroup var data: DataDirectoryOption
+
+        func run() async throws {
+            let (key, secret) = try await withOperator(data) { try await $0.store.rotateKey(name: name) }
+            print("Rotated key '\(key.name)'. Store the new secret now; it is not shown again:")
+            print(secret)
         }
     }
 
@@ -203,8 +319,139 @@ struct Keys: AsyncParsableCommand {
         @OptionGroup var data: DataDirectoryOption
 
         func run() async throws {
-            try await Keys.withStore(data) { try await $0.revokeKey(name: name) }
+            try await withOperator(data) { try await $0.store.revokeKey(name: name) }
             print("Revoked key '\(name)'.")
+        }
+    }
+}
+
+struct Groups: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Manage key groups.", subcommands: [Create.self, List.self, Update.self])
+
+    struct Settings: ParsableArguments {
+        @Option(help: "url or b64_json: the answer when a request names no response_format.") var responseFormat: String?
+        @Option(help: "Price multiplier on every charge (1.0: Google's price).") var multiplier: Double?
+        @Option(help: "Models its keys may use, comma-separated (absent: all).") var models: String?
+
+        func apply(to settings: inout KeyGroupSettings) throws {
+            if let responseFormat {
+                guard ["url", "b64_json"].contains(responseFormat) else { throw ValidationError("--response-format must be url or b64_json.") }
+                settings.responseFormat = responseFormat
+            }
+            if let multiplier {
+                guard multiplier.isFinite, multiplier >= 0, multiplier <= 1000 else { throw ValidationError("--multiplier must be from 0 to 1000.") }
+                settings.multiplierPPM = Int((multiplier * 1_000_000).rounded())
+            }
+            if let models {
+                let list = models.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+                settings.models = list.isEmpty ? nil : list
+            }
+        }
+    }
+
+    struct Create: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Create a group.")
+        @Argument(help: "Its name.") var name: String
+        @OptionGroup var settings: Settings
+        @OptionGroup var data: DataDirectoryOption
+
+        func run() async throws {
+            var group = KeyGroupSettings(name: try Keys.group(name), responseFormat: "url")
+            try settings.apply(to: &group)
+            try await withOperator(data) { try await $0.store.createGroup(group) }
+            print("Created group '\(group.name.rawValue)'.")
+        }
+    }
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List groups.")
+        @Flag(help: "Print JSON.") var json = false
+        @OptionGroup var data: DataDirectoryOption
+
+        func run() async throws {
+            let groups = try await withOperator(data) { try await $0.store.listGroups() }.map(OperatorService.GroupView.init)
+            if json { return try printJSON(groups) }
+            print(["NAME", "RESPONSE_FORMAT", "MULTIPLIER", "MODELS"].joined(separator: "\t"))
+            for group in groups {
+                print([group.name, group.response_format, "\(group.multiplier)", group.models?.joined(separator: ",") ?? "all"].joined(separator: "\t"))
+            }
+        }
+    }
+
+    struct Update: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Change a group.")
+        @Argument(help: "Its name.") var name: String
+        @OptionGroup var settings: Settings
+        @OptionGroup var data: DataDirectoryOption
+
+        func run() async throws {
+            try await withOperator(data) { service in
+                guard var group = try await service.store.group(named: try Keys.group(name)) else { throw ValidationError("No group named '\(name)'.") }
+                try settings.apply(to: &group)
+                try await service.store.updateGroup(group)
+            }
+            print("Updated group '\(name)'.")
+        }
+    }
+}
+
+struct Prices: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Prices per upstream model (USD per 1M tokens by modality).", subcommands: [List.self, Set.self])
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List the prices every upstream model is charged at.")
+        @Flag(help: "Print JSON.") var json = false
+        @OptionGroup var data: DataDirectoryOption
+
+        func run() async throws {
+            let prices = try await withOperator(data) { try await $0.prices() }
+            if json { return try printJSON(prices) }
+            print(["MODEL", "INPUT_TEXT", "INPUT_IMAGE", "OUTPUT_TEXT", "OUTPUT_IMAGE", "SOURCE"].joined(separator: "\t"))
+            for price in prices {
+                print([price.model, "\(price.input_text)", "\(price.input_image)", "\(price.output_text)", "\(price.output_image)", price.source].joined(separator: "\t"))
+            }
+        }
+    }
+
+    struct Set: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Override an upstream model's prices (the others keep theirs).")
+        @Argument(help: "The upstream model id, e.g. gemini-3-pro-image.") var model: String
+        @Option(help: "USD per 1M input text tokens.") var inputText: Double?
+        @Option(help: "USD per 1M input image tokens.") var inputImage: Double?
+        @Option(help: "USD per 1M output text tokens (thinking included).") var outputText: Double?
+        @Option(help: "USD per 1M output image tokens.") var outputImage: Double?
+        @OptionGroup var data: DataDirectoryOption
+
+        func run() async throws {
+            let view = try await withOperator(data) {
+                try await $0.setPrice(model: model, inputText: inputText, inputImage: inputImage, outputText: outputText, outputImage: outputImage)
+            }
+            print("Set \(view.model): input text \(view.input_text), input image \(view.input_image), output text \(view.output_text), output image \(view.output_image) USD per 1M tokens.")
+        }
+    }
+}
+
+struct Usage: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "The usage log: one row per request, newest first.")
+    @Option(help: "Only this key's rows.") var key: String?
+    @Option(help: "From this time (ISO 8601).") var since: String?
+    @Option(help: "Until this time (ISO 8601).") var until: String?
+    @Flag(help: "Print CSV.") var csv = false
+    @Flag(help: "Print JSON.") var json = false
+    @OptionGroup var data: DataDirectoryOption
+
+    func run() async throws {
+        func date(_ text: String?, _ flag: String) throws -> Date? {
+            guard let text else { return nil }
+            guard let date = OperatorService.date(text) else { throw ValidationError("\(flag) must be ISO 8601.") }
+            return date
+        }
+        let rows = try await withOperator(data) { try await $0.usage(keyName: key, since: try date(since, "--since"), until: try date(until, "--until")) }
+        if json { return try printJSON(rows) }
+        if csv { return print(OperatorService.csv(rows), terminator: "") }
+        print(["TIME", "KEY", "MODEL", "ENDPOINT", "STATUS", "IMAGES", "COST_USD", "ERROR"].joined(separator: "\t"))
+        for row in rows {
+            print([row.created_at, row.key ?? "", row.model, row.endpoint, "\(row.status)", "\(row.images)", String(format: "%.6f", row.cost_usd), row.error_code ?? ""].joined(separator: "\t"))
         }
     }
 }

@@ -55,6 +55,8 @@ import Upstream
             "NANOGATE_TRUST_FORWARDED": configuration.trustForwardedHeaders ? "on" : "off",
             "NANOGATE_CHECK_MODELS": configuration.checkModelsAtStart ? "on" : "off",
             "NANOGATE_CHAT_IMAGES": configuration.chatImages.rawValue,
+            "NANOGATE_RESERVATION_LEASE": seconds(configuration.billing.lease),
+            "NANOGATE_ADMIN_TOKEN": configuration.adminToken == nil ? "off" : "on",
             "NANOGATE_UPSTREAM_FLASH31": configuration.catalog.model(named: "nano-banana-2")?.upstreamModel ?? "",
             "NANOGATE_UPSTREAM_FLASH_FALLBACK": configuration.catalog.model(named: "nano-banana")?.fallbackModel ?? "",
         ]
@@ -125,6 +127,9 @@ import Upstream
         #expect(keys.map(\.name) == ["old"])
         let rows = try await handle.store.recentUsage(keyID: "k1", limit: 10)
         #expect(rows.count == 1 && rows[0].costMicroUSD == 38_700 && rows[0].attempts == 0)
+        #expect(rows.first?.createdAt == Date(timeIntervalSince1970: 2), "seconds became milliseconds without moving the row in time")
+        #expect(keys.first?.creditMicroUSD == nil && keys.first?.spentMicroUSD == 0, "old keys stay unlimited")
+        #expect(keys.first?.groupSettings == KeyGroupSettings(name: .default, responseFormat: "url"), "the spec's groups exist")
         try await handle.store.record(UsageRecord(
             keyID: "k1", endpoint: "chat.completions", model: "nano-banana", status: 200, images: 1, inputTokens: 1, outputTokens: 1,
             totalTokens: 2, costMicroUSD: 5, errorCode: nil, upstreamCostMicroUSD: 7, attempts: 2

@@ -1,0 +1,308 @@
+import Crypto
+import Foundation
+import Hummingbird
+import NanoGateCore
+import NanoGateStorage
+import NIOCore
+import NIOFoundationCompat
+
+/// `/admin/v1/…`: on only when `NANOGATE_ADMIN_TOKEN` is set, and only for that token (a
+/// user's key gets 401 like any wrong token). Compared in constant time.
+struct AdminTokenAuthenticator: RouterMiddleware {
+    typealias Context = GatewayRequestContext
+    let token: String
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        let given = request.headers[.authorization].flatMap { header -> String? in
+            let parts = header.split(separator: " ", maxSplits: 1)
+            return parts.count == 2 && parts[0].lowercased() == "bearer" ? String(parts[1]) : nil
+        }
+        guard let given, Self.equal(given, token) else {
+            throw GatewayError.unauthorized("The admin API needs 'Authorization: Bearer <NANOGATE_ADMIN_TOKEN>'.", code: "invalid_admin_token")
+        }
+        return try await next(request, context)
+    }
+
+    /// Equal strings, compared over their SHA-256 so neither length nor content leaks through timing.
+    static func equal(_ a: String, _ b: String) -> Bool {
+        let left = SHA256.hash(data: Data(a.utf8))
+        let right = SHA256.hash(data: Data(b.utf8))
+        return zip(left, right).reduce(UInt8(0)) { $0 | ($1.0 ^ $1.1) } == 0
+    }
+}
+
+/// The admin API: keys, groups, prices and usage, JSON in and out with the CLI's `--json` names.
+struct AdminController {
+    let service: OperatorService
+
+    init(store: SQLStore, catalog: ModelCatalog) {
+        self.service = OperatorService(store: store, catalog: catalog)
+    }
+
+    func addRoutes(to group: RouterGroup<GatewayRequestContext>) {
+        group.get("keys") { _, _ in try json(try await service.store.listKeys().filter { $0.revokedAt == nil }.map { OperatorService.KeyView($0) }) }
+        group.post("keys") { request, _ in
+            let body = try await request.decodeJSON(KeyBody.self, limit: 64 * 1024)
+            guard let name = body.name, !name.isEmpty else { throw GatewayError.invalidParameter("name", "Missing required parameter: 'name'.", code: "missing_required_parameter") }
+            let group = try Self.group(body.group ?? "default")
+            let options = KeyOptions(
+                creditMicroUSD: try body.credit_usd.map { try Self.money($0, "credit_usd") }, expiresAt: try body.expires_at.map { try Self.date($0) },
+                models: body.models, rpm: try Self.positive(body.rpm, "rpm"), concurrency: try Self.positive(body.concurrency, "concurrency")
+            )
+            let created = try await Self.mapped { try await service.store.createKey(name: name, group: group, options: options) }
+            return try json(OperatorService.KeyView(created.key, secret: created.secret), status: .created)
+        }
+        group.get("keys/{name}") { _, context in
+            let name = context.parameters.get("name") ?? ""
+            guard let key = try await service.store.key(named: name) else { throw Self.notFound("key", name) }
+            return try json(OperatorService.KeyView(key))
+        }
+        group.patch("keys/{name}") { request, context in
+            let name = context.parameters.get("name") ?? ""
+            let body = try await request.decodeJSON(KeyPatch.self, limit: 64 * 1024)
+            var update = KeyUpdate()
+            if let group = body.group { update.group = try Self.group(group) }
+            if let credit = body.credit_usd { update.credit = try credit.map { .set(try Self.money($0, "credit_usd")) } ?? .clear }
+            if let add = body.add_credit_usd { update.addCredit = try Self.money(add, "add_credit_usd") }
+            if let expires = body.expires_at { update.expiresAt = try expires.map { .set(try Self.date($0)) } ?? .clear }
+            if let models = body.models { update.models = models.map { .set($0) } ?? .clear }
+            if let rpm = body.rpm { update.rpm = try rpm.map { .set(try Self.positive($0, "rpm")!) } ?? .clear }
+            if let concurrency = body.concurrency { update.concurrency = try concurrency.map { .set(try Self.positive($0, "concurrency")!) } ?? .clear }
+            update.disabled = body.disabled
+            let key = try await Self.mapped { try await service.store.updateKey(name: name, update) }
+            return try json(OperatorService.KeyView(key))
+        }
+        group.delete("keys/{name}") { _, context in
+            let name = context.parameters.get("name") ?? ""
+            try await Self.mapped { try await service.store.revokeKey(name: name) }
+            return Response(status: .noContent)
+        }
+        group.post("keys/{name}/rotate") { _, context in
+            let name = context.parameters.get("name") ?? ""
+            let rotated = try await Self.mapped { try await service.store.rotateKey(name: name) }
+            return try json(OperatorService.KeyView(rotated.key, secret: rotated.secret))
+        }
+
+        group.get("groups") { _, _ in try json(try await service.store.listGroups().map(OperatorService.GroupView.init)) }
+        group.post("groups") { request, _ in
+            let body = try await request.decodeJSON(GroupBody.self, limit: 64 * 1024)
+            let settings = try Self.groupSettings(body, name: body.name ?? "", base: nil)
+            try await Self.mapped { try await service.store.createGroup(settings) }
+            return try json(OperatorService.GroupView(settings), status: .created)
+        }
+        group.patch("groups/{name}") { request, context in
+            let name = context.parameters.get("name") ?? ""
+            guard let existing = try await service.store.group(named: KeyGroup(rawValue: name.lowercased())) else { throw Self.notFound("group", name) }
+            let settings = try Self.groupSettings(try await request.decodeJSON(GroupBody.self, limit: 64 * 1024), name: name, base: existing)
+            try await Self.mapped { try await service.store.updateGroup(settings) }
+            return try json(OperatorService.GroupView(settings))
+        }
+
+        group.get("prices") { _, _ in try json(try await service.prices()) }
+        group.put("prices/{model}") { request, context in
+            let body = try await request.decodeJSON(PriceBody.self, limit: 64 * 1024)
+            let view = try await Self.mapped {
+                try await service.setPrice(
+                    model: context.parameters.get("model") ?? "", inputText: body.input_text, inputImage: body.input_image,
+                    outputText: body.output_text, outputImage: body.output_image
+                )
+            }
+            return try json(view)
+        }
+
+        group.get("usage") { request, _ in
+            let query = request.uri.queryParameters
+            let rows = try await Self.mapped {
+                try await service.usage(
+                    keyName: query.get("key"), since: try query.get("since").map { try Self.date(String($0)) },
+                    until: try query.get("until").map { try Self.date(String($0)) }, limit: query.get("limit", as: Int.self) ?? 10_000
+                )
+            }
+            if query.get("format") == "csv" {
+                return Response(status: .ok, headers: [.contentType: "text/csv; charset=utf-8"], body: .init(byteBuffer: ByteBuffer(string: OperatorService.csv(rows))))
+            }
+            return try json(rows)
+        }
+    }
+
+    struct KeyBody: Decodable {
+        var name: String?
+        var group: String?
+        var credit_usd: Double?
+        var expires_at: String?
+        var models: [String]?
+        var rpm: Int?
+        var concurrency: Int?
+    }
+
+    /// A PATCH: absent fields stay, `null` clears (credit → unlimited).
+    struct KeyPatch: Decodable {
+        var group: String?
+        var credit_usd: Double??
+        var add_credit_usd: Double?
+        var expires_at: String??
+        var models: [String]??
+        var rpm: Int??
+        var concurrency: Int??
+        var disabled: Bool?
+
+        enum CodingKeys: String, CodingKey { case group, credit_usd, add_credit_usd, expires_at, models, rpm, concurrency, disabled }
+
+        init(from decoder: any Decoder) throws {
+            let container = try decoder.container(keyedBy: CodingKeys.self)
+            func tri<T: Decodable>(_ key: CodingKeys) throws -> T?? {
+                guard container.contains(key) else { return nil }
+                return .some(try container.decodeIfPresent(T.self, forKey: key))
+            }
+            group = try container.decodeIfPresent(String.self, forKey: .group)
+            credit_usd = try tri(.credit_usd)
+            add_credit_usd = try container.decodeIfPresent(Double.self, forKey: .add_credit_usd)
+            expires_at = try tri(.expires_at)
+            models = try tri(.models)
+            rpm = try tri(.rpm)
+            concurrency = try tri(.concurrency)
+            disabled = try container.decodeIfPresent(Bool.self, forKey: .disabled)
+        }
+    }
+
+    struct GroupBody: Decodable {
+        var name: String?
+        var response_format: String?
+        var multiplier: Double?
+        var models: [String]?
+    }
+
+    struct PriceBody: Decodable {
+        var input_text: Double?
+        var input_image: Double?
+        var output_text: Double?
+        var output_image: Double?
+    }
+
+    static func groupSettings(_ body: GroupBody, name: String, base: KeyGroupSettings?) throws(GatewayError) -> KeyGroupSettings {
+        let group = try Self.group(name)
+        let format = body.response_format ?? base?.responseFormat ?? "url"
+        guard ["url", "b64_json"].contains(format) else { throw .invalidParameter("response_format", "Accepted values: url, b64_json.") }
+        var multiplier = base?.multiplierPPM ?? 1_000_000
+        if let value = body.multiplier {
+            guard value.isFinite, value >= 0, value <= 1000 else { throw .invalidParameter("multiplier", "'multiplier' must be from 0 to 1000.") }
+            multiplier = Int((value * 1_000_000).rounded())
+        }
+        return KeyGroupSettings(name: group, responseFormat: format, multiplierPPM: multiplier, models: body.models ?? base?.models)
+    }
+
+    static func group(_ name: String) throws(GatewayError) -> KeyGroup {
+        guard let group = KeyGroup(lenient: name) else { throw .invalidParameter("group", "A group name is 1 to 64 letters, digits, '-' or '_'.") }
+        return group
+    }
+
+    static func money(_ usd: Double, _ field: String) throws(GatewayError) -> Int {
+        do { return try OperatorService.microUSD(usd, field: field) } catch { throw .invalidParameter(field, error.description) }
+    }
+
+    static func date(_ text: String) throws(GatewayError) -> Date {
+        guard let date = OperatorService.date(text) else { throw .invalidParameter(nil, "'\(text)' is not an ISO 8601 date (2027-01-01T00:00:00Z).") }
+        return date
+    }
+
+    static func positive(_ value: Int?, _ field: String) throws(GatewayError) -> Int? {
+        guard let value else { return nil }
+        guard value >= 1 else { throw .invalidParameter(field, "'\(field)' must be 1 or more.") }
+        return value
+    }
+
+    static func notFound(_ kind: String, _ name: String) -> GatewayError {
+        GatewayError(status: 404, type: "invalid_request_error", code: "not_found", param: nil, message: "No \(kind) named '\(name)'.")
+    }
+
+    /// Store and operator errors as the admin API answers them.
+    static func mapped<T>(_ body: () async throws -> T) async throws -> T {
+        do {
+            return try await body()
+        } catch let error as KeyStoreError {
+            switch error {
+            case .duplicateName, .duplicateGroup:
+                throw GatewayError(status: 409, type: "invalid_request_error", code: "already_exists", param: "name", message: error.description)
+            case .notFound, .unknownGroup:
+                throw GatewayError(status: 404, type: "invalid_request_error", code: "not_found", param: nil, message: error.description)
+            }
+        } catch let error as OperatorError {
+            switch error {
+            case .invalid(let field, _): throw GatewayError.invalidParameter(field, error.description)
+            case .notFound: throw GatewayError(status: 404, type: "invalid_request_error", code: "not_found", param: nil, message: error.description)
+            }
+        }
+    }
+}
+
+/// JSON answers of the admin and account endpoints.
+func json(_ value: some Encodable, status: HTTPResponse.Status = .ok) throws -> Response {
+    let encoder = JSONEncoder()
+    encoder.outputFormatting = [.sortedKeys]
+    let data = try encoder.encode(value)
+    return Response(status: status, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(data: data)))
+}
+
+/// What a key holder sees of its own account: `GET /v1/usage`, and the legacy billing endpoints
+/// chat clients (NextChat, Cherry Studio, LobeChat) call to show a balance.
+struct AccountController {
+    let store: SQLStore
+
+    func addRoutes(to group: RouterGroup<GatewayRequestContext>) {
+        group.get("usage") { request, context in
+            guard let key = context.apiKey else { throw GatewayError.unauthorized("Missing API key.") }
+            let query = request.uri.queryParameters
+            let rows = try await store.usage(UsageQuery(
+                keyID: key.id, since: query.get("since").flatMap { OperatorService.date(String($0)) },
+                until: query.get("until").flatMap { OperatorService.date(String($0)) }, limit: min(query.get("limit", as: Int.self) ?? 100, 1000)
+            ))
+            var view = OperatorService.KeyView(key)
+            view.prefix = key.prefix
+            return try json(Usage(object: "usage", key: view, data: rows.map(OperatorService.UsageView.init)))
+        }
+        // OpenAI's retired billing endpoints, as new-api answers them: the hard limit is the credit.
+        group.get("dashboard/billing/subscription") { _, context in
+            guard let key = context.apiKey else { throw GatewayError.unauthorized("Missing API key.") }
+            let limit = key.creditMicroUSD.map(TokenPrices.usd) ?? 100_000_000
+            return try json(Subscription(
+                hard_limit_usd: limit, soft_limit_usd: limit, system_hard_limit_usd: limit,
+                access_until: Int(key.expiresAt?.timeIntervalSince1970 ?? 0)
+            ))
+        }
+        group.get("dashboard/billing/usage") { request, context in
+            guard let key = context.apiKey else { throw GatewayError.unauthorized("Missing API key.") }
+            let query = request.uri.queryParameters
+            let since = query.get("start_date").flatMap { OperatorService.date(String($0)) }
+            let until = query.get("end_date").flatMap { OperatorService.date(String($0)) }
+            let cents: Double
+            if since == nil && until == nil {
+                cents = TokenPrices.usd(key.spentMicroUSD) * 100
+            } else {
+                let rows = try await store.usage(UsageQuery(keyID: key.id, since: since, until: until, limit: 100_000))
+                cents = TokenPrices.usd(rows.reduce(0) { $0 + $1.costMicroUSD }) * 100
+            }
+            return try json(BillingUsage(total_usage: cents))
+        }
+    }
+
+    struct Usage: Encodable {
+        var object: String
+        var key: OperatorService.KeyView
+        var data: [OperatorService.UsageView]
+    }
+
+    struct Subscription: Encodable {
+        var object = "billing_subscription"
+        var has_payment_method = true
+        var hard_limit_usd: Double
+        var soft_limit_usd: Double
+        var system_hard_limit_usd: Double
+        var access_until: Int
+    }
+
+    struct BillingUsage: Encodable {
+        var object = "list"
+        /// Cents, as OpenAI's endpoint answered.
+        var total_usage: Double
+    }
+}

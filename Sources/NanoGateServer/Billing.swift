@@ -1,0 +1,159 @@
+import Foundation
+import Logging
+import NanoGateCore
+import NanoGateStorage
+import ServiceLifecycle
+import Synchronization
+
+/// Prices per upstream model: the operator's overrides (`nanogate prices set`, stored in the
+/// database), else the catalog's (the configuration file's `prices:`, else Google's list).
+/// Overrides are re-read at most every few seconds, so a change reaches every instance quickly
+/// without a query per request.
+final class PriceBook: Sendable {
+    private let store: SQLStore
+    private let refreshInterval: Duration
+    private struct State {
+        var overrides: [String: TokenPrices] = [:]
+        var loaded: ContinuousClock.Instant?
+    }
+    private let state = Mutex(State())
+
+    init(store: SQLStore, refreshInterval: Duration = .seconds(5)) {
+        self.store = store
+        self.refreshInterval = refreshInterval
+    }
+
+    /// Reloads the overrides when they are older than the refresh interval.
+    func refreshIfStale(logger: Logger) async {
+        let stale = state.withLock { state in state.loaded.map { $0.duration(to: .now) > refreshInterval } ?? true }
+        guard stale else { return }
+        do {
+            let overrides = try await store.priceOverrides()
+            state.withLock { $0 = State(overrides: overrides, loaded: .now) }
+        } catch {
+            logger.error("could not read price overrides; using the catalog's", metadata: ["error": "\(error)"])
+        }
+    }
+
+    /// The prices of `upstream`, with `fallback` when the operator set none.
+    func prices(upstream: String, fallback: TokenPrices) -> TokenPrices {
+        state.withLock { $0.overrides[upstream] } ?? fallback
+    }
+}
+
+/// Requests-per-minute and concurrency limits per key, kept in this instance's memory (several
+/// instances each apply the limit).
+final class KeyLimiter: Sendable {
+    private struct State {
+        var recent: [String: [ContinuousClock.Instant]] = [:]
+        var inFlight: [String: Int] = [:]
+    }
+    private let state = Mutex(State())
+
+    /// Counts a new request of `key`, or throws the 429 it gets. Call `finish` when it ends.
+    func begin(_ key: APIKey) throws(GatewayError) {
+        let now = ContinuousClock.now
+        let refusal = state.withLock { state -> GatewayError? in
+            if let rpm = key.rpm {
+                var times = (state.recent[key.id] ?? []).filter { now - $0 < .seconds(60) }
+                if times.count >= rpm {
+                    let wait = max(1, Int((times[0] + .seconds(60) - now).components.seconds) + 1)
+                    state.recent[key.id] = times
+                    return .keyRateLimited("This key is limited to \(rpm) requests per minute. Retry in \(wait) s.", retryAfterSeconds: wait)
+                }
+                times.append(now)
+                state.recent[key.id] = times
+            }
+            if let concurrency = key.concurrency {
+                let running = state.inFlight[key.id] ?? 0
+                guard running < concurrency else {
+                    return .keyRateLimited("This key may run \(concurrency) request(s) at once; wait for one to finish.", retryAfterSeconds: 1)
+                }
+            }
+            state.inFlight[key.id, default: 0] += 1
+            return nil
+        }
+        if let refusal { throw refusal }
+    }
+
+    func finish(_ key: APIKey) {
+        state.withLock { state in
+            let left = (state.inFlight[key.id] ?? 1) - 1
+            state.inFlight[key.id] = left > 0 ? left : nil
+        }
+    }
+}
+
+/// What a request may cost at most, reserved before Google is called.
+enum ReservationEstimate {
+    /// Generous text-output allowance per image (thinking is billed as text on Gemini 3).
+    static func textAllowance(_ family: ModelFamily) -> Int { family.thinks ? 4_000 : 1_000 }
+    /// Generous input tokens per input image (Pro bills 560, 2.5 258 per tile).
+    static let tokensPerInputImage = 1_290
+
+    /// The worst case of `count` images of `spec` with this input, on the model or its
+    /// fallback, whichever costs more, with the group multiplier.
+    static func microUSD(
+        model: CatalogModel, spec: ImageSpec, count: Int, promptTokens: Int, inputImages: Int,
+        prices: (String, ModelFamily) -> TokenPrices, multiplierPPM: Int
+    ) -> Int {
+        var targets = [(model.upstreamModel, model.family)]
+        if let fallback = model.fallbackModel, let family = model.fallbackFamily { targets.append((fallback, family)) }
+        let costs = targets.map { id, family -> Int in
+            let output = family.outputImageTokens(spec.imageSize)
+            let text = textAllowance(family)
+            let inputImageTokens = inputImages * tokensPerInputImage
+            let usage = ImageUsage(
+                inputTokens: promptTokens + inputImageTokens, inputTokensDetails: .init(imageTokens: inputImageTokens, textTokens: promptTokens),
+                outputTokens: output + text, outputTokensDetails: .init(imageTokens: output, textTokens: text), totalTokens: 0
+            )
+            return Pricing.costMicroUSD(usage, prices: prices(id, family), multiplierPPM: multiplierPPM)
+        }
+        let one = costs.max() ?? 0
+        let (total, overflow) = one.multipliedReportingOverflow(by: max(1, count))
+        return overflow ? .max : total
+    }
+}
+
+/// Keeps this instance's reservations alive and releases dead instances' ones: leases are
+/// renewed every third of their length; expired ones (a gateway killed mid-request) are
+/// released at start and then every few seconds, so a restarted gateway frees its old
+/// reservations within one lease.
+struct LeaseKeeper: Service {
+    let ledger: any Ledger
+    let owner: String
+    let lease: Duration
+    let logger: Logger
+
+    func run() async throws {
+        let tick = Duration.seconds(max(1, Int(lease.components.seconds) / 3))
+        var renewedAt = ContinuousClock.now
+        while !Task.isCancelled {
+            do {
+                if ContinuousClock.now - renewedAt >= tick {
+                    try await ledger.renewLeases(owner: owner, until: Date().addingTimeInterval(TimeInterval(lease.components.seconds)))
+                    renewedAt = .now
+                }
+                let released = try await ledger.releaseExpired(now: Date())
+                if released > 0 { logger.warning("released reservations of a gateway that stopped mid-request", metadata: ["count": "\(released)"]) }
+            } catch {
+                logger.error("reservation upkeep failed", metadata: ["error": "\(error)"])
+            }
+            do {
+                try await cancelWhenGracefulShutdown { try await Task.sleep(for: min(tick, .seconds(5))) }
+            } catch {
+                return
+            }
+        }
+    }
+}
+
+/// Billing settings.
+public struct BillingConfiguration: Sendable {
+    /// How long a reservation lives without renewal (`NANOGATE_RESERVATION_LEASE`, seconds).
+    public var lease: Duration = .seconds(45)
+    /// This instance's id for its reservations.
+    public var owner = "gw-" + UUID().uuidString.prefix(8).lowercased()
+
+    public init() {}
+}

@@ -1,0 +1,122 @@
+import Crypto
+import Foundation
+import HTTPTypes
+import Hummingbird
+import Logging
+import NanoGateCore
+import NanoGateStorage
+import NIOCore
+
+/// `Idempotency-Key` on the POST endpoints (as Stripe and OpenAI's SDK retries use it): a retry
+/// with the same key and the same body within 24 h gets the stored answer (same images, same
+/// URLs, same usage) and is neither sent upstream nor charged again. The same key with another
+/// body is a 409 `idempotency_key_reused`; a retry while the first is still running is a 409
+/// `idempotency_key_in_progress` (retry it after a moment). 5xx and 429 answers are not stored
+/// (the request may be retried for real), and neither are streams.
+struct IdempotencyMiddleware: RouterMiddleware {
+    typealias Context = GatewayRequestContext
+    let store: SQLStore
+    let maxBodyBytes: Int
+    /// An `in_progress` claim older than this belongs to a gateway that died; a retry may take it over.
+    let staleAfter: TimeInterval
+
+    static let header = HTTPField.Name("Idempotency-Key")!
+    static let replayedHeader = HTTPField.Name("Idempotent-Replayed")!
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        guard request.method == .post, let idempotencyKey = request.headers[Self.header], let key = context.apiKey else {
+            return try await next(request, context)
+        }
+        guard (1...255).contains(idempotencyKey.utf8.count) else {
+            throw GatewayError.invalidParameter(nil, "Idempotency-Key must be 1 to 255 characters.", code: "invalid_idempotency_key")
+        }
+        var request = request
+        let body = try await request.collectBody(limit: maxBodyBytes)
+        request.body = RequestBody(buffer: body)
+        var hasher = SHA256()
+        hasher.update(data: Array("\(request.uri.path)\n\(request.headers[.contentType] ?? "")\n".utf8))
+        hasher.update(data: Array(body.readableBytesView))
+        let hash = hasher.finalize().map { String(format: "%02x", $0) }.joined()
+
+        switch try await store.claimIdempotency(keyID: key.id, idempotencyKey: idempotencyKey, bodyHash: hash, staleAfter: staleAfter) {
+        case .mismatch:
+            throw GatewayError(status: 409, type: "invalid_request_error", code: "idempotency_key_reused", param: nil,
+                               message: "This Idempotency-Key was used with a different request body; use a new key for a new request.")
+        case .inProgress:
+            throw GatewayError(status: 409, type: "invalid_request_error", code: "idempotency_key_in_progress", param: nil,
+                               message: "A request with this Idempotency-Key is still running; retry after it finishes.", retryAfterSeconds: 1)
+        case .done(let status, let contentType, let stored):
+            return Response(
+                status: .init(code: status), headers: [.contentType: contentType, Self.replayedHeader: "true"],
+                body: .init(byteBuffer: ByteBuffer(bytes: stored))
+            )
+        case .claimed:
+            break
+        }
+
+        let response: Response
+        do {
+            response = try await next(request, context)
+        } catch let error as GatewayError {
+            await finish(key: key, idempotencyKey: idempotencyKey, response: OpenAIErrorMiddleware<GatewayRequestContext>.response(for: error), logger: context.logger)
+            throw error
+        } catch {
+            try? await store.releaseIdempotency(keyID: key.id, idempotencyKey: idempotencyKey)
+            throw error
+        }
+        if response.headers[.contentType]?.hasPrefix("text/event-stream") == true {
+            try? await store.releaseIdempotency(keyID: key.id, idempotencyKey: idempotencyKey)
+            return response
+        }
+        var collector = CollectingWriter()
+        try await response.body.write(collector.writer)
+        let bytes = collector.bytes
+        var stored = Response(status: response.status, headers: response.headers, body: .init(byteBuffer: ByteBuffer(bytes: bytes)))
+        stored.headers[.contentLength] = nil
+        await finish(key: key, idempotencyKey: idempotencyKey, response: stored, bytes: bytes, logger: context.logger)
+        return stored
+    }
+
+    /// Stores a final answer, or releases the claim of a retryable one.
+    private func finish(key: APIKey, idempotencyKey: String, response: Response, bytes: [UInt8]? = nil, logger: Logger) async {
+        let status = Int(response.status.code)
+        do {
+            guard status < 500, status != 429 else {
+                try await store.releaseIdempotency(keyID: key.id, idempotencyKey: idempotencyKey)
+                return
+            }
+            var body = bytes
+            if body == nil {
+                var collector = CollectingWriter()
+                try await response.body.write(collector.writer)
+                body = collector.bytes
+            }
+            try await store.completeIdempotency(
+                keyID: key.id, idempotencyKey: idempotencyKey, status: status, contentType: response.headers[.contentType] ?? "application/json", body: body ?? []
+            )
+        } catch {
+            logger.error("could not store an idempotent result", metadata: ["error": "\(error)"])
+        }
+    }
+}
+
+/// Collects a response body in memory (answers under the idempotency middleware only).
+struct CollectingWriter {
+    final class Box: @unchecked Sendable {
+        var bytes: [UInt8] = []
+    }
+
+    struct Writer: ResponseBodyWriter {
+        let box: Box
+
+        mutating func write(_ buffer: ByteBuffer) async throws {
+            box.bytes.append(contentsOf: buffer.readableBytesView)
+        }
+
+        consuming func finish(_ trailingHeaders: HTTPFields?) async throws {}
+    }
+
+    let box = Box()
+    var writer: Writer { Writer(box: box) }
+    var bytes: [UInt8] { box.bytes }
+}

@@ -1,0 +1,231 @@
+public import Foundation
+public import NanoGateCore
+public import NanoGateStorage
+
+/// What operators manage — keys, groups, prices, the usage log — in one place, for both the CLI
+/// (`nanogate keys …`) and the admin API (`/admin/v1/…`), with the same JSON field names.
+public struct OperatorService: Sendable {
+    public let store: SQLStore
+    public let catalog: ModelCatalog
+
+    public init(store: SQLStore, catalog: ModelCatalog) {
+        self.store = store
+        self.catalog = catalog
+    }
+
+    /// A key as operators see it (never its secret): money in USD, `null` credit and balance when unlimited.
+    public struct KeyView: Codable, Sendable, Equatable {
+        public var name: String
+        public var group: String
+        public var prefix: String
+        public var credit_usd: Double?
+        public var spent_usd: Double
+        public var reserved_usd: Double
+        public var balance_usd: Double?
+        public var expires_at: String?
+        public var models: [String]?
+        public var rpm: Int?
+        public var concurrency: Int?
+        public var disabled: Bool
+        public var created_at: String
+        /// Only when the key was just created or rotated.
+        public var secret: String?
+
+        public init(_ key: APIKey, secret: String? = nil) {
+            name = key.name
+            group = key.group.rawValue
+            prefix = key.prefix
+            credit_usd = key.creditMicroUSD.map(TokenPrices.usd)
+            spent_usd = TokenPrices.usd(key.spentMicroUSD)
+            reserved_usd = TokenPrices.usd(key.reservedMicroUSD)
+            balance_usd = key.balanceMicroUSD.map(TokenPrices.usd)
+            expires_at = key.expiresAt.map(OperatorService.iso)
+            models = key.models
+            rpm = key.rpm
+            concurrency = key.concurrency
+            disabled = key.disabled
+            created_at = OperatorService.iso(key.createdAt)
+            self.secret = secret
+        }
+    }
+
+    public struct GroupView: Codable, Sendable, Equatable {
+        public var name: String
+        public var response_format: String
+        public var multiplier: Double
+        public var models: [String]?
+
+        public init(_ group: KeyGroupSettings) {
+            name = group.name.rawValue
+            response_format = group.responseFormat
+            multiplier = Double(group.multiplierPPM) / 1_000_000
+            models = group.models
+        }
+    }
+
+    /// Prices of one upstream model, USD per 1M tokens by modality.
+    public struct PriceView: Codable, Sendable, Equatable {
+        public var model: String
+        public var input_text: Double
+        public var input_image: Double
+        public var output_text: Double
+        public var output_image: Double
+        /// `override` (set by the operator) or `catalog`.
+        public var source: String
+    }
+
+    /// One usage-log row.
+    public struct UsageView: Codable, Sendable, Equatable {
+        public var request_id: String
+        public var created_at: String
+        public var key: String?
+        public var group: String?
+        public var model: String
+        public var upstream_model: String?
+        public var endpoint: String
+        public var requested_size: String?
+        public var status: Int
+        public var images: Int
+        public var input_text_tokens: Int
+        public var input_image_tokens: Int
+        public var output_text_tokens: Int
+        public var output_image_tokens: Int
+        public var total_tokens: Int
+        public var cost_usd: Double
+        public var upstream_cost_usd: Double
+        public var latency_ms: Int
+        public var attempts: Int
+        public var error_code: String?
+        public var upstream_key: String?
+
+        public init(_ row: UsageRecord) {
+            request_id = row.requestID
+            created_at = OperatorService.iso(row.createdAt)
+            key = row.keyName
+            group = row.group
+            model = row.model
+            upstream_model = row.upstreamModel
+            endpoint = row.endpoint
+            requested_size = row.requestedSize
+            status = row.status
+            images = row.images
+            input_text_tokens = row.inputTextTokens
+            input_image_tokens = row.inputImageTokens
+            output_text_tokens = row.outputTextTokens
+            output_image_tokens = row.outputImageTokens
+            total_tokens = row.totalTokens
+            cost_usd = TokenPrices.usd(row.costMicroUSD)
+            upstream_cost_usd = TokenPrices.usd(row.upstreamCostMicroUSD)
+            latency_ms = row.latencyMilliseconds
+            attempts = row.attempts
+            error_code = row.errorCode
+            upstream_key = row.upstreamKey
+        }
+
+        static let csvColumns = [
+            "request_id", "created_at", "key", "group", "model", "upstream_model", "endpoint", "requested_size", "status", "images",
+            "input_text_tokens", "input_image_tokens", "output_text_tokens", "output_image_tokens", "total_tokens", "cost_usd",
+            "upstream_cost_usd", "latency_ms", "attempts", "error_code", "upstream_key",
+        ]
+
+        var csvFields: [String] {
+            [
+                request_id, created_at, key ?? "", group ?? "", model, upstream_model ?? "", endpoint, requested_size ?? "", "\(status)", "\(images)",
+                "\(input_text_tokens)", "\(input_image_tokens)", "\(output_text_tokens)", "\(output_image_tokens)", "\(total_tokens)",
+                String(format: "%.6f", cost_usd), String(format: "%.6f", upstream_cost_usd), "\(latency_ms)", "\(attempts)", error_code ?? "", upstream_key ?? "",
+            ]
+        }
+    }
+
+    static func iso(_ date: Date) -> String {
+        let formatter = ISO8601DateFormatter()
+        return formatter.string(from: date)
+    }
+
+    /// `2027-01-01T00:00:00Z` (or a date `2027-01-01`).
+    public static func date(_ text: String) -> Date? {
+        if let date = ISO8601DateFormatter().date(from: text) { return date }
+        let day = ISO8601DateFormatter()
+        day.formatOptions = [.withFullDate]
+        return day.date(from: text)
+    }
+
+    /// USD → micro-USD for credits (0 to 10 million dollars).
+    public static func microUSD(_ usd: Double, field: String) throws(OperatorError) -> Int {
+        guard usd.isFinite, usd >= 0, usd <= 10_000_000 else { throw .invalid(field, "must be an amount of USD from 0 to 10,000,000") }
+        return TokenPrices.micro(usd)
+    }
+
+    // MARK: Prices
+
+    /// Every upstream model of the catalog (and fallbacks) with the prices it is charged at.
+    public func prices() async throws -> [PriceView] {
+        let overrides = try await store.priceOverrides()
+        var seen = Set<String>()
+        var views: [PriceView] = []
+        var entries: [(String, TokenPrices)] = []
+        for model in catalog.models {
+            entries.append((model.upstreamModel, model.prices))
+            if let fallback = model.fallbackModel, let family = model.fallbackFamily { entries.append((fallback, family.googlePrices)) }
+        }
+        entries += overrides.map { ($0.key, $0.value) }
+        for (id, catalogPrices) in entries where seen.insert(id).inserted {
+            let prices = overrides[id] ?? catalogPrices
+            views.append(PriceView(
+                model: id, input_text: TokenPrices.usd(prices.inputText), input_image: TokenPrices.usd(prices.inputImage),
+                output_text: TokenPrices.usd(prices.outputText), output_image: TokenPrices.usd(prices.outputImage),
+                source: overrides[id] == nil ? "catalog" : "override"
+            ))
+        }
+        return views
+    }
+
+    /// Sets the prices of an upstream model (the ones not given keep their current value).
+    public func setPrice(model: String, inputText: Double?, inputImage: Double?, outputText: Double?, outputImage: Double?) async throws -> PriceView {
+        guard ModelCatalog.isValidUpstreamID(model) else { throw OperatorError.invalid("model", "is not a Google model id") }
+        let current = try await prices().first { $0.model == model }
+        func price(_ value: Double?, _ existing: Double?, _ field: String) throws(OperatorError) -> Int {
+            guard let value else { return TokenPrices.micro(existing ?? 0) }
+            guard value.isFinite, value >= 0, value <= 1_000_000 else { throw .invalid(field, "must be USD per 1M tokens, 0 to 1,000,000") }
+            return TokenPrices.micro(value)
+        }
+        let prices = TokenPrices(
+            inputText: try price(inputText, current?.input_text, "input_text"), inputImage: try price(inputImage, current?.input_image, "input_image"),
+            outputText: try price(outputText, current?.output_text, "output_text"), outputImage: try price(outputImage, current?.output_image, "output_image")
+        )
+        try await store.setPrice(upstreamModel: model, prices)
+        return try await self.prices().first { $0.model == model }!
+    }
+
+    // MARK: Usage
+
+    public func usage(keyName: String?, since: Date?, until: Date?, limit: Int = 10_000) async throws -> [UsageView] {
+        var keyID: String?
+        if let keyName {
+            let keys = try await store.listKeys().filter { $0.name == keyName }
+            guard let key = keys.last else { throw OperatorError.notFound("key", keyName) }
+            keyID = key.id
+        }
+        return try await store.usage(UsageQuery(keyID: keyID, since: since, until: until, limit: limit)).map(UsageView.init)
+    }
+
+    public static func csv(_ rows: [UsageView]) -> String {
+        func quoted(_ field: String) -> String {
+            field.contains(where: { $0 == "," || $0 == "\"" || $0 == "\n" }) ? "\"" + field.replacingOccurrences(of: "\"", with: "\"\"") + "\"" : field
+        }
+        return ([UsageView.csvColumns.joined(separator: ",")] + rows.map { $0.csvFields.map(quoted).joined(separator: ",") }).joined(separator: "\n") + "\n"
+    }
+}
+
+/// An operator's request the gateway cannot carry out, named.
+public enum OperatorError: Error, CustomStringConvertible, Equatable {
+    case invalid(String, String)
+    case notFound(String, String)
+
+    public var description: String {
+        switch self {
+        case .invalid(let field, let problem): "'\(field)' \(problem)."
+        case .notFound(let kind, let name): "No \(kind) named '\(name)'."
+        }
+    }
+}
