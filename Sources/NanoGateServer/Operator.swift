@@ -47,6 +47,30 @@ public struct OperatorService: Sendable {
             created_at = OperatorService.iso(key.createdAt)
             self.secret = secret
         }
+
+        enum CodingKeys: String, CodingKey {
+            case name, group, prefix, credit_usd, spent_usd, reserved_usd, balance_usd, expires_at, models, rpm, concurrency, disabled, created_at, secret
+        }
+
+        /// Unset fields are `null` (an unlimited key's `credit_usd` and `balance_usd`), not absent;
+        /// `secret` appears only when there is one.
+        public func encode(to encoder: any Encoder) throws {
+            var container = encoder.container(keyedBy: CodingKeys.self)
+            try container.encode(name, forKey: .name)
+            try container.encode(group, forKey: .group)
+            try container.encode(prefix, forKey: .prefix)
+            try container.encode(credit_usd, forKey: .credit_usd)
+            try container.encode(spent_usd, forKey: .spent_usd)
+            try container.encode(reserved_usd, forKey: .reserved_usd)
+            try container.encode(balance_usd, forKey: .balance_usd)
+            try container.encode(expires_at, forKey: .expires_at)
+            try container.encode(models, forKey: .models)
+            try container.encode(rpm, forKey: .rpm)
+            try container.encode(concurrency, forKey: .concurrency)
+            try container.encode(disabled, forKey: .disabled)
+            try container.encode(created_at, forKey: .created_at)
+            try container.encodeIfPresent(secret, forKey: .secret)
+        }
     }
 
     public struct GroupView: Codable, Sendable, Equatable {
@@ -60,6 +84,16 @@ public struct OperatorService: Sendable {
             response_format = group.responseFormat
             multiplier = Double(group.multiplierPPM) / 1_000_000
             models = group.models
+        }
+
+        enum CodingKeys: String, CodingKey { case name, response_format, multiplier, models }
+
+        public func encode(to encoder: any Encoder) throws {
+            var container = encoder.container(keyedBy: CodingKeys.self)
+            try container.encode(name, forKey: .name)
+            try container.encode(response_format, forKey: .response_format)
+            try container.encode(multiplier, forKey: .multiplier)
+            try container.encode(models, forKey: .models)
         }
     }
 
@@ -120,6 +154,38 @@ public struct OperatorService: Sendable {
             attempts = row.attempts
             error_code = row.errorCode
             upstream_key = row.upstreamKey
+        }
+
+        enum CodingKeys: String, CodingKey {
+            case request_id, created_at, key, group, model, upstream_model, endpoint, requested_size, status, images, input_text_tokens,
+                input_image_tokens, output_text_tokens, output_image_tokens, total_tokens, cost_usd, upstream_cost_usd, latency_ms, attempts,
+                error_code, upstream_key
+        }
+
+        /// Every column present, `null` when empty (as in the CSV's empty cells).
+        public func encode(to encoder: any Encoder) throws {
+            var container = encoder.container(keyedBy: CodingKeys.self)
+            try container.encode(request_id, forKey: .request_id)
+            try container.encode(created_at, forKey: .created_at)
+            try container.encode(key, forKey: .key)
+            try container.encode(group, forKey: .group)
+            try container.encode(model, forKey: .model)
+            try container.encode(upstream_model, forKey: .upstream_model)
+            try container.encode(endpoint, forKey: .endpoint)
+            try container.encode(requested_size, forKey: .requested_size)
+            try container.encode(status, forKey: .status)
+            try container.encode(images, forKey: .images)
+            try container.encode(input_text_tokens, forKey: .input_text_tokens)
+            try container.encode(input_image_tokens, forKey: .input_image_tokens)
+            try container.encode(output_text_tokens, forKey: .output_text_tokens)
+            try container.encode(output_image_tokens, forKey: .output_image_tokens)
+            try container.encode(total_tokens, forKey: .total_tokens)
+            try container.encode(cost_usd, forKey: .cost_usd)
+            try container.encode(upstream_cost_usd, forKey: .upstream_cost_usd)
+            try container.encode(latency_ms, forKey: .latency_ms)
+            try container.encode(attempts, forKey: .attempts)
+            try container.encode(error_code, forKey: .error_code)
+            try container.encode(upstream_key, forKey: .upstream_key)
         }
 
         static let csvColumns = [

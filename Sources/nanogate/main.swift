@@ -262,11 +262,11 @@ struct Keys: AsyncParsableCommand {
             let keys = try await withOperator(data) { try await $0.store.listKeys() }
             if json { return try printJSON(keys.filter { $0.revokedAt == nil }.map { OperatorService.KeyView($0) }) }
             let formatter = ISO8601DateFormatter()
-            print(["NAME", "GROUP", "PREFIX", "BALANCE", "CREATED", "STATUS"].joined(separator: "\t"))
+            print(["NAME", "GROUP", "PREFIX", "CREATED", "STATUS", "BALANCE"].joined(separator: "\t"))
             for key in keys {
                 let status = key.revokedAt.map { "revoked \(formatter.string(from: $0))" } ?? (key.disabled ? "disabled" : "active")
                 let balance = key.balanceMicroUSD.map { String(format: "$%.2f", TokenPrices.usd($0)) } ?? "unlimited"
-                print([key.name, key.group.rawValue, key.prefix + "…", balance, formatter.string(from: key.createdAt), status].joined(separator: "\t"))
+                print([key.name, key.group.rawValue, key.prefix + "…", formatter.string(from: key.createdAt), status, balance].joined(separator: "\t"))
             }
         }
     }

@@ -6,7 +6,7 @@ import openai
 import pytest
 
 PROMPT = "a banana on the moon"
-LIST_HEADER = ["NAME", "GROUP", "PREFIX", "CREATED", "STATUS"]
+LIST_HEADER = ["NAME", "GROUP", "PREFIX", "CREATED", "STATUS", "BALANCE"]
 
 
 def create_key(cli, name: str, group: str | None = None) -> str:
