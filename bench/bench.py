@@ -278,7 +278,7 @@ def gemini_request(size: str) -> tuple[str, dict]:
     if size == "1K":
         model, image_config = "gemini-2.5-flash-image", {"aspectRatio": "1:1"}
     else:
-        model, image_config = "gemini-3-pro-image-preview", {"aspectRatio": "1:1", "imageSize": "4K"}
+        model, image_config = "gemini-3-pro-image", {"aspectRatio": "1:1", "imageSize": "4K"}
     body = {
         "contents": [{"role": "user", "parts": [{"text": PROMPT}]}],
         "generationConfig": {"responseModalities": ["TEXT", "IMAGE"], "imageConfig": image_config},
@@ -359,7 +359,10 @@ class Case:
 
     @property
     def label(self) -> str:
-        kind = {"b64": "b64_json" if self.via == "nanogate" else "Gemini JSON", "url": "url (POST+GET)", "stream": "stream (SSE)"}[self.kind]
+        kind = {
+            "b64": "b64_json" if self.via == "nanogate" else "Gemini JSON", "url": "url (POST+GET)", "stream": "stream (SSE)",
+            "billed": "b64_json, key with credit",
+        }[self.kind]
         return f"{self.size} {kind}"
 
 
@@ -480,6 +483,14 @@ class Benchmark:
         if created.returncode != 0:
             raise BenchError(f"nanogate keys create failed:\n{created.stdout}{created.stderr}")
         self.secret = [line for line in created.stdout.splitlines() if line.strip()][-1].strip()
+        # A key with credit: every request reserves and settles against it (the billing hot path).
+        credited = subprocess.run(
+            [str(self.nanogate_bin), "keys", "create", "--name", "bench-credit", "--group", "gemini", "--credit", "1000000", "--data-dir", str(self.data_dir)],
+            env=env, capture_output=True, text=True, timeout=60,
+        )
+        if credited.returncode != 0:
+            raise BenchError(f"nanogate keys create --credit failed:\n{credited.stdout}{credited.stderr}")
+        self.credit_secret = [line for line in credited.stdout.splitlines() if line.strip()][-1].strip()
         os.chmod(self.data_dir, 0o700)
 
         self.nanogate_port = free_port()
@@ -575,7 +586,8 @@ http {{
             case.body_file = self.body_file(f"gemini-{case.size}", body)
         else:
             base = f"http://127.0.0.1:{self.nanogate_port}"
-            case.headers = ["Content-Type: application/json", f"Authorization: Bearer {self.secret}"]
+            secret = self.credit_secret if case.kind == "billed" else self.secret
+            case.headers = ["Content-Type: application/json", f"Authorization: Bearer {secret}"]
             if case.kind == "stream":
                 case.url = f"{base}/v1/chat/completions"
                 case.body_file = self.body_file("chat-stream-4K", openai_chat_stream_request())
@@ -597,7 +609,7 @@ http {{
             return validate_gemini(body, streamed=case.kind == "stream")
         if case.kind == "stream":
             return validate_chat_stream(body)
-        if case.kind == "b64":
+        if case.kind in ("b64", "billed"):
             return validate_openai_b64(body)
         url = json.loads(body)["data"][0]["url"]
         started = time.monotonic()
@@ -750,7 +762,7 @@ http {{
             for via in ["direct", *self.nginx]:
                 self.one_request(self.configure(Case(size, "b64", via, 1, 0)))
         for size in ("1K", "4K"):
-            for kind in ("b64", "url"):
+            for kind in ("b64", "url", "billed") if size == "1K" else ("b64", "url"):
                 for _ in range(3 if size == "1K" else 1):
                     self.one_request(self.configure(Case(size, kind, "nanogate", 1, 0)))
             if size == "1K":
@@ -783,6 +795,9 @@ http {{
             for conc in self.args.connections:
                 for via, kind in [("direct", "b64"), *((via, "b64") for via in self.nginx), ("nanogate", "b64"), ("nanogate", "url")]:
                     cases.append(Case(size, kind, via, conc, duration))
+        # The billing hot path: the same 1K requests with a key that has credit (reserve + settle).
+        for conc in self.args.connections:
+            cases.append(Case("1K", "billed", "nanogate", conc, self.args.duration_1k))
         # The streamed chat reply (NanoGate), with the emulator's own stream as the reference.
         for via in ("direct", "nanogate"):
             cases.append(Case("4K", "stream", via, 1, self.args.duration_4k))
@@ -963,6 +978,15 @@ class Report:
                 f"(adds {ng['p50_ms'] - direct['p50_ms']:+.1f} ms); NanoGate CPU {fmt_num(ng['gateway_cpu_ms'], 1)} ms per reply; "
                 f"stream size {fmt_bytes(ng['check']['response_bytes'])} (the Gemini stream: {fmt_bytes(direct['check']['response_bytes'])})."
             )
+        for conc in self.bench.args.connections:
+            plain, billed = self.get(f"1K/b64/c{conc}/nanogate"), self.get(f"1K/billed/c{conc}/nanogate")
+            if plain and billed:
+                lines.append(
+                    f"- **Billing on the hot path, 1K b64_json, {conc} connection(s)**: a key with credit (a reservation before Google and the settlement after it, one SQL statement each) "
+                    f"p50 {fmt_ms(billed['p50_ms'])} ms vs an unlimited key {fmt_ms(plain['p50_ms'])} ms "
+                    f"({billed['p50_ms'] - plain['p50_ms']:+.2f} ms); {billed['throughput']:.1f} vs {plain['throughput']:.1f} requests/s; "
+                    f"gateway CPU {fmt_num(billed['gateway_cpu_ms'], 2)} vs {fmt_num(plain['gateway_cpu_ms'], 2)} ms per request."
+                )
         return lines
 
     def targets(self) -> list[tuple[str, str, str]]:
@@ -1148,7 +1172,7 @@ numbers. All numbers below come from the run described here; rerun to refresh th
   are checked against both.
   The load generator, the proxies and the emulator share the same {machine['nproc']} CPUs; {noise}
 - **Requests.** Direct and nginx: `POST /v1beta/models/{{model}}:generateContent` with the Gemini body NanoGate itself sends
-  (1K: `gemini-2.5-flash-image`, 1:1; 4K: `gemini-3-pro-image-preview`, 1:1, `imageSize` 4K). NanoGate:
+  (1K: `gemini-2.5-flash-image`, 1:1; 4K: `gemini-3-pro-image`, 1:1, `imageSize` 4K). NanoGate:
   `POST /v1/images/generations` with `nano-banana` (1K) or `nano-banana-pro-4k` + `size: 1:1` (4K).
   Streamed: `POST /v1/chat/completions` with `stream: true` and `nano-banana-pro-4k` (the image arrives as a `data:` URL
   inside the SSE stream); the emulator's own `:streamGenerateContent?alt=sse` is shown as the reference.

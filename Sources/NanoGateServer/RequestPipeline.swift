@@ -61,7 +61,7 @@ struct RequestInfo: Sendable {
 /// One request's account, from its reservation to its usage-log row: what Google billed (every
 /// answer it returned, delivered or not) and what the client received (the only thing charged).
 /// Settled exactly once, whatever path the request ends on: the reservation is released or
-/// turned into the charge, and the row is written, in one ledger transaction.
+/// turned into the charge, and the row is written, in one ledger statement.
 final class Settlement: Sendable {
     let key: APIKey
     let endpoint: String
@@ -196,26 +196,28 @@ struct RequestPipeline: Sendable {
                 keyID: key.id, amountMicroUSD: estimateMicroUSD, owner: billing.owner,
                 leaseUntil: Date().addingTimeInterval(TimeInterval(billing.lease.components.seconds))
             )
-            let held: Bool
+            let outcome: ReservationOutcome
             do {
-                held = try await ledger.reserve(reservation)
+                outcome = try await ledger.reserve(reservation)
             } catch {
                 limiter.finish(key)
                 logger.error("could not reserve credit", metadata: ["error": "\(error)"])
                 throw .internal("The key's credit could not be checked; retry.")
             }
-            guard held else {
+            switch outcome {
+            case .held: reservationID = reservation.id
+            case .unlimited: break
+            case .insufficient:
                 limiter.finish(key)
                 throw .insufficientQuota(balanceMicroUSD: key.balanceMicroUSD ?? 0, neededMicroUSD: estimateMicroUSD)
             }
-            reservationID = reservation.id
         }
         let primary = UpstreamTarget(id: model.upstreamModel, family: model.family, prices: prices(of: model.upstreamModel, fallback: model.prices))
         return Settlement(key: key, endpoint: endpoint, model: model, info: info, primary: primary, reservationID: reservationID)
     }
 
     /// Settles the request (once; later calls do nothing): releases its reservation, charges
-    /// what was delivered and writes its usage-log row, in one ledger transaction.
+    /// what was delivered and writes its usage-log row, in one ledger statement.
     func settle(_ settlement: Settlement, status: Int, errorCode: String?, logger: Logger) async {
         guard let record = settlement.close(status: status, errorCode: errorCode) else { return }
         limiter.finish(settlement.key)

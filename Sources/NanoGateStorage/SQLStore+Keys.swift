@@ -288,18 +288,18 @@ extension SQLStore {
 
     /// The usage row's INSERT (also run by the ledger inside its settlement transaction).
     /// `created_at` is in milliseconds since 1970 so rows of one second keep their order.
-    static func insertUsage(_ entry: UsageRecord) -> SQLQueryString {
+    static func insertUsage(_ entry: UsageRecord, reservationID: String? = nil) -> SQLQueryString {
         """
         INSERT INTO usage_log (id, key_id, endpoint, model, status, images, input_tokens, output_tokens, total_tokens, cost_micro_usd, error_code,
                                upstream_cost_micro_usd, attempts, created_at, request_id, key_name, key_group, upstream_model, requested_size, latency_ms,
-                               input_text_tokens, input_image_tokens, output_text_tokens, output_image_tokens, upstream_key)
+                               input_text_tokens, input_image_tokens, output_text_tokens, output_image_tokens, upstream_key, reservation_id)
         VALUES (\(bind: UUID().uuidString.lowercased()), \(bind: entry.keyID), \(bind: entry.endpoint), \(bind: entry.model), \(bind: entry.status),
                 \(bind: entry.images), \(bind: entry.inputTokens), \(bind: entry.outputTokens), \(bind: entry.totalTokens),
                 \(bind: Int64(entry.costMicroUSD)), \(bind: entry.errorCode), \(bind: Int64(entry.upstreamCostMicroUSD)), \(bind: entry.attempts),
                 \(bind: Int64(entry.createdAt.timeIntervalSince1970 * 1000)), \(bind: entry.requestID), \(bind: entry.keyName), \(bind: entry.group),
                 \(bind: entry.upstreamModel), \(bind: entry.requestedSize), \(bind: entry.latencyMilliseconds),
                 \(bind: entry.inputTextTokens), \(bind: entry.inputImageTokens), \(bind: entry.outputTextTokens), \(bind: entry.outputImageTokens),
-                \(bind: entry.upstreamKey))
+                \(bind: entry.upstreamKey), \(bind: reservationID))
         """
     }
 

@@ -69,7 +69,26 @@ public struct SQLStore: KeyStore, UsageLog, SignatureStore {
                 lease_until BIGINT NOT NULL
             )
             """).run()
-        try await database.raw("CREATE INDEX IF NOT EXISTS reservations_lease ON reservations (lease_until)").run()
+        // No index on lease_until: the table holds only requests in flight, and every index is
+        // one more write per request on the billing hot path.
+        // Money moves inside single statements (a statement is atomic, and SQLite runs one writer
+        // at a time): inserting a reservation holds the amount or aborts; deleting one releases
+        // it; inserting a usage row releases its reservation and charges its cost.
+        try await database.raw("""
+            CREATE TRIGGER IF NOT EXISTS reservations_hold BEFORE INSERT ON reservations
+            BEGIN
+                SELECT RAISE(ABORT, 'insufficient_quota') WHERE NOT EXISTS (
+                    SELECT 1 FROM api_keys WHERE id = NEW.key_id AND credit_micro_usd IS NOT NULL
+                      AND credit_micro_usd - spent_micro_usd - reserved_micro_usd >= NEW.amount_micro_usd);
+                UPDATE api_keys SET reserved_micro_usd = reserved_micro_usd + NEW.amount_micro_usd WHERE id = NEW.key_id;
+            END
+            """).run()
+        try await database.raw("""
+            CREATE TRIGGER IF NOT EXISTS reservations_release AFTER DELETE ON reservations
+            BEGIN
+                UPDATE api_keys SET reserved_micro_usd = reserved_micro_usd - OLD.amount_micro_usd WHERE id = OLD.key_id;
+            END
+            """).run()
         try await database.raw("""
             CREATE TABLE IF NOT EXISTS idempotent_results (
                 key_id TEXT NOT NULL,
@@ -87,9 +106,17 @@ public struct SQLStore: KeyStore, UsageLog, SignatureStore {
             "request_id TEXT", "key_name TEXT", "key_group TEXT", "upstream_model TEXT", "requested_size TEXT", "latency_ms INTEGER NOT NULL DEFAULT 0",
             "input_text_tokens INTEGER NOT NULL DEFAULT 0", "input_image_tokens INTEGER NOT NULL DEFAULT 0",
             "output_text_tokens INTEGER NOT NULL DEFAULT 0", "output_image_tokens INTEGER NOT NULL DEFAULT 0", "upstream_key TEXT",
+            "reservation_id TEXT",
         ] {
             try await database.raw("ALTER TABLE usage_log ADD COLUMN \(unsafeRaw: column)").run()
         }
+        try await database.raw("""
+            CREATE TRIGGER IF NOT EXISTS usage_charge AFTER INSERT ON usage_log
+            BEGIN
+                DELETE FROM reservations WHERE id = NEW.reservation_id;
+                UPDATE api_keys SET spent_micro_usd = spent_micro_usd + NEW.cost_micro_usd WHERE id = NEW.key_id AND NEW.cost_micro_usd <> 0;
+            END
+            """).run()
         // Rows of one second keep their order: milliseconds from now on.
         try await database.raw("UPDATE usage_log SET created_at = created_at * 1000").run()
         try await database.raw("CREATE INDEX IF NOT EXISTS usage_log_time ON usage_log (created_at)").run()
@@ -179,19 +206,17 @@ public struct SQLStore: KeyStore, UsageLog, SignatureStore {
     }
 }
 
-/// The embedded default database: one SQLite file under the data directory, with a second
-/// connection for the ledger's transactions.
+/// The embedded default database: one SQLite file under the data directory.
 public final class SQLiteDatabaseHandle: Sendable {
     private let connection: SQLiteConnection
     /// The store over this database.
     public let store: SQLStore
-    /// Reservations and settlement.
-    public let ledger: SQLiteLedger
+    /// Reservations and settlement (single statements on the same store).
+    public var ledger: SQLStore { store }
 
-    private init(connection: SQLiteConnection, ledger: SQLiteLedger) {
+    private init(connection: SQLiteConnection) {
         self.connection = connection
         self.store = SQLStore(database: connection.sql())
-        self.ledger = ledger
     }
 
     /// Opens (creating if needed) `path` and brings its tables up to date.
@@ -204,13 +229,13 @@ public final class SQLiteDatabaseHandle: Sendable {
             // In WAL mode NORMAL never corrupts the database; it only skips the fsync on every commit
             // (a power cut may lose the last usage lines, never the keys' consistency).
             _ = try await connection.query("PRAGMA synchronous=NORMAL")
-            try await SQLStore(database: connection.sql()).migrate()
-            let ledger = try await SQLiteLedger.open(path: path, logger: logger)
+            let handle = SQLiteDatabaseHandle(connection: connection)
+            try await handle.store.migrate()
             // Usage, keys and signatures of every user: owner only (the WAL files inherit the mode).
             for suffix in ["", "-wal", "-shm"] where FileManager.default.fileExists(atPath: path + suffix) {
                 try FileManager.default.setAttributes([.posixPermissions: 0o600], ofItemAtPath: path + suffix)
             }
-            return SQLiteDatabaseHandle(connection: connection, ledger: ledger)
+            return handle
         } catch {
             try? await connection.close()
             throw error
@@ -218,7 +243,6 @@ public final class SQLiteDatabaseHandle: Sendable {
     }
 
     public func close() async throws {
-        try? await ledger.close()
         try await connection.close()
     }
 }

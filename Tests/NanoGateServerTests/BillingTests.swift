@@ -246,11 +246,13 @@ import Testing
             let key = try await database.store.createKey(name: "lease", group: .default, options: KeyOptions(creditMicroUSD: 100_000)).key
             let ledger = database.ledger
             func reserved() async throws -> Int { try #require(try await database.store.key(named: "lease")).reservedMicroUSD }
-            #expect(try await ledger.reserve(Reservation(keyID: key.id, amountMicroUSD: 60_000, owner: "dead", leaseUntil: Date(timeIntervalSinceNow: -1))))
-            #expect(try await ledger.reserve(Reservation(keyID: key.id, amountMicroUSD: 50_000, owner: "alive", leaseUntil: Date(timeIntervalSinceNow: 60))) == false, "60,000 held: 50,000 more does not fit")
+            #expect(try await ledger.reserve(Reservation(keyID: key.id, amountMicroUSD: 60_000, owner: "dead", leaseUntil: Date(timeIntervalSinceNow: -1))) == .held)
+            #expect(try await ledger.reserve(Reservation(keyID: key.id, amountMicroUSD: 50_000, owner: "alive", leaseUntil: Date(timeIntervalSinceNow: 60))) == .insufficient, "60,000 held: 50,000 more does not fit")
             #expect(try await ledger.releaseExpired(now: Date()) == 1)
             #expect(try await reserved() == 0)
-            #expect(try await ledger.reserve(Reservation(id: "r-alive", keyID: key.id, amountMicroUSD: 50_000, owner: "alive", leaseUntil: Date(timeIntervalSinceNow: 60))))
+            #expect(try await ledger.reserve(Reservation(id: "r-alive", keyID: key.id, amountMicroUSD: 50_000, owner: "alive", leaseUntil: Date(timeIntervalSinceNow: 60))) == .held)
+            let unlimited = try await database.store.createKey(name: "free", group: .default, options: KeyOptions()).key
+            #expect(try await ledger.reserve(Reservation(keyID: unlimited.id, amountMicroUSD: 1, owner: "alive", leaseUntil: Date(timeIntervalSinceNow: 60))) == .unlimited)
             #expect(try await ledger.releaseExpired(now: Date()) == 0, "a live lease stays")
             #expect(try await reserved() == 50_000)
             var record = UsageRecord(keyID: key.id, endpoint: "images.generations", model: "nano-banana", status: 200, images: 1, inputTokens: 1, outputTokens: 1, totalTokens: 2, costMicroUSD: 38_713, errorCode: nil)
