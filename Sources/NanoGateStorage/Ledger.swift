@@ -1,5 +1,4 @@
 public import Foundation
-public import Logging
 import SQLKit
 
 /// Money held for one request in flight: reserved before Google is called, released or turned

@@ -3,8 +3,8 @@ public import NanoGateCore
 import SQLKit
 
 /// Keys, groups, prices and the usage log, in plain SQL that SQLite and PostgreSQL both accept.
-/// Every change here is one statement; money (reservations and settlement) goes through the
-/// `Ledger`, which runs its few statements as one transaction.
+/// Every change is one statement; money (reservations and settlement, `Ledger`) moves in the
+/// triggers of the statements that record it.
 extension SQLStore {
     struct KeyRow: Decodable {
         var id: String
