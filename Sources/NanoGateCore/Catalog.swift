@@ -46,9 +46,17 @@ public enum ImageSize: String, CaseIterable, Sendable, Codable, Comparable {
     case twoK = "2K"
     case fourK = "4K"
 
-    public static func < (lhs: ImageSize, rhs: ImageSize) -> Bool {
-        allCases.firstIndex(of: lhs)! < allCases.firstIndex(of: rhs)!
+    /// Smaller tiers first.
+    private var rank: Int {
+        switch self {
+        case .half: 0
+        case .oneK: 1
+        case .twoK: 2
+        case .fourK: 3
+        }
     }
+
+    public static func < (lhs: ImageSize, rhs: ImageSize) -> Bool { lhs.rank < rhs.rank }
 
     /// Parses `1k`, `1K`, `2k`, … and `512`/`0.5k`/`512px` leniently.
     public init?(lenient text: String) {
@@ -84,7 +92,7 @@ public struct PixelSize: Hashable, Sendable, CustomStringConvertible {
 }
 
 /// The upstream model families; each has its own ratios, sizes, pixel table, token figures and
-/// Google's prices (wire-formats.md Part E).
+/// Google's prices (https://ai.google.dev/gemini-api/docs/pricing; wire-formats notes Part E).
 public enum ModelFamily: String, Sendable, CaseIterable, Codable {
     /// `gemini-2.5-flash-image` ("Nano Banana"): about one megapixel per ratio, no `imageSize`.
     case flash25
@@ -270,7 +278,8 @@ public struct CatalogModel: Sendable, Equatable {
     }
 }
 
-/// Google's pixel tables, transcribed from the image-generation docs (wire-formats.md §A4, E3).
+/// Google's pixel tables, transcribed from https://ai.google.dev/gemini-api/docs/image-generation
+/// ("Aspect ratios and image size"; the team's shared wire-formats notes §A4 and E3).
 public enum PixelTables {
     public static let flash25: [AspectRatio: PixelSize] = [
         .square: .init(1024, 1024), .portrait2x3: .init(832, 1248), .landscape3x2: .init(1248, 832),
@@ -341,7 +350,8 @@ public struct ModelCatalog: Sendable, Equatable {
     public static let pro3Prices = ModelFamily.pro3.googlePrices
     public static let flash31Prices = ModelFamily.flash31.googlePrices
 
-    /// Today's Google ids (wire-formats.md E1): `gemini-3-pro-image-preview` was shut down on
+    /// Today's Google ids (https://ai.google.dev/gemini-api/docs/deprecations; wire-formats notes
+    /// E1): `gemini-3-pro-image-preview` was shut down on
     /// 2026-06-25, so every pro name goes to its GA successor; 2.5 Flash Image is past its
     /// earliest shutdown date, so its names fall back to Nano Banana 2 when Google says 404.
     public static let defaultFlashUpstream = "gemini-2.5-flash-image"

@@ -68,7 +68,7 @@ struct IdempotencyMiddleware: RouterMiddleware {
             try? await store.releaseIdempotency(keyID: key.id, idempotencyKey: idempotencyKey)
             return response
         }
-        var collector = CollectingWriter()
+        let collector = CollectingWriter()
         try await response.body.write(collector.writer)
         let bytes = collector.bytes
         var stored = Response(status: response.status, headers: response.headers, body: .init(byteBuffer: ByteBuffer(bytes: bytes)))
@@ -87,7 +87,7 @@ struct IdempotencyMiddleware: RouterMiddleware {
             }
             var body = bytes
             if body == nil {
-                var collector = CollectingWriter()
+                let collector = CollectingWriter()
                 try await response.body.write(collector.writer)
                 body = collector.bytes
             }
