@@ -74,7 +74,7 @@ public func buildApplication(
     let retired = RetiredModels()
     let pipeline = RequestPipeline(
         upstream: pool, ledger: dependencies.ledger, images: urls, retired: retired, priceBook: PriceBook(store: dependencies.store),
-        limiter: KeyLimiter(), billing: configuration.billing
+        limiter: KeyLimiter(), billing: configuration.billing, live: LiveReservations()
     )
     let inputs = InputImageLoader(
         imageStore: dependencies.imageStore, signer: dependencies.signer, limits: configuration.inputs,
@@ -125,7 +125,7 @@ public func buildApplication(
     if configuration.checkModelsAtStart {
         app.addServices(ModelCheckService(catalog: configuration.catalog, pool: pool, retired: retired, logger: logger))
     }
-    app.addServices(LeaseKeeper(ledger: dependencies.ledger, owner: configuration.billing.owner, lease: configuration.billing.lease, logger: logger))
+    app.addServices(LeaseKeeper(ledger: dependencies.ledger, live: pipeline.live, lease: configuration.billing.lease, logger: logger))
     app.addServices(
         ImageSweeper(store: dependencies.imageStore, ttl: configuration.urlTTL, signatures: dependencies.store, logger: logger),
         CloseOnShutdown { try await httpClient.shutdown() },

@@ -115,13 +115,24 @@ enum ReservationEstimate {
     }
 }
 
-/// Keeps this instance's reservations alive and releases dead instances' ones: leases are
-/// renewed every third of their length; expired ones (a gateway killed mid-request) are
-/// released at start and then every few seconds, so a restarted gateway frees its old
+/// The reservations of requests still running in this instance: only these get their leases
+/// renewed, so a hold whose request vanished without settling (a response never written) runs
+/// out and is released like a dead instance's.
+final class LiveReservations: Sendable {
+    private let ids = Mutex(Set<String>())
+
+    func add(_ id: String) { ids.withLock { _ = $0.insert(id) } }
+    func remove(_ id: String) { ids.withLock { _ = $0.remove(id) } }
+    var all: [String] { ids.withLock { Array($0) } }
+}
+
+/// Keeps this instance's running reservations alive and releases everything else that ran out:
+/// leases are renewed every third of their length; expired ones (a gateway killed mid-request)
+/// are released at start and then every few seconds, so a restarted gateway frees its old
 /// reservations within one lease.
 struct LeaseKeeper: Service {
     let ledger: any Ledger
-    let owner: String
+    let live: LiveReservations
     let lease: Duration
     let logger: Logger
 
@@ -131,7 +142,7 @@ struct LeaseKeeper: Service {
         while !Task.isCancelled {
             do {
                 if ContinuousClock.now - renewedAt >= tick {
-                    try await ledger.renewLeases(owner: owner, until: Date().addingTimeInterval(TimeInterval(lease.components.seconds)))
+                    try await ledger.renewLeases(ids: live.all, until: Date().addingTimeInterval(TimeInterval(lease.components.seconds)))
                     renewedAt = .now
                 }
                 let released = try await ledger.releaseExpired(now: Date())
@@ -152,7 +163,7 @@ struct LeaseKeeper: Service {
 public struct BillingConfiguration: Sendable {
     /// How long a reservation lives without renewal (`NANOGATE_RESERVATION_LEASE`, seconds).
     public var lease: Duration = .seconds(45)
-    /// This instance's id for its reservations.
+    /// This instance's id, written on its reservations (for operators reading the table).
     public var owner = "gw-" + UUID().uuidString.prefix(8).lowercased()
 
     public init() {}

@@ -71,6 +71,8 @@ final class Settlement: Sendable {
     let trace = UpstreamTrace()
     /// The credit held for this request (nil: the key is unlimited).
     let reservationID: String?
+    /// Run when the settlement goes away unsettled.
+    private let onAbandon: @Sendable () -> Void
     private let state: Mutex<State>
 
     private struct State {
@@ -82,13 +84,21 @@ final class Settlement: Sendable {
         var servedBy: UpstreamTarget
     }
 
-    init(key: APIKey, endpoint: String, model: CatalogModel, info: RequestInfo, primary: UpstreamTarget, reservationID: String?) {
+    init(
+        key: APIKey, endpoint: String, model: CatalogModel, info: RequestInfo, primary: UpstreamTarget, reservationID: String?,
+        onAbandon: @escaping @Sendable () -> Void = {}
+    ) {
         self.key = key
         self.endpoint = endpoint
         self.model = model
         self.info = info
         self.reservationID = reservationID
+        self.onAbandon = onAbandon
         self.state = Mutex(State(servedBy: primary))
+    }
+
+    deinit {
+        if !state.withLock({ $0.settled }) { onAbandon() }
     }
 
     /// The Google model that answers this request (its fallback once the primary is retired).
@@ -165,6 +175,7 @@ struct RequestPipeline: Sendable {
     let priceBook: PriceBook
     let limiter: KeyLimiter
     let billing: BillingConfiguration
+    let live: LiveReservations
 
     /// The prices `id` is charged at (the operator's override, else `fallback`).
     func prices(of id: String, fallback: TokenPrices) -> TokenPrices {
@@ -205,7 +216,9 @@ struct RequestPipeline: Sendable {
                 throw .internal("The key's credit could not be checked; retry.")
             }
             switch outcome {
-            case .held: reservationID = reservation.id
+            case .held:
+                reservationID = reservation.id
+                live.add(reservation.id)
             case .unlimited: break
             case .insufficient:
                 limiter.finish(key)
@@ -213,7 +226,16 @@ struct RequestPipeline: Sendable {
             }
         }
         let primary = UpstreamTarget(id: model.upstreamModel, family: model.family, prices: prices(of: model.upstreamModel, fallback: model.prices))
-        return Settlement(key: key, endpoint: endpoint, model: model, info: info, primary: primary, reservationID: reservationID)
+        let limiter = self.limiter
+        let live = self.live
+        return Settlement(
+            key: key, endpoint: endpoint, model: model, info: info, primary: primary, reservationID: reservationID,
+            onAbandon: { [reservationID] in
+                // Never settled (its response was never written): free the slot; the hold runs out.
+                limiter.finish(key)
+                if let reservationID { live.remove(reservationID) }
+            }
+        )
     }
 
     /// Settles the request (once; later calls do nothing): releases its reservation, charges
@@ -221,6 +243,7 @@ struct RequestPipeline: Sendable {
     func settle(_ settlement: Settlement, status: Int, errorCode: String?, logger: Logger) async {
         guard let record = settlement.close(status: status, errorCode: errorCode) else { return }
         limiter.finish(settlement.key)
+        if let id = settlement.reservationID { live.remove(id) }
         do {
             try await ledger.settle(reservationID: settlement.reservationID, record: record)
         } catch {

@@ -41,8 +41,8 @@ public protocol Ledger: Sendable {
     /// Writes the usage-log row; the same statement releases the reservation (if still held)
     /// and charges `record.costMicroUSD` to the key.
     func settle(reservationID: String?, record: UsageRecord) async throws
-    /// Extends the leases of every reservation `owner` holds.
-    func renewLeases(owner: String, until: Date) async throws
+    /// Extends the leases of these reservations (the ones whose requests are still running).
+    func renewLeases(ids: [String], until: Date) async throws
     /// Releases reservations whose lease ended before `now`; returns how many.
     func releaseExpired(now: Date) async throws -> Int
 }
@@ -69,8 +69,9 @@ extension SQLStore: Ledger {
         try await database.raw(SQLStore.insertUsage(record, reservationID: reservationID)).run()
     }
 
-    public func renewLeases(owner: String, until: Date) async throws {
-        try await database.raw("UPDATE reservations SET lease_until = \(bind: Int64(until.timeIntervalSince1970)) WHERE owner = \(bind: owner)").run()
+    public func renewLeases(ids: [String], until: Date) async throws {
+        guard !ids.isEmpty else { return }
+        try await database.raw("UPDATE reservations SET lease_until = \(bind: Int64(until.timeIntervalSince1970)) WHERE id IN (\(binds: ids))").run()
     }
 
     public func releaseExpired(now: Date) async throws -> Int {

@@ -255,12 +255,20 @@ import Testing
             #expect(try await ledger.reserve(Reservation(keyID: unlimited.id, amountMicroUSD: 1, owner: "alive", leaseUntil: Date(timeIntervalSinceNow: 60))) == .unlimited)
             #expect(try await ledger.releaseExpired(now: Date()) == 0, "a live lease stays")
             #expect(try await reserved() == 50_000)
+            // Only the leases of requests still running are renewed; a vanished one runs out.
+            #expect(try await ledger.reserve(Reservation(id: "r-running", keyID: key.id, amountMicroUSD: 1_000, owner: "alive", leaseUntil: Date(timeIntervalSinceNow: -1))) == .held)
+            #expect(try await ledger.reserve(Reservation(id: "r-vanished", keyID: key.id, amountMicroUSD: 2_000, owner: "alive", leaseUntil: Date(timeIntervalSinceNow: -1))) == .held)
+            try await ledger.renewLeases(ids: ["r-running"], until: Date(timeIntervalSinceNow: 60))
+            #expect(try await ledger.releaseExpired(now: Date()) == 1)
+            #expect(try await reserved() == 51_000, "50,000 + the running 1,000 stay held")
+            try await ledger.settle(reservationID: "r-running", record: UsageRecord(keyID: key.id, endpoint: "images.generations", model: "nano-banana", status: 500, images: 0, inputTokens: 0, outputTokens: 0, totalTokens: 0, costMicroUSD: 0, errorCode: "upstream_error"))
+            #expect(try await reserved() == 50_000, "a failure releases its hold and charges nothing")
             var record = UsageRecord(keyID: key.id, endpoint: "images.generations", model: "nano-banana", status: 200, images: 1, inputTokens: 1, outputTokens: 1, totalTokens: 2, costMicroUSD: 38_713, errorCode: nil)
             record.requestID = "req-1"
             try await ledger.settle(reservationID: "r-alive", record: record)
             let settled = try #require(try await database.store.key(named: "lease"))
             #expect(settled.reservedMicroUSD == 0 && settled.spentMicroUSD == 38_713 && settled.balanceMicroUSD == 61_287)
-            #expect(try await database.store.usage(UsageQuery(keyID: key.id)).map(\.requestID) == ["req-1"], "the row is written with the charge")
+            #expect(try await database.store.usage(UsageQuery(keyID: key.id)).first?.requestID == "req-1", "the row is written with the charge")
             try await database.close()
         } catch {
             try? await database.close()
