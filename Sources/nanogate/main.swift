@@ -304,10 +304,12 @@ struct Keys: AsyncParsableCommand {
     struct Rotate: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Give a key a new secret (printed alone on the last line); the old one stops working at once.")
         @Argument(help: "The key's name.") var name: String
+        @Flag(help: "Print the key as JSON (with its new secret in `secret`).") var json = false
         @OptionGroup var data: DataDirectoryOption
 
         func run() async throws {
             let (key, secret) = try await withOperator(data) { try await $0.store.rotateKey(name: name) }
+            if json { return try printJSON(OperatorService.KeyView(key, secret: secret)) }
             print("Rotated key '\(key.name)'. Store the new secret now; it is not shown again:")
             print(secret)
         }
@@ -316,10 +318,16 @@ struct Keys: AsyncParsableCommand {
     struct Revoke: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Revoke the active key with this name; it stops working at once.")
         @Argument(help: "The key's name.") var name: String
+        @Flag(help: "Print JSON.") var json = false
         @OptionGroup var data: DataDirectoryOption
 
         func run() async throws {
             try await withOperator(data) { try await $0.store.revokeKey(name: name) }
+            struct Revoked: Encodable {
+                var name: String
+                var revoked = true
+            }
+            if json { return try printJSON(Revoked(name: name)) }
             print("Revoked key '\(name)'.")
         }
     }
@@ -353,12 +361,14 @@ struct Groups: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Create a group.")
         @Argument(help: "Its name.") var name: String
         @OptionGroup var settings: Settings
+        @Flag(help: "Print JSON.") var json = false
         @OptionGroup var data: DataDirectoryOption
 
         func run() async throws {
             var group = KeyGroupSettings(name: try Keys.group(name), responseFormat: "url")
             try settings.apply(to: &group)
             try await withOperator(data) { try await $0.store.createGroup(group) }
+            if json { return try printJSON(OperatorService.GroupView(group)) }
             print("Created group '\(group.name.rawValue)'.")
         }
     }
@@ -382,14 +392,17 @@ struct Groups: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Change a group.")
         @Argument(help: "Its name.") var name: String
         @OptionGroup var settings: Settings
+        @Flag(help: "Print JSON.") var json = false
         @OptionGroup var data: DataDirectoryOption
 
         func run() async throws {
-            try await withOperator(data) { service in
+            let group = try await withOperator(data) { service -> KeyGroupSettings in
                 guard var group = try await service.store.group(named: try Keys.group(name)) else { throw ValidationError("No group named '\(name)'.") }
                 try settings.apply(to: &group)
                 try await service.store.updateGroup(group)
+                return group
             }
+            if json { return try printJSON(OperatorService.GroupView(group)) }
             print("Updated group '\(name)'.")
         }
     }
@@ -420,12 +433,14 @@ struct Prices: AsyncParsableCommand {
         @Option(help: "USD per 1M input image tokens.") var inputImage: Double?
         @Option(help: "USD per 1M output text tokens (thinking included).") var outputText: Double?
         @Option(help: "USD per 1M output image tokens.") var outputImage: Double?
+        @Flag(help: "Print JSON.") var json = false
         @OptionGroup var data: DataDirectoryOption
 
         func run() async throws {
             let view = try await withOperator(data) {
                 try await $0.setPrice(model: model, inputText: inputText, inputImage: inputImage, outputText: outputText, outputImage: outputImage)
             }
+            if json { return try printJSON(view) }
             print("Set \(view.model): input text \(view.input_text), input image \(view.input_image), output text \(view.output_text), output image \(view.output_image) USD per 1M tokens.")
         }
     }

@@ -82,7 +82,9 @@ def test_operator_workflow(nanogate_bin, private_gateway, tmp_path):
     assert flash["output_image"] == 30 and flash["input_text"] == 0.3
 
     rotated = ok(run_cli(nanogate_bin, data, "keys", "rotate", "shop")).strip().splitlines()[-1]
-    assert rotated != secret
+    assert rotated != secret and rotated.startswith("sk-ng-")
+    price = json.loads(ok(run_cli(nanogate_bin, data, "prices", "set", "gemini-3-pro-image", "--output-image", "100", "--json")))
+    assert price["output_image"] == 100 and price["output_text"] == 12 and price["source"] == "override"
     with pytest.raises(openai.AuthenticationError):
         client.images.generate(model="nano-banana", prompt="old secret")
     assert sdk_client(gateway, rotated).images.generate(model="nano-banana", prompt="new").data
