@@ -20,11 +20,26 @@ struct ImageConverter: Sendable {
         var base64: Base64Text
     }
 
-    /// `bytes` re-encoded as `format`; `quality` 0–100 for JPEG and WebP (nil: the codec's default).
-    func convert(_ bytes: [UInt8], to format: OutputFormat, quality: Int?) async throws(GatewayError) -> Converted {
+    /// Width and height from the image's header (libpng, libjpeg, libwebp; PNG, JPEG, WebP),
+    /// or nil when `bytes` (a prefix is enough when it holds the header) carry none of them.
+    static func dimensions<Bytes: Collection<UInt8>>(of bytes: Bytes) -> PixelSize? {
+        var width: Int32 = 0
+        var height: Int32 = 0
+        let status = Array(bytes).withUnsafeBufferPointer { ng_dimensions($0.baseAddress, $0.count, &width, &height) }
+        return status == 0 && width > 0 && height > 0 ? PixelSize(Int(width), Int(height)) : nil
+    }
+
+    /// Google's base64 decoded and re-encoded as `format`, all on the blocking pool; `quality`
+    /// 0–100 for JPEG and WebP (nil: the codec's default).
+    func convert(base64: Base64Text, to format: OutputFormat, quality: Int?) async throws(GatewayError) -> Converted {
         let result: Result<Converted, GatewayError>
         do {
-            result = try await threadPool.runIfActive { Self.convertNow(bytes, to: format, quality: quality) }
+            result = try await threadPool.runIfActive {
+                guard let bytes = SafeBase64.decode(base64.bytes.readableBytesView) else {
+                    return .failure(.badGateway("Google returned an image the gateway could not decode."))
+                }
+                return Self.convertNow(bytes, to: format, quality: quality)
+            }
         } catch {
             throw .unavailable("The gateway is shutting down.")
         }

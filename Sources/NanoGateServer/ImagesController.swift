@@ -73,8 +73,9 @@ struct ImagesController {
         }
         if endpoint == "images.edits" {
             let limit = model.maxInputImages
-            guard (1...max(1, limit)).contains(inputImageCount) else {
-                throw .invalidParameter("image", "'\(model.name)' takes 1 to \(limit) input images; \(inputImageCount) were sent.", code: inputImageCount == 0 ? "missing_required_parameter" : "too_many_images")
+            guard limit >= 1, (1...limit).contains(inputImageCount) else {
+                let takes = limit >= 1 ? "takes 1 to \(limit) input images" : "takes no input images (the operator turned edits off for it)"
+                throw .invalidParameter("image", "'\(model.name)' \(takes); \(inputImageCount) were sent.", code: inputImageCount == 0 && limit >= 1 ? "missing_required_parameter" : "too_many_images")
             }
         }
         let options = try ImageOptions.parse(input.options)

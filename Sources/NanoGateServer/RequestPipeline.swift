@@ -409,21 +409,17 @@ struct ImageURLService: Sendable {
         // A 64 KiB prefix holds the header of every image Google makes (JPEG metadata included).
         let head = SafeBase64.decode(image.data.bytes.readableBytesView.prefix(64 * 1024)) ?? []
         let sniffed = ImageSniffer.mimeType(of: head).flatMap(OutputFormat.init(mimeType:))
-        var finished = FinishedImage(base64: image.data, bytes: nil, format: sniffed, pixels: ImageSniffer.pixelSize(of: head))
-        guard options.needsConversion(from: sniffed) || finished.pixels == nil else { return finished }
-        guard let bytes = SafeBase64.decode(image.data.bytes.readableBytesView) else {
-            throw .badGateway("Google returned an image the gateway could not decode.")
+        if options.needsConversion(from: sniffed), let target = options.outputFormat ?? sniffed {
+            let converted = try await converter.convert(base64: image.data, to: target, quality: options.outputCompression)
+            return FinishedImage(base64: converted.base64, bytes: converted.bytes, format: target, pixels: ImageConverter.dimensions(of: converted.bytes.prefix(64 * 1024)))
         }
-        guard options.needsConversion(from: sniffed), let target = options.outputFormat ?? sniffed else {
+        var finished = FinishedImage(base64: image.data, bytes: nil, format: sniffed, pixels: ImageConverter.dimensions(of: head))
+        if finished.pixels == nil, let bytes = SafeBase64.decode(image.data.bytes.readableBytesView) {
+            // A header beyond the prefix (rare): read it from the whole image, kept for a URL answer.
             finished.bytes = bytes
-            finished.pixels = ImageSniffer.pixelSize(of: bytes)
-            return finished
+            finished.pixels = ImageConverter.dimensions(of: bytes)
         }
-        let converted = try await converter.convert(bytes, to: target, quality: options.outputCompression)
-        return FinishedImage(
-            base64: converted.base64, bytes: converted.bytes, format: target,
-            pixels: ImageSniffer.pixelSize(of: Array(converted.bytes.prefix(64 * 1024)))
-        )
+        return finished
     }
 
     /// Writes the image under its real type's extension and returns its signed URL. Bytes that

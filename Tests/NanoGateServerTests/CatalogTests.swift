@@ -95,6 +95,16 @@ import Testing
         }
     }
 
+    /// `max_input_images: 0` turns edits off for a model: any input image is refused before use.
+    @Test func aModelWithoutInputImagesRefusesEdits() async throws {
+        let contents = try ConfigurationFile.parse("models: [{name: text-only, like: nano-banana, max_input_images: 0}]", source: "t")
+        try await withGateway(configure: { $0.catalog = try! $0.catalog.applying(contents.models) }) { gateway in
+            let reply = try await gateway.post("/v1/images/edits", json: #"{"model":"text-only","prompt":"p","images":[{"image_url":"data:image/png;base64,AAAA"}]}"#)
+            #expect(reply.status == 400 && reply.error["param"] as? String == "image" && reply.error["code"] as? String == "too_many_images", "\(reply.text)")
+            #expect(gateway.recorder.all.isEmpty)
+        }
+    }
+
     // MARK: OpenAI image parameters
 
     /// Gemini labels JPEG bytes `image/png` at times: the response says what the bytes are,
@@ -125,7 +135,7 @@ import Testing
             let largeBytes = try await gateway.imageBytes(large)
             #expect(smallBytes.starts(with: [0xFF, 0xD8]) && largeBytes.starts(with: [0xFF, 0xD8]))
             #expect(smallBytes.count < largeBytes.count, "output_compression is the JPEG quality")
-            #expect(ImageSniffer.pixelSize(of: smallBytes) == PixelSize(1024, 1024))
+            #expect(ImageConverter.dimensions(of: smallBytes) == PixelSize(1024, 1024), "libjpeg reads the converted size")
         }
     }
 
