@@ -42,7 +42,7 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
-        // Google's wire format, the HTTP client and the upstream pool.
+        // Google's wire format, the upstream channels (Gemini API, Vertex AI, OpenAI-compatible) and the pool that routes between them.
         .target(
             name: "Upstream",
             dependencies: [
@@ -50,7 +50,10 @@ let package = Package(
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOFoundationCompat", package: "swift-nio"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "_CryptoExtras", package: "swift-crypto"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -120,6 +123,9 @@ let package = Package(
             dependencies: [
                 "NanoGateServer", "NanoGateStorage", "GeminiEmulator", "Upstream", "CMalloc", "NanoGateCore",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOFoundationCompat", package: "swift-nio"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

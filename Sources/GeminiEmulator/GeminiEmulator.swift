@@ -31,6 +31,12 @@ public struct EmulatorConfiguration: Sendable {
     public var retiredModels: Set<String> = ["gemini-3-pro-image-preview", "gemini-3.1-flash-image-preview"]
     /// Models per page of `GET /v1beta/models` when the caller asks for more (Google pages too).
     public var maxPageSize = 1000
+    /// Bearer tokens accepted on the Vertex AI paths; nil accepts any non-empty token.
+    public var acceptedBearerTokens: Set<String>?
+    /// A fault every generation answers with, whatever the prompt (changeable while running).
+    public var control = EmulatorControl()
+    /// The `RetryInfo.retryDelay` of its 429s, in seconds.
+    public var retryDelaySeconds = 27
 
     /// A configuration; the defaults accept any key and answer at once.
     public init(
@@ -56,6 +62,20 @@ public struct EmulatorConfiguration: Sendable {
     }
 }
 
+/// Switches an emulator's behaviour while it runs: one emulator stands for a channel that is
+/// rate limited, overloaded or down, then recovers.
+public final class EmulatorControl: Sendable {
+    private let state = Mutex<String?>(nil)
+
+    public init(fault: String? = nil) { state.withLock { $0 = fault } }
+
+    /// A fault directive (`429`, `503`, `500`, `garbage`) every generation answers with; nil: none.
+    public var fault: String? {
+        get { state.withLock { $0 } }
+        set { state.withLock { $0 = newValue } }
+    }
+}
+
 /// What the emulator received, for tests that check what the gateway sent to Google.
 public final class EmulatorRecorder: Sendable {
     /// One received `generateContent` call.
@@ -64,6 +84,9 @@ public final class EmulatorRecorder: Sendable {
         public var model: String
         /// The `x-goog-api-key` header.
         public var apiKey: String?
+        /// The request path (Gemini API or Vertex AI form) and the `Authorization` header.
+        public var path: String = ""
+        public var authorization: String?
         /// The body read with the gateway's own `GeminiWire` types (convenient, but lenient: it
         /// cannot show a misspelt field; use `json` or `request` for that).
         public var body: GeminiWire.Request
@@ -150,6 +173,13 @@ public struct GeminiEmulator: Sendable {
         router.post("/v1beta/models/{target}") { request, context in
             try await self.handle(request, context: context)
         }
+        // Vertex AI: a project's publisher model (bearer token), and express mode (API key).
+        router.post("/v1/projects/{project}/locations/{location}/publishers/google/models/{target}") { request, context in
+            try await self.handle(request, context: context, vertex: .serviceAccount)
+        }
+        router.post("/v1/publishers/google/models/{target}") { request, context in
+            try await self.handle(request, context: context, vertex: .express)
+        }
         router.get("/v1beta/models") { request, _ in
             // Google's ListModels: `pageSize` (default 50), `pageToken` from the previous page's `nextPageToken`.
             let query = request.uri.queryParameters
@@ -169,29 +199,47 @@ public struct GeminiEmulator: Sendable {
     }
 
     /// One `generateContent`/`streamGenerateContent` call: model, key, Google's parse, checks, faults, answer.
-    func handle(_ request: Request, context: BasicRequestContext) async throws -> Response {
+    /// Which Vertex AI form a call came in by (nil: the Gemini API).
+    enum VertexForm { case serviceAccount, express }
+
+    func handle(_ request: Request, context: BasicRequestContext, vertex: VertexForm? = nil) async throws -> Response {
         let target = context.parameters.get("target") ?? ""
         let pieces = target.split(separator: ":", maxSplits: 1).map(String.init)
-        guard pieces.count == 2, ["generateContent", "streamGenerateContent"].contains(pieces[1]) else {
+        guard pieces.count == 2, ["generateContent", "streamGenerateContent", "countTokens"].contains(pieces[1]) else {
             return Self.error(404, "NOT_FOUND", "Method not found: \(target).")
         }
         let streaming = pieces[1] == "streamGenerateContent"
         let model = pieces[0]
-        let apiKey = request.headers[.init("x-goog-api-key")!]
+        let apiKey = request.headers[.init("x-goog-api-key")!] ?? (vertex == .express ? request.uri.queryParameters.get("key") : nil)
+        let authorization = request.headers[.authorization]
         let bodyBytes = try await request.body.collect(upTo: 128 * 1024 * 1024)
         let parsed = GoogleRequest.parse(bodyBytes)
         if let recorder, let wire = try? SplicedJSON.decode(GeminiWire.Request.self, from: bodyBytes) {
-            recorder.append(.init(model: model, apiKey: apiKey, body: wire, rawBody: bodyBytes, request: try? parsed.get()))
+            var call = EmulatorRecorder.Call(model: model, apiKey: apiKey, body: wire, rawBody: bodyBytes, request: try? parsed.get())
+            call.path = request.uri.path
+            call.authorization = authorization
+            recorder.append(call)
         }
 
         guard let spec = configuration.models[model] else {
             return Self.error(404, "NOT_FOUND", "models/\(model) is not found for API version v1beta, or is not supported for generateContent.")
         }
-        guard let apiKey, !apiKey.isEmpty else {
-            return Self.error(403, "PERMISSION_DENIED", "Method doesn't allow unregistered callers (callers without established identity). Please use API Key or other form of API consumer identity to call this API.")
+        if vertex == .serviceAccount {
+            let token = authorization.flatMap { $0.hasPrefix("Bearer ") ? String($0.dropFirst(7)) : nil } ?? ""
+            guard !token.isEmpty, configuration.acceptedBearerTokens.map({ $0.contains(token) }) ?? true else {
+                return Self.error(401, "UNAUTHENTICATED", "Request had invalid authentication credentials. Expected OAuth 2 access token, login cookie or other valid authentication credential.")
+            }
+        } else {
+            guard let apiKey, !apiKey.isEmpty else {
+                return Self.error(403, "PERMISSION_DENIED", "Method doesn't allow unregistered callers (callers without established identity). Please use API Key or other form of API consumer identity to call this API.")
+            }
+            if let accepted = configuration.acceptedKeys, !accepted.contains(apiKey) {
+                return Self.error(400, "INVALID_ARGUMENT", "API key not valid. Please pass a valid API key.", reason: "API_KEY_INVALID")
+            }
         }
-        if let accepted = configuration.acceptedKeys, !accepted.contains(apiKey) {
-            return Self.error(400, "INVALID_ARGUMENT", "API key not valid. Please pass a valid API key.", reason: "API_KEY_INVALID")
+        if pieces[1] == "countTokens" {
+            let text = (try? parsed.get())?.promptText ?? ""
+            return Self.json(["totalTokens": max(1, text.utf8.count / 4)])
         }
         let body: GoogleRequest
         switch parsed {
@@ -202,8 +250,13 @@ public struct GeminiEmulator: Sendable {
             return Self.error(400, "INVALID_ARGUMENT", problem)
         }
 
+        if vertex != nil, let index = body.contents.firstIndex(where: { ($0.role ?? "").isEmpty }) {
+            // Vertex AI requires a role on every content, even a lone user turn (§A10).
+            return Self.error(400, "INVALID_ARGUMENT", "Please use a valid role: user, model. (contents[\(index)] has none)")
+        }
         let promptText = body.promptText
-        let directives = Directives(text: promptText)
+        var directives = Directives(text: promptText)
+        if let fault = configuration.control.fault { directives.values[fault] = "" }
         if let milliseconds = directives.values["slow"].flatMap(Int.init) {
             try await Task.sleep(for: .milliseconds(milliseconds))
         } else if configuration.latency > .zero {
@@ -290,9 +343,9 @@ public struct GeminiEmulator: Sendable {
                 [
                     "error": [
                         "code": 429,
-                        "message": "You exceeded your current quota, please check your plan and billing details. Please retry in 27.4s.",
+                        "message": "You exceeded your current quota, please check your plan and billing details. Please retry in \(configuration.retryDelaySeconds).4s.",
                         "status": "RESOURCE_EXHAUSTED",
-                        "details": [["@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "27s"]],
+                        "details": [["@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "\(configuration.retryDelaySeconds)s"]],
                     ] as [String: any Sendable]
                 ], status: .tooManyRequests)
         case "500": return Self.error(500, "INTERNAL", "An internal error has occurred. Please retry or report in https://developers.generativeai.google/guide/troubleshooting")

@@ -3,6 +3,7 @@ import Foundation
 import Hummingbird
 import NanoGateCore
 import NanoGateStorage
+import Upstream
 import NIOCore
 import NIOFoundationCompat
 
@@ -32,14 +33,24 @@ struct AdminTokenAuthenticator: RouterMiddleware {
 }
 
 /// The admin API: keys, groups, prices and usage, JSON in and out with the CLI's `--json` names.
+/// `GET /admin/v1/channels`.
+struct ChannelList: Codable {
+    var object = "list"
+    var data: [ChannelStatus]
+}
+
 struct AdminController {
     let service: OperatorService
+    let pool: UpstreamPool
 
-    init(store: SQLStore, catalog: ModelCatalog) {
+    init(store: SQLStore, catalog: ModelCatalog, pool: UpstreamPool) {
         self.service = OperatorService(store: store, catalog: catalog)
+        self.pool = pool
     }
 
     func addRoutes(to group: RouterGroup<GatewayRequestContext>) {
+        // The upstream channels' live state: cool-downs, breakers, refused keys, load.
+        group.get("channels") { _, _ in try json(ChannelList(data: pool.status())) }
         group.get("keys") { _, _ in try json(try await service.store.listKeys().filter { $0.revokedAt == nil }.map { OperatorService.KeyView($0) }) }
         group.post("keys") { request, _ in
             let body = try await request.decodeJSON(KeyBody.self, limit: 64 * 1024)

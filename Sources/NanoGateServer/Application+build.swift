@@ -66,7 +66,7 @@ public func buildApplication(
     hostLookup: @escaping HostLookup = systemHostLookup,
     onServerRunning: @escaping @Sendable (any Channel) async -> Void = { _ in }
 ) -> some ApplicationProtocol {
-    let pool = UpstreamPool(httpClient: dependencies.httpClient, configuration: configuration.upstream)
+    let pool = UpstreamPool(configuration: configuration.upstream, logger: logger)
     let urls = ImageURLService(
         store: dependencies.imageStore, signer: dependencies.signer, ttl: configuration.urlTTL,
         converter: ImageConverter(threadPool: dependencies.blockingThreadPool)
@@ -94,14 +94,19 @@ public func buildApplication(
             store: dependencies.store, maxBodyBytes: configuration.inputs.maxRequestBytes,
             staleAfter: TimeInterval(configuration.upstream.requestTimeout.components.seconds) * Double(configuration.upstream.maxAttempts) + 60
         ))
+        .add(middleware: DisconnectMiddleware())
     ImagesController(
         catalog: configuration.catalog, pipeline: pipeline, publicURL: publicURL,
         maxJSONBodyBytes: configuration.maxJSONBodyBytes, inputs: inputs, keepAliveInterval: configuration.keepAliveInterval
     ).addRoutes(to: api)
     ModelsController(catalog: configuration.catalog).addRoutes(to: api)
+    // Google's own API for its SDKs: under /v1beta, and /v1 (google-genai's other default).
+    let native = NativeController(catalog: configuration.catalog, pipeline: pipeline, maxRequestBytes: configuration.inputs.maxRequestBytes)
+    native.addRoutes(to: api, listModels: false)
+    native.addRoutes(to: router.group("v1beta").add(middleware: APIKeyAuthenticator(keys: dependencies.store)).add(middleware: DisconnectMiddleware()), listModels: true)
     AccountController(store: dependencies.store).addRoutes(to: api)
     if let token = configuration.adminToken {
-        AdminController(store: dependencies.store, catalog: configuration.catalog)
+        AdminController(store: dependencies.store, catalog: configuration.catalog, pool: pool)
             .addRoutes(to: router.group("admin/v1").add(middleware: AdminTokenAuthenticator(token: token)))
     }
     ChatController(
@@ -129,6 +134,7 @@ public func buildApplication(
     app.addServices(
         ImageSweeper(store: dependencies.imageStore, ttl: configuration.urlTTL, signatures: dependencies.store, logger: logger),
         CloseOnShutdown { try await httpClient.shutdown() },
+        CloseOnShutdown { await pool.shutdown() },
         CloseOnShutdown { try await database.close() },
         CloseOnShutdown { try await threadPool.shutdownGracefully() }
     )

@@ -90,6 +90,8 @@ extension ChatController {
                                 await channel.send(.finished)
                             } catch let error as GatewayError {
                                 await channel.send(.failed(error))
+                            } catch let error as UpstreamError {
+                                await channel.send(.failed(GatewayError(upstream: error)))
                             } catch is CancellationError {
                             } catch {
                                 await channel.send(.failed(.badGateway("The stream from Google broke.")))

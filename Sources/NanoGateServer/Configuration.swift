@@ -23,6 +23,9 @@ import Hummingbird
 /// | | `NANOGATE_ADMIN_TOKEN` | turns the admin API on, its bearer token | off |
 /// | | `NANOGATE_RESERVATION_LEASE` | seconds a credit reservation lives without renewal | 45 |
 /// | | `NANOGATE_UPSTREAM_TIMEOUT` | seconds per upstream call | 300 |
+/// | | `NANOGATE_UPSTREAM_DEADLINE` | seconds for all attempts of one image, queueing included | timeout × attempts |
+/// | | `NANOGATE_UPSTREAM_QUEUE` | calls that may wait per channel beyond its `max_concurrency` (more get 503) | 4096 |
+/// | | `NANOGATE_BREAKER_THRESHOLD` / `_COOLDOWN` | failures in a row that trip a channel / seconds it is skipped | 5 / 30 |
 /// | | `NANOGATE_MAX_IMAGE_BYTES`, `NANOGATE_MAX_REQUEST_BYTES`, `NANOGATE_ALLOW_PRIVATE_FETCH`, `NANOGATE_FETCH_ALLOW_NETWORKS`, `NANOGATE_ALLOW_HTTP_FETCH`, `NANOGATE_FETCH_TIMEOUT`, `NANOGATE_MAX_FETCHES` | see `InputLimits` | |
 /// | | `NANOGATE_IDLE_TIMEOUT` | seconds a connection may send nothing (idle keep-alive, a stalled head or body) | 30 |
 /// | | `NANOGATE_TRUST_FORWARDED` | build image URLs from `X-Forwarded-Host`/`-Proto` (only behind a proxy that sets them) | off |
@@ -124,7 +127,11 @@ public struct GatewayConfiguration: Sendable {
                 baseURL: environment["NANOGATE_GEMINI_BASE_URL"] ?? "https://generativelanguage.googleapis.com",
                 apiKeys: keys,
                 requestTimeout: .seconds(number("NANOGATE_UPSTREAM_TIMEOUT", 300)),
-                maxAttempts: number("NANOGATE_UPSTREAM_ATTEMPTS", 3)
+                deadline: environment["NANOGATE_UPSTREAM_DEADLINE"].map { _ in .seconds(number("NANOGATE_UPSTREAM_DEADLINE", 900)) },
+                maxAttempts: number("NANOGATE_UPSTREAM_ATTEMPTS", 3),
+                queueLimit: number("NANOGATE_UPSTREAM_QUEUE", 4096, minimum: 0),
+                breakerThreshold: number("NANOGATE_BREAKER_THRESHOLD", 5),
+                breakerCooldown: .seconds(number("NANOGATE_BREAKER_COOLDOWN", 30))
             ),
             catalog: .standard(
                 flashUpstream: upstreamID("NANOGATE_UPSTREAM_FLASH", ModelCatalog.defaultFlashUpstream),

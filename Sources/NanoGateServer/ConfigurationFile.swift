@@ -1,5 +1,6 @@
 public import Foundation
 public import NanoGateCore
+public import Upstream
 import Yams
 
 /// NanoGate's configuration file (`--config FILE` / `NANOGATE_CONFIG`), YAML or JSON (JSON is
@@ -12,6 +13,7 @@ public enum ConfigurationFile {
     public struct Contents: Sendable {
         public var settings: [String: String]
         public var models: [CatalogFileEntry]
+        public var channels: [ChannelConfiguration] = []
     }
 
     /// File keys and the environment variables they stand for.
@@ -21,7 +23,8 @@ public enum ConfigurationFile {
             "HOST", "PORT", "DATA_DIR", "PUBLIC_URL", "URL_TTL", "URL_SECRET", "GEMINI_BASE_URL", "UPSTREAM_FLASH", "UPSTREAM_PRO",
             "UPSTREAM_FLASH31", "UPSTREAM_FLASH_FALLBACK", "UPSTREAM_TIMEOUT", "UPSTREAM_ATTEMPTS", "MAX_IMAGE_BYTES", "MAX_REQUEST_BYTES",
             "ALLOW_PRIVATE_FETCH", "FETCH_ALLOW_NETWORKS", "ALLOW_HTTP_FETCH", "FETCH_TIMEOUT", "MAX_FETCHES", "KEEPALIVE", "IDLE_TIMEOUT",
-            "TRUST_FORWARDED", "CHECK_MODELS", "CHAT_IMAGES", "ADMIN_TOKEN", "RESERVATION_LEASE",
+            "TRUST_FORWARDED", "CHECK_MODELS", "CHAT_IMAGES", "ADMIN_TOKEN", "RESERVATION_LEASE", "UPSTREAM_DEADLINE", "UPSTREAM_QUEUE",
+            "BREAKER_THRESHOLD", "BREAKER_COOLDOWN",
         ] {
             keys[name.lowercased()] = "NANOGATE_" + name
         }
@@ -53,7 +56,7 @@ public enum ConfigurationFile {
         }
         var problems: [String] = []
         var settings: [String: String] = [:]
-        for (key, value) in top where key != "models" {
+        for (key, value) in top where key != "models" && key != "channels" {
             guard let variable = settingKeys[key] else {
                 problems.append("\(source): unknown setting '\(key)' (known: models, \(settingKeys.keys.sorted().joined(separator: ", ")))")
                 continue
@@ -91,8 +94,9 @@ public enum ConfigurationFile {
                 problems.append("\(source): 'models' must be a list")
             }
         }
+        let channels = readChannels(top["channels"], text: text, source: source, problems: &problems)
         guard problems.isEmpty else { throw ConfigurationError(problems: problems) }
-        return Contents(settings: settings, models: models)
+        return Contents(settings: settings, models: models, channels: channels)
     }
 
     /// The gateway's configuration: the file's settings under the environment (which wins),
@@ -102,6 +106,7 @@ public enum ConfigurationFile {
         let contents = try read(path: path)
         let merged = contents.settings.merging(environment) { _, fromEnvironment in fromEnvironment }
         var configuration = try GatewayConfiguration.fromEnvironment(merged)
+        configuration.upstream.channels = contents.channels
         do {
             configuration.catalog = try configuration.catalog.applying(contents.models)
         } catch {
@@ -119,6 +124,53 @@ public enum ConfigurationFile {
             # (or `family` and `upstream`). Prices are USD per 1M tokens (Google's invoice figures).
 
             """ + body
+    }
+
+    /// The `channels:` list: every entry checked (unknown keys, kind's required fields, unique
+    /// names), and a Vertex entry's service-account file read now (relative to the file), so a
+    /// bad one stops start-up with its name.
+    private static func readChannels(_ list: Any?, text: String, source: String, problems: inout [String]) -> [ChannelConfiguration] {
+        guard let list, !(list is NSNull) else { return [] }
+        guard let entries = list as? [Any] else {
+            problems.append("\(source): 'channels' must be a list")
+            return []
+        }
+        for (index, entry) in entries.enumerated() {
+            guard let fields = entry as? [String: Any] else {
+                problems.append("\(source): channels[\(index)] must be a mapping (name, kind, api_keys, …)")
+                continue
+            }
+            for key in fields.keys.sorted() where !ChannelConfiguration.keys.contains(key) {
+                problems.append("\(source): channels[\(index)] has an unknown key '\(key)' (known: \(ChannelConfiguration.keys.sorted().joined(separator: ", ")))")
+            }
+        }
+        guard problems.isEmpty else { return [] }
+        var channels: [ChannelConfiguration]
+        do {
+            channels = try YAMLDecoder().decode(ChannelsSection.self, from: text).channels ?? []
+        } catch {
+            problems.append("\(source): the channels list could not be read: \(describe(error))")
+            return []
+        }
+        let directory = URL(fileURLWithPath: source).deletingLastPathComponent()
+        var names = Set<String>()
+        for index in channels.indices {
+            problems += channels[index].problems.map { "\(source): \($0)" }
+            if !names.insert(channels[index].name).inserted { problems.append("\(source): two channels are named '\(channels[index].name)'") }
+            guard channels[index].kind == .vertex, let file = channels[index].serviceAccountFile else { continue }
+            let path = file.hasPrefix("/") ? file : directory.appendingPathComponent(file).path
+            do {
+                channels[index].serviceAccount = try ServiceAccount.load(path: path)
+                channels[index].serviceAccountFile = path
+            } catch {
+                problems.append("\(source): channel \(channels[index].name): \(error.description)")
+            }
+        }
+        return channels
+    }
+
+    private struct ChannelsSection: Decodable {
+        var channels: [ChannelConfiguration]?
     }
 
     private struct ModelsSection: Codable {

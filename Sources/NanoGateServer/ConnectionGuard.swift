@@ -32,6 +32,19 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
     /// Set once an answer marked `Connection: close` was written: when the connection ends.
     private var lingerDeadline: NIODeadline?
     private var lingerTimer: Scheduled<Void>?
+    /// Between a request's head and the end of its response.
+    private var awaitingResponse = false
+
+    /// A client that closed its side while its request is being answered has gone (Hummingbird
+    /// allows half-closed connections, so this arrives as `inputClosed`, not as a close): close
+    /// the connection, so `DisconnectMiddleware` cancels the request's upstream work. (nginx does
+    /// the same by default; an HTTP/1.1 client that half-closes and still waits is very rare.)
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if awaitingResponse, let event = event as? ChannelEvent, event == .inputClosed {
+            context.close(promise: nil)
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
@@ -45,6 +58,7 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         if lingerDeadline != nil { scheduleLingerClose(context) }
         if case .head(let head) = unwrapInboundIn(data) {
+            awaitingResponse = true
             continuePending = head.headerFields[.expect]?.lowercased() == "100-continue"
             if let length = head.headerFields[.contentLength].flatMap({ Int($0) }) {
                 bodyIsUnbounded = length > Self.maxDrainBytes
@@ -66,6 +80,7 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
         case .body:
             context.write(data, promise: promise)
         case .end:
+            awaitingResponse = false
             guard closeAfterResponse else {
                 context.write(data, promise: promise)
                 return

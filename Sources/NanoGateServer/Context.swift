@@ -29,20 +29,29 @@ public struct GatewayRequestContext: RequestContext {
     public var maxUploadSize: Int { 64 * 1024 * 1024 }
 }
 
-/// Bearer-key authentication: missing, unknown or revoked keys get a 401 before any work is done.
+/// Key authentication (`Authorization: Bearer`, or Google's `x-goog-api-key` and, on the native
+/// routes, `?key=`): missing, unknown or revoked keys get a 401 before any work is done.
 struct APIKeyAuthenticator: RouterMiddleware {
     typealias Context = GatewayRequestContext
     let keys: any KeyStore
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
-        guard let header = request.headers[.authorization] else {
+        let secret: String
+        if let header = request.headers[.authorization] {
+            let parts = header.split(separator: " ", maxSplits: 1)
+            guard parts.count == 2, parts[0].lowercased() == "bearer" else {
+                throw GatewayError.unauthorized("The Authorization header must be 'Bearer YOUR_KEY'.")
+            }
+            secret = parts[1].trimmingCharacters(in: .whitespaces)
+        } else if let header = request.headers[GoogleKey.header], !header.isEmpty {
+            // Google's SDKs send the key this way (the native routes; accepted everywhere).
+            secret = header.trimmingCharacters(in: .whitespaces)
+        } else if GoogleErrorShape.applies(to: request), let query = request.uri.queryParameters.get("key"), !query.isEmpty {
+            // `?key=`, as Google's REST examples do: only on the native routes.
+            secret = query
+        } else {
             throw GatewayError.unauthorized("You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY'.")
         }
-        let parts = header.split(separator: " ", maxSplits: 1)
-        guard parts.count == 2, parts[0].lowercased() == "bearer" else {
-            throw GatewayError.unauthorized("The Authorization header must be 'Bearer YOUR_KEY'.")
-        }
-        let secret = parts[1].trimmingCharacters(in: .whitespaces)
         guard let key = try await keys.activeKey(secret: secret) else {
             throw GatewayError.unauthorized("Incorrect API key provided: \(secret.prefix(6))****. It is unknown or has been revoked.")
         }

@@ -16,13 +16,22 @@ struct OpenAIErrorMiddleware<Context: RequestContext>: RouterMiddleware {
             return try await next(request, context)
         } catch let error as GatewayError {
             if error.status >= 500 { context.logger.warning("request failed", metadata: ["error": "\(error)"]) }
-            return Self.response(for: error)
+            return Self.response(for: error, request: request)
         } catch let error as HTTPError {
-            return Self.response(for: Self.gatewayError(from: error, request: request))
+            return Self.response(for: Self.gatewayError(from: error, request: request), request: request)
         } catch {
             context.logger.error("unexpected error", metadata: ["error": "\(String(reflecting: error))"])
-            return Self.response(for: .internal("The gateway failed unexpectedly; the error has been logged."))
+            return Self.response(for: .internal("The gateway failed unexpectedly; the error has been logged."), request: request)
         }
+    }
+
+    /// OpenAI's shape, or Google's on the native routes (`GoogleErrorShape`).
+    static func response(for error: GatewayError, request: Request) -> Response {
+        guard GoogleErrorShape.applies(to: request) else { return response(for: error) }
+        var headers: HTTPFields = [.contentType: "application/json"]
+        if let retry = error.retryAfterSeconds { headers[.retryAfter] = "\(retry)" }
+        if [401, 408, 413].contains(error.status) { headers[.connection] = "close" }
+        return Response(status: .init(code: error.status), headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: GoogleErrorShape.body(for: error))))
     }
 
     static func gatewayError(from error: HTTPError, request: Request) -> GatewayError {

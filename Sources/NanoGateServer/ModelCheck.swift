@@ -31,9 +31,13 @@ public struct ModelCheck: Sendable {
         }
     }
 
-    /// Asks Google (the pool's first usable key) and checks the catalog.
+    /// Asks the channels that can list their models (Google's, each channel's first key) and checks the catalog.
     public static func run(catalog: ModelCatalog, pool: UpstreamPool, logger: Logger) async throws(GatewayError) -> ModelCheck {
-        ModelCheck(catalog: catalog, served: try await pool.listModels(logger: logger))
+        do {
+            return ModelCheck(catalog: catalog, served: try await pool.listModels(logger: logger))
+        } catch {
+            throw GatewayError(upstream: error)
+        }
     }
 
     /// A table for people: model, upstream id and status, fallback and status.

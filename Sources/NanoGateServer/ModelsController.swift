@@ -34,8 +34,12 @@ struct ModelsController {
     }
 
     func addRoutes(to group: RouterGroup<GatewayRequestContext>) {
-        group.get("models") { _, context in
-            try ImagesController.json(ModelList(data: models(for: context.apiKey).map(object)))
+        group.get("models") { request, context in
+            if GoogleErrorShape.applies(to: request) {
+                // Google's SDK listing models under /v1 (x-goog-api-key, no bearer): Google's shape.
+                return try ImagesController.json(NativeController.ModelList(models: models(for: context.apiKey).map(NativeController.GoogleModel.init)))
+            }
+            return try ImagesController.json(ModelList(data: models(for: context.apiKey).map(object)))
         }
         group.get("models/{id}") { _, context in
             let id = context.parameters.get("id") ?? ""

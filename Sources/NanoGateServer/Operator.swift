@@ -131,6 +131,8 @@ public struct OperatorService: Sendable {
         public var attempts: Int
         public var error_code: String?
         public var upstream_key: String?
+        /// Every upstream attempt: channel, key position, status, error code, milliseconds.
+        public var upstream_attempts: [UpstreamAttemptRecord]
 
         public init(_ row: UsageRecord) {
             request_id = row.requestID
@@ -154,12 +156,13 @@ public struct OperatorService: Sendable {
             attempts = row.attempts
             error_code = row.errorCode
             upstream_key = row.upstreamKey
+            upstream_attempts = row.upstreamAttempts
         }
 
         enum CodingKeys: String, CodingKey {
             case request_id, created_at, key, group, model, upstream_model, endpoint, requested_size, status, images, input_text_tokens,
                 input_image_tokens, output_text_tokens, output_image_tokens, total_tokens, cost_usd, upstream_cost_usd, latency_ms, attempts,
-                error_code, upstream_key
+                error_code, upstream_key, upstream_attempts
         }
 
         /// Every column present, `null` when empty (as in the CSV's empty cells).
@@ -186,6 +189,7 @@ public struct OperatorService: Sendable {
             try container.encode(attempts, forKey: .attempts)
             try container.encode(error_code, forKey: .error_code)
             try container.encode(upstream_key, forKey: .upstream_key)
+            try container.encode(upstream_attempts, forKey: .upstream_attempts)
         }
 
         static let csvColumns = [

@@ -153,6 +153,9 @@ final class Settlement: Sendable {
             record.outputTextTokens = billed.outputTokensDetails.textTokens
             record.outputImageTokens = billed.outputTokensDetails.imageTokens
             record.upstreamKey = trace.lastKey
+            record.upstreamAttempts = trace.all.map {
+                UpstreamAttemptRecord(channel: $0.channel, key: $0.key, status: $0.status, error: $0.error, milliseconds: $0.milliseconds)
+            }
             return record
         }
     }
@@ -245,7 +248,9 @@ struct RequestPipeline: Sendable {
         limiter.finish(settlement.key)
         if let id = settlement.reservationID { live.remove(id) }
         do {
-            try await ledger.settle(reservationID: settlement.reservationID, record: record)
+            // Not cancelled with the request: a client that left is settled all the same.
+            let ledger = self.ledger
+            try await Task { try await ledger.settle(reservationID: settlement.reservationID, record: record) }.value
         } catch {
             // The reservation stays held until its lease runs out; then it is released uncharged.
             logger.error("could not settle the request", metadata: ["error": "\(error)", "cost_micro_usd": "\(record.costMicroUSD)"])
@@ -268,8 +273,9 @@ struct RequestPipeline: Sendable {
     /// One `generateContent` call on behalf of `settlement` (through the fallback when Google
     /// retired the model); Google's usage is recorded as billed.
     func generate(_ request: GeminiWire.Request, settlement: Settlement, logger: Logger) async throws(GatewayError) -> GeminiWire.Response {
-        let response = try await withFallback(request, settlement: settlement, logger: logger) { (model, request) throws(GatewayError) in
-            try await upstream.generateContent(model: model, request: request, trace: settlement.trace, logger: logger)
+        let aliases = [settlement.model.name]
+        let response = try await withFallback(request, settlement: settlement, logger: logger) { (model, request) throws(UpstreamError) in
+            try await upstream.generateContent(model: model, aliases: aliases, request: request, trace: settlement.trace, logger: logger)
         }
         settlement.billed(ImageTranslation.usage(of: response.usageMetadata))
         return response
@@ -277,8 +283,9 @@ struct RequestPipeline: Sendable {
 
     /// One `streamGenerateContent` call on behalf of `settlement` (usage is recorded by the reader).
     func stream(_ request: GeminiWire.Request, settlement: Settlement, logger: Logger) async throws(GatewayError) -> GeminiEventStream {
-        try await withFallback(request, settlement: settlement, logger: logger) { (model, request) throws(GatewayError) in
-            try await upstream.streamGenerateContent(model: model, request: request, trace: settlement.trace, logger: logger)
+        let aliases = [settlement.model.name]
+        return try await withFallback(request, settlement: settlement, logger: logger) { (model, request) throws(UpstreamError) in
+            try await upstream.streamGenerateContent(model: model, aliases: aliases, request: request, trace: settlement.trace, logger: logger)
         }
     }
 
@@ -288,8 +295,19 @@ struct RequestPipeline: Sendable {
     /// ratio or tier it lacks) keeps the original error.
     private func withFallback<Value>(
         _ request: GeminiWire.Request, settlement: Settlement, logger: Logger,
-        _ call: (String, GeminiWire.Request) async throws(GatewayError) -> Value
+        _ call: (String, GeminiWire.Request) async throws(UpstreamError) -> Value
     ) async throws(GatewayError) -> Value {
+        do {
+            return try await withFallbackUpstream(request, settlement: settlement, logger: logger, call)
+        } catch {
+            throw GatewayError(upstream: error)
+        }
+    }
+
+    private func withFallbackUpstream<Value>(
+        _ request: GeminiWire.Request, settlement: Settlement, logger: Logger,
+        _ call: (String, GeminiWire.Request) async throws(UpstreamError) -> Value
+    ) async throws(UpstreamError) -> Value {
         let model = settlement.model
         var fallback: (target: UpstreamTarget, request: GeminiWire.Request)?
         if let id = model.fallbackModel, let family = model.fallbackFamily, let adapted = ImageTranslation.adapted(request, to: family) {
@@ -302,7 +320,7 @@ struct RequestPipeline: Sendable {
         do {
             return try await call(model.upstreamModel, request)
         } catch {
-            guard error.code == "upstream_model_not_found", let fallback, !Task.isCancelled else { throw error }
+            guard error.code == .modelNotFound, let fallback, !Task.isCancelled else { throw error }
             retired.markRetired(model.upstreamModel)
             logger.warning(
                 "Google does not serve the upstream model; using its fallback",

@@ -183,6 +183,38 @@ public protocol KeyStore: Sendable {
     func revokeKey(name: String) async throws
 }
 
+/// One upstream attempt of a request, as the usage log keeps it.
+public struct UpstreamAttemptRecord: Sendable, Equatable, Codable {
+    public var channel: String
+    /// The channel's credential by position (1-based), never its value.
+    public var key: Int
+    /// The HTTP status the upstream answered (nil: no answer).
+    public var status: Int?
+    /// The failure's code (nil: success).
+    public var error: String?
+    public var milliseconds: Int
+
+    public init(channel: String, key: Int, status: Int?, error: String?, milliseconds: Int) {
+        self.channel = channel
+        self.key = key
+        self.status = status
+        self.error = error
+        self.milliseconds = milliseconds
+    }
+
+    enum CodingKeys: String, CodingKey { case channel, key, status, error, milliseconds }
+
+    /// Every field present, `null` when empty (as the usage rows' own fields are).
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encode(channel, forKey: .channel)
+        try container.encode(key, forKey: .key)
+        try container.encode(status, forKey: .status)
+        try container.encode(error, forKey: .error)
+        try container.encode(milliseconds, forKey: .milliseconds)
+    }
+}
+
 /// One line of the usage log, the one record of money: per request, what Google billed (its
 /// token counts, priced), what the client was charged (only what it received), how many upstream
 /// attempts it took, and why it failed, if it did.
@@ -216,8 +248,10 @@ public struct UsageRecord: Sendable, Equatable, Codable {
     public var inputImageTokens: Int = 0
     public var outputTextTokens: Int = 0
     public var outputImageTokens: Int = 0
-    /// Which upstream key served it (`#2`), never the secret.
+    /// Which upstream channel and key served it (`studio#2`), never the secret.
     public var upstreamKey: String?
+    /// Every upstream attempt, in order.
+    public var upstreamAttempts: [UpstreamAttemptRecord] = []
 
     public init(
         keyID: String, endpoint: String, model: String, status: Int, images: Int, inputTokens: Int, outputTokens: Int,

@@ -233,7 +233,7 @@ extension SQLStore {
     static let usageColumns: SQLQueryString = """
         SELECT key_id, endpoint, model, status, images, input_tokens, output_tokens, total_tokens, cost_micro_usd, error_code,
                upstream_cost_micro_usd, attempts, created_at, request_id, key_name, key_group, upstream_model, requested_size, latency_ms,
-               input_text_tokens, input_image_tokens, output_text_tokens, output_image_tokens, upstream_key
+               input_text_tokens, input_image_tokens, output_text_tokens, output_image_tokens, upstream_key, upstream_attempts
         FROM usage_log
         """
 
@@ -262,6 +262,7 @@ extension SQLStore {
         var output_text_tokens: Int
         var output_image_tokens: Int
         var upstream_key: String?
+        var upstream_attempts: String?
 
         var record: UsageRecord {
             var record = UsageRecord(
@@ -282,6 +283,7 @@ extension SQLStore {
             record.outputTextTokens = output_text_tokens
             record.outputImageTokens = output_image_tokens
             record.upstreamKey = upstream_key
+            record.upstreamAttempts = upstream_attempts.flatMap { try? JSONDecoder().decode([UpstreamAttemptRecord].self, from: Data($0.utf8)) } ?? []
             return record
         }
     }
@@ -292,14 +294,15 @@ extension SQLStore {
         """
         INSERT INTO usage_log (id, key_id, endpoint, model, status, images, input_tokens, output_tokens, total_tokens, cost_micro_usd, error_code,
                                upstream_cost_micro_usd, attempts, created_at, request_id, key_name, key_group, upstream_model, requested_size, latency_ms,
-                               input_text_tokens, input_image_tokens, output_text_tokens, output_image_tokens, upstream_key, reservation_id)
+                               input_text_tokens, input_image_tokens, output_text_tokens, output_image_tokens, upstream_key, reservation_id, upstream_attempts)
         VALUES (\(bind: UUID().uuidString.lowercased()), \(bind: entry.keyID), \(bind: entry.endpoint), \(bind: entry.model), \(bind: entry.status),
                 \(bind: entry.images), \(bind: entry.inputTokens), \(bind: entry.outputTokens), \(bind: entry.totalTokens),
                 \(bind: Int64(entry.costMicroUSD)), \(bind: entry.errorCode), \(bind: Int64(entry.upstreamCostMicroUSD)), \(bind: entry.attempts),
                 \(bind: Int64(entry.createdAt.timeIntervalSince1970 * 1000)), \(bind: entry.requestID), \(bind: entry.keyName), \(bind: entry.group),
                 \(bind: entry.upstreamModel), \(bind: entry.requestedSize), \(bind: entry.latencyMilliseconds),
                 \(bind: entry.inputTextTokens), \(bind: entry.inputImageTokens), \(bind: entry.outputTextTokens), \(bind: entry.outputImageTokens),
-                \(bind: entry.upstreamKey), \(bind: reservationID))
+                \(bind: entry.upstreamKey), \(bind: reservationID),
+                \(bind: entry.upstreamAttempts.isEmpty ? nil : (try? JSONEncoder().encode(entry.upstreamAttempts)).map { String(decoding: $0, as: UTF8.self) }))
         """
     }
 

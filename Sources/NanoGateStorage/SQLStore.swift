@@ -26,6 +26,8 @@ public struct SQLStore: KeyStore, UsageLog, SignatureStore {
             try await database.raw("ALTER TABLE usage_log ADD COLUMN upstream_cost_micro_usd BIGINT NOT NULL DEFAULT 0").run()
         },
         { database in try await SQLStore.addMoney(database) },
+        // Every upstream attempt of a request (channel, key position, status, latency), as JSON.
+        { database in try await database.raw("ALTER TABLE usage_log ADD COLUMN upstream_attempts TEXT").run() },
     ]
 
     /// Version 3: credit, limits and money per key (micro-USD), groups, price overrides,

@@ -12,7 +12,9 @@ import NIOFoundationCompat
 public struct GeminiEventStream: AsyncSequence, Sendable {
     public typealias Element = GeminiWire.Response
 
-    let body: HTTPClientResponse.Body
+    /// Google's SSE body, or nil for a stream of one event already in hand (`single`).
+    let body: HTTPClientResponse.Body?
+    let single: GeminiWire.Response?
     let maxEventBytes: Int
     /// When the whole stream must have ended (the request timeout, counted from the call).
     public let deadline: ContinuousClock.Instant
@@ -20,27 +22,38 @@ public struct GeminiEventStream: AsyncSequence, Sendable {
 
     public init(body: HTTPClientResponse.Body, maxEventBytes: Int, deadline: ContinuousClock.Instant = .now.advanced(by: .seconds(300)), redact: @escaping @Sendable (String) -> String = { $0 }) {
         self.body = body
+        self.single = nil
         self.maxEventBytes = maxEventBytes
         self.deadline = deadline
         self.redact = redact
     }
 
-    public func makeAsyncIterator() -> Iterator {
-        Iterator(chunks: body.makeAsyncIterator(), maxEventBytes: maxEventBytes, redact: redact)
+    /// A stream of one event: an upstream that answers whole (an OpenAI-compatible channel).
+    public init(single response: GeminiWire.Response, deadline: ContinuousClock.Instant) {
+        self.body = nil
+        self.single = response
+        self.maxEventBytes = 0
+        self.deadline = deadline
+        self.redact = { $0 }
     }
 
-    /// Hands every event to `handle`, in order, and throws a timeout `GatewayError` if the
+    public func makeAsyncIterator() -> Iterator {
+        Iterator(chunks: body?.makeAsyncIterator(), single: single, maxEventBytes: maxEventBytes, redact: redact)
+    }
+
+    /// Hands every event to `handle`, in order, and throws a timeout `UpstreamError` if the
     /// stream has not ended by `deadline` (a Google that sends its head and then stalls would
     /// otherwise hold the request forever: AsyncHTTPClient's own deadline ends at the head).
     public func consume(_ handle: @escaping @Sendable (GeminiWire.Response) async throws -> Void) async throws {
-        let timeout = GatewayError.timeout("Google's stream did not finish in time.")
+        let timeout = UpstreamError(.timeout, detail: "the stream did not finish in time")
         try await Deadline.run(until: deadline, orThrow: timeout) {
             for try await event in self { try await handle(event) }
         }
     }
 
     public struct Iterator: AsyncIteratorProtocol {
-        var chunks: HTTPClientResponse.Body.AsyncIterator
+        var chunks: HTTPClientResponse.Body.AsyncIterator?
+        var single: GeminiWire.Response?
         let maxEventBytes: Int
         let redact: @Sendable (String) -> String
         var buffer = ByteBuffer()
@@ -49,13 +62,18 @@ public struct GeminiEventStream: AsyncSequence, Sendable {
         var event = ByteBuffer()
         var ended = false
 
-        init(chunks: HTTPClientResponse.Body.AsyncIterator, maxEventBytes: Int, redact: @escaping @Sendable (String) -> String) {
+        init(chunks: HTTPClientResponse.Body.AsyncIterator?, single: GeminiWire.Response?, maxEventBytes: Int, redact: @escaping @Sendable (String) -> String) {
             self.chunks = chunks
+            self.single = single
             self.maxEventBytes = maxEventBytes
             self.redact = redact
         }
 
         public mutating func next() async throws -> GeminiWire.Response? {
+            guard chunks != nil else {
+                defer { single = nil }
+                return single
+            }
             while true {
                 while let line = nextLine() {
                     if line.readableBytes == 0 {
@@ -73,7 +91,7 @@ public struct GeminiEventStream: AsyncSequence, Sendable {
                     }
                 }
                 if ended { return try dispatch() }
-                guard var chunk = try await chunks.next() else {
+                guard var chunk = try await chunks?.next() else {
                     ended = true
                     // A last line without a newline still counts.
                     if buffer.readableBytes > 0 { buffer.writeInteger(UInt8(ascii: "\n")) }
@@ -81,7 +99,7 @@ public struct GeminiEventStream: AsyncSequence, Sendable {
                 }
                 buffer.writeBuffer(&chunk)
                 guard buffer.readableBytes + event.readableBytes <= maxEventBytes else {
-                    throw GatewayError.badGateway("A streamed event from Google was larger than \(maxEventBytes) bytes.")
+                    throw UpstreamError(.tooLarge, detail: "a streamed event was larger than \(maxEventBytes) bytes")
                 }
             }
         }
@@ -108,10 +126,10 @@ public struct GeminiEventStream: AsyncSequence, Sendable {
             do {
                 response = try SplicedJSON.decode(GeminiWire.Response.self, from: event)
             } catch {
-                throw GatewayError.badGateway("Google sent a streamed event the gateway could not read.")
+                throw UpstreamError(.unreadable, detail: "a streamed event could not be read")
             }
             // `{"error":{…}}` inside the stream: Google failed after it started answering.
-            if let status = response.error { throw UpstreamPool.midStreamError(status, redact: redact) }
+            if let status = response.error { throw GoogleErrors.midStream(status, redact: redact) }
             return response
         }
     }

@@ -1,426 +1,566 @@
-public import AsyncHTTPClient
+import NIOHTTP1
 public import Logging
 public import NanoGateCore
+public import NIOCore
+public import AsyncHTTPClient
 import Foundation
-import NIOCore
 import NIOFoundationCompat
-import NIOHTTP1
+public import NIOPosix
 import Synchronization
 
-/// Where and how the gateway reaches Google.
+/// Where and how the gateway reaches its upstreams.
 ///
 /// | key (environment) | meaning | default |
 /// |---|---|---|
-/// | `NANOGATE_GEMINI_BASE_URL` | Gemini API base | `https://generativelanguage.googleapis.com` |
-/// | `GEMINI_API_KEY` | one key, or several separated by commas | none |
-/// | `NANOGATE_UPSTREAM_TIMEOUT` | seconds one upstream call may take | 300 |
-/// | `NANOGATE_UPSTREAM_ATTEMPTS` | attempts per image (across keys) before giving up | 3 |
+/// | `NANOGATE_GEMINI_BASE_URL` | Gemini API base of the `GEMINI_API_KEY` shorthand channel | `https://generativelanguage.googleapis.com` |
+/// | `GEMINI_API_KEY` | one key, or several separated by commas: one `gemini` channel | none |
+/// | `channels:` (configuration file) | the operator's channels (`ChannelConfiguration`) | none |
+/// | `NANOGATE_UPSTREAM_TIMEOUT` | seconds one upstream call may take (a channel's `timeout` overrides) | 300 |
+/// | `NANOGATE_UPSTREAM_ATTEMPTS` | attempts per image, across channels and keys | 3 |
+/// | `NANOGATE_UPSTREAM_DEADLINE` | seconds all attempts of one image may take, queueing included | timeout × attempts |
+/// | `NANOGATE_UPSTREAM_QUEUE` | calls that may wait per channel once it is at `max_concurrency` | 4096 |
+/// | `NANOGATE_BREAKER_THRESHOLD` / `NANOGATE_BREAKER_COOLDOWN` | failures in a row that trip a channel, and seconds it is skipped | 5 / 30 |
 public struct UpstreamConfiguration: Sendable {
     public var baseURL: String
     public var apiKeys: [String]
+    /// The operator's channels; empty: one `gemini` channel from `baseURL` and `apiKeys`.
+    public var channels: [ChannelConfiguration]
     public var requestTimeout: Duration
+    /// All attempts of one call, queueing included (nil: `requestTimeout × maxAttempts`).
+    public var deadline: Duration?
     public var maxAttempts: Int
     /// First retry delay; doubles each attempt (with jitter).
     public var retryBaseDelay: Duration
-    /// Largest response body accepted from Google (a 4K image is tens of MB of base64).
+    /// Largest response body accepted (a 4K image is tens of MB of base64).
     public var maxResponseBytes: Int
+    public var queueLimit: Int
+    public var breakerThreshold: Int
+    public var breakerCooldown: Duration
+    /// How long a refused credential stays set aside (it is the operator's to fix).
+    public var rejectedCredentialRest: Duration
 
     public init(
         baseURL: String = "https://generativelanguage.googleapis.com",
         apiKeys: [String],
+        channels: [ChannelConfiguration] = [],
         requestTimeout: Duration = .seconds(300),
+        deadline: Duration? = nil,
         maxAttempts: Int = 3,
         retryBaseDelay: Duration = .milliseconds(250),
-        maxResponseBytes: Int = 256 * 1024 * 1024
+        maxResponseBytes: Int = 256 * 1024 * 1024,
+        queueLimit: Int = 4096,
+        breakerThreshold: Int = 5,
+        breakerCooldown: Duration = .seconds(30),
+        rejectedCredentialRest: Duration = .seconds(3600)
     ) {
         self.baseURL = baseURL.hasSuffix("/") ? String(baseURL.dropLast()) : baseURL
         self.apiKeys = apiKeys
+        self.channels = channels
         self.requestTimeout = requestTimeout
+        self.deadline = deadline
         self.maxAttempts = max(1, maxAttempts)
         self.retryBaseDelay = retryBaseDelay
         self.maxResponseBytes = maxResponseBytes
+        self.queueLimit = queueLimit
+        self.breakerThreshold = max(1, breakerThreshold)
+        self.breakerCooldown = breakerCooldown
+        self.rejectedCredentialRest = rejectedCredentialRest
+    }
+
+    /// The channels the pool runs: the configured ones, else the `GEMINI_API_KEY` shorthand.
+    public var effectiveChannels: [ChannelConfiguration] {
+        if !channels.isEmpty { return channels }
+        guard !apiKeys.isEmpty else { return [] }
+        return [ChannelConfiguration(name: "gemini", kind: .gemini, baseURL: baseURL, apiKeys: apiKeys)]
     }
 }
 
-/// How many upstream attempts one request made, for its usage-log row (written by the pool,
-/// read by whoever settles the request).
+/// One upstream attempt, for the request's usage-log row.
+public struct UpstreamAttempt: Sendable, Equatable, Codable {
+    public var channel: String
+    /// The credential, by position (`1`), never its value.
+    public var key: Int
+    /// The HTTP status the upstream answered (nil: no answer, e.g. a refused connection).
+    public var status: Int?
+    /// The failure's code (nil: success).
+    public var error: String?
+    public var milliseconds: Int
+}
+
+/// The upstream attempts one request made (written by the pool, read by whoever settles it).
 public final class UpstreamTrace: Sendable {
-    private let state = Mutex((count: 0, key: String?.none))
+    private let state = Mutex([UpstreamAttempt]())
 
     public init() {}
 
     /// HTTP attempts made so far.
     public var attempts: Int { state.withLock { $0.count } }
 
-    /// The upstream key of the last attempt, by position (`#2`), never its value.
-    public var lastKey: String? { state.withLock { $0.key } }
+    /// Every attempt, oldest first.
+    public var all: [UpstreamAttempt] { state.withLock { $0 } }
 
-    func recordAttempt(key: Int) {
-        state.withLock {
-            $0.count += 1
-            $0.key = "#\(key + 1)"
-        }
+    /// The channel and key of the last attempt (`studio#2`), never the key's value.
+    public var lastKey: String? { state.withLock { $0.last.map { "\($0.channel)#\($0.key)" } } }
+
+    func record(_ attempt: UpstreamAttempt) {
+        state.withLock { $0.append(attempt) }
     }
 }
 
-/// The Google keys the gateway holds, and the calls it makes with them.
-///
-/// Keys are used round-robin. A rate-limited key cools down for Google's `retryDelay` for that
-/// model only (quotas are per model); a key Google calls invalid is set aside for every model
-/// for ten minutes (an operator fault, logged at error level, identified by its position, never
-/// by its value). Retries go to the next usable key, with exponential backoff for 5xx, refused
-/// connections and unreadable answers; a call that timed out is not repeated (Google may have
-/// produced and billed it). Everything the upstream sends is untrusted: redirects are refused
-/// (the client is built with redirects off, and a 3xx is an error), bodies and streams are
-/// bounded in size and time, numbers are clamped. AsyncHTTPClient itself never retries, so this
-/// is the one place that does.
-public final class UpstreamPool: Sendable {
-    private let httpClient: HTTPClient
-    private let configuration: UpstreamConfiguration
-    private let state: Mutex<KeyState>
+/// A channel's state as `nanogate channels list` and the admin API show it.
+public struct ChannelStatus: Sendable, Codable, Equatable {
+    public var name: String
+    public var kind: String
+    public var priority: Int
+    public var weight: Int
+    public var models: [String]?
+    /// `ok`, `cooling` (some credential or model resting), `tripped` (breaker open),
+    /// `probing`, or `disabled` (every credential refused).
+    public var state: String
+    public var keys: Int
+    public var disabledKeys: [Int]
+    /// `model` → seconds left, for rate-limited (key, model) pairs.
+    public var coolingModels: [String: Int]
+    public var consecutiveFailures: Int
+    public var lastError: String?
+    public var inFlight: Int
+    public var queued: Int
+    public var maxConcurrency: Int
 
-    /// What sets a key aside: the model it is resting for (nil: every model), until when, and why.
+    public init(
+        name: String, kind: String, priority: Int, weight: Int, models: [String]?, state: String, keys: Int, disabledKeys: [Int],
+        coolingModels: [String: Int], consecutiveFailures: Int, lastError: String?, inFlight: Int, queued: Int, maxConcurrency: Int
+    ) {
+        self.name = name
+        self.kind = kind
+        self.priority = priority
+        self.weight = weight
+        self.models = models
+        self.state = state
+        self.keys = keys
+        self.disabledKeys = disabledKeys
+        self.coolingModels = coolingModels
+        self.consecutiveFailures = consecutiveFailures
+        self.lastError = lastError
+        self.inFlight = inFlight
+        self.queued = queued
+        self.maxConcurrency = maxConcurrency
+    }
+}
+
+/// The gateway's upstream channels, and the calls it makes through them.
+///
+/// Selection: among the channels that serve the model, the highest `priority` first, weighted
+/// random within a priority, each channel's credentials in turn. A 429 cools that (credential,
+/// model) pair down for the upstream's `retryDelay` (quotas are per model); a refused credential
+/// is set aside for every model (logged at error level, by position, never by value) and a
+/// channel with every credential refused is disabled; `breakerThreshold` transient failures in
+/// a row trip a channel's breaker: it is skipped for `breakerCooldown` while another channel can
+/// serve the model, then one request probes it. Retries go to another eligible channel where there is one (else the same one after an
+/// exponential backoff), for 429, 5xx, connection errors and unreadable answers, within one
+/// deadline; never for a 400 or a timeout (the upstream may have produced and billed it).
+/// Everything an upstream sends is untrusted: redirects are refused, bodies and streams are
+/// bounded in size and time, numbers are clamped. AsyncHTTPClient itself never retries, so
+/// this is the one place that does.
+public final class UpstreamPool: Sendable {
+    private let members: [Member]
+    private let configuration: UpstreamConfiguration
+    private let state: Mutex<[ChannelState]>
+    private let random: @Sendable (Int) -> Int
+
+    private struct Member: Sendable {
+        let channel: any UpstreamChannel
+        let gate: ConcurrencyGate
+        /// Set when the channel could not be built (a bad service account): every call fails so.
+        let broken: UpstreamError?
+
+        var configuration: ChannelConfiguration { channel.configuration }
+    }
+
+    /// What sets a credential aside: until when, why, and whether it was refused outright.
     private struct Rest {
         var until: ContinuousClock.Instant
-        var reason: GatewayError
+        var reason: UpstreamError
+        var rejected: Bool
     }
 
-    private struct KeyState {
-        var next = 0
-        /// Per key: rests for every model (`""`) and per model id.
+    private struct ChannelState {
+        var nextCredential = 0
+        /// Per credential: rests for every model (`""`) and per model id.
         var rests: [[String: Rest]]
+        var consecutiveFailures = 0
+        var openUntil: ContinuousClock.Instant?
+        var probing = false
+        var lastError: UpstreamError?
     }
 
-    public init(httpClient: HTTPClient, configuration: UpstreamConfiguration) {
-        self.httpClient = httpClient
+    /// The pool with one HTTP client per channel (its own connection pool, sized to its
+    /// `max_concurrency`, and its own proxy), following no redirect.
+    public init(configuration: UpstreamConfiguration, eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger, random: @escaping @Sendable (Int) -> Int = { Int.random(in: 0..<max(1, $0)) }) {
         self.configuration = configuration
-        self.state = Mutex(KeyState(rests: Array(repeating: [:], count: configuration.apiKeys.count)))
+        self.random = random
+        var members: [Member] = []
+        for channel in configuration.effectiveChannels {
+            var clientConfiguration = Self.clientConfiguration(requestTimeout: configuration.requestTimeout, maxConnections: channel.maxConcurrency)
+            if let proxyText = channel.proxy, let proxy = ProxySetting(proxyText) {
+                let authorization = proxy.user.map { HTTPClient.Authorization.basic(username: $0, password: proxy.password ?? "") }
+                clientConfiguration.proxy = .server(host: proxy.host, port: proxy.port, authorization: authorization)
+            }
+            let client = HTTPClient(eventLoopGroup: eventLoopGroup, configuration: clientConfiguration)
+            let gate = ConcurrencyGate(limit: channel.maxConcurrency, queueLimit: configuration.queueLimit)
+            switch channel.kind {
+            case .openai:
+                members.append(Member(channel: OpenAIChannel(configuration: channel, httpClient: client, maxResponseBytes: configuration.maxResponseBytes), gate: gate, broken: nil))
+            case .gemini, .vertexExpress:
+                members.append(Member(channel: GoogleChannel(configuration: channel, httpClient: client, maxResponseBytes: configuration.maxResponseBytes, tokens: nil), gate: gate, broken: nil))
+            case .vertex:
+                var tokens: AccessTokenProvider?
+                var broken: UpstreamError?
+                do throws(UpstreamConfigurationError) {
+                    var account = channel.serviceAccount
+                    if account == nil { account = try ServiceAccount.load(path: channel.serviceAccountFile ?? "") }
+                    guard let account else { throw UpstreamConfigurationError("no service account") }
+                    tokens = try AccessTokenProvider(account: account, tokenURL: channel.tokenURL, httpClient: client)
+                } catch {
+                    logger.error("the Vertex channel cannot be used", metadata: ["channel": "\(channel.name)", "error": "\(error)"])
+                    broken = UpstreamError(.authFailed, detail: "the service account could not be loaded")
+                }
+                members.append(Member(channel: GoogleChannel(configuration: channel, httpClient: client, maxResponseBytes: configuration.maxResponseBytes, tokens: tokens), gate: gate, broken: broken))
+            }
+        }
+        self.members = members
+        self.state = Mutex(members.map { ChannelState(rests: Array(repeating: [:], count: max(1, $0.channel.credentialCount))) })
     }
 
-    /// The client configuration the pool expects: no redirects (a redirect would carry the Google
-    /// key and the request body to wherever it points), a connect timeout, and a read timeout so
-    /// a silent connection cannot outlive the request timeout.
-    public static func clientConfiguration(requestTimeout: Duration) -> HTTPClient.Configuration {
+    /// The client configuration each channel gets: no redirects (a redirect would carry the
+    /// credential and the request body to wherever it points), a connect timeout, a read
+    /// timeout so a silent connection cannot outlive the request timeout, and a connection
+    /// pool as large as the channel's cap, so no request ever waits in the client's own pool
+    /// (whose wait is bounded by the connect timeout): callers queue in the channel's gate.
+    /// Over TLS, HTTP/2 is used where the server offers it (one connection, many streams).
+    public static func clientConfiguration(requestTimeout: Duration, maxConnections: Int = 1024) -> HTTPClient.Configuration {
         var configuration = HTTPClient.Configuration()
         configuration.redirectConfiguration = .disallow
         configuration.timeout = .init(connect: .seconds(10), read: .init(requestTimeout))
-        // AsyncHTTPClient keeps 8 connections per host by default; image calls are long, so allow
-        // as many as the gateway has requests in flight.
-        configuration.connectionPool = .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: 256)
+        configuration.connectionPool = .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: max(8, maxConnections))
+        configuration.httpVersion = .automatic
         return configuration
     }
 
-    /// Calls `generateContent` on `model`, retrying across keys, and maps every failure to a `GatewayError`.
-    /// Each attempt (request, response and body) must finish within the request timeout.
-    public func generateContent(model: String, request: GeminiWire.Request, trace: UpstreamTrace? = nil, logger: Logger) async throws(GatewayError) -> GeminiWire.Response {
-        let limit = configuration.maxResponseBytes
-        let timeout = configuration.requestTimeout
-        let redact = redactor
-        return try await withRetries(model: model, action: "generateContent", request: request, trace: trace, logger: logger) { response in
-            let body: ByteBuffer
-            do {
-                body = try await response.body.collect(upTo: limit)
-            } catch is NIOTooManyBytesError {
-                return .failure(.init(error: .badGateway("Google's answer was larger than \(limit) bytes."), disposition: .fatal))
-            } catch {
-                return .failure(Self.transportFailure(error, timeout: timeout))
-            }
-            let decoded: GeminiWire.Response
-            do {
-                decoded = try SplicedJSON.decode(GeminiWire.Response.self, from: body)
-            } catch {
-                return .failure(.init(error: .badGateway("Google returned an answer the gateway could not read."), disposition: .retryAfterBackoff))
-            }
-            if let status = decoded.error {
-                // A 200 whose body is an error: classify it like the HTTP error it describes.
-                return .failure(Self.classify(status: status.code ?? 500, envelope: .init(error: status), redact: redact, logger: logger))
-            }
-            return .success(decoded)
+    /// Closes every channel's connections.
+    public func shutdown() async {
+        for member in members { await member.channel.shutdown() }
+    }
+
+    /// Calls `generateContent` on `model` (a catalog upstream id; `aliases` are its other names,
+    /// which channels' `models` lists may use), retrying across channels and keys.
+    public func generateContent(model: String, aliases: [String] = [], request: GeminiWire.Request, trace: UpstreamTrace? = nil, logger: Logger) async throws(UpstreamError) -> GeminiWire.Response {
+        try await withRetries(model: model, aliases: aliases, request: request, trace: trace, logger: logger) { member, upstreamID, body, credential, timeout, deadline in
+            await member.channel.generate(model: upstreamID, request: request, body: body, credential: credential, timeout: timeout, logger: logger)
         }
     }
 
-    /// Calls `streamGenerateContent?alt=sse`. Retries happen until Google answers 200; the events
-    /// then arrive through the returned sequence (errors after that are the caller's to report),
-    /// which ends with a timeout error at the request timeout counted from this call.
-    public func streamGenerateContent(model: String, request: GeminiWire.Request, trace: UpstreamTrace? = nil, logger: Logger) async throws(GatewayError) -> GeminiEventStream {
-        let deadline = ContinuousClock.now.advanced(by: configuration.requestTimeout)
-        let limit = configuration.maxResponseBytes
-        let redact = redactor
-        return try await withRetries(model: model, action: "streamGenerateContent?alt=sse", request: request, trace: trace, logger: logger) { response in
-            .success(GeminiEventStream(body: response.body, maxEventBytes: limit, deadline: deadline, redact: redact))
+    /// Calls `streamGenerateContent?alt=sse`. Retries happen until an upstream answers 200; the
+    /// events then arrive through the returned sequence (errors after that are the caller's to
+    /// report), which ends with a timeout error at the attempt's timeout.
+    public func streamGenerateContent(model: String, aliases: [String] = [], request: GeminiWire.Request, trace: UpstreamTrace? = nil, logger: Logger) async throws(UpstreamError) -> GeminiEventStream {
+        try await withRetries(model: model, aliases: aliases, request: request, trace: trace, logger: logger) { member, upstreamID, body, credential, timeout, deadline in
+            await member.channel.stream(model: upstreamID, request: request, body: body, credential: credential, deadline: .now.advanced(by: timeout), logger: logger)
         }
     }
 
-    /// Google's `GET /v1beta/models`, every page: the model ids it serves (without `models/`).
-    /// One key is used (the first usable one); at most 50 pages are read, each bounded in size
-    /// and time like any upstream answer.
-    public func listModels(logger: Logger) async throws(GatewayError) -> Set<String> {
-        guard !configuration.apiKeys.isEmpty else {
-            throw .unavailable("No Google API key is configured (set GEMINI_API_KEY).", code: "no_upstream")
-        }
-        let key = configuration.apiKeys[pickKey(model: "") ?? 0]
-        struct Page: Decodable {
-            struct Model: Decodable { var name: String? }
-            var models: [Model]?
-            var nextPageToken: String?
-        }
+    /// The model ids the channels list (Google's `GET /v1beta/models`, every page; an OpenAI
+    /// channel's `GET /v1/models`), by the catalog's ids. Channels that cannot list are skipped;
+    /// throws when no channel could answer.
+    public func listModels(logger: Logger) async throws(UpstreamError) -> Set<String> {
+        guard !members.isEmpty else { throw UpstreamError(.noChannel) }
         var ids = Set<String>()
-        var token: String?
-        for _ in 0..<50 {
-            var url = "\(configuration.baseURL)/v1beta/models?pageSize=1000"
-            if let token {
-                url += "&pageToken=" + (token.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? "")
-            }
-            var request = HTTPClientRequest(url: url)
-            request.headers.add(name: "x-goog-api-key", value: key)
-            let body: ByteBuffer
-            let status: Int
-            do {
-                let response = try await httpClient.execute(request, timeout: .seconds(30))
-                status = Int(response.status.code)
-                body = try await response.body.collect(upTo: 16 * 1024 * 1024)
+        var answered = false
+        var lastError: UpstreamError?
+        for member in members where member.broken == nil {
+            do throws(UpstreamError) {
+                guard let listed = try await member.channel.listModels(logger: logger) else { continue }
+                answered = true
+                // By the catalog's ids: a channel that maps an id serves it when it lists the mapped one.
+                for route in member.configuration.models ?? [] where listed.contains(route.upstream ?? route.name) {
+                    ids.insert(route.name)
+                }
+                if member.configuration.models == nil { ids.formUnion(listed) }
             } catch {
-                throw Self.transportFailure(error, timeout: .seconds(30)).error
+                lastError = error
             }
-            guard status == 200 else {
-                throw Self.classify(status: status, envelope: Self.errorEnvelope(in: body), redact: redactor, logger: logger).error
-            }
-            guard let page = try? JSONDecoder().decode(Page.self, from: body) else {
-                throw .badGateway("Google's model list could not be read.")
-            }
-            for model in page.models ?? [] {
-                if let name = model.name { ids.insert(name.hasPrefix("models/") ? String(name.dropFirst(7)) : name) }
-            }
-            guard let next = page.nextPageToken, !next.isEmpty, next != token else { break }
-            token = next
         }
+        guard answered else { throw lastError ?? UpstreamError(.noChannel, detail: "no channel can list its models") }
         return ids
     }
 
+    /// One free call on the named channel (`nanogate channels test NAME`).
+    public func probe(channel name: String, model: String, logger: Logger) async throws(UpstreamError) -> String {
+        guard let member = members.first(where: { $0.configuration.name == name }) else { throw UpstreamError(.noChannel, detail: "no channel named \(name)") }
+        if let broken = member.broken { throw broken }
+        let upstreamID = member.configuration.upstreamID(for: model) ?? model
+        return try await member.channel.probe(model: upstreamID, logger: logger)
+    }
+
+    /// The channels' names, for `channels test` without a name.
+    public var channelNames: [String] { members.map(\.configuration.name) }
+
+    /// Every channel's state now.
+    public func status() -> [ChannelStatus] {
+        let now = ContinuousClock.now
+        let states = state.withLock { $0 }
+        return zip(members, states).map { member, channel in
+            let config = member.configuration
+            let disabled = channel.rests.indices.filter { channel.rests[$0][""].map { $0.rejected && $0.until > now } ?? false }
+            var cooling: [String: Int] = [:]
+            for rests in channel.rests {
+                for (model, rest) in rests where !rest.rejected && rest.until > now {
+                    let left = max(1, Int((rest.until - now).components.seconds) + 1)
+                    cooling[model.isEmpty ? "*" : model] = max(cooling[model.isEmpty ? "*" : model] ?? 0, left)
+                }
+            }
+            var stateName = "ok"
+            if member.broken != nil || disabled.count == channel.rests.count {
+                stateName = "disabled"
+            } else if channel.probing {
+                stateName = "probing"
+            } else if let open = channel.openUntil, open > now {
+                stateName = "tripped"
+            } else if !cooling.isEmpty || !disabled.isEmpty {
+                stateName = "cooling"
+            }
+            let load = member.gate.load
+            return ChannelStatus(
+                name: config.name, kind: config.kind.rawValue, priority: config.priority, weight: config.weight, models: config.models?.map(\.name),
+                state: stateName, keys: member.channel.credentialCount, disabledKeys: disabled.map { $0 + 1 }, coolingModels: cooling,
+                consecutiveFailures: channel.consecutiveFailures, lastError: (member.broken ?? channel.lastError).map { $0.description },
+                inFlight: load.running, queued: load.waiting, maxConcurrency: config.maxConcurrency
+            )
+        }
+    }
+
+    private typealias Attempt<Output> = @Sendable (Member, String, ByteBuffer, Int, Duration, ContinuousClock.Instant) async -> Result<Output, ChannelFailure>
+
     private func withRetries<Output: Sendable>(
-        model: String, action: String, request: GeminiWire.Request, trace: UpstreamTrace?, logger: Logger,
-        onSuccess: @escaping @Sendable (HTTPClientResponse) async -> Result<Output, AttemptFailure>
-    ) async throws(GatewayError) -> Output {
+        model: String, aliases: [String], request: GeminiWire.Request, trace: UpstreamTrace?, logger: Logger, _ attempt: @escaping Attempt<Output>
+    ) async throws(UpstreamError) -> Output {
         let body: ByteBuffer
         do {
             body = try SplicedJSON.encodeJoined(request)
         } catch {
-            throw .internal("Could not encode the upstream request.")
+            throw UpstreamError(.invalidRequest, detail: "the request could not be encoded")
         }
-        guard !configuration.apiKeys.isEmpty else {
-            throw .unavailable("No Google API key is configured (set GEMINI_API_KEY).", code: "no_upstream")
-        }
-        var lastError: GatewayError?
-        for attempt in 1...configuration.maxAttempts {
+        guard !members.isEmpty else { throw UpstreamError(.noChannel) }
+        let deadline = ContinuousClock.now.advanced(by: configuration.deadline ?? configuration.requestTimeout * configuration.maxAttempts)
+        var tried = Set<Int>()
+        var lastError: UpstreamError?
+        for number in 1...configuration.maxAttempts {
             // A client that has gone away needs no more attempts.
-            if Task.isCancelled { throw .clientDisconnected }
-            guard let keyIndex = pickKey(model: model) else {
-                // Every key is set aside: say why, with the wait until the first comes back.
-                throw lastError ?? whyAllKeysAreResting(model: model)
+            if Task.isCancelled { throw UpstreamError(.cancelled) }
+            guard let pick = pick(model: model, aliases: aliases, avoiding: tried) else {
+                throw lastError ?? whyNothingIsEligible(model: model, aliases: aliases)
             }
+            tried.insert(pick.index)
+            let member = members[pick.index]
+            let name = member.configuration.name
             var attemptLogger = logger
-            attemptLogger[metadataKey: "upstream.attempt"] = "\(attempt)"
-            attemptLogger[metadataKey: "upstream.key"] = "#\(keyIndex + 1)"
-            attemptLogger[metadataKey: "upstream.model"] = "\(model)"
-            trace?.recordAttempt(key: keyIndex)
-            let result = await attemptWithinTimeout(model: model, action: action, body: body, keyIndex: keyIndex, logger: attemptLogger, onSuccess: onSuccess)
+            attemptLogger[metadataKey: "upstream.attempt"] = "\(number)"
+            attemptLogger[metadataKey: "upstream.channel"] = "\(name)"
+            attemptLogger[metadataKey: "upstream.key"] = "#\(pick.credential + 1)"
+            attemptLogger[metadataKey: "upstream.model"] = "\(pick.upstreamID)"
+            let started = ContinuousClock.now
+            let result = await run(member, pick: pick, body: body, deadline: deadline, logger: attemptLogger, attempt)
+            let milliseconds = Int((started.duration(to: .now) / .milliseconds(1)).rounded())
             switch result {
             case .success(let output):
+                trace?.record(.init(channel: name, key: pick.credential + 1, status: 200, error: nil, milliseconds: milliseconds))
+                succeeded(pick.index)
                 return output
             case .failure(let failure):
+                trace?.record(.init(channel: name, key: pick.credential + 1, status: failure.error.status, error: failure.error.code.rawValue, milliseconds: milliseconds))
                 lastError = failure.error
-                attemptLogger.warning("upstream attempt failed", metadata: ["error.code": "\(failure.error.code ?? "-")", "error": "\(failure.error.message)"])
+                attemptLogger.warning("upstream attempt failed", metadata: ["error.code": "\(failure.error.code.rawValue)", "error": "\(failure.error)"])
+                failed(pick.index, credential: pick.credential, model: model, failure: failure, logger: attemptLogger)
                 switch failure.disposition {
                 case .fatal:
                     throw failure.error
-                case .restKey(let duration, let forModelOnly):
-                    setAside(keyIndex, model: forModelOnly ? model : nil, for: duration, because: failure.error)
-                case .retryAfterBackoff:
-                    if attempt < configuration.maxAttempts {
+                case .coolDown, .credentialRejected:
+                    continue
+                case .transient:
+                    if number < configuration.maxAttempts {
                         do {
-                            try await Task.sleep(for: backoff(attempt))
+                            try await Task.sleep(for: backoff(number))
                         } catch {
-                            throw .clientDisconnected
+                            throw UpstreamError(.cancelled)
                         }
                     }
                 }
             }
         }
-        throw lastError ?? .internal("No upstream attempt was made.")
+        throw lastError ?? UpstreamError(.noChannel)
     }
 
-    /// One attempt, from sending the request to the end of `onSuccess` (which reads the body),
-    /// bounded by the request timeout.
-    private func attemptWithinTimeout<Output: Sendable>(
-        model: String, action: String, body: ByteBuffer, keyIndex: Int, logger: Logger,
-        onSuccess: @escaping @Sendable (HTTPClientResponse) async -> Result<Output, AttemptFailure>
-    ) async -> Result<Output, AttemptFailure> {
-        let timeout = configuration.requestTimeout
-        let timedOut = AttemptFailure(error: .timeout("Google did not answer within \(timeout)."), disposition: .fatal)
+    /// One attempt: a slot in the channel's gate (waiting within the deadline), then the call,
+    /// bounded by the channel's timeout for the model (and the deadline).
+    private func run<Output: Sendable>(
+        _ member: Member, pick: Pick, body: ByteBuffer, deadline: ContinuousClock.Instant, logger: Logger, _ attempt: @escaping Attempt<Output>
+    ) async -> Result<Output, ChannelFailure> {
+        if let broken = member.broken { return .failure(.init(error: broken, disposition: .credentialRejected)) }
+        let config = member.configuration
+        let timeout = Duration.seconds(config.modelTimeouts?[pick.upstreamID] ?? config.timeoutSeconds ?? Int(configuration.requestTimeout.components.seconds))
+        let queued = UpstreamError(.timeout, detail: "no upstream connection became free in time")
         do {
-            return try await Deadline.run(until: .now.advanced(by: timeout), orThrow: timedOut) {
-                switch await self.send(model: model, action: action, body: body, keyIndex: keyIndex, logger: logger) {
-                case .success(let response): return await onSuccess(response)
-                case .failure(let failure): return .failure(failure)
-                }
+            try await Deadline.run(until: deadline, orThrow: queued) { try await member.gate.acquire() }
+        } catch let error as UpstreamError {
+            return .failure(.init(error: error, disposition: error.code == .queueFull ? .coolDown(.zero, modelOnly: true) : .fatal))
+        } catch {
+            return .failure(.init(error: .init(.cancelled), disposition: .fatal))
+        }
+        defer { member.gate.release() }
+        let limit = min(timeout, ContinuousClock.now.duration(to: deadline))
+        guard limit > .zero else { return .failure(.init(error: .init(.timeout), disposition: .fatal)) }
+        let timedOut = ChannelFailure(error: .init(.timeout, detail: "no answer within \(limit)", provider: member.channel is OpenAIChannel ? .openAICompatible : .google), disposition: .fatal)
+        do {
+            return try await Deadline.run(until: .now.advanced(by: limit), orThrow: timedOut) {
+                await attempt(member, pick.upstreamID, body, pick.credential, limit, deadline)
             }
-        } catch let failure as AttemptFailure {
+        } catch let failure as ChannelFailure {
             return .failure(failure)
         } catch {
-            return .failure(.init(error: .clientDisconnected, disposition: .fatal))
+            return .failure(.init(error: .init(.cancelled), disposition: .fatal))
         }
     }
 
-    /// The error of the key that comes back first for `model`, its `Retry-After` counted down.
-    private func whyAllKeysAreResting(model: String) -> GatewayError {
+    private struct Pick {
+        var index: Int
+        var credential: Int
+        var upstreamID: String
+    }
+
+    /// The next channel and credential for `model`: untried channels first, highest priority
+    /// first, weighted random within a priority; nil when none is eligible.
+    private func pick(model: String, aliases: [String], avoiding tried: Set<Int>) -> Pick? {
         let now = ContinuousClock.now
-        return state.withLock { state -> GatewayError in
-            let rests = state.rests.compactMap { Self.activeRest($0, model: model, now: now) }
-            guard let soonest = rests.min(by: { $0.until < $1.until }) else { return .unavailable("Every upstream key is resting.") }
+        return state.withLock { states -> Pick? in
+            var candidates: [(index: Int, credential: Int, upstreamID: String, halfOpen: Bool)] = []
+            var tripped: [(index: Int, credential: Int, upstreamID: String, halfOpen: Bool)] = []
+            for (index, member) in members.enumerated() {
+                let config = member.configuration
+                guard config.weight > 0, let upstreamID = config.upstreamID(for: model, aliases: aliases) else { continue }
+                var halfOpen = false
+                var skipped = false
+                if let open = states[index].openUntil {
+                    if open > now || states[index].probing { skipped = true } else { halfOpen = true }
+                }
+                let channel = states[index]
+                let count = channel.rests.count
+                guard let credential = (0..<count).map({ (channel.nextCredential + $0) % count })
+                    .first(where: { Self.activeRest(channel.rests[$0], model: model, now: now) == nil })
+                else { continue }
+                if skipped {
+                    tripped.append((index, credential, upstreamID, false))
+                } else {
+                    candidates.append((index, credential, upstreamID, halfOpen))
+                }
+            }
+            // A tripped breaker steers traffic to the other channels; when none is left, the
+            // tripped ones still serve (refusing everything would be worse than trying).
+            if candidates.isEmpty { candidates = tripped }
+            let untried = candidates.filter { !tried.contains($0.index) }
+            let pool = untried.isEmpty ? candidates : untried
+            guard let top = pool.map({ members[$0.index].configuration.priority }).max() else { return nil }
+            let level = pool.filter { members[$0.index].configuration.priority == top }
+            let total = level.reduce(0) { $0 + members[$1.index].configuration.weight }
+            var roll = random(total)
+            var chosen = level[0]
+            for candidate in level {
+                let weight = members[candidate.index].configuration.weight
+                if roll < weight {
+                    chosen = candidate
+                    break
+                }
+                roll -= weight
+            }
+            states[chosen.index].nextCredential = (chosen.credential + 1) % states[chosen.index].rests.count
+            if chosen.halfOpen { states[chosen.index].probing = true }
+            return Pick(index: chosen.index, credential: chosen.credential, upstreamID: chosen.upstreamID)
+        }
+    }
+
+    private func succeeded(_ index: Int) {
+        state.withLock {
+            $0[index].consecutiveFailures = 0
+            $0[index].openUntil = nil
+            $0[index].probing = false
+        }
+    }
+
+    private func failed(_ index: Int, credential: Int, model: String, failure: ChannelFailure, logger: Logger) {
+        let now = ContinuousClock.now
+        let name = members[index].configuration.name
+        state.withLock { states in
+            states[index].lastError = failure.error
+            let wasProbing = states[index].probing
+            states[index].probing = false
+            switch failure.disposition {
+            case .coolDown(let duration, let modelOnly):
+                guard duration > .zero else { break }
+                states[index].rests[credential][modelOnly ? model : ""] = Rest(until: now.advanced(by: duration), reason: failure.error, rejected: false)
+            case .credentialRejected:
+                states[index].rests[credential][""] = Rest(until: now.advanced(by: configuration.rejectedCredentialRest), reason: failure.error, rejected: true)
+                let all = states[index].rests.allSatisfy { $0[""].map { $0.rejected && $0.until > now } ?? false }
+                logger.error(
+                    all ? "channel disabled: every credential was refused (fix it and restart, or wait for the retry)" : "channel credential set aside: it was refused",
+                    metadata: ["channel": "\(name)", "key": "#\(credential + 1)", "for": "\(configuration.rejectedCredentialRest)"]
+                )
+            case .transient:
+                states[index].consecutiveFailures += 1
+                if wasProbing || states[index].consecutiveFailures >= configuration.breakerThreshold {
+                    states[index].openUntil = now.advanced(by: configuration.breakerCooldown)
+                    logger.warning("channel tripped: skipped for a while, then probed", metadata: ["channel": "\(name)", "failures": "\(states[index].consecutiveFailures)", "for": "\(configuration.breakerCooldown)"])
+                }
+            case .fatal:
+                break
+            }
+        }
+    }
+
+    /// Why no channel can take `model` now: none serves it, or the one that comes back first
+    /// (its wait counted down in `retryAfterSeconds`).
+    private func whyNothingIsEligible(model: String, aliases: [String]) -> UpstreamError {
+        let now = ContinuousClock.now
+        let serving = members.indices.filter { members[$0].configuration.upstreamID(for: model, aliases: aliases) != nil && members[$0].configuration.weight > 0 }
+        guard !serving.isEmpty else { return UpstreamError(.noChannel, detail: "no channel serves \(model)") }
+        return state.withLock { states -> UpstreamError in
+            var soonest: (until: ContinuousClock.Instant, reason: UpstreamError)?
+            for index in serving {
+                let state = states[index]
+                if let open = state.openUntil, open > now || state.probing {
+                    let reason = UpstreamError(.allResting, detail: state.lastError?.detail, retryAfterSeconds: 1)
+                    if soonest.map({ open < $0.until }) ?? true { soonest = (open, reason) }
+                }
+                for rests in state.rests {
+                    if let rest = Self.activeRest(rests, model: model, now: now), soonest.map({ rest.until < $0.until }) ?? true {
+                        soonest = (rest.until, rest.reason)
+                    }
+                }
+            }
+            guard let soonest else { return UpstreamError(.allResting) }
             var error = soonest.reason
-            if error.retryAfterSeconds != nil {
+            if error.code != .authFailed {
                 error.retryAfterSeconds = max(1, Int((soonest.until - now).components.seconds) + 1)
             }
             return error
         }
     }
 
-    /// The rest that keeps a key from `model` now, the longer one if both kinds apply.
+    /// The rest that keeps a credential from `model` now, the longer one if both kinds apply.
     private static func activeRest(_ rests: [String: Rest], model: String, now: ContinuousClock.Instant) -> Rest? {
         [rests[""], rests[model]].compactMap { $0 }.filter { $0.until > now }.max { $0.until < $1.until }
-    }
-
-    /// What to do after a failed attempt.
-    private enum Disposition: Sendable {
-        /// Retrying cannot help (a bad request, a timeout Google may have billed, a gone client).
-        case fatal
-        /// This key is unusable for a while (for this model, or for every model); another key may work at once.
-        case restKey(Duration, forModelOnly: Bool)
-        /// A transient fault: wait and try again.
-        case retryAfterBackoff
-    }
-
-    private struct AttemptFailure: Error, Sendable {
-        var error: GatewayError
-        var disposition: Disposition
-    }
-
-    /// One HTTP call; a 200 response is returned with its body unread, anything else is classified.
-    private func send(model: String, action: String, body: ByteBuffer, keyIndex: Int, logger: Logger) async -> Result<HTTPClientResponse, AttemptFailure> {
-        var request = HTTPClientRequest(url: "\(configuration.baseURL)/v1beta/models/\(model):\(action)")
-        request.method = .POST
-        request.headers.add(name: "Content-Type", value: "application/json")
-        request.headers.add(name: "x-goog-api-key", value: configuration.apiKeys[keyIndex])
-        request.body = .bytes(body)
-        do {
-            let response = try await httpClient.execute(request, timeout: .init(configuration.requestTimeout))
-            if response.status == .ok { return .success(response) }
-            if (300..<400).contains(response.status.code) {
-                // Never followed: the key and the prompt would go wherever it points.
-                logger.error("the upstream answered with a redirect, which the gateway refuses; check NANOGATE_GEMINI_BASE_URL", metadata: ["http.status": "\(response.status.code)"])
-                return .failure(.init(error: .badGateway("The upstream answered with a redirect, which the gateway does not follow.", code: "upstream_redirect_refused"), disposition: .fatal))
-            }
-            let errorBody = (try? await response.body.collect(upTo: 1024 * 1024)) ?? ByteBuffer()
-            return .failure(Self.classify(status: Int(response.status.code), envelope: Self.errorEnvelope(in: errorBody), redact: redactor, logger: logger))
-        } catch {
-            return .failure(Self.transportFailure(error, timeout: configuration.requestTimeout))
-        }
-    }
-
-    /// A failure below HTTP. The message names no host or address: it reaches clients.
-    private static func transportFailure(_ error: any Error, timeout: Duration) -> AttemptFailure {
-        if error is CancellationError { return .init(error: .clientDisconnected, disposition: .fatal) }
-        if let error = error as? HTTPClientError {
-            if error == .cancelled { return .init(error: .clientDisconnected, disposition: .fatal) }
-            if error == .connectTimeout {
-                return .init(error: .timeout("Could not connect to Google within 10 s."), disposition: .retryAfterBackoff)
-            }
-            if error == .deadlineExceeded || error == .readTimeout {
-                // Google may have done (and billed) the work: repeating it could multiply the bill.
-                return .init(error: .timeout("Google did not answer within \(timeout)."), disposition: .fatal)
-            }
-        }
-        return .init(error: .badGateway("Could not reach Google (the connection failed)."), disposition: .retryAfterBackoff)
-    }
-
-    /// Maps Google's errors (a `google.rpc.Status`) to what the client sees and what the pool does next.
-    private static func classify(status: Int, envelope: GeminiWire.ErrorEnvelope?, redact: @Sendable (String) -> String, logger: Logger) -> AttemptFailure {
-        let googleStatus = envelope?.error.status ?? "HTTP \(status)"
-        let message = redact(String((envelope?.error.message ?? "no message").prefix(500)))
-        let reasons = Set((envelope?.error.details ?? []).compactMap(\.reason))
-        let retryDelay = (envelope?.error.details ?? []).compactMap(\.retryDelay).compactMap(UpstreamNumbers.seconds(fromDuration:)).first
-
-        if reasons.contains("API_KEY_INVALID") || status == 401 || status == 403 {
-            logger.error("Google rejected an API key; check GEMINI_API_KEY", metadata: ["google.status": "\(googleStatus)", "google.message": "\(message)"])
-            // An invalid key is invalid for every model; a 403 may be one model's permission.
-            let everyModel = reasons.contains("API_KEY_INVALID") || status == 401
-            return AttemptFailure(
-                error: .unavailable("The gateway's upstream credentials were rejected by Google; the operator has been told.", code: "upstream_auth_failed"),
-                disposition: .restKey(.seconds(600), forModelOnly: !everyModel)
-            )
-        }
-        switch status {
-        case 429:
-            let wait = retryDelay ?? 30
-            return AttemptFailure(
-                error: .upstreamRateLimited("Google's rate limit for this model was reached: \(message)", retryAfterSeconds: max(1, Int(wait.rounded(.up)))),
-                disposition: .restKey(.milliseconds(Int64(wait * 1000)), forModelOnly: true)
-            )
-        case 400:
-            return AttemptFailure(error: .invalidParameter(nil, "Google rejected the request: \(message)", code: "upstream_invalid_request"), disposition: .fatal)
-        case 404:
-            logger.error("Google does not know the upstream model; run `nanogate models check` and fix the catalog (configuration file or NANOGATE_UPSTREAM_*)", metadata: ["google.message": "\(message)"])
-            return AttemptFailure(error: .badGateway("The upstream model is not available: \(message)", code: "upstream_model_not_found"), disposition: .fatal)
-        case 503:
-            return AttemptFailure(error: .unavailable("Google is overloaded: \(message)", retryAfterSeconds: retryDelay.map { max(1, Int($0.rounded(.up))) }), disposition: .retryAfterBackoff)
-        case 504:
-            return AttemptFailure(error: .timeout("Google could not finish in time: \(message)"), disposition: .retryAfterBackoff)
-        default:
-            return AttemptFailure(error: .badGateway("Google failed (\(googleStatus)): \(message)"), disposition: .retryAfterBackoff)
-        }
-    }
-
-    /// The client-facing error for a `google.rpc.Status` that arrived inside a stream.
-    static func midStreamError(_ status: GeminiWire.ErrorEnvelope.Status, redact: @Sendable (String) -> String) -> GatewayError {
-        var error = classify(status: status.code ?? 500, envelope: .init(error: status), redact: redact, logger: Logger(label: "nanogate.upstream")).error
-        error.message = "Google failed mid-stream: " + error.message
-        return error
-    }
-
-    /// Google's `google.rpc.Status` body, also when wrapped in a one-element array (as the
-    /// non-SSE streaming variant sends it).
-    static func errorEnvelope(in body: ByteBuffer) -> GeminiWire.ErrorEnvelope? {
-        (try? JSONDecoder().decode(GeminiWire.ErrorEnvelope.self, from: body))
-            ?? (try? JSONDecoder().decode([GeminiWire.ErrorEnvelope].self, from: body))?.first
-    }
-
-    private func pickKey(model: String) -> Int? {
-        let now = ContinuousClock.now
-        return state.withLock { state -> Int? in
-            let count = state.rests.count
-            for offset in 0..<count {
-                let index = (state.next + offset) % count
-                if Self.activeRest(state.rests[index], model: model, now: now) != nil { continue }
-                state.next = (index + 1) % count
-                return index
-            }
-            return nil
-        }
-    }
-
-    private func setAside(_ index: Int, model: String?, for duration: Duration, because error: GatewayError) {
-        let until = ContinuousClock.now.advanced(by: duration)
-        state.withLock { $0.rests[index][model ?? ""] = Rest(until: until, reason: error) }
     }
 
     private func backoff(_ attempt: Int) -> Duration {
         let base = configuration.retryBaseDelay * (1 << min(attempt - 1, 10))
         return base + base * Double.random(in: 0..<0.5)
-    }
-
-    /// Removes every configured key from text that may reach a client or a log.
-    private var redactor: @Sendable (String) -> String {
-        let keys = configuration.apiKeys
-        return { text in keys.reduce(text) { $0.replacingOccurrences(of: $1, with: "[redacted]") } }
     }
 }

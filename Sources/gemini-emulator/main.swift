@@ -1,3 +1,4 @@
+import Foundation
 import ArgumentParser
 import GeminiEmulator
 import Hummingbird
@@ -18,6 +19,8 @@ struct GeminiEmulatorCommand: AsyncParsableCommand {
     @Option(help: "Port to listen on (0 picks a free one).") var port = 8090
     @Option(help: "Milliseconds each generation takes.") var latencyMs = 0
     @Option(help: "Accept only this x-goog-api-key (repeatable); any key when absent.") var acceptKey: [String] = []
+    @Option(help: "Accept only this bearer token on the Vertex AI paths (repeatable); any token when absent.") var acceptToken: [String] = []
+    @Option(help: "Answer every generation with this fault (429, 503, 500, garbage), whatever the prompt.") var fault: String?
     @Option(help: "Answer 404 NOT_FOUND for this model id, as Google does for a retired model (repeatable; the 2026 preview ids always are).")
     var retired: [String] = []
 
@@ -30,12 +33,15 @@ struct GeminiEmulatorCommand: AsyncParsableCommand {
         logger.logLevel = .info
         var configuration = EmulatorConfiguration(acceptedKeys: acceptKey.isEmpty ? nil : Set(acceptKey), latency: .milliseconds(latencyMs))
         configuration.retiredModels.formUnion(retired)
+        configuration.acceptedBearerTokens = acceptToken.isEmpty ? nil : Set(acceptToken)
+        configuration.control.fault = fault
         let emulator = GeminiEmulator(configuration: configuration)
         let app = Application(
             router: emulator.router(),
             configuration: .init(address: .hostname(host, port: port), serverName: "gemini-emulator"),
             onServerRunning: { channel in
-                print("gemini-emulator listening on http://\(host):\(channel.localAddress?.port ?? port)")
+                // Written at once (print is buffered when stdout is a pipe): scripts wait for this line.
+                FileHandle.standardOutput.write(Data("gemini-emulator listening on http://\(host):\(channel.localAddress?.port ?? port)\n".utf8))
             },
             logger: logger
         )

@@ -4,6 +4,9 @@ import Foundation
 import GeminiEmulator
 import Hummingbird
 import Logging
+import NIOCore
+import NIOFoundationCompat
+import NIOHTTP1
 import NanoGateCore
 import NanoGateServer
 import NanoGateStorage
@@ -17,7 +20,7 @@ struct NanoGate: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "nanogate",
         abstract: "An OpenAI-compatible gateway for Google's nano-banana image models.",
-        subcommands: [Serve.self, Keys.self, Groups.self, Prices.self, Usage.self, Models.self]
+        subcommands: [Serve.self, Keys.self, Groups.self, Prices.self, Usage.self, Models.self, Channels.self]
     )
 }
 
@@ -74,8 +77,8 @@ struct Serve: AsyncParsableCommand {
         logger.logLevel = (logLevel ?? ProcessInfo.processInfo.environment["LOG_LEVEL"]).flatMap(Logger.Level.init(rawValue:)) ?? .info
 
         guard demo else {
-            if configuration.upstream.apiKeys.isEmpty {
-                logger.warning("GEMINI_API_KEY is not set: every generation will fail with 503. Use --demo to try NanoGate offline.")
+            if configuration.upstream.effectiveChannels.isEmpty {
+                logger.warning("No upstream is configured (GEMINI_API_KEY, or channels in the configuration file): every generation will fail with 503. Use --demo to try NanoGate offline.")
             }
             let dependencies = try await GatewayDependencies.live(configuration: configuration, logger: logger)
             let app = buildApplication(configuration: configuration, dependencies: dependencies, logger: logger)
@@ -110,6 +113,7 @@ struct Serve: AsyncParsableCommand {
             guard let emulatorPort = await iterator.next() else { throw CleanExit.message("The emulator did not start.") }
             configuration.upstream.baseURL = "http://127.0.0.1:\(emulatorPort)"
             configuration.upstream.apiKeys = [emulatorKey]
+            configuration.upstream.channels = []
 
             let dependencies = try await GatewayDependencies.live(configuration: configuration, logger: logger)
             let keys = dependencies.store
@@ -117,10 +121,12 @@ struct Serve: AsyncParsableCommand {
                 try await keys.revokeKey(name: "demo")
             }
             let (_, secret) = try await keys.createKey(name: "demo", group: .default)
-            let address = "http://\(configuration.host):\(configuration.port)"
+            let host = configuration.host
             let app = buildApplication(
                 configuration: configuration, dependencies: dependencies, logger: logger,
-                onServerRunning: { _ in
+                onServerRunning: { channel in
+                    // The bound port (`--port 0` picks a free one).
+                    let address = "http://\(host):\(channel.localAddress?.port ?? 0)"
                     FileHandle.standardOutput.write(Data("""
 
                         NanoGate demo is running at \(address), answering from the offline Gemini emulator.
@@ -499,15 +505,14 @@ struct Models: AsyncParsableCommand {
             let configuration = try data.load()
             var logger = Logger(label: "nanogate")
             logger.logLevel = .critical
-            let client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: UpstreamPool.clientConfiguration(requestTimeout: .seconds(30)))
-            let pool = UpstreamPool(httpClient: client, configuration: configuration.upstream)
+            let pool = UpstreamPool(configuration: configuration.upstream, logger: logger)
             let result: Result<ModelCheck, GatewayError>
             do {
                 result = .success(try await ModelCheck.run(catalog: configuration.catalog, pool: pool, logger: logger))
             } catch {
                 result = .failure(error)
             }
-            try await client.shutdown()
+            await pool.shutdown()
             switch result {
             case .failure(let error):
                 FileHandle.standardError.write(Data("Could not read Google's model list: \(error.message)\n".utf8))
@@ -519,6 +524,114 @@ struct Models: AsyncParsableCommand {
                     FileHandle.standardError.write(Data("\(broken.count) model(s) cannot be served: \(broken.map(\.model).joined(separator: ", ")). Change their upstream or fallback in the configuration file.\n".utf8))
                     throw ExitCode(1)
                 }
+            }
+        }
+    }
+}
+
+struct Channels: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Show and test the upstream channels (GEMINI_API_KEY, or channels: in the configuration file).",
+        subcommands: [List.self, Test.self]
+    )
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "List the channels; with a running gateway (its admin API), their live state: cool-downs, tripped breakers, refused keys, load.",
+            discussion: "The live state is read from GET /admin/v1/channels of --url (default: the configured host and port) with NANOGATE_ADMIN_TOKEN; without it, the configuration alone is shown."
+        )
+        @OptionGroup var data: DataDirectoryOption
+        @Option(help: "The running gateway's base URL. Default: http://HOST:PORT from the configuration.") var url: String?
+        @Flag(help: "Print JSON.") var json = false
+
+        func run() async throws {
+            let configuration = try data.load()
+            var live: [ChannelStatus]?
+            var note: String?
+            if let token = configuration.adminToken {
+                let base = url ?? "http://\(configuration.host == "0.0.0.0" ? "127.0.0.1" : configuration.host):\(configuration.port)"
+                do {
+                    var request = HTTPClientRequest(url: base + "/admin/v1/channels")
+                    request.headers.add(name: "Authorization", value: "Bearer \(token)")
+                    let response = try await HTTPClient.shared.execute(request, timeout: .seconds(10))
+                    let body = try await response.body.collect(upTo: 4 * 1024 * 1024)
+                    struct List: Decodable { var data: [ChannelStatus] }
+                    if response.status == .ok {
+                        live = try JSONDecoder().decode(List.self, from: body).data
+                    } else {
+                        note = "the gateway at \(base) answered \(response.status.code) to GET /admin/v1/channels"
+                    }
+                } catch {
+                    note = "no gateway answered at \(base) (\(error)); showing the configuration only"
+                }
+            } else {
+                note = "NANOGATE_ADMIN_TOKEN is not set, so the live state of a running gateway cannot be read; showing the configuration only"
+            }
+            let rows: [ChannelStatus] = live ?? configuration.upstream.effectiveChannels.map { channel in
+                ChannelStatus(
+                    name: channel.name, kind: channel.kind.rawValue, priority: channel.priority, weight: channel.weight, models: channel.models?.map(\.name),
+                    state: "unknown", keys: channel.kind == .vertex ? 1 : channel.apiKeys.count, disabledKeys: [], coolingModels: [:],
+                    consecutiveFailures: 0, lastError: nil, inFlight: 0, queued: 0, maxConcurrency: channel.maxConcurrency
+                )
+            }
+            if json {
+                try printJSON(rows)
+                return
+            }
+            if let note { FileHandle.standardError.write(Data("note: \(note)\n".utf8)) }
+            var table = [["NAME", "KIND", "PRIORITY", "WEIGHT", "STATE", "KEYS", "IN FLIGHT", "MODELS", "DETAIL"]]
+            for row in rows {
+                var detail: [String] = []
+                if !row.disabledKeys.isEmpty { detail.append("refused keys: " + row.disabledKeys.map { "#\($0)" }.joined(separator: ",")) }
+                if !row.coolingModels.isEmpty { detail.append("cooling: " + row.coolingModels.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)s" }.joined(separator: ", ")) }
+                if row.consecutiveFailures > 0 { detail.append("\(row.consecutiveFailures) failures in a row") }
+                if let error = row.lastError, row.state != "ok" { detail.append("last error: \(error)") }
+                table.append([
+                    row.name, row.kind, "\(row.priority)", "\(row.weight)", row.state, "\(row.keys)", "\(row.inFlight)/\(row.maxConcurrency)",
+                    row.models?.joined(separator: ",") ?? "all", detail.joined(separator: "; "),
+                ])
+            }
+            let widths = (0..<9).map { column in table.map { $0[column].count }.max() ?? 0 }
+            for line in table {
+                print(line.enumerated().map { $1.padding(toLength: widths[$0], withPad: " ", startingAt: 0) }.joined(separator: "  ").trimmingCharacters(in: .whitespaces))
+            }
+        }
+    }
+
+    struct Test: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Make one tiny real call on a channel (countTokens on Google, GET /v1/models on an OpenAI-compatible one) and print the outcome.",
+            discussion: "Exits with 1 when the channel failed."
+        )
+        @OptionGroup var data: DataDirectoryOption
+        @Argument(help: "The channel's name (nanogate channels list).") var name: String
+        @Option(help: "The model id to try. Default: the channel's first model, else the catalog's first upstream id.") var model: String?
+
+        func run() async throws {
+            let configuration = try data.load()
+            var logger = Logger(label: "nanogate")
+            logger.logLevel = .critical
+            guard let channel = configuration.upstream.effectiveChannels.first(where: { $0.name == name }) else {
+                let names = configuration.upstream.effectiveChannels.map(\.name)
+                throw ValidationError("No channel is named '\(name)' (channels: \(names.isEmpty ? "none" : names.joined(separator: ", "))).")
+            }
+            let target = model ?? channel.models?.first?.name ?? configuration.catalog.models.first?.upstreamModel ?? "gemini-2.5-flash-image"
+            let pool = UpstreamPool(configuration: configuration.upstream, logger: logger)
+            let started = ContinuousClock.now
+            let outcome: Result<String, UpstreamError>
+            do {
+                outcome = .success(try await pool.probe(channel: name, model: target, logger: logger))
+            } catch {
+                outcome = .failure(error)
+            }
+            await pool.shutdown()
+            let elapsed = Int((started.duration(to: .now) / .milliseconds(1)).rounded())
+            switch outcome {
+            case .success(let text):
+                print("ok  \(name) (\(channel.kind.rawValue)) \(target): \(text) in \(elapsed) ms")
+            case .failure(let error):
+                print("FAILED  \(name) (\(channel.kind.rawValue)) \(target): \(error) in \(elapsed) ms")
+                throw ExitCode(1)
             }
         }
     }

@@ -89,11 +89,11 @@ import Testing
         let url = try #require(Bundle.module.url(forResource: "Fixtures/07-error-429-resource-exhausted", withExtension: "json"))
         let plain = try String(contentsOf: url, encoding: .utf8)
         for body in [plain, "[\(plain)]"] {
-            let envelope = try #require(UpstreamPool.errorEnvelope(in: ByteBuffer(string: body)))
+            let envelope = try #require(GoogleErrors.envelope(in: ByteBuffer(string: body)))
             #expect(envelope.error.status == "RESOURCE_EXHAUSTED")
             #expect(envelope.error.details?.compactMap(\.retryDelay) == ["27s"])
         }
-        #expect(UpstreamPool.errorEnvelope(in: ByteBuffer(string: "<html>")) == nil)
+        #expect(GoogleErrors.envelope(in: ByteBuffer(string: "<html>")) == nil)
     }
 
     @Test func pricesMatchGooglesInvoice() {

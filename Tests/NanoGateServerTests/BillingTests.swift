@@ -268,7 +268,9 @@ import Testing
             try await ledger.settle(reservationID: "r-alive", record: record)
             let settled = try #require(try await database.store.key(named: "lease"))
             #expect(settled.reservedMicroUSD == 0 && settled.spentMicroUSD == 38_713 && settled.balanceMicroUSD == 61_287)
-            #expect(try await database.store.usage(UsageQuery(keyID: key.id)).first?.requestID == "req-1", "the row is written with the charge")
+            // Both rows may carry the same millisecond: look the settled one up by its request id.
+            let rows = try await database.store.usage(UsageQuery(keyID: key.id))
+            #expect(rows.contains { $0.requestID == "req-1" && $0.costMicroUSD == 38_713 }, "the row is written with the charge")
             try await database.close()
         } catch {
             try? await database.close()

@@ -105,7 +105,7 @@ import Upstream
         try await withGateway(emulator: { $0.retiredModels.insert("gemini-2.5-flash-image"); $0.maxPageSize = 2 }) { gateway in
             var logger = Logger(label: "test")
             logger.logLevel = .critical
-            let pool = UpstreamPool(httpClient: HTTPClient.shared, configuration: gateway.configuration.upstream)
+            let pool = UpstreamPool(configuration: gateway.configuration.upstream, logger: logger)
             let check = try await ModelCheck.run(catalog: gateway.configuration.catalog, pool: pool, logger: logger)
             let byName = Dictionary(uniqueKeysWithValues: check.lines.map { ($0.model, $0) })
             #expect(byName["nano-banana-pro"]?.upstreamServed == true, "found on a later page")
@@ -118,6 +118,7 @@ import Upstream
 
             let retired = RetiredModels()
             await ModelCheckService(catalog: gateway.configuration.catalog, pool: pool, retired: retired, logger: logger).check()
+            await pool.shutdown()
             #expect(retired.isRetired("gemini-2.5-flash-image"))
             #expect(!retired.isRetired("gemini-3-pro-image"))
         }

@@ -392,10 +392,10 @@ import Upstream
     /// Cancelling a request during its backoff ends it at once: no further upstream attempt.
     @Test func retriesStopWhenTheClientIsGone() async throws {
         try await withGateway(configure: { $0.upstream.retryBaseDelay = .seconds(30); $0.upstream.maxAttempts = 3 }) { gateway in
-            let pool = UpstreamPool(httpClient: gateway.dependencies.httpClient, configuration: gateway.configuration.upstream)
+            let pool = UpstreamPool(configuration: gateway.configuration.upstream, logger: Logger(label: "test"))
             let request = ImageTranslation.geminiRequest(prompt: "p [emulate:503]", spec: ImageSpec(aspectRatio: nil, imageSize: nil), family: .flash25)
-            let call = Task { () -> GatewayError? in
-                do throws(GatewayError) {
+            let call = Task { () -> UpstreamError? in
+                do throws(UpstreamError) {
                     _ = try await pool.generateContent(model: "gemini-2.5-flash-image", request: request, logger: Logger(label: "test"))
                     return nil
                 } catch {
@@ -405,7 +405,8 @@ import Upstream
             while gateway.recorder.all.isEmpty { try await Task.sleep(for: .milliseconds(20)) }
             call.cancel()
             let error = await call.value
-            #expect(error?.isClientDisconnect == true, "\(String(describing: error))")
+            await pool.shutdown()
+            #expect(error?.code == .cancelled, "\(String(describing: error))")
             #expect(gateway.recorder.all.count == 1)
         }
     }

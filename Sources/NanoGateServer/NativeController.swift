@@ -1,0 +1,241 @@
+import Foundation
+import Hummingbird
+import HTTPTypes
+import Logging
+import NanoGateCore
+import NanoGateStorage
+import NIOCore
+import NIOFoundationCompat
+import Upstream
+
+/// Google's own API, passed through for clients that use Google's SDKs (`google-genai`):
+/// `POST /v1beta/models/{model}:generateContent` and `:streamGenerateContent` (and the same
+/// under `/v1/`), `GET /v1beta/models` and `GET /v1beta/models/{model}`.
+///
+/// The NanoGate key comes in `x-goog-api-key`, `?key=` or `Authorization: Bearer`; `{model}` is
+/// a catalog name or an upstream id. The request goes through the same pipeline as every other
+/// (channels, limits, reservation, usage log), and Google's answer is relayed as Google sent it:
+/// image bytes stay base64 text end to end, never decoded. Errors are Google's shape
+/// (`{"error":{"code","message","status"}}`, see `GoogleErrorShape`).
+struct NativeController {
+    let catalog: ModelCatalog
+    let pipeline: RequestPipeline
+    let maxRequestBytes: Int
+
+    static let sseHeaders: HTTPFields = [.contentType: "text/event-stream", .cacheControl: "no-cache", .init("X-Accel-Buffering")!: "no"]
+
+    func addRoutes(to group: RouterGroup<GatewayRequestContext>, listModels: Bool) {
+        group.post("models/{id}") { request, context in
+            try await generate(request, context: context)
+        }
+        guard listModels else { return }
+        group.get("models") { _, context in
+            try ImagesController.json(ModelList(models: models(for: context.apiKey).map(GoogleModel.init)))
+        }
+        group.get("models/{id}") { _, context in
+            let name = context.parameters.get("id") ?? ""
+            let bare = name.hasPrefix("models/") ? String(name.dropFirst(7)) : name
+            guard let model = resolve(bare, key: context.apiKey) else { throw GatewayError.unknownModel(bare, known: []) }
+            return try ImagesController.json(GoogleModel(model))
+        }
+    }
+
+    /// The models a key may use.
+    func models(for key: APIKey?) -> [CatalogModel] {
+        guard let key else { return [] }
+        return catalog.models.filter { key.mayUse(model: $0.name) }
+    }
+
+    /// A catalog name, or an upstream id the catalog serves (its first model by that id).
+    func resolve(_ name: String, key: APIKey?) -> CatalogModel? {
+        let candidates = catalog.model(named: name).map { [$0] } ?? catalog.models.filter { $0.upstreamModel == name }
+        return candidates.first { key?.mayUse(model: $0.name) ?? false }
+    }
+
+    /// `GET /v1beta/models`' entries, shaped as Google's `Model`.
+    struct GoogleModel: Codable {
+        var name: String
+        var baseModelId: String
+        var version = "nanogate"
+        var displayName: String
+        var description: String
+        var inputTokenLimit = 65_536
+        var outputTokenLimit = 32_768
+        var supportedGenerationMethods = ["generateContent", "streamGenerateContent"]
+
+        init(_ model: CatalogModel) {
+            name = "models/\(model.name)"
+            baseModelId = model.upstreamModel
+            displayName = model.name
+            description = "Served by NanoGate as \(model.upstreamModel) (\(model.family.rawValue))."
+        }
+    }
+
+    struct ModelList: Codable {
+        var models: [GoogleModel]
+    }
+
+    func generate(_ request: Request, context: GatewayRequestContext) async throws -> Response {
+        let target = context.parameters.get("id") ?? ""
+        guard let colon = target.lastIndex(of: ":") else {
+            throw GatewayError(status: 404, type: "invalid_request_error", code: "not_found", param: nil, message: "Unknown method: POST \(request.uri.path).")
+        }
+        let name = String(target[..<colon])
+        let method = String(target[target.index(after: colon)...])
+        guard method == "generateContent" || method == "streamGenerateContent" else {
+            throw GatewayError(status: 404, type: "invalid_request_error", code: "not_found", param: nil, message: "Method not found: \(method).")
+        }
+        guard let key = context.apiKey else { throw GatewayError.unauthorized("Missing API key.") }
+        guard let model = resolve(name, key: key) else {
+            throw GatewayError.unknownModel(name, known: models(for: key).map(\.name))
+        }
+        let body = try await request.collectBody(limit: maxRequestBytes)
+        let gemini: GeminiWire.Request
+        do {
+            gemini = try SplicedJSON.decode(GeminiWire.Request.self, from: body)
+        } catch {
+            throw GatewayError.invalidBody("The body is not a GenerateContentRequest: \(error)")
+        }
+        guard !gemini.contents.isEmpty, gemini.contents.allSatisfy({ !($0.parts ?? []).isEmpty }) else {
+            throw GatewayError.invalidParameter("contents", "contents must not be empty, and every content needs parts.")
+        }
+        let imageConfig = gemini.generationConfig?.imageConfig
+        let spec = ImageSpec(
+            aspectRatio: imageConfig?.aspectRatio.flatMap(AspectRatio.init(rawValue:)),
+            imageSize: imageConfig?.imageSize.flatMap { ImageSize(rawValue: $0.uppercased()) }
+        )
+        let lastTurn = gemini.contents.last?.parts ?? []
+        let prompt = lastTurn.compactMap(\.text).joined(separator: "\n")
+        let inputImages = gemini.contents.reduce(0) { $0 + ($1.parts ?? []).filter { $0.inlineData != nil }.count }
+        let endpoint = "gemini.\(method)"
+        let settlement = try await pipeline.open(
+            key: key, endpoint: endpoint, model: model, info: RequestInfo(requestID: context.requestID, started: context.started, requestedSize: spec.label),
+            estimateMicroUSD: pipeline.estimate(key: key, model: model, spec: spec, count: 1, prompt: prompt, inputImages: inputImages),
+            logger: context.logger
+        )
+        if method == "generateContent" {
+            let answer = try await pipeline.settling(settlement, logger: context.logger) { () throws(GatewayError) -> GeminiWire.Response in
+                let answer = try await pipeline.generate(gemini, settlement: settlement, logger: context.logger)
+                settlement.delivered(images: Self.finalImages(in: answer), usage: ImageTranslation.usage(of: answer.usageMetadata))
+                return answer
+            }
+            return try Self.json(answer, upstreamModel: settlement.servedBy.id)
+        }
+        let events: GeminiEventStream
+        do {
+            events = try await pipeline.stream(gemini, settlement: settlement, logger: context.logger)
+        } catch {
+            await pipeline.settle(settlement, status: error.status, errorCode: error.code, logger: context.logger)
+            throw error
+        }
+        return streamed(events, settlement: settlement, logger: context.logger)
+    }
+
+    /// Google's events relayed as SSE. Usage is Google's last figure; a client that leaves after
+    /// an image was written is charged for it (the rest of the stream is read, unwritten, for
+    /// the usage), one that leaves before costs nothing and the upstream stream is dropped.
+    func streamed(_ events: GeminiEventStream, settlement: Settlement, logger: Logger) -> Response {
+        var headers = Self.sseHeaders
+        headers[ImagesController.upstreamModelHeader] = settlement.servedBy.id
+        let pipeline = self.pipeline
+        return Response(status: .ok, headers: headers, body: .init { writer in
+            var usage: GeminiWire.UsageMetadata?
+            var images = 0
+            var clientGone = false
+            var failure: GatewayError?
+            do {
+                for try await event in events {
+                    if let metadata = event.usageMetadata { usage = metadata }
+                    let count = Self.finalImages(in: event)
+                    guard !clientGone else { continue }
+                    var line = ByteBuffer(string: "data: ")
+                    var json = try SplicedJSON.encodeJoined(event)
+                    line.writeBuffer(&json)
+                    line.writeString("\r\n\r\n")
+                    do {
+                        try await writer.write(line)
+                        images += count
+                    } catch {
+                        clientGone = true
+                        // Nothing delivered: stop here, nothing to charge.
+                        if images == 0 { break }
+                    }
+                }
+            } catch let error as UpstreamError {
+                failure = GatewayError(upstream: error)
+            } catch {
+                failure = .badGateway("The stream from the upstream broke.")
+            }
+            if let failure, !clientGone, images == 0 {
+                // Google failed mid-stream before any image: say so in Google's shape, as an event.
+                var line = ByteBuffer(string: "data: ")
+                line.writeBytes(GoogleErrorShape.body(for: failure))
+                line.writeString("\r\n\r\n")
+                try? await writer.write(line)
+            }
+            let used = ImageTranslation.usage(of: usage)
+            settlement.billed(used)
+            if images > 0 { settlement.delivered(images: images, usage: used) }
+            let outcome = images > 0 ? nil : (clientGone ? GatewayError.clientDisconnected : failure)
+            await pipeline.settle(settlement, status: outcome?.status ?? 200, errorCode: outcome?.code, logger: logger)
+            try? await writer.finish(nil)
+        })
+    }
+
+    /// Final (non-thought) images in an answer.
+    static func finalImages(in response: GeminiWire.Response) -> Int {
+        (response.candidates ?? []).reduce(0) { $0 + ($1.content?.parts ?? []).filter(\.isFinalImage).count }
+    }
+
+    static func json(_ answer: GeminiWire.Response, upstreamModel: String) throws -> Response {
+        let body = try SplicedJSON.encodeJoined(answer)
+        var headers: HTTPFields = [.contentType: "application/json"]
+        headers[ImagesController.upstreamModelHeader] = upstreamModel
+        return Response(status: .ok, headers: headers, body: .init(byteBuffer: body))
+    }
+}
+
+/// Google's error shape, for the native routes: `{"error":{"code":404,"message":"…","status":"NOT_FOUND"}}`.
+enum GoogleErrorShape {
+    /// Whether a request came in by Google's API (its errors then use Google's shape).
+    static func applies(to request: Request) -> Bool {
+        let path = request.uri.path
+        return path.hasPrefix("/v1beta/") || path == "/v1beta" || path.contains(":generateContent") || path.contains(":streamGenerateContent")
+            || (path.hasPrefix("/v1/models") && request.headers[.authorization] == nil && request.headers[GoogleKey.header] != nil)
+    }
+
+    static func status(for code: Int) -> String {
+        switch code {
+        case 400, 413, 422: "INVALID_ARGUMENT"
+        case 401: "UNAUTHENTICATED"
+        case 402, 403: "PERMISSION_DENIED"
+        case 404: "NOT_FOUND"
+        case 405: "UNIMPLEMENTED"
+        case 408, 504: "DEADLINE_EXCEEDED"
+        case 409: "ABORTED"
+        case 429: "RESOURCE_EXHAUSTED"
+        case 499: "CANCELLED"
+        case 500: "INTERNAL"
+        case 502, 503: "UNAVAILABLE"
+        default: code >= 500 ? "INTERNAL" : "FAILED_PRECONDITION"
+        }
+    }
+
+    static func body(for error: GatewayError) -> [UInt8] {
+        struct Envelope: Encodable {
+            struct Status: Encodable {
+                var code: Int
+                var message: String
+                var status: String
+            }
+            var error: Status
+        }
+        let envelope = Envelope(error: .init(code: error.status, message: error.message, status: status(for: error.status)))
+        return Array((try? JSONEncoder().encode(envelope)) ?? Data())
+    }
+}
+
+/// The native routes' key header.
+enum GoogleKey {
+    static let header = HTTPField.Name("x-goog-api-key")!
+}

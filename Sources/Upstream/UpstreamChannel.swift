@@ -1,0 +1,137 @@
+public import Logging
+public import NanoGateCore
+import AsyncHTTPClient
+import Foundation
+import NIOCore
+import NIOHTTP1
+import NIOFoundationCompat
+
+/// One upstream the pool can send a Gemini request to: Google's Gemini API, Vertex AI (service
+/// account or express), or another OpenAI-compatible gateway. Every kind takes and returns
+/// Gemini's wire format, so the rest of the gateway never knows which kind served a request.
+///
+/// A channel makes single attempts; choosing a channel, retrying, cooling down and tripping a
+/// breaker are the pool's work.
+protocol UpstreamChannel: Sendable {
+    var configuration: ChannelConfiguration { get }
+    /// How many credentials (API keys) it rotates through; each cools down on its own.
+    var credentialCount: Int { get }
+    /// Removes the channel's secrets from text that may reach a client or a log.
+    var redact: @Sendable (String) -> String { get }
+
+    /// One `generateContent` call on `model` (the id this channel knows it by), answered
+    /// within `timeout` (request, head and body).
+    func generate(model: String, request: GeminiWire.Request, body: ByteBuffer, credential: Int, timeout: Duration, logger: Logger) async -> Result<GeminiWire.Response, ChannelFailure>
+
+    /// One streamed call: returns once the upstream answered 200; the events follow, the whole
+    /// stream bounded by `deadline`.
+    func stream(model: String, request: GeminiWire.Request, body: ByteBuffer, credential: Int, deadline: ContinuousClock.Instant, logger: Logger) async -> Result<GeminiEventStream, ChannelFailure>
+
+    /// The model ids the upstream lists, or nil when the kind has no such list.
+    func listModels(logger: Logger) async throws(UpstreamError) -> Set<String>?
+
+    /// One tiny real call that costs nothing (`countTokens`, `GET /v1/models`), for `channels test`.
+    func probe(model: String, logger: Logger) async throws(UpstreamError) -> String
+
+    func shutdown() async
+}
+
+/// What the pool does after a failed attempt.
+enum Disposition: Sendable, Equatable {
+    /// Retrying cannot help (a bad request, a timeout the upstream may have billed, a gone client).
+    case fatal
+    /// This credential's quota for this model (or for every model) is used up for a while.
+    case coolDown(Duration, modelOnly: Bool)
+    /// The credential was refused: set it aside (an operator fault, logged).
+    case credentialRejected
+    /// A transient fault (5xx, connection, garbage): counts toward the channel's breaker; retry elsewhere.
+    case transient
+}
+
+struct ChannelFailure: Error, Sendable {
+    var error: UpstreamError
+    var disposition: Disposition
+}
+
+/// Failures shared by every HTTP channel kind.
+enum HTTPFailures {
+    /// A failure below HTTP. Its detail names no host or address.
+    static func transport(_ error: any Error, provider: UpstreamError.Provider) -> ChannelFailure {
+        if error is CancellationError { return .init(error: .init(.cancelled, provider: provider), disposition: .fatal) }
+        if let error = error as? HTTPClientError {
+            if error == .cancelled { return .init(error: .init(.cancelled, provider: provider), disposition: .fatal) }
+            if error == .connectTimeout {
+                return .init(error: .init(.unreachable, detail: "connect timeout", provider: provider), disposition: .transient)
+            }
+            if error == .deadlineExceeded || error == .readTimeout {
+                // The upstream may have done (and billed) the work: repeating it could multiply the bill.
+                return .init(error: .init(.timeout, provider: provider), disposition: .fatal)
+            }
+            if error == .getConnectionFromPoolTimeout {
+                return .init(error: .init(.unreachable, detail: "no connection became free in time", provider: provider), disposition: .transient)
+            }
+        }
+        return .init(error: .init(.unreachable, provider: provider), disposition: .transient)
+    }
+
+    /// The body of a non-200 answer, bounded; a read failure yields an empty body.
+    static func errorBody(_ response: HTTPClientResponse) async -> ByteBuffer {
+        (try? await response.body.collect(upTo: 1024 * 1024)) ?? ByteBuffer()
+    }
+
+    /// Seconds in a `Retry-After` header (delta-seconds only), clamped to a day.
+    static func retryAfter(_ response: HTTPClientResponse) -> Double? {
+        response.headers.first(name: "retry-after").flatMap(Double.init).map { min(max(0, $0), 86_400) }
+    }
+}
+
+/// Google's errors (a `google.rpc.Status`), for every Google channel kind.
+enum GoogleErrors {
+    /// What a Google error means for the client and for the pool.
+    static func classify(status: Int, envelope: GeminiWire.ErrorEnvelope?, redact: @Sendable (String) -> String, logger: Logger) -> ChannelFailure {
+        let googleStatus = envelope?.error.status ?? "HTTP \(status)"
+        let message = redact(String((envelope?.error.message ?? "no message").prefix(500)))
+        let reasons = Set((envelope?.error.details ?? []).compactMap(\.reason))
+        let retryDelay = (envelope?.error.details ?? []).compactMap(\.retryDelay).compactMap(UpstreamNumbers.seconds(fromDuration:)).first
+        let retrySeconds = retryDelay.map { max(1, Int($0.rounded(.up))) }
+
+        if reasons.contains("API_KEY_INVALID") || status == 401 || status == 403 {
+            logger.error("Google rejected a credential; the channel sets it aside", metadata: ["google.status": "\(googleStatus)", "google.message": "\(message)"])
+            return .init(error: .init(.authFailed, status: status, detail: message), disposition: .credentialRejected)
+        }
+        switch status {
+        case 429:
+            let wait = retryDelay ?? 30
+            return .init(error: .init(.rateLimited, status: 429, detail: message, retryAfterSeconds: max(1, Int(wait.rounded(.up)))), disposition: .coolDown(.milliseconds(Int64(wait * 1000)), modelOnly: true))
+        case 400:
+            return .init(error: .init(.invalidRequest, status: 400, detail: message), disposition: .fatal)
+        case 404:
+            logger.error("Google does not know the upstream model; run `nanogate models check` and fix the catalog (configuration file or NANOGATE_UPSTREAM_*)", metadata: ["google.message": "\(message)"])
+            return .init(error: .init(.modelNotFound, status: 404, detail: message), disposition: .fatal)
+        case 503:
+            return .init(error: .init(.overloaded, status: 503, detail: message, retryAfterSeconds: retrySeconds), disposition: .transient)
+        case 504:
+            return .init(error: .init(.timeout, status: 504, detail: message), disposition: .transient)
+        default:
+            return .init(error: .init(.serverError, status: status, detail: "\(googleStatus): \(message)"), disposition: .transient)
+        }
+    }
+
+    /// Google's `google.rpc.Status` body, also when wrapped in a one-element array (as the
+    /// non-SSE streaming variant sends it).
+    static func envelope(in body: ByteBuffer) -> GeminiWire.ErrorEnvelope? {
+        (try? JSONDecoder().decode(GeminiWire.ErrorEnvelope.self, from: body))
+            ?? (try? JSONDecoder().decode([GeminiWire.ErrorEnvelope].self, from: body))?.first
+    }
+
+    /// The error for a `google.rpc.Status` that arrived inside a stream (or a 200 body).
+    static func midStream(_ status: GeminiWire.ErrorEnvelope.Status, redact: @Sendable (String) -> String) -> UpstreamError {
+        classify(status: status.code ?? 500, envelope: .init(error: status), redact: redact, logger: Logger(label: "nanogate.upstream")).error
+    }
+}
+
+/// Removes each secret from text (none shorter than 4 characters, which would mangle words).
+func redactor(secrets: [String]) -> @Sendable (String) -> String {
+    let secrets = secrets.filter { $0.count >= 4 }
+    return { text in secrets.reduce(text) { $0.replacingOccurrences(of: $1, with: "[redacted]") } }
+}
