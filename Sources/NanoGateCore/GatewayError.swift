@@ -46,7 +46,7 @@ public struct GatewayError: Error, Sendable, Equatable, CustomStringConvertible 
     public static func unknownModel(_ name: String, known: [String]) -> GatewayError {
         GatewayError(
             status: 404, type: "invalid_request_error", code: "model_not_found", param: "model",
-            message: "The model '\(name)' does not exist. Available models: \(known.joined(separator: ", "))."
+            message: "The model '\(name)' does not exist." + (known.isEmpty ? " This key may use no model." : " Available models: \(known.joined(separator: ", ")).")
         )
     }
 

@@ -42,15 +42,62 @@ struct ChannelList: Codable {
 struct AdminController {
     let service: OperatorService
     let pool: UpstreamPool
+    let channels: ManagedChannels
+    /// Channels of the configuration file: not changeable through the API.
+    let fileChannels: Set<String>
 
-    init(store: SQLStore, catalog: ModelCatalog, pool: UpstreamPool) {
+    init(store: SQLStore, catalog: ModelCatalog, pool: UpstreamPool, channels: ManagedChannels, fileChannels: Set<String>) {
         self.service = OperatorService(store: store, catalog: catalog)
         self.pool = pool
+        self.channels = channels
+        self.fileChannels = fileChannels
     }
 
     func addRoutes(to group: RouterGroup<GatewayRequestContext>) {
         // The upstream channels' live state: cool-downs, breakers, refused keys, load.
         group.get("channels") { _, _ in try json(ChannelList(data: pool.status())) }
+        // Create or replace a channel (the configuration file's keys, as JSON); in service at
+        // once here, within seconds on the other instances.
+        group.post("channels") { request, _ in
+            let body = try await request.collectBody(limit: 256 * 1024)
+            let channel: ChannelConfiguration
+            do throws(ConfigurationError) {
+                channel = try ManagedChannels.channel(fromJSON: String(buffer: body))
+            } catch {
+                throw GatewayError.invalidParameter(nil, "Invalid channel: \(error.problems.joined(separator: "; ")).", code: "invalid_channel")
+            }
+            guard !fileChannels.contains(channel.name) else {
+                throw GatewayError(status: 409, type: "invalid_request_error", code: "channel_in_file", param: "name",
+                                   message: "The channel '\(channel.name)' is defined in the configuration file; change it there.")
+            }
+            try await service.store.storeChannel(name: channel.name, json: try ManagedChannels.json(channel))
+            await channels.refresh()
+            return try json(pool.status().first { $0.name == channel.name }, status: .created)
+        }
+        group.delete("channels/{name}") { _, context in
+            let name = context.parameters.get("name") ?? ""
+            guard try await service.store.deleteChannel(name: name) else {
+                throw GatewayError(status: 404, type: "invalid_request_error", code: "not_found", param: nil,
+                                   message: fileChannels.contains(name) ? "The channel '\(name)' is defined in the configuration file; remove it there." : "No stored channel is named '\(name)'.")
+            }
+            await channels.refresh()
+            return try json(["deleted": name])
+        }
+        // One free call on a channel (countTokens / GET /v1/models): does its credential work?
+        group.post("channels/{name}/test") { request, context in
+            let name = context.parameters.get("name") ?? ""
+            let model = request.uri.queryParameters.get("model") ?? "gemini-2.5-flash-image"
+            let outcome: Result<String, UpstreamError>
+            do throws(UpstreamError) {
+                outcome = .success(try await pool.probe(channel: name, model: model, logger: context.logger))
+            } catch {
+                outcome = .failure(error)
+            }
+            switch outcome {
+            case .success(let detail): return try json(["channel": name, "ok": "true", "detail": detail])
+            case .failure(let error): return try json(["channel": name, "ok": "false", "detail": error.description], status: .badGateway)
+            }
+        }
         group.get("keys") { _, _ in try json(try await service.store.listKeys().filter { $0.revokedAt == nil }.map { OperatorService.KeyView($0) }) }
         group.post("keys") { request, _ in
             let body = try await request.decodeJSON(KeyBody.self, limit: 64 * 1024)

@@ -67,6 +67,7 @@ public func buildApplication(
     onServerRunning: @escaping @Sendable (any Channel) async -> Void = { _ in }
 ) -> some ApplicationProtocol {
     let pool = UpstreamPool(configuration: configuration.upstream, logger: logger)
+    let managedChannels = ManagedChannels(store: dependencies.store, pool: pool, logger: logger)
     let urls = ImageURLService(
         store: dependencies.imageStore, signer: dependencies.signer, ttl: configuration.urlTTL,
         converter: ImageConverter(threadPool: dependencies.blockingThreadPool)
@@ -106,7 +107,10 @@ public func buildApplication(
     native.addRoutes(to: router.group("v1beta").add(middleware: APIKeyAuthenticator(keys: dependencies.store)).add(middleware: DisconnectMiddleware()), listModels: true)
     AccountController(store: dependencies.store).addRoutes(to: api)
     if let token = configuration.adminToken {
-        AdminController(store: dependencies.store, catalog: configuration.catalog, pool: pool)
+        AdminController(
+            store: dependencies.store, catalog: configuration.catalog, pool: pool, channels: managedChannels,
+            fileChannels: Set(configuration.upstream.effectiveChannels.map(\.name))
+        )
             .addRoutes(to: router.group("admin/v1").add(middleware: AdminTokenAuthenticator(token: token)))
     }
     ChatController(
@@ -130,6 +134,7 @@ public func buildApplication(
     if configuration.checkModelsAtStart {
         app.addServices(ModelCheckService(catalog: configuration.catalog, pool: pool, retired: retired, logger: logger))
     }
+    app.addServices(managedChannels)
     app.addServices(LeaseKeeper(ledger: dependencies.ledger, live: pipeline.live, lease: configuration.billing.lease, logger: logger))
     app.addServices(
         ImageSweeper(store: dependencies.imageStore, ttl: configuration.urlTTL, signatures: dependencies.store, logger: logger),

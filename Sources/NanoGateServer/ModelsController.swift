@@ -41,10 +41,17 @@ struct ModelsController {
             }
             return try ImagesController.json(ModelList(data: models(for: context.apiKey).map(object)))
         }
-        group.get("models/{id}") { _, context in
+        group.get("models/{id}") { request, context in
             let id = context.parameters.get("id") ?? ""
+            if GoogleErrorShape.applies(to: request) {
+                // Google's SDK (`models.get`) under /v1: Google's `Model`, by name or upstream id.
+                let bare = id.hasPrefix("models/") ? String(id.dropFirst(7)) : id
+                let native = NativeController.resolve(bare, in: catalog, key: context.apiKey)
+                guard let model = native else { throw GatewayError.unknownModel(bare, known: models(for: context.apiKey).map(\.name)) }
+                return try ImagesController.json(NativeController.GoogleModel(model))
+            }
             guard let model = models(for: context.apiKey).first(where: { $0.name == id }) else {
-                throw GatewayError.unknownModel(id, known: catalog.names)
+                throw GatewayError.unknownModel(id, known: models(for: context.apiKey).map(\.name))
             }
             return try ImagesController.json(object(model))
         }

@@ -35,7 +35,7 @@ struct NativeController {
         group.get("models/{id}") { _, context in
             let name = context.parameters.get("id") ?? ""
             let bare = name.hasPrefix("models/") ? String(name.dropFirst(7)) : name
-            guard let model = resolve(bare, key: context.apiKey) else { throw GatewayError.unknownModel(bare, known: []) }
+            guard let model = resolve(bare, key: context.apiKey) else { throw GatewayError.unknownModel(bare, known: models(for: context.apiKey).map(\.name)) }
             return try ImagesController.json(GoogleModel(model))
         }
     }
@@ -48,6 +48,10 @@ struct NativeController {
 
     /// A catalog name, or an upstream id the catalog serves (its first model by that id).
     func resolve(_ name: String, key: APIKey?) -> CatalogModel? {
+        Self.resolve(name, in: catalog, key: key)
+    }
+
+    static func resolve(_ name: String, in catalog: ModelCatalog, key: APIKey?) -> CatalogModel? {
         let candidates = catalog.model(named: name).map { [$0] } ?? catalog.models.filter { $0.upstreamModel == name }
         return candidates.first { key?.mayUse(model: $0.name) ?? false }
     }

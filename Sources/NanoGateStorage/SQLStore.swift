@@ -28,6 +28,10 @@ public struct SQLStore: KeyStore, UsageLog, SignatureStore {
         { database in try await SQLStore.addMoney(database) },
         // Every upstream attempt of a request (channel, key position, status, latency), as JSON.
         { database in try await database.raw("ALTER TABLE usage_log ADD COLUMN upstream_attempts TEXT").run() },
+        // Upstream channels the operator added through the admin API or CLI (the file's stay in the file).
+        { database in
+            try await database.raw("CREATE TABLE IF NOT EXISTS upstream_channels (name TEXT PRIMARY KEY, config TEXT NOT NULL, updated_at BIGINT NOT NULL)").run()
+        },
     ]
 
     /// Version 3: credit, limits and money per key (micro-USD), groups, price overrides,

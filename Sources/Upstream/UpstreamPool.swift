@@ -126,10 +126,13 @@ public struct ChannelStatus: Sendable, Codable, Equatable {
     public var inFlight: Int
     public var queued: Int
     public var maxConcurrency: Int
+    /// Added through the admin API (stored in the database), not the configuration file.
+    public var managed: Bool
 
     public init(
         name: String, kind: String, priority: Int, weight: Int, models: [String]?, state: String, keys: Int, disabledKeys: [Int],
-        coolingModels: [String: Int], consecutiveFailures: Int, lastError: String?, inFlight: Int, queued: Int, maxConcurrency: Int
+        coolingModels: [String: Int], consecutiveFailures: Int, lastError: String?, inFlight: Int, queued: Int, maxConcurrency: Int,
+        managed: Bool = false
     ) {
         self.name = name
         self.kind = kind
@@ -145,6 +148,7 @@ public struct ChannelStatus: Sendable, Codable, Equatable {
         self.inFlight = inFlight
         self.queued = queued
         self.maxConcurrency = maxConcurrency
+        self.managed = managed
     }
 }
 
@@ -163,16 +167,30 @@ public struct ChannelStatus: Sendable, Codable, Equatable {
 /// bounded in size and time, numbers are clamped. AsyncHTTPClient itself never retries, so
 /// this is the one place that does.
 public final class UpstreamPool: Sendable {
-    private let members: [Member]
     private let configuration: UpstreamConfiguration
-    private let state: Mutex<[ChannelState]>
+    /// The channels now and their state: the configuration's, plus the operator's from the
+    /// database (`replaceManagedChannels`). Replaced whole; a member unchanged keeps its state.
+    private let roster: Mutex<Roster>
+    /// Channels taken out of service: their clients close with the pool (a request may still use one).
+    private let retired = Mutex<[any UpstreamChannel]>([])
     private let random: @Sendable (Int) -> Int
+    private let eventLoopGroup: any EventLoopGroup
+    private let logger: Logger
+
+    private struct Roster {
+        var members: [Member] = []
+        var states: [ChannelState] = []
+        var nextID = 0
+    }
 
     private struct Member: Sendable {
+        let id: Int
         let channel: any UpstreamChannel
         let gate: ConcurrencyGate
         /// Set when the channel could not be built (a bad service account): every call fails so.
         let broken: UpstreamError?
+        /// From the database (the admin API), not the configuration file.
+        let managed: Bool
 
         var configuration: ChannelConfiguration { channel.configuration }
     }
@@ -199,37 +217,81 @@ public final class UpstreamPool: Sendable {
     public init(configuration: UpstreamConfiguration, eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger, random: @escaping @Sendable (Int) -> Int = { Int.random(in: 0..<max(1, $0)) }) {
         self.configuration = configuration
         self.random = random
-        var members: [Member] = []
-        for channel in configuration.effectiveChannels {
-            var clientConfiguration = Self.clientConfiguration(requestTimeout: configuration.requestTimeout, maxConnections: channel.maxConcurrency)
-            if let proxyText = channel.proxy, let proxy = ProxySetting(proxyText) {
-                let authorization = proxy.user.map { HTTPClient.Authorization.basic(username: $0, password: proxy.password ?? "") }
-                clientConfiguration.proxy = .server(host: proxy.host, port: proxy.port, authorization: authorization)
-            }
-            let client = HTTPClient(eventLoopGroup: eventLoopGroup, configuration: clientConfiguration)
-            let gate = ConcurrencyGate(limit: channel.maxConcurrency, queueLimit: configuration.queueLimit)
-            switch channel.kind {
-            case .openai:
-                members.append(Member(channel: OpenAIChannel(configuration: channel, httpClient: client, maxResponseBytes: configuration.maxResponseBytes), gate: gate, broken: nil))
-            case .gemini, .vertexExpress:
-                members.append(Member(channel: GoogleChannel(configuration: channel, httpClient: client, maxResponseBytes: configuration.maxResponseBytes, tokens: nil), gate: gate, broken: nil))
-            case .vertex:
-                var tokens: AccessTokenProvider?
-                var broken: UpstreamError?
-                do throws(UpstreamConfigurationError) {
-                    var account = channel.serviceAccount
-                    if account == nil { account = try ServiceAccount.load(path: channel.serviceAccountFile ?? "") }
-                    guard let account else { throw UpstreamConfigurationError("no service account") }
-                    tokens = try AccessTokenProvider(account: account, tokenURL: channel.tokenURL, httpClient: client)
-                } catch {
-                    logger.error("the Vertex channel cannot be used", metadata: ["channel": "\(channel.name)", "error": "\(error)"])
-                    broken = UpstreamError(.authFailed, detail: "the service account could not be loaded")
-                }
-                members.append(Member(channel: GoogleChannel(configuration: channel, httpClient: client, maxResponseBytes: configuration.maxResponseBytes, tokens: tokens), gate: gate, broken: broken))
+        self.eventLoopGroup = eventLoopGroup
+        self.logger = logger
+        self.roster = Mutex(Roster())
+        roster.withLock { roster in
+            for channel in configuration.effectiveChannels {
+                roster.members.append(makeMember(channel, id: roster.nextID, managed: false))
+                roster.states.append(ChannelState(rests: Array(repeating: [:], count: max(1, roster.members.last!.channel.credentialCount))))
+                roster.nextID += 1
             }
         }
-        self.members = members
-        self.state = Mutex(members.map { ChannelState(rests: Array(repeating: [:], count: max(1, $0.channel.credentialCount))) })
+    }
+
+    private var members: [Member] { roster.withLock { $0.members } }
+
+    /// Puts the operator's channels from the database in service beside the configuration's
+    /// (a name the configuration file uses is skipped: the file wins). A channel whose settings
+    /// did not change keeps its state (cool-downs, breaker, refused keys) and connections.
+    public func replaceManagedChannels(_ channels: [ChannelConfiguration]) {
+        let fixedNames = Set(configuration.effectiveChannels.map(\.name))
+        let wanted = channels.filter { !fixedNames.contains($0.name) }
+        let removed = roster.withLock { roster -> [any UpstreamChannel] in
+            var members: [Member] = []
+            var states: [ChannelState] = []
+            var removed: [any UpstreamChannel] = []
+            for (member, state) in zip(roster.members, roster.states) where !member.managed {
+                members.append(member)
+                states.append(state)
+            }
+            for channel in wanted {
+                if let index = roster.members.firstIndex(where: { $0.managed && $0.configuration == channel }) {
+                    members.append(roster.members[index])
+                    states.append(roster.states[index])
+                } else {
+                    let member = makeMember(channel, id: roster.nextID, managed: true)
+                    roster.nextID += 1
+                    members.append(member)
+                    states.append(ChannelState(rests: Array(repeating: [:], count: max(1, member.channel.credentialCount))))
+                }
+            }
+            let kept = Set(members.map(\.id))
+            removed = roster.members.filter { !kept.contains($0.id) }.map(\.channel)
+            roster.members = members
+            roster.states = states
+            return removed
+        }
+        if !removed.isEmpty { retired.withLock { $0.append(contentsOf: removed) } }
+    }
+
+    private func makeMember(_ channel: ChannelConfiguration, id: Int, managed: Bool) -> Member {
+        var clientConfiguration = Self.clientConfiguration(requestTimeout: configuration.requestTimeout, maxConnections: channel.maxConcurrency)
+        if let proxyText = channel.proxy, let proxy = ProxySetting(proxyText) {
+            let authorization = proxy.user.map { HTTPClient.Authorization.basic(username: $0, password: proxy.password ?? "") }
+            clientConfiguration.proxy = .server(host: proxy.host, port: proxy.port, authorization: authorization)
+        }
+        let client = HTTPClient(eventLoopGroup: eventLoopGroup, configuration: clientConfiguration)
+        let gate = ConcurrencyGate(limit: channel.maxConcurrency, queueLimit: configuration.queueLimit)
+        switch channel.kind {
+        case .openai:
+            return Member(id: id, channel: OpenAIChannel(configuration: channel, httpClient: client, maxResponseBytes: configuration.maxResponseBytes), gate: gate, broken: nil, managed: managed)
+        case .gemini, .vertexExpress:
+            return Member(id: id, channel: GoogleChannel(configuration: channel, httpClient: client, maxResponseBytes: configuration.maxResponseBytes, tokens: nil), gate: gate, broken: nil, managed: managed)
+        case .vertex:
+            var tokens: AccessTokenProvider?
+            var broken: UpstreamError?
+            do throws(UpstreamConfigurationError) {
+                var account = channel.serviceAccount
+                if account == nil { account = try ServiceAccount.load(path: channel.serviceAccountFile ?? "") }
+                guard let account else { throw UpstreamConfigurationError("no service account") }
+                tokens = try AccessTokenProvider(account: account, tokenURL: channel.tokenURL, httpClient: client)
+            } catch {
+                logger.error("the Vertex channel cannot be used", metadata: ["channel": "\(channel.name)", "error": "\(error)"])
+                broken = UpstreamError(.authFailed, detail: "the service account could not be loaded")
+            }
+            return Member(id: id, channel: GoogleChannel(configuration: channel, httpClient: client, maxResponseBytes: configuration.maxResponseBytes, tokens: tokens), gate: gate, broken: broken, managed: managed)
+        }
     }
 
     /// The client configuration each channel gets: no redirects (a redirect would carry the
@@ -241,7 +303,7 @@ public final class UpstreamPool: Sendable {
     public static func clientConfiguration(requestTimeout: Duration, maxConnections: Int = 1024) -> HTTPClient.Configuration {
         var configuration = HTTPClient.Configuration()
         configuration.redirectConfiguration = .disallow
-        configuration.timeout = .init(connect: .seconds(10), read: .init(requestTimeout))
+        configuration.timeout = .init(connect: .seconds(5), read: .init(requestTimeout))
         configuration.connectionPool = .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: max(8, maxConnections))
         configuration.httpVersion = .automatic
         return configuration
@@ -250,6 +312,7 @@ public final class UpstreamPool: Sendable {
     /// Closes every channel's connections.
     public func shutdown() async {
         for member in members { await member.channel.shutdown() }
+        for channel in retired.withLock({ $0 }) { await channel.shutdown() }
     }
 
     /// Calls `generateContent` on `model` (a catalog upstream id; `aliases` are its other names,
@@ -308,7 +371,7 @@ public final class UpstreamPool: Sendable {
     /// Every channel's state now.
     public func status() -> [ChannelStatus] {
         let now = ContinuousClock.now
-        let states = state.withLock { $0 }
+        let (members, states) = roster.withLock { ($0.members, $0.states) }
         return zip(members, states).map { member, channel in
             let config = member.configuration
             let disabled = channel.rests.indices.filter { channel.rests[$0][""].map { $0.rejected && $0.until > now } ?? false }
@@ -334,7 +397,7 @@ public final class UpstreamPool: Sendable {
                 name: config.name, kind: config.kind.rawValue, priority: config.priority, weight: config.weight, models: config.models?.map(\.name),
                 state: stateName, keys: member.channel.credentialCount, disabledKeys: disabled.map { $0 + 1 }, coolingModels: cooling,
                 consecutiveFailures: channel.consecutiveFailures, lastError: (member.broken ?? channel.lastError).map { $0.description },
-                inFlight: load.running, queued: load.waiting, maxConcurrency: config.maxConcurrency
+                inFlight: load.running, queued: load.waiting, maxConcurrency: config.maxConcurrency, managed: member.managed
             )
         }
     }
@@ -360,8 +423,8 @@ public final class UpstreamPool: Sendable {
             guard let pick = pick(model: model, aliases: aliases, avoiding: tried) else {
                 throw lastError ?? whyNothingIsEligible(model: model, aliases: aliases)
             }
-            tried.insert(pick.index)
-            let member = members[pick.index]
+            tried.insert(pick.member.id)
+            let member = pick.member
             let name = member.configuration.name
             var attemptLogger = logger
             attemptLogger[metadataKey: "upstream.attempt"] = "\(number)"
@@ -374,13 +437,13 @@ public final class UpstreamPool: Sendable {
             switch result {
             case .success(let output):
                 trace?.record(.init(channel: name, key: pick.credential + 1, status: 200, error: nil, milliseconds: milliseconds))
-                succeeded(pick.index)
+                succeeded(pick.member.id)
                 return output
             case .failure(let failure):
                 trace?.record(.init(channel: name, key: pick.credential + 1, status: failure.error.status, error: failure.error.code.rawValue, milliseconds: milliseconds))
                 lastError = failure.error
                 attemptLogger.warning("upstream attempt failed", metadata: ["error.code": "\(failure.error.code.rawValue)", "error": "\(failure.error)"])
-                failed(pick.index, credential: pick.credential, model: model, failure: failure, logger: attemptLogger)
+                failed(pick.member.id, credential: pick.credential, model: model, failure: failure, logger: attemptLogger)
                 switch failure.disposition {
                 case .fatal:
                     throw failure.error
@@ -432,7 +495,7 @@ public final class UpstreamPool: Sendable {
     }
 
     private struct Pick {
-        var index: Int
+        var member: Member
         var credential: Int
         var upstreamID: String
     }
@@ -441,7 +504,8 @@ public final class UpstreamPool: Sendable {
     /// first, weighted random within a priority; nil when none is eligible.
     private func pick(model: String, aliases: [String], avoiding tried: Set<Int>) -> Pick? {
         let now = ContinuousClock.now
-        return state.withLock { states -> Pick? in
+        return roster.withLock { roster -> Pick? in
+            let members = roster.members
             var candidates: [(index: Int, credential: Int, upstreamID: String, halfOpen: Bool)] = []
             var tripped: [(index: Int, credential: Int, upstreamID: String, halfOpen: Bool)] = []
             for (index, member) in members.enumerated() {
@@ -449,10 +513,10 @@ public final class UpstreamPool: Sendable {
                 guard config.weight > 0, let upstreamID = config.upstreamID(for: model, aliases: aliases) else { continue }
                 var halfOpen = false
                 var skipped = false
-                if let open = states[index].openUntil {
-                    if open > now || states[index].probing { skipped = true } else { halfOpen = true }
+                if let open = roster.states[index].openUntil {
+                    if open > now || roster.states[index].probing { skipped = true } else { halfOpen = true }
                 }
-                let channel = states[index]
+                let channel = roster.states[index]
                 let count = channel.rests.count
                 guard let credential = (0..<count).map({ (channel.nextCredential + $0) % count })
                     .first(where: { Self.activeRest(channel.rests[$0], model: model, now: now) == nil })
@@ -466,7 +530,7 @@ public final class UpstreamPool: Sendable {
             // A tripped breaker steers traffic to the other channels; when none is left, the
             // tripped ones still serve (refusing everything would be worse than trying).
             if candidates.isEmpty { candidates = tripped }
-            let untried = candidates.filter { !tried.contains($0.index) }
+            let untried = candidates.filter { !tried.contains(members[$0.index].id) }
             let pool = untried.isEmpty ? candidates : untried
             guard let top = pool.map({ members[$0.index].configuration.priority }).max() else { return nil }
             let level = pool.filter { members[$0.index].configuration.priority == top }
@@ -481,43 +545,46 @@ public final class UpstreamPool: Sendable {
                 }
                 roll -= weight
             }
-            states[chosen.index].nextCredential = (chosen.credential + 1) % states[chosen.index].rests.count
-            if chosen.halfOpen { states[chosen.index].probing = true }
-            return Pick(index: chosen.index, credential: chosen.credential, upstreamID: chosen.upstreamID)
+            roster.states[chosen.index].nextCredential = (chosen.credential + 1) % roster.states[chosen.index].rests.count
+            if chosen.halfOpen { roster.states[chosen.index].probing = true }
+            return Pick(member: members[chosen.index], credential: chosen.credential, upstreamID: chosen.upstreamID)
         }
     }
 
-    private func succeeded(_ index: Int) {
-        state.withLock {
-            $0[index].consecutiveFailures = 0
-            $0[index].openUntil = nil
-            $0[index].probing = false
+    private func succeeded(_ id: Int) {
+        roster.withLock { roster in
+            guard let index = roster.members.firstIndex(where: { $0.id == id }) else { return }
+            roster.states[index].consecutiveFailures = 0
+            roster.states[index].openUntil = nil
+            roster.states[index].probing = false
         }
     }
 
-    private func failed(_ index: Int, credential: Int, model: String, failure: ChannelFailure, logger: Logger) {
+    private func failed(_ id: Int, credential: Int, model: String, failure: ChannelFailure, logger: Logger) {
         let now = ContinuousClock.now
-        let name = members[index].configuration.name
-        state.withLock { states in
-            states[index].lastError = failure.error
-            let wasProbing = states[index].probing
-            states[index].probing = false
+        roster.withLock { roster in
+            // A channel replaced meanwhile (the operator changed it) starts afresh.
+            guard let index = roster.members.firstIndex(where: { $0.id == id }) else { return }
+            let name = roster.members[index].configuration.name
+            roster.states[index].lastError = failure.error
+            let wasProbing = roster.states[index].probing
+            roster.states[index].probing = false
             switch failure.disposition {
             case .coolDown(let duration, let modelOnly):
                 guard duration > .zero else { break }
-                states[index].rests[credential][modelOnly ? model : ""] = Rest(until: now.advanced(by: duration), reason: failure.error, rejected: false)
+                roster.states[index].rests[credential][modelOnly ? model : ""] = Rest(until: now.advanced(by: duration), reason: failure.error, rejected: false)
             case .credentialRejected:
-                states[index].rests[credential][""] = Rest(until: now.advanced(by: configuration.rejectedCredentialRest), reason: failure.error, rejected: true)
-                let all = states[index].rests.allSatisfy { $0[""].map { $0.rejected && $0.until > now } ?? false }
+                roster.states[index].rests[credential][""] = Rest(until: now.advanced(by: configuration.rejectedCredentialRest), reason: failure.error, rejected: true)
+                let all = roster.states[index].rests.allSatisfy { $0[""].map { $0.rejected && $0.until > now } ?? false }
                 logger.error(
                     all ? "channel disabled: every credential was refused (fix it and restart, or wait for the retry)" : "channel credential set aside: it was refused",
                     metadata: ["channel": "\(name)", "key": "#\(credential + 1)", "for": "\(configuration.rejectedCredentialRest)"]
                 )
             case .transient:
-                states[index].consecutiveFailures += 1
-                if wasProbing || states[index].consecutiveFailures >= configuration.breakerThreshold {
-                    states[index].openUntil = now.advanced(by: configuration.breakerCooldown)
-                    logger.warning("channel tripped: skipped for a while, then probed", metadata: ["channel": "\(name)", "failures": "\(states[index].consecutiveFailures)", "for": "\(configuration.breakerCooldown)"])
+                roster.states[index].consecutiveFailures += 1
+                if wasProbing || roster.states[index].consecutiveFailures >= configuration.breakerThreshold {
+                    roster.states[index].openUntil = now.advanced(by: configuration.breakerCooldown)
+                    logger.warning("channel tripped: skipped for a while, then probed", metadata: ["channel": "\(name)", "failures": "\(roster.states[index].consecutiveFailures)", "for": "\(configuration.breakerCooldown)"])
                 }
             case .fatal:
                 break
@@ -529,9 +596,11 @@ public final class UpstreamPool: Sendable {
     /// (its wait counted down in `retryAfterSeconds`).
     private func whyNothingIsEligible(model: String, aliases: [String]) -> UpstreamError {
         let now = ContinuousClock.now
-        let serving = members.indices.filter { members[$0].configuration.upstreamID(for: model, aliases: aliases) != nil && members[$0].configuration.weight > 0 }
-        guard !serving.isEmpty else { return UpstreamError(.noChannel, detail: "no channel serves \(model)") }
-        return state.withLock { states -> UpstreamError in
+        return roster.withLock { roster -> UpstreamError in
+            let members = roster.members
+            let states = roster.states
+            let serving = members.indices.filter { members[$0].configuration.upstreamID(for: model, aliases: aliases) != nil && members[$0].configuration.weight > 0 }
+            guard !serving.isEmpty else { return UpstreamError(.noChannel, detail: "no channel serves \(model)") }
             var soonest: (until: ContinuousClock.Instant, reason: UpstreamError)?
             for index in serving {
                 let state = states[index]

@@ -531,8 +531,8 @@ struct Models: AsyncParsableCommand {
 
 struct Channels: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Show and test the upstream channels (GEMINI_API_KEY, or channels: in the configuration file).",
-        subcommands: [List.self, Test.self]
+        abstract: "Show, add and test the upstream channels (GEMINI_API_KEY, channels: in the configuration file, and those added here or through the admin API).",
+        subcommands: [List.self, Add.self, Remove.self, Test.self]
     )
 
     struct List: AsyncParsableCommand {
@@ -567,12 +567,21 @@ struct Channels: AsyncParsableCommand {
             } else {
                 note = "NANOGATE_ADMIN_TOKEN is not set, so the live state of a running gateway cannot be read; showing the configuration only"
             }
-            let rows: [ChannelStatus] = live ?? configuration.upstream.effectiveChannels.map { channel in
-                ChannelStatus(
-                    name: channel.name, kind: channel.kind.rawValue, priority: channel.priority, weight: channel.weight, models: channel.models?.map(\.name),
-                    state: "unknown", keys: channel.kind == .vertex ? 1 : channel.apiKeys.count, disabledKeys: [], coolingModels: [:],
-                    consecutiveFailures: 0, lastError: nil, inFlight: 0, queued: 0, maxConcurrency: channel.maxConcurrency
-                )
+            var rows: [ChannelStatus]
+            if let live {
+                rows = live
+            } else {
+                let stored = try await withOperator(data) { service in try await service.store.storedChannels() }
+                let fileNames = Set(configuration.upstream.effectiveChannels.map(\.name))
+                let entries = configuration.upstream.effectiveChannels.map { ($0, false) }
+                    + stored.compactMap { try? ManagedChannels.channel(fromJSON: $0.json) }.filter { !fileNames.contains($0.name) }.map { ($0, true) }
+                rows = entries.map { channel, managed in
+                    ChannelStatus(
+                        name: channel.name, kind: channel.kind.rawValue, priority: channel.priority, weight: channel.weight, models: channel.models?.map(\.name),
+                        state: "unknown", keys: channel.kind == .vertex ? 1 : channel.apiKeys.count, disabledKeys: [], coolingModels: [:],
+                        consecutiveFailures: 0, lastError: nil, inFlight: 0, queued: 0, maxConcurrency: channel.maxConcurrency, managed: managed
+                    )
+                }
             }
             if json {
                 try printJSON(rows)
@@ -598,6 +607,82 @@ struct Channels: AsyncParsableCommand {
         }
     }
 
+    struct Add: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Add or replace a channel in the database (a running gateway puts it in service within seconds).",
+            discussion: "The channel's settings are the configuration file's keys, given as flags or as one JSON object with --json. A channel the configuration file defines cannot be added here."
+        )
+        @OptionGroup var data: DataDirectoryOption
+        @Argument(help: "The channel's name.") var name: String
+        @Option(help: "gemini, vertex, vertex-express or openai.") var kind: String?
+        @Option(help: "The API's base URL.") var baseURL: String?
+        @Option(name: .customLong("api-key"), help: "A credential (repeatable).") var apiKeys: [String] = []
+        @Option(help: "Vertex: the service-account JSON file (a path on the gateway's machine).") var serviceAccountFile: String?
+        @Option(help: "Vertex: the project.") var project: String?
+        @Option(help: "Vertex: the location (default global).") var location: String?
+        @Option(help: "Vertex: the token endpoint.") var tokenURL: String?
+        @Option(help: "Higher first (default 0).") var priority: Int?
+        @Option(help: "Share within its priority (default 1).") var weight: Int?
+        @Option(help: "Models it serves, comma-separated; id=upstream-id maps one (absent: all).") var models: String?
+        @Option(help: "Outbound HTTP proxy, http://[user:pass@]host:port.") var proxy: String?
+        @Option(help: "Calls in flight at once (default 1024).") var maxConcurrency: Int?
+        @Option(help: "Seconds per call.") var timeout: Int?
+        @Option(help: "The whole channel as one JSON object (instead of the flags).") var json: String?
+
+        func run() async throws {
+            let configuration = try data.load()
+            guard !configuration.upstream.effectiveChannels.contains(where: { $0.name == name }) else {
+                throw ValidationError("The channel '\(name)' is defined in the configuration file; change it there.")
+            }
+            var object: [String: Any] = [:]
+            if let json {
+                guard let parsed = (try? JSONSerialization.jsonObject(with: Data(json.utf8))) as? [String: Any] else { throw ValidationError("--json must be a JSON object.") }
+                object = parsed
+            }
+            object["name"] = name
+            if let kind { object["kind"] = kind }
+            if let baseURL { object["base_url"] = baseURL }
+            if !apiKeys.isEmpty { object["api_keys"] = apiKeys }
+            if let serviceAccountFile { object["service_account_file"] = URL(fileURLWithPath: serviceAccountFile).standardizedFileURL.path }
+            if let project { object["project"] = project }
+            if let location { object["location"] = location }
+            if let tokenURL { object["token_url"] = tokenURL }
+            if let priority { object["priority"] = priority }
+            if let weight { object["weight"] = weight }
+            if let proxy { object["proxy"] = proxy }
+            if let maxConcurrency { object["max_concurrency"] = maxConcurrency }
+            if let timeout { object["timeout"] = timeout }
+            if let models {
+                object["models"] = models.split(separator: ",").map { item -> Any in
+                    let pair = item.split(separator: "=", maxSplits: 1).map { $0.trimmingCharacters(in: .whitespaces) }
+                    return pair.count == 2 ? ["name": pair[0], "upstream": pair[1]] : pair[0]
+                }
+            }
+            let text = String(decoding: try JSONSerialization.data(withJSONObject: object), as: UTF8.self)
+            let channel: ChannelConfiguration
+            do {
+                channel = try ManagedChannels.channel(fromJSON: text)
+            } catch {
+                throw ValidationError("Invalid channel: \(error.problems.joined(separator: "; ")).")
+            }
+            try await withOperator(data) { service in try await service.store.storeChannel(name: name, json: try ManagedChannels.json(channel)) }
+            print("channel \(name) (\(channel.kind.rawValue)) stored; a running gateway puts it in service within \(ManagedChannels.refreshInterval)")
+        }
+    }
+
+    struct Remove: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Remove a channel added with `channels add` or the admin API.")
+        @OptionGroup var data: DataDirectoryOption
+        @Argument(help: "The channel's name.") var name: String
+
+        func run() async throws {
+            guard try await withOperator(data, { service in try await service.store.deleteChannel(name: name) }) else {
+                throw ValidationError("No stored channel is named '\(name)' (channels of the configuration file are removed there).")
+            }
+            print("channel \(name) removed")
+        }
+    }
+
     struct Test: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Make one tiny real call on a channel (countTokens on Google, GET /v1/models on an OpenAI-compatible one) and print the outcome.",
@@ -608,11 +693,17 @@ struct Channels: AsyncParsableCommand {
         @Option(help: "The model id to try. Default: the channel's first model, else the catalog's first upstream id.") var model: String?
 
         func run() async throws {
-            let configuration = try data.load()
+            var configuration = try data.load()
             var logger = Logger(label: "nanogate")
             logger.logLevel = .critical
-            guard let channel = configuration.upstream.effectiveChannels.first(where: { $0.name == name }) else {
-                let names = configuration.upstream.effectiveChannels.map(\.name)
+            let stored = try await withOperator(data) { service in try await service.store.storedChannels() }
+            let storedChannels = stored.compactMap { try? ManagedChannels.channel(fromJSON: $0.json) }
+            let all = configuration.upstream.effectiveChannels + storedChannels
+            if !configuration.upstream.effectiveChannels.contains(where: { $0.name == name }), let managed = storedChannels.first(where: { $0.name == name }) {
+                configuration.upstream.channels = [managed]
+            }
+            guard let channel = all.first(where: { $0.name == name }) else {
+                let names = all.map(\.name)
                 throw ValidationError("No channel is named '\(name)' (channels: \(names.isEmpty ? "none" : names.joined(separator: ", "))).")
             }
             let target = model ?? channel.models?.first?.name ?? configuration.catalog.models.first?.upstreamModel ?? "gemini-2.5-flash-image"
