@@ -86,7 +86,10 @@ struct AdminController {
         // One free call on a channel (countTokens / GET /v1/models): does its credential work?
         group.post("channels/{name}/test") { request, context in
             let name = context.parameters.get("name") ?? ""
-            let model = request.uri.queryParameters.get("model") ?? "gemini-2.5-flash-image"
+            guard pool.channelNames.contains(name) else {
+                throw GatewayError(status: 404, type: "invalid_request_error", code: "not_found", param: nil, message: "No channel is named '\(name)'.")
+            }
+            let model = request.uri.queryParameters.get("model").flatMap { $0.isEmpty ? nil : String($0) } ?? "gemini-2.5-flash-image"
             let outcome: Result<String, UpstreamError>
             do throws(UpstreamError) {
                 outcome = .success(try await pool.probe(channel: name, model: model, logger: context.logger))

@@ -58,15 +58,24 @@ struct CloseOnShutdown: Service {
     }
 }
 
-/// Builds the gateway: routes, middleware, and the services that own its resources.
-public func buildApplication(
-    configuration: GatewayConfiguration,
-    dependencies: GatewayDependencies,
-    logger: Logger,
-    hostLookup: @escaping HostLookup = systemHostLookup,
-    onServerRunning: @escaping @Sendable (any Channel) async -> Void = { _ in }
-) -> some ApplicationProtocol {
-    let pool = UpstreamPool(configuration: configuration.upstream, logger: logger)
+/// The gateway's parts before they become an application: the router with every route and
+/// middleware, and what the services need. Tests read `router.routes` (the OpenAPI document
+/// must list exactly these).
+struct GatewayParts {
+    let router: Router<GatewayRequestContext>
+    let metrics: GatewayMetrics
+    let pool: UpstreamPool
+    let pipeline: RequestPipeline
+    let managedChannels: ManagedChannels
+    let retired: RetiredModels
+}
+
+/// Builds the router and the objects behind it.
+func makeGatewayParts(
+    configuration: GatewayConfiguration, dependencies: GatewayDependencies, logger: Logger, hostLookup: @escaping HostLookup = systemHostLookup
+) -> GatewayParts {
+    let metrics = GatewayMetrics(keyLabels: configuration.metricsKeyLabels)
+    let pool = UpstreamPool(configuration: configuration.upstream, logger: logger, observer: metrics)
     let managedChannels = ManagedChannels(store: dependencies.store, pool: pool, logger: logger)
     let urls = ImageURLService(
         store: dependencies.imageStore, signer: dependencies.signer, ttl: configuration.urlTTL,
@@ -75,7 +84,7 @@ public func buildApplication(
     let retired = RetiredModels()
     let pipeline = RequestPipeline(
         upstream: pool, ledger: dependencies.ledger, images: urls, retired: retired, priceBook: PriceBook(store: dependencies.store),
-        limiter: KeyLimiter(), billing: configuration.billing, live: LiveReservations()
+        limiter: KeyLimiter(), billing: configuration.billing, live: LiveReservations(), metrics: metrics
     )
     let inputs = InputImageLoader(
         imageStore: dependencies.imageStore, signer: dependencies.signer, limits: configuration.inputs,
@@ -84,10 +93,13 @@ public func buildApplication(
     let publicURL = PublicURL(configured: configuration.publicBaseURL, trustForwardedHeaders: configuration.trustForwardedHeaders)
 
     let router = Router(context: GatewayRequestContext.self)
-    router.add(middleware: RequestLogMiddleware())
     router.add(middleware: RequestIDMiddleware())
+    router.add(middleware: RequestLogMiddleware(metrics: metrics))
     router.add(middleware: OpenAIErrorMiddleware())
     router.get("health") { _, _ in "ok" }
+    OpenAPIDocument.addRoutes(to: router)
+    let metricsRoutes = MetricsController<GatewayRequestContext>(metrics: metrics, pool: pool, live: pipeline.live, token: configuration.metricsToken)
+    if configuration.metricsPort == nil { metricsRoutes.addRoutes(to: router) }
     ImageFilesController(store: dependencies.imageStore, signer: dependencies.signer).addRoutes(to: router)
 
     let api = router.group("v1").add(middleware: APIKeyAuthenticator(keys: dependencies.store))
@@ -117,7 +129,19 @@ public func buildApplication(
         catalog: configuration.catalog, pipeline: pipeline, signatures: dependencies.store,
         inputs: inputs, publicURL: publicURL, keepAliveInterval: configuration.keepAliveInterval, chatImages: configuration.chatImages
     ).addRoutes(to: api)
+    return GatewayParts(router: router, metrics: metrics, pool: pool, pipeline: pipeline, managedChannels: managedChannels, retired: retired)
+}
 
+/// Builds the gateway: routes, middleware, and the services that own its resources.
+public func buildApplication(
+    configuration: GatewayConfiguration,
+    dependencies: GatewayDependencies,
+    logger: Logger,
+    hostLookup: @escaping HostLookup = systemHostLookup,
+    onServerRunning: @escaping @Sendable (any Channel) async -> Void = { _ in }
+) -> some ApplicationProtocol {
+    let parts = makeGatewayParts(configuration: configuration, dependencies: dependencies, logger: logger, hostLookup: hostLookup)
+    let (router, metrics, pool, pipeline, managedChannels, retired) = (parts.router, parts.metrics, parts.pool, parts.pipeline, parts.managedChannels, parts.retired)
     var app = Application(
         router: router,
         // The idle timeout closes connections that send nothing: idle keep-alive ones, request
@@ -135,9 +159,15 @@ public func buildApplication(
         app.addServices(ModelCheckService(catalog: configuration.catalog, pool: pool, retired: retired, logger: logger))
     }
     app.addServices(managedChannels)
+    if let port = configuration.metricsPort {
+        // Metrics on their own port (a scraper on an internal network, the API on a public one).
+        let metricsRouter = Router()
+        MetricsController<BasicRequestContext>(metrics: metrics, pool: pool, live: pipeline.live, token: configuration.metricsToken).addRoutes(to: metricsRouter)
+        app.addServices(Application(router: metricsRouter, configuration: .init(address: .hostname(configuration.host, port: port), serverName: "NanoGate-metrics"), logger: logger))
+    }
     app.addServices(LeaseKeeper(ledger: dependencies.ledger, live: pipeline.live, lease: configuration.billing.lease, logger: logger))
     app.addServices(
-        ImageSweeper(store: dependencies.imageStore, ttl: configuration.urlTTL, signatures: dependencies.store, logger: logger),
+        ImageSweeper(store: dependencies.imageStore, ttl: configuration.urlTTL, signatures: dependencies.store, logger: logger, onSweep: { metrics.swept($0) }),
         CloseOnShutdown { try await httpClient.shutdown() },
         CloseOnShutdown { await pool.shutdown() },
         CloseOnShutdown { try await database.close() },

@@ -103,7 +103,7 @@ struct ChatController {
         let texts = job.gemini.contents.flatMap { $0.parts ?? [] }.compactMap(\.text).joined(separator: "\n")
         let inputImages = job.gemini.contents.flatMap { $0.parts ?? [] }.filter { $0.inlineData != nil }.count
         let estimate = pipeline.estimate(key: key, model: job.model, spec: job.spec, count: 1, prompt: texts, inputImages: inputImages)
-        let info = RequestInfo(requestID: context.requestID, started: context.started, requestedSize: job.spec.label)
+        let info = RequestInfo(requestID: context.requestID, started: context.started, observation: context.observation, requestedSize: job.spec.label)
         let settlement = try await pipeline.open(key: key, endpoint: "chat.completions", model: job.model, info: info, estimateMicroUSD: estimate, logger: context.logger)
         var response: Response
         if input.stream == true {

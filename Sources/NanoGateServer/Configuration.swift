@@ -23,6 +23,9 @@ import Hummingbird
 /// | | `NANOGATE_ADMIN_TOKEN` | turns the admin API on, its bearer token | off |
 /// | | `NANOGATE_RESERVATION_LEASE` | seconds a credit reservation lives without renewal | 45 |
 /// | | `NANOGATE_UPSTREAM_TIMEOUT` | seconds per upstream call | 300 |
+/// | | `NANOGATE_METRICS_PORT` / `NANOGATE_METRICS_TOKEN` | `/metrics` on its own port / behind a bearer token | main port / open |
+/// | | `NANOGATE_METRICS_KEY_LABELS` | key ids as a metrics label | off |
+/// | | `NANOGATE_LOG_FORMAT` | `text` or `json` (one object per line) | text |
 /// | | `NANOGATE_UPSTREAM_DEADLINE` | seconds for all attempts of one image, queueing included | timeout × attempts |
 /// | | `NANOGATE_UPSTREAM_QUEUE` | calls that may wait per channel beyond its `max_concurrency` (more get 503) | 4096 |
 /// | | `NANOGATE_BREAKER_THRESHOLD` / `_COOLDOWN` | failures in a row that trip a channel / seconds it is skipped | 5 / 30 |
@@ -59,6 +62,14 @@ public struct GatewayConfiguration: Sendable {
     public var chatImages = ChatImageStyle.auto
     /// Whether `serve` checks the catalog against Google's model list at start-up (in the background).
     public var checkModelsAtStart = true
+    /// `GET /metrics` on its own port (`NANOGATE_METRICS_PORT`) instead of the main one.
+    public var metricsPort: Int?
+    /// The bearer token `/metrics` asks for (`NANOGATE_METRICS_TOKEN`); nil: open.
+    public var metricsToken: String?
+    /// Key ids as a metrics label (`NANOGATE_METRICS_KEY_LABELS`): one series per key, so off by default.
+    public var metricsKeyLabels = false
+    /// `text` (swift-log's default lines) or `json` (one object per line), `NANOGATE_LOG_FORMAT`.
+    public var logFormat = "text"
     /// Reservation leases and this instance's id.
     public var billing = BillingConfiguration()
     /// Turns the admin API (`/admin/v1/`) on; its bearer token (`NANOGATE_ADMIN_TOKEN`, at least 24 characters).
@@ -154,6 +165,16 @@ public struct GatewayConfiguration: Sendable {
         configuration.idleTimeout = .seconds(number("NANOGATE_IDLE_TIMEOUT", 30))
         configuration.trustForwardedHeaders = flag("NANOGATE_TRUST_FORWARDED")
         configuration.checkModelsAtStart = environment["NANOGATE_CHECK_MODELS"].map { _ in flag("NANOGATE_CHECK_MODELS") } ?? true
+        if let raw = environment["NANOGATE_METRICS_PORT"], !raw.isEmpty { configuration.metricsPort = number("NANOGATE_METRICS_PORT", 9090, minimum: 0) }
+        configuration.metricsToken = environment["NANOGATE_METRICS_TOKEN"].flatMap { $0.isEmpty ? nil : $0 }
+        configuration.metricsKeyLabels = flag("NANOGATE_METRICS_KEY_LABELS")
+        if let format = environment["NANOGATE_LOG_FORMAT"], !format.isEmpty {
+            if ["text", "json"].contains(format.lowercased()) {
+                configuration.logFormat = format.lowercased()
+            } else {
+                problems.append("NANOGATE_LOG_FORMAT=\(format) is not text or json")
+            }
+        }
         configuration.billing.lease = .seconds(number("NANOGATE_RESERVATION_LEASE", 45, minimum: 3))
         if let token = environment["NANOGATE_ADMIN_TOKEN"], !token.isEmpty {
             if token.count >= 24 {

@@ -17,6 +17,8 @@ public struct GatewayRequestContext: RequestContext {
     var requestID: String
     /// When the request arrived, for the usage log's latency.
     let started = ContinuousClock.now
+    /// The model and error code the handler met, for the request log line and the metrics.
+    let observation = RequestObservation()
 
     public init(source: ApplicationRequestContextSource) {
         self.coreContext = .init(source: source)
@@ -90,7 +92,7 @@ struct RequestIDMiddleware: RouterMiddleware {
             response.headers[Self.header] = context.requestID
             return response
         } catch let error as GatewayError {
-            var response = OpenAIErrorMiddleware<GatewayRequestContext>.response(for: error)
+            var response = OpenAIErrorMiddleware<GatewayRequestContext>.response(for: error, request: request)
             response.headers[Self.header] = context.requestID
             return response
         }

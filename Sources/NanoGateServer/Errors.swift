@@ -16,9 +16,12 @@ struct OpenAIErrorMiddleware<Context: RequestContext>: RouterMiddleware {
             return try await next(request, context)
         } catch let error as GatewayError {
             if error.status >= 500 { context.logger.warning("request failed", metadata: ["error": "\(error)"]) }
+            (context as? GatewayRequestContext)?.observation.errorCode = error.code ?? "http_\(error.status)"
             return Self.response(for: error, request: request)
         } catch let error as HTTPError {
-            return Self.response(for: Self.gatewayError(from: error, request: request), request: request)
+            let mapped = Self.gatewayError(from: error, request: request)
+            (context as? GatewayRequestContext)?.observation.errorCode = mapped.code ?? "http_\(mapped.status)"
+            return Self.response(for: mapped, request: request)
         } catch {
             context.logger.error("unexpected error", metadata: ["error": "\(String(reflecting: error))"])
             return Self.response(for: .internal("The gateway failed unexpectedly; the error has been logged."), request: request)
@@ -116,17 +119,53 @@ extension Request {
     }
 }
 
-/// Logs each request with its method, path and status, never its query string: signed image
-/// URLs (`signature=`) and `?key=` style credentials live there.
-struct RequestLogMiddleware<Context: RequestContext>: RouterMiddleware {
+/// One log line per request (method, route, path, status, model, error code, latency, and the
+/// request id from `RequestIDMiddleware`, in every line of the request), never its query
+/// string: signed image URLs (`signature=`) and `?key=` credentials live there. Also the HTTP
+/// metrics: requests by route, model and status, their duration (a streamed answer until its
+/// last byte), and requests in flight.
+struct RequestLogMiddleware: RouterMiddleware {
+    typealias Context = GatewayRequestContext
+    let metrics: GatewayMetrics
+
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         let start = ContinuousClock.now
-        let response = try await next(request, context)
-        let elapsed = (ContinuousClock.now - start).components
-        context.logger.info("request", metadata: [
-            "http.method": "\(request.method)", "http.path": "\(request.uri.path)", "http.status": "\(response.status.code)",
-            "duration_ms": "\(elapsed.seconds * 1000 + elapsed.attoseconds / 1_000_000_000_000_000)",
-        ])
-        return response
+        metrics.requestStarted()
+        let observation = context.observation
+        let logger = context.logger
+        let method = request.method.rawValue
+        let path = request.uri.path
+        let finish: @Sendable (Int) -> Void = { [metrics] status in
+            let elapsed = ContinuousClock.now - start
+            let route = context.endpointPath ?? "unmatched"
+            metrics.requestFinished(route: route, method: method, model: observation.model, status: status, errorCode: observation.errorCode, duration: elapsed)
+            var metadata: Logger.Metadata = [
+                "http.method": "\(method)", "http.route": "\(route)", "http.path": "\(path)", "http.status": "\(status)",
+                "duration_ms": "\(Int((elapsed / .milliseconds(1)).rounded()))",
+            ]
+            if let model = observation.model { metadata["model"] = "\(model)" }
+            if let code = observation.errorCode { metadata["error.code"] = "\(code)" }
+            logger.info("request", metadata: metadata)
+        }
+        let response: Response
+        do {
+            response = try await next(request, context)
+        } catch {
+            finish(500)
+            throw error
+        }
+        let status = Int(response.status.code)
+        guard response.headers[.contentType]?.hasPrefix("text/event-stream") == true else {
+            finish(status)
+            return response
+        }
+        // A stream is done when its body is: count its time to the end.
+        var streamed = response
+        let body = response.body
+        streamed.body = ResponseBody(contentLength: body.contentLength) { writer in
+            defer { finish(status) }
+            try await body.write(writer)
+        }
+        return streamed
     }
 }

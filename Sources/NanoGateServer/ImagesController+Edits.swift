@@ -1,7 +1,6 @@
 import Foundation
 import Hummingbird
 import Logging
-import MultipartKit
 import NanoGateCore
 import NanoGateStorage
 import NIOCore
@@ -138,7 +137,7 @@ struct MultipartForm {
     }
 
     static func read(_ body: RequestBody, boundary: String, limits: InputLimits) async throws(GatewayError) -> MultipartForm {
-        let parser = MultipartParser(boundary: boundary)
+        let parser = MultipartStreamParser(boundary: boundary)
         let accumulator = Accumulator()
         parser.onHeader = { field, value in
             guard field.lowercased() == "content-disposition" else { return }
@@ -166,10 +165,10 @@ struct MultipartForm {
                 guard ContinuousClock.now < deadline else { throw GatewayError.requestTimeout("The request body did not arrive within \(Request.bodyTimeout).") }
                 total += chunk.readableBytes
                 guard total <= limits.maxRequestBytes else { throw GatewayError.payloadTooLarge(limitBytes: limits.maxRequestBytes) }
-                do {
+                do throws(MultipartSyntaxError) {
                     try parser.execute(chunk)
                 } catch {
-                    throw GatewayError.invalidBody("The multipart body could not be parsed.")
+                    throw GatewayError.invalidBody("The multipart body could not be parsed: \(error.reason).")
                 }
                 if let part = accumulator.oversizedPart { throw GatewayError.imageTooLarge(part, limitBytes: limits.maxImageBytes) }
             }
@@ -177,6 +176,11 @@ struct MultipartForm {
             throw error
         } catch {
             throw .clientDisconnected
+        }
+        do throws(MultipartSyntaxError) {
+            try parser.finish()
+        } catch {
+            throw GatewayError.invalidBody("The multipart body could not be parsed: \(error.reason).")
         }
         return MultipartForm(parts: accumulator.parts)
     }

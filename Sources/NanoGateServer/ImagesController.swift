@@ -43,7 +43,7 @@ struct ImagesController {
     func answer(_ job: ImageJob, context: GatewayRequestContext) async throws -> Response {
         let logger = context.logger
         let estimate = pipeline.estimate(key: job.key, model: job.model, spec: job.spec, count: job.count, prompt: job.prompt, inputImages: job.inputImages.count)
-        let info = RequestInfo(requestID: context.requestID, started: context.started, requestedSize: job.spec.label)
+        let info = RequestInfo(requestID: context.requestID, started: context.started, observation: context.observation, requestedSize: job.spec.label)
         let settlement = try await pipeline.open(key: job.key, endpoint: job.endpoint, model: job.model, info: info, estimateMicroUSD: estimate, logger: logger)
         if job.options.stream {
             return streamed(job, settlement: settlement, logger: logger)

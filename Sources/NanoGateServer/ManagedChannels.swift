@@ -3,6 +3,7 @@ import Logging
 import NanoGateStorage
 public import ServiceLifecycle
 public import Upstream
+import Synchronization
 
 /// The upstream channels the operator adds through the admin API or `nanogate channels add`:
 /// stored in the database as the configuration file's JSON, put in service beside the file's,
@@ -12,7 +13,16 @@ public struct ManagedChannels: Service {
     let store: SQLStore
     let pool: UpstreamPool
     let logger: Logger
+    /// Channels already read, by their stored JSON: a refresh re-reads (and, for Vertex, loads
+    /// the key file) only what changed.
+    private let decoded = DecodedChannels()
     public static let refreshInterval = Duration.seconds(5)
+
+    init(store: SQLStore, pool: UpstreamPool, logger: Logger) {
+        self.store = store
+        self.pool = pool
+        self.logger = logger
+    }
 
     public func run() async throws {
         while !Task.isShuttingDownGracefully, !Task.isCancelled {
@@ -26,13 +36,23 @@ public struct ManagedChannels: Service {
     func refresh() async {
         do {
             var channels: [ChannelConfiguration] = []
+            let known = decoded.map.withLock { $0 }
+            var current: [String: ChannelConfiguration] = [:]
             for stored in try await store.storedChannels() {
+                if let channel = known[stored.json] {
+                    channels.append(channel)
+                    current[stored.json] = channel
+                    continue
+                }
                 do {
-                    channels.append(try Self.channel(fromJSON: stored.json))
+                    let channel = try Self.channel(fromJSON: stored.json)
+                    channels.append(channel)
+                    current[stored.json] = channel
                 } catch {
                     logger.error("a stored upstream channel cannot be used", metadata: ["channel": "\(stored.name)", "error": "\(error.problems.joined(separator: "; "))"])
                 }
             }
+            decoded.map.withLock { $0 = current }
             pool.replaceManagedChannels(channels)
         } catch {
             logger.warning("could not read the stored upstream channels", metadata: ["error": "\(error)"])
@@ -75,4 +95,9 @@ public struct ManagedChannels: Service {
         encoder.outputFormatting = [.sortedKeys]
         return String(decoding: try encoder.encode(channel), as: UTF8.self)
     }
+}
+
+/// The channels a `ManagedChannels` has read, by their stored JSON (shared by its copies).
+private final class DecodedChannels: Sendable {
+    let map = Mutex<[String: ChannelConfiguration]>([:])
 }

@@ -1,3 +1,4 @@
+import Foundation
 import Hummingbird
 import NanoGateCore
 import NanoGateStorage
@@ -42,7 +43,7 @@ struct ModelsController {
             return try ImagesController.json(ModelList(data: models(for: context.apiKey).map(object)))
         }
         group.get("models/{id}") { request, context in
-            let id = context.parameters.get("id") ?? ""
+            let id = (context.parameters.get("id") ?? "").removingPercentEncoding ?? ""
             if GoogleErrorShape.applies(to: request) {
                 // Google's SDK (`models.get`) under /v1: Google's `Model`, by name or upstream id.
                 let bare = id.hasPrefix("models/") ? String(id.dropFirst(7)) : id

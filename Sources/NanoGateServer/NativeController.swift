@@ -33,7 +33,7 @@ struct NativeController {
             try ImagesController.json(ModelList(models: models(for: context.apiKey).map(GoogleModel.init)))
         }
         group.get("models/{id}") { _, context in
-            let name = context.parameters.get("id") ?? ""
+            let name = (context.parameters.get("id") ?? "").removingPercentEncoding ?? ""
             let bare = name.hasPrefix("models/") ? String(name.dropFirst(7)) : name
             guard let model = resolve(bare, key: context.apiKey) else { throw GatewayError.unknownModel(bare, known: models(for: context.apiKey).map(\.name)) }
             return try ImagesController.json(GoogleModel(model))
@@ -80,7 +80,8 @@ struct NativeController {
     }
 
     func generate(_ request: Request, context: GatewayRequestContext) async throws -> Response {
-        let target = context.parameters.get("id") ?? ""
+        // `nano-banana%3AgenerateContent` (a client that encodes the colon) is the same method.
+        let target = (context.parameters.get("id") ?? "").removingPercentEncoding ?? ""
         guard let colon = target.lastIndex(of: ":") else {
             throw GatewayError(status: 404, type: "invalid_request_error", code: "not_found", param: nil, message: "Unknown method: POST \(request.uri.path).")
         }
@@ -113,7 +114,7 @@ struct NativeController {
         let inputImages = gemini.contents.reduce(0) { $0 + ($1.parts ?? []).filter { $0.inlineData != nil }.count }
         let endpoint = "gemini.\(method)"
         let settlement = try await pipeline.open(
-            key: key, endpoint: endpoint, model: model, info: RequestInfo(requestID: context.requestID, started: context.started, requestedSize: spec.label),
+            key: key, endpoint: endpoint, model: model, info: RequestInfo(requestID: context.requestID, started: context.started, observation: context.observation, requestedSize: spec.label),
             estimateMicroUSD: pipeline.estimate(key: key, model: model, spec: spec, count: 1, prompt: prompt, inputImages: inputImages),
             logger: context.logger
         )

@@ -55,6 +55,8 @@ final class RetiredModels: Sendable {
 struct RequestInfo: Sendable {
     var requestID: String
     var started: ContinuousClock.Instant
+    /// Filled in for the request log and metrics (model, error code).
+    var observation: RequestObservation?
     var requestedSize: String?
 }
 
@@ -179,6 +181,7 @@ struct RequestPipeline: Sendable {
     let limiter: KeyLimiter
     let billing: BillingConfiguration
     let live: LiveReservations
+    let metrics: GatewayMetrics
 
     /// The prices `id` is charged at (the operator's override, else `fallback`).
     func prices(of id: String, fallback: TokenPrices) -> TokenPrices {
@@ -202,6 +205,7 @@ struct RequestPipeline: Sendable {
     /// checked and the worst case is reserved against its credit, before any upstream call.
     /// A key whose balance cannot cover `estimateMicroUSD` gets 429 `insufficient_quota`.
     func open(key: APIKey, endpoint: String, model: CatalogModel, info: RequestInfo, estimateMicroUSD: Int, logger: Logger) async throws(GatewayError) -> Settlement {
+        info.observation?.model = model.name
         try limiter.begin(key)
         await priceBook.refreshIfStale(logger: logger)
         var reservationID: String?
@@ -245,6 +249,8 @@ struct RequestPipeline: Sendable {
     /// what was delivered and writes its usage-log row, in one ledger statement.
     func settle(_ settlement: Settlement, status: Int, errorCode: String?, logger: Logger) async {
         guard let record = settlement.close(status: status, errorCode: errorCode) else { return }
+        metrics.settled(record)
+        if status >= 400, let errorCode { settlement.info.observation?.errorCode = errorCode }
         limiter.finish(settlement.key)
         if let id = settlement.reservationID { live.remove(id) }
         do {

@@ -132,23 +132,40 @@ public struct ImageStore: Sendable {
         return parts[0].allSatisfy(\.isHexDigit) && parts[1].allSatisfy { $0.isLetter && $0.isASCII }
     }
 
-    /// Deletes images older than `age`. Returns how many were removed.
+    /// Deletes images older than `age`; says how many were removed and what the store holds after.
     @discardableResult
-    public func sweep(olderThan age: Duration, now: Date = Date()) async throws -> Int {
+    public func sweep(olderThan age: Duration, now: Date = Date()) async throws -> SweepResult {
         let cutoff = now.addingTimeInterval(-TimeInterval(age.components.seconds))
         let directory = self.directory
         return try await threadPool.runIfActive {
-            let files = try FileManager.default.contentsOfDirectory(at: directory, includingPropertiesForKeys: [.contentModificationDateKey])
-            var removed = 0
+            let keys: Set<URLResourceKey> = [.contentModificationDateKey, .fileSizeKey]
+            let files = try FileManager.default.contentsOfDirectory(at: directory, includingPropertiesForKeys: Array(keys))
+            var result = SweepResult()
             for file in files {
-                let modified = try? file.resourceValues(forKeys: [.contentModificationDateKey]).contentModificationDate
-                if let modified, modified < cutoff {
+                let values = try? file.resourceValues(forKeys: keys)
+                if let modified = values?.contentModificationDate, modified < cutoff {
                     try? FileManager.default.removeItem(at: file)
-                    removed += 1
+                    result.removed += 1
+                } else {
+                    result.files += 1
+                    result.bytes += values?.fileSize ?? 0
                 }
             }
-            return removed
+            return result
         }
+    }
+}
+
+/// What one sweep did: files removed, and what the store holds after it.
+public struct SweepResult: Sendable, Equatable {
+    public var removed = 0
+    public var files = 0
+    public var bytes = 0
+
+    public init(removed: Int = 0, files: Int = 0, bytes: Int = 0) {
+        self.removed = removed
+        self.files = files
+        self.bytes = bytes
     }
 }
 
@@ -161,11 +178,15 @@ public struct ImageSweeper: Service {
     let signatures: (any SignatureStore)?
     let signatureRetention: Duration
     let logger: Logger
+    /// Told after every sweep (metrics: the store's size, files removed).
+    let onSweep: @Sendable (SweepResult) -> Void
 
     public init(
         store: ImageStore, ttl: Duration, interval: Duration? = nil,
-        signatures: (any SignatureStore)? = nil, signatureRetention: Duration = .seconds(7 * 24 * 3600), logger: Logger
+        signatures: (any SignatureStore)? = nil, signatureRetention: Duration = .seconds(7 * 24 * 3600), logger: Logger,
+        onSweep: @escaping @Sendable (SweepResult) -> Void = { _ in }
     ) {
+        self.onSweep = onSweep
         self.store = store
         self.ttl = ttl
         self.signatures = signatures
@@ -177,8 +198,9 @@ public struct ImageSweeper: Service {
     public func run() async throws {
         while !Task.isCancelled && !Task.isShuttingDownGracefully {
             do {
-                let removed = try await store.sweep(olderThan: ttl)
-                if removed > 0 { logger.info("swept expired images", metadata: ["count": "\(removed)"]) }
+                let swept = try await store.sweep(olderThan: ttl)
+                onSweep(swept)
+                if swept.removed > 0 { logger.info("swept expired images", metadata: ["count": "\(swept.removed)"]) }
                 if let signatures {
                     let cutoff = Date().addingTimeInterval(-TimeInterval(signatureRetention.components.seconds))
                     let pruned = try await signatures.pruneSignatures(before: cutoff)

@@ -227,6 +227,10 @@ public final class SQLiteDatabaseHandle: Sendable {
 
     /// Opens (creating if needed) `path` and brings its tables up to date.
     public static func open(path: String, logger: Logger) async throws -> SQLiteDatabaseHandle {
+        // SQLite logs every statement with its bound values at debug level, and a stored
+        // channel's row binds its credentials: the database logs from notice up only.
+        var logger = logger
+        logger.logLevel = max(logger.logLevel, .notice)
         let connection = try await SQLiteConnection.open(storage: .file(path: path), logger: logger)
         do {
             // WAL lets readers run while the usage log is written; busy_timeout covers the CLI writing concurrently.

@@ -176,6 +176,7 @@ public final class UpstreamPool: Sendable {
     private let random: @Sendable (Int) -> Int
     private let eventLoopGroup: any EventLoopGroup
     private let logger: Logger
+    private let observer: (any UpstreamObserver)?
 
     private struct Roster {
         var members: [Member] = []
@@ -214,8 +215,12 @@ public final class UpstreamPool: Sendable {
 
     /// The pool with one HTTP client per channel (its own connection pool, sized to its
     /// `max_concurrency`, and its own proxy), following no redirect.
-    public init(configuration: UpstreamConfiguration, eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger, random: @escaping @Sendable (Int) -> Int = { Int.random(in: 0..<max(1, $0)) }) {
+    public init(
+        configuration: UpstreamConfiguration, eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger,
+        observer: (any UpstreamObserver)? = nil, random: @escaping @Sendable (Int) -> Int = { Int.random(in: 0..<max(1, $0)) }
+    ) {
         self.configuration = configuration
+        self.observer = observer
         self.random = random
         self.eventLoopGroup = eventLoopGroup
         self.logger = logger
@@ -433,7 +438,9 @@ public final class UpstreamPool: Sendable {
             attemptLogger[metadataKey: "upstream.model"] = "\(pick.upstreamID)"
             let started = ContinuousClock.now
             let result = await run(member, pick: pick, body: body, deadline: deadline, logger: attemptLogger, attempt)
-            let milliseconds = Int((started.duration(to: .now) / .milliseconds(1)).rounded())
+            let elapsed = started.duration(to: .now)
+            let milliseconds = Int((elapsed / .milliseconds(1)).rounded())
+            observer?.attempt(channel: name, key: pick.credential + 1, model: model, outcome: result.outcome, duration: elapsed)
             switch result {
             case .success(let output):
                 trace?.record(.init(channel: name, key: pick.credential + 1, status: 200, error: nil, milliseconds: milliseconds))
@@ -572,9 +579,11 @@ public final class UpstreamPool: Sendable {
             switch failure.disposition {
             case .coolDown(let duration, let modelOnly):
                 guard duration > .zero else { break }
+                observer?.coolDown(channel: name, model: model)
                 roster.states[index].rests[credential][modelOnly ? model : ""] = Rest(until: now.advanced(by: duration), reason: failure.error, rejected: false)
             case .credentialRejected:
                 roster.states[index].rests[credential][""] = Rest(until: now.advanced(by: configuration.rejectedCredentialRest), reason: failure.error, rejected: true)
+                observer?.credentialRejected(channel: name)
                 let all = roster.states[index].rests.allSatisfy { $0[""].map { $0.rejected && $0.until > now } ?? false }
                 logger.error(
                     all ? "channel disabled: every credential was refused (fix it and restart, or wait for the retry)" : "channel credential set aside: it was refused",
@@ -584,6 +593,7 @@ public final class UpstreamPool: Sendable {
                 roster.states[index].consecutiveFailures += 1
                 if wasProbing || roster.states[index].consecutiveFailures >= configuration.breakerThreshold {
                     roster.states[index].openUntil = now.advanced(by: configuration.breakerCooldown)
+                    observer?.tripped(channel: name)
                     logger.warning("channel tripped: skipped for a while, then probed", metadata: ["channel": "\(name)", "failures": "\(roster.states[index].consecutiveFailures)", "for": "\(configuration.breakerCooldown)"])
                 }
             case .fatal:
@@ -631,5 +641,15 @@ public final class UpstreamPool: Sendable {
     private func backoff(_ attempt: Int) -> Duration {
         let base = configuration.retryBaseDelay * (1 << min(attempt - 1, 10))
         return base + base * Double.random(in: 0..<0.5)
+    }
+}
+
+extension Result where Failure == ChannelFailure {
+    /// `ok`, or the failure's bounded code (a metrics label).
+    var outcome: String {
+        switch self {
+        case .success: "ok"
+        case .failure(let failure): failure.error.code.rawValue
+        }
     }
 }

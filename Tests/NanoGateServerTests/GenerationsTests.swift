@@ -227,7 +227,7 @@ import Upstream
             // The sweeper removes files older than the TTL; their URLs then answer 404.
             let store = gateway.dependencies.imageStore
             let removed = try await store.sweep(olderThan: gateway.configuration.urlTTL, now: Date().addingTimeInterval(5 * 3600))
-            #expect(removed == 1)
+            #expect(removed == SweepResult(removed: 1, files: 0, bytes: 0))
             #expect(try FileManager.default.contentsOfDirectory(atPath: store.directory.path).isEmpty)
             #expect(try await gateway.get(url).status == 404)
         }

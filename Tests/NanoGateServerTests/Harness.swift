@@ -26,7 +26,13 @@ struct Harness {
     let defaultKey: String
     /// A key of the "gemini" group (base64 answers unless asked otherwise).
     let geminiKey: String
-    let client = HTTPClient.shared
+    /// A client that waits as long as the gateway may (HTTPClient.shared gives up on a silent
+    /// read after 90 s, which a busy 2-core machine rendering 4K images can reach).
+    static let patientClient = HTTPClient(
+        eventLoopGroupProvider: .singleton,
+        configuration: .init(redirectConfiguration: .follow(max: 20, allowCycles: false), timeout: .init(connect: .seconds(30), read: .seconds(600)))
+    )
+    let client = Harness.patientClient
 
     struct Reply {
         var status: Int
