@@ -9,7 +9,6 @@ import NanoGateStorage
 import NIOCore
 import NIOHTTP1
 import NIOPosix
-import ServiceLifecycle
 import Synchronization
 import Testing
 import Upstream
@@ -19,30 +18,30 @@ import Upstream
 func withEmulator(
     _ configure: (inout EmulatorConfiguration) -> Void = { _ in }, recorder: EmulatorRecorder, _ body: (String) async throws -> Void
 ) async throws {
-    var logger = Logger(label: "test-emulator")
-    logger.logLevel = .critical
     var settings = emulatorConfiguration(acceptedKeys: nil)
     configure(&settings)
-    let (ports, port) = AsyncStream.makeStream(of: Int.self)
-    let app = Application(
-        router: GeminiEmulator(configuration: settings, recorder: recorder).router(), configuration: .init(address: .hostname("127.0.0.1", port: 0)),
-        onServerRunning: { port.yield($0.localAddress!.port!) }, logger: logger
-    )
-    let group = ServiceGroup(configuration: .init(services: [app], logger: logger))
-    try await withThrowingTaskGroup(of: Void.self) { tasks in
-        tasks.addTask { try await group.run() }
-        var iterator = ports.makeAsyncIterator()
-        let bound = await iterator.next()!
-        do {
-            try await body("http://127.0.0.1:\(bound)")
-        } catch {
-            await group.triggerGracefulShutdown()
-            try? await tasks.waitForAll()
-            throw error
-        }
-        await group.triggerGracefulShutdown()
-        try await tasks.waitForAll()
+    try await withLocalServer(router: GeminiEmulator(configuration: settings, recorder: recorder).router()) { port in
+        try await body("http://127.0.0.1:\(port)")
     }
+}
+
+/// Sends a generation on a raw connection and closes it once the emulator has the call: a
+/// client that gives up waiting. `headers` are extra header lines.
+func sendAndLeave(_ gateway: Harness, body: String, headers: String = "") async throws {
+    let port = Int(gateway.baseURL.split(separator: ":").last!)!
+    try await RawConnection.with(port: port) { connection in
+        try await connection.send("POST /v1/images/generations HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \(gateway.defaultKey)\r\n\(headers)Content-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)")
+        while gateway.recorder.all.isEmpty { try await Task.sleep(for: .milliseconds(20)) }
+    }
+}
+
+/// The newest usage row, waiting up to 30 s for it to be written.
+func firstUsageRow(_ gateway: Harness) async throws -> UsageRecord? {
+    for _ in 0..<300 {
+        if let row = try await gateway.usageRows().first { return row }
+        try await Task.sleep(for: .milliseconds(100))
+    }
+    return nil
 }
 
 /// The live channel state, through the admin API.
@@ -246,19 +245,9 @@ let channelAdminToken = "admin-token-for-channel-tests-0123456789"
     /// request is logged as 499, uncharged, long before Google would have answered.
     @Test func aClientThatLeavesCancelsTheUpstreamCall() async throws {
         try await withGateway { gateway in
-            let port = Int(gateway.baseURL.split(separator: ":").last!)!
-            let body = #"{"model":"nano-banana","prompt":"never mind [emulate:slow=20000]","response_format":"b64_json"}"#
-            try await RawConnection.with(port: port) { connection in
-                try await connection.send("POST /v1/images/generations HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \(gateway.defaultKey)\r\nContent-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)")
-                while gateway.recorder.all.isEmpty { try await Task.sleep(for: .milliseconds(20)) }
-            }
+            try await sendAndLeave(gateway, body: #"{"model":"nano-banana","prompt":"never mind [emulate:slow=20000]","response_format":"b64_json"}"#)
             // The connection is closed now: the row appears without waiting for the 20 s answer.
-            var row: UsageRecord?
-            for _ in 0..<300 where row == nil {
-                row = try await gateway.usageRows().first
-                if row == nil { try await Task.sleep(for: .milliseconds(100)) }
-            }
-            let settled = try #require(row, "the request was settled after the client left")
+            let settled = try #require(try await firstUsageRow(gateway), "the request was settled after the client left")
             #expect(settled.status == 499)
             #expect(settled.errorCode == "client_disconnected")
             #expect(settled.costMicroUSD == 0)
@@ -271,18 +260,9 @@ let channelAdminToken = "admin-token-for-channel-tests-0123456789"
     /// stored and charged once, and the client's retry gets it without a second upstream call.
     @Test func anIdempotentRequestRunsOnAfterTheClientLeaves() async throws {
         try await withGateway { gateway in
-            let port = Int(gateway.baseURL.split(separator: ":").last!)!
             let body = #"{"model":"nano-banana","prompt":"keep going [emulate:slow=2000]","response_format":"b64_json"}"#
-            try await RawConnection.with(port: port) { connection in
-                try await connection.send("POST /v1/images/generations HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \(gateway.defaultKey)\r\nIdempotency-Key: retry-me-1\r\nContent-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)")
-                while gateway.recorder.all.isEmpty { try await Task.sleep(for: .milliseconds(20)) }
-            }
-            var row: UsageRecord?
-            for _ in 0..<300 where row == nil {
-                row = try await gateway.usageRows().first
-                if row == nil { try await Task.sleep(for: .milliseconds(100)) }
-            }
-            let settled = try #require(row)
+            try await sendAndLeave(gateway, body: body, headers: "Idempotency-Key: retry-me-1\r\n")
+            let settled = try #require(try await firstUsageRow(gateway))
             #expect(settled.status == 200, "it ran to completion")
             #expect(settled.images == 1 && settled.costMicroUSD > 0)
 

@@ -176,10 +176,15 @@ func withGateway(
 func withLocalServer(
     host: String = "127.0.0.1", _ routes: (Router<BasicRequestContext>) -> Void, _ body: (Int) async throws -> Void
 ) async throws {
-    var logger = Logger(label: "test-server")
-    logger.logLevel = .critical
     let router = Router()
     routes(router)
+    try await withLocalServer(host: host, router: router, body)
+}
+
+/// A server of the test's own for `router` (an emulator's, say) on `host`; `body` gets its port.
+func withLocalServer(host: String = "127.0.0.1", router: Router<BasicRequestContext>, _ body: (Int) async throws -> Void) async throws {
+    var logger = Logger(label: "test-server")
+    logger.logLevel = .critical
     let (ports, port) = AsyncStream.makeStream(of: Int.self)
     let app = Application(router: router, configuration: .init(address: .hostname(host, port: 0)), onServerRunning: { port.yield($0.localAddress!.port!) }, logger: logger)
     let group = ServiceGroup(configuration: .init(services: [app], logger: logger))

@@ -79,6 +79,24 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.wait(timeout=15)
 
 
+def wait_until_healthy(proc: subprocess.Popen, root: str, output: Callable[[], str]) -> None:
+    """Wait until ``root``/health answers ``ok``; fail with the process's output if it exits
+    first or does not answer within STARTUP_TIMEOUT."""
+    import urllib.request
+
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"nanogate serve exited with {proc.returncode}:\n{output()[-5000:]}", pytrace=False)
+        with contextlib.suppress(OSError):
+            with urllib.request.urlopen(root + "/health", timeout=2) as response:
+                if response.read().strip() == b"ok":
+                    return
+        if time.monotonic() > deadline:
+            pytest.fail(f"/health did not answer ok within {STARTUP_TIMEOUT:.0f}s:\n{output()[-5000:]}", pytrace=False)
+        time.sleep(0.2)
+
+
 @pytest.fixture(scope="session")
 def nanogate_bin() -> Path:
     """The nanogate executable under test."""

@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from PIL import Image
 
-from conftest import CLI_TIMEOUT, CLIENT_TIMEOUT, STARTUP_TIMEOUT, _demo_in_temp_dir, _free_port, _stop
+from conftest import CLI_TIMEOUT, CLIENT_TIMEOUT, STARTUP_TIMEOUT, _demo_in_temp_dir, _free_port, _stop, wait_until_healthy
 
 ADMIN_TOKEN = "channels-admin-token-0123456789abcdef"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -111,17 +111,7 @@ def serve(
 
     root = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"nanogate serve exited with {proc.returncode}:\n{output()[-5000:]}", pytrace=False)
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(root + "/health", timeout=2) as response:
-                    if response.read().strip() == b"ok":
-                        break
-            if time.monotonic() > deadline:
-                pytest.fail(f"/health did not answer ok within {STARTUP_TIMEOUT:.0f}s:\n{output()[-5000:]}", pytrace=False)
-            time.sleep(0.2)
+        wait_until_healthy(proc, root, output)
         yield Served(root=root, port=port, data_dir=data_dir, output=output)
     finally:
         _stop(proc)

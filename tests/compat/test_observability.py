@@ -26,7 +26,7 @@ from typing import Iterator, NamedTuple
 
 import pytest
 
-from conftest import CLIENT_TIMEOUT, STARTUP_TIMEOUT, Gateway, _free_port, _stop
+from conftest import CLIENT_TIMEOUT, STARTUP_TIMEOUT, Gateway, _free_port, _stop, wait_until_healthy
 from test_channels import clean_env, create_key, emulator, spawn, usage_row, write_config
 
 PROMPT = "a banana on the moon"
@@ -425,17 +425,7 @@ def serve_logged(nanogate_bin: Path, config: Path, data_dir: Path, env: dict[str
         )
         root = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + STARTUP_TIMEOUT
-            while True:
-                if proc.poll() is not None:
-                    pytest.fail(f"nanogate serve exited with {proc.returncode}:\n{out_path.read_text()[-3000:]}\n{err_path.read_text()[-3000:]}", pytrace=False)
-                with contextlib.suppress(OSError):
-                    with urllib.request.urlopen(root + "/health", timeout=2) as response:
-                        if response.read().strip() == b"ok":
-                            break
-                if time.monotonic() > deadline:
-                    pytest.fail(f"/health did not answer ok within {STARTUP_TIMEOUT:.0f}s", pytrace=False)
-                time.sleep(0.2)
+            wait_until_healthy(proc, root, lambda: out_path.read_text() + "\n" + err_path.read_text())
             yield Logged(root, data_dir, out_path, err_path)
         finally:
             _stop(proc)
