@@ -13,12 +13,13 @@ import Synchronization
 /// notice a gone client on their own (a failed write) once their body is being written.
 struct DisconnectMiddleware: RouterMiddleware {
     typealias Context = GatewayRequestContext
+    let connections = WatchedConnections()
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         guard request.method == .post, request.headers[IdempotencyMiddleware.header] == nil else {
             return try await next(request, context)
         }
-        let closed = ConnectionClosed(context.channel)
+        let closed = connections.watch(context.channel)
         defer { closed.detach() }
         // `next` runs in a child task (the group is awaited before returning, so it does not
         // outlive this call), beside a watcher that returns when the connection closes.
@@ -44,15 +45,36 @@ struct DisconnectMiddleware: RouterMiddleware {
     }
 }
 
-/// Waits for a channel's close, and cancels the waiting task's group when it comes.
-private final class ConnectionClosed: Sendable {
+/// The connections with a request being watched: one close callback per connection, not one
+/// per request (a keep-alive connection from a proxy may carry millions of requests, and a
+/// future's callbacks are only released when it completes). The connection's close is
+/// forwarded to the request it is answering now.
+final class WatchedConnections: Sendable {
+    private let current = Mutex<[ObjectIdentifier: ConnectionClosed]>([:])
+
+    func watch(_ channel: any Channel) -> ConnectionClosed {
+        let id = ObjectIdentifier(channel)
+        let closed = ConnectionClosed()
+        let first = current.withLock { current -> Bool in
+            defer { current[id] = closed }
+            return current[id] == nil
+        }
+        if first {
+            // The entry goes when the connection does, so no identifier outlives its channel.
+            channel.closeFuture.whenComplete { [weak self] _ in
+                self?.current.withLock { $0.removeValue(forKey: id) }?.fire()
+            }
+        }
+        return closed
+    }
+}
+
+/// One request's wait for its connection to close.
+final class ConnectionClosed: Sendable {
     private let state = Mutex<(closed: Bool, waiter: CheckedContinuation<Void, Never>?, done: Bool)>((false, nil, false))
 
-    init(_ channel: any Channel) {
-        channel.closeFuture.whenComplete { [weak self] _ in self?.fire() }
-    }
-
-    private func fire() {
+    /// The connection closed.
+    func fire() {
         let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in
             state.closed = true
             defer { state.waiter = nil }

@@ -31,10 +31,7 @@ struct OpenAIErrorMiddleware<Context: RequestContext>: RouterMiddleware {
     /// OpenAI's shape, or Google's on the native routes (`GoogleErrorShape`).
     static func response(for error: GatewayError, request: Request) -> Response {
         guard GoogleErrorShape.applies(to: request) else { return response(for: error) }
-        var headers: HTTPFields = [.contentType: "application/json"]
-        if let retry = error.retryAfterSeconds { headers[.retryAfter] = "\(retry)" }
-        if [401, 408, 413].contains(error.status) { headers[.connection] = "close" }
-        return Response(status: .init(code: error.status), headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: GoogleErrorShape.body(for: error))))
+        return response(for: error, body: ByteBuffer(bytes: GoogleErrorShape.body(for: error)))
     }
 
     static func gatewayError(from error: HTTPError, request: Request) -> GatewayError {
@@ -51,12 +48,16 @@ struct OpenAIErrorMiddleware<Context: RequestContext>: RouterMiddleware {
     }
 
     static func response(for error: GatewayError) -> Response {
+        response(for: error, body: ByteBuffer(data: (try? JSONEncoder().encode(ErrorResponse(error))) ?? Data()))
+    }
+
+    /// The status and headers every error answer shares, with its body in either shape.
+    private static func response(for error: GatewayError, body: ByteBuffer) -> Response {
         var headers: HTTPFields = [.contentType: "application/json"]
         if let retry = error.retryAfterSeconds { headers[.retryAfter] = "\(retry)" }
         // The body of these requests may be unread (and endless): close instead of draining it.
         if [401, 408, 413].contains(error.status) { headers[.connection] = "close" }
-        let body = (try? JSONEncoder().encode(ErrorResponse(error))) ?? Data()
-        return Response(status: .init(code: error.status), headers: headers, body: .init(byteBuffer: ByteBuffer(data: body)))
+        return Response(status: .init(code: error.status), headers: headers, body: .init(byteBuffer: body))
     }
 }
 

@@ -254,9 +254,14 @@ struct RequestPipeline: Sendable {
         limiter.finish(settlement.key)
         if let id = settlement.reservationID { live.remove(id) }
         do {
-            // Not cancelled with the request: a client that left is settled all the same.
-            let ledger = self.ledger
-            try await Task { try await ledger.settle(reservationID: settlement.reservationID, record: record) }.value
+            if Task.isCancelled {
+                // A request cancelled because its client left is settled all the same, outside the
+                // cancelled task (SQLKit's async calls refuse to run in one).
+                let ledger = self.ledger
+                try await Task { try await ledger.settle(reservationID: settlement.reservationID, record: record) }.value
+            } else {
+                try await ledger.settle(reservationID: settlement.reservationID, record: record)
+            }
         } catch {
             // The reservation stays held until its lease runs out; then it is released uncharged.
             logger.error("could not settle the request", metadata: ["error": "\(error)", "cost_micro_usd": "\(record.costMicroUSD)"])

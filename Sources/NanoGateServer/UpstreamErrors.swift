@@ -17,7 +17,7 @@ extension GatewayError {
         case .timeout:
             self = .timeout(error.status == 504 ? "\(who) could not finish in time\(said)" : "\(who) did not answer in time (\(error.detail ?? "the upstream timeout passed")).")
         case .unreachable:
-            self = .badGateway("Could not reach \(who == "Google" ? "Google" : "the upstream gateway") (the connection failed).", code: "upstream_unreachable")
+            self = .badGateway("Could not reach \(error.provider == .google ? "Google" : "the upstream gateway") (the connection failed).", code: "upstream_unreachable")
         case .unreadable:
             self = .badGateway("\(who) returned an answer the gateway could not read.")
         case .tooLarge:

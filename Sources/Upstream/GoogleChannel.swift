@@ -181,6 +181,7 @@ struct GoogleChannel: UpstreamChannel {
     func probe(model: String, logger: Logger) async throws(UpstreamError) -> String {
         let request = GeminiWire.Request(contents: [.init(role: "user", parts: [.init(text: "ping")])], generationConfig: nil)
         guard let body = try? SplicedJSON.encodeJoined(CountTokensBody(contents: request.contents)) else { throw UpstreamError(.invalidRequest) }
+        var tokens = 0
         for credential in 0..<max(1, credentialCount) {
             switch await send(model: model, action: "countTokens", request: request, body: body, credential: credential, timeout: .seconds(30), logger: logger) {
             case .failure(let failure): throw failure.error
@@ -188,12 +189,10 @@ struct GoogleChannel: UpstreamChannel {
                 let bytes = (try? await response.body.collect(upTo: 1024 * 1024)) ?? ByteBuffer()
                 struct Count: Decodable { var totalTokens: Int? }
                 guard let count = try? JSONDecoder().decode(Count.self, from: bytes) else { throw UpstreamError(.unreadable) }
-                if credential == credentialCount - 1 || credentialCount <= 1 {
-                    return "countTokens on \(model) answered \(count.totalTokens ?? 0) tokens with every credential (\(max(1, credentialCount)))"
-                }
+                tokens = count.totalTokens ?? 0
             }
         }
-        return "ok"
+        return "countTokens on \(model) answered \(tokens) tokens with every credential (\(max(1, credentialCount)))"
     }
 
     private struct CountTokensBody: Encodable {

@@ -46,6 +46,8 @@ enum Disposition: Sendable, Equatable {
     case credentialRejected
     /// A transient fault (5xx, connection, garbage): counts toward the channel's breaker; retry elsewhere.
     case transient
+    /// This channel cannot take the call now (its queue is full): try another at once, no penalty.
+    case elsewhere
 }
 
 struct ChannelFailure: Error, Sendable {

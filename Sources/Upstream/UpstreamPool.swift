@@ -454,7 +454,7 @@ public final class UpstreamPool: Sendable {
                 switch failure.disposition {
                 case .fatal:
                     throw failure.error
-                case .coolDown, .credentialRejected:
+                case .coolDown, .credentialRejected, .elsewhere:
                     continue
                 case .transient:
                     if number < configuration.maxAttempts {
@@ -482,7 +482,7 @@ public final class UpstreamPool: Sendable {
         do {
             try await Deadline.run(until: deadline, orThrow: queued) { try await member.gate.acquire() }
         } catch let error as UpstreamError {
-            return .failure(.init(error: error, disposition: error.code == .queueFull ? .coolDown(.zero, modelOnly: true) : .fatal))
+            return .failure(.init(error: error, disposition: error.code == .queueFull ? .elsewhere : .fatal))
         } catch {
             return .failure(.init(error: .init(.cancelled), disposition: .fatal))
         }
@@ -578,7 +578,6 @@ public final class UpstreamPool: Sendable {
             roster.states[index].probing = false
             switch failure.disposition {
             case .coolDown(let duration, let modelOnly):
-                guard duration > .zero else { break }
                 observer?.coolDown(channel: name, model: model)
                 roster.states[index].rests[credential][modelOnly ? model : ""] = Rest(until: now.advanced(by: duration), reason: failure.error, rejected: false)
             case .credentialRejected:
@@ -596,7 +595,7 @@ public final class UpstreamPool: Sendable {
                     observer?.tripped(channel: name)
                     logger.warning("channel tripped: skipped for a while, then probed", metadata: ["channel": "\(name)", "failures": "\(roster.states[index].consecutiveFailures)", "for": "\(configuration.breakerCooldown)"])
                 }
-            case .fatal:
+            case .fatal, .elsewhere:
                 break
             }
         }
