@@ -11,9 +11,12 @@ public import NIOPosix
 
 /// The long-lived resources the gateway runs on, created once and passed down.
 public struct GatewayDependencies: Sendable {
-    public var database: SQLiteDatabaseHandle
+    public var database: DatabaseHandle
     public var httpClient: HTTPClient
+    /// The local image folder: `url` answers' files, unless `objectStore` is set.
     public var imageStore: ImageStore
+    /// The shared bucket (`NANOGATE_IMAGE_STORE=s3://…`): images go there, URLs are presigned.
+    public var objectStore: ObjectImageStore?
     public var signer: URLSigner
     /// Threads for blocking work on behalf of clients (DNS look-ups, reading stored images), so
     /// it never runs on Swift's cooperative threads; its size also bounds concurrent look-ups.
@@ -24,22 +27,38 @@ public struct GatewayDependencies: Sendable {
     /// Reservations and settlement.
     public var ledger: any Ledger { database.ledger }
 
-    /// Opens the embedded database and image directory under the data directory (owner-only),
-    /// and an HTTP client for Google that follows no redirect.
+    /// Opens the database (the data directory's SQLite file, or `NANOGATE_DATABASE_URL`) with
+    /// its schema brought up to date, the image store (the data directory's folder, another
+    /// folder, or an S3 bucket), and an HTTP client for Google that follows no redirect.
     public static func live(configuration: GatewayConfiguration, logger: Logger) async throws -> GatewayDependencies {
         let directory = configuration.dataDirectory
         try createPrivateDirectory(directory)
         let signer = URLSigner(secret: try URLSigner.loadOrCreateSecret(environmentValue: configuration.urlSecret, dataDirectory: directory))
-        let database = try await SQLiteDatabaseHandle.open(path: directory.appendingPathComponent("nanogate.sqlite").path, logger: logger)
+        let location = try DatabaseLocation.from(url: configuration.databaseURL, dataDirectory: directory)
+        let database = try await DatabaseHandle.open(location, poolSize: configuration.databasePoolSize, migrations: .apply, logger: logger)
         let httpClient = HTTPClient(
             eventLoopGroupProvider: .singleton, configuration: UpstreamPool.clientConfiguration(requestTimeout: configuration.upstream.requestTimeout)
         )
         let threadPool = NIOThreadPool(numberOfThreads: 8)
         threadPool.start()
+        var imagesDirectory = directory.appendingPathComponent("images")
+        var objectStore: ObjectImageStore?
+        if let store = configuration.imageStore {
+            if store.hasPrefix("s3://") {
+                let s3 = try S3Configuration.fromEnvironment(configuration.awsEnvironment, storeURL: store)
+                objectStore = ObjectImageStore(
+                    client: S3Client(httpClient: httpClient, location: s3.location, credentials: s3.credentials, logger: logger),
+                    prefix: s3.location.prefix
+                )
+            } else {
+                imagesDirectory = URL(fileURLWithPath: store.hasPrefix("file://") ? String(store.dropFirst("file://".count)) : store)
+            }
+        }
         return GatewayDependencies(
             database: database,
             httpClient: httpClient,
-            imageStore: try ImageStore(directory: directory.appendingPathComponent("images")),
+            imageStore: try ImageStore(directory: imagesDirectory),
+            objectStore: objectStore,
             signer: signer,
             blockingThreadPool: threadPool
         )
@@ -78,16 +97,16 @@ func makeGatewayParts(
     let pool = UpstreamPool(configuration: configuration.upstream, logger: logger, observer: metrics)
     let managedChannels = ManagedChannels(store: dependencies.store, pool: pool, logger: logger)
     let urls = ImageURLService(
-        store: dependencies.imageStore, signer: dependencies.signer, ttl: configuration.urlTTL,
+        store: dependencies.imageStore, objects: dependencies.objectStore, signer: dependencies.signer, ttl: configuration.urlTTL,
         converter: ImageConverter(threadPool: dependencies.blockingThreadPool)
     )
     let retired = RetiredModels()
     let pipeline = RequestPipeline(
         upstream: pool, ledger: dependencies.ledger, images: urls, retired: retired, priceBook: PriceBook(store: dependencies.store),
-        limiter: KeyLimiter(), billing: configuration.billing, live: LiveReservations(), metrics: metrics
+        limiter: KeyLimiter(rates: dependencies.store), billing: configuration.billing, live: LiveReservations(), metrics: metrics
     )
     let inputs = InputImageLoader(
-        imageStore: dependencies.imageStore, signer: dependencies.signer, limits: configuration.inputs,
+        imageStore: dependencies.imageStore, objectStore: dependencies.objectStore, signer: dependencies.signer, limits: configuration.inputs,
         resolver: ThreadPoolResolver(threadPool: dependencies.blockingThreadPool, lookup: hostLookup), fileThreadPool: dependencies.blockingThreadPool
     )
     let publicURL = PublicURL(configured: configuration.publicBaseURL, trustForwardedHeaders: configuration.trustForwardedHeaders)
@@ -97,6 +116,7 @@ func makeGatewayParts(
     router.add(middleware: RequestLogMiddleware(metrics: metrics))
     router.add(middleware: OpenAIErrorMiddleware())
     router.get("health") { _, _ in "ok" }
+    ReadinessController(database: dependencies.database, imageStore: dependencies.imageStore, objectStore: dependencies.objectStore).addRoutes(to: router)
     OpenAPIDocument.addRoutes(to: router)
     let metricsRoutes = MetricsController<GatewayRequestContext>(metrics: metrics, pool: pool, live: pipeline.live, token: configuration.metricsToken)
     if configuration.metricsPort == nil { metricsRoutes.addRoutes(to: router) }
@@ -167,7 +187,7 @@ public func buildApplication(
     }
     app.addServices(LeaseKeeper(ledger: dependencies.ledger, live: pipeline.live, lease: configuration.billing.lease, logger: logger))
     app.addServices(
-        ImageSweeper(store: dependencies.imageStore, ttl: configuration.urlTTL, signatures: dependencies.store, logger: logger, onSweep: { metrics.swept($0) }),
+        ImageSweeper(store: dependencies.imageStore, objects: dependencies.objectStore, ttl: configuration.urlTTL, signatures: dependencies.store, logger: logger, onSweep: { metrics.swept($0) }),
         CloseOnShutdown { try await httpClient.shutdown() },
         CloseOnShutdown { await pool.shutdown() },
         CloseOnShutdown { try await database.close() },

@@ -41,45 +41,46 @@ final class PriceBook: Sendable {
     }
 }
 
-/// Requests-per-minute and concurrency limits per key, kept in this instance's memory (several
-/// instances each apply the limit).
+/// Requests-per-minute and concurrency limits per key. The per-minute count lives in the
+/// database (`RateCounter`), so it holds across every instance; the concurrency count is this
+/// instance's (a request in flight is a connection here).
 final class KeyLimiter: Sendable {
-    private struct State {
-        var recent: [String: [ContinuousClock.Instant]] = [:]
-        var inFlight: [String: Int] = [:]
+    private let rates: any RateCounter
+    private let inFlight = Mutex([String: Int]())
+
+    init(rates: any RateCounter) {
+        self.rates = rates
     }
-    private let state = Mutex(State())
 
     /// Counts a new request of `key`, or throws the 429 it gets. Call `finish` when it ends.
-    func begin(_ key: APIKey) throws(GatewayError) {
-        let now = ContinuousClock.now
-        let refusal = state.withLock { state -> GatewayError? in
-            if let rpm = key.rpm {
-                var times = (state.recent[key.id] ?? []).filter { now - $0 < .seconds(60) }
-                if times.count >= rpm {
-                    let wait = max(1, Int((times[0] + .seconds(60) - now).components.seconds) + 1)
-                    state.recent[key.id] = times
-                    return .keyRateLimited("This key is limited to \(rpm) requests per minute. Retry in \(wait) s.", retryAfterSeconds: wait)
-                }
-                times.append(now)
-                state.recent[key.id] = times
+    func begin(_ key: APIKey, logger: Logger) async throws(GatewayError) {
+        let refusal = inFlight.withLock { inFlight -> GatewayError? in
+            if let concurrency = key.concurrency, inFlight[key.id] ?? 0 >= concurrency {
+                return .keyRateLimited("This key may run \(concurrency) request(s) at once; wait for one to finish.", retryAfterSeconds: 1)
             }
-            if let concurrency = key.concurrency {
-                let running = state.inFlight[key.id] ?? 0
-                guard running < concurrency else {
-                    return .keyRateLimited("This key may run \(concurrency) request(s) at once; wait for one to finish.", retryAfterSeconds: 1)
-                }
-            }
-            state.inFlight[key.id, default: 0] += 1
+            inFlight[key.id, default: 0] += 1
             return nil
         }
         if let refusal { throw refusal }
+        guard let rpm = key.rpm else { return }
+        let decision: RateDecision
+        do {
+            decision = try await rates.admit(keyID: key.id, perMinute: rpm, now: Date())
+        } catch {
+            finish(key)
+            logger.error("could not count the key's request rate", metadata: ["error": "\(String(reflecting: error))"])
+            throw .internal("The key's rate limit could not be checked; retry.")
+        }
+        if case .limited(let wait) = decision {
+            finish(key)
+            throw .keyRateLimited("This key is limited to \(rpm) requests per minute. Retry in \(wait) s.", retryAfterSeconds: wait)
+        }
     }
 
     func finish(_ key: APIKey) {
-        state.withLock { state in
-            let left = (state.inFlight[key.id] ?? 1) - 1
-            state.inFlight[key.id] = left > 0 ? left : nil
+        inFlight.withLock { inFlight in
+            let left = (inFlight[key.id] ?? 1) - 1
+            inFlight[key.id] = left > 0 ? left : nil
         }
     }
 }

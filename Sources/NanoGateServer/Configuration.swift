@@ -2,6 +2,7 @@ public import Foundation
 public import NanoGateCore
 public import Upstream
 import Hummingbird
+import NanoGateStorage
 
 /// Everything `nanogate serve` can be told, in one place.
 ///
@@ -32,6 +33,10 @@ import Hummingbird
 /// | | `NANOGATE_MAX_IMAGE_BYTES`, `NANOGATE_MAX_REQUEST_BYTES`, `NANOGATE_ALLOW_PRIVATE_FETCH`, `NANOGATE_FETCH_ALLOW_NETWORKS`, `NANOGATE_ALLOW_HTTP_FETCH`, `NANOGATE_FETCH_TIMEOUT`, `NANOGATE_MAX_FETCHES` | see `InputLimits` | |
 /// | | `NANOGATE_IDLE_TIMEOUT` | seconds a connection may send nothing (idle keep-alive, a stalled head or body) | 30 |
 /// | | `NANOGATE_TRUST_FORWARDED` | build image URLs from `X-Forwarded-Host`/`-Proto` (only behind a proxy that sets them) | off |
+/// | | `NANOGATE_DATABASE_URL` | `postgres://user:pass@host:5432/db` (several instances share it) or `sqlite:///path` | `DATA_DIR/nanogate.sqlite` |
+/// | | `NANOGATE_DATABASE_POOL_SIZE` | PostgreSQL connections per instance | 10 |
+/// | | `NANOGATE_IMAGE_STORE` | `s3://BUCKET/PREFIX` (presigned URLs; `AWS_*` variables) or a folder (an NFS mount for several instances) | `DATA_DIR/images` |
+/// | | `NANOGATE_INSTANCE_ID` | this instance's name on its reservations and in logs | random |
 public struct GatewayConfiguration: Sendable {
     public var host: String
     public var port: Int
@@ -74,6 +79,13 @@ public struct GatewayConfiguration: Sendable {
     public var billing = BillingConfiguration()
     /// Turns the admin API (`/admin/v1/`) on; its bearer token (`NANOGATE_ADMIN_TOKEN`, at least 24 characters).
     public var adminToken: String?
+    /// `NANOGATE_DATABASE_URL`: nil is the data directory's SQLite file.
+    public var databaseURL: String?
+    public var databasePoolSize = 10
+    /// `NANOGATE_IMAGE_STORE`: nil is the data directory's `images` folder.
+    public var imageStore: String?
+    /// The `AWS_*` variables (credentials, region, endpoint) for an `s3://` image store.
+    public var awsEnvironment: [String: String] = [:]
 
     public init(
         host: String = "127.0.0.1", port: Int = 8080, dataDirectory: URL, publicURL: String? = nil,
@@ -183,6 +195,17 @@ public struct GatewayConfiguration: Sendable {
                 problems.append("NANOGATE_ADMIN_TOKEN must be at least 24 characters (it guards every key and all the money)")
             }
         }
+        configuration.databaseURL = environment["NANOGATE_DATABASE_URL"].flatMap { $0.isEmpty ? nil : $0 }
+        if let url = configuration.databaseURL {
+            do { _ = try DatabaseLocation.from(url: url, dataDirectory: configuration.dataDirectory) } catch { problems.append(error.description) }
+        }
+        configuration.databasePoolSize = number("NANOGATE_DATABASE_POOL_SIZE", 10)
+        configuration.imageStore = environment["NANOGATE_IMAGE_STORE"].flatMap { $0.isEmpty ? nil : $0 }
+        configuration.awsEnvironment = environment.filter { $0.key.hasPrefix("AWS_") }
+        if let store = configuration.imageStore, store.hasPrefix("s3://") {
+            do { _ = try S3Configuration.fromEnvironment(configuration.awsEnvironment, storeURL: store) } catch { problems.append(error.description) }
+        }
+        if let instance = environment["NANOGATE_INSTANCE_ID"], !instance.isEmpty { configuration.billing.owner = instance }
         if let raw = environment["NANOGATE_CHAT_IMAGES"], !raw.isEmpty {
             if let style = ChatImageStyle(rawValue: raw.lowercased()) {
                 configuration.chatImages = style

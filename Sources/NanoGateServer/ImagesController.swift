@@ -149,7 +149,7 @@ struct ImageFilesController {
             throw GatewayError(status: 404, type: "invalid_request_error", code: "not_found", param: nil, message: "This image is no longer stored.")
         }
         let ext = (name as NSString).pathExtension
-        let mime = ["png": "image/png", "jpg": "image/jpeg", "webp": "image/webp", "gif": "image/gif"][ext] ?? "application/octet-stream"
+        let mime = ImageStore.mimeType(ofExtension: ext)
         // One read for the whole image (a few MB): far fewer thread hops than 128 KiB chunks.
         let body: ResponseBody
         do {

@@ -83,6 +83,7 @@ struct ThreadPoolResolver: Sendable {
 /// the whole fetch is bounded in time and size, and a failure says nothing about what was there.
 struct InputImageLoader: Sendable {
     let imageStore: ImageStore
+    let objectStore: ObjectImageStore?
     let signer: URLSigner
     let limits: InputLimits
     let resolver: ThreadPoolResolver
@@ -90,8 +91,11 @@ struct InputImageLoader: Sendable {
     let fileThreadPool: NIOThreadPool
     let fetchSlots: FetchSlots
 
-    init(imageStore: ImageStore, signer: URLSigner, limits: InputLimits, resolver: ThreadPoolResolver, fileThreadPool: NIOThreadPool) {
+    init(
+        imageStore: ImageStore, objectStore: ObjectImageStore? = nil, signer: URLSigner, limits: InputLimits, resolver: ThreadPoolResolver, fileThreadPool: NIOThreadPool
+    ) {
         self.imageStore = imageStore
+        self.objectStore = objectStore
         self.signer = signer
         self.limits = limits
         self.resolver = resolver
@@ -122,6 +126,16 @@ struct InputImageLoader: Sendable {
             return try inline(bytes: ByteBuffer(bytes: bytes), param: param)
         }
         if let local = try await ownImage(url: url, baseURLs: baseURLs, param: param) { return local }
+        if let objectStore, let name = objectStore.ownImageName(url: url) {
+            // An answer's presigned URL sent back (multi-turn chat): read from the bucket, whichever
+            // instance wrote it, rather than fetched (the bucket may be on a private network).
+            let bytes: [UInt8]?
+            do { bytes = try await objectStore.load(name: name) } catch { bytes = nil }
+            guard let bytes else {
+                throw .invalidParameter(param, "'\(param)' points to an image of this gateway that is no longer available (expired or invalid URL).")
+            }
+            return try inline(bytes: ByteBuffer(bytes: bytes), param: param)
+        }
         return try await fetch(url: url, param: param)
     }
 

@@ -206,7 +206,7 @@ struct RequestPipeline: Sendable {
     /// A key whose balance cannot cover `estimateMicroUSD` gets 429 `insufficient_quota`.
     func open(key: APIKey, endpoint: String, model: CatalogModel, info: RequestInfo, estimateMicroUSD: Int, logger: Logger) async throws(GatewayError) -> Settlement {
         info.observation?.model = model.name
-        try limiter.begin(key)
+        try await limiter.begin(key, logger: logger)
         await priceBook.refreshIfStale(logger: logger)
         var reservationID: String?
         if key.creditMicroUSD != nil {
@@ -427,6 +427,8 @@ struct FinishedImage: Sendable {
 /// expiring URLs.
 struct ImageURLService: Sendable {
     let store: ImageStore
+    /// When set, images go to the shared bucket and URLs are its presigned GET URLs.
+    let objects: ObjectImageStore?
     let signer: URLSigner
     let ttl: Duration
     let converter: ImageConverter
@@ -456,6 +458,10 @@ struct ImageURLService: Sendable {
     func store(_ image: FinishedImage, baseURL: String) async throws -> String {
         guard let bytes = image.bytes ?? SafeBase64.decode(image.base64.bytes.readableBytesView) else { throw ImageStoreError.notAnImage }
         guard let mime = ImageSniffer.mimeType(of: bytes.prefix(16)) else { throw ImageStoreError.notAnImage }
+        if let objects {
+            let name = try await objects.save(bytes, fileExtension: ImageSniffer.fileExtension(for: mime))
+            return objects.presignedURL(name: name, ttl: Int(ttl.components.seconds))
+        }
         let name = try await store.save(bytes, fileExtension: ImageSniffer.fileExtension(for: mime))
         let expires = Int(Date().timeIntervalSince1970) + Int(ttl.components.seconds)
         return "\(baseURL)/v1/files/images/\(name)?expires=\(expires)&signature=\(signer.signature(name: name, expires: expires))"

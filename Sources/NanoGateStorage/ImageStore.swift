@@ -81,6 +81,8 @@ public enum ImageStoreError: Error {
     case emptyImage
     /// The bytes are not an image type the gateway serves.
     case notAnImage
+    /// The image folder is missing or read-only.
+    case unavailable(String)
 }
 
 /// Creates `directory` (and its parents) readable by the owner only: images, the database and
@@ -105,9 +107,7 @@ public struct ImageStore: Sendable {
     /// Returns the file name (no directory).
     public func save(_ bytes: [UInt8], fileExtension: String) async throws -> String {
         guard !bytes.isEmpty else { throw ImageStoreError.emptyImage }
-        var generator = SystemRandomNumberGenerator()
-        let id = (0..<16).map { _ in String(format: "%02x", UInt8.random(in: .min ... .max, using: &generator)) }.joined()
-        let name = "\(id).\(fileExtension)"
+        let name = "\(Self.randomID()).\(fileExtension)"
         let url = directory.appendingPathComponent(name)
         try await threadPool.runIfActive {
             // .atomic writes a temporary file and renames it: a reader never sees half an image.
@@ -118,6 +118,25 @@ public struct ImageStore: Sendable {
             try FileManager.default.setAttributes([.posixPermissions: 0o600], ofItemAtPath: url.path)
         }
         return name
+    }
+
+    /// 128 random bits in hex: an image's name (unguessable, so a URL is the only way to it).
+    static func randomID() -> String {
+        var generator = SystemRandomNumberGenerator()
+        return (0..<16).map { _ in String(format: "%02x", UInt8.random(in: .min ... .max, using: &generator)) }.joined()
+    }
+
+    /// The Content-Type of a stored image's extension.
+    public static func mimeType(ofExtension fileExtension: String) -> String {
+        ["png": "image/png", "jpg": "image/jpeg", "webp": "image/webp", "gif": "image/gif"][fileExtension] ?? "application/octet-stream"
+    }
+
+    /// Whether the folder is there and writable (the readiness check; a shared NFS mount that
+    /// went away fails it).
+    public func ping() async throws {
+        let directory = self.directory
+        let writable = try await threadPool.runIfActive { FileManager.default.isWritableFile(atPath: directory.path) }
+        guard writable else { throw ImageStoreError.unavailable(directory.path) }
     }
 
     /// The path of a stored image, if `name` is one of ours (no directory tricks).
@@ -173,6 +192,8 @@ public struct SweepResult: Sendable, Equatable {
 /// for as long as the gateway runs.
 public struct ImageSweeper: Service {
     let store: ImageStore
+    /// The shared bucket, when images go there.
+    let objects: ObjectImageStore?
     let ttl: Duration
     let interval: Duration
     let signatures: (any SignatureStore)?
@@ -182,12 +203,13 @@ public struct ImageSweeper: Service {
     let onSweep: @Sendable (SweepResult) -> Void
 
     public init(
-        store: ImageStore, ttl: Duration, interval: Duration? = nil,
+        store: ImageStore, objects: ObjectImageStore? = nil, ttl: Duration, interval: Duration? = nil,
         signatures: (any SignatureStore)? = nil, signatureRetention: Duration = .seconds(7 * 24 * 3600), logger: Logger,
         onSweep: @escaping @Sendable (SweepResult) -> Void = { _ in }
     ) {
         self.onSweep = onSweep
         self.store = store
+        self.objects = objects
         self.ttl = ttl
         self.signatures = signatures
         self.signatureRetention = signatureRetention
@@ -198,7 +220,13 @@ public struct ImageSweeper: Service {
     public func run() async throws {
         while !Task.isCancelled && !Task.isShuttingDownGracefully {
             do {
-                let swept = try await store.sweep(olderThan: ttl)
+                var swept = try await store.sweep(olderThan: ttl)
+                if let objects {
+                    // Every instance sweeps the shared bucket; a delete of an object another just
+                    // deleted is harmless (S3 answers 204 either way).
+                    let shared = try await objects.sweep(olderThan: ttl)
+                    swept = SweepResult(removed: swept.removed + shared.removed, files: swept.files + shared.files, bytes: swept.bytes + shared.bytes)
+                }
                 onSweep(swept)
                 if swept.removed > 0 { logger.info("swept expired images", metadata: ["count": "\(swept.removed)"]) }
                 if let signatures {

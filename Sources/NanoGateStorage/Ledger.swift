@@ -58,7 +58,8 @@ extension SQLStore: Ledger {
             return .held
         } catch {
             // The trigger refused: no balance, or the key became unlimited since it was read.
-            guard "\(error)".contains("insufficient_quota") else { throw error }
+            // (PostgresNIO hides the server's message from `description`; `reflecting` shows it.)
+            guard String(reflecting: error).contains("insufficient_quota") else { throw error }
             struct Row: Decodable { var credit_micro_usd: Int64? }
             let key = try await database.raw("SELECT credit_micro_usd FROM api_keys WHERE id = \(bind: reservation.keyID)").first(decoding: Row.self)
             return key != nil && key?.credit_micro_usd == nil ? .unlimited : .insufficient

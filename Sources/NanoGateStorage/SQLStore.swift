@@ -4,8 +4,6 @@ public import SQLKit
 import Crypto
 import NIOCore
 import NIOPosix
-import SQLiteKit
-import SQLiteNIO
 
 /// Keys and usage in any SQLKit database. The queries are plain SQL that SQLite and PostgreSQL
 /// both accept, and every change is a single statement, so several gateway instances can share
@@ -17,22 +15,45 @@ public struct SQLStore: KeyStore, UsageLog, SignatureStore {
         self.database = database
     }
 
-    /// The schema changes, in order; each runs once, recorded in `nanogate_schema`. The first
-    /// is idempotent so databases made before versioning start at the right place.
-    static let migrations: [@Sendable (any SQLDatabase) async throws -> Void] = [
-        { database in try await SQLStore.createInitialTables(database) },
-        { database in
+    /// Which SQL the database speaks where the two differ (triggers, `GREATEST`).
+    enum Backend { case sqlite, postgres }
+
+    var backend: Backend { database.dialect.name == "sqlite" ? .sqlite : .postgres }
+
+    typealias Migration = (version: Int, run: @Sendable (any SQLDatabase) async throws -> Void)
+
+    /// SQLite's schema changes, in order; each runs once, recorded in `nanogate_schema`. The
+    /// first is idempotent so databases made before versioning start at the right place.
+    static let sqliteMigrations: [Migration] = [
+        (1, { database in try await SQLStore.createInitialTables(database) }),
+        (2, { database in
             try await database.raw("ALTER TABLE usage_log ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0").run()
             try await database.raw("ALTER TABLE usage_log ADD COLUMN upstream_cost_micro_usd BIGINT NOT NULL DEFAULT 0").run()
-        },
-        { database in try await SQLStore.addMoney(database) },
+        }),
+        (3, { database in try await SQLStore.addMoney(database) }),
         // Every upstream attempt of a request (channel, key position, status, latency), as JSON.
-        { database in try await database.raw("ALTER TABLE usage_log ADD COLUMN upstream_attempts TEXT").run() },
+        (4, { database in try await database.raw("ALTER TABLE usage_log ADD COLUMN upstream_attempts TEXT").run() }),
         // Upstream channels the operator added through the admin API or CLI (the file's stay in the file).
-        { database in
+        (5, { database in
             try await database.raw("CREATE TABLE IF NOT EXISTS upstream_channels (name TEXT PRIMARY KEY, config TEXT NOT NULL, updated_at BIGINT NOT NULL)").run()
-        },
+        }),
+        (6, { database in try await SQLStore.createRateTable(database) }),
     ]
+
+    /// PostgreSQL's: PostgreSQL support began at SQLite's version 5, so its first migration
+    /// makes that schema whole (with PL/pgSQL triggers); later versions match SQLite's.
+    static let postgresMigrations: [Migration] = [
+        (5, { database in try await PostgresSchema.createVersion5(database) }),
+        (6, { database in try await SQLStore.createRateTable(database) }),
+    ]
+
+    /// Version 6: each rate-limited key's next allowed arrival (GCRA), so requests-per-minute
+    /// limits hold across every instance on the database.
+    private static func createRateTable(_ database: any SQLDatabase) async throws {
+        try await database.raw("CREATE TABLE IF NOT EXISTS key_rates (key_id TEXT PRIMARY KEY, tat_us BIGINT NOT NULL)").run()
+    }
+
+    var migrations: [Migration] { backend == .sqlite ? Self.sqliteMigrations : Self.postgresMigrations }
 
     /// Version 3: credit, limits and money per key (micro-USD), groups, price overrides,
     /// reservations with leases, idempotent results, and the usage log's full row.
@@ -128,16 +149,64 @@ public struct SQLStore: KeyStore, UsageLog, SignatureStore {
         try await database.raw("CREATE INDEX IF NOT EXISTS usage_log_time ON usage_log (created_at)").run()
     }
 
-    /// Brings the schema up to the newest version.
-    public func migrate() async throws {
+    /// Brings the schema up to the newest version; returns the versions applied. On
+    /// PostgreSQL an advisory lock makes instances that start together migrate one at a time.
+    @discardableResult
+    public func migrate() async throws -> [Int] {
+        guard backend == .postgres else { return try await Self.migrate(database, migrations: migrations, transactional: false) }
+        let migrations = self.migrations
+        return try await database.withSession { session in
+            try await session.raw("SELECT pg_advisory_lock(\(bind: Self.migrationLock))").run()
+            do {
+                let applied = try await Self.migrate(session, migrations: migrations, transactional: true)
+                try await session.raw("SELECT pg_advisory_unlock(\(bind: Self.migrationLock))").run()
+                return applied
+            } catch {
+                try? await session.raw("SELECT pg_advisory_unlock(\(bind: Self.migrationLock))").run()
+                throw error
+            }
+        }
+    }
+
+    /// The advisory-lock number NanoGate's migrations hold ("NanoGate" in ASCII).
+    static let migrationLock: Int64 = 0x4E_61_6E_6F_47_61_74_65
+
+    /// `transactional`: each migration and its version bump commit together (PostgreSQL's DDL
+    /// is transactional; a failed migration leaves the schema as it was).
+    private static func migrate(_ database: any SQLDatabase, migrations: [Migration], transactional: Bool) async throws -> [Int] {
         try await database.raw("CREATE TABLE IF NOT EXISTS nanogate_schema (version INTEGER NOT NULL)").run()
         struct Row: Decodable { var version: Int }
         let current = try await database.raw("SELECT version FROM nanogate_schema").first(decoding: Row.self)?.version ?? 0
         if current == 0 { try await database.raw("INSERT INTO nanogate_schema (version) VALUES (0)").run() }
-        for (index, migration) in Self.migrations.enumerated() where index + 1 > current {
-            try await migration(database)
-            try await database.raw("UPDATE nanogate_schema SET version = \(bind: index + 1)").run()
+        var applied: [Int] = []
+        for migration in migrations where migration.version > current {
+            if transactional { try await database.raw("BEGIN").run() }
+            do {
+                try await migration.run(database)
+                try await database.raw("UPDATE nanogate_schema SET version = \(bind: migration.version)").run()
+                if transactional { try await database.raw("COMMIT").run() }
+            } catch {
+                if transactional { try? await database.raw("ROLLBACK").run() }
+                throw error
+            }
+            applied.append(migration.version)
         }
+        return applied
+    }
+
+    /// The schema's version and the one this build needs.
+    public func schemaVersion() async throws -> (current: Int, needed: Int) {
+        struct Row: Decodable { var version: Int }
+        let needed = migrations.last?.version ?? 0
+        let exists: Bool
+        switch backend {
+        case .sqlite:
+            exists = try await database.raw("SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'nanogate_schema'").first() != nil
+        case .postgres:
+            exists = try await database.raw("SELECT 1 AS found FROM information_schema.tables WHERE table_name = 'nanogate_schema' AND table_schema = current_schema()").first() != nil
+        }
+        guard exists else { return (0, needed) }
+        return (try await database.raw("SELECT version FROM nanogate_schema").first(decoding: Row.self)?.version ?? 0, needed)
     }
 
     private static func createInitialTables(_ database: any SQLDatabase) async throws {
@@ -209,50 +278,5 @@ public struct SQLStore: KeyStore, UsageLog, SignatureStore {
 
     static func hash(_ secret: String) -> String {
         SHA256.hash(data: Data(secret.utf8)).map { String(format: "%02x", $0) }.joined()
-    }
-}
-
-/// The embedded default database: one SQLite file under the data directory.
-public final class SQLiteDatabaseHandle: Sendable {
-    private let connection: SQLiteConnection
-    /// The store over this database.
-    public let store: SQLStore
-    /// Reservations and settlement (single statements on the same store).
-    public var ledger: SQLStore { store }
-
-    private init(connection: SQLiteConnection) {
-        self.connection = connection
-        self.store = SQLStore(database: connection.sql())
-    }
-
-    /// Opens (creating if needed) `path` and brings its tables up to date.
-    public static func open(path: String, logger: Logger) async throws -> SQLiteDatabaseHandle {
-        // SQLite logs every statement with its bound values at debug level, and a stored
-        // channel's row binds its credentials: the database logs from notice up only.
-        var logger = logger
-        logger.logLevel = max(logger.logLevel, .notice)
-        let connection = try await SQLiteConnection.open(storage: .file(path: path), logger: logger)
-        do {
-            // WAL lets readers run while the usage log is written; busy_timeout covers the CLI writing concurrently.
-            _ = try await connection.query("PRAGMA journal_mode=WAL")
-            _ = try await connection.query("PRAGMA busy_timeout=5000")
-            // In WAL mode NORMAL never corrupts the database; it only skips the fsync on every commit
-            // (a power cut may lose the last usage lines, never the keys' consistency).
-            _ = try await connection.query("PRAGMA synchronous=NORMAL")
-            let handle = SQLiteDatabaseHandle(connection: connection)
-            try await handle.store.migrate()
-            // Usage, keys and signatures of every user: owner only (the WAL files inherit the mode).
-            for suffix in ["", "-wal", "-shm"] where FileManager.default.fileExists(atPath: path + suffix) {
-                try FileManager.default.setAttributes([.posixPermissions: 0o600], ofItemAtPath: path + suffix)
-            }
-            return handle
-        } catch {
-            try? await connection.close()
-            throw error
-        }
-    }
-
-    public func close() async throws {
-        try await connection.close()
     }
 }

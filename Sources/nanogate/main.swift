@@ -20,7 +20,7 @@ struct NanoGate: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "nanogate",
         abstract: "An OpenAI-compatible gateway for Google's nano-banana image models.",
-        subcommands: [Serve.self, Keys.self, Groups.self, Prices.self, Usage.self, Models.self, Channels.self]
+        subcommands: [Serve.self, Migrate.self, Keys.self, Groups.self, Prices.self, Usage.self, Models.self, Channels.self]
     )
 }
 
@@ -160,13 +160,41 @@ func printJSON(_ value: some Encodable) throws {
     print(String(decoding: try encoder.encode(value), as: UTF8.self))
 }
 
-/// Opens the data directory's database for one operator command.
+struct Migrate: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Bring the database's schema up to date, then exit (serve does it too; run this as a deploy step)."
+    )
+    @OptionGroup var data: DataDirectoryOption
+
+    func run() async throws {
+        let configuration = try data.load()
+        try createPrivateDirectory(configuration.dataDirectory)
+        let location = try DatabaseLocation.from(url: configuration.databaseURL, dataDirectory: configuration.dataDirectory)
+        let database = try await DatabaseHandle.open(location, poolSize: 1, migrations: .none, logger: Logger(label: "nanogate"))
+        do {
+            let applied = try await database.store.migrate()
+            let version = try await database.store.schemaVersion().current
+            print(applied.isEmpty ? "\(location.redacted): schema at version \(version), nothing to do." : "\(location.redacted): applied \(applied.map(String.init).joined(separator: ", ")); schema at version \(version).")
+            try await database.close()
+        } catch {
+            try? await database.close()
+            throw error
+        }
+    }
+}
+
+/// Opens the database (the data directory's, or `NANOGATE_DATABASE_URL`) for one operator
+/// command. The embedded SQLite file is brought up to date as it opens; a shared PostgreSQL
+/// database must already be (`nanogate migrate`), so an operator's command never changes the
+/// schema under running gateways.
 func withOperator<T>(_ data: DataDirectoryOption, _ body: (OperatorService) async throws -> T) async throws -> T {
     let configuration = try data.load()
     try createPrivateDirectory(configuration.dataDirectory)
     var logger = Logger(label: "nanogate")
     logger.logLevel = .warning
-    let database = try await SQLiteDatabaseHandle.open(path: configuration.dataDirectory.appendingPathComponent("nanogate.sqlite").path, logger: logger)
+    let location = try DatabaseLocation.from(url: configuration.databaseURL, dataDirectory: configuration.dataDirectory)
+    let policy: MigrationPolicy = if case .sqlite = location { .apply } else { .require }
+    let database = try await DatabaseHandle.open(location, poolSize: 2, migrations: policy, logger: logger)
     do {
         let result = try await body(OperatorService(store: database.store, catalog: configuration.catalog))
         try await database.close()

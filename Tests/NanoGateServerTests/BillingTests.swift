@@ -241,7 +241,7 @@ import Testing
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("nanogate-ledger-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: directory) }
-        let database = try await SQLiteDatabaseHandle.open(path: directory.appendingPathComponent("nanogate.sqlite").path, logger: Logger(label: "test"))
+        let (database, testDatabase) = try await TestDatabase.open(directory: directory)
         do {
             let key = try await database.store.createKey(name: "lease", group: .default, options: KeyOptions(creditMicroUSD: 100_000)).key
             let ledger = database.ledger
@@ -272,8 +272,10 @@ import Testing
             let rows = try await database.store.usage(UsageQuery(keyID: key.id))
             #expect(rows.contains { $0.requestID == "req-1" && $0.costMicroUSD == 38_713 }, "the row is written with the charge")
             try await database.close()
+            await testDatabase?.drop()
         } catch {
             try? await database.close()
+            await testDatabase?.drop()
             throw error
         }
     }

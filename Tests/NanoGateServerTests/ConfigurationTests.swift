@@ -87,6 +87,12 @@ import Upstream
     @Test func secretsAreStoredOnlyAsHashes() async throws {
         try await withGateway { gateway in
             let (_, secret) = try await gateway.dependencies.store.createKey(name: "hashed", group: .default)
+            if TestDatabase.isPostgres {
+                let rows = try await TestDatabase.rowsAsText(of: "api_keys", in: gateway.dependencies.database)
+                #expect(rows.count == 3 && !rows.contains { $0.contains(secret) }, "a stored key row holds the secret")
+                #expect(try await gateway.dependencies.store.activeKey(secret: secret)?.name == "hashed")
+                return
+            }
             let databaseFiles = try FileManager.default.contentsOfDirectory(at: gateway.configuration.dataDirectory, includingPropertiesForKeys: nil)
                 .filter { $0.lastPathComponent.hasPrefix("nanogate.sqlite") }
             #expect(!databaseFiles.isEmpty)
@@ -122,7 +128,7 @@ import Upstream
         }
         try await old.close()
 
-        let handle = try await SQLiteDatabaseHandle.open(path: path, logger: logger)
+        let handle = try await DatabaseHandle.open(.sqlite(path: path), logger: logger)
         let keys = try await handle.store.listKeys()
         #expect(keys.map(\.name) == ["old"])
         let rows = try await handle.store.recentUsage(keyID: "k1", limit: 10)
@@ -138,7 +144,7 @@ import Upstream
         #expect(newest.attempts == 2 && newest.upstreamCostMicroUSD == 7)
         try await handle.close()
         // Opening again runs no migration twice.
-        let again = try await SQLiteDatabaseHandle.open(path: path, logger: logger)
+        let again = try await DatabaseHandle.open(.sqlite(path: path), logger: logger)
         #expect(try await again.store.recentUsage(keyID: "k1", limit: 10).count == 2)
         try await again.close()
     }
@@ -149,12 +155,13 @@ import Upstream
         defer { try? FileManager.default.removeItem(at: directory) }
         var logger = Logger(label: "test")
         logger.logLevel = .critical
-        let handle = try await SQLiteDatabaseHandle.open(path: directory.appendingPathComponent("db.sqlite").path, logger: logger)
+        let (handle, testDatabase) = try await TestDatabase.open(directory: directory)
         try await handle.store.saveSignatures(["t:a": "sig-a", "i:b": "sig-b"])
         #expect(try await handle.store.pruneSignatures(before: Date().addingTimeInterval(-60)) == 0, "recent ones stay")
         #expect(try await handle.store.signatures(for: ["t:a", "i:b", "t:c"]) == ["t:a": "sig-a", "i:b": "sig-b"])
         #expect(try await handle.store.pruneSignatures(before: Date().addingTimeInterval(60)) == 2)
         #expect(try await handle.store.signatures(for: ["t:a", "i:b"]).isEmpty)
         try await handle.close()
+        await testDatabase?.drop()
     }
 }

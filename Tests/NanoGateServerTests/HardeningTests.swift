@@ -325,7 +325,7 @@ import Upstream
             let directory = gateway.configuration.dataDirectory.path
             #expect(try mode(directory) == 0o700)
             #expect(try mode(gateway.dependencies.imageStore.directory.path) == 0o700)
-            #expect(try mode(directory + "/nanogate.sqlite") == 0o600)
+            if !TestDatabase.isPostgres { #expect(try mode(directory + "/nanogate.sqlite") == 0o600) }
             #expect(try mode(directory + "/url-signing.key") == 0o600)
             let image = try #require(try FileManager.default.contentsOfDirectory(atPath: gateway.dependencies.imageStore.directory.path).first)
             #expect(try mode(gateway.dependencies.imageStore.directory.path + "/" + image) == 0o600)

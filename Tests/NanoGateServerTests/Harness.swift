@@ -138,6 +138,8 @@ func withGateway(
         // The start-up model check runs in the background; off unless a test asks, so no test's
         // first request races it.
         configuration.checkModelsAtStart = false
+        let testDatabase = try await TestDatabase.fresh()
+        configuration.databaseURL = testDatabase?.url
         configure(&configuration)
         let dependencies = try await GatewayDependencies.live(configuration: configuration, logger: logger)
         let defaultKey = try await dependencies.store.createKey(name: "test-default", group: .default).secret
@@ -163,11 +165,13 @@ func withGateway(
             await gatewayGroup.triggerGracefulShutdown()
             await emulatorGroup.triggerGracefulShutdown()
             try? await tasks.waitForAll()
+            await testDatabase?.drop()
             throw error
         }
         await gatewayGroup.triggerGracefulShutdown()
         await emulatorGroup.triggerGracefulShutdown()
         try await tasks.waitForAll()
+        await testDatabase?.drop()
     }
 }
 

@@ -1,0 +1,69 @@
+import Foundation
+import Hummingbird
+import Logging
+import NIOCore
+import NIOFoundationCompat
+import NanoGateStorage
+
+/// `GET /ready` for load balancers: 200 when this instance can serve (its database and its
+/// image store answer), 503 naming the part that does not. `GET /health` only says the process
+/// is alive; a balancer should route by this one.
+struct ReadinessController {
+    let database: DatabaseHandle
+    let imageStore: ImageStore
+    let objectStore: ObjectImageStore?
+    /// A check that takes longer than this counts as failed (a balancer's probe must not hang).
+    let timeout: Duration = .seconds(5)
+
+    struct Report: Encodable {
+        var status: String
+        var database: String
+        var image_store: String
+    }
+
+    func addRoutes(to router: Router<GatewayRequestContext>) {
+        router.get("ready", use: ready)
+    }
+
+    @Sendable func ready(_ request: Request, context: GatewayRequestContext) async throws -> Response {
+        async let database = check { try await self.database.ping() }
+        async let images = check {
+            if let objectStore { try await objectStore.ping() } else { try await imageStore.ping() }
+        }
+        let report = Report(status: "ready", database: await database, image_store: await images)
+        var answer = report
+        if report.database != "ok" || report.image_store != "ok" {
+            answer.status = "not_ready"
+            context.logger.warning("not ready", metadata: ["database": "\(report.database)", "image_store": "\(report.image_store)"])
+        }
+        let body = try JSONEncoder().encode(answer)
+        return Response(
+            status: answer.status == "ready" ? .ok : .serviceUnavailable,
+            headers: [.contentType: "application/json", .cacheControl: "no-store"],
+            body: .init(byteBuffer: ByteBuffer(data: body))
+        )
+    }
+
+    /// "ok", or what went wrong (the error's type and words; no credentials are in them).
+    private func check(_ probe: @escaping @Sendable () async throws -> Void) async -> String {
+        let timeout = self.timeout
+        do {
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { try await probe() }
+                group.addTask {
+                    try await Task.sleep(for: timeout)
+                    throw ReadinessTimeout()
+                }
+                try await group.next()
+                group.cancelAll()
+            }
+            return "ok"
+        } catch is ReadinessTimeout {
+            return "timed out after \(timeout.components.seconds) s"
+        } catch {
+            return String(String(reflecting: error).prefix(300))
+        }
+    }
+}
+
+private struct ReadinessTimeout: Error {}

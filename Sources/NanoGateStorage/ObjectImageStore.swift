@@ -1,0 +1,75 @@
+public import Foundation
+
+/// Generated images in an S3-compatible bucket shared by every instance (`NANOGATE_IMAGE_STORE=
+/// s3://BUCKET/PREFIX`). `url` answers are presigned GET URLs of the store, so the store (or its
+/// CDN) serves the bytes, not the gateway, and any instance's URL works for every client.
+public struct ObjectImageStore: Sendable {
+    let client: S3Client
+    /// Key prefix without a trailing slash ("" for the bucket's root).
+    let prefix: String
+
+    public init(client: S3Client, prefix: String) {
+        self.client = client
+        self.prefix = prefix
+    }
+
+    func key(of name: String) -> String { prefix.isEmpty ? name : "\(prefix)/\(name)" }
+
+    /// Uploads the bytes under a new random name with their type's extension; returns the name.
+    public func save(_ bytes: [UInt8], fileExtension: String) async throws -> String {
+        guard !bytes.isEmpty else { throw ImageStoreError.emptyImage }
+        let name = "\(ImageStore.randomID()).\(fileExtension)"
+        try await client.putObject(key: key(of: name), bytes: bytes, contentType: ImageStore.mimeType(ofExtension: fileExtension))
+        return name
+    }
+
+    /// A GET URL of the image valid for `ttl` seconds (AWS Signature V4, query-string form).
+    public func presignedURL(name: String, ttl: Int, now: Date = Date()) -> String {
+        client.presignedGetURL(key: key(of: name), expires: ttl, now: now)
+    }
+
+    /// The name of one of our images when `url` points into our bucket and prefix (a client
+    /// sends an earlier answer's URL back in a chat): read through the S3 API, not fetched.
+    public func ownImageName(url: String) -> String? {
+        let base = client.objectURL(key: key(of: "")).absoluteString
+        guard url.hasPrefix(base), let components = URLComponents(string: url) else { return nil }
+        let name = String(components.path.split(separator: "/").last ?? "")
+        guard ImageStore.isValidName(name), url.hasPrefix(client.objectURL(key: key(of: name)).absoluteString) else { return nil }
+        return name
+    }
+
+    /// The bytes of one of our images, or nil when it is gone.
+    public func load(name: String) async throws -> [UInt8]? {
+        guard ImageStore.isValidName(name) else { return nil }
+        return try await client.getObject(key: key(of: name), maxBytes: 64 * 1024 * 1024)
+    }
+
+    /// Deletes our images older than `age` (a bucket lifecycle rule can do it instead).
+    public func sweep(olderThan age: Duration, now: Date = Date()) async throws -> SweepResult {
+        let cutoff = now.addingTimeInterval(-TimeInterval(age.components.seconds))
+        var result = SweepResult()
+        var token: String?
+        let listPrefix = prefix.isEmpty ? "" : prefix + "/"
+        repeat {
+            let page = try await client.listObjects(prefix: listPrefix, continuationToken: token)
+            for object in page.objects {
+                // Only names this gateway writes: never another tenant's objects under the prefix.
+                guard ImageStore.isValidName(String(object.key.dropFirst(listPrefix.count))) else { continue }
+                if object.lastModified < cutoff {
+                    try await client.deleteObject(key: object.key)
+                    result.removed += 1
+                } else {
+                    result.files += 1
+                    result.bytes += object.size
+                }
+            }
+            token = page.nextToken
+        } while token != nil
+        return result
+    }
+
+    /// Whether the bucket answers with these credentials (the readiness check).
+    public func ping() async throws {
+        try await client.headBucket()
+    }
+}

@@ -1,0 +1,61 @@
+import Foundation
+import Logging
+@testable import NanoGateStorage
+import SQLKit
+
+/// The database a test runs on: with `NANOGATE_TEST_DATABASE_URL` set (`scripts/test.sh` sets
+/// it for the suite's second pass, on a throwaway PostgreSQL cluster), a fresh PostgreSQL
+/// database per test on that server; without it, the test's own SQLite file.
+struct TestDatabase {
+    static let serverURL = ProcessInfo.processInfo.environment["NANOGATE_TEST_DATABASE_URL"].flatMap { $0.isEmpty ? nil : $0 }
+    static var isPostgres: Bool { serverURL != nil }
+
+    let name: String
+    let server: PostgresLocation
+    /// The fresh database's URL, for `GatewayConfiguration.databaseURL`.
+    var url: String { server.database(name).url }
+
+    private static var quietLogger: Logger {
+        var logger = Logger(label: "test-database")
+        logger.logLevel = .critical
+        return logger
+    }
+
+    /// A new, empty PostgreSQL database, or nil on SQLite.
+    static func fresh() async throws -> TestDatabase? {
+        guard let serverURL else { return nil }
+        let server = try PostgresLocation(url: serverURL)
+        let name = "nanogate_test_" + UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: "")
+        let admin = try await DatabaseHandle.open(.postgres(server), poolSize: 1, migrations: .none, logger: quietLogger)
+        do {
+            try await admin.store.database.raw("CREATE DATABASE \(unsafeRaw: name)").run()
+            try await admin.close()
+        } catch {
+            try? await admin.close()
+            throw error
+        }
+        return TestDatabase(name: name, server: server)
+    }
+
+    /// Opens a database of the test's own, migrated: PostgreSQL when the suite runs on it, else
+    /// `directory/nanogate.sqlite`. The second value drops the PostgreSQL database afterwards.
+    static func open(directory: URL) async throws -> (DatabaseHandle, TestDatabase?) {
+        if let fresh = try await fresh() {
+            return (try await DatabaseHandle.open(.postgres(fresh.server.database(fresh.name)), logger: quietLogger), fresh)
+        }
+        return (try await DatabaseHandle.open(.sqlite(path: directory.appendingPathComponent("nanogate.sqlite").path), logger: quietLogger), nil)
+    }
+
+    /// Every row of `table` as JSON text (PostgreSQL), to look for what must not be stored.
+    static func rowsAsText(of table: String, in handle: DatabaseHandle) async throws -> [String] {
+        struct Row: Decodable { var row: String }
+        return try await handle.store.database.raw("SELECT row_to_json(t)::text AS row FROM \(ident: table) t").all(decoding: Row.self).map(\.row)
+    }
+
+    /// Drops the database (the gateway on it has closed its connections).
+    func drop() async {
+        guard let admin = try? await DatabaseHandle.open(.postgres(server), poolSize: 1, migrations: .none, logger: Self.quietLogger) else { return }
+        try? await admin.store.database.raw("DROP DATABASE IF EXISTS \(unsafeRaw: name) WITH (FORCE)").run()
+        try? await admin.close()
+    }
+}
