@@ -4,6 +4,7 @@
 #   bench/run.sh            # the full run (about 7 minutes), writes BENCHMARKS.md
 #   bench/run.sh --build    # first `swift build -c release` (the harness warns when sources are newer than the binaries)
 #   bench/run.sh --quick    # short cases, to try the harness
+#   bench/run.sh --postgres # the same on a throwaway PostgreSQL cluster (scripts/postgres.sh) instead of SQLite
 #   bench/run.sh --help     # options (durations, connections, nginx settings, --keep, --only)
 #
 # Installs wrk and nginx from Debian when missing, builds the release binaries when missing, then
@@ -24,10 +25,14 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 build=0
-if [ "${1:-}" = "--build" ]; then
-    build=1
-    shift
-fi
+postgres=0
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --build) build=1; shift ;;
+        --postgres) postgres=1; shift ;;
+        *) break ;;
+    esac
+done
 if [ "$build" = 1 ] || [ ! -x .build/release/nanogate ] || [ ! -x .build/release/gemini-emulator ]; then
     echo "bench: building the release binaries"
     swift build -c release
@@ -35,4 +40,11 @@ fi
 
 export PATH="$PATH:/usr/sbin:/sbin"
 export NGBENCH_ENTRY="bench/run.sh"
+if [ "$postgres" = 1 ]; then
+    pgdir=$(mktemp -d /tmp/nanogate-bench-pg.XXXXXX)
+    trap 'scripts/postgres.sh stop "$pgdir" >/dev/null 2>&1 || true; rm -rf "$pgdir"' EXIT
+    url=$(scripts/postgres.sh start "$pgdir")
+    NGBENCH_ENTRY="bench/run.sh --postgres" NGBENCH_DATABASE_URL="$url" python3 bench/bench.py "$@"
+    exit $?
+fi
 exec python3 bench/bench.py "$@"

@@ -12,8 +12,10 @@ struct ReadinessController {
     let database: DatabaseHandle
     let imageStore: ImageStore
     let objectStore: ObjectImageStore?
-    /// A check that takes longer than this counts as failed (a balancer's probe must not hang).
-    let timeout: Duration = .seconds(5)
+    /// A check that takes longer than this counts as failed: a balancer's probe gets its 503
+    /// before its own timeout (an unreachable store would otherwise hold it for the HTTP
+    /// client's connect retries).
+    let timeout: Duration = .seconds(2)
 
     struct Report: Encodable {
         var status: String

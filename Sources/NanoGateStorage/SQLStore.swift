@@ -149,16 +149,18 @@ public struct SQLStore: KeyStore, UsageLog, SignatureStore {
         try await database.raw("CREATE INDEX IF NOT EXISTS usage_log_time ON usage_log (created_at)").run()
     }
 
-    /// Brings the schema up to the newest version; returns the versions applied. On
-    /// PostgreSQL an advisory lock makes instances that start together migrate one at a time.
+    /// Brings the schema up to the newest version, all of it in one transaction (a failed
+    /// migration leaves the schema as it was); returns the versions applied. Gateways starting
+    /// together migrate one at a time: PostgreSQL's advisory lock, SQLite's `BEGIN IMMEDIATE`
+    /// (one writer per file), and the version is read inside the transaction.
     @discardableResult
     public func migrate() async throws -> [Int] {
-        guard backend == .postgres else { return try await Self.migrate(database, migrations: migrations, transactional: false) }
         let migrations = self.migrations
+        guard backend == .postgres else { return try await Self.migrate(database, migrations: migrations, begin: "BEGIN IMMEDIATE") }
         return try await database.withSession { session in
             try await session.raw("SELECT pg_advisory_lock(\(bind: Self.migrationLock))").run()
             do {
-                let applied = try await Self.migrate(session, migrations: migrations, transactional: true)
+                let applied = try await Self.migrate(session, migrations: migrations, begin: "BEGIN")
                 try await session.raw("SELECT pg_advisory_unlock(\(bind: Self.migrationLock))").run()
                 return applied
             } catch {
@@ -171,27 +173,25 @@ public struct SQLStore: KeyStore, UsageLog, SignatureStore {
     /// The advisory-lock number NanoGate's migrations hold ("NanoGate" in ASCII).
     static let migrationLock: Int64 = 0x4E_61_6E_6F_47_61_74_65
 
-    /// `transactional`: each migration and its version bump commit together (PostgreSQL's DDL
-    /// is transactional; a failed migration leaves the schema as it was).
-    private static func migrate(_ database: any SQLDatabase, migrations: [Migration], transactional: Bool) async throws -> [Int] {
-        try await database.raw("CREATE TABLE IF NOT EXISTS nanogate_schema (version INTEGER NOT NULL)").run()
-        struct Row: Decodable { var version: Int }
-        let current = try await database.raw("SELECT version FROM nanogate_schema").first(decoding: Row.self)?.version ?? 0
-        if current == 0 { try await database.raw("INSERT INTO nanogate_schema (version) VALUES (0)").run() }
-        var applied: [Int] = []
-        for migration in migrations where migration.version > current {
-            if transactional { try await database.raw("BEGIN").run() }
-            do {
+    private static func migrate(_ database: any SQLDatabase, migrations: [Migration], begin: String) async throws -> [Int] {
+        try await database.raw("\(unsafeRaw: begin)").run()
+        do {
+            try await database.raw("CREATE TABLE IF NOT EXISTS nanogate_schema (version INTEGER NOT NULL)").run()
+            struct Row: Decodable { var version: Int }
+            let current = try await database.raw("SELECT version FROM nanogate_schema").first(decoding: Row.self)?.version ?? 0
+            if current == 0 { try await database.raw("INSERT INTO nanogate_schema (version) SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM nanogate_schema)").run() }
+            var applied: [Int] = []
+            for migration in migrations where migration.version > current {
                 try await migration.run(database)
                 try await database.raw("UPDATE nanogate_schema SET version = \(bind: migration.version)").run()
-                if transactional { try await database.raw("COMMIT").run() }
-            } catch {
-                if transactional { try? await database.raw("ROLLBACK").run() }
-                throw error
+                applied.append(migration.version)
             }
-            applied.append(migration.version)
+            try await database.raw("COMMIT").run()
+            return applied
+        } catch {
+            try? await database.raw("ROLLBACK").run()
+            throw error
         }
-        return applied
     }
 
     /// The schema's version and the one this build needs.

@@ -140,6 +140,8 @@ func withGateway(
         configuration.checkModelsAtStart = false
         let testDatabase = try await TestDatabase.fresh()
         configuration.databaseURL = testDatabase?.url
+        // Dozens of gateways run at once on one test cluster: a few connections each.
+        configuration.databasePoolSize = 3
         configure(&configuration)
         let dependencies = try await GatewayDependencies.live(configuration: configuration, logger: logger)
         let defaultKey = try await dependencies.store.createKey(name: "test-default", group: .default).secret

@@ -275,3 +275,93 @@ def cli(nanogate_bin: Path, gateway: Gateway) -> Callable[..., subprocess.Comple
 def unique_name() -> str:
     """A key name not used by any other test."""
     return f"compat-{uuid.uuid4().hex[:10]}"
+
+
+# ---------------------------------------------------------------------------------------------
+# An S3-compatible server on loopback: moto's server mode (``moto[server]`` in requirements.txt)
+
+
+class S3Server(NamedTuple):
+    """A running moto server with one bucket, and the credentials the gateway is given."""
+
+    endpoint: str  # http://127.0.0.1:PORT, path-style
+    bucket: str
+    region: str
+    access_key: str
+    secret_key: str
+    proc: subprocess.Popen
+
+    def client(self):
+        """A boto3 S3 client for the server (SigV4, path-style), for checks from the test side."""
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client(
+            "s3", endpoint_url=self.endpoint, region_name=self.region,
+            aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key,
+            config=Config(signature_version="s3v4", s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
+        )
+
+    def gateway_env(self, prefix: str) -> dict[str, str]:
+        """What ``nanogate serve`` needs to keep its images under ``prefix`` in the bucket."""
+        return {
+            "NANOGATE_IMAGE_STORE": f"s3://{self.bucket}/{prefix}",
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_REGION": self.region,
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+        }
+
+
+@contextlib.contextmanager
+def moto_server(bucket: str = "nanogate-test") -> Iterator[S3Server]:
+    """``python -m moto.server`` on a free loopback port, answering, with ``bucket`` created;
+    stopped when the block ends. moto keeps everything in memory and (in 5.2.1) does not check
+    presigned URLs' signatures or expiry; it does refuse an unsigned GET of a private object."""
+    import sys
+    import urllib.error
+    import urllib.request
+
+    port = _free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    log = tempfile.TemporaryFile(mode="w+", encoding="utf-8", errors="replace")
+    env = {name: value for name, value in os.environ.items() if not name.startswith(("AWS_", "MOTO_"))}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+    )
+
+    def output() -> str:
+        log.flush()
+        log.seek(0)
+        return log.read()[-3000:]
+
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"moto server exited with {proc.returncode}:\n{output()}", pytrace=False)
+            try:
+                with urllib.request.urlopen(endpoint + "/moto-api/", timeout=2):
+                    break
+            except urllib.error.HTTPError:
+                break  # an HTTP answer of any status: it is serving
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"moto server did not answer within 30s:\n{output()}", pytrace=False)
+            time.sleep(0.1)
+        server = S3Server(endpoint, bucket, "us-east-1", "nanogate-test-access-key", "nanogate-test-secret-key", proc)
+        server.client().create_bucket(Bucket=bucket)
+        yield server
+    finally:
+        _stop(proc)
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """One moto S3 server for the session, with the bucket ``nanogate-test``; each user keeps
+    its objects under a prefix of its own (``S3Server.gateway_env(prefix)``)."""
+    with moto_server() as server:
+        yield server

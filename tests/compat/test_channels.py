@@ -53,12 +53,12 @@ JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 
 
 def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """This process's environment without any NanoGate or Gemini setting (so nothing of the
-    developer's shell reaches the gateway), plus ``extra``."""
+    """This process's environment without any NanoGate, Gemini or AWS setting (so nothing of the
+    developer's shell reaches the gateway, S3 credentials included), plus ``extra``."""
     env = {
         name: value
         for name, value in os.environ.items()
-        if not name.startswith("NANOGATE_") and name not in ("GEMINI_API_KEY", "LOG_LEVEL")
+        if not name.startswith(("NANOGATE_", "AWS_")) and name not in ("GEMINI_API_KEY", "LOG_LEVEL")
     }
     env.update(extra or {})
     return env
@@ -78,12 +78,14 @@ def spawn(args: list[str], **kwargs) -> subprocess.Popen:
 
 
 class Served(NamedTuple):
-    """A running ``nanogate serve --config``: its root URL, port, data dir and output so far."""
+    """A running ``nanogate serve --config``: its root URL, port, data dir, output so far and
+    process (to kill it)."""
 
     root: str
     port: int
     data_dir: Path
     output: Callable[[], str]
+    proc: subprocess.Popen | None = None
 
     @property
     def base_url(self) -> str:
@@ -112,7 +114,7 @@ def serve(
     root = f"http://127.0.0.1:{port}"
     try:
         wait_until_healthy(proc, root, output)
-        yield Served(root=root, port=port, data_dir=data_dir, output=output)
+        yield Served(root=root, port=port, data_dir=data_dir, output=output, proc=proc)
     finally:
         _stop(proc)
         log.close()

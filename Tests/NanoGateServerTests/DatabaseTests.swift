@@ -1,0 +1,122 @@
+import Foundation
+import Logging
+import NanoGateCore
+@testable import NanoGateStorage
+import SQLKit
+import Testing
+
+/// The storage rules that must hold on both databases (this suite runs on SQLite, and again on
+/// PostgreSQL when `NANOGATE_TEST_DATABASE_URL` is set).
+@Suite struct DatabaseTests {
+    private func withDatabase(_ body: (DatabaseHandle) async throws -> Void) async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("nanogate-db-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let (database, testDatabase) = try await TestDatabase.open(directory: directory)
+        do {
+            try await body(database)
+            try await database.close()
+            await testDatabase?.drop()
+        } catch {
+            try? await database.close()
+            await testDatabase?.drop()
+            throw error
+        }
+    }
+
+    /// A key limited to 3 a minute gets its 3 at once, then one every 20 s, and the refusal
+    /// says how long to wait — whichever instance counts (the count is the database's).
+    @Test func requestsPerMinuteAreCountedInTheDatabase() async throws {
+        try await withDatabase { database in
+            let store = database.store
+            let start = Date(timeIntervalSince1970: 1_800_000_000)
+            /// The decisions for `key` at these seconds after `start`.
+            func decisions(_ key: String, at seconds: [TimeInterval]) async throws -> [RateDecision] {
+                var result: [RateDecision] = []
+                for second in seconds { result.append(try await store.admit(keyID: key, perMinute: 3, now: start.addingTimeInterval(second))) }
+                return result
+            }
+            let first = try await decisions("k", at: [0, 0, 0, 0, 15, 20, 20])
+            #expect(first == [.allowed, .allowed, .allowed, .limited(retryAfterSeconds: 20), .limited(retryAfterSeconds: 5), .allowed, .limited(retryAfterSeconds: 20)])
+            let other = try await decisions("other", at: [0])
+            #expect(other == [.allowed], "keys are counted apart")
+            // After a quiet minute the whole allowance is back, and never more than it.
+            let later = try await decisions("k", at: [200, 200, 200, 200])
+            #expect(later == [.allowed, .allowed, .allowed, .limited(retryAfterSeconds: 20)])
+        }
+    }
+
+    /// Many requests at once against one limit: exactly the allowance gets through.
+    @Test func concurrentRequestsGetExactlyTheAllowance() async throws {
+        try await withDatabase { database in
+            let store = database.store
+            let now = Date()
+            let allowed = try await withThrowingTaskGroup(of: Bool.self) { group in
+                for _ in 0..<40 { group.addTask { try await store.admit(keyID: "burst", perMinute: 7, now: now) == .allowed } }
+                return try await group.reduce(0) { $0 + ($1 ? 1 : 0) }
+            }
+            #expect(allowed == 7)
+        }
+    }
+
+    /// Migrations run once however many instances start together, and an operator command
+    /// refuses a schema older than its build instead of changing it.
+    @Test func migrationsRunOnceAndAreRequiredByOperators() async throws {
+        try await withDatabase { database in
+            let store = database.store
+            let (current, needed) = try await store.schemaVersion()
+            #expect(current == needed && needed == 6)
+            // Several instances at once on PostgreSQL; SQLite is one process's file (one connection).
+            let instances = TestDatabase.isPostgres ? 4 : 1
+            let again = try await withThrowingTaskGroup(of: [Int].self) { group in
+                for _ in 0..<instances { group.addTask { try await store.migrate() } }
+                return try await group.reduce([]) { $0 + $1 }
+            }
+            #expect(again.isEmpty, "an up-to-date schema gets no migration")
+            try await store.database.raw("UPDATE nanogate_schema SET version = 5").run()
+            #expect(try await store.schemaVersion().current == 5)
+            let applied = try await withThrowingTaskGroup(of: [Int].self) { group in
+                for _ in 0..<instances { group.addTask { try await store.migrate() } }
+                return try await group.reduce([]) { $0 + $1 }
+            }
+            #expect(applied == [6], "instances starting together apply version 6 once")
+        }
+    }
+
+    @Test func anOperatorCommandRefusesAnOldSchema() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("nanogate-db-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        var logger = Logger(label: "test")
+        logger.logLevel = .critical
+        let location: DatabaseLocation
+        let fresh = try await TestDatabase.fresh()
+        if let fresh { location = .postgres(fresh.server.database(fresh.name)) } else { location = .sqlite(path: directory.appendingPathComponent("db.sqlite").path) }
+        await #expect(throws: DatabaseConfigurationError.self) {
+            try await DatabaseHandle.open(location, migrations: .require, logger: logger)
+        }
+        let migrated = try await DatabaseHandle.open(location, migrations: .apply, logger: logger)
+        try await migrated.close()
+        let required = try await DatabaseHandle.open(location, migrations: .require, logger: logger)
+        #expect(try await required.store.listGroups().map(\.name.rawValue).sorted() == ["default", "gemini"])
+        try await required.close()
+        await fresh?.drop()
+    }
+
+    @Test func databaseURLsAreParsed() throws {
+        let data = URL(fileURLWithPath: "/srv/nanogate")
+        #expect(try DatabaseLocation.from(url: nil, dataDirectory: data) == .sqlite(path: "/srv/nanogate/nanogate.sqlite"))
+        #expect(try DatabaseLocation.from(url: "sqlite:///var/db/ng.sqlite", dataDirectory: data) == .sqlite(path: "/var/db/ng.sqlite"))
+        guard case .postgres(let location) = try DatabaseLocation.from(url: "postgres://ng:p%40ss@db.internal:6432/gateway?sslmode=require", dataDirectory: data) else {
+            Issue.record("not PostgreSQL")
+            return
+        }
+        #expect(location.host == "db.internal" && location.port == 6432 && location.username == "ng" && location.password == "p@ss")
+        #expect(location.database == "gateway" && location.sslMode == "require")
+        #expect(DatabaseLocation.postgres(location).redacted == "postgres://ng@db.internal:6432/gateway", "no password in logs")
+        #expect(try PostgresLocation(url: location.url) == location, "the URL round-trips")
+        #expect(throws: DatabaseConfigurationError.self) { try DatabaseLocation.from(url: "mysql://x@y/z", dataDirectory: data) }
+        #expect(throws: DatabaseConfigurationError.self) { try DatabaseLocation.from(url: "postgres://db.internal/gateway", dataDirectory: data) }
+        #expect(throws: DatabaseConfigurationError.self) { try DatabaseLocation.from(url: "postgres://u@h/d?sslmode=sometimes", dataDirectory: data) }
+    }
+}
