@@ -397,6 +397,25 @@ def test_url_is_a_presigned_url_of_the_bucket(cluster: Cluster):
     assert head["ContentType"] == "image/png" and head["ContentLength"] == len(data), head
 
 
+def test_expired_images_are_swept_from_the_bucket(cluster: Cluster, nanogate_bin: Path):
+    """With a 2 s TTL, an instance's image is in the bucket at once and gone from it (swept,
+    only names NanoGate writes) a few seconds later: the presigned URL then gets the store's
+    404. An object of someone else's under the same prefix is left alone."""
+    prefix = f"sweep-{uuid.uuid4().hex[:8]}"
+    s3 = cluster.s3.client()
+    s3.put_object(Bucket=cluster.s3.bucket, Key=f"{prefix}/not-ours.txt", Body=b"keep me")
+    name, secret = new_key(cluster)
+    with instance(cluster, nanogate_bin, "sweeper", NANOGATE_URL_TTL="2", **cluster.s3.gateway_env(prefix)) as sweeper:
+        answer = generate(sweeper, secret)
+        assert answer.status == 200, answer.body[:500]
+        url = answer.json()["data"][0]["url"]
+        assert fetch(url)[0] == 200
+        wait_for(lambda: fetch(url)[0] == 404, 20, "the expired image was swept from the bucket")
+        keys = [item["Key"] for item in s3.list_objects_v2(Bucket=cluster.s3.bucket, Prefix=prefix + "/").get("Contents", [])]
+        assert keys == [f"{prefix}/not-ours.txt"], keys
+        sweeper.proc.kill()
+
+
 # ---------------------------------------------------------------------------------------------
 # 2. Idempotent retries across instances
 
