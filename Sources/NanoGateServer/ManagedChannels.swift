@@ -27,7 +27,8 @@ public struct ManagedChannels: Service {
     public func run() async throws {
         while !Task.isShuttingDownGracefully, !Task.isCancelled {
             await refresh()
-            try? await Task.sleep(for: Self.refreshInterval)
+            // A graceful shutdown ends the wait at once (a plain sleep held every stop for up to 5 s).
+            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: Self.refreshInterval) }
         }
     }
 
