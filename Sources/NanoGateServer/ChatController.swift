@@ -108,6 +108,17 @@ struct ChatController {
         var response: Response
         if input.stream == true {
             response = try await streamed(job, settlement: settlement, logger: context.logger)
+        } else if let interval = KeepAliveAnswer.requested(request, defaultInterval: keepAliveInterval) {
+            // Status and headers now, spaces while Google works, then the completion (or its error).
+            let logger = context.logger
+            return KeepAliveAnswer.response(interval: interval, survivesDisconnect: request.headers[IdempotencyMiddleware.header] != nil, logger: logger) {
+                let whole = try await pipeline.settling(settlement, logger: logger) { () throws(GatewayError) -> Response in
+                    try await self.whole(job, settlement: settlement, logger: logger)
+                }
+                let collector = CollectingWriter()
+                try await whole.body.write(collector.writer)
+                return [ByteBuffer(bytes: collector.bytes)]
+            }
         } else {
             response = try await pipeline.settling(settlement, logger: context.logger) { () throws(GatewayError) -> Response in
                 try await whole(job, settlement: settlement, logger: context.logger)

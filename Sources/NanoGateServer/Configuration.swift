@@ -173,6 +173,19 @@ public struct GatewayConfiguration: Sendable {
                 maxConcurrentFetches: number("NANOGATE_MAX_FETCHES", 32)
             )
         )
+        // One timeout for every size when NANOGATE_UPSTREAM_TIMEOUT is set (as before); else per size.
+        if environment["NANOGATE_UPSTREAM_TIMEOUT"].map({ $0.isEmpty }) ?? true {
+            var table = UpstreamConfiguration.defaultSizeTimeouts
+            for entry in (environment["NANOGATE_UPSTREAM_SIZE_TIMEOUTS"] ?? "").split(separator: ",") {
+                let parts = entry.split(separator: "=", maxSplits: 1).map { $0.trimmingCharacters(in: .whitespaces) }
+                guard parts.count == 2, ["512", "1K", "2K", "4K"].contains(parts[0].uppercased()), let seconds = Int(parts[1]), seconds >= 1 else {
+                    problems.append("NANOGATE_UPSTREAM_SIZE_TIMEOUTS has '\(entry)', which is not SIZE=SECONDS with SIZE one of 512, 1K, 2K, 4K")
+                    continue
+                }
+                table[parts[0].uppercased()] = .seconds(seconds)
+            }
+            configuration.upstream.sizeTimeouts = table
+        }
         configuration.keepAliveInterval = .seconds(number("NANOGATE_KEEPALIVE", 15))
         configuration.idleTimeout = .seconds(number("NANOGATE_IDLE_TIMEOUT", 30))
         configuration.trustForwardedHeaders = flag("NANOGATE_TRUST_FORWARDED")

@@ -68,6 +68,9 @@ struct IdempotencyMiddleware: RouterMiddleware {
             try? await store.releaseIdempotency(keyID: key.id, idempotencyKey: idempotencyKey)
             return response
         }
+        if response.headers[KeepAliveAnswer.preferenceApplied] != nil {
+            return keepAliveAnswer(response, key: key, idempotencyKey: idempotencyKey, logger: context.logger)
+        }
         let collector = CollectingWriter()
         try await response.body.write(collector.writer)
         let bytes = collector.bytes
@@ -75,6 +78,29 @@ struct IdempotencyMiddleware: RouterMiddleware {
         stored.headers[.contentLength] = nil
         await finish(key: key, idempotencyKey: idempotencyKey, response: stored, bytes: bytes, logger: context.logger)
         return stored
+    }
+
+    /// A `Prefer: keep-alive` answer passes through as it is written (its spaces must reach the
+    /// client while Google works) and is stored once whole — also when its client left before:
+    /// the retry then gets the image instead of paying for another. Its status was 200 before
+    /// the outcome was known, so an answer that turned out an error is not stored (the claim is
+    /// released; the failure charged nothing, and the retry runs again).
+    private func keepAliveAnswer(_ response: Response, key: APIKey, idempotencyKey: String, logger: Logger) -> Response {
+        var passed = response
+        let body = response.body
+        passed.body = ResponseBody { [self] writer in
+            let box = TeeWriter.Box()
+            try await body.write(TeeWriter(client: writer, box: box))
+            let whole = Array(box.bytes.drop { $0 == UInt8(ascii: " ") })
+            if whole.starts(with: Array(#"{"error""#.utf8)) {
+                try? await store.releaseIdempotency(keyID: key.id, idempotencyKey: idempotencyKey)
+            } else {
+                let stored = Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: whole)))
+                await finish(key: key, idempotencyKey: idempotencyKey, response: stored, bytes: whole, logger: logger)
+            }
+            if let failure = box.clientFailure { throw failure }
+        }
+        return passed
     }
 
     /// Stores a final answer, or releases the claim of a retryable one.
@@ -97,6 +123,29 @@ struct IdempotencyMiddleware: RouterMiddleware {
         } catch {
             logger.error("could not store an idempotent result", metadata: ["error": "\(error)"])
         }
+    }
+}
+
+/// Writes through to the client and keeps a copy; a client that went away stops the writing to
+/// it, not the collecting (the answer is still stored for its retry).
+struct TeeWriter: ResponseBodyWriter {
+    final class Box: @unchecked Sendable {
+        var bytes: [UInt8] = []
+        var clientFailure: (any Error)?
+    }
+
+    var client: any ResponseBodyWriter
+    let box: Box
+
+    mutating func write(_ buffer: ByteBuffer) async throws {
+        box.bytes.append(contentsOf: buffer.readableBytesView)
+        guard box.clientFailure == nil else { return }
+        do { try await client.write(buffer) } catch { box.clientFailure = error }
+    }
+
+    consuming func finish(_ trailingHeaders: HTTPFields?) async throws {
+        guard box.clientFailure == nil else { return }
+        do { try await client.finish(trailingHeaders) } catch { box.clientFailure = error }
     }
 }
 

@@ -36,7 +36,7 @@ extension ImagesController {
         }
 
         context.logger.info("image edit", metadata: ["model": "\(job.model.name)", "images": "\(job.inputImages.count)", "format": "\(job.format.rawValue)"])
-        return try await answer(job, context: context)
+        return try await answer(job, request: request, context: context)
     }
 
     static let maskUnsupported = GatewayError.invalidParameter(

@@ -34,19 +34,25 @@ struct ImagesController {
 
         let job = try validate(input, key: key, baseURL: publicURL.base(of: request), endpoint: "images.generations")
         context.logger.info("image generation", metadata: ["model": "\(job.model.name)", "n": "\(job.count)", "format": "\(job.format.rawValue)"])
-        return try await answer(job, context: context)
+        return try await answer(job, request: request, context: context)
     }
 
     /// Runs a validated job: one JSON body, or OpenAI's image stream (`stream: true`). The
     /// `X-NanoGate-Upstream-Model` header names the Google model that answered (the fallback
     /// when the catalog's id is retired).
-    func answer(_ job: ImageJob, context: GatewayRequestContext) async throws -> Response {
+    func answer(_ job: ImageJob, request: Request, context: GatewayRequestContext) async throws -> Response {
         let logger = context.logger
         let estimate = pipeline.estimate(key: job.key, model: job.model, spec: job.spec, count: job.count, prompt: job.prompt, inputImages: job.inputImages.count)
         let info = RequestInfo(requestID: context.requestID, started: context.started, observation: context.observation, requestedSize: job.spec.label)
         let settlement = try await pipeline.open(key: job.key, endpoint: job.endpoint, model: job.model, info: info, estimateMicroUSD: estimate, logger: logger)
         if job.options.stream {
             return streamed(job, settlement: settlement, logger: logger)
+        }
+        if let interval = KeepAliveAnswer.requested(request, defaultInterval: keepAliveInterval) {
+            let pipeline = self.pipeline
+            return KeepAliveAnswer.response(interval: interval, survivesDisconnect: request.headers[IdempotencyMiddleware.header] != nil, logger: logger) {
+                try SplicedJSON.encode(try await pipeline.generateImages(job, settlement: settlement, logger: logger))
+            }
         }
         var response = try Self.json(try await pipeline.generateImages(job, settlement: settlement, logger: logger))
         response.headers[Self.upstreamModelHeader] = settlement.servedBy.id

@@ -15,7 +15,8 @@ import Synchronization
 /// | `NANOGATE_GEMINI_BASE_URL` | Gemini API base of the `GEMINI_API_KEY` shorthand channel | `https://generativelanguage.googleapis.com` |
 /// | `GEMINI_API_KEY` | one key, or several separated by commas: one `gemini` channel | none |
 /// | `channels:` (configuration file) | the operator's channels (`ChannelConfiguration`) | none |
-/// | `NANOGATE_UPSTREAM_TIMEOUT` | seconds one upstream call may take (a channel's `timeout` overrides) | 300 |
+/// | `NANOGATE_UPSTREAM_TIMEOUT` | seconds one upstream call may take, every size (a channel's `timeout` overrides) | per size |
+/// | `NANOGATE_UPSTREAM_SIZE_TIMEOUTS` | seconds per image size when no single timeout is set, e.g. `1K=120,2K=180,4K=360` | `512=120,1K=120,2K=180,4K=360` |
 /// | `NANOGATE_UPSTREAM_ATTEMPTS` | attempts per image, across channels and keys | 3 |
 /// | `NANOGATE_UPSTREAM_DEADLINE` | seconds all attempts of one image may take, queueing included | timeout × attempts |
 /// | `NANOGATE_UPSTREAM_QUEUE` | calls that may wait per channel once it is at `max_concurrency` | 4096 |
@@ -38,6 +39,25 @@ public struct UpstreamConfiguration: Sendable {
     public var breakerCooldown: Duration
     /// How long a refused credential stays set aside (it is the operator's to fix).
     public var rejectedCredentialRest: Duration
+    /// Timeouts by requested image size (`512`, `1K`, `2K`, `4K`; a request without a size is
+    /// 1K): Pro at 4K takes 100–170 s and sometimes over 180 s, 1K a fraction of that. Empty:
+    /// `requestTimeout` for every size. A channel's `timeout` or `model_timeouts` wins.
+    public var sizeTimeouts: [String: Duration] = [:]
+
+    /// NanoGate's defaults for `sizeTimeouts`.
+    public static let defaultSizeTimeouts: [String: Duration] = ["512": .seconds(120), "1K": .seconds(120), "2K": .seconds(180), "4K": .seconds(360)]
+
+    /// The longest one call may take: the HTTP client's read timeout must not cut it first.
+    public var longestTimeout: Duration {
+        max(requestTimeout, sizeTimeouts.values.max() ?? .zero, .seconds(channels.compactMap { channel in
+            ([channel.timeoutSeconds] + (channel.modelTimeouts.map { Array($0.values) } ?? [])).compactMap { $0 }.max()
+        }.max() ?? 0))
+    }
+
+    /// The timeout of a request for `imageSize` (before any channel's own).
+    func timeout(imageSize: String?) -> Duration {
+        sizeTimeouts[imageSize ?? "1K"] ?? requestTimeout
+    }
 
     public init(
         baseURL: String = "https://generativelanguage.googleapis.com",
@@ -271,7 +291,7 @@ public final class UpstreamPool: Sendable {
     }
 
     private func makeMember(_ channel: ChannelConfiguration, id: Int, managed: Bool) -> Member {
-        var clientConfiguration = Self.clientConfiguration(requestTimeout: configuration.requestTimeout, maxConnections: channel.maxConcurrency)
+        var clientConfiguration = Self.clientConfiguration(requestTimeout: configuration.longestTimeout, maxConnections: channel.maxConcurrency)
         if let proxyText = channel.proxy, let proxy = ProxySetting(proxyText) {
             let authorization = proxy.user.map { HTTPClient.Authorization.basic(username: $0, password: proxy.password ?? "") }
             clientConfiguration.proxy = .server(host: proxy.host, port: proxy.port, authorization: authorization)
@@ -419,7 +439,8 @@ public final class UpstreamPool: Sendable {
             throw UpstreamError(.invalidRequest, detail: "the request could not be encoded")
         }
         guard !members.isEmpty else { throw UpstreamError(.noChannel) }
-        let deadline = ContinuousClock.now.advanced(by: configuration.deadline ?? configuration.requestTimeout * configuration.maxAttempts)
+        let sizeTimeout = configuration.timeout(imageSize: request.generationConfig?.imageConfig?.imageSize)
+        let deadline = ContinuousClock.now.advanced(by: configuration.deadline ?? sizeTimeout * configuration.maxAttempts)
         var tried = Set<Int>()
         var lastError: UpstreamError?
         for number in 1...configuration.maxAttempts {
@@ -437,7 +458,7 @@ public final class UpstreamPool: Sendable {
             attemptLogger[metadataKey: "upstream.key"] = "#\(pick.credential + 1)"
             attemptLogger[metadataKey: "upstream.model"] = "\(pick.upstreamID)"
             let started = ContinuousClock.now
-            let result = await run(member, pick: pick, body: body, deadline: deadline, logger: attemptLogger, attempt)
+            let result = await run(member, pick: pick, body: body, timeout: sizeTimeout, deadline: deadline, logger: attemptLogger, attempt)
             let elapsed = started.duration(to: .now)
             let milliseconds = Int((elapsed / .milliseconds(1)).rounded())
             observer?.attempt(channel: name, key: pick.credential + 1, model: model, outcome: result.outcome, duration: elapsed)
@@ -473,11 +494,12 @@ public final class UpstreamPool: Sendable {
     /// One attempt: a slot in the channel's gate (waiting within the deadline), then the call,
     /// bounded by the channel's timeout for the model (and the deadline).
     private func run<Output: Sendable>(
-        _ member: Member, pick: Pick, body: ByteBuffer, deadline: ContinuousClock.Instant, logger: Logger, _ attempt: @escaping Attempt<Output>
+        _ member: Member, pick: Pick, body: ByteBuffer, timeout sizeTimeout: Duration, deadline: ContinuousClock.Instant, logger: Logger,
+        _ attempt: @escaping Attempt<Output>
     ) async -> Result<Output, ChannelFailure> {
         if let broken = member.broken { return .failure(.init(error: broken, disposition: .credentialRejected)) }
         let config = member.configuration
-        let timeout = Duration.seconds(config.modelTimeouts?[pick.upstreamID] ?? config.timeoutSeconds ?? Int(configuration.requestTimeout.components.seconds))
+        let timeout = (config.modelTimeouts?[pick.upstreamID] ?? config.timeoutSeconds).map { Duration.seconds($0) } ?? sizeTimeout
         let queued = UpstreamError(.timeout, detail: "no upstream connection became free in time")
         do {
             try await Deadline.run(until: deadline, orThrow: queued) { try await member.gate.acquire() }

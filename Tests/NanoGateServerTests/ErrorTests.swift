@@ -155,6 +155,30 @@ import Upstream
         }
     }
 
+    /// Timeouts follow the requested size: the same 3 s upstream answer is too slow for a 1K
+    /// request allowed 1 s, and arrives for a 4K one allowed 30 s.
+    @Test func timeoutsFollowTheImageSize() async throws {
+        try await withGateway(configure: { $0.upstream.sizeTimeouts = ["1K": .seconds(1), "4K": .seconds(30)] }) { gateway in
+            let small = try await gateway.generate(#"{"model":"nano-banana-pro","prompt":"p [emulate:slow=3000]","size":"1k","aspect_ratio":"1:1"}"#)
+            #expect(small.status == 504 && small.error["code"] as? String == "upstream_timeout", "\(small.text)")
+            let large = try await gateway.generate(#"{"model":"nano-banana-pro","prompt":"p [emulate:slow=3000]","size":"4k","aspect_ratio":"1:1","response_format":"b64_json"}"#)
+            #expect(large.status == 200, "\(large.text)")
+        }
+    }
+
+    @Test func sizeTimeoutsAreConfigured() throws {
+        let standard = try GatewayConfiguration.fromEnvironment([:]).upstream
+        #expect(standard.sizeTimeouts["4K"] == .seconds(360) && standard.sizeTimeouts["1K"] == .seconds(120))
+        #expect(standard.longestTimeout >= .seconds(360), "the HTTP client's read timeout never cuts a 4K call first")
+        let tuned = try GatewayConfiguration.fromEnvironment(["NANOGATE_UPSTREAM_SIZE_TIMEOUTS": "1k=60, 4K=600"]).upstream
+        #expect(tuned.sizeTimeouts["1K"] == .seconds(60) && tuned.sizeTimeouts["4K"] == .seconds(600) && tuned.sizeTimeouts["2K"] == .seconds(180))
+        let single = try GatewayConfiguration.fromEnvironment(["NANOGATE_UPSTREAM_TIMEOUT": "500"]).upstream
+        #expect(single.sizeTimeouts.isEmpty && single.requestTimeout == .seconds(500), "one timeout for every size, as before")
+        #expect {
+            try GatewayConfiguration.fromEnvironment(["NANOGATE_UPSTREAM_SIZE_TIMEOUTS": "8K=10"])
+        } throws: { "\($0)".contains("NANOGATE_UPSTREAM_SIZE_TIMEOUTS") }
+    }
+
     @Test func aBadGoogleKeyIsTheOperatorsProblemAndNeverLeaks() async throws {
         try await withGateway(googleKeys: ["AIzaSy-secret-but-wrong"], emulatorKeys: ["the-real-key"]) { gateway in
             let reply = try await gateway.generate(#"{"model":"nano-banana","prompt":"p"}"#)
