@@ -87,6 +87,7 @@ struct GatewayParts {
     let pipeline: RequestPipeline
     let managedChannels: ManagedChannels
     let retired: RetiredModels
+    let jobRunner: JobRunner
 }
 
 /// Builds the router and the objects behind it.
@@ -128,10 +129,20 @@ func makeGatewayParts(
             staleAfter: TimeInterval(configuration.upstream.requestTimeout.components.seconds) * Double(configuration.upstream.maxAttempts) + 60
         ))
         .add(middleware: DisconnectMiddleware())
-    ImagesController(
+    var images = ImagesController(
         catalog: configuration.catalog, pipeline: pipeline, publicURL: publicURL,
         maxJSONBodyBytes: configuration.maxJSONBodyBytes, inputs: inputs, keepAliveInterval: configuration.keepAliveInterval
-    ).addRoutes(to: api)
+    )
+    let webhookPolicy = WebhookPolicy(limits: configuration.inputs)
+    images.jobs = ImageJobs(store: dependencies.store, resultTTL: configuration.urlTTL, webhookPolicy: webhookPolicy)
+    images.addRoutes(to: api)
+    ImageJobsController(store: dependencies.store).addRoutes(to: api)
+    let jobRunner = JobRunner(
+        store: dependencies.store, owner: configuration.billing.owner, lease: configuration.billing.lease, workers: configuration.jobWorkers,
+        resultTTL: configuration.urlTTL, pollInterval: .milliseconds(500),
+        webhooks: WebhookSender(policy: webhookPolicy, resolver: ThreadPoolResolver(threadPool: dependencies.blockingThreadPool, lookup: hostLookup)),
+        logger: logger, execute: { [images] record, key in try await images.runStoredJob(record, key: key, logger: logger) }
+    )
     ModelsController(catalog: configuration.catalog).addRoutes(to: api)
     // Google's own API for its SDKs: under /v1beta, and /v1 (google-genai's other default).
     let native = NativeController(catalog: configuration.catalog, pipeline: pipeline, maxRequestBytes: configuration.inputs.maxRequestBytes)
@@ -149,7 +160,7 @@ func makeGatewayParts(
         catalog: configuration.catalog, pipeline: pipeline, signatures: dependencies.store,
         inputs: inputs, publicURL: publicURL, keepAliveInterval: configuration.keepAliveInterval, chatImages: configuration.chatImages
     ).addRoutes(to: api)
-    return GatewayParts(router: router, metrics: metrics, pool: pool, pipeline: pipeline, managedChannels: managedChannels, retired: retired)
+    return GatewayParts(router: router, metrics: metrics, pool: pool, pipeline: pipeline, managedChannels: managedChannels, retired: retired, jobRunner: jobRunner)
 }
 
 /// Builds the gateway: routes, middleware, and the services that own its resources.
@@ -178,7 +189,7 @@ public func buildApplication(
     if configuration.checkModelsAtStart {
         app.addServices(ModelCheckService(catalog: configuration.catalog, pool: pool, retired: retired, logger: logger))
     }
-    app.addServices(managedChannels)
+    app.addServices(managedChannels, parts.jobRunner)
     if let port = configuration.metricsPort {
         // Metrics on their own port (a scraper on an internal network, the API on a public one).
         let metricsRouter = Router()

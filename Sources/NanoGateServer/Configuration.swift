@@ -37,6 +37,7 @@ import NanoGateStorage
 /// | | `NANOGATE_DATABASE_POOL_SIZE` | PostgreSQL connections per instance | 10 |
 /// | | `NANOGATE_IMAGE_STORE` | `s3://BUCKET/PREFIX` (presigned URLs; `AWS_*` variables) or a folder (an NFS mount for several instances) | `DATA_DIR/images` |
 /// | | `NANOGATE_INSTANCE_ID` | this instance's name on its reservations and in logs | random |
+/// | | `NANOGATE_JOB_WORKERS` | background image jobs this instance runs at once | 4 |
 public struct GatewayConfiguration: Sendable {
     public var host: String
     public var port: Int
@@ -79,6 +80,8 @@ public struct GatewayConfiguration: Sendable {
     public var billing = BillingConfiguration()
     /// Turns the admin API (`/admin/v1/`) on; its bearer token (`NANOGATE_ADMIN_TOKEN`, at least 24 characters).
     public var adminToken: String?
+    /// Background image jobs one instance runs at once (`NANOGATE_JOB_WORKERS`).
+    public var jobWorkers = 4
     /// `NANOGATE_DATABASE_URL`: nil is the data directory's SQLite file.
     public var databaseURL: String?
     public var databasePoolSize = 10
@@ -213,6 +216,7 @@ public struct GatewayConfiguration: Sendable {
             do { _ = try DatabaseLocation.from(url: url, dataDirectory: configuration.dataDirectory) } catch { problems.append(error.description) }
         }
         configuration.databasePoolSize = number("NANOGATE_DATABASE_POOL_SIZE", 10)
+        configuration.jobWorkers = number("NANOGATE_JOB_WORKERS", 4)
         configuration.imageStore = environment["NANOGATE_IMAGE_STORE"].flatMap { $0.isEmpty ? nil : $0 }
         configuration.awsEnvironment = environment.filter { $0.key.hasPrefix("AWS_") }
         if let store = configuration.imageStore, store.hasPrefix("s3://") {

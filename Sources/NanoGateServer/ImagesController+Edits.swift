@@ -11,7 +11,23 @@ extension ImagesController {
     /// `image[]` or `image`, scalars as text fields) or JSON `{"images":[{"image_url":…}], …}`.
     @Sendable func edits(_ request: Request, context: GatewayRequestContext) async throws -> Response {
         guard let key = context.apiKey else { throw GatewayError.unauthorized("Missing API key.") }
-        let baseURL = publicURL.base(of: request)
+        if let jobs, ImageJobs.requested(request) {
+            // The whole body is kept with the job (uploaded images included), within the request limit.
+            let baseURL = publicURL.base(of: request)
+            var request = request
+            let body = try await request.collectBody(limit: inputs.limits.maxRequestBytes)
+            request.body = RequestBody(buffer: body)
+            return try await jobs.submit(request, body: body, key: key, endpoint: "images.edits", baseURL: baseURL, context: context) { replay in
+                try await editJob(replay, key: key, baseURL: baseURL)
+            }
+        }
+        let job = try await editJob(request, key: key, baseURL: publicURL.base(of: request))
+        context.logger.info("image edit", metadata: ["model": "\(job.model.name)", "images": "\(job.inputImages.count)", "format": "\(job.format.rawValue)"])
+        return try await answer(job, request: request, context: context)
+    }
+
+    /// An edit request read, validated and its images loaded (also when a background job replays it).
+    func editJob(_ request: Request, key: APIKey, baseURL: String) async throws -> ImageJob {
         let contentType = request.headers[.contentType] ?? ""
         // Validate (model, prompt, sizes, image count) before any image is read or fetched.
         var job: ImageJob
@@ -35,8 +51,7 @@ extension ImagesController {
             }
         }
 
-        context.logger.info("image edit", metadata: ["model": "\(job.model.name)", "images": "\(job.inputImages.count)", "format": "\(job.format.rawValue)"])
-        return try await answer(job, request: request, context: context)
+        return job
     }
 
     static let maskUnsupported = GatewayError.invalidParameter(

@@ -16,6 +16,8 @@ struct ImagesController {
     let inputs: InputImageLoader
     /// How often a silent image stream gets an SSE comment.
     let keepAliveInterval: Duration
+    /// Background jobs (`Prefer: respond-async`); nil: answered inline only.
+    var jobs: ImageJobs?
 
     /// The OpenAI paths and the spec's singular spellings (`/v1/image/generations`, its endpoint
     /// table), one handler each.
@@ -30,11 +32,24 @@ struct ImagesController {
 
     @Sendable func generations(_ request: Request, context: GatewayRequestContext) async throws -> Response {
         guard let key = context.apiKey else { throw GatewayError.unauthorized("Missing API key.") }
-        let input = try await request.decodeJSON(ImageGenerationRequest.self, limit: maxJSONBodyBytes)
-
-        let job = try validate(input, key: key, baseURL: publicURL.base(of: request), endpoint: "images.generations")
+        let baseURL = publicURL.base(of: request)
+        var request = request
+        let body = try await request.collectBody(limit: maxJSONBodyBytes)
+        request.body = RequestBody(buffer: body)
+        if let jobs, ImageJobs.requested(request, body: body) {
+            return try await jobs.submit(request, body: body, key: key, endpoint: "images.generations", baseURL: baseURL, context: context) { replay in
+                try await generationJob(replay, key: key, baseURL: baseURL)
+            }
+        }
+        let job = try await generationJob(request, key: key, baseURL: baseURL)
         context.logger.info("image generation", metadata: ["model": "\(job.model.name)", "n": "\(job.count)", "format": "\(job.format.rawValue)"])
         return try await answer(job, request: request, context: context)
+    }
+
+    /// A generation request read and validated (also when a background job replays it).
+    func generationJob(_ request: Request, key: APIKey, baseURL: String) async throws -> ImageJob {
+        let input = try await request.decodeJSON(ImageGenerationRequest.self, limit: maxJSONBodyBytes)
+        return try validate(input, key: key, baseURL: baseURL, endpoint: "images.generations")
     }
 
     /// Runs a validated job: one JSON body, or OpenAI's image stream (`stream: true`). The
@@ -60,6 +75,32 @@ struct ImagesController {
     }
 
     static let upstreamModelHeader = HTTPField.Name("X-NanoGate-Upstream-Model")!
+
+    /// Runs a background job's request: the images answer as JSON (its usage row carries the
+    /// job's id as request id).
+    func runInBackground(_ job: ImageJob, requestID: String, logger: Logger) async throws(GatewayError) -> ByteBuffer {
+        let estimate = pipeline.estimate(key: job.key, model: job.model, spec: job.spec, count: job.count, prompt: job.prompt, inputImages: job.inputImages.count)
+        let info = RequestInfo(requestID: requestID, started: .now, observation: nil, requestedSize: job.spec.label)
+        let settlement = try await pipeline.open(key: job.key, endpoint: job.endpoint, model: job.model, info: info, estimateMicroUSD: estimate, logger: logger)
+        let answer = try await pipeline.generateImages(job, settlement: settlement, logger: logger)
+        do {
+            return try SplicedJSON.encodeJoined(answer)
+        } catch {
+            throw .internal("The answer could not be encoded.")
+        }
+    }
+
+    /// Replays a stored job's request for its key and runs it.
+    func runStoredJob(_ record: ImageJobRecord, key: APIKey, logger: Logger) async throws -> ByteBuffer {
+        let edit = record.endpoint == "images.edits"
+        let head = HTTPRequest(
+            method: .post, scheme: "http", authority: "nanogate-job", path: edit ? "/v1/images/edits" : "/v1/images/generations",
+            headerFields: [.contentType: record.contentType]
+        )
+        let request = Request(head: head, body: RequestBody(buffer: ByteBuffer(bytes: record.body)))
+        let job = edit ? try await editJob(request, key: key, baseURL: record.baseURL) : try await generationJob(request, key: key, baseURL: record.baseURL)
+        return try await runInBackground(job, requestID: record.id, logger: logger)
+    }
 
     /// Validates against the catalog: model, prompt, n, size/aspect_ratio/quality, response_format
     /// and the other OpenAI parameters (`ImageOptions`).

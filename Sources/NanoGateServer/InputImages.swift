@@ -72,6 +72,28 @@ struct ThreadPoolResolver: Sendable {
         let lookup = self.lookup
         return try await threadPool.runIfActive { lookup(host) }
     }
+
+    /// The one address to connect to for `host`, when every address it resolves to is allowed
+    /// by `limits` (public, or in an allowed network, or private fetches are on). IPv4 first:
+    /// the connection goes to exactly one checked address, and servers that listen on one
+    /// family only mostly listen on IPv4. Image fetches and webhooks share this policy.
+    func checkedAddress(of host: String, limits: InputLimits, param: String) async throws(GatewayError) -> [UInt8] {
+        let addresses: [[UInt8]]
+        if let literal = AddressPolicy.literal(host) {
+            addresses = [literal]
+        } else {
+            addresses = (try? await self.addresses(of: host)) ?? []
+        }
+        guard let address = addresses.first(where: { $0.count == 4 }) ?? addresses.first else {
+            throw .invalidParameter(param, "The host of '\(param)' could not be resolved.", code: "image_fetch_failed")
+        }
+        if !limits.allowPrivateFetch {
+            guard addresses.allSatisfy({ ip in AddressPolicy.isPublic(ip) || limits.allowedNetworks.contains { $0.contains(ip) } }) else {
+                throw .invalidParameter(param, "'\(param)' points to a loopback, private or reserved address, which this gateway does not fetch.", code: "forbidden_url")
+            }
+        }
+        return address
+    }
 }
 
 /// Turns what clients send as images (uploaded bytes, `data:` URLs, `https://` URLs, the
@@ -170,20 +192,7 @@ struct InputImageLoader: Sendable {
         defer { fetchSlots.release() }
 
         let host = rawHost.hasPrefix("[") && rawHost.hasSuffix("]") ? String(rawHost.dropFirst().dropLast()) : rawHost
-        let addresses: [[UInt8]]
-        if let literal = AddressPolicy.literal(host) {
-            addresses = [literal]
-        } else {
-            addresses = (try? await resolver.addresses(of: host)) ?? []
-        }
-        // IPv4 first: the connection goes to exactly one checked address, and servers that
-        // listen on one family only mostly listen on IPv4.
-        guard let address = addresses.first(where: { $0.count == 4 }) ?? addresses.first else { throw .invalidParameter(param, "The host of '\(param)' could not be resolved.", code: "image_fetch_failed") }
-        if !limits.allowPrivateFetch {
-            guard addresses.allSatisfy({ ip in AddressPolicy.isPublic(ip) || limits.allowedNetworks.contains { $0.contains(ip) } }) else {
-                throw .invalidParameter(param, "'\(param)' points to a loopback, private or reserved address, which this gateway does not fetch.", code: "forbidden_url")
-            }
-        }
+        let address = try await resolver.checkedAddress(of: host, limits: limits, param: param)
 
         // A client of its own per fetch: it connects to the address checked above (the host name
         // is kept for TLS and the Host header) and never follows a redirect.

@@ -237,6 +237,8 @@ public struct ImageSweeper: Service {
                 if let store = signatures as? SQLStore {
                     // Idempotent results are kept 24 h.
                     _ = try await store.pruneIdempotency(before: Date().addingTimeInterval(-24 * 3600))
+                    // Finished jobs go when their answers (and the image URLs in them) expire.
+                    _ = try await store.pruneJobs()
                 }
             } catch {
                 logger.warning("image sweep failed", metadata: ["error": "\(error)"])

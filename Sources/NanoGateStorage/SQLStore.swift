@@ -38,6 +38,7 @@ public struct SQLStore: KeyStore, UsageLog, SignatureStore {
             try await database.raw("CREATE TABLE IF NOT EXISTS upstream_channels (name TEXT PRIMARY KEY, config TEXT NOT NULL, updated_at BIGINT NOT NULL)").run()
         }),
         (6, { database in try await SQLStore.createRateTable(database) }),
+        (7, { database in try await SQLStore.createJobsTable(database) }),
     ]
 
     /// PostgreSQL's: PostgreSQL support began at SQLite's version 5, so its first migration
@@ -45,6 +46,7 @@ public struct SQLStore: KeyStore, UsageLog, SignatureStore {
     static let postgresMigrations: [Migration] = [
         (5, { database in try await PostgresSchema.createVersion5(database) }),
         (6, { database in try await SQLStore.createRateTable(database) }),
+        (7, { database in try await SQLStore.createJobsTable(database) }),
     ]
 
     /// Version 6: each rate-limited key's next allowed arrival (GCRA), so requests-per-minute

@@ -238,11 +238,7 @@ import Testing
     /// A reservation whose gateway died (its lease ran out) is released; a live one is kept.
     /// (On a database of its own: a gateway's own upkeep would release the dead one first.)
     @Test func expiredReservationsAreReleased() async throws {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("nanogate-ledger-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(at: directory) }
-        let (database, testDatabase) = try await TestDatabase.open(directory: directory)
-        do {
+        try await TestDatabase.with { database in
             let key = try await database.store.createKey(name: "lease", group: .default, options: KeyOptions(creditMicroUSD: 100_000)).key
             let ledger = database.ledger
             func reserved() async throws -> Int { try #require(try await database.store.key(named: "lease")).reservedMicroUSD }
@@ -271,12 +267,6 @@ import Testing
             // Both rows may carry the same millisecond: look the settled one up by its request id.
             let rows = try await database.store.usage(UsageQuery(keyID: key.id))
             #expect(rows.contains { $0.requestID == "req-1" && $0.costMicroUSD == 38_713 }, "the row is written with the charge")
-            try await database.close()
-            await testDatabase?.drop()
-        } catch {
-            try? await database.close()
-            await testDatabase?.drop()
-            throw error
         }
     }
 }

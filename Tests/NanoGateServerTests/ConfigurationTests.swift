@@ -47,7 +47,10 @@ import Upstream
             "NANOGATE_HOST": configuration.host, "NANOGATE_PORT": "\(configuration.port)",
             "NANOGATE_DATA_DIR": "./" + configuration.dataDirectory.lastPathComponent,
             "NANOGATE_URL_TTL": seconds(configuration.urlTTL), "NANOGATE_GEMINI_BASE_URL": configuration.upstream.baseURL,
-            "NANOGATE_UPSTREAM_TIMEOUT": seconds(configuration.upstream.requestTimeout), "NANOGATE_UPSTREAM_ATTEMPTS": "\(configuration.upstream.maxAttempts)",
+            "NANOGATE_UPSTREAM_TIMEOUT": configuration.upstream.sizeTimeouts.isEmpty ? seconds(configuration.upstream.requestTimeout) : "per size",
+            "NANOGATE_UPSTREAM_SIZE_TIMEOUTS": ["512", "1K", "2K", "4K"].map { "\($0)=\(seconds(configuration.upstream.sizeTimeouts[$0] ?? .zero))" }.joined(separator: ","),
+            "NANOGATE_UPSTREAM_ATTEMPTS": "\(configuration.upstream.maxAttempts)",
+            "NANOGATE_DATABASE_POOL_SIZE": "\(configuration.databasePoolSize)", "NANOGATE_JOB_WORKERS": "\(configuration.jobWorkers)",
             "NANOGATE_KEEPALIVE": seconds(configuration.keepAliveInterval), "NANOGATE_IDLE_TIMEOUT": seconds(configuration.idleTimeout),
             "NANOGATE_FETCH_TIMEOUT": seconds(configuration.inputs.fetchTimeout), "NANOGATE_MAX_FETCHES": "\(configuration.inputs.maxConcurrentFetches)",
             "NANOGATE_ALLOW_PRIVATE_FETCH": configuration.inputs.allowPrivateFetch ? "on" : "off",
@@ -150,18 +153,12 @@ import Upstream
     }
 
     @Test func oldThoughtSignaturesArePruned() async throws {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("nanogate-prune-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(at: directory) }
-        var logger = Logger(label: "test")
-        logger.logLevel = .critical
-        let (handle, testDatabase) = try await TestDatabase.open(directory: directory)
-        try await handle.store.saveSignatures(["t:a": "sig-a", "i:b": "sig-b"])
-        #expect(try await handle.store.pruneSignatures(before: Date().addingTimeInterval(-60)) == 0, "recent ones stay")
-        #expect(try await handle.store.signatures(for: ["t:a", "i:b", "t:c"]) == ["t:a": "sig-a", "i:b": "sig-b"])
-        #expect(try await handle.store.pruneSignatures(before: Date().addingTimeInterval(60)) == 2)
-        #expect(try await handle.store.signatures(for: ["t:a", "i:b"]).isEmpty)
-        try await handle.close()
-        await testDatabase?.drop()
+        try await TestDatabase.with { handle in
+            try await handle.store.saveSignatures(["t:a": "sig-a", "i:b": "sig-b"])
+            #expect(try await handle.store.pruneSignatures(before: Date().addingTimeInterval(-60)) == 0, "recent ones stay")
+            #expect(try await handle.store.signatures(for: ["t:a", "i:b", "t:c"]) == ["t:a": "sig-a", "i:b": "sig-b"])
+            #expect(try await handle.store.pruneSignatures(before: Date().addingTimeInterval(60)) == 2)
+            #expect(try await handle.store.signatures(for: ["t:a", "i:b"]).isEmpty)
+        }
     }
 }

@@ -8,26 +8,10 @@ import Testing
 /// The storage rules that must hold on both databases (this suite runs on SQLite, and again on
 /// PostgreSQL when `NANOGATE_TEST_DATABASE_URL` is set).
 @Suite struct DatabaseTests {
-    private func withDatabase(_ body: (DatabaseHandle) async throws -> Void) async throws {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("nanogate-db-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(at: directory) }
-        let (database, testDatabase) = try await TestDatabase.open(directory: directory)
-        do {
-            try await body(database)
-            try await database.close()
-            await testDatabase?.drop()
-        } catch {
-            try? await database.close()
-            await testDatabase?.drop()
-            throw error
-        }
-    }
-
     /// A key limited to 3 a minute gets its 3 at once, then one every 20 s, and the refusal
     /// says how long to wait — whichever instance counts (the count is the database's).
     @Test func requestsPerMinuteAreCountedInTheDatabase() async throws {
-        try await withDatabase { database in
+        try await TestDatabase.with { database in
             let store = database.store
             let start = Date(timeIntervalSince1970: 1_800_000_000)
             /// The decisions for `key` at these seconds after `start`.
@@ -48,7 +32,7 @@ import Testing
 
     /// Many requests at once against one limit: exactly the allowance gets through.
     @Test func concurrentRequestsGetExactlyTheAllowance() async throws {
-        try await withDatabase { database in
+        try await TestDatabase.with { database in
             let store = database.store
             let now = Date()
             let allowed = try await withThrowingTaskGroup(of: Bool.self) { group in
@@ -62,10 +46,10 @@ import Testing
     /// Migrations run once however many instances start together, and an operator command
     /// refuses a schema older than its build instead of changing it.
     @Test func migrationsRunOnceAndAreRequiredByOperators() async throws {
-        try await withDatabase { database in
+        try await TestDatabase.with { database in
             let store = database.store
             let (current, needed) = try await store.schemaVersion()
-            #expect(current == needed && needed == 6)
+            #expect(current == needed && needed == 7)
             // Several instances at once on PostgreSQL; SQLite is one process's file (one connection).
             let instances = TestDatabase.isPostgres ? 4 : 1
             let again = try await withThrowingTaskGroup(of: [Int].self) { group in
@@ -73,13 +57,13 @@ import Testing
                 return try await group.reduce([]) { $0 + $1 }
             }
             #expect(again.isEmpty, "an up-to-date schema gets no migration")
-            try await store.database.raw("UPDATE nanogate_schema SET version = 5").run()
-            #expect(try await store.schemaVersion().current == 5)
+            try await store.database.raw("UPDATE nanogate_schema SET version = 6").run()
+            #expect(try await store.schemaVersion().current == 6)
             let applied = try await withThrowingTaskGroup(of: [Int].self) { group in
                 for _ in 0..<instances { group.addTask { try await store.migrate() } }
                 return try await group.reduce([]) { $0 + $1 }
             }
-            #expect(applied == [6], "instances starting together apply version 6 once")
+            #expect(applied == [7], "instances starting together apply version 7 once")
         }
     }
 

@@ -37,13 +37,24 @@ struct TestDatabase {
         return TestDatabase(name: name, server: server)
     }
 
-    /// Opens a database of the test's own, migrated: PostgreSQL when the suite runs on it, else
-    /// `directory/nanogate.sqlite`. The second value drops the PostgreSQL database afterwards.
-    static func open(directory: URL) async throws -> (DatabaseHandle, TestDatabase?) {
-        if let fresh = try await fresh() {
-            return (try await DatabaseHandle.open(.postgres(fresh.server.database(fresh.name)), logger: quietLogger), fresh)
+    /// Runs `body` on a migrated database of the test's own — PostgreSQL when the suite runs on
+    /// it, else a SQLite file in a temporary folder — then closes and removes it.
+    static func with(_ body: (DatabaseHandle) async throws -> Void) async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("nanogate-db-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let fresh = try await fresh()
+        let location: DatabaseLocation = fresh.map { .postgres($0.server.database($0.name)) } ?? .sqlite(path: directory.appendingPathComponent("nanogate.sqlite").path)
+        let database = try await DatabaseHandle.open(location, logger: quietLogger)
+        do {
+            try await body(database)
+            try await database.close()
+            await fresh?.drop()
+        } catch {
+            try? await database.close()
+            await fresh?.drop()
+            throw error
         }
-        return (try await DatabaseHandle.open(.sqlite(path: directory.appendingPathComponent("nanogate.sqlite").path), logger: quietLogger), nil)
     }
 
     /// Every row of `table` as JSON text (PostgreSQL), to look for what must not be stored.

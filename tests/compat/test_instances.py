@@ -416,6 +416,31 @@ def test_expired_images_are_swept_from_the_bucket(cluster: Cluster, nanogate_bin
         sweeper.proc.kill()
 
 
+def test_a_shared_folder_and_secret_serve_each_others_urls(cluster: Cluster, nanogate_bin: Path, tmp_path: Path):
+    """Without a bucket: one folder (an NFS mount in production) and one NANOGATE_URL_SECRET on
+    both instances; a URL made by one is a gateway URL the other serves, and a signature made
+    with another secret is refused."""
+    shared = tmp_path / "shared-images"
+    base = {name: value for name, value in cluster.env.items() if not name.startswith("AWS_") and name != "NANOGATE_IMAGE_STORE"}
+    secret = "s" * 48
+    envs = {
+        name: {**base, "NANOGATE_IMAGE_STORE": str(shared), "NANOGATE_URL_SECRET": secret, "NANOGATE_INSTANCE_ID": f"instance-{name}"}
+        for name in ("nfs-a", "nfs-b")
+    }
+    _, key = new_key(cluster)
+    with instances(nanogate_bin, cluster.config, cluster.root / "nfs", envs) as started:
+        first, second = started["nfs-a"], started["nfs-b"]
+        answer = generate(first, key)
+        assert answer.status == 200, answer.body[:300]
+        url = answer.json()["data"][0]["url"]
+        assert url.startswith(first.root + "/v1/files/images/"), url
+        status, data = fetch(url.replace(first.root, second.root))
+        assert status == 200 and png_size(data) == (1024, 1024)
+        forged = re.sub(r"signature=[^&]+", "signature=" + "A" * 43, url.replace(first.root, second.root))
+        assert fetch(forged)[0] == 403
+        assert len(list(shared.iterdir())) == 1, "both instances keep images in the one folder"
+
+
 # ---------------------------------------------------------------------------------------------
 # 2. Idempotent retries across instances
 
@@ -597,6 +622,46 @@ def test_reservation_of_a_killed_instance_is_released_by_the_others(cluster: Clu
     assert key["spent_usd"] == 0 and key["balance_usd"] == 1, key
     assert not [row for row in usage_of(cluster.a, name) if row["status"] == 200]
     assert released_after < LEASE + 10, f"released {released_after:.1f}s after the kill"
+
+
+def test_a_job_is_taken_over_when_its_instance_dies_and_read_anywhere(cluster: Cluster, nanogate_bin: Path):
+    """A background job is one row of a shared database. On a database of its own, so C is the
+    only instance that can run it: C is killed (SIGKILL) while the job waits on Google; D and E
+    start, one of them takes it over once C's lease ran out and runs it to the end, both answer
+    for it, and it is charged once."""
+    name = f"nanogate_jobs_{uuid.uuid4().hex[:8]}"
+    psql(PG_URL, f'CREATE DATABASE "{name}"')
+    env = {**cluster.env, "NANOGATE_DATABASE_URL": database_url(PG_URL, name)}
+    try:
+        with serve(nanogate_bin, cluster.config, cluster.root / "job-c", env={**env, "NANOGATE_INSTANCE_ID": "instance-job-c"}) as c:
+            status, body = admin(c, "POST", "keys", {"name": "jobs", "credit_usd": 1})
+            assert status == 201, body
+            secret = json.loads(body)["secret"]
+            submitted = http("POST", c.root + GENERATIONS, {**bearer(secret), "Prefer": "respond-async"},
+                             {"model": "nano-banana", "prompt": "a slow banana [emulate:slow=5000]", "response_format": "url"})
+            assert submitted.status == 202, submitted.body[:300]
+            job_id = submitted.json()["id"]
+            wait_for(lambda: http("GET", f"{c.root}/v1/images/jobs/{job_id}", bearer(secret)).json()["status"] == "running", 15, "C ran the job")
+            c.proc.send_signal(signal.SIGKILL)
+            c.proc.wait(timeout=15)
+        envs = {other: {**env, "NANOGATE_INSTANCE_ID": f"instance-{other}"} for other in ("job-d", "job-e")}
+        with instances(nanogate_bin, cluster.config, cluster.root, envs) as started:
+            d, e = started["job-d"], started["job-e"]
+
+            def finished():
+                job = http("GET", f"{d.root}/v1/images/jobs/{job_id}", bearer(secret)).json()
+                return job if job["status"] in ("succeeded", "failed") else None
+
+            job = wait_for(finished, 60, "D or E finished the job")
+            assert job["status"] == "succeeded" and job["attempts"] == 2, job
+            assert http("GET", f"{e.root}/v1/images/jobs/{job_id}", bearer(secret)).json()["result"] == job["result"]
+            status, data = fetch(job["result"]["data"][0]["url"])
+            assert status == 200 and png_size(data) == (1024, 1024)
+            key = settled(e, "jobs")
+            charged = [row for row in usage_of(d, "jobs") if row["cost_usd"] != 0]
+            assert len(charged) == 1 and abs(key["spent_usd"] - charged[0]["cost_usd"]) < 1e-9, (key, charged)
+    finally:
+        psql(PG_URL, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 # ---------------------------------------------------------------------------------------------
