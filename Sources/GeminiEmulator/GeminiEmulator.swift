@@ -37,6 +37,9 @@ public struct EmulatorConfiguration: Sendable {
     public var control = EmulatorControl()
     /// The `RetryInfo.retryDelay` of its 429s, in seconds.
     public var retryDelaySeconds = 27
+    /// How long a batch (`:batchGenerateContent`) stays pending before it is answered (Google
+    /// targets 24 h; the demo and tests want seconds).
+    public var batchDelay: Duration = .seconds(2)
 
     /// A configuration; the defaults accept any key and answer at once.
     public init(
@@ -159,6 +162,17 @@ public struct GeminiEmulator: Sendable {
         let images = Mutex<[ImageKey: ByteBuffer]>([:])
         let flakyCalls = Mutex<[String: Int]>([:])
         let signatures = Mutex<Set<String>>([])
+        let batches = Mutex<[String: Batch]>([:])
+    }
+
+    /// A submitted batch: its requests as sent, and their answers once made.
+    struct Batch: Sendable {
+        var model: String
+        var apiKey: String?
+        var displayName: String
+        var items: [(key: String, body: [UInt8])]
+        var created: ContinuousClock.Instant
+        var output: [UInt8]?
     }
 
     /// An emulator; `recorder`, if given, keeps every call for tests.
@@ -179,6 +193,9 @@ public struct GeminiEmulator: Sendable {
         }
         router.post("/v1/publishers/google/models/{target}") { request, context in
             try await self.handle(request, context: context, vertex: .express)
+        }
+        router.get("/v1beta/batches/{id}") { request, context in
+            try await self.batch(id: context.parameters.get("id") ?? "", request: request)
         }
         router.get("/v1beta/models") { request, _ in
             // Google's ListModels: `pageSize` (default 50), `pageToken` from the previous page's `nextPageToken`.
@@ -203,8 +220,14 @@ public struct GeminiEmulator: Sendable {
     enum VertexForm { case serviceAccount, express }
 
     func handle(_ request: Request, context: BasicRequestContext, vertex: VertexForm? = nil) async throws -> Response {
-        let target = context.parameters.get("target") ?? ""
+        try await handle(target: context.parameters.get("target") ?? "", request: request, vertex: vertex)
+    }
+
+    func handle(target: String, request: Request, vertex: VertexForm? = nil) async throws -> Response {
         let pieces = target.split(separator: ":", maxSplits: 1).map(String.init)
+        if pieces.count == 2, pieces[1] == "batchGenerateContent", vertex == nil {
+            return try await submitBatch(model: pieces[0], request: request)
+        }
         guard pieces.count == 2, ["generateContent", "streamGenerateContent", "countTokens"].contains(pieces[1]) else {
             return Self.error(404, "NOT_FOUND", "Method not found: \(target).")
         }
@@ -562,6 +585,109 @@ public struct GeminiEmulator: Sendable {
     }
 
     /// A `google.rpc.Status` error body, with an `ErrorInfo` when `reason` is given.
+    // MARK: Batch API
+
+    /// `POST models/{m}:batchGenerateContent` with inline requests: the operation, pending.
+    func submitBatch(model: String, request: Request) async throws -> Response {
+        let apiKey = request.headers[.init("x-goog-api-key")!]
+        guard let apiKey, !apiKey.isEmpty, configuration.acceptedKeys.map({ $0.contains(apiKey) }) ?? true else {
+            return Self.error(400, "INVALID_ARGUMENT", "API key not valid. Please pass a valid API key.", reason: "API_KEY_INVALID")
+        }
+        guard configuration.models[model] != nil else { return Self.error(404, "NOT_FOUND", "models/\(model) is not found for API version v1beta.") }
+        let bytes = try await request.body.collect(upTo: 128 * 1024 * 1024)
+        guard let envelope = (try? JSONSerialization.jsonObject(with: Data(buffer: bytes))) as? [String: Any],
+            let batch = envelope["batch"] as? [String: Any],
+            let input = batch["inputConfig"] as? [String: Any] ?? batch["input_config"] as? [String: Any],
+            let list = (input["requests"] as? [String: Any])?["requests"] as? [[String: Any]], !list.isEmpty
+        else {
+            return Self.error(400, "INVALID_ARGUMENT", "batch.inputConfig.requests.requests is required.")
+        }
+        var items: [(key: String, body: [UInt8])] = []
+        for (index, item) in list.enumerated() {
+            guard let body = item["request"] as? [String: Any], let data = try? JSONSerialization.data(withJSONObject: body) else {
+                return Self.error(400, "INVALID_ARGUMENT", "requests[\(index)].request is required.")
+            }
+            let key = ((item["metadata"] as? [String: Any])?["key"] as? String) ?? "\(index)"
+            items.append((key, Array(data)))
+        }
+        let id = UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: "").prefix(20)
+        let name = "batches/\(id)"
+        let displayName = batch["displayName"] as? String ?? batch["display_name"] as? String ?? ""
+        state.batches.withLock { $0[name] = Batch(model: model, apiKey: apiKey, displayName: displayName, items: items, created: .now) }
+        return Self.json(operation(name: name, model: model, displayName: displayName, state: "BATCH_STATE_PENDING", count: items.count))
+    }
+
+    private func operation(name: String, model: String, displayName: String, state: String, count: Int) -> [String: any Sendable] {
+        [
+            "name": name,
+            "metadata": [
+                "@type": "type.googleapis.com/google.ai.generativelanguage.v1beta.GenerateContentBatch",
+                "name": name, "model": "models/\(model)", "displayName": displayName, "state": state,
+                "batchStats": ["requestCount": "\(count)"],
+            ] as [String: any Sendable],
+        ]
+    }
+
+    /// `GET batches/{id}`: pending until `batchDelay` has passed, then every request answered
+    /// as `generateContent` answers it (faults included), inline.
+    func batch(id: String, request: Request) async throws -> Response {
+        let name = "batches/\(id)"
+        guard let batch = state.batches.withLock({ $0[name] }) else { return Self.error(404, "NOT_FOUND", "Batch \(name) not found.") }
+        guard request.headers[.init("x-goog-api-key")!] == batch.apiKey else {
+            return Self.error(403, "PERMISSION_DENIED", "The caller does not have permission.")
+        }
+        guard batch.created.duration(to: .now) >= configuration.batchDelay else {
+            return Self.json(operation(name: name, model: batch.model, displayName: batch.displayName, state: "BATCH_STATE_RUNNING", count: batch.items.count))
+        }
+        var output = batch.output
+        if output == nil {
+            // {"name":…,"metadata":{…},"done":true,"response":{"@type":…,"inlinedResponses":{"inlinedResponses":[…]}}}
+            var entries: [[UInt8]] = []
+            for item in batch.items {
+                let call = Request(
+                    head: HTTPRequest(method: .post, scheme: "http", authority: "emulator", path: "/v1beta/models/\(batch.model):generateContent",
+                                      headerFields: [.init("x-goog-api-key")!: batch.apiKey ?? "", .contentType: "application/json"]),
+                    body: RequestBody(buffer: ByteBuffer(bytes: item.body))
+                )
+                let answer = try await handle(target: "\(batch.model):generateContent", request: call)
+                var collected = Collected()
+                try await answer.body.write(collected.writer)
+                let key = String(decoding: try JSONSerialization.data(withJSONObject: ["key": item.key]), as: UTF8.self)
+                let field = answer.status == .ok ? "response" : "error"
+                var body = collected.box.bytes
+                if field == "error", let wrapped = (try? JSONSerialization.jsonObject(with: Data(body))) as? [String: Any], let error = wrapped["error"] {
+                    body = Array((try? JSONSerialization.data(withJSONObject: error)) ?? Data())
+                }
+                entries.append(Array("{\"\(field)\":".utf8) + body + Array(",\"metadata\":\(key)}".utf8))
+            }
+            var head = operation(name: name, model: batch.model, displayName: batch.displayName, state: "BATCH_STATE_SUCCEEDED", count: batch.items.count)
+            head["done"] = true
+            var bytes = Array(try JSONSerialization.data(withJSONObject: head))
+            bytes.removeLast()
+            bytes += Array(#","response":{"@type":"type.googleapis.com/google.ai.generativelanguage.v1beta.GenerateContentBatchOutput","inlinedResponses":{"inlinedResponses":["#.utf8)
+            for (index, entry) in entries.enumerated() {
+                if index > 0 { bytes.append(UInt8(ascii: ",")) }
+                bytes += entry
+            }
+            bytes += Array("]}}}".utf8)
+            output = bytes
+            state.batches.withLock { $0[name]?.output = bytes }
+        }
+        return Response(status: .ok, headers: [.contentType: "application/json; charset=UTF-8"], body: .init(byteBuffer: ByteBuffer(bytes: output ?? [])))
+    }
+
+    /// A response body read back (the batch's answers are the emulator's own `generateContent` answers).
+    struct Collected {
+        final class Box: @unchecked Sendable { var bytes: [UInt8] = [] }
+        struct Writer: ResponseBodyWriter {
+            let box: Box
+            mutating func write(_ buffer: ByteBuffer) async throws { box.bytes += buffer.readableBytesView }
+            consuming func finish(_ trailingHeaders: HTTPFields?) async throws {}
+        }
+        let box = Box()
+        var writer: Writer { Writer(box: box) }
+    }
+
     static func error(_ code: Int, _ status: String, _ message: String, reason: String? = nil) -> Response {
         var error: [String: any Sendable] = ["code": code, "message": message, "status": status]
         if let reason {

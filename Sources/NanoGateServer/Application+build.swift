@@ -88,6 +88,7 @@ struct GatewayParts {
     let managedChannels: ManagedChannels
     let retired: RetiredModels
     let jobRunner: JobRunner
+    let batchPoller: BatchPoller
 }
 
 /// Builds the router and the objects behind it.
@@ -137,6 +138,11 @@ func makeGatewayParts(
     images.jobs = ImageJobs(store: dependencies.store, resultTTL: configuration.urlTTL, webhookPolicy: webhookPolicy)
     images.addRoutes(to: api)
     ImageJobsController(store: dependencies.store).addRoutes(to: api)
+    let batches = BatchesController(
+        store: dependencies.store, images: images, pipeline: pipeline, maxFileBytes: configuration.inputs.maxRequestBytes, owner: configuration.billing.owner
+    )
+    batches.addRoutes(to: api)
+    let batchPoller = BatchPoller(store: dependencies.store, batches: batches, owner: configuration.billing.owner, pollInterval: configuration.batchPollInterval, logger: logger)
     let jobRunner = JobRunner(
         store: dependencies.store, owner: configuration.billing.owner, lease: configuration.billing.lease, workers: configuration.jobWorkers,
         resultTTL: configuration.urlTTL, pollInterval: .milliseconds(500),
@@ -160,7 +166,7 @@ func makeGatewayParts(
         catalog: configuration.catalog, pipeline: pipeline, signatures: dependencies.store,
         inputs: inputs, publicURL: publicURL, keepAliveInterval: configuration.keepAliveInterval, chatImages: configuration.chatImages
     ).addRoutes(to: api)
-    return GatewayParts(router: router, metrics: metrics, pool: pool, pipeline: pipeline, managedChannels: managedChannels, retired: retired, jobRunner: jobRunner)
+    return GatewayParts(router: router, metrics: metrics, pool: pool, pipeline: pipeline, managedChannels: managedChannels, retired: retired, jobRunner: jobRunner, batchPoller: batchPoller)
 }
 
 /// Builds the gateway: routes, middleware, and the services that own its resources.
@@ -189,7 +195,7 @@ public func buildApplication(
     if configuration.checkModelsAtStart {
         app.addServices(ModelCheckService(catalog: configuration.catalog, pool: pool, retired: retired, logger: logger))
     }
-    app.addServices(managedChannels, parts.jobRunner)
+    app.addServices(managedChannels, parts.jobRunner, parts.batchPoller)
     if let port = configuration.metricsPort {
         // Metrics on their own port (a scraper on an internal network, the API on a public one).
         let metricsRouter = Router()

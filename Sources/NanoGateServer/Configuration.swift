@@ -38,6 +38,7 @@ import NanoGateStorage
 /// | | `NANOGATE_IMAGE_STORE` | `s3://BUCKET/PREFIX` (presigned URLs; `AWS_*` variables) or a folder (an NFS mount for several instances) | `DATA_DIR/images` |
 /// | | `NANOGATE_INSTANCE_ID` | this instance's name on its reservations and in logs | random |
 /// | | `NANOGATE_JOB_WORKERS` | background image jobs this instance runs at once | 4 |
+/// | | `NANOGATE_BATCH_POLL` | seconds between polls of a batch at Google | 30 |
 public struct GatewayConfiguration: Sendable {
     public var host: String
     public var port: Int
@@ -82,6 +83,8 @@ public struct GatewayConfiguration: Sendable {
     public var adminToken: String?
     /// Background image jobs one instance runs at once (`NANOGATE_JOB_WORKERS`).
     public var jobWorkers = 4
+    /// How often a submitted batch is polled at Google (`NANOGATE_BATCH_POLL`, seconds).
+    public var batchPollInterval: Duration = .seconds(30)
     /// `NANOGATE_DATABASE_URL`: nil is the data directory's SQLite file.
     public var databaseURL: String?
     public var databasePoolSize = 10
@@ -217,6 +220,7 @@ public struct GatewayConfiguration: Sendable {
         }
         configuration.databasePoolSize = number("NANOGATE_DATABASE_POOL_SIZE", 10)
         configuration.jobWorkers = number("NANOGATE_JOB_WORKERS", 4)
+        configuration.batchPollInterval = .seconds(number("NANOGATE_BATCH_POLL", 30))
         configuration.imageStore = environment["NANOGATE_IMAGE_STORE"].flatMap { $0.isEmpty ? nil : $0 }
         configuration.awsEnvironment = environment.filter { $0.key.hasPrefix("AWS_") }
         if let store = configuration.imageStore, store.hasPrefix("s3://") {

@@ -204,12 +204,13 @@ struct RequestPipeline: Sendable {
     /// A new account for a validated request: the key's rate and concurrency limits are
     /// checked and the worst case is reserved against its credit, before any upstream call.
     /// A key whose balance cannot cover `estimateMicroUSD` gets 429 `insufficient_quota`.
-    func open(key: APIKey, endpoint: String, model: CatalogModel, info: RequestInfo, estimateMicroUSD: Int, logger: Logger) async throws(GatewayError) -> Settlement {
+    /// `reserve: false` for the lines of a batch, whose credit the batch holds as a whole.
+    func open(key: APIKey, endpoint: String, model: CatalogModel, info: RequestInfo, estimateMicroUSD: Int, reserve: Bool = true, logger: Logger) async throws(GatewayError) -> Settlement {
         info.observation?.model = model.name
         try await limiter.begin(key, logger: logger)
         await priceBook.refreshIfStale(logger: logger)
         var reservationID: String?
-        if key.creditMicroUSD != nil {
+        if reserve, key.creditMicroUSD != nil {
             let reservation = Reservation(
                 keyID: key.id, amountMicroUSD: estimateMicroUSD, owner: billing.owner,
                 leaseUntil: Date().addingTimeInterval(TimeInterval(billing.lease.components.seconds))
@@ -347,7 +348,23 @@ struct RequestPipeline: Sendable {
     /// When some calls fail, the outcomes that succeeded are returned (OpenAI clients accept
     /// fewer than `n`); it throws only when no image came back, with the first call's error.
     /// Every answer Google returned is in the settlement's billed usage either way.
-    func produceImages(_ job: ImageJob, settlement: Settlement, logger: Logger) async throws(GatewayError) -> [ImageTranslation.Outcome] {
+    func produceImages(_ job: ImageJob, settlement: Settlement, given: [Result<GeminiWire.Response, GatewayError>]? = nil, logger: Logger) async throws(GatewayError) -> [ImageTranslation.Outcome] {
+        if let given {
+            // Google's answers arrived another way (a batch): billed and read like a call's.
+            var outcomes: [ImageTranslation.Outcome] = []
+            var firstError: GatewayError?
+            for answer in given {
+                do throws(GatewayError) {
+                    let response = try answer.get()
+                    settlement.billed(ImageTranslation.usage(of: response.usageMetadata))
+                    outcomes.append(try ImageTranslation.outcome(of: response))
+                } catch {
+                    firstError = firstError ?? error
+                }
+            }
+            guard !outcomes.isEmpty else { throw firstError ?? .internal("Google answered nothing for this request.") }
+            return outcomes
+        }
         let request = ImageTranslation.geminiRequest(prompt: job.prompt, inputImages: job.inputImages, spec: job.spec, family: job.model.family)
         let results = await withTaskGroup(of: (Int, Result<ImageTranslation.Outcome, GatewayError>).self) { group in
             for index in 0..<job.count {
@@ -377,9 +394,11 @@ struct RequestPipeline: Sendable {
 
     /// The images endpoints, answered as one JSON body. Images that succeeded are returned and
     /// charged even when others of the same request failed.
-    func generateImages(_ job: ImageJob, settlement: Settlement, logger: Logger) async throws(GatewayError) -> ImagesResponse {
+    func generateImages(
+        _ job: ImageJob, settlement: Settlement, given: [Result<GeminiWire.Response, GatewayError>]? = nil, logger: Logger
+    ) async throws(GatewayError) -> ImagesResponse {
         try await settling(settlement, logger: logger) { () throws(GatewayError) -> ImagesResponse in
-            let outcomes = try await produceImages(job, settlement: settlement, logger: logger)
+            let outcomes = try await produceImages(job, settlement: settlement, given: given, logger: logger)
             var data: [ImageObject] = []
             var delivered = ImageUsage.zero
             var first: FinishedImage?

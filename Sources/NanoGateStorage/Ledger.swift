@@ -45,6 +45,8 @@ public protocol Ledger: Sendable {
     func renewLeases(ids: [String], until: Date) async throws
     /// Releases reservations whose lease ended before `now`; returns how many.
     func releaseExpired(now: Date) async throws -> Int
+    /// Releases one reservation (a batch whose lines were each settled on their own).
+    func release(reservationID: String) async throws
 }
 
 extension SQLStore: Ledger {
@@ -73,6 +75,10 @@ extension SQLStore: Ledger {
     public func renewLeases(ids: [String], until: Date) async throws {
         guard !ids.isEmpty else { return }
         try await database.raw("UPDATE reservations SET lease_until = \(bind: Int64(until.timeIntervalSince1970)) WHERE id IN (\(binds: ids))").run()
+    }
+
+    public func release(reservationID: String) async throws {
+        try await database.raw("DELETE FROM reservations WHERE id = \(bind: reservationID)").run()
     }
 
     public func releaseExpired(now: Date) async throws -> Int {

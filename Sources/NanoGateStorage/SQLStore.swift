@@ -39,6 +39,7 @@ public struct SQLStore: KeyStore, UsageLog, SignatureStore {
         }),
         (6, { database in try await SQLStore.createRateTable(database) }),
         (7, { database in try await SQLStore.createJobsTable(database) }),
+        (8, { database in try await SQLStore.createBatchTables(database) }),
     ]
 
     /// PostgreSQL's: PostgreSQL support began at SQLite's version 5, so its first migration
@@ -47,6 +48,7 @@ public struct SQLStore: KeyStore, UsageLog, SignatureStore {
         (5, { database in try await PostgresSchema.createVersion5(database) }),
         (6, { database in try await SQLStore.createRateTable(database) }),
         (7, { database in try await SQLStore.createJobsTable(database) }),
+        (8, { database in try await SQLStore.createBatchTables(database) }),
     ]
 
     /// Version 6: each rate-limited key's next allowed arrival (GCRA), so requests-per-minute

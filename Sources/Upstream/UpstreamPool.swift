@@ -523,6 +523,30 @@ public final class UpstreamPool: Sendable {
         }
     }
 
+    /// Gemini API channels serving `model`, by priority, with a usable credential each: where
+    /// a batch may go.
+    func batchTargets(model: String, aliases: [String]) -> [(channel: GoogleChannel, credential: Int, upstreamID: String)] {
+        let now = ContinuousClock.now
+        return roster.withLock { roster in
+            roster.members.indices.compactMap { index -> (GoogleChannel, Int, String, Int)? in
+                let member = roster.members[index]
+                guard member.broken == nil, let channel = member.channel as? GoogleChannel, channel.configuration.kind == .gemini,
+                    let upstreamID = member.configuration.upstreamID(for: model, aliases: aliases)
+                else { return nil }
+                let state = roster.states[index]
+                guard let credential = state.rests.indices.first(where: { Self.activeRest(state.rests[$0], model: model, now: now) == nil }) else { return nil }
+                return (channel, credential, upstreamID, member.configuration.priority)
+            }
+            .sorted { $0.3 > $1.3 }
+            .map { ($0.0, $0.1, $0.2) }
+        }
+    }
+
+    /// The Gemini API channel named `name`, if it is still in service.
+    func googleChannel(named name: String) -> GoogleChannel? {
+        members.lazy.compactMap { $0.channel as? GoogleChannel }.first { $0.configuration.name == name }
+    }
+
     private struct Pick {
         var member: Member
         var credential: Int

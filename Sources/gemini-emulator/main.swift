@@ -18,6 +18,7 @@ struct GeminiEmulatorCommand: AsyncParsableCommand {
     @Option(help: "Address to listen on.") var host = "127.0.0.1"
     @Option(help: "Port to listen on (0 picks a free one).") var port = 8090
     @Option(help: "Milliseconds each generation takes.") var latencyMs = 0
+    @Option(help: "Milliseconds a batch (:batchGenerateContent) stays pending before it is answered.") var batchDelayMs = 2000
     @Option(help: "Accept only this x-goog-api-key (repeatable); any key when absent.") var acceptKey: [String] = []
     @Option(help: "Accept only this bearer token on the Vertex AI paths (repeatable); any token when absent.") var acceptToken: [String] = []
     @Option(help: "Answer every generation with this fault (429, 503, 500, garbage), whatever the prompt.") var fault: String?
@@ -32,6 +33,7 @@ struct GeminiEmulatorCommand: AsyncParsableCommand {
         var logger = Logger(label: "gemini-emulator")
         logger.logLevel = .info
         var configuration = EmulatorConfiguration(acceptedKeys: acceptKey.isEmpty ? nil : Set(acceptKey), latency: .milliseconds(latencyMs))
+        configuration.batchDelay = .milliseconds(batchDelayMs)
         configuration.retiredModels.formUnion(retired)
         configuration.acceptedBearerTokens = acceptToken.isEmpty ? nil : Set(acceptToken)
         configuration.control.fault = fault

@@ -51,6 +51,7 @@ import Upstream
             "NANOGATE_UPSTREAM_SIZE_TIMEOUTS": ["512", "1K", "2K", "4K"].map { "\($0)=\(seconds(configuration.upstream.sizeTimeouts[$0] ?? .zero))" }.joined(separator: ","),
             "NANOGATE_UPSTREAM_ATTEMPTS": "\(configuration.upstream.maxAttempts)",
             "NANOGATE_DATABASE_POOL_SIZE": "\(configuration.databasePoolSize)", "NANOGATE_JOB_WORKERS": "\(configuration.jobWorkers)",
+            "NANOGATE_BATCH_POLL": seconds(configuration.batchPollInterval),
             "NANOGATE_KEEPALIVE": seconds(configuration.keepAliveInterval), "NANOGATE_IDLE_TIMEOUT": seconds(configuration.idleTimeout),
             "NANOGATE_FETCH_TIMEOUT": seconds(configuration.inputs.fetchTimeout), "NANOGATE_MAX_FETCHES": "\(configuration.inputs.maxConcurrentFetches)",
             "NANOGATE_ALLOW_PRIVATE_FETCH": configuration.inputs.allowPrivateFetch ? "on" : "off",

@@ -135,11 +135,12 @@ def test_keep_alive_answer_passes_the_proxy_and_parses(gateway: Gateway, proxy: 
     """With ``Prefer: keep-alive=1`` the SDK gets its image through the same proxy: the headers
     came at once, spaces kept the connection busy, and the JSON after them parses as usual."""
     client = proxied_client(gateway, proxy, Prefer="keep-alive=1")
-    raw = client.images.with_raw_response.generate(model="nano-banana", prompt=f"a banana {SLOW}", response_format="b64_json")
+    raw = client.images.with_raw_response.generate(model="nano-banana-pro-4k", prompt=f"a banana {SLOW}", size="1:1", response_format="b64_json")
     assert raw.headers.get("preference-applied") == "keep-alive"
     assert raw.http_response.content.startswith(b"   "), raw.http_response.content[:20]
     image = raw.parse()
-    assert base64.b64decode(image.data[0].b64_json).startswith(PNG)
+    png = base64.b64decode(image.data[0].b64_json)
+    assert png.startswith(PNG) and int.from_bytes(png[16:20], "big") == 4096, "a 4K image came through"
     assert image.usage is not None and image.usage.output_tokens > 0
     assert proxy.cuts == 0
 
@@ -147,6 +148,27 @@ def test_keep_alive_answer_passes_the_proxy_and_parses(gateway: Gateway, proxy: 
     message = chat.choices[0].message
     assert "![" in (message.content or "") or getattr(message, "images", None), message
     assert chat.usage is not None and chat.usage.completion_tokens > 0
+    assert proxy.cuts == 0
+
+
+def test_a_slow_4k_generation_arrives_through_a_job_behind_the_proxy(gateway: Gateway, proxy: SilenceCuttingProxy):
+    """The other way past the proxy: 202 at once, then polls, each answered at once."""
+    root = f"http://127.0.0.1:{proxy.port}"
+    body = json.dumps({"model": "nano-banana-pro-4k", "prompt": f"a banana {SLOW}", "size": "1:1", "response_format": "b64_json"}).encode()
+    submitted = post(f"{root}/v1/images/generations", {"Authorization": f"Bearer {gateway.key}", "Prefer": "respond-async"}, body)
+    assert submitted.status == 202, submitted.body[:300]
+    job_url = f"{root}/v1/images/jobs/{submitted.json()['id']}"
+    deadline = time.monotonic() + 120
+    while True:
+        request = urllib.request.Request(job_url, headers={"Authorization": f"Bearer {gateway.key}"})
+        with urllib.request.urlopen(request, timeout=CLIENT_TIMEOUT) as response:
+            job = json.loads(response.read())
+        if job["status"] in ("succeeded", "failed") or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert job["status"] == "succeeded", job
+    png = base64.b64decode(job["result"]["data"][0]["b64_json"])
+    assert png.startswith(PNG) and int.from_bytes(png[16:20], "big") == 4096
     assert proxy.cuts == 0
 
 

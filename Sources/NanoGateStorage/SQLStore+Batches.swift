@@ -1,0 +1,238 @@
+public import Foundation
+import SQLKit
+
+/// A file of OpenAI's Files API: a batch's input (`purpose` `batch`) or its output
+/// (`batch_output`), kept in the database so every instance serves it.
+public struct StoredFile: Sendable, Equatable {
+    public var id: String
+    public var keyID: String
+    public var purpose: String
+    public var filename: String
+    public var content: [UInt8]
+    public var createdAt: Date
+    public var expiresAt: Date?
+
+    public init(id: String, keyID: String, purpose: String, filename: String, content: [UInt8], createdAt: Date = Date(), expiresAt: Date? = nil) {
+        self.id = id
+        self.keyID = keyID
+        self.purpose = purpose
+        self.filename = filename
+        self.content = content
+        self.createdAt = createdAt
+        self.expiresAt = expiresAt
+    }
+}
+
+/// A batch of OpenAI's Batch API, run as one of Google's batches at half price.
+public struct BatchRecord: Sendable, Equatable {
+    public var id: String
+    public var keyID: String
+    /// `/v1/images/generations` or `/v1/images/edits`.
+    public var endpoint: String
+    public var model: String
+    public var inputFileID: String
+    /// OpenAI's states: `validating`, `in_progress`, `finalizing`, `completed`, `failed`, `expired`, `cancelled`.
+    public var status: String
+    /// Where Google keeps it (JSON of the upstream handle), once submitted.
+    public var upstream: String?
+    public var outputFileID: String?
+    public var errorFileID: String?
+    public var total: Int
+    public var completed: Int
+    public var failed: Int
+    public var reservationID: String?
+    /// OpenAI's `errors` object (JSON), when the batch failed as a whole.
+    public var errors: String?
+    public var metadata: String?
+    /// The base of image URLs, from the submitting request.
+    public var baseURL = ""
+    public var createdAt: Date
+    public var inProgressAt: Date?
+    public var completedAt: Date?
+    public var expiresAt: Date
+
+    public init(id: String, keyID: String, endpoint: String, model: String, inputFileID: String, total: Int, reservationID: String?, metadata: String?, createdAt: Date = Date()) {
+        self.id = id
+        self.keyID = keyID
+        self.endpoint = endpoint
+        self.model = model
+        self.inputFileID = inputFileID
+        self.status = "validating"
+        self.total = total
+        self.completed = 0
+        self.failed = 0
+        self.reservationID = reservationID
+        self.metadata = metadata
+        self.createdAt = createdAt
+        self.expiresAt = createdAt.addingTimeInterval(24 * 3600)
+    }
+}
+
+extension SQLStore {
+    /// Version 8: OpenAI's Files and Batch APIs.
+    static func createBatchTables(_ database: any SQLDatabase) async throws {
+        try await database.raw("""
+            CREATE TABLE IF NOT EXISTS api_files (
+                id TEXT PRIMARY KEY,
+                key_id TEXT NOT NULL,
+                purpose TEXT NOT NULL,
+                filename TEXT NOT NULL,
+                bytes BIGINT NOT NULL,
+                content TEXT NOT NULL,
+                created_at BIGINT NOT NULL,
+                expires_at BIGINT
+            )
+            """).run()
+        try await database.raw("""
+            CREATE TABLE IF NOT EXISTS batches (
+                id TEXT PRIMARY KEY,
+                key_id TEXT NOT NULL,
+                endpoint TEXT NOT NULL,
+                model TEXT NOT NULL,
+                input_file_id TEXT NOT NULL,
+                status TEXT NOT NULL,
+                upstream TEXT,
+                output_file_id TEXT,
+                error_file_id TEXT,
+                total INTEGER NOT NULL,
+                completed INTEGER NOT NULL DEFAULT 0,
+                failed INTEGER NOT NULL DEFAULT 0,
+                reservation_id TEXT,
+                errors TEXT,
+                metadata TEXT,
+                base_url TEXT NOT NULL DEFAULT '',
+                owner TEXT,
+                lease_until BIGINT,
+                created_at BIGINT NOT NULL,
+                in_progress_at BIGINT,
+                completed_at BIGINT,
+                expires_at BIGINT NOT NULL
+            )
+            """).run()
+        try await database.raw("CREATE INDEX IF NOT EXISTS batches_status ON batches (status)").run()
+    }
+
+    public func storeFile(_ file: StoredFile) async throws {
+        try await database.raw("""
+            INSERT INTO api_files (id, key_id, purpose, filename, bytes, content, created_at, expires_at)
+            VALUES (\(bind: file.id), \(bind: file.keyID), \(bind: file.purpose), \(bind: file.filename), \(bind: Int64(file.content.count)),
+                    \(bind: Data(file.content).base64EncodedString()), \(bind: Self.millis(file.createdAt)), \(bind: file.expiresAt.map(Self.millis)))
+            """).run()
+    }
+
+    private struct FileRow: Decodable {
+        var id: String
+        var key_id: String
+        var purpose: String
+        var filename: String
+        var content: String
+        var created_at: Int64
+        var expires_at: Int64?
+    }
+
+    /// The file, if `keyID` owns it.
+    public func file(id: String, keyID: String) async throws -> StoredFile? {
+        guard let row = try await database.raw("""
+            SELECT id, key_id, purpose, filename, content, created_at, expires_at FROM api_files WHERE id = \(bind: id) AND key_id = \(bind: keyID)
+            """).first(decoding: FileRow.self)
+        else { return nil }
+        return StoredFile(
+            id: row.id, keyID: row.key_id, purpose: row.purpose, filename: row.filename, content: Array(Data(base64Encoded: row.content) ?? Data()),
+            createdAt: Date(timeIntervalSince1970: TimeInterval(row.created_at) / 1000),
+            expiresAt: row.expires_at.map { Date(timeIntervalSince1970: TimeInterval($0) / 1000) }
+        )
+    }
+
+    private struct BatchRow: Decodable {
+        var id: String
+        var key_id: String
+        var endpoint: String
+        var model: String
+        var input_file_id: String
+        var status: String
+        var upstream: String?
+        var output_file_id: String?
+        var error_file_id: String?
+        var total: Int
+        var completed: Int
+        var failed: Int
+        var reservation_id: String?
+        var errors: String?
+        var metadata: String?
+        var base_url: String
+        var created_at: Int64
+        var in_progress_at: Int64?
+        var completed_at: Int64?
+        var expires_at: Int64
+
+        var record: BatchRecord {
+            func date(_ millis: Int64) -> Date { Date(timeIntervalSince1970: TimeInterval(millis) / 1000) }
+            var batch = BatchRecord(
+                id: id, keyID: key_id, endpoint: endpoint, model: model, inputFileID: input_file_id, total: total, reservationID: reservation_id,
+                metadata: metadata, createdAt: date(created_at)
+            )
+            batch.status = status
+            batch.baseURL = base_url
+            batch.upstream = upstream
+            batch.outputFileID = output_file_id
+            batch.errorFileID = error_file_id
+            batch.completed = completed
+            batch.failed = failed
+            batch.errors = errors
+            batch.inProgressAt = in_progress_at.map(date)
+            batch.completedAt = completed_at.map(date)
+            batch.expiresAt = date(expires_at)
+            return batch
+        }
+    }
+
+    static let batchColumns: SQLQueryString = """
+        SELECT id, key_id, endpoint, model, input_file_id, status, upstream, output_file_id, error_file_id, total, completed, failed,
+               reservation_id, errors, metadata, base_url, created_at, in_progress_at, completed_at, expires_at
+        FROM batches
+        """
+
+    public func createBatch(_ batch: BatchRecord) async throws {
+        try await database.raw("""
+            INSERT INTO batches (id, key_id, endpoint, model, input_file_id, status, upstream, total, reservation_id, metadata, base_url, created_at, in_progress_at, expires_at)
+            VALUES (\(bind: batch.id), \(bind: batch.keyID), \(bind: batch.endpoint), \(bind: batch.model), \(bind: batch.inputFileID), \(bind: batch.status),
+                    \(bind: batch.upstream), \(bind: batch.total), \(bind: batch.reservationID), \(bind: batch.metadata), \(bind: batch.baseURL), \(bind: Self.millis(batch.createdAt)),
+                    \(bind: batch.inProgressAt.map(Self.millis)), \(bind: Self.millis(batch.expiresAt)))
+            """).run()
+    }
+
+    /// The batch, if `keyID` made it.
+    public func batch(id: String, keyID: String) async throws -> BatchRecord? {
+        try await database.raw("\(Self.batchColumns) WHERE id = \(bind: id) AND key_id = \(bind: keyID)").first(decoding: BatchRow.self)?.record
+    }
+
+    /// Takes the next submitted batch due for a poll (none other instance polls it until the lease ends).
+    public func claimBatchForPoll(owner: String, leaseUntil: Date, now: Date = Date()) async throws -> BatchRecord? {
+        let nowMillis = Self.millis(now)
+        let due: SQLQueryString = "(status = 'in_progress' AND (lease_until IS NULL OR lease_until < \(bind: nowMillis)))"
+        struct IDRow: Decodable { var id: String }
+        guard let id = try await database.raw("""
+            UPDATE batches SET owner = \(bind: owner), lease_until = \(bind: Self.millis(leaseUntil))
+            WHERE id = (SELECT id FROM batches WHERE \(due) ORDER BY lease_until, created_at LIMIT 1) AND \(due)
+            RETURNING id
+            """).first(decoding: IDRow.self)?.id
+        else { return nil }
+        return try await database.raw("\(Self.batchColumns) WHERE id = \(bind: id)").first(decoding: BatchRow.self)?.record
+    }
+
+    /// Leaves a batch that is not done yet for the next poll, after `until`.
+    public func delayBatchPoll(id: String, owner: String, until: Date) async throws {
+        try await database.raw("UPDATE batches SET lease_until = \(bind: Self.millis(until)) WHERE id = \(bind: id) AND owner = \(bind: owner)").run()
+    }
+
+    /// Records a finished batch (if `owner` still holds it).
+    public func finishBatch(
+        id: String, owner: String, status: String, completed: Int, failed: Int, outputFileID: String?, errorFileID: String?, errors: String?, now: Date = Date()
+    ) async throws {
+        try await database.raw("""
+            UPDATE batches SET status = \(bind: status), completed = \(bind: completed), failed = \(bind: failed), output_file_id = \(bind: outputFileID),
+                error_file_id = \(bind: errorFileID), errors = \(bind: errors), completed_at = \(bind: Self.millis(now)), lease_until = NULL
+            WHERE id = \(bind: id) AND owner = \(bind: owner)
+            """).run()
+    }
+}
