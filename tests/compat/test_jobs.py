@@ -7,42 +7,23 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import http.server
 import json
 import signal
 import threading
 import time
-import urllib.error
-import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import NamedTuple
 
-from conftest import CLIENT_TIMEOUT, Gateway
+from conftest import Gateway
 from test_channels import cli, create_key, emulator, ok, serve, write_config
+from test_observability import Answer, bearer, http, root_of
 
 PNG = b"\x89PNG\r\n\x1a\n"
 ASYNC = {"Prefer": "respond-async"}
 
 
-class Reply(NamedTuple):
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self):
-        return json.loads(self.body)
-
-
-def call(method: str, url: str, key: str, body: dict | None = None, headers: dict[str, str] | None = None) -> Reply:
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method, headers={
-        "Authorization": f"Bearer {key}", "Content-Type": "application/json", **(headers or {}),
-    })
-    try:
-        with urllib.request.urlopen(request, timeout=CLIENT_TIMEOUT) as response:
-            return Reply(response.status, {k.lower(): v for k, v in response.headers.items()}, response.read())
-    except urllib.error.HTTPError as error:
-        return Reply(error.code, {k.lower(): v for k, v in error.headers.items()}, error.read())
+def call(method: str, url: str, key: str, body: dict | None = None, headers: dict[str, str] | None = None) -> Answer:
+    return http(method, url, {**bearer(key), **(headers or {})}, body)
 
 
 def wait_for_job(root: str, key: str, job_id: str, statuses: set[str], timeout: float = 60) -> dict:
@@ -53,10 +34,6 @@ def wait_for_job(root: str, key: str, job_id: str, statuses: set[str], timeout: 
             return job
         assert time.monotonic() < deadline, f"job stayed {job.get('status')}: {job}"
         time.sleep(0.2)
-
-
-def root_of(gateway: Gateway) -> str:
-    return gateway.base_url.removesuffix("/v1")
 
 
 def new_key(gateway: Gateway, name: str, group: str = "gemini") -> str:
@@ -122,7 +99,7 @@ def test_only_a_queued_job_is_cancelled(private_gateway):
     assert call("GET", f"{root}/v1/images/jobs/{second['id']}", gateway.key).json()["status"] == "cancelled", "never run"
 
 
-class Hook(http.server.BaseHTTPRequestHandler):
+class Hook(BaseHTTPRequestHandler):
     deliveries: list[tuple[dict[str, str], bytes]] = []
     refuse_first = True
 
@@ -139,7 +116,7 @@ class Hook(http.server.BaseHTTPRequestHandler):
 
 
 def test_the_webhook_is_signed_and_retried(private_gateway):
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     Hook.deliveries = []
     try:

@@ -16,36 +16,18 @@ import select
 import socket
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
-from typing import Iterator, NamedTuple
+from typing import Iterator
 
 import openai
 import pytest
 
-from conftest import CLIENT_TIMEOUT, Gateway, sdk_client
+from conftest import CLIENT_TIMEOUT, Gateway
+from test_observability import http
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-class Reply(NamedTuple):
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self):
-        return json.loads(self.body)
-
-
-def post(url: str, headers: dict[str, str], body: bytes) -> Reply:
-    """A plain HTTP POST (stdlib only), whatever the status."""
-    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json", **headers}, method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=CLIENT_TIMEOUT) as response:
-            return Reply(response.status, {k.lower(): v for k, v in response.headers.items()}, response.read())
-    except urllib.error.HTTPError as error:
-        return Reply(error.code, {k.lower(): v for k, v in error.headers.items()}, error.read())
 SLOW = "[emulate:slow=4000]"
 
 
@@ -154,15 +136,13 @@ def test_keep_alive_answer_passes_the_proxy_and_parses(gateway: Gateway, proxy: 
 def test_a_slow_4k_generation_arrives_through_a_job_behind_the_proxy(gateway: Gateway, proxy: SilenceCuttingProxy):
     """The other way past the proxy: 202 at once, then polls, each answered at once."""
     root = f"http://127.0.0.1:{proxy.port}"
-    body = json.dumps({"model": "nano-banana-pro-4k", "prompt": f"a banana {SLOW}", "size": "1:1", "response_format": "b64_json"}).encode()
-    submitted = post(f"{root}/v1/images/generations", {"Authorization": f"Bearer {gateway.key}", "Prefer": "respond-async"}, body)
+    body = {"model": "nano-banana-pro-4k", "prompt": f"a banana {SLOW}", "size": "1:1", "response_format": "b64_json"}
+    submitted = http("POST", f"{root}/v1/images/generations", {"Authorization": f"Bearer {gateway.key}", "Prefer": "respond-async"}, body)
     assert submitted.status == 202, submitted.body[:300]
     job_url = f"{root}/v1/images/jobs/{submitted.json()['id']}"
     deadline = time.monotonic() + 120
     while True:
-        request = urllib.request.Request(job_url, headers={"Authorization": f"Bearer {gateway.key}"})
-        with urllib.request.urlopen(request, timeout=CLIENT_TIMEOUT) as response:
-            job = json.loads(response.read())
+        job = http("GET", job_url, {"Authorization": f"Bearer {gateway.key}"}).json()
         if job["status"] in ("succeeded", "failed") or time.monotonic() > deadline:
             break
         time.sleep(0.5)
@@ -174,9 +154,9 @@ def test_a_slow_4k_generation_arrives_through_a_job_behind_the_proxy(gateway: Ga
 
 def test_a_failure_after_keep_alive_is_a_200_with_an_error_body(gateway: Gateway):
     """The documented trade-off: the status was sent before the outcome, so the error is in the body."""
-    response = post(
-        f"{gateway.base_url}/images/generations", {"Authorization": f"Bearer {gateway.key}", "Prefer": "keep-alive"},
-        json.dumps({"model": "nano-banana", "prompt": "a banana [emulate:prompt_block]", "response_format": "b64_json"}).encode(),
+    response = http(
+        "POST", f"{gateway.base_url}/images/generations", {"Authorization": f"Bearer {gateway.key}", "Prefer": "keep-alive"},
+        {"model": "nano-banana", "prompt": "a banana [emulate:prompt_block]", "response_format": "b64_json"},
     )
     assert response.status == 200 and response.headers["preference-applied"] == "keep-alive"
     error = response.json()["error"]
@@ -184,9 +164,9 @@ def test_a_failure_after_keep_alive_is_a_200_with_an_error_body(gateway: Gateway
 
 
 def test_without_the_preference_nothing_changes(gateway: Gateway):
-    response = post(
-        f"{gateway.base_url}/images/generations", {"Authorization": f"Bearer {gateway.key}"},
-        json.dumps({"model": "nano-banana", "prompt": "a banana [emulate:prompt_block]", "response_format": "b64_json"}).encode(),
+    response = http(
+        "POST", f"{gateway.base_url}/images/generations", {"Authorization": f"Bearer {gateway.key}"},
+        {"model": "nano-banana", "prompt": "a banana [emulate:prompt_block]", "response_format": "b64_json"},
     )
     assert response.status == 400 and "preference-applied" not in response.headers
     assert not response.body.startswith(b" ")
@@ -196,7 +176,8 @@ def test_an_idempotent_keep_alive_request_whose_client_left_is_kept_for_its_retr
     """The client hangs up after the headers; the generation goes on, is stored and charged
     once, and the retry with the same Idempotency-Key receives that very image."""
     key = f"long-{time.time_ns()}"
-    body = json.dumps({"model": "nano-banana", "prompt": f"a kept banana {SLOW} {key}", "response_format": "b64_json"}).encode()
+    fields = {"model": "nano-banana", "prompt": f"a kept banana {SLOW} {key}", "response_format": "b64_json"}
+    body = json.dumps(fields).encode()
     port = urllib.parse.urlsplit(gateway.base_url).port
     before = len(json.loads(cli("usage", "--json").stdout))
     with contextlib.closing(socket.create_connection(("127.0.0.1", port))) as connection:
@@ -210,7 +191,7 @@ def test_an_idempotent_keep_alive_request_whose_client_left_is_kept_for_its_retr
     # Gone before the image: the retry waits while the first run is still in progress.
     deadline = time.monotonic() + 60
     while True:
-        retry = post(f"{gateway.base_url}/images/generations", {"Authorization": f"Bearer {gateway.key}", "Idempotency-Key": key}, body)
+        retry = http("POST", f"{gateway.base_url}/images/generations", {"Authorization": f"Bearer {gateway.key}", "Idempotency-Key": key}, fields)
         if retry.status != 409 or time.monotonic() > deadline:
             break
         time.sleep(0.5)
