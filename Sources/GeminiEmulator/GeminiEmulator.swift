@@ -173,6 +173,7 @@ public struct GeminiEmulator: Sendable {
         var items: [(key: String, body: [UInt8])]
         var created: ContinuousClock.Instant
         var output: [UInt8]?
+        var cancelled = false
     }
 
     /// An emulator; `recorder`, if given, keeps every call for tests.
@@ -196,6 +197,18 @@ public struct GeminiEmulator: Sendable {
         }
         router.get("/v1beta/batches/{id}") { request, context in
             try await self.batch(id: context.parameters.get("id") ?? "", request: request)
+        }
+        router.post("/v1beta/batches/{id}") { request, context in
+            // `batches/{id}:cancel`
+            let target = context.parameters.get("id") ?? ""
+            guard target.hasSuffix(":cancel") else { return Self.error(404, "NOT_FOUND", "Method not found.") }
+            let name = "batches/\(target.dropLast(":cancel".count))"
+            let known = self.state.batches.withLock { batches -> Bool in
+                guard batches[name] != nil else { return false }
+                batches[name]?.cancelled = true
+                return true
+            }
+            return known ? Self.json([:]) : Self.error(404, "NOT_FOUND", "Batch \(name) not found.")
         }
         router.get("/v1beta/models") { request, _ in
             // Google's ListModels: `pageSize` (default 50), `pageToken` from the previous page's `nextPageToken`.
@@ -635,6 +648,11 @@ public struct GeminiEmulator: Sendable {
         guard let batch = state.batches.withLock({ $0[name] }) else { return Self.error(404, "NOT_FOUND", "Batch \(name) not found.") }
         guard request.headers[.init("x-goog-api-key")!] == batch.apiKey else {
             return Self.error(403, "PERMISSION_DENIED", "The caller does not have permission.")
+        }
+        if batch.cancelled {
+            var head = operation(name: name, model: batch.model, displayName: batch.displayName, state: "BATCH_STATE_CANCELLED", count: batch.items.count)
+            head["done"] = true
+            return Self.json(head)
         }
         guard batch.created.duration(to: .now) >= configuration.batchDelay else {
             return Self.json(operation(name: name, model: batch.model, displayName: batch.displayName, state: "BATCH_STATE_RUNNING", count: batch.items.count))

@@ -248,6 +248,9 @@ public struct CatalogModel: Sendable, Equatable {
     public var prices: TokenPrices
     /// A model turned off in the configuration file is unknown to clients.
     public var enabled: Bool
+    /// Seconds between keep-alive spaces for every non-streamed request of this name
+    /// (`keep_alive:` in the configuration file); nil: only when the client asks.
+    public var keepAliveSeconds: Int?
 
     public init(
         name: String, family: ModelFamily, upstreamModel: String, fallbackModel: String? = nil, fallbackFamily: ModelFamily? = nil,

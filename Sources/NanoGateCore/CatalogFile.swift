@@ -35,6 +35,9 @@ public struct CatalogFileEntry: Codable, Sendable, Equatable {
     public var enabled: Bool?
     public var maxInputImages: Int?
     public var prices: Prices?
+    /// Seconds between the spaces of a keep-alive answer, for every non-streamed request of this
+    /// name (as if each sent `Prefer: keep-alive=N`; for 4K names behind proxies that cut silence).
+    public var keepAlive: Int?
 
     /// USD per million tokens (Google's invoice figures; what the usage log's cost uses).
     public struct Prices: Codable, Sendable, Equatable {
@@ -65,8 +68,9 @@ public struct CatalogFileEntry: Codable, Sendable, Equatable {
     public init(
         name: String, like: String? = nil, family: ModelFamily? = nil, upstream: String? = nil, fallback: String? = nil,
         fallbackFamily: ModelFamily? = nil, size: String? = nil, urlOutput: Bool? = nil, enabled: Bool? = nil,
-        maxInputImages: Int? = nil, prices: Prices? = nil
+        maxInputImages: Int? = nil, prices: Prices? = nil, keepAlive: Int? = nil
     ) {
+        self.keepAlive = keepAlive
         self.name = name
         self.like = like
         self.family = family
@@ -88,12 +92,13 @@ public struct CatalogFileEntry: Codable, Sendable, Equatable {
         case enabled
         case maxInputImages = "max_input_images"
         case prices
+        case keepAlive = "keep_alive"
     }
 
     /// Keys an entry may use, for the unknown-key check (a misspelt `upsteam:` must not be ignored).
     public static let keys: Set<String> = [
         "name", "like", "family", "upstream", "fallback", "fallback_family", "size", "url_output", "enabled",
-        "max_input_images", "prices",
+        "max_input_images", "prices", "keep_alive",
     ]
 }
 
@@ -200,6 +205,9 @@ extension ModelCatalog {
         if let maxInputImages = entry.maxInputImages {
             if (0...14).contains(maxInputImages) { model.maxInputImages = maxInputImages } else { problems.append("'max_input_images' must be 0 to 14 (Google's limit)") }
         }
+        if let keepAlive = entry.keepAlive {
+            if (0...60).contains(keepAlive) { model.keepAliveSeconds = keepAlive == 0 ? nil : keepAlive } else { problems.append("'keep_alive' must be 0 (off) to 60 seconds") }
+        }
         if let prices = entry.prices {
             func price(_ value: Double?, _ key: String, _ current: Int) -> Int {
                 guard let value else { return current }
@@ -237,7 +245,8 @@ extension ModelCatalog {
                 prices: .init(
                     input: TokenPrices.usd(model.prices.inputText), inputImage: TokenPrices.usd(model.prices.inputImage),
                     outputText: TokenPrices.usd(model.prices.outputText), outputImage: TokenPrices.usd(model.prices.outputImage)
-                )
+                ),
+                keepAlive: model.keepAliveSeconds
             )
         }
     }

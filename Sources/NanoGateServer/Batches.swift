@@ -50,7 +50,9 @@ struct BatchesController {
         group.get("files/{id}", use: fileObject)
         group.get("files/{id}/content", use: fileContent)
         group.post("batches", use: create)
+        group.get("batches", use: list)
         group.get("batches/{id}", use: show)
+        group.post("batches/{id}/cancel", use: cancel)
     }
 
     static func randomHex(_ bytes: Int) -> String { ImageJobs.randomHex(bytes) }
@@ -243,6 +245,41 @@ struct BatchesController {
         return try Self.json(BatchObject(batch))
     }
 
+    @Sendable func list(_ request: Request, context: GatewayRequestContext) async throws -> Response {
+        guard let key = context.apiKey else { throw GatewayError.unauthorized("Missing API key.") }
+        let limit = request.uri.queryParameters.get("limit", as: Int.self) ?? 20
+        let objects = try await store.batches(keyID: key.id, limit: limit).map(BatchObject.init)
+        struct Page: Encodable {
+            var object = "list"
+            var data: [BatchObject]
+            var first_id: String?
+            var last_id: String?
+            var has_more = false
+        }
+        return try Self.json(Page(data: objects, first_id: objects.first?.id, last_id: objects.last?.id))
+    }
+
+    /// `POST /v1/batches/{id}/cancel`: a running batch stops at once for the key — nothing of it
+    /// is delivered or charged, its hold is released — and Google is asked to stop it too.
+    @Sendable func cancel(_ request: Request, context: GatewayRequestContext) async throws -> Response {
+        guard let key = context.apiKey else { throw GatewayError.unauthorized("Missing API key.") }
+        let id = context.parameters.get("id") ?? ""
+        guard let batch = try await store.batch(id: id, keyID: key.id) else {
+            throw GatewayError(status: 404, type: "invalid_request_error", code: "batch_not_found", param: "id", message: "No batch '\(id)' for this key.")
+        }
+        guard try await store.cancelBatch(id: id, keyID: key.id) else {
+            throw GatewayError(status: 409, type: "invalid_request_error", code: "batch_not_cancellable", param: "id", message: "Batch '\(id)' is \(batch.status); only a batch in progress can be cancelled.")
+        }
+        if let reservationID = batch.reservationID { try? await pipeline.ledger.release(reservationID: reservationID) }
+        if let handle = batch.upstream.flatMap({ try? JSONDecoder().decode(GeminiBatch.Handle.self, from: Data($0.utf8)) }) {
+            do { try await pipeline.upstream.cancelBatch(handle, logger: context.logger) } catch {
+                context.logger.warning("Google did not take the batch's cancellation", metadata: ["error": "\(error)"])
+            }
+        }
+        guard let cancelled = try await store.batch(id: id, keyID: key.id) else { throw GatewayError.internal("The batch vanished.") }
+        return try Self.json(BatchObject(cancelled))
+    }
+
     /// OpenAI's batch object.
     struct BatchObject: Encodable {
         var id: String
@@ -260,6 +297,7 @@ struct BatchesController {
         var expires_at: Int
         var completed_at: Int?
         var failed_at: Int?
+        var cancelled_at: Int?
         var request_counts: Counts
         var metadata: [String: String]?
 
@@ -295,6 +333,7 @@ struct BatchesController {
             let finished = batch.completedAt.map { Int($0.timeIntervalSince1970) }
             completed_at = batch.status == "completed" ? finished : nil
             failed_at = batch.status == "failed" ? finished : nil
+            cancelled_at = batch.status == "cancelled" ? finished : nil
             request_counts = Counts(total: batch.total, completed: batch.completed, failed: batch.failed)
             metadata = batch.metadata.flatMap { try? JSONDecoder().decode([String: String].self, from: Data($0.utf8)) }
         }

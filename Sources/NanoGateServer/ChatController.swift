@@ -108,7 +108,7 @@ struct ChatController {
         var response: Response
         if input.stream == true {
             response = try await streamed(job, settlement: settlement, logger: context.logger)
-        } else if let interval = KeepAliveAnswer.requested(request, defaultInterval: keepAliveInterval) {
+        } else if let interval = KeepAliveAnswer.requested(request, defaultInterval: keepAliveInterval) ?? job.model.keepAliveSeconds.map({ .seconds($0) }) {
             // Status and headers now, spaces while Google works, then the completion (or its error).
             let logger = context.logger
             return KeepAliveAnswer.response(interval: interval, survivesDisconnect: request.headers[IdempotencyMiddleware.header] != nil, logger: logger) {

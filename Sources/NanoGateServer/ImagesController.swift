@@ -63,7 +63,7 @@ struct ImagesController {
         if job.options.stream {
             return streamed(job, settlement: settlement, logger: logger)
         }
-        if let interval = KeepAliveAnswer.requested(request, defaultInterval: keepAliveInterval) {
+        if let interval = KeepAliveAnswer.requested(request, defaultInterval: keepAliveInterval) ?? job.model.keepAliveSeconds.map({ .seconds($0) }) {
             let pipeline = self.pipeline
             return KeepAliveAnswer.response(interval: interval, survivesDisconnect: request.headers[IdempotencyMiddleware.header] != nil, logger: logger) {
                 try SplicedJSON.encode(try await pipeline.generateImages(job, settlement: settlement, logger: logger))

@@ -232,7 +232,22 @@ extension SQLStore {
         try await database.raw("""
             UPDATE batches SET status = \(bind: status), completed = \(bind: completed), failed = \(bind: failed), output_file_id = \(bind: outputFileID),
                 error_file_id = \(bind: errorFileID), errors = \(bind: errors), completed_at = \(bind: Self.millis(now)), lease_until = NULL
-            WHERE id = \(bind: id) AND owner = \(bind: owner)
+            WHERE id = \(bind: id) AND owner = \(bind: owner) AND status = 'in_progress'
             """).run()
+    }
+
+    /// The key's batches, newest first.
+    public func batches(keyID: String, limit: Int) async throws -> [BatchRecord] {
+        try await database.raw("\(Self.batchColumns) WHERE key_id = \(bind: keyID) ORDER BY created_at DESC, id LIMIT \(bind: max(1, min(limit, 100)))")
+            .all(decoding: BatchRow.self).map(\.record)
+    }
+
+    /// Cancels the batch if it is still running (one statement: the poller delivering it at the
+    /// same moment either finishes first or finds it cancelled).
+    public func cancelBatch(id: String, keyID: String, now: Date = Date()) async throws -> Bool {
+        try await !database.raw("""
+            UPDATE batches SET status = 'cancelled', completed_at = \(bind: Self.millis(now)), lease_until = NULL
+            WHERE id = \(bind: id) AND key_id = \(bind: keyID) AND status = 'in_progress' RETURNING id
+            """).all().isEmpty
     }
 }

@@ -126,6 +126,16 @@ extension GoogleChannel {
         return GeminiBatch.status(of: try await call(method: .GET, url: "\(root)/v1beta/\(name)", body: nil, credential: credential, logger: logger))
     }
 
+    /// Asks Google to stop the batch (best effort: what it already answered is simply not used).
+    func cancelBatch(name: String, credential: Int, logger: Logger) async throws(UpstreamError) {
+        guard name.hasPrefix("batches/"), name.dropFirst("batches/".count).allSatisfy({ $0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" }) else {
+            throw UpstreamError(.invalidRequest, detail: "not a batch name")
+        }
+        let base = (configuration.baseURL ?? "https://generativelanguage.googleapis.com")
+        let root = base.hasSuffix("/") ? String(base.dropLast()) : base
+        _ = try await call(method: .POST, url: "\(root)/v1beta/\(name):cancel", body: ByteBuffer(string: "{}"), credential: credential, logger: logger)
+    }
+
     private func call(method: HTTPMethod, url: String, body: ByteBuffer?, credential: Int, logger: Logger) async throws(UpstreamError) -> GeminiBatch.Operation {
         var request = HTTPClientRequest(url: url)
         request.method = method
@@ -166,6 +176,14 @@ extension UpstreamPool {
             }
         }
         throw lastError ?? UpstreamError(.noChannel, detail: "no Gemini API channel serves \(model) (batches need one)")
+    }
+
+    /// Cancels a submitted batch at Google, through the channel and credential that made it.
+    public func cancelBatch(_ handle: GeminiBatch.Handle, logger: Logger) async throws(UpstreamError) {
+        guard let channel = googleChannel(named: handle.channel), handle.credential < channel.configuration.apiKeys.count else {
+            throw UpstreamError(.noChannel, detail: "the channel '\(handle.channel)' that made the batch is gone")
+        }
+        try await channel.cancelBatch(name: handle.name, credential: handle.credential, logger: logger)
     }
 
     /// Polls a submitted batch through the channel and credential that made it.

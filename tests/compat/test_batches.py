@@ -126,3 +126,25 @@ def test_files_and_batches_are_the_keys_own(batch_gateway: Gateway):
     assert batch.status == "completed"
     entry = json.loads(mine.files.content(batch.output_file_id).text.splitlines()[0])
     assert entry["response"]["body"]["data"][0]["url"].startswith(root_of(gateway) + "/v1/files/images/"), "the default group answers URLs"
+
+
+def test_a_batch_in_progress_is_cancelled_and_charges_nothing(private_gateway):
+    # Polled every second, but the emulator keeps it pending for 2 s: there is time to cancel.
+    gateway = private_gateway(env={"NANOGATE_BATCH_POLL": "1"})
+    name = f"canceller-{time.time_ns()}"
+    key = new_key(gateway, name)
+    assert cli_in(gateway, "keys", "update", name, "--credit", "5").returncode == 0
+    client = client_for(gateway, key)
+    uploaded = client.files.create(file=("requests.jsonl", jsonl([line(i) for i in range(3)])), purpose="batch")
+    batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/images/generations", completion_window="24h")
+    held = json.loads(cli_in(gateway, "keys", "show", name, "--json").stdout)
+    assert held["reserved_usd"] > 0, "the batch's worst case is held"
+    cancelled = client.batches.cancel(batch.id)
+    assert cancelled.status == "cancelled" and cancelled.cancelled_at
+    assert [b.id for b in client.batches.list().data][:1] == [batch.id]
+    time.sleep(3)  # past the emulator's delay and a few polls
+    assert client.batches.retrieve(batch.id).status == "cancelled", "never delivered afterwards"
+    key_view = json.loads(cli_in(gateway, "keys", "show", name, "--json").stdout)
+    assert key_view["reserved_usd"] == 0 and key_view["spent_usd"] == 0
+    with pytest.raises(openai.ConflictError):
+        client.batches.cancel(batch.id)

@@ -200,3 +200,31 @@ def test_an_idempotent_keep_alive_request_whose_client_left_is_kept_for_its_retr
     assert base64.b64decode(retry.json()["data"][0]["b64_json"]).startswith(PNG)
     rows = json.loads(cli("usage", "--json").stdout)
     assert len(rows) == before + 1, "generated and charged once"
+
+
+def test_a_catalog_name_can_answer_with_keep_alive_for_every_client(private_gateway, tmp_path):
+    """`keep_alive: 1` on a name in the configuration file: clients that send nothing special
+    get the keep-alive answer for it, and pass the proxy; other names are unchanged."""
+    config = tmp_path / "nanogate.json"
+    config.write_text(json.dumps({"models": [{"name": "patient-banana", "like": "nano-banana", "keep_alive": 1}]}))
+    gateway = private_gateway(args=["--config", str(config)])
+    port = urllib.parse.urlsplit(gateway.base_url).port
+    cutting = SilenceCuttingProxy(port, silence=1.5)
+    try:
+        client = proxied_client(gateway, cutting)
+        raw = client.images.with_raw_response.generate(model="patient-banana", prompt=f"a banana {SLOW}", response_format="b64_json")
+        assert raw.headers.get("preference-applied") == "keep-alive"
+        assert base64.b64decode(raw.parse().data[0].b64_json).startswith(PNG)
+        with pytest.raises(openai.APIStatusError) as raised:
+            # A new connection (the proxy judges silence per connection, as a 524 needs nothing answered yet).
+            proxied_client(gateway, cutting).images.generate(model="nano-banana", prompt=f"a banana {SLOW}", response_format="b64_json")
+        assert raised.value.status_code == 524
+    finally:
+        cutting.close()
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"models": [{"name": "x", "like": "nano-banana", "keep_alive": 600}]}))
+    from test_channels import cli
+    from conftest import _nanogate_bin
+
+    refused = cli(_nanogate_bin(), "models", "export", "--config", str(bad))
+    assert refused.returncode != 0 and "keep_alive" in refused.stderr + refused.stdout
