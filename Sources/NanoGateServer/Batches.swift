@@ -55,8 +55,6 @@ struct BatchesController {
         group.post("batches/{id}/cancel", use: cancel)
     }
 
-    static func randomHex(_ bytes: Int) -> String { ImageJobs.randomHex(bytes) }
-
     // MARK: Files
 
     struct FileObject: Encodable {
@@ -100,7 +98,7 @@ struct BatchesController {
             throw GatewayError.invalidParameter("file", "Missing required parameter: 'file'.", code: "missing_required_parameter")
         }
         let stored = StoredFile(
-            id: "file-" + Self.randomHex(12), keyID: key.id, purpose: purpose, filename: file.filename ?? "batch.jsonl",
+            id: "file-" + randomHex(bytes: 12), keyID: key.id, purpose: purpose, filename: file.filename ?? "batch.jsonl",
             content: Array(file.body.readableBytesView), expiresAt: Date().addingTimeInterval(30 * 24 * 3600)
         )
         try await store.storeFile(stored)
@@ -193,7 +191,7 @@ struct BatchesController {
         let baseURL = images.publicURL.base(of: request)
         let lines = try await lines(of: file, endpoint: endpoint, key: key, baseURL: baseURL)
         let model = lines[0].job.model
-        let id = "batch_" + Self.randomHex(12)
+        let id = "batch_" + randomHex(bytes: 12)
 
         // The worst case of every line at batch prices, held until the batch is settled.
         var reservationID: String?
@@ -231,7 +229,15 @@ struct BatchesController {
         batch.inProgressAt = Date()
         batch.baseURL = baseURL
         batch.upstream = (try? JSONEncoder().encode(handle)).map { String(decoding: $0, as: UTF8.self) }
-        try await store.createBatch(batch)
+        do {
+            try await store.createBatch(batch)
+        } catch {
+            // Unrecorded, the batch could never be delivered: stop it and free its hold.
+            if let reservationID { try? await pipeline.ledger.release(reservationID: reservationID) }
+            try? await pipeline.upstream.cancelBatch(handle, logger: context.logger)
+            context.logger.error("could not store a batch", metadata: ["error": "\(String(reflecting: error))"])
+            throw GatewayError.internal("The batch could not be stored; retry.")
+        }
         context.logger.info("batch submitted", metadata: ["batch": "\(id)", "lines": "\(lines.count)", "upstream.batch": "\(handle.name)"])
         return try Self.json(BatchObject(batch))
     }
@@ -414,7 +420,7 @@ struct BatchPoller: Service {
         var failed = 0
         for (index, line) in lines.enumerated() {
             let job = line.job
-            let requestID = "batch_req_" + BatchesController.randomHex(12)
+            let requestID = "batch_req_" + randomHex(bytes: 12)
             let answers: [Result<GeminiWire.Response, GatewayError>] = (0..<job.count).map { copy in
                 switch status.results["\(index):\(copy)"] {
                 case .success(let response): .success(response)
@@ -448,7 +454,7 @@ struct BatchPoller: Service {
             do { try await pipeline.ledger.release(reservationID: reservationID) } catch { logger.error("could not release the batch's hold", metadata: ["error": "\(error)"]) }
         }
         let outputFile = StoredFile(
-            id: "file-" + BatchesController.randomHex(12), keyID: batch.keyID, purpose: "batch_output", filename: "\(batch.id)_output.jsonl",
+            id: "file-" + randomHex(bytes: 12), keyID: batch.keyID, purpose: "batch_output", filename: "\(batch.id)_output.jsonl",
             content: Array(output.readableBytesView), expiresAt: Date().addingTimeInterval(30 * 24 * 3600)
         )
         do {

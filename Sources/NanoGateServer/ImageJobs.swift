@@ -56,10 +56,10 @@ struct ImageJobs: Sendable {
         var secret: String?
         if let webhook = fields?.webhook_url, !webhook.isEmpty {
             try webhookPolicy.checkSyntax(webhook)
-            secret = "whsec_" + Self.randomHex(24)
+            secret = "whsec_" + randomHex(bytes: 24)
         }
         let record = ImageJobRecord(
-            id: "imgjob_" + Self.randomHex(12), keyID: key.id, endpoint: endpoint, model: job.model.name,
+            id: "imgjob_" + randomHex(bytes: 12), keyID: key.id, endpoint: endpoint, model: job.model.name,
             contentType: request.headers[.contentType] ?? "application/json", body: Array(body.readableBytesView), baseURL: baseURL,
             webhookURL: fields?.webhook_url.flatMap { $0.isEmpty ? nil : $0 }, webhookSecret: secret
         )
@@ -75,11 +75,6 @@ struct ImageJobs: Sendable {
         var response = try Self.json(view, status: .accepted)
         response.headers[.location] = "/v1/images/jobs/\(record.id)"
         return response
-    }
-
-    static func randomHex(_ bytes: Int) -> String {
-        var generator = SystemRandomNumberGenerator()
-        return (0..<bytes).map { _ in String(format: "%02x", UInt8.random(in: .min ... .max, using: &generator)) }.joined()
     }
 
     /// A job as the API shows it; `result` is the usual images answer, spliced in as stored.

@@ -85,6 +85,13 @@ public enum ImageStoreError: Error {
     case unavailable(String)
 }
 
+/// `bytes` random bytes from the system's generator, in lower-case hex: the unguessable part of
+/// image names, job, batch and file ids, and webhook secrets.
+public func randomHex(bytes: Int) -> String {
+    var generator = SystemRandomNumberGenerator()
+    return (0..<bytes).map { _ in String(format: "%02x", UInt8.random(in: .min ... .max, using: &generator)) }.joined()
+}
+
 /// Creates `directory` (and its parents) readable by the owner only: images, the database and
 /// the signing secret of every user live below it.
 public func createPrivateDirectory(_ directory: URL) throws {
@@ -121,10 +128,7 @@ public struct ImageStore: Sendable {
     }
 
     /// 128 random bits in hex: an image's name (unguessable, so a URL is the only way to it).
-    static func randomID() -> String {
-        var generator = SystemRandomNumberGenerator()
-        return (0..<16).map { _ in String(format: "%02x", UInt8.random(in: .min ... .max, using: &generator)) }.joined()
-    }
+    static func randomID() -> String { randomHex(bytes: 16) }
 
     /// The Content-Type of a stored image's extension.
     public static func mimeType(ofExtension fileExtension: String) -> String {

@@ -112,28 +112,29 @@ extension GoogleChannel {
         ))
         guard let encoded = try? SplicedJSON.encodeJoined(body) else { throw UpstreamError(.invalidRequest, detail: "the batch could not be encoded") }
         let operation = try await call(method: .POST, url: url(model: model, action: "batchGenerateContent"), body: encoded, credential: credential, logger: logger)
-        guard let name = operation.name, name.hasPrefix("batches/") else { throw UpstreamError(.unreadable, detail: "the batch has no name") }
+        // The name goes into later URLs: only Google's own form (`batches/` and an id) is taken.
+        guard let name = operation.name, (try? batchURL(name: name, action: "")) != nil else { throw UpstreamError(.unreadable, detail: "the batch has no usable name") }
         return name
     }
 
     /// Google's view of the batch `name` (`batches/…`).
     func batchStatus(name: String, credential: Int, logger: Logger) async throws(UpstreamError) -> GeminiBatch.Status {
-        guard name.hasPrefix("batches/"), name.dropFirst("batches/".count).allSatisfy({ $0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" }) else {
-            throw UpstreamError(.invalidRequest, detail: "not a batch name")
-        }
-        let base = (configuration.baseURL ?? "https://generativelanguage.googleapis.com")
-        let root = base.hasSuffix("/") ? String(base.dropLast()) : base
-        return GeminiBatch.status(of: try await call(method: .GET, url: "\(root)/v1beta/\(name)", body: nil, credential: credential, logger: logger))
+        GeminiBatch.status(of: try await call(method: .GET, url: try batchURL(name: name, action: ""), body: nil, credential: credential, logger: logger))
     }
 
     /// Asks Google to stop the batch (best effort: what it already answered is simply not used).
     func cancelBatch(name: String, credential: Int, logger: Logger) async throws(UpstreamError) {
-        guard name.hasPrefix("batches/"), name.dropFirst("batches/".count).allSatisfy({ $0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" }) else {
+        _ = try await call(method: .POST, url: try batchURL(name: name, action: ":cancel"), body: ByteBuffer(string: "{}"), credential: credential, logger: logger)
+    }
+
+    /// `{base}/v1beta/batches/{id}{action}`, for a name of Google's form only.
+    private func batchURL(name: String, action: String) throws(UpstreamError) -> String {
+        let id = name.dropFirst("batches/".count)
+        guard name.hasPrefix("batches/"), !id.isEmpty, id.count <= 128, id.allSatisfy({ ($0.isASCII && ($0.isLetter || $0.isNumber)) || $0 == "-" || $0 == "_" }) else {
             throw UpstreamError(.invalidRequest, detail: "not a batch name")
         }
-        let base = (configuration.baseURL ?? "https://generativelanguage.googleapis.com")
-        let root = base.hasSuffix("/") ? String(base.dropLast()) : base
-        _ = try await call(method: .POST, url: "\(root)/v1beta/\(name):cancel", body: ByteBuffer(string: "{}"), credential: credential, logger: logger)
+        let base = configuration.baseURL ?? "https://generativelanguage.googleapis.com"
+        return "\(base.hasSuffix("/") ? String(base.dropLast()) : base)/v1beta/\(name)\(action)"
     }
 
     private func call(method: HTTPMethod, url: String, body: ByteBuffer?, credential: Int, logger: Logger) async throws(UpstreamError) -> GeminiBatch.Operation {
