@@ -1,5 +1,6 @@
 public import Foundation
 import SQLKit
+import SQLiteNIO
 
 /// Money held for one request in flight: reserved before Google is called, released or turned
 /// into a charge when the request settles. The lease is renewed while the owning gateway lives;
@@ -60,12 +61,21 @@ extension SQLStore: Ledger {
             return .held
         } catch {
             // The trigger refused: no balance, or the key became unlimited since it was read.
-            // (PostgresNIO hides the server's message from `description`; `reflecting` shows it.)
-            guard String(reflecting: error).contains("insufficient_quota") else { throw error }
+            guard Self.isHoldRefusal(error) else { throw error }
             struct Row: Decodable { var credit_micro_usd: Int64? }
             let key = try await database.raw("SELECT credit_micro_usd FROM api_keys WHERE id = \(bind: reservation.keyID)").first(decoding: Row.self)
             return key != nil && key?.credit_micro_usd == nil ? .unlimited : .insufficient
         }
+    }
+
+    /// Whether `error` is the hold trigger's refusal. SQLite's is known by the statement's own
+    /// result code (a trigger's constraint): its message is read from the connection afterwards,
+    /// and a statement running at the same moment on another thread can replace it (SQLiteNIO
+    /// says so), which under load turned refusals into 500s. PostgreSQL's carries the message
+    /// (PostgresNIO hides it from `description`; `reflecting` shows it).
+    static func isHoldRefusal(_ error: any Error) -> Bool {
+        if let sqlite = error as? SQLiteError { return sqlite.reason == .constraintTriggerFailed }
+        return String(reflecting: error).contains("insufficient_quota")
     }
 
     public func settle(reservationID: String?, record: UsageRecord) async throws {

@@ -269,4 +269,36 @@ import Testing
             #expect(rows.contains { $0.requestID == "req-1" && $0.costMicroUSD == 38_713 }, "the row is written with the charge")
         }
     }
+
+    /// Under load, a hold the balance cannot cover is always a refusal, never an error (on
+    /// SQLite the trigger's message is read from the connection after the statement, and other
+    /// statements running at the same moment replaced it: 1 in 50 parallel requests of
+    /// `concurrentRequestsCannotOverspend` got a 500 on a busy machine).
+    @Test func refusedHoldsStayRefusalsUnderConcurrentStatements() async throws {
+        try await TestDatabase.with { database in
+            let key = try await database.store.createKey(name: "busy", group: .default, options: KeyOptions(creditMicroUSD: 10_000)).key
+            let ledger = database.ledger
+            let store = database.store
+            let outcomes = try await withThrowingTaskGroup(of: ReservationOutcome?.self) { group in
+                for index in 0..<400 {
+                    group.addTask {
+                        if index % 2 == 1 {
+                            // Other statements on the same connection at the same moment (reads, and
+                            // one that fails with a message of its own).
+                            _ = try? await store.key(named: "busy")
+                            _ = try? await store.createKey(name: "busy", group: .default)
+                            return nil
+                        }
+                        return try await ledger.reserve(Reservation(keyID: key.id, amountMicroUSD: 1_000, owner: "busy", leaseUntil: Date(timeIntervalSinceNow: 60)))
+                    }
+                }
+                var all: [ReservationOutcome] = []
+                for try await outcome in group { if let outcome { all.append(outcome) } }
+                return all
+            }
+            #expect(outcomes.count == 200)
+            #expect(outcomes.filter { $0 == .held }.count == 10, "exactly the credit is held")
+            #expect(outcomes.filter { $0 == .insufficient }.count == 190)
+        }
+    }
 }
