@@ -711,6 +711,8 @@ def nginx_config(prefix: Path, port: int, upstreams: list[int]) -> str:
         ("listen 80;", f"listen 127.0.0.1:{port};"),
         ("server 127.0.0.1:8081 ", f"server 127.0.0.1:{upstreams[0]} "),
         ("server 127.0.0.1:8082 ", f"server 127.0.0.1:{upstreams[1]} "),
+        # The site's own log (no query strings) would replace the one this test reads.
+        ("access_log /var/log/nginx/nanogate.access.log nanogate_noquery;", f"access_log {prefix}/access.log upstreams;"),
     ]
     for old, new in replacements:
         assert site.count(old) == 1, f"deploy/nginx.conf should hold {old!r} once"
