@@ -148,17 +148,28 @@ struct InputImageLoader: Sendable {
             return try inline(bytes: ByteBuffer(bytes: bytes), param: param)
         }
         if let local = try await ownImage(url: url, baseURLs: baseURLs, param: param) { return local }
-        if let objectStore, let name = objectStore.ownImageName(url: url) {
+        if let objectStore {
             // An answer's presigned URL sent back (multi-turn chat): read from the bucket, whichever
-            // instance wrote it, rather than fetched (the bucket may be on a private network).
-            let bytes: [UInt8]?
-            do { bytes = try await objectStore.load(name: name) } catch { bytes = nil }
-            guard let bytes else {
-                throw .invalidParameter(param, "'\(param)' points to an image of this gateway that is no longer available (expired or invalid URL).")
+            // instance wrote it, rather than fetched (the bucket may be on a private network). Only
+            // with its signature checked and unexpired: the read uses the gateway's credentials.
+            switch objectStore.ownImage(url: url) {
+            case .notOurs:
+                break
+            case .invalid:
+                throw Self.ownImageUnavailable(param)
+            case .valid(let name):
+                let bytes: [UInt8]?
+                do { bytes = try await objectStore.load(name: name) } catch { bytes = nil }
+                guard let bytes else { throw Self.ownImageUnavailable(param) }
+                return try inline(bytes: ByteBuffer(bytes: bytes), param: param)
             }
-            return try inline(bytes: ByteBuffer(bytes: bytes), param: param)
         }
         return try await fetch(url: url, param: param)
+    }
+
+    /// A URL of this gateway's images that is unsigned, expired, or whose image is gone.
+    static func ownImageUnavailable(_ param: String) -> GatewayError {
+        .invalidParameter(param, "'\(param)' points to an image of this gateway that is no longer available (expired or invalid URL).")
     }
 
     /// A URL this gateway signed: read from disk, no HTTP round trip (multi-turn chat sends them back).
@@ -168,10 +179,12 @@ struct InputImageLoader: Sendable {
         else { return nil }
         let name = String(components.path.dropFirst("/v1/files/images/".count))
         let items = components.queryItems ?? []
-        let unavailable = GatewayError.invalidParameter(param, "'\(param)' points to an image of this gateway that is no longer available (expired or invalid URL).")
+        let unavailable = Self.ownImageUnavailable(param)
+        // The same checks as the image route (`ImageFilesController`): signature, then expiry.
         guard let expires = items.first(where: { $0.name == "expires" })?.value.flatMap(Int.init),
             let signature = items.first(where: { $0.name == "signature" })?.value,
             signer.isValid(name: name, expires: expires, signature: signature),
+            expires >= Int(Date().timeIntervalSince1970),
             let path = imageStore.path(of: name)
         else { throw unavailable }
         let data = try? await fileThreadPool.runIfActive { FileManager.default.contents(atPath: path) }

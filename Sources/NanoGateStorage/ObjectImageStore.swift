@@ -38,6 +38,47 @@ public struct ObjectImageStore: Sendable {
         return name
     }
 
+    /// What an image URL a client sent is to this store.
+    public enum OwnImageURL: Sendable, Equatable {
+        /// Not a URL of our bucket and prefix: fetch it like any other.
+        case notOurs
+        /// One of our presigned URLs, its signature right and still valid: read this name.
+        case valid(String)
+        /// Points into our bucket but is unsigned, expired or signed by someone else: never read.
+        case invalid
+    }
+
+    /// Checks a URL into our bucket as S3 would before it is read with the gateway's own
+    /// credentials: only a URL this store presigned, before it expired, names an image (an
+    /// object name alone, leaked or guessed, reads nothing).
+    public func ownImage(url: String, now: Date = Date()) -> OwnImageURL {
+        guard let name = ownImageName(url: url) else { return .notOurs }
+        let items = URLComponents(string: url)?.queryItems ?? []
+        func value(_ field: String) -> String? { items.first { $0.name == field }?.value }
+        guard let signed = value("X-Amz-Date").flatMap(Self.date(amzTimestamp:)), let expires = value("X-Amz-Expires").flatMap(Int.init),
+            let signature = value("X-Amz-Signature"), expires >= 1, now < signed.addingTimeInterval(TimeInterval(expires))
+        else { return .invalid }
+        let expected = URLComponents(string: presignedURL(name: name, ttl: expires, now: signed))?.queryItems?.first { $0.name == "X-Amz-Signature" }?.value ?? ""
+        let (a, b) = (Array(signature.utf8), Array(expected.utf8))
+        guard a.count == b.count, zip(a, b).reduce(UInt8(0), { $0 | ($1.0 ^ $1.1) }) == 0 else { return .invalid }
+        return .valid(name)
+    }
+
+    /// `20130524T000000Z` (`SigV4Signer.timestamp`) back to a date.
+    static func date(amzTimestamp text: String) -> Date? {
+        let digits = Array(text.utf8)
+        guard digits.count == 16, digits[8] == UInt8(ascii: "T"), digits[15] == UInt8(ascii: "Z") else { return nil }
+        func number(_ range: Range<Int>) -> Int? { Int(String(decoding: digits[range], as: UTF8.self)) }
+        guard let year = number(0..<4), let month = number(4..<6), let day = number(6..<8),
+            let hour = number(9..<11), let minute = number(11..<13), let second = number(13..<15)
+        else { return nil }
+        var calendar = Calendar(identifier: .gregorian)
+        calendar.timeZone = TimeZone(identifier: "UTC")!
+        let date = calendar.date(from: DateComponents(year: year, month: month, day: day, hour: hour, minute: minute, second: second))
+        // Only a canonical timestamp (no 25th hour, no 32nd day rolled over).
+        return date.flatMap { SigV4Signer.timestamp($0) == text ? $0 : nil }
+    }
+
     /// The bytes of one of our images, or nil when it is gone.
     public func load(name: String) async throws -> [UInt8]? {
         guard ImageStore.isValidName(name) else { return nil }
