@@ -28,8 +28,9 @@ struct ReadinessController {
     }
 
     @Sendable func ready(_ request: Request, context: GatewayRequestContext) async throws -> Response {
-        async let database = check { try await self.database.ping() }
-        async let images = check {
+        let logger = context.logger
+        async let database = check("database", logger: logger) { try await self.database.ping() }
+        async let images = check("image_store", logger: logger) {
             if let objectStore { try await objectStore.ping() } else { try await imageStore.ping() }
         }
         let report = Report(status: "ready", database: await database, image_store: await images)
@@ -46,8 +47,9 @@ struct ReadinessController {
         )
     }
 
-    /// "ok", or what went wrong (the error's type and words; no credentials are in them).
-    private func check(_ probe: @escaping @Sendable () async throws -> Void) async -> String {
+    /// "ok", "timed_out" or "failed". The answer names only the part (a probe is unauthenticated
+    /// and error text can name hosts, users and buckets); the error itself goes to the log.
+    private func check(_ part: String, logger: Logger, _ probe: @escaping @Sendable () async throws -> Void) async -> String {
         let timeout = self.timeout
         do {
             try await withThrowingTaskGroup(of: Void.self) { group in
@@ -61,9 +63,11 @@ struct ReadinessController {
             }
             return "ok"
         } catch is ReadinessTimeout {
-            return "timed out after \(timeout.components.seconds) s"
+            logger.warning("readiness check timed out", metadata: ["part": "\(part)", "seconds": "\(timeout.components.seconds)"])
+            return "timed_out"
         } catch {
-            return String(String(reflecting: error).prefix(300))
+            logger.warning("readiness check failed", metadata: ["part": "\(part)", "error": "\(String(String(reflecting: error).prefix(300)))"])
+            return "failed"
         }
     }
 }
