@@ -18,6 +18,10 @@ import NIOHTTPTypes
 ///   http.client) sees the 413 rather than a reset: the connection closes `lingerPause` after
 ///   the client's last byte (generous: a client that stopped uploading to read the answer
 ///   closes by itself), and `lingerTime` after the answer at the latest.
+/// - Any other error answer written before its request's body arrived (a 401 to a small
+///   upload, say) gets the same bound: the body may still be read and dropped, but if it has
+///   not ended `lingerTime` after the answer (a client trickling a byte now and then), the
+///   connection is closed. A body that does end in time keeps the connection as usual.
 final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPRequestPart
     typealias InboundOut = HTTPRequestPart
@@ -34,6 +38,18 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
     private var lingerTimer: Scheduled<Void>?
     /// Between a request's head and the end of its response.
     private var awaitingResponse = false
+    /// Whether the current request's body has fully arrived.
+    private var requestEnded = true
+    /// Whether the answer being written is an error (status 400 or more).
+    private var answerIsError = false
+    /// Whether the lingering ends in a close whatever the client does (an unbounded body).
+    private var closeForGood = false
+    /// Longest time a connection is still read after an error answer to an unfinished body.
+    let lingerTime: TimeAmount
+
+    init(lingerTime: TimeAmount = ConnectionGuard.defaultLingerTime) {
+        self.lingerTime = lingerTime
+    }
 
     /// A client that closed its side while its request is being answered has gone (Hummingbird
     /// allows half-closed connections, so this arrives as `inputClosed`, not as a close): close
@@ -57,7 +73,19 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         if lingerDeadline != nil { scheduleLingerClose(context) }
-        if case .head(let head) = unwrapInboundIn(data) {
+        switch unwrapInboundIn(data) {
+        case .end:
+            requestEnded = true
+            // The body ended within the linger: nothing is held, the connection goes on as usual.
+            if lingerDeadline != nil && !closeForGood {
+                lingerDeadline = nil
+                lingerTimer?.cancel()
+                lingerTimer = nil
+            }
+        case .body:
+            break
+        case .head(let head):
+            requestEnded = false
             awaitingResponse = true
             continuePending = head.headerFields[.expect]?.lowercased() == "100-continue"
             if let length = head.headerFields[.contentLength].flatMap({ Int($0) }) {
@@ -75,22 +103,25 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
             if response.status.code >= 200 {
                 continuePending = false
                 closeAfterResponse = bodyIsUnbounded && response.headerFields[.connection]?.lowercased() == "close"
+                answerIsError = response.status.code >= 400
             }
             context.write(data, promise: promise)
         case .body:
             context.write(data, promise: promise)
         case .end:
             awaitingResponse = false
-            guard closeAfterResponse else {
+            guard closeAfterResponse || (answerIsError && !requestEnded) else {
                 context.write(data, promise: promise)
                 return
             }
+            closeForGood = closeAfterResponse
             closeAfterResponse = false
             let written = context.eventLoop.makePromise(of: Void.self)
             written.futureResult.cascade(to: promise)
             context.writeAndFlush(data, promise: written)
             written.futureResult.assumeIsolated().whenComplete { _ in
-                self.lingerDeadline = .now() + Self.lingerTime
+                guard self.closeForGood || !self.requestEnded else { return }
+                self.lingerDeadline = .now() + self.lingerTime
                 self.scheduleLingerClose(context)
             }
         }
@@ -98,8 +129,9 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
 
     /// Largest declared body that is still drained after an error (finite, and cheap to read).
     static let maxDrainBytes = 16 * 1024 * 1024
-    /// Longest time a connection ended after an error is still read (and dropped).
-    static let lingerTime = TimeAmount.seconds(30)
+    /// Longest time a connection is still read (and dropped) after an error answer to a body
+    /// that had not ended (`GatewayConfiguration.errorLinger`).
+    static let defaultLingerTime = TimeAmount.seconds(30)
     /// Longest pause in the client's upload before such a connection is closed.
     static let lingerPause = TimeAmount.seconds(15)
 
