@@ -1,24 +1,37 @@
 import Crypto
 import Foundation
 import Hummingbird
+import Logging
 import NanoGateCore
 import NanoGateStorage
 import Upstream
 import NIOCore
 import NIOFoundationCompat
+import Synchronization
 
 /// `/admin/v1/…`: on only when `NANOGATE_ADMIN_TOKEN` is set, and only for that token (a
-/// user's key gets 401 like any wrong token). Compared in constant time.
+/// user's key gets 401 like any wrong token). Compared in constant time. An address that sent
+/// too many wrong tokens gets 429 until its window ends, whatever it sends (`AdminThrottle`).
 struct AdminTokenAuthenticator: RouterMiddleware {
     typealias Context = GatewayRequestContext
     let token: String
+    let throttle: AdminThrottle
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        let address = context.channel.remoteAddress?.ipAddress ?? "unknown"
+        if let wait = throttle.blockedFor(address) {
+            throw GatewayError(
+                status: 429, type: "rate_limit_error", code: "rate_limit_exceeded", param: nil,
+                message: "Too many wrong admin tokens from this address; retry in \(wait) s.", retryAfterSeconds: wait
+            )
+        }
         let given = request.headers[.authorization].flatMap { header -> String? in
             let parts = header.split(separator: " ", maxSplits: 1)
             return parts.count == 2 && parts[0].lowercased() == "bearer" ? String(parts[1]) : nil
         }
         guard let given, Self.equal(given, token) else {
+            throttle.failed(address)
+            context.logger.warning("wrong admin token", metadata: ["client": "\(address)"])
             throw GatewayError.unauthorized("The admin API needs 'Authorization: Bearer <NANOGATE_ADMIN_TOKEN>'.", code: "invalid_admin_token")
         }
         return try await next(request, context)
@@ -29,6 +42,57 @@ struct AdminTokenAuthenticator: RouterMiddleware {
         let left = SHA256.hash(data: Data(a.utf8))
         let right = SHA256.hash(data: Data(b.utf8))
         return zip(left, right).reduce(UInt8(0)) { $0 | ($1.0 ^ $1.1) } == 0
+    }
+}
+
+/// Failed admin attempts per client address: after `limit` failures within `window`, the
+/// address is refused until that window ends, so the token cannot be guessed at network speed.
+/// Bounded: past `capacity` addresses, ended windows are dropped, then the oldest one.
+final class AdminThrottle: Sendable {
+    private struct Window {
+        var start: ContinuousClock.Instant
+        var failures: Int
+    }
+    private let windows = Mutex([String: Window]())
+    let limit: Int
+    let window: Duration
+    let capacity: Int
+
+    init(limit: Int = 10, window: Duration = .seconds(60), capacity: Int = 10_000) {
+        self.limit = limit
+        self.window = window
+        self.capacity = capacity
+    }
+
+    /// Whole seconds `address` must still wait, or nil when it may try.
+    func blockedFor(_ address: String, now: ContinuousClock.Instant = .now) -> Int? {
+        windows.withLock { windows in
+            guard let entry = windows[address] else { return nil }
+            let ends = entry.start + window
+            guard now < ends else {
+                windows[address] = nil
+                return nil
+            }
+            guard entry.failures >= limit else { return nil }
+            return max(1, Int((now.duration(to: ends) + .milliseconds(999)).components.seconds))
+        }
+    }
+
+    /// Counts one wrong token from `address`.
+    func failed(_ address: String, now: ContinuousClock.Instant = .now) {
+        windows.withLock { windows in
+            if let entry = windows[address], now < entry.start + window {
+                windows[address]?.failures += 1
+                return
+            }
+            if windows.count >= capacity {
+                windows = windows.filter { now < $0.value.start + window }
+                if windows.count >= capacity, let oldest = windows.min(by: { $0.value.start < $1.value.start })?.key {
+                    windows[oldest] = nil
+                }
+            }
+            windows[address] = Window(start: now, failures: 1)
+        }
     }
 }
 
@@ -319,7 +383,7 @@ struct AccountController {
             ))
             var view = OperatorService.KeyView(key)
             view.prefix = key.prefix
-            return try json(Usage(object: "usage", key: view, data: rows.map(OperatorService.UsageView.init)))
+            return try json(Usage(object: "usage", key: view, data: rows.map(OperatorService.OwnUsageView.init)))
         }
         // OpenAI's retired billing endpoints, as new-api answers them: the hard limit is the credit.
         group.get("dashboard/billing/subscription") { _, context in
@@ -339,8 +403,7 @@ struct AccountController {
             if since == nil && until == nil {
                 cents = TokenPrices.usd(key.spentMicroUSD) * 100
             } else {
-                let rows = try await store.usage(UsageQuery(keyID: key.id, since: since, until: until, limit: 100_000))
-                cents = TokenPrices.usd(rows.reduce(0) { $0 + $1.costMicroUSD }) * 100
+                cents = TokenPrices.usd(try await store.chargedMicroUSD(keyID: key.id, since: since, until: until)) * 100
             }
             return try json(BillingUsage(total_usage: cents))
         }
@@ -349,7 +412,7 @@ struct AccountController {
     struct Usage: Encodable {
         var object: String
         var key: OperatorService.KeyView
-        var data: [OperatorService.UsageView]
+        var data: [OperatorService.OwnUsageView]
     }
 
     struct Subscription: Encodable {

@@ -121,13 +121,13 @@ func makeGatewayParts(
     ReadinessController(database: dependencies.database, imageStore: dependencies.imageStore, objectStore: dependencies.objectStore).addRoutes(to: router)
     OpenAPIDocument.addRoutes(to: router)
     let metricsRoutes = MetricsController<GatewayRequestContext>(metrics: metrics, pool: pool, live: pipeline.live, token: configuration.metricsToken)
-    if configuration.metricsPort == nil { metricsRoutes.addRoutes(to: router) }
+    if configuration.metricsOnMainPort { metricsRoutes.addRoutes(to: router) }
     ImageFilesController(store: dependencies.imageStore, signer: dependencies.signer).addRoutes(to: router)
 
     let api = router.group("v1").add(middleware: APIKeyAuthenticator(keys: dependencies.store))
         .add(middleware: IdempotencyMiddleware(
             store: dependencies.store, maxBodyBytes: configuration.inputs.maxRequestBytes,
-            staleAfter: TimeInterval(configuration.upstream.requestTimeout.components.seconds) * Double(configuration.upstream.maxAttempts) + 60
+            staleAfter: configuration.idempotencyStaleAfter
         ))
         .add(middleware: DisconnectMiddleware())
     var images = ImagesController(
@@ -160,7 +160,7 @@ func makeGatewayParts(
             store: dependencies.store, catalog: configuration.catalog, pool: pool, channels: managedChannels,
             fileChannels: Set(configuration.upstream.effectiveChannels.map(\.name))
         )
-            .addRoutes(to: router.group("admin/v1").add(middleware: AdminTokenAuthenticator(token: token)))
+            .addRoutes(to: router.group("admin/v1").add(middleware: AdminTokenAuthenticator(token: token, throttle: AdminThrottle())))
     }
     ChatController(
         catalog: configuration.catalog, pipeline: pipeline, signatures: dependencies.store,
@@ -184,7 +184,7 @@ public func buildApplication(
         // The idle timeout closes connections that send nothing: idle keep-alive ones, request
         // heads or bodies that stall (slowloris). It never cuts a request whose handler is
         // still working (waiting on Google): Hummingbird suspends it between head and response.
-        server: .http1(configuration: .init(additionalChannelHandlers: [ConnectionGuard()], idleTimeout: .init(configuration.idleTimeout))),
+        server: .http1(configuration: .init(additionalChannelHandlers: [ConnectionGuard(lingerTime: .init(configuration.errorLinger))], idleTimeout: .init(configuration.idleTimeout))),
         configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "NanoGate"),
         onServerRunning: onServerRunning,
         logger: logger
@@ -196,6 +196,12 @@ public func buildApplication(
         app.addServices(ModelCheckService(catalog: configuration.catalog, pool: pool, retired: retired, logger: logger))
     }
     app.addServices(managedChannels, parts.jobRunner, parts.batchPoller)
+    if configuration.metricsPort == nil && !configuration.metricsOnMainPort {
+        logger.warning(
+            "/metrics is off: the gateway listens on a non-loopback address without NANOGATE_METRICS_TOKEN; set NANOGATE_METRICS_TOKEN or NANOGATE_METRICS_PORT to scrape it",
+            metadata: ["host": "\(configuration.host)"]
+        )
+    }
     if let port = configuration.metricsPort {
         // Metrics on their own port (a scraper on an internal network, the API on a public one).
         let metricsRouter = Router()

@@ -24,7 +24,7 @@ import NanoGateStorage
 /// | | `NANOGATE_ADMIN_TOKEN` | turns the admin API on, its bearer token | off |
 /// | | `NANOGATE_RESERVATION_LEASE` | seconds a credit reservation lives without renewal | 45 |
 /// | | `NANOGATE_UPSTREAM_TIMEOUT` | seconds per upstream call | 300 |
-/// | | `NANOGATE_METRICS_PORT` / `NANOGATE_METRICS_TOKEN` | `/metrics` on its own port / behind a bearer token | main port / open |
+/// | | `NANOGATE_METRICS_PORT` / `NANOGATE_METRICS_TOKEN` | `/metrics` on its own port / behind a bearer token | main port / open on loopback only |
 /// | | `NANOGATE_METRICS_KEY_LABELS` | key ids as a metrics label | off |
 /// | | `NANOGATE_LOG_FORMAT` | `text` or `json` (one object per line) | text |
 /// | | `NANOGATE_UPSTREAM_DEADLINE` | seconds for all attempts of one image, queueing included | timeout × attempts |
@@ -62,6 +62,9 @@ public struct GatewayConfiguration: Sendable {
     public var keepAliveInterval: Duration = .seconds(15)
     /// How long a connection may send nothing while no request is being answered.
     public var idleTimeout: Duration = .seconds(30)
+    /// How long a connection is still read after an error answer to a body that has not ended
+    /// (a 401 to an upload that trickles in): then it is closed (`ConnectionGuard`).
+    public var errorLinger: Duration = .seconds(30)
     /// Whether `X-Forwarded-Host`/`-Proto` may decide where image URLs point. Off by default:
     /// any client could otherwise make the gateway hand out URLs to a host of its choosing.
     public var trustForwardedHeaders = false
@@ -71,7 +74,8 @@ public struct GatewayConfiguration: Sendable {
     public var checkModelsAtStart = true
     /// `GET /metrics` on its own port (`NANOGATE_METRICS_PORT`) instead of the main one.
     public var metricsPort: Int?
-    /// The bearer token `/metrics` asks for (`NANOGATE_METRICS_TOKEN`); nil: open.
+    /// The bearer token `/metrics` asks for (`NANOGATE_METRICS_TOKEN`); nil: open, but only on a
+    /// loopback host (`metricsOnMainPort`).
     public var metricsToken: String?
     /// Key ids as a metrics label (`NANOGATE_METRICS_KEY_LABELS`): one series per key, so off by default.
     public var metricsKeyLabels = false
@@ -79,7 +83,8 @@ public struct GatewayConfiguration: Sendable {
     public var logFormat = "text"
     /// Reservation leases and this instance's id.
     public var billing = BillingConfiguration()
-    /// Turns the admin API (`/admin/v1/`) on; its bearer token (`NANOGATE_ADMIN_TOKEN`, at least 24 characters).
+    /// Turns the admin API (`/admin/v1/`) on; its bearer token (`NANOGATE_ADMIN_TOKEN`, at least
+    /// 24 characters, random: `adminTokenProblem`).
     public var adminToken: String?
     /// Background image jobs one instance runs at once (`NANOGATE_JOB_WORKERS`).
     public var jobWorkers = 4
@@ -208,10 +213,10 @@ public struct GatewayConfiguration: Sendable {
         }
         configuration.billing.lease = .seconds(number("NANOGATE_RESERVATION_LEASE", 45, minimum: 3))
         if let token = environment["NANOGATE_ADMIN_TOKEN"], !token.isEmpty {
-            if token.count >= 24 {
-                configuration.adminToken = token
+            if let problem = Self.adminTokenProblem(token) {
+                problems.append(problem)
             } else {
-                problems.append("NANOGATE_ADMIN_TOKEN must be at least 24 characters (it guards every key and all the money)")
+                configuration.adminToken = token
             }
         }
         configuration.databaseURL = environment["NANOGATE_DATABASE_URL"].flatMap { $0.isEmpty ? nil : $0 }
@@ -236,6 +241,54 @@ public struct GatewayConfiguration: Sendable {
         }
         guard problems.isEmpty else { throw ConfigurationError(problems: problems) }
         return configuration
+    }
+}
+
+extension GatewayConfiguration {
+    /// Whether `/metrics` is served on the main port. A scrape shows what keys were charged and
+    /// what Google cost, so on an address others can reach it needs `NANOGATE_METRICS_TOKEN`
+    /// (or its own port, `NANOGATE_METRICS_PORT`, which takes it off the main port anyway).
+    public var metricsOnMainPort: Bool {
+        metricsPort == nil && (metricsToken != nil || Self.isLoopback(host: host))
+    }
+
+    /// `localhost`, `127.x.x.x` or `::1`: only this machine can connect.
+    static func isLoopback(host: String) -> Bool {
+        let host = host.lowercased()
+        if host == "localhost" || host == "::1" || host == "[::1]" { return true }
+        let parts = host.split(separator: ".", omittingEmptySubsequences: false)
+        return parts.count == 4 && parts[0] == "127" && parts.allSatisfy { UInt8($0) != nil }
+    }
+
+    /// How long an `Idempotency-Key` claim still counts as running: longer than the longest
+    /// request it guards (every attempt at the longest timeout, or the deadline), so a retry
+    /// never starts a second, charged run while the first is still at Google.
+    var idempotencyStaleAfter: TimeInterval {
+        let perAttempt = upstream.longestTimeout.components.seconds
+        let attempts = Int64(upstream.maxAttempts)
+        let longest = max(perAttempt * attempts, upstream.deadline?.components.seconds ?? 0)
+        return TimeInterval(longest + 60)
+    }
+
+    /// Example values (the README's) that must never guard a real admin API.
+    static let exampleAdminTokens = ["change-me-to-24-or-more-characters"]
+
+    /// Why `token` cannot be the admin token, or nil when it can: at least 24 characters, not an
+    /// example, and not guessable (at least 10 different characters and about 80 bits by a
+    /// rough estimate, length × log2(different characters): `aaaa…` or `abcabc…` are refused).
+    static func adminTokenProblem(_ token: String) -> String? {
+        let advice = "(it guards every key and all the money; make one with `openssl rand -hex 32`)"
+        guard token.count >= 24 else { return "NANOGATE_ADMIN_TOKEN must be at least 24 characters \(advice)" }
+        let lowered = token.lowercased()
+        if exampleAdminTokens.contains(lowered) || lowered.contains("change-me") || lowered.contains("changeme") {
+            return "NANOGATE_ADMIN_TOKEN is the documentation's example value; set a random one \(advice)"
+        }
+        let distinct = Set(token).count
+        let bits = Double(token.count) * log2(Double(distinct))
+        guard distinct >= 10, bits >= 80 else {
+            return "NANOGATE_ADMIN_TOKEN is too easy to guess (\(distinct) different characters); set a random one \(advice)"
+        }
+        return nil
     }
 }
 
