@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import HTTPTypes
 import Hummingbird
 import Logging
 import NanoGateCore
@@ -16,9 +17,15 @@ struct AdminTokenAuthenticator: RouterMiddleware {
     typealias Context = GatewayRequestContext
     let token: String
     let throttle: AdminThrottle
+    /// Count attempts by `X-Real-IP` (set by the proxy in front, `deploy/nginx.conf`) rather than
+    /// by the connection, whose address is then the proxy's (`NANOGATE_TRUST_FORWARDED`).
+    var trustForwardedHeaders = false
+
+    static let realIP = HTTPField.Name("X-Real-IP")!
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
-        let address = context.channel.remoteAddress?.ipAddress ?? "unknown"
+        let forwarded = trustForwardedHeaders ? request.headers[Self.realIP].flatMap { $0.isEmpty ? nil : $0 } : nil
+        let address = forwarded ?? context.channel.remoteAddress?.ipAddress ?? "unknown"
         if let wait = throttle.blockedFor(address) {
             throw GatewayError(
                 status: 429, type: "rate_limit_error", code: "rate_limit_exceeded", param: nil,

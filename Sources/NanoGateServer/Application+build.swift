@@ -160,7 +160,7 @@ func makeGatewayParts(
             store: dependencies.store, catalog: configuration.catalog, pool: pool, channels: managedChannels,
             fileChannels: Set(configuration.upstream.effectiveChannels.map(\.name))
         )
-            .addRoutes(to: router.group("admin/v1").add(middleware: AdminTokenAuthenticator(token: token, throttle: AdminThrottle())))
+            .addRoutes(to: router.group("admin/v1").add(middleware: AdminTokenAuthenticator(token: token, throttle: AdminThrottle(), trustForwardedHeaders: configuration.trustForwardedHeaders)))
     }
     ChatController(
         catalog: configuration.catalog, pipeline: pipeline, signatures: dependencies.store,

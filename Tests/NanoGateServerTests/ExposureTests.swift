@@ -144,6 +144,25 @@ import Upstream
         }
     }
 
+    /// Behind a proxy that sets `X-Real-IP` (and `NANOGATE_TRUST_FORWARDED=1`), each client is
+    /// counted apart: one guessing client does not lock the operator out through the proxy.
+    @Test func behindAProxyAttemptsAreCountedPerClient() async throws {
+        try await withGateway(configure: { $0.adminToken = Self.adminToken; $0.trustForwardedHeaders = true }) { gateway in
+            func admin(_ bearer: String, from client: String) async throws -> Int {
+                var request = HTTPClientRequest(url: gateway.baseURL + "/admin/v1/keys")
+                request.headers.add(name: "Authorization", value: "Bearer \(bearer)")
+                request.headers.add(name: "X-Real-IP", value: client)
+                return try await gateway.send(request).status
+            }
+            for attempt in 1...10 {
+                let status = try await admin("wrong-\(attempt)-0123456789abcdefghij", from: "203.0.113.7")
+                #expect(status == 401)
+            }
+            #expect(try await admin(Self.adminToken, from: "203.0.113.7") == 429)
+            #expect(try await admin(Self.adminToken, from: "198.51.100.2") == 200, "another client behind the same proxy")
+        }
+    }
+
     /// The window ends, and the table stays bounded (the oldest address goes first).
     @Test func adminThrottleForgetsAndStaysBounded() {
         let start = ContinuousClock.now
