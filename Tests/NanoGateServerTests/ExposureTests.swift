@@ -7,6 +7,7 @@ import NanoGateCore
 import NIOCore
 import NIOFoundationCompat
 import NIOHTTP1
+import SQLKit
 import Synchronization
 import Testing
 import Upstream
@@ -336,6 +337,38 @@ import Upstream
         #expect(slow.idempotencyStaleAfter == 4 * 600 + 60)
         let deadline = try GatewayConfiguration.fromEnvironment(["NANOGATE_UPSTREAM_DEADLINE": "5000"])
         #expect(deadline.idempotencyStaleAfter == 5000 + 60)
+    }
+
+    /// Against a running gateway with the default size timeouts: a claim 1,000 s old (past the
+    /// old 960 s) is still running, so a retry is refused rather than starting a second, charged
+    /// run; a claim past timeout × attempts + 60 s (1,140 s) is taken over.
+    @Test func aRetryDoesNotTakeOverAClaimStillWithinTheLongestRequest() async throws {
+        try await withGateway(configure: { $0.upstream.sizeTimeouts = UpstreamConfiguration.defaultSizeTimeouts }) { gateway in
+            let store = gateway.dependencies.store
+            let key = try #require(try await store.key(named: "test-default"))
+            func claim(_ idempotencyKey: String, age: Int) async throws {
+                #expect(try await store.claimIdempotency(keyID: key.id, idempotencyKey: idempotencyKey, bodyHash: "earlier", staleAfter: 60) == .claimed)
+                try await store.database.raw("""
+                    UPDATE idempotent_results SET created_at = created_at - \(bind: age)
+                    WHERE key_id = \(bind: key.id) AND idempotency_key = \(bind: idempotencyKey)
+                    """).run()
+            }
+            func retry(_ idempotencyKey: String) async throws -> Harness.Reply {
+                var request = HTTPClientRequest(url: gateway.baseURL + "/v1/images/generations")
+                request.method = .POST
+                request.headers.add(name: "Authorization", value: "Bearer \(gateway.defaultKey)")
+                request.headers.add(name: "Content-Type", value: "application/json")
+                request.headers.add(name: "Idempotency-Key", value: idempotencyKey)
+                request.body = .bytes(ByteBuffer(string: #"{"model":"nano-banana","prompt":"p","response_format":"b64_json"}"#))
+                return try await gateway.send(request)
+            }
+            try await claim("still-running", age: 1_000)
+            let refused = try await retry("still-running")
+            #expect(refused.status == 409, "\(refused.text.prefix(300))")
+            #expect(gateway.recorder.all.isEmpty, "nothing went to Google")
+            try await claim("gateway-died", age: 1_200)
+            #expect(try await retry("gateway-died").status == 200, "a claim past the longest request is taken over")
+        }
     }
 
     // MARK: Legacy billing usage
