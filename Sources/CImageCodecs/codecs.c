@@ -20,7 +20,9 @@
 #include <png.h>
 
 #define NG_MAX_SIDE 20000
-#define NG_MAX_PIXELS 200000000ULL
+// Google's largest image is 12288x1536 (about 19 MP); 40 MP leaves room and bounds what a
+// hostile upstream's small compressed file can make one conversion allocate (about 160 MB RGBA).
+#define NG_MAX_PIXELS 40000000ULL
 #define NG_DEFAULT_QUALITY 90
 #define NG_WEBP_MAX_SIDE 16383 // WEBP_MAX_DIMENSION: a limit of the format
 #define NG_JPEG_MAX_SCANS 500  // progressive scan bombs cost CPU, not memory

@@ -90,7 +90,7 @@ public struct ImageGenerationRequest: Decodable, Sendable {
 }
 
 /// The format of delivered image bytes, as OpenAI's `output_format` names it.
-public enum OutputFormat: String, Sendable, CaseIterable {
+public enum OutputFormat: String, Sendable, CaseIterable, Codable {
     case png, jpeg, webp
 
     public var mimeType: String { "image/\(rawValue)" }
@@ -120,7 +120,7 @@ public enum OutputFormat: String, Sendable, CaseIterable {
 /// | `user` | accepted and ignored |
 /// | `input_fidelity` | `high`/`low` accepted and ignored (Gemini keeps input detail on its own) |
 /// | `stream` + `partial_images` | Server-Sent Events; `partial_images` 0–3 |
-public struct ImageOptions: Sendable, Equatable {
+public struct ImageOptions: Sendable, Equatable, Codable {
     public var quality: ImageQuality?
     public var outputFormat: OutputFormat?
     public var outputCompression: Int?

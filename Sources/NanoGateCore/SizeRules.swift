@@ -1,7 +1,7 @@
 import Foundation
 
 /// What the gateway asks Google for: a ratio (or none, to let the model choose) and a tier.
-public struct ImageSpec: Sendable, Equatable {
+public struct ImageSpec: Sendable, Equatable, Codable {
     /// `nil` lets Gemini choose (1:1, or the input image's ratio for edits).
     public var aspectRatio: AspectRatio?
     /// Only ever set for the tiered families; Google gets exactly this upper-case value.
@@ -25,7 +25,7 @@ public struct ImageSpec: Sendable, Equatable {
 }
 
 /// OpenAI's `quality` (gpt-image: `auto|low|medium|high`; dall-e-3: `standard|hd`).
-public enum ImageQuality: String, Sendable, CaseIterable {
+public enum ImageQuality: String, Sendable, CaseIterable, Codable {
     case auto, low, medium, high, hd, standard
 
     /// The tier it asks for on a tiered model when `size` does not name one: `low` → the

@@ -21,6 +21,9 @@ public struct GatewayDependencies: Sendable {
     /// Threads for blocking work on behalf of clients (DNS look-ups, reading stored images), so
     /// it never runs on Swift's cooperative threads; its size also bounds concurrent look-ups.
     public var blockingThreadPool: NIOThreadPool
+    /// Threads for image conversions (`output_format`) alone: two, so upstream bytes that decode
+    /// large cannot take the threads DNS look-ups and file reads need, nor much memory at once.
+    public var conversionThreadPool: NIOThreadPool
 
     /// The store for keys and usage.
     public var store: SQLStore { database.store }
@@ -41,6 +44,8 @@ public struct GatewayDependencies: Sendable {
         )
         let threadPool = NIOThreadPool(numberOfThreads: 8)
         threadPool.start()
+        let conversionThreadPool = NIOThreadPool(numberOfThreads: 2)
+        conversionThreadPool.start()
         var imagesDirectory = directory.appendingPathComponent("images")
         var objectStore: ObjectImageStore?
         if let store = configuration.imageStore {
@@ -60,7 +65,8 @@ public struct GatewayDependencies: Sendable {
             imageStore: try ImageStore(directory: imagesDirectory),
             objectStore: objectStore,
             signer: signer,
-            blockingThreadPool: threadPool
+            blockingThreadPool: threadPool,
+            conversionThreadPool: conversionThreadPool
         )
     }
 }
@@ -100,7 +106,7 @@ func makeGatewayParts(
     let managedChannels = ManagedChannels(store: dependencies.store, pool: pool, logger: logger)
     let urls = ImageURLService(
         store: dependencies.imageStore, objects: dependencies.objectStore, signer: dependencies.signer, ttl: configuration.urlTTL,
-        converter: ImageConverter(threadPool: dependencies.blockingThreadPool)
+        converter: ImageConverter(threadPool: dependencies.conversionThreadPool)
     )
     let retired = RetiredModels()
     let pipeline = RequestPipeline(
@@ -126,7 +132,7 @@ func makeGatewayParts(
 
     let api = router.group("v1").add(middleware: APIKeyAuthenticator(keys: dependencies.store))
         .add(middleware: IdempotencyMiddleware(
-            store: dependencies.store, maxBodyBytes: configuration.inputs.maxRequestBytes,
+            store: dependencies.store, maxBodyBytes: configuration.inputs.maxRequestBytes, maxJSONBodyBytes: configuration.maxJSONBodyBytes,
             staleAfter: configuration.idempotencyStaleAfter
         ))
         .add(middleware: DisconnectMiddleware())
@@ -135,11 +141,14 @@ func makeGatewayParts(
         maxJSONBodyBytes: configuration.maxJSONBodyBytes, inputs: inputs, keepAliveInterval: configuration.keepAliveInterval
     )
     let webhookPolicy = WebhookPolicy(limits: configuration.inputs)
-    images.jobs = ImageJobs(store: dependencies.store, resultTTL: configuration.urlTTL, webhookPolicy: webhookPolicy)
+    images.jobs = ImageJobs(
+        store: dependencies.store, resultTTL: configuration.urlTTL, webhookPolicy: webhookPolicy, pipeline: pipeline, maxPendingPerKey: configuration.jobQueuePerKey
+    )
     images.addRoutes(to: api)
     ImageJobsController(store: dependencies.store).addRoutes(to: api)
     let batches = BatchesController(
-        store: dependencies.store, images: images, pipeline: pipeline, maxFileBytes: configuration.inputs.maxRequestBytes, owner: configuration.billing.owner
+        store: dependencies.store, images: images, pipeline: pipeline, maxFileBytes: configuration.inputs.maxRequestBytes,
+        fileQuotaBytes: configuration.fileQuotaBytes, owner: configuration.billing.owner
     )
     batches.addRoutes(to: api)
     let batchPoller = BatchPoller(store: dependencies.store, batches: batches, owner: configuration.billing.owner, pollInterval: configuration.batchPollInterval, logger: logger)
@@ -214,7 +223,8 @@ public func buildApplication(
         CloseOnShutdown { try await httpClient.shutdown() },
         CloseOnShutdown { await pool.shutdown() },
         CloseOnShutdown { try await database.close() },
-        CloseOnShutdown { try await threadPool.shutdownGracefully() }
+        CloseOnShutdown { try await threadPool.shutdownGracefully() },
+        CloseOnShutdown { [conversions = dependencies.conversionThreadPool] in try await conversions.shutdownGracefully() }
     )
     return app
 }

@@ -30,10 +30,42 @@ enum BatchPricing {
     }
 }
 
-/// One line of a batch input file, read and validated.
+/// One line of a batch input file, read and validated (its image URLs not fetched yet).
 struct BatchLine: Sendable {
     var customID: String
     var job: ImageJob
+    /// The edit's image URLs, fetched only once the batch's credit is held.
+    var imageURLs: [String] = []
+}
+
+/// What delivering one line needs, fixed at submission and stored with the batch: Google has
+/// produced (and billed) the line's images by delivery time, so delivery never validates or
+/// fetches again — an expired image URL or a model taken off the key cannot fail it.
+struct BatchLinePlan: Codable, Sendable, Equatable {
+    var customID: String
+    /// `images.generations` or `images.edits`.
+    var endpoint: String
+    var model: String
+    var spec: ImageSpec
+    var count: Int
+    var format: ResponseFormat
+    var options: ImageOptions
+
+    init(_ line: BatchLine) {
+        customID = line.customID
+        endpoint = line.job.endpoint
+        model = line.job.model.name
+        spec = line.job.spec
+        count = line.job.count
+        format = line.job.format
+        options = line.job.options
+    }
+
+    /// The line as the pipeline delivers it (no prompt or images: Google already has them).
+    func job(key: APIKey, catalog: ModelCatalog, baseURL: String) -> ImageJob? {
+        guard let model = catalog.model(named: model) else { return nil }
+        return ImageJob(key: key, endpoint: endpoint, model: model, spec: spec, prompt: "", inputImages: [], count: count, format: format, baseURL: baseURL, options: options)
+    }
 }
 
 struct BatchesController {
@@ -41,9 +73,24 @@ struct BatchesController {
     let images: ImagesController
     let pipeline: RequestPipeline
     let maxFileBytes: Int
+    /// The bytes one key's unexpired files may take in all (`NANOGATE_FILE_QUOTA_MB`).
+    var fileQuotaBytes = 256 * 1024 * 1024
     let owner: String
     static let endpoints = ["/v1/images/generations", "/v1/images/edits"]
     static let maxLines = 1000
+    /// Remote image URLs one batch may name (each is fetched at submission, after the credit is held).
+    static let maxImageURLs = 100
+    /// Image bytes one batch's lines may carry to Google in all (fetched and inline).
+    static let maxImageBytes = 128 * 1024 * 1024
+    /// Google's answers to one batch are read whole (inline results), up to the pool's limit:
+    /// a batch whose worst-case answer would not fit is refused at submission, not lost later.
+    static func worstCaseAnswerBytes(_ spec: ImageSpec) -> Int {
+        switch spec.imageSize {
+        case .some(.fourK): 48 << 20
+        case .some(.twoK): 12 << 20
+        default: 3 << 20
+        }
+    }
 
     func addRoutes(to group: RouterGroup<GatewayRequestContext>) {
         group.post("files", use: upload)
@@ -67,9 +114,9 @@ struct BatchesController {
         var purpose: String
         var status = "processed"
 
-        init(_ file: StoredFile) {
+        init(_ file: StoredFile, bytes: Int? = nil) {
             id = file.id
-            bytes = file.content.count
+            self.bytes = bytes ?? file.content.count
             created_at = Int(file.createdAt.timeIntervalSince1970)
             expires_at = file.expiresAt.map { Int($0.timeIntervalSince1970) }
             filename = file.filename
@@ -77,12 +124,28 @@ struct BatchesController {
         }
     }
 
+    static func quotaExceeded(stored: Int, quota: Int) -> GatewayError {
+        GatewayError(
+            status: 413, type: "invalid_request_error", code: "file_quota_exceeded", param: "file",
+            message: "This key's files may take \(quota >> 20) MiB in all and hold \(stored >> 20) MiB; files expire \(fileDays) days after upload."
+        )
+    }
+
     static func json(_ value: some Encodable, status: HTTPResponse.Status = .ok) throws -> Response {
         Response(status: status, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(data: try JSONEncoder().encode(value))))
     }
 
+    /// Days an uploaded file (and a batch's output) is kept; expired files are swept.
+    static let fileDays = 30
+
     @Sendable func upload(_ request: Request, context: GatewayRequestContext) async throws -> Response {
         guard let key = context.apiKey else { throw GatewayError.unauthorized("Missing API key.") }
+        // Files serve batches, which the key pays for: a key with nothing left to spend stores nothing.
+        if let balance = key.balanceMicroUSD, balance <= 0 {
+            throw GatewayError.insufficientQuota(balanceMicroUSD: balance, neededMicroUSD: 1)
+        }
+        let stored = try await store.fileBytes(keyID: key.id)
+        guard stored < fileQuotaBytes else { throw Self.quotaExceeded(stored: stored, quota: fileQuotaBytes) }
         let contentType = request.headers[.contentType] ?? ""
         guard contentType.lowercased().hasPrefix("multipart/form-data"), let boundary = ImagesController.boundary(of: contentType) else {
             throw GatewayError.invalidBody("Upload a file as multipart/form-data with 'file' and 'purpose'.")
@@ -97,24 +160,30 @@ struct BatchesController {
         guard let file = form.parts.last(where: { $0.name == "file" }) else {
             throw GatewayError.invalidParameter("file", "Missing required parameter: 'file'.", code: "missing_required_parameter")
         }
-        let stored = StoredFile(
+        guard stored + file.body.readableBytes <= fileQuotaBytes else { throw Self.quotaExceeded(stored: stored, quota: fileQuotaBytes) }
+        let upload = StoredFile(
             id: "file-" + randomHex(bytes: 12), keyID: key.id, purpose: purpose, filename: file.filename ?? "batch.jsonl",
-            content: Array(file.body.readableBytesView), expiresAt: Date().addingTimeInterval(30 * 24 * 3600)
+            content: Array(file.body.readableBytesView), expiresAt: Date().addingTimeInterval(TimeInterval(Self.fileDays * 24 * 3600))
         )
-        try await store.storeFile(stored)
-        return try Self.json(FileObject(stored))
+        try await store.storeFile(upload)
+        return try Self.json(FileObject(upload))
+    }
+
+    static func fileNotFound(_ id: String) -> GatewayError {
+        GatewayError(status: 404, type: "invalid_request_error", code: "file_not_found", param: "id", message: "No file '\(id)' for this key (files expire \(fileDays) days after upload).")
     }
 
     private func ownFile(_ id: String, key: APIKey) async throws -> StoredFile {
-        guard let file = try await store.file(id: id, keyID: key.id) else {
-            throw GatewayError(status: 404, type: "invalid_request_error", code: "file_not_found", param: "id", message: "No file '\(id)' for this key.")
-        }
+        guard let file = try await store.file(id: id, keyID: key.id) else { throw Self.fileNotFound(id) }
         return file
     }
 
     @Sendable func fileObject(_ request: Request, context: GatewayRequestContext) async throws -> Response {
         guard let key = context.apiKey else { throw GatewayError.unauthorized("Missing API key.") }
-        return try Self.json(FileObject(try await ownFile(context.parameters.get("id") ?? "", key: key)))
+        let id = context.parameters.get("id") ?? ""
+        // The size comes from the row: the content is not read to describe the file.
+        guard let info = try await store.fileInfo(id: id, keyID: key.id) else { throw Self.fileNotFound(id) }
+        return try Self.json(FileObject(info.file, bytes: info.bytes))
     }
 
     @Sendable func fileContent(_ request: Request, context: GatewayRequestContext) async throws -> Response {
@@ -157,10 +226,13 @@ struct BatchesController {
             let head = HTTPRequest(method: .post, scheme: "http", authority: "nanogate-batch", path: endpoint, headerFields: [.contentType: "application/json"])
             let request = Request(head: head, body: RequestBody(buffer: ByteBuffer(data: bodyData)))
             let job: ImageJob
+            var urls: [String] = []
             do {
-                job = endpoint == "/v1/images/edits"
-                    ? try await images.editJob(request, key: key, baseURL: baseURL)
-                    : try await images.generationJob(request, key: key, baseURL: baseURL)
+                if endpoint == "/v1/images/edits" {
+                    (job, urls) = try await images.editJobUnfetched(request, key: key, baseURL: baseURL)
+                } else {
+                    job = try await images.generationJob(request, key: key, baseURL: baseURL)
+                }
             } catch let error as GatewayError {
                 throw refuse(error.message)
             } catch {
@@ -170,7 +242,7 @@ struct BatchesController {
             if let first = result.first, first.job.model.name != job.model.name {
                 throw refuse("every line of a batch must use one model (line 1 uses '\(first.job.model.name)', this one '\(job.model.name)').")
             }
-            result.append(BatchLine(customID: customID, job: job))
+            result.append(BatchLine(customID: customID, job: job, imageURLs: urls))
         }
         return result
     }
@@ -189,16 +261,28 @@ struct BatchesController {
         }
         let file = try await ownFile(fileID, key: key)
         let baseURL = images.publicURL.base(of: request)
-        let lines = try await lines(of: file, endpoint: endpoint, key: key, baseURL: baseURL)
+        // Validated without fetching anything: the credit is held before the first image URL is read.
+        var lines = try await lines(of: file, endpoint: endpoint, key: key, baseURL: baseURL)
         let model = lines[0].job.model
         let id = "batch_" + randomHex(bytes: 12)
+        let urlCount = lines.reduce(0) { $0 + $1.imageURLs.count }
+        guard urlCount <= Self.maxImageURLs else {
+            throw GatewayError.invalidParameter("input_file_id", "A batch may name at most \(Self.maxImageURLs) image URLs; this one names \(urlCount). Split it, or send the images as data: URLs.", code: "too_many_images")
+        }
+        let answerBytes = lines.reduce(0) { $0 + Self.worstCaseAnswerBytes($1.job.spec) * $1.job.count }
+        guard answerBytes <= pipeline.upstream.maxResponseBytes else {
+            throw GatewayError.invalidParameter(
+                "input_file_id", "Google's answer to this batch could reach \(answerBytes >> 20) MiB, more than the \(pipeline.upstream.maxResponseBytes >> 20) MiB the gateway reads; split it into smaller batches (fewer lines, or smaller sizes).",
+                code: "batch_too_large"
+            )
+        }
 
         // The worst case of every line at batch prices, held until the batch is settled.
         var reservationID: String?
         if key.creditMicroUSD != nil {
             let estimate = lines.reduce(0) { total, line in
                 let job = line.job
-                let full = pipeline.estimate(key: key, model: job.model, spec: job.spec, count: job.count, prompt: job.prompt, inputImages: job.inputImages.count)
+                let full = pipeline.estimate(key: key, model: job.model, spec: job.spec, count: job.count, prompt: job.prompt, inputImages: line.imageURLs.count)
                 return total + (full * BatchPricing.sharePPM + 999_999) / 1_000_000
             }
             let reservation = Reservation(keyID: key.id, amountMicroUSD: estimate, owner: "batch:\(id)", leaseUntil: Date().addingTimeInterval(26 * 3600))
@@ -207,6 +291,12 @@ struct BatchesController {
             case .unlimited: break
             case .insufficient: throw GatewayError.insufficientQuota(balanceMicroUSD: key.balanceMicroUSD ?? 0, neededMicroUSD: estimate)
             }
+        }
+        do {
+            try await fetchImages(of: &lines, baseURL: baseURL)
+        } catch {
+            if let reservationID { try? await pipeline.ledger.release(reservationID: reservationID) }
+            throw error
         }
         var requests: [(key: String, request: GeminiWire.Request)] = []
         for (index, line) in lines.enumerated() {
@@ -229,6 +319,7 @@ struct BatchesController {
         batch.inProgressAt = Date()
         batch.baseURL = baseURL
         batch.upstream = (try? JSONEncoder().encode(handle)).map { String(decoding: $0, as: UTF8.self) }
+        batch.linePlans = (try? JSONEncoder().encode(lines.map(BatchLinePlan.init))).map { String(decoding: $0, as: UTF8.self) }
         do {
             try await store.createBatch(batch)
         } catch {
@@ -240,6 +331,28 @@ struct BatchesController {
         }
         context.logger.info("batch submitted", metadata: ["batch": "\(id)", "lines": "\(lines.count)", "upstream.batch": "\(handle.name)"])
         return try Self.json(BatchObject(batch))
+    }
+
+    /// Reads every line's image URLs, once, after the batch's credit is held: at most
+    /// `maxImageURLs` fetches and `maxImageBytes` of images for the whole batch.
+    private func fetchImages(of lines: inout [BatchLine], baseURL: String) async throws(GatewayError) {
+        var total = 0
+        for index in lines.indices {
+            for (position, url) in lines[index].imageURLs.enumerated() {
+                let image: GeminiWire.InlineData
+                do {
+                    image = try await images.inputs.load(url: url, param: "images[\(position)].image_url", baseURLs: [baseURL])
+                } catch {
+                    throw .invalidParameter("input_file_id", "Line \(index + 1) of the input file: \(error.message)")
+                }
+                total += image.data.count / 4 * 3
+                guard total <= Self.maxImageBytes else {
+                    throw .invalidParameter("input_file_id", "The batch's images exceed \(Self.maxImageBytes >> 20) MiB in all; split it.", code: "batch_too_large")
+                }
+                lines[index].job.inputImages.append(image)
+            }
+            lines[index].imageURLs = []
+        }
     }
 
     @Sendable func show(_ request: Request, context: GatewayRequestContext) async throws -> Response {
@@ -265,25 +378,40 @@ struct BatchesController {
         return try Self.json(Page(data: objects, first_id: objects.first?.id, last_id: objects.last?.id))
     }
 
-    /// `POST /v1/batches/{id}/cancel`: a running batch stops at once for the key — nothing of it
-    /// is delivered or charged, its hold is released — and Google is asked to stop it too.
+    /// `POST /v1/batches/{id}/cancel`. Google is asked first: a batch it has already finished is
+    /// delivered and charged like any finished batch (the operator paid for it) and answered as
+    /// `completed`; otherwise the batch stops at once for the key — nothing delivered or
+    /// charged, its hold released — and Google is asked to stop it too.
     @Sendable func cancel(_ request: Request, context: GatewayRequestContext) async throws -> Response {
         guard let key = context.apiKey else { throw GatewayError.unauthorized("Missing API key.") }
         let id = context.parameters.get("id") ?? ""
         guard let batch = try await store.batch(id: id, keyID: key.id) else {
             throw GatewayError(status: 404, type: "invalid_request_error", code: "batch_not_found", param: "id", message: "No batch '\(id)' for this key.")
         }
-        guard try await store.cancelBatch(id: id, keyID: key.id) else {
-            throw GatewayError(status: 409, type: "invalid_request_error", code: "batch_not_cancellable", param: "id", message: "Batch '\(id)' is \(batch.status); only a batch in progress can be cancelled.")
+        func notCancellable(_ status: String) -> GatewayError {
+            GatewayError(status: 409, type: "invalid_request_error", code: "batch_not_cancellable", param: "id", message: "Batch '\(id)' is \(status); only a batch in progress can be cancelled.")
         }
-        if let reservationID = batch.reservationID { try? await pipeline.ledger.release(reservationID: reservationID) }
-        if let handle = batch.upstream.flatMap({ try? JSONDecoder().decode(GeminiBatch.Handle.self, from: Data($0.utf8)) }) {
-            do { try await pipeline.upstream.cancelBatch(handle, logger: context.logger) } catch {
-                context.logger.warning("Google did not take the batch's cancellation", metadata: ["error": "\(error)"])
+        guard batch.status == "in_progress" else { throw notCancellable(batch.status) }
+        let handle = batch.upstreamHandle
+        if let handle, let status = try? await pipeline.upstream.batchStatus(handle, logger: context.logger), status.done, !status.results.isEmpty {
+            // Google's work is done and billed: deliver it rather than drop it.
+            guard try await store.beginDelivery(id: id, owner: owner, leaseUntil: Date().addingTimeInterval(3600)) else {
+                throw notCancellable((try await store.batch(id: id, keyID: key.id))?.status ?? "finished")
+            }
+            await deliver(batch, status: status, owner: owner, logger: context.logger)
+        } else {
+            guard try await store.cancelBatch(id: id, keyID: key.id) else {
+                throw notCancellable((try await store.batch(id: id, keyID: key.id))?.status ?? "finished")
+            }
+            if let reservationID = batch.reservationID { try? await pipeline.ledger.release(reservationID: reservationID) }
+            if let handle {
+                do { try await pipeline.upstream.cancelBatch(handle, logger: context.logger) } catch {
+                    context.logger.warning("Google did not take the batch's cancellation", metadata: ["error": "\(error)"])
+                }
             }
         }
-        guard let cancelled = try await store.batch(id: id, keyID: key.id) else { throw GatewayError.internal("The batch vanished.") }
-        return try Self.json(BatchObject(cancelled))
+        guard let final = try await store.batch(id: id, keyID: key.id) else { throw GatewayError.internal("The batch vanished.") }
+        return try Self.json(BatchObject(final))
     }
 
     /// OpenAI's batch object.
@@ -347,15 +475,16 @@ struct BatchesController {
 }
 
 /// Polls submitted batches (one instance at a time per batch, through a lease), and when Google
-/// has answered, delivers every line like a request of its own — images stored or inlined per its
-/// `response_format`, a usage row and a charge at batch price each — writes the output file,
-/// and releases what the batch held.
+/// has answered, delivers every line (`BatchesController.deliver`). A batch Google never
+/// finishes expires a day after its window: stopped at Google, its hold released.
 struct BatchPoller: Service {
     let store: SQLStore
     let batches: BatchesController
     let owner: String
     let pollInterval: Duration
     let logger: Logger
+    /// How long past its 24 h window a batch may stay unfinished at Google before it expires.
+    var expiryGrace: Duration = .seconds(3600)
 
     func run() async throws {
         while !Task.isCancelled && !Task.isShuttingDownGracefully {
@@ -370,69 +499,111 @@ struct BatchPoller: Service {
         }
     }
 
-    private func poll(_ batch: BatchRecord) async {
+    func poll(_ batch: BatchRecord, now: Date = Date()) async {
         var logger = self.logger
         logger[metadataKey: "batch"] = "\(batch.id)"
-        guard let upstream = batch.upstream.flatMap({ try? JSONDecoder().decode(GeminiBatch.Handle.self, from: Data($0.utf8)) }) else {
-            await fail(batch, code: "batch_lost", message: "The batch's upstream reference is missing.", logger: logger)
+        guard let upstream = batch.upstreamHandle else {
+            await batches.fail(batch, owner: owner, code: "batch_lost", message: "The batch's upstream reference is missing.", logger: logger)
             return
         }
+        let expired = now > batch.expiresAt.addingTimeInterval(TimeInterval(expiryGrace.components.seconds))
         let status: GeminiBatch.Status
         do {
             status = try await batches.pipeline.upstream.batchStatus(upstream, logger: logger)
         } catch {
+            if expired {
+                await batches.expire(batch, upstream: upstream, owner: owner, logger: logger)
+                return
+            }
             logger.warning("batch poll failed; retried at the next poll", metadata: ["error": "\(error)"])
             try? await store.delayBatchPoll(id: batch.id, owner: owner, until: Date().addingTimeInterval(TimeInterval(pollInterval.components.seconds)))
             return
         }
         guard status.done else {
+            if expired {
+                await batches.expire(batch, upstream: upstream, owner: owner, logger: logger)
+                return
+            }
             // Not done: polled again after the interval (by whichever instance is free then).
             try? await store.delayBatchPoll(id: batch.id, owner: owner, until: Date().addingTimeInterval(TimeInterval(pollInterval.components.seconds)))
             return
         }
-        guard status.state == "BATCH_STATE_SUCCEEDED" else {
-            await fail(batch, code: "upstream_batch_failed", message: "Google's batch ended \(status.state)\(status.failure.map { ": \($0)" } ?? "").", logger: logger)
+        guard status.state == "BATCH_STATE_SUCCEEDED" || !status.results.isEmpty else {
+            await batches.fail(batch, owner: owner, code: "upstream_batch_failed", message: "Google's batch ended \(status.state)\(status.failure.map { ": \($0)" } ?? "").", logger: logger)
             return
         }
-        await deliver(batch, status: status, logger: logger)
+        guard (try? await store.beginDelivery(id: batch.id, owner: owner, leaseUntil: Date().addingTimeInterval(3600))) == true else { return }
+        await batches.deliver(batch, status: status, owner: owner, logger: logger)
     }
+}
 
-    private func fail(_ batch: BatchRecord, code: String, message: String, logger: Logger) async {
-        let errors = BatchesController.BatchObject.BatchErrors(data: [.init(code: code, message: message, line: nil)])
-        if let reservationID = batch.reservationID { try? await batches.pipeline.ledger.release(reservationID: reservationID) }
+extension BatchRecord {
+    /// Where Google keeps the batch.
+    var upstreamHandle: GeminiBatch.Handle? {
+        upstream.flatMap { try? JSONDecoder().decode(GeminiBatch.Handle.self, from: Data($0.utf8)) }
+    }
+}
+
+extension BatchesController {
+    /// Ends a batch that cannot be delivered: its hold released, nothing charged.
+    func fail(_ batch: BatchRecord, owner: String, code: String, message: String, status: String = "failed", logger: Logger) async {
+        let errors = BatchObject.BatchErrors(data: [.init(code: code, message: message, line: nil)])
+        if let reservationID = batch.reservationID { try? await pipeline.ledger.release(reservationID: reservationID) }
         try? await store.finishBatch(
-            id: batch.id, owner: owner, status: "failed", completed: 0, failed: batch.total, outputFileID: nil, errorFileID: nil,
+            id: batch.id, owner: owner, status: status, completed: 0, failed: batch.total, outputFileID: nil, errorFileID: nil,
             errors: (try? JSONEncoder().encode(errors)).map { String(decoding: $0, as: UTF8.self) }
         )
-        logger.error("batch failed", metadata: ["code": "\(code)", "message": "\(message)"])
+        logger.error("batch ended undelivered", metadata: ["status": "\(status)", "code": "\(code)", "message": "\(message)"])
     }
 
-    private func deliver(_ batch: BatchRecord, status: GeminiBatch.Status, logger: Logger) async {
-        let pipeline = batches.pipeline
-        guard let key = try? await store.key(id: batch.keyID), let file = try? await store.file(id: batch.inputFileID, keyID: batch.keyID),
-            let lines = try? await batches.lines(of: file, endpoint: batch.endpoint, key: key, baseURL: batch.baseURL)
-        else {
-            await fail(batch, code: "batch_input_unavailable", message: "The batch's key or input file is gone.", logger: logger)
+    /// A batch Google did not finish in its window (and a grace hour): stopped at Google, ended
+    /// as `expired` with nothing charged (Google returned nothing to deliver).
+    func expire(_ batch: BatchRecord, upstream: GeminiBatch.Handle, owner: String, logger: Logger) async {
+        try? await pipeline.upstream.cancelBatch(upstream, logger: logger)
+        await fail(batch, owner: owner, code: "batch_expired", message: "Google did not finish the batch within its 24 h window.", status: "expired", logger: logger)
+    }
+
+    /// The delivery plan of every line: stored at submission; for a batch submitted before plans
+    /// were stored, the input file is read again (validated, never fetched).
+    private func plans(of batch: BatchRecord, key: APIKey) async -> [BatchLinePlan]? {
+        if let stored = batch.linePlans {
+            return try? JSONDecoder().decode([BatchLinePlan].self, from: Data(stored.utf8))
+        }
+        guard let file = try? await store.file(id: batch.inputFileID, keyID: batch.keyID),
+            let lines = try? await lines(of: file, endpoint: batch.endpoint, key: key, baseURL: batch.baseURL)
+        else { return nil }
+        return lines.map(BatchLinePlan.init)
+    }
+
+    /// Delivers every line of a batch Google finished, like a request of its own — images stored
+    /// or inlined per its `response_format`, a usage row and a charge at batch price each, no
+    /// per-minute or concurrency limit (Google already did the work) — writes the output file
+    /// and releases what the batch held. The caller holds the batch (`beginDelivery`).
+    func deliver(_ batch: BatchRecord, status: GeminiBatch.Status, owner: String, logger: Logger) async {
+        guard let key = try? await store.key(id: batch.keyID), let plans = await plans(of: batch, key: key) else {
+            await fail(batch, owner: owner, code: "batch_input_unavailable", message: "The batch's key or input is gone.", logger: logger)
             return
         }
         var output = ByteBuffer()
         var completed = 0
         var failed = 0
-        for (index, line) in lines.enumerated() {
-            let job = line.job
+        for (index, plan) in plans.enumerated() {
             let requestID = "batch_req_" + randomHex(bytes: 12)
-            let answers: [Result<GeminiWire.Response, GatewayError>] = (0..<job.count).map { copy in
-                switch status.results["\(index):\(copy)"] {
-                case .success(let response): .success(response)
-                case .failure(let error): .failure(GatewayError(upstream: error))
-                case nil: .failure(GatewayError(status: 502, type: "server_error", code: "upstream_error", param: nil, message: "Google's batch has no answer for this request."))
-                }
-            }
-            let info = RequestInfo(requestID: requestID, started: .now, observation: nil, requestedSize: job.spec.label)
             let statusCode: Int
             var body: ByteBuffer
             do {
-                let settlement = try await pipeline.open(key: key, endpoint: job.endpoint, model: job.model, info: info, estimateMicroUSD: 0, reserve: false, logger: logger)
+                guard let job = plan.job(key: key, catalog: images.catalog, baseURL: batch.baseURL) else {
+                    throw GatewayError(status: 502, type: "server_error", code: "upstream_error", param: nil, message: "The model '\(plan.model)' left the catalog.")
+                }
+                let answers: [Result<GeminiWire.Response, GatewayError>] = (0..<job.count).map { copy in
+                    switch status.results["\(index):\(copy)"] {
+                    case .success(let response): .success(response)
+                    case .failure(let error): .failure(GatewayError(upstream: error))
+                    case nil: .failure(GatewayError(status: 502, type: "server_error", code: "upstream_error", param: nil, message: "Google's batch has no answer for this request."))
+                    }
+                }
+                let info = RequestInfo(requestID: requestID, started: .now, observation: nil, requestedSize: job.spec.label)
+                let settlement = try await pipeline.open(key: key, endpoint: job.endpoint, model: job.model, info: info, estimateMicroUSD: 0, batchLine: true, logger: logger)
                 let primary = settlement.servedBy
                 settlement.serve(by: UpstreamTarget(id: primary.id, family: primary.family, prices: BatchPricing.batchPrices(primary.prices)))
                 let answer = try await pipeline.generateImages(job, settlement: settlement, given: answers, logger: logger)
@@ -445,7 +616,7 @@ struct BatchPoller: Service {
                 statusCode = gatewayError.status
                 failed += 1
             }
-            let customID = String(decoding: (try? JSONEncoder().encode(line.customID)) ?? Data(), as: UTF8.self)
+            let customID = String(decoding: (try? JSONEncoder().encode(plan.customID)) ?? Data(), as: UTF8.self)
             output.writeString(#"{"id":"\#(requestID)","custom_id":\#(customID),"response":{"status_code":\#(statusCode),"request_id":"\#(requestID)","body":"#)
             output.writeBuffer(&body)
             output.writeString("},\"error\":null}\n")
@@ -455,7 +626,7 @@ struct BatchPoller: Service {
         }
         let outputFile = StoredFile(
             id: "file-" + randomHex(bytes: 12), keyID: batch.keyID, purpose: "batch_output", filename: "\(batch.id)_output.jsonl",
-            content: Array(output.readableBytesView), expiresAt: Date().addingTimeInterval(30 * 24 * 3600)
+            content: Array(output.readableBytesView), expiresAt: Date().addingTimeInterval(TimeInterval(Self.fileDays * 24 * 3600))
         )
         do {
             try await store.storeFile(outputFile)

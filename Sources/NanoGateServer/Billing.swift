@@ -77,6 +77,22 @@ final class KeyLimiter: Sendable {
         }
     }
 
+    /// Counts one request of `key` toward its per-minute limit only (a background job's
+    /// submission: the job's run is not a connection here), or throws the 429 it gets.
+    func admitRate(_ key: APIKey, logger: Logger) async throws(GatewayError) {
+        guard let rpm = key.rpm else { return }
+        let decision: RateDecision
+        do {
+            decision = try await rates.admit(keyID: key.id, perMinute: rpm, now: Date())
+        } catch {
+            logger.error("could not count the key's request rate", metadata: ["error": "\(String(reflecting: error))"])
+            throw .internal("The key's rate limit could not be checked; retry.")
+        }
+        if case .limited(let wait) = decision {
+            throw .keyRateLimited("This key is limited to \(rpm) requests per minute. Retry in \(wait) s.", retryAfterSeconds: wait)
+        }
+    }
+
     func finish(_ key: APIKey) {
         inFlight.withLock { inFlight in
             let left = (inFlight[key.id] ?? 1) - 1

@@ -139,14 +139,17 @@ extension ChatController {
                                 break loop
                             }
                         }
-                        if clientGone, collector.deliveredImages > 0 {
-                            // The client has an image: read on (bounded by the stream's deadline)
-                            // for the usage Google reports at the end, so the charge is Google's.
+                        if clientGone, collector.deliveredImages > 0 || collector.deliveredText {
+                            // The client has an image or text: read on (bounded by the stream's
+                            // deadline) for the usage Google reports at the end, so the charge is Google's.
                             drain: for await item in channel {
                                 switch item {
                                 case .event(let event): if let usage = event.usageMetadata { collector.usage = usage }
                                 case .tick: continue
-                                case .finished, .failed: break drain
+                                case .finished: break drain
+                                case .failed(let error):
+                                    failure = error
+                                    break drain
                                 }
                             }
                         }
@@ -179,6 +182,8 @@ extension ChatController {
                     }
                 }
 
+                // A stream Google broke before any image is a failed answer: its text is not charged.
+                if failure != nil, collector.deliveredImages == 0 { collector.deliveredText = false }
                 // A stream has no single answer to bill when it arrives: bill what it carried.
                 settlement.billed(await controller.account(collector, job: job, settlement: settlement, logger: logger))
                 let outcome = clientGone ? GatewayError.clientDisconnected : failure

@@ -39,6 +39,8 @@ import NanoGateStorage
 /// | | `NANOGATE_INSTANCE_ID` | this instance's name on its reservations and in logs | random |
 /// | | `NANOGATE_JOB_WORKERS` | background image jobs this instance runs at once | 4 |
 /// | | `NANOGATE_BATCH_POLL` | seconds between polls of a batch at Google | 30 |
+/// | | `NANOGATE_JOB_QUEUE_PER_KEY` | image jobs one key may have queued or running | 16 |
+/// | | `NANOGATE_FILE_QUOTA_MB` | MiB one key's unexpired uploaded files may take | 256 |
 public struct GatewayConfiguration: Sendable {
     public var host: String
     public var port: Int
@@ -88,6 +90,10 @@ public struct GatewayConfiguration: Sendable {
     public var adminToken: String?
     /// Background image jobs one instance runs at once (`NANOGATE_JOB_WORKERS`).
     public var jobWorkers = 4
+    /// Image jobs one key may have queued or running (`NANOGATE_JOB_QUEUE_PER_KEY`).
+    public var jobQueuePerKey = 16
+    /// Bytes one key's unexpired files may take (`NANOGATE_FILE_QUOTA_MB`).
+    public var fileQuotaBytes = 256 * 1024 * 1024
     /// How often a submitted batch is polled at Google (`NANOGATE_BATCH_POLL`, seconds).
     public var batchPollInterval: Duration = .seconds(30)
     /// `NANOGATE_DATABASE_URL`: nil is the data directory's SQLite file.
@@ -225,6 +231,8 @@ public struct GatewayConfiguration: Sendable {
         }
         configuration.databasePoolSize = number("NANOGATE_DATABASE_POOL_SIZE", 10)
         configuration.jobWorkers = number("NANOGATE_JOB_WORKERS", 4)
+        configuration.jobQueuePerKey = number("NANOGATE_JOB_QUEUE_PER_KEY", 16)
+        configuration.fileQuotaBytes = number("NANOGATE_FILE_QUOTA_MB", 256) * 1024 * 1024
         configuration.batchPollInterval = .seconds(number("NANOGATE_BATCH_POLL", 30))
         configuration.imageStore = environment["NANOGATE_IMAGE_STORE"].flatMap { $0.isEmpty ? nil : $0 }
         configuration.awsEnvironment = environment.filter { $0.key.hasPrefix("AWS_") }

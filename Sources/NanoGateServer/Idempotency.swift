@@ -16,11 +16,21 @@ import NIOCore
 struct IdempotencyMiddleware: RouterMiddleware {
     typealias Context = GatewayRequestContext
     let store: SQLStore
+    /// The largest body any route takes (edits, uploads, chat with images).
     let maxBodyBytes: Int
+    /// The largest JSON body of a generation: a retry is buffered no further than its route reads.
+    var maxJSONBodyBytes = 1024 * 1024
     /// An `in_progress` claim older than this belongs to a gateway that died; a retry may take it over.
     let staleAfter: TimeInterval
 
     static let header = HTTPField.Name("Idempotency-Key")!
+
+    /// What the route behind `path` reads at most (the middleware must not hold more for it).
+    func bodyLimit(path: String) -> Int {
+        if path.hasSuffix("/images/generations") { return maxJSONBodyBytes }
+        if path.hasSuffix("/batches") || path.hasSuffix("/cancel") { return 64 * 1024 }
+        return maxBodyBytes
+    }
     static let replayedHeader = HTTPField.Name("Idempotent-Replayed")!
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
@@ -31,7 +41,7 @@ struct IdempotencyMiddleware: RouterMiddleware {
             throw GatewayError.invalidParameter(nil, "Idempotency-Key must be 1 to 255 characters.", code: "invalid_idempotency_key")
         }
         var request = request
-        let body = try await request.collectBody(limit: maxBodyBytes)
+        let body = try await request.collectBody(limit: bodyLimit(path: request.uri.path))
         request.body = RequestBody(buffer: body)
         var hasher = SHA256()
         hasher.update(data: Array("\(request.uri.path)\n\(request.headers[.contentType] ?? "")\n".utf8))

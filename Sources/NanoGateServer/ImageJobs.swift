@@ -21,6 +21,10 @@ struct ImageJobs: Sendable {
     /// How long a finished job's answer is kept (the image URLs in it expire then too).
     let resultTTL: Duration
     let webhookPolicy: WebhookPolicy
+    /// Admission: the key's balance and per-minute limit are checked at submission.
+    let pipeline: RequestPipeline
+    /// Jobs one key may have queued or running at once (`NANOGATE_JOB_QUEUE_PER_KEY`).
+    var maxPendingPerKey = 16
 
     static let preferAsync = "respond-async"
 
@@ -41,17 +45,34 @@ struct ImageJobs: Sendable {
     }
 
     /// Validates the request as if it ran now (bad input is a 400 now, not a failed job
-    /// later), stores it, and answers 202 with the job and its `Location`.
+    /// later), admits it within the key's means (its balance covers the job's worst case, its
+    /// per-minute limit counts the submission, its queue has room), stores it, and answers 202
+    /// with the job and its `Location`.
     func submit(
         _ request: Request, body: ByteBuffer, key: APIKey, endpoint: String, baseURL: String, context: GatewayRequestContext,
         prepare: (Request) async throws -> ImageJob
     ) async throws -> Response {
+        // A key with nothing left to spend fetches nothing (the precise check follows validation).
+        if let balance = key.balanceMicroUSD, balance <= 0 {
+            throw GatewayError.insufficientQuota(balanceMicroUSD: balance, neededMicroUSD: 1)
+        }
         var replay = request
         replay.body = RequestBody(buffer: body)
         let job = try await prepare(replay)
         if job.options.stream {
             throw GatewayError.invalidParameter("stream", "A background job cannot stream; leave out 'stream' or 'Prefer: respond-async'.")
         }
+        if let balance = key.balanceMicroUSD {
+            let estimate = pipeline.estimate(key: key, model: job.model, spec: job.spec, count: job.count, prompt: job.prompt, inputImages: job.inputImages.count)
+            guard balance >= estimate else { throw GatewayError.insufficientQuota(balanceMicroUSD: balance, neededMicroUSD: estimate) }
+        }
+        guard try await store.pendingJobs(keyID: key.id) < maxPendingPerKey else {
+            throw GatewayError(
+                status: 429, type: "rate_limit_error", code: "job_queue_full", param: nil,
+                message: "This key has \(maxPendingPerKey) image jobs queued or running; wait for one to finish.", retryAfterSeconds: 5
+            )
+        }
+        try await pipeline.limiter.admitRate(key, logger: context.logger)
         let fields = (request.headers[.contentType] ?? "").lowercased().hasPrefix("application/json") ? try? JSONDecoder().decode(AsyncFields.self, from: body) : nil
         var secret: String?
         if let webhook = fields?.webhook_url, !webhook.isEmpty {
@@ -213,9 +234,32 @@ struct JobRunner: Service {
     /// How many times a job may start before it fails (its gateways kept dying under it).
     static let maxAttempts = 3
 
+    /// Webhook deliveries in flight at once (each outside the worker slots).
+    var webhookConcurrency = 4
+
     func run() async throws {
         let running = RunningJobs()
+        // Finished jobs whose webhook is due: delivered beside the workers, a few at a time, so
+        // a slow receiver never holds a worker (nor another key's job) back.
+        let (finished, finishedInput) = AsyncStream.makeStream(of: ImageJobRecord.self, bufferingPolicy: .bufferingOldest(1024))
         await withDiscardingTaskGroup { group in
+            group.addTask {
+                await withTaskGroup(of: Void.self) { deliveries in
+                    var active = 0
+                    for await job in finished {
+                        if active >= webhookConcurrency {
+                            await deliveries.next()
+                            active -= 1
+                        }
+                        deliveries.addTask {
+                            var logger = self.logger
+                            logger[metadataKey: "job"] = "\(job.id)"
+                            await webhooks.deliver(job, logger: logger)
+                        }
+                        active += 1
+                    }
+                }
+            }
             // Leases of the jobs running here, renewed while they run.
             group.addTask {
                 while !Task.isCancelled && !Task.isShuttingDownGracefully {
@@ -240,17 +284,23 @@ struct JobRunner: Service {
                 }
                 running.ids.withLock { _ = $0.insert(job.id) }
                 group.addTask {
-                    await perform(job)
+                    if let finishedJob = await perform(job), finishedJob.webhookURL != nil {
+                        if case .dropped = finishedInput.yield(finishedJob) {
+                            logger.error("webhook dropped: too many deliveries waiting", metadata: ["job": "\(job.id)"])
+                        }
+                    }
                     running.ids.withLock { _ = $0.remove(job.id) }
                 }
             }
             // Stopping: the running jobs are cancelled and given back (another instance, or
             // this one's restart, runs them), rather than holding the stop for minutes.
+            finishedInput.finish()
             group.cancelAll()
         }
     }
 
-    private func perform(_ job: ImageJobRecord) async {
+    /// Runs a job and stores its outcome; the finished job (for its webhook), or nil.
+    private func perform(_ job: ImageJobRecord) async -> ImageJobRecord? {
         var logger = self.logger
         logger[metadataKey: "job"] = "\(job.id)"
         logger.info("image job started", metadata: ["attempt": "\(job.attempts)"])
@@ -271,7 +321,7 @@ struct JobRunner: Service {
                     let (store, owner) = (self.store, self.owner)
                     await Task { try? await store.requeueJob(id: job.id, owner: owner) }.value
                     logger.info("image job given back", metadata: ["reason": "the gateway is stopping"])
-                    return
+                    return nil
                 }
                 if let error = error as? GatewayError {
                     outcome = .failure(error)
@@ -292,24 +342,24 @@ struct JobRunner: Service {
             }
         } catch {
             logger.error("could not store a job's outcome", metadata: ["error": "\(String(reflecting: error))"])
-            return
+            return nil
         }
         logger.info("image job finished", metadata: ["status": "\(outcome.isSuccess ? "succeeded" : "failed")"])
-        if job.webhookURL != nil, let finished = try? await store.job(id: job.id, keyID: job.keyID) {
-            await webhooks.deliver(finished, logger: logger)
-        }
+        guard job.webhookURL != nil else { return nil }
+        return try? await store.job(id: job.id, keyID: job.keyID)
     }
 
     /// A job taken over may have been charged by the gateway that died before storing its
     /// answer (the answer is lost with it): that charge is refunded, and the run now charges once.
     private func refundInterruptedRun(_ job: ImageJobRecord, logger: Logger) async throws {
-        let charged = try await store.chargedMicroUSD(requestID: job.id)
+        let charged = try await store.chargedMicroUSD(jobID: job.id, keyID: job.keyID)
         guard charged > 0 else { return }
         var refund = UsageRecord(
             keyID: job.keyID, endpoint: job.endpoint, model: job.model, status: 200, images: 0, inputTokens: 0, outputTokens: 0,
             totalTokens: 0, costMicroUSD: -charged, errorCode: "job_interrupted_refund"
         )
         refund.requestID = job.id
+        refund.jobID = job.id
         try await store.record(refund)
         logger.warning("refunded an interrupted job's charge before running it again", metadata: ["micro_usd": "\(charged)"])
     }
@@ -350,6 +400,9 @@ struct WebhookSender: Sendable {
     let policy: WebhookPolicy
     let resolver: ThreadPoolResolver
     let attempts = 5
+    /// The most one attempt may take, from the address look-up to the answer's last byte (a
+    /// receiver that trickles its answer is cut off, not waited on).
+    var attemptDeadline: Duration = .seconds(10)
 
     static let signatureHeader = "NanoGate-Signature"
 
@@ -368,7 +421,9 @@ struct WebhookSender: Sendable {
                 try? await Task.sleep(for: .seconds(1 << (attempt - 2)))
             }
             do {
-                let status = try await post(url: url, body: bytes, secret: secret, jobID: job.id)
+                let status = try await Deadline.run(until: .now.advanced(by: attemptDeadline), orThrow: GatewayError.requestTimeout("The webhook took longer than \(attemptDeadline).")) {
+                    try await post(url: url, body: bytes, secret: secret, jobID: job.id)
+                }
                 if (200..<300).contains(status) {
                     logger.info("webhook delivered", metadata: ["status": "\(status)", "attempt": "\(attempt)"])
                     return

@@ -43,15 +43,22 @@ extension ImagesController {
                 job.inputImages.append(try inputs.inline(bytes: file.body, param: files.count == 1 ? file.name : "image[\(index)]"))
             }
         } else {
-            let input = try await request.decodeJSON(JSONEdit.self, limit: inputs.limits.maxRequestBytes)
-            if input.mask != nil { throw Self.maskUnsupported }
-            job = try validate(input.fields, key: key, baseURL: baseURL, endpoint: "images.edits", inputImageCount: input.urls.count)
-            for (index, url) in input.urls.enumerated() {
+            let urls: [String]
+            (job, urls) = try await editJobUnfetched(request, key: key, baseURL: baseURL)
+            for (index, url) in urls.enumerated() {
                 job.inputImages.append(try await inputs.load(url: url, param: "images[\(index)].image_url", baseURLs: [baseURL]))
             }
         }
 
         return job
+    }
+
+    /// A JSON edit validated, its image URLs not yet read (a batch holds its credit first).
+    func editJobUnfetched(_ request: Request, key: APIKey, baseURL: String) async throws -> (ImageJob, [String]) {
+        let input = try await request.decodeJSON(JSONEdit.self, limit: inputs.limits.maxRequestBytes)
+        if input.mask != nil { throw Self.maskUnsupported }
+        let job = try validate(input.fields, key: key, baseURL: baseURL, endpoint: "images.edits", inputImageCount: input.urls.count)
+        return (job, input.urls)
     }
 
     static let maskUnsupported = GatewayError.invalidParameter(
@@ -143,12 +150,17 @@ struct MultipartForm {
         )
     }
 
+    /// Parts one form may have: an edit has up to 16 images and a dozen fields, an upload two
+    /// parts. Each part costs memory whatever its size (7 million empty parts took ~480 MB).
+    static let maxParts = 64
+
     private final class Accumulator {
         var parts: [Part] = []
         var name: String?
         var filename: String?
         var body = ByteBuffer()
         var oversizedPart: String?
+        var tooManyParts = false
     }
 
     static func read(_ body: RequestBody, boundary: String, limits: InputLimits) async throws(GatewayError) -> MultipartForm {
@@ -167,6 +179,10 @@ struct MultipartForm {
             accumulator.body.writeBuffer(&chunk)
         }
         parser.onPartComplete = {
+            guard accumulator.parts.count < Self.maxParts else {
+                accumulator.tooManyParts = true
+                return
+            }
             accumulator.parts.append(Part(name: accumulator.name ?? "", filename: accumulator.filename, body: accumulator.body))
             accumulator.name = nil
             accumulator.filename = nil
@@ -186,6 +202,7 @@ struct MultipartForm {
                     throw GatewayError.invalidBody("The multipart body could not be parsed: \(error.reason).")
                 }
                 if let part = accumulator.oversizedPart { throw GatewayError.imageTooLarge(part, limitBytes: limits.maxImageBytes) }
+                if accumulator.tooManyParts { throw GatewayError.invalidBody("The multipart body has more than \(Self.maxParts) parts.") }
             }
         } catch let error as GatewayError {
             throw error

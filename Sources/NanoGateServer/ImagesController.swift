@@ -77,10 +77,10 @@ struct ImagesController {
     static let upstreamModelHeader = HTTPField.Name("X-NanoGate-Upstream-Model")!
 
     /// Runs a background job's request: the images answer as JSON (its usage row carries the
-    /// job's id as request id).
-    func runInBackground(_ job: ImageJob, requestID: String, logger: Logger) async throws(GatewayError) -> ByteBuffer {
+    /// job's id, as request id and as the job it belongs to).
+    func runInBackground(_ job: ImageJob, jobID: String, logger: Logger) async throws(GatewayError) -> ByteBuffer {
         let estimate = pipeline.estimate(key: job.key, model: job.model, spec: job.spec, count: job.count, prompt: job.prompt, inputImages: job.inputImages.count)
-        let info = RequestInfo(requestID: requestID, started: .now, observation: nil, requestedSize: job.spec.label)
+        let info = RequestInfo(requestID: jobID, started: .now, observation: nil, requestedSize: job.spec.label, jobID: jobID)
         let settlement = try await pipeline.open(key: job.key, endpoint: job.endpoint, model: job.model, info: info, estimateMicroUSD: estimate, logger: logger)
         let answer = try await pipeline.generateImages(job, settlement: settlement, logger: logger)
         do {
@@ -99,7 +99,7 @@ struct ImagesController {
         )
         let request = Request(head: head, body: RequestBody(buffer: ByteBuffer(bytes: record.body)))
         let job = edit ? try await editJob(request, key: key, baseURL: record.baseURL) : try await generationJob(request, key: key, baseURL: record.baseURL)
-        return try await runInBackground(job, requestID: record.id, logger: logger)
+        return try await runInBackground(job, jobID: record.id, logger: logger)
     }
 
     /// Validates against the catalog: model, prompt, n, size/aspect_ratio/quality, response_format

@@ -136,9 +136,12 @@ struct NativeController {
         return streamed(events, settlement: settlement, logger: context.logger)
     }
 
-    /// Google's events relayed as SSE. Usage is Google's last figure; a client that leaves after
-    /// an image was written is charged for it (the rest of the stream is read, unwritten, for
-    /// the usage), one that leaves before costs nothing and the upstream stream is dropped.
+    /// Google's events relayed as SSE. Usage is Google's last figure. Whatever reached the
+    /// client is charged, text and thoughts included (a `["TEXT"]` answer costs what
+    /// `:generateContent` charges for it): a client that leaves after something was written is
+    /// charged (the rest of the stream is read, unwritten, for Google's final usage); one that
+    /// leaves before anything was written costs nothing and the upstream stream is dropped. A
+    /// stream Google breaks before its image costs nothing (a failed answer is never charged).
     func streamed(_ events: GeminiEventStream, settlement: Settlement, logger: Logger) -> Response {
         var headers = Self.sseHeaders
         headers[ImagesController.upstreamModelHeader] = settlement.servedBy.id
@@ -146,6 +149,7 @@ struct NativeController {
         return Response(status: .ok, headers: headers, body: .init { writer in
             var usage: GeminiWire.UsageMetadata?
             var images = 0
+            var wroteContent = false
             var clientGone = false
             var failure: GatewayError?
             do {
@@ -160,10 +164,11 @@ struct NativeController {
                     do {
                         try await writer.write(line)
                         images += count
+                        if Self.hasContent(event) { wroteContent = true }
                     } catch {
                         clientGone = true
                         // Nothing delivered: stop here, nothing to charge.
-                        if images == 0 { break }
+                        if !wroteContent { break }
                     }
                 }
             } catch let error as UpstreamError {
@@ -180,11 +185,17 @@ struct NativeController {
             }
             let used = ImageTranslation.usage(of: usage)
             settlement.billed(used)
-            if images > 0 { settlement.delivered(images: images, usage: used) }
-            let outcome = images > 0 ? nil : (clientGone ? GatewayError.clientDisconnected : failure)
+            let charged = images > 0 || (wroteContent && failure == nil)
+            if charged { settlement.delivered(images: images, usage: used) }
+            let outcome = charged ? nil : (failure ?? (clientGone ? GatewayError.clientDisconnected : nil))
             await pipeline.settle(settlement, status: outcome?.status ?? 200, errorCode: outcome?.code, logger: logger)
             try? await writer.finish(nil)
         })
+    }
+
+    /// Whether an event carries any part (text, thought or image) for the client.
+    static func hasContent(_ response: GeminiWire.Response) -> Bool {
+        (response.candidates ?? []).contains { !($0.content?.parts ?? []).isEmpty }
     }
 
     /// Final (non-thought) images in an answer.

@@ -58,6 +58,8 @@ struct RequestInfo: Sendable {
     /// Filled in for the request log and metrics (model, error code).
     var observation: RequestObservation?
     var requestedSize: String?
+    /// The background job this request runs for (the gateway's own id, which refunds key on).
+    var jobID: String?
 }
 
 /// One request's account, from its reservation to its usage-log row: what Google billed (every
@@ -73,6 +75,8 @@ final class Settlement: Sendable {
     let trace = UpstreamTrace()
     /// The credit held for this request (nil: the key is unlimited).
     let reservationID: String?
+    /// Whether the request counts toward the key's concurrency limit (a batch line does not).
+    let limited: Bool
     /// Run when the settlement goes away unsettled.
     private let onAbandon: @Sendable () -> Void
     private let state: Mutex<State>
@@ -88,8 +92,9 @@ final class Settlement: Sendable {
 
     init(
         key: APIKey, endpoint: String, model: CatalogModel, info: RequestInfo, primary: UpstreamTarget, reservationID: String?,
-        onAbandon: @escaping @Sendable () -> Void = {}
+        limited: Bool = true, onAbandon: @escaping @Sendable () -> Void = {}
     ) {
+        self.limited = limited
         self.key = key
         self.endpoint = endpoint
         self.model = model
@@ -145,6 +150,7 @@ final class Settlement: Sendable {
                 upstreamCostMicroUSD: Pricing.costMicroUSD(billed, prices: prices), attempts: trace.attempts
             )
             record.requestID = info.requestID
+            record.jobID = info.jobID
             record.keyName = key.name
             record.group = key.group.rawValue
             record.upstreamModel = state.servedBy.id
@@ -160,6 +166,17 @@ final class Settlement: Sendable {
             }
             return record
         }
+    }
+}
+
+/// Frees a request's concurrency slot, when it took one.
+private struct LimiterRelease: Sendable {
+    let limiter: KeyLimiter
+    let key: APIKey
+    let active: Bool
+
+    func finish() {
+        if active { limiter.finish(key) }
     }
 }
 
@@ -204,10 +221,14 @@ struct RequestPipeline: Sendable {
     /// A new account for a validated request: the key's rate and concurrency limits are
     /// checked and the worst case is reserved against its credit, before any upstream call.
     /// A key whose balance cannot cover `estimateMicroUSD` gets 429 `insufficient_quota`.
-    /// `reserve: false` for the lines of a batch, whose credit the batch holds as a whole.
-    func open(key: APIKey, endpoint: String, model: CatalogModel, info: RequestInfo, estimateMicroUSD: Int, reserve: Bool = true, logger: Logger) async throws(GatewayError) -> Settlement {
+    /// `batchLine: true` for the lines of a batch: the batch holds their credit as a whole, and
+    /// Google has already produced them, so neither a reservation nor the key's per-minute and
+    /// concurrency limits apply (a limit must never drop work Google billed).
+    func open(key: APIKey, endpoint: String, model: CatalogModel, info: RequestInfo, estimateMicroUSD: Int, batchLine: Bool = false, logger: Logger) async throws(GatewayError) -> Settlement {
         info.observation?.model = model.name
-        try await limiter.begin(key, logger: logger)
+        let reserve = !batchLine
+        if !batchLine { try await limiter.begin(key, logger: logger) }
+        let limiter = LimiterRelease(limiter: self.limiter, key: key, active: !batchLine)
         await priceBook.refreshIfStale(logger: logger)
         var reservationID: String?
         if reserve, key.creditMicroUSD != nil {
@@ -219,7 +240,7 @@ struct RequestPipeline: Sendable {
             do {
                 outcome = try await ledger.reserve(reservation)
             } catch {
-                limiter.finish(key)
+                limiter.finish()
                 logger.error("could not reserve credit", metadata: ["error": "\(error)"])
                 throw .internal("The key's credit could not be checked; retry.")
             }
@@ -229,18 +250,17 @@ struct RequestPipeline: Sendable {
                 live.add(reservation.id)
             case .unlimited: break
             case .insufficient:
-                limiter.finish(key)
+                limiter.finish()
                 throw .insufficientQuota(balanceMicroUSD: key.balanceMicroUSD ?? 0, neededMicroUSD: estimateMicroUSD)
             }
         }
         let primary = UpstreamTarget(id: model.upstreamModel, family: model.family, prices: prices(of: model.upstreamModel, fallback: model.prices))
-        let limiter = self.limiter
         let live = self.live
         return Settlement(
-            key: key, endpoint: endpoint, model: model, info: info, primary: primary, reservationID: reservationID,
+            key: key, endpoint: endpoint, model: model, info: info, primary: primary, reservationID: reservationID, limited: !batchLine,
             onAbandon: { [reservationID] in
                 // Never settled (its response was never written): free the slot; the hold runs out.
-                limiter.finish(key)
+                limiter.finish()
                 if let reservationID { live.remove(reservationID) }
             }
         )
@@ -252,7 +272,7 @@ struct RequestPipeline: Sendable {
         guard let record = settlement.close(status: status, errorCode: errorCode) else { return }
         metrics.settled(record)
         if status >= 400, let errorCode { settlement.info.observation?.errorCode = errorCode }
-        limiter.finish(settlement.key)
+        if settlement.limited { limiter.finish(settlement.key) }
         if let id = settlement.reservationID { live.remove(id) }
         do {
             if Task.isCancelled {

@@ -243,6 +243,9 @@ public struct ImageSweeper: Service {
                     _ = try await store.pruneIdempotency(before: Date().addingTimeInterval(-24 * 3600))
                     // Finished jobs go when their answers (and the image URLs in them) expire.
                     _ = try await store.pruneJobs()
+                    // Uploaded files and batch outputs go when they expire.
+                    let files = try await store.pruneFiles()
+                    if files > 0 { logger.info("pruned expired files", metadata: ["count": "\(files)"]) }
                 }
             } catch {
                 logger.warning("image sweep failed", metadata: ["error": "\(error)"])

@@ -252,6 +252,8 @@ public struct UsageRecord: Sendable, Equatable, Codable {
     public var upstreamKey: String?
     /// Every upstream attempt, in order.
     public var upstreamAttempts: [UpstreamAttemptRecord] = []
+    /// The background job the row belongs to (set by the gateway, never by a client).
+    public var jobID: String?
 
     public init(
         keyID: String, endpoint: String, model: String, status: Int, images: Int, inputTokens: Int, outputTokens: Int,

@@ -46,6 +46,8 @@ public struct BatchRecord: Sendable, Equatable {
     public var metadata: String?
     /// The base of image URLs, from the submitting request.
     public var baseURL = ""
+    /// Every line's delivery plan (JSON), fixed at submission.
+    public var linePlans: String?
     public var createdAt: Date
     public var inProgressAt: Date?
     public var completedAt: Date?
@@ -112,11 +114,12 @@ extension SQLStore {
         try await database.raw("CREATE INDEX IF NOT EXISTS batches_status ON batches (status)").run()
     }
 
+    /// Stores the file's bytes as they are (a binary column; files of schema version 8 were base64 text).
     public func storeFile(_ file: StoredFile) async throws {
         try await database.raw("""
-            INSERT INTO api_files (id, key_id, purpose, filename, bytes, content, created_at, expires_at)
+            INSERT INTO api_files (id, key_id, purpose, filename, bytes, content, data, created_at, expires_at)
             VALUES (\(bind: file.id), \(bind: file.keyID), \(bind: file.purpose), \(bind: file.filename), \(bind: Int64(file.content.count)),
-                    \(bind: Data(file.content).base64EncodedString()), \(bind: Self.millis(file.createdAt)), \(bind: file.expiresAt.map(Self.millis)))
+                    '', \(bind: Data(file.content)), \(bind: Self.millis(file.createdAt)), \(bind: file.expiresAt.map(Self.millis)))
             """).run()
     }
 
@@ -125,22 +128,62 @@ extension SQLStore {
         var key_id: String
         var purpose: String
         var filename: String
-        var content: String
+        var bytes: Int64
+        var content: String?
+        var data: Data?
         var created_at: Int64
         var expires_at: Int64?
+
+        func file(content bytes: [UInt8]) -> StoredFile {
+            StoredFile(
+                id: id, keyID: key_id, purpose: purpose, filename: filename, content: bytes,
+                createdAt: Date(timeIntervalSince1970: TimeInterval(created_at) / 1000),
+                expiresAt: expires_at.map { Date(timeIntervalSince1970: TimeInterval($0) / 1000) }
+            )
+        }
     }
 
-    /// The file, if `keyID` owns it.
-    public func file(id: String, keyID: String) async throws -> StoredFile? {
+    /// A file's description without its content.
+    public struct FileInfo: Sendable, Equatable {
+        public var file: StoredFile
+        public var bytes: Int
+    }
+
+    private func unexpired(_ now: Date) -> SQLQueryString {
+        "(expires_at IS NULL OR expires_at >= \(bind: Self.millis(now)))"
+    }
+
+    /// The file, if `keyID` owns it and it has not expired.
+    public func file(id: String, keyID: String, now: Date = Date()) async throws -> StoredFile? {
         guard let row = try await database.raw("""
-            SELECT id, key_id, purpose, filename, content, created_at, expires_at FROM api_files WHERE id = \(bind: id) AND key_id = \(bind: keyID)
+            SELECT id, key_id, purpose, filename, bytes, content, data, created_at, expires_at FROM api_files
+            WHERE id = \(bind: id) AND key_id = \(bind: keyID) AND \(unexpired(now))
             """).first(decoding: FileRow.self)
         else { return nil }
-        return StoredFile(
-            id: row.id, keyID: row.key_id, purpose: row.purpose, filename: row.filename, content: Array(Data(base64Encoded: row.content) ?? Data()),
-            createdAt: Date(timeIntervalSince1970: TimeInterval(row.created_at) / 1000),
-            expiresAt: row.expires_at.map { Date(timeIntervalSince1970: TimeInterval($0) / 1000) }
-        )
+        let bytes = row.data.map { Array($0) } ?? Array(Data(base64Encoded: row.content ?? "") ?? Data())
+        return row.file(content: bytes)
+    }
+
+    /// The file's description (its size from the row, its content not read), if `keyID` owns it and it has not expired.
+    public func fileInfo(id: String, keyID: String, now: Date = Date()) async throws -> FileInfo? {
+        guard let row = try await database.raw("""
+            SELECT id, key_id, purpose, filename, bytes, NULL AS content, NULL AS data, created_at, expires_at FROM api_files
+            WHERE id = \(bind: id) AND key_id = \(bind: keyID) AND \(unexpired(now))
+            """).first(decoding: FileRow.self)
+        else { return nil }
+        return FileInfo(file: row.file(content: []), bytes: Int(row.bytes))
+    }
+
+    /// The bytes of the key's files that have not expired (its upload quota counts them).
+    public func fileBytes(keyID: String, now: Date = Date()) async throws -> Int {
+        struct Row: Decodable { var total: Int64? }
+        return try await Int(database.raw("SELECT SUM(bytes) AS total FROM api_files WHERE key_id = \(bind: keyID) AND \(unexpired(now))")
+            .first(decoding: Row.self)?.total ?? 0)
+    }
+
+    /// Deletes expired files; returns how many.
+    public func pruneFiles(now: Date = Date()) async throws -> Int {
+        try await database.raw("DELETE FROM api_files WHERE expires_at IS NOT NULL AND expires_at < \(bind: Self.millis(now)) RETURNING id").all().count
     }
 
     private struct BatchRow: Decodable {
@@ -160,6 +203,7 @@ extension SQLStore {
         var errors: String?
         var metadata: String?
         var base_url: String
+        var line_plans: String?
         var created_at: Int64
         var in_progress_at: Int64?
         var completed_at: Int64?
@@ -173,6 +217,7 @@ extension SQLStore {
             )
             batch.status = status
             batch.baseURL = base_url
+            batch.linePlans = line_plans
             batch.upstream = upstream
             batch.outputFileID = output_file_id
             batch.errorFileID = error_file_id
@@ -188,15 +233,15 @@ extension SQLStore {
 
     static let batchColumns: SQLQueryString = """
         SELECT id, key_id, endpoint, model, input_file_id, status, upstream, output_file_id, error_file_id, total, completed, failed,
-               reservation_id, errors, metadata, base_url, created_at, in_progress_at, completed_at, expires_at
+               reservation_id, errors, metadata, base_url, line_plans, created_at, in_progress_at, completed_at, expires_at
         FROM batches
         """
 
     public func createBatch(_ batch: BatchRecord) async throws {
         try await database.raw("""
-            INSERT INTO batches (id, key_id, endpoint, model, input_file_id, status, upstream, total, reservation_id, metadata, base_url, created_at, in_progress_at, expires_at)
+            INSERT INTO batches (id, key_id, endpoint, model, input_file_id, status, upstream, total, reservation_id, metadata, base_url, line_plans, created_at, in_progress_at, expires_at)
             VALUES (\(bind: batch.id), \(bind: batch.keyID), \(bind: batch.endpoint), \(bind: batch.model), \(bind: batch.inputFileID), \(bind: batch.status),
-                    \(bind: batch.upstream), \(bind: batch.total), \(bind: batch.reservationID), \(bind: batch.metadata), \(bind: batch.baseURL), \(bind: Self.millis(batch.createdAt)),
+                    \(bind: batch.upstream), \(bind: batch.total), \(bind: batch.reservationID), \(bind: batch.metadata), \(bind: batch.baseURL), \(bind: batch.linePlans), \(bind: Self.millis(batch.createdAt)),
                     \(bind: batch.inProgressAt.map(Self.millis)), \(bind: Self.millis(batch.expiresAt)))
             """).run()
     }
@@ -209,7 +254,8 @@ extension SQLStore {
     /// Takes the next submitted batch due for a poll (none other instance polls it until the lease ends).
     public func claimBatchForPoll(owner: String, leaseUntil: Date, now: Date = Date()) async throws -> BatchRecord? {
         let nowMillis = Self.millis(now)
-        let due: SQLQueryString = "(status = 'in_progress' AND (lease_until IS NULL OR lease_until < \(bind: nowMillis)))"
+        // Submitted batches when due, and deliveries whose instance died (their lease ran out).
+        let due: SQLQueryString = "((status = 'in_progress' AND (lease_until IS NULL OR lease_until < \(bind: nowMillis))) OR (status = 'finalizing' AND lease_until < \(bind: nowMillis)))"
         struct IDRow: Decodable { var id: String }
         guard let id = try await database.raw("""
             UPDATE batches SET owner = \(bind: owner), lease_until = \(bind: Self.millis(leaseUntil))
@@ -218,6 +264,18 @@ extension SQLStore {
             """).first(decoding: IDRow.self)?.id
         else { return nil }
         return try await database.raw("\(Self.batchColumns) WHERE id = \(bind: id)").first(decoding: BatchRow.self)?.record
+    }
+
+    /// Moves a batch Google has finished from `in_progress` to `finalizing` for `owner`, who
+    /// then delivers it (one statement: a cancel, or another instance, racing it finds it
+    /// taken). True when `owner` holds it now.
+    public func beginDelivery(id: String, owner: String, leaseUntil: Date) async throws -> Bool {
+        struct IDRow: Decodable { var id: String }
+        return try await database.raw("""
+            UPDATE batches SET status = 'finalizing', owner = \(bind: owner), lease_until = \(bind: Self.millis(leaseUntil))
+            WHERE id = \(bind: id) AND (status = 'in_progress' OR (status = 'finalizing' AND owner = \(bind: owner)))
+            RETURNING id
+            """).first(decoding: IDRow.self) != nil
     }
 
     /// Leaves a batch that is not done yet for the next poll, after `until`.
@@ -232,7 +290,7 @@ extension SQLStore {
         try await database.raw("""
             UPDATE batches SET status = \(bind: status), completed = \(bind: completed), failed = \(bind: failed), output_file_id = \(bind: outputFileID),
                 error_file_id = \(bind: errorFileID), errors = \(bind: errors), completed_at = \(bind: Self.millis(now)), lease_until = NULL
-            WHERE id = \(bind: id) AND owner = \(bind: owner) AND status = 'in_progress'
+            WHERE id = \(bind: id) AND owner = \(bind: owner) AND status IN ('in_progress', 'finalizing')
             """).run()
     }
 

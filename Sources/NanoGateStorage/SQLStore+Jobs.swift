@@ -137,10 +137,21 @@ extension SQLStore {
         try await database.raw("\(Self.jobColumns) WHERE id = \(bind: id) AND key_id = \(bind: keyID)").first(decoding: JobRow.self)?.record
     }
 
-    /// The key's jobs, newest first.
+    /// The key's jobs, newest first, without their request bodies or answers (a list names
+    /// jobs; each answer is read at its own URL).
     public func jobs(keyID: String, limit: Int) async throws -> [ImageJobRecord] {
-        try await database.raw("\(Self.jobColumns) WHERE key_id = \(bind: keyID) ORDER BY created_at DESC, id LIMIT \(bind: max(1, min(limit, 1000)))")
-            .all(decoding: JobRow.self).map(\.record)
+        try await database.raw("""
+            SELECT id, key_id, endpoint, model, content_type, '' AS body, base_url, status, NULL AS result, error, webhook_url, NULL AS webhook_secret,
+                   attempts, created_at, completed_at, expires_at
+            FROM image_jobs WHERE key_id = \(bind: keyID) ORDER BY created_at DESC, id LIMIT \(bind: max(1, min(limit, 1000)))
+            """).all(decoding: JobRow.self).map(\.record)
+    }
+
+    /// How many of the key's jobs wait or run (its queue is capped).
+    public func pendingJobs(keyID: String) async throws -> Int {
+        struct Row: Decodable { var count: Int64 }
+        return try await Int(database.raw("SELECT COUNT(*) AS count FROM image_jobs WHERE key_id = \(bind: keyID) AND status IN ('queued', 'running')")
+            .first(decoding: Row.self)?.count ?? 0)
     }
 
     /// Cancels the job if it is still queued (one statement: a runner claiming it at the same
@@ -152,15 +163,22 @@ extension SQLStore {
             """).all().isEmpty
     }
 
-    /// Takes the oldest job that is queued, or running under a lease that ran out (its gateway
-    /// died), for `owner` until `leaseUntil`. The condition is checked again by the UPDATE
-    /// itself, so two instances claiming at once never both get the job.
+    /// Takes a job that is queued, or running under a lease that ran out (its gateway died), for
+    /// `owner` until `leaseUntil`: from the keys running the fewest jobs now, the one served
+    /// longest ago (keys take turns), its oldest job; so one key's long queue never holds back
+    /// another key's job. The condition is checked again by
+    /// the UPDATE itself, so two instances claiming at once never both get the job.
     public func claimJob(owner: String, leaseUntil: Date, now: Date = Date()) async throws -> ImageJobRecord? {
         let nowMillis = Self.millis(now)
         let claimable: SQLQueryString = "(status = 'queued' OR (status = 'running' AND lease_until < \(bind: nowMillis)))"
         guard let id = try await database.raw("""
             UPDATE image_jobs SET status = 'running', owner = \(bind: owner), lease_until = \(bind: Self.millis(leaseUntil)), attempts = attempts + 1
-            WHERE id = (SELECT id FROM image_jobs WHERE \(claimable) ORDER BY created_at LIMIT 1) AND \(claimable)
+            WHERE id = (
+                SELECT id FROM image_jobs AS j WHERE \(claimable)
+                ORDER BY (SELECT COUNT(*) FROM image_jobs AS r WHERE r.key_id = j.key_id AND r.status = 'running' AND r.lease_until >= \(bind: nowMillis)),
+                         COALESCE((SELECT MAX(r.completed_at) FROM image_jobs AS r WHERE r.key_id = j.key_id), 0), created_at
+                LIMIT 1
+            ) AND \(claimable)
             RETURNING id
             """).first(decoding: IDRow.self)?.id
         else { return nil }
@@ -195,12 +213,14 @@ extension SQLStore {
             """).all().isEmpty
     }
 
-    /// The usage rows already written for a job (its id is their request id): a job taken over
-    /// after its gateway died may have been charged before the answer was stored.
-    public func chargedMicroUSD(requestID: String) async throws -> Int {
-        struct Row: Decodable { var cost_micro_usd: Int64 }
-        return try await database.raw("SELECT cost_micro_usd FROM usage_log WHERE request_id = \(bind: requestID)")
-            .all(decoding: Row.self).reduce(0) { $0 + Int($1.cost_micro_usd) }
+    /// What the key was charged for a job so far (its usage rows carry the job id, which only
+    /// the gateway sets): a job taken over after its gateway died may have been charged before
+    /// the answer was stored. Refund rows of the job count too (negative), so a job is never
+    /// refunded twice.
+    public func chargedMicroUSD(jobID: String, keyID: String) async throws -> Int {
+        struct Row: Decodable { var total: Int64? }
+        return try await Int(database.raw("SELECT SUM(cost_micro_usd) AS total FROM usage_log WHERE job_id = \(bind: jobID) AND key_id = \(bind: keyID)")
+            .first(decoding: Row.self)?.total ?? 0)
     }
 
     /// Forgets finished jobs whose answers expired; returns how many.

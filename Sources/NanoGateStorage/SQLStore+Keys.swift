@@ -294,7 +294,7 @@ extension SQLStore {
         """
         INSERT INTO usage_log (id, key_id, endpoint, model, status, images, input_tokens, output_tokens, total_tokens, cost_micro_usd, error_code,
                                upstream_cost_micro_usd, attempts, created_at, request_id, key_name, key_group, upstream_model, requested_size, latency_ms,
-                               input_text_tokens, input_image_tokens, output_text_tokens, output_image_tokens, upstream_key, reservation_id, upstream_attempts)
+                               input_text_tokens, input_image_tokens, output_text_tokens, output_image_tokens, upstream_key, reservation_id, upstream_attempts, job_id)
         VALUES (\(bind: UUID().uuidString.lowercased()), \(bind: entry.keyID), \(bind: entry.endpoint), \(bind: entry.model), \(bind: entry.status),
                 \(bind: entry.images), \(bind: entry.inputTokens), \(bind: entry.outputTokens), \(bind: entry.totalTokens),
                 \(bind: Int64(entry.costMicroUSD)), \(bind: entry.errorCode), \(bind: Int64(entry.upstreamCostMicroUSD)), \(bind: entry.attempts),
@@ -302,7 +302,8 @@ extension SQLStore {
                 \(bind: entry.upstreamModel), \(bind: entry.requestedSize), \(bind: entry.latencyMilliseconds),
                 \(bind: entry.inputTextTokens), \(bind: entry.inputImageTokens), \(bind: entry.outputTextTokens), \(bind: entry.outputImageTokens),
                 \(bind: entry.upstreamKey), \(bind: reservationID),
-                \(bind: entry.upstreamAttempts.isEmpty ? nil : (try? JSONEncoder().encode(entry.upstreamAttempts)).map { String(decoding: $0, as: UTF8.self) }))
+                \(bind: entry.upstreamAttempts.isEmpty ? nil : (try? JSONEncoder().encode(entry.upstreamAttempts)).map { String(decoding: $0, as: UTF8.self) }),
+                \(bind: entry.jobID))
         """
     }
 

@@ -40,6 +40,7 @@ public struct SQLStore: KeyStore, UsageLog, SignatureStore {
         (6, { database in try await SQLStore.createRateTable(database) }),
         (7, { database in try await SQLStore.createJobsTable(database) }),
         (8, { database in try await SQLStore.createBatchTables(database) }),
+        (9, { database in try await SQLStore.addServerKeyedColumns(database, binary: "BLOB") }),
     ]
 
     /// PostgreSQL's: PostgreSQL support began at SQLite's version 5, so its first migration
@@ -49,7 +50,30 @@ public struct SQLStore: KeyStore, UsageLog, SignatureStore {
         (6, { database in try await SQLStore.createRateTable(database) }),
         (7, { database in try await SQLStore.createJobsTable(database) }),
         (8, { database in try await SQLStore.createBatchTables(database) }),
+        (9, { database in try await SQLStore.addServerKeyedColumns(database, binary: "BYTEA") }),
     ]
+
+    /// Version 9: what money and delivery are keyed on, set by the server only: the job a usage
+    /// row belongs to (a refund never trusts the client's `x-request-id`), each batch line's
+    /// validated plan (delivery never re-validates or re-fetches), and uploaded files as bytes
+    /// (not base64 text).
+    private static func addServerKeyedColumns(_ database: any SQLDatabase, binary: String) async throws {
+        try await addColumnIfMissing(database, table: "usage_log", column: "job_id", type: "TEXT")
+        try await database.raw("CREATE INDEX IF NOT EXISTS usage_log_job ON usage_log (job_id) WHERE job_id IS NOT NULL").run()
+        try await addColumnIfMissing(database, table: "batches", column: "line_plans", type: "TEXT")
+        try await addColumnIfMissing(database, table: "api_files", column: "data", type: binary)
+        try await database.raw("CREATE INDEX IF NOT EXISTS api_files_key ON api_files (key_id, expires_at)").run()
+    }
+
+    /// `ALTER TABLE … ADD COLUMN` that a second run leaves alone (SQLite has no `IF NOT EXISTS` there).
+    private static func addColumnIfMissing(_ database: any SQLDatabase, table: String, column: String, type: String) async throws {
+        struct Row: Decodable { var count: Int64 }
+        let existing: SQLQueryString = database.dialect.name == "sqlite"
+            ? "SELECT COUNT(*) AS count FROM pragma_table_info(\(bind: table)) WHERE name = \(bind: column)"
+            : "SELECT COUNT(*) AS count FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = \(bind: table) AND column_name = \(bind: column)"
+        guard try await database.raw(existing).first(decoding: Row.self)?.count ?? 0 == 0 else { return }
+        try await database.raw("ALTER TABLE \(unsafeRaw: table) ADD COLUMN \(unsafeRaw: column) \(unsafeRaw: type)").run()
+    }
 
     /// Version 6: each rate-limited key's next allowed arrival (GCRA), so requests-per-minute
     /// limits hold across every instance on the database.

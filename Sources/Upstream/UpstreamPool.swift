@@ -188,6 +188,8 @@ public struct ChannelStatus: Sendable, Codable, Equatable {
 /// this is the one place that does.
 public final class UpstreamPool: Sendable {
     private let configuration: UpstreamConfiguration
+    /// The most bytes one upstream answer may take (a batch's inline results included).
+    public var maxResponseBytes: Int { configuration.maxResponseBytes }
     /// The channels now and their state: the configuration's, plus the operator's from the
     /// database (`replaceManagedChannels`). Replaced whole; a member unchanged keeps its state.
     private let roster: Mutex<Roster>

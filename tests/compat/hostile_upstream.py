@@ -302,6 +302,42 @@ def sse_midstream_error(text: str = "Let me draw that.") -> Behaviour:
     return answer
 
 
+def sse_midstream_error_after_usage(text: str = "Let me draw that.") -> Behaviour:
+    """200 SSE: one text event carrying Google's usage so far (as Google's every event does),
+    then an ``{"error":{...}}`` event, then the stream ends."""
+
+    def answer(ex: Exchange) -> None:
+        ex.start_sse()
+        ex.sse_event(response([text_part(text)], None, {"promptTokenCount": 9, "totalTokenCount": 9}))
+        ex.sse_event(MIDSTREAM_ERROR)
+        ex.end_sse()
+
+    return answer
+
+
+def make_png_bomb(width: int, height: int) -> bytes:
+    """A valid RGBA PNG of zeros: tiny on the wire, ``width * height * 4`` bytes once decoded."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    compressor = zlib.compressobj(9)
+    row = b"\x00" * (1 + width * 4)
+    idat = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 6, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def image_bytes(png: bytes) -> Behaviour:
+    """A normal answer (JSON) whose image is ``png``."""
+    part = {"inlineData": {"mimeType": "image/png", "data": base64.b64encode(png).decode("ascii")}}
+
+    def answer(ex: Exchange) -> None:
+        ex.send_json(200, response([part], "STOP", NORMAL_USAGE))
+
+    return answer
+
+
 def error_body_200() -> Behaviour:
     """HTTP 200 whose JSON body is a Google error, not a response."""
 

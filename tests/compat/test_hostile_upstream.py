@@ -741,6 +741,36 @@ def test_midstream_error_is_an_error(upstream, gateway):
     assert row["cost_micro_usd"] == 0, f"a failed stream was billed: {row}"
 
 
+def test_midstream_error_after_usage_is_not_charged(upstream, gateway):
+    """Google's text event carries its usage so far (the prompt's tokens), then the stream
+    breaks: the failed answer costs nothing (it used to be charged its input tokens)."""
+    upstream.behaviour = hu.sse_midstream_error_after_usage()
+    response = gateway.stream_chat()
+    try:
+        if response.status == 200:
+            events, _ = read_sse(response)
+            assert error_events(events), f"no SSE error event: {events}"
+    finally:
+        response.close()
+    row = gateway.wait_for_usage("chat.completions")[-1]
+    assert row["status"] != 200 and row["cost_micro_usd"] == 0, f"a failed stream was billed: {row}"
+    assert row["input_tokens"] == 9, "what Google billed is still logged"
+
+
+def test_a_decompression_bomb_from_upstream_is_not_converted(upstream, gateway):
+    """A hostile upstream answers a 60 KB PNG of 7000x7000 RGBA (49 MP, ~196 MB decoded) to a
+    request for JPEG: the conversion is refused (Google's largest image is ~19 MP; the limit is
+    40 MP) instead of allocating it, the client gets an error, nothing is charged, and the
+    gateway keeps serving."""
+    upstream.behaviour = hu.image_bytes(hu.make_png_bomb(7000, 7000))
+    response = gateway.generate(output_format="jpeg", response_format="b64_json")
+    assert response.status >= 500, f"the bomb was converted: HTTP {response.status}"
+    assert_openai_error(response)
+    row = gateway.wait_for_usage("images.generations")[-1]
+    assert row["cost_micro_usd"] == 0, row
+    gateway.assert_healthy("a decompression bomb")
+
+
 def test_error_body_with_status_200(upstream, gateway):
     """Google answers HTTP 200 whose body is ``{"error":{"code":503,...}}``: the generation is a
     5xx OpenAI error, not a 200."""

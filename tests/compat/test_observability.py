@@ -58,7 +58,9 @@ class Answer(NamedTuple):
 def http(method: str, url: str, headers: dict[str, str] | None = None, body=None) -> Answer:
     data = None
     headers = dict(headers or {})
-    if body is not None:
+    if isinstance(body, bytes):
+        data = body  # sent as it is (the caller sets its Content-Type)
+    elif body is not None:
         data = json.dumps(body).encode()
         headers.setdefault("Content-Type", "application/json")
     request = urllib.request.Request(url, method=method, data=data, headers=headers)
