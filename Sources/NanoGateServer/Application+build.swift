@@ -88,6 +88,8 @@ struct CloseOnShutdown: Service {
 /// must list exactly these).
 struct GatewayParts {
     let router: Router<GatewayRequestContext>
+    /// The admin API's own router, when it listens apart (`NANOGATE_ADMIN_PORT`).
+    var adminRouter: Router<GatewayRequestContext>?
     let metrics: GatewayMetrics
     let pool: UpstreamPool
     let pipeline: RequestPipeline
@@ -164,18 +166,32 @@ func makeGatewayParts(
     native.addRoutes(to: api, listModels: false)
     native.addRoutes(to: router.group("v1beta").add(middleware: APIKeyAuthenticator(keys: dependencies.store)).add(middleware: DisconnectMiddleware()), listModels: true)
     AccountController(store: dependencies.store).addRoutes(to: api)
+    var adminRouter: Router<GatewayRequestContext>?
     if let token = configuration.adminToken {
+        let adminHome: Router<GatewayRequestContext>
+        if configuration.adminPort != nil {
+            adminHome = Router(context: GatewayRequestContext.self)
+            adminHome.add(middleware: RequestIDMiddleware())
+            adminHome.add(middleware: RequestLogMiddleware(metrics: metrics))
+            adminHome.add(middleware: OpenAIErrorMiddleware())
+            adminRouter = adminHome
+        } else {
+            adminHome = router
+        }
         AdminController(
             store: dependencies.store, catalog: configuration.catalog, pool: pool, channels: managedChannels,
             fileChannels: Set(configuration.upstream.effectiveChannels.map(\.name))
         )
-            .addRoutes(to: router.group("admin/v1").add(middleware: AdminTokenAuthenticator(token: token, throttle: AdminThrottle(), trustForwardedHeaders: configuration.trustForwardedHeaders)))
+            .addRoutes(to: adminHome.group("admin/v1").add(middleware: AdminTokenAuthenticator(token: token, throttle: AdminThrottle(), trustForwardedHeaders: configuration.trustForwardedHeaders)))
     }
     ChatController(
         catalog: configuration.catalog, pipeline: pipeline, signatures: dependencies.store,
         inputs: inputs, publicURL: publicURL, keepAliveInterval: configuration.keepAliveInterval, chatImages: configuration.chatImages
     ).addRoutes(to: api)
-    return GatewayParts(router: router, metrics: metrics, pool: pool, pipeline: pipeline, managedChannels: managedChannels, retired: retired, jobRunner: jobRunner, batchPoller: batchPoller)
+    return GatewayParts(
+        router: router, adminRouter: adminRouter, metrics: metrics, pool: pool, pipeline: pipeline, managedChannels: managedChannels, retired: retired,
+        jobRunner: jobRunner, batchPoller: batchPoller
+    )
 }
 
 /// Builds the gateway: routes, middleware, and the services that own its resources.
@@ -216,6 +232,11 @@ public func buildApplication(
         let metricsRouter = Router()
         MetricsController<BasicRequestContext>(metrics: metrics, pool: pool, live: pipeline.live, token: configuration.metricsToken).addRoutes(to: metricsRouter)
         app.addServices(Application(router: metricsRouter, configuration: .init(address: .hostname(configuration.host, port: port), serverName: "NanoGate-metrics"), logger: logger))
+    }
+    if let adminRouter = parts.adminRouter, let port = configuration.adminPort {
+        // The admin API on its own address (an internal network, or loopback behind a tunnel).
+        let host = configuration.adminHost ?? configuration.host
+        app.addServices(Application(router: adminRouter, configuration: .init(address: .hostname(host, port: port), serverName: "NanoGate-admin"), logger: logger))
     }
     app.addServices(LeaseKeeper(ledger: dependencies.ledger, live: pipeline.live, lease: configuration.billing.lease, logger: logger))
     app.addServices(

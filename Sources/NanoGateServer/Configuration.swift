@@ -76,6 +76,10 @@ public struct GatewayConfiguration: Sendable {
     public var checkModelsAtStart = true
     /// `GET /metrics` on its own port (`NANOGATE_METRICS_PORT`) instead of the main one.
     public var metricsPort: Int?
+    /// The admin API on a listen address of its own (`NANOGATE_ADMIN_PORT`, on
+    /// `NANOGATE_ADMIN_HOST` or the main host): it then leaves the public port.
+    public var adminPort: Int?
+    public var adminHost: String?
     /// The bearer token `/metrics` asks for (`NANOGATE_METRICS_TOKEN`); nil: open, but only on a
     /// loopback host (`metricsOnMainPort`).
     public var metricsToken: String?
@@ -208,6 +212,8 @@ public struct GatewayConfiguration: Sendable {
         configuration.trustForwardedHeaders = flag("NANOGATE_TRUST_FORWARDED")
         configuration.checkModelsAtStart = environment["NANOGATE_CHECK_MODELS"].map { _ in flag("NANOGATE_CHECK_MODELS") } ?? true
         if let raw = environment["NANOGATE_METRICS_PORT"], !raw.isEmpty { configuration.metricsPort = number("NANOGATE_METRICS_PORT", 9090, minimum: 0) }
+        if let raw = environment["NANOGATE_ADMIN_PORT"], !raw.isEmpty { configuration.adminPort = number("NANOGATE_ADMIN_PORT", 9091, minimum: 0) }
+        configuration.adminHost = environment["NANOGATE_ADMIN_HOST"].flatMap { $0.isEmpty ? nil : $0 }
         configuration.metricsToken = environment["NANOGATE_METRICS_TOKEN"].flatMap { $0.isEmpty ? nil : $0 }
         configuration.metricsKeyLabels = flag("NANOGATE_METRICS_KEY_LABELS")
         if let format = environment["NANOGATE_LOG_FORMAT"], !format.isEmpty {

@@ -52,6 +52,8 @@ import Upstream
             "NANOGATE_UPSTREAM_ATTEMPTS": "\(configuration.upstream.maxAttempts)",
             "NANOGATE_DATABASE_POOL_SIZE": "\(configuration.databasePoolSize)", "NANOGATE_JOB_WORKERS": "\(configuration.jobWorkers)",
             "NANOGATE_BATCH_POLL": seconds(configuration.batchPollInterval),
+            "NANOGATE_JOB_QUEUE_PER_KEY": "\(configuration.jobQueuePerKey)", "NANOGATE_FILE_QUOTA_MB": "\(configuration.fileQuotaBytes >> 20)",
+            "NANOGATE_ADMIN_PORT": configuration.adminPort.map(String.init) ?? "main port",
             "NANOGATE_KEEPALIVE": seconds(configuration.keepAliveInterval), "NANOGATE_IDLE_TIMEOUT": seconds(configuration.idleTimeout),
             "NANOGATE_FETCH_TIMEOUT": seconds(configuration.inputs.fetchTimeout), "NANOGATE_MAX_FETCHES": "\(configuration.inputs.maxConcurrentFetches)",
             "NANOGATE_ALLOW_PRIVATE_FETCH": configuration.inputs.allowPrivateFetch ? "on" : "off",

@@ -369,3 +369,29 @@ def test_files_are_bounded_per_key_and_described_without_their_content(private_g
     broke = client_for(gateway, funded_key(gateway, f"broke-files-{time.time_ns()}", credit="0"))
     with pytest.raises(openai.RateLimitError):
         broke.files.create(file=("c.jsonl", io.BytesIO(b"{}\n")), purpose="batch")
+
+
+# --- finding 9: the admin API on an address of its own -------------------------------------
+
+
+def test_the_admin_api_listens_apart_when_asked(private_gateway):
+    """``NANOGATE_ADMIN_PORT`` moves the admin API off the public port."""
+    import secrets
+
+    from conftest import _free_port
+
+    token = secrets.token_hex(24)
+    port = _free_port()
+    gateway = private_gateway(env={"NANOGATE_ADMIN_TOKEN": token, "NANOGATE_ADMIN_PORT": str(port)})
+    auth = {"Authorization": f"Bearer {token}"}
+    assert http("GET", f"{root_of(gateway)}/admin/v1/keys", auth).status == 404, "not on the public port"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            answer = http("GET", f"http://127.0.0.1:{port}/admin/v1/keys", auth)
+            break
+        except OSError:
+            assert time.monotonic() < deadline, "the admin port never answered"
+            time.sleep(0.2)
+    assert answer.status == 200 and any(key["name"] == "demo" for key in answer.json()), answer.body[:300]
+    assert http("GET", f"http://127.0.0.1:{port}/admin/v1/keys", {"Authorization": "Bearer wrong"}).status == 401
