@@ -394,11 +394,13 @@ struct BatchesController {
         guard batch.status == "in_progress" else { throw notCancellable(batch.status) }
         let handle = batch.upstreamHandle
         if let handle, let status = try? await pipeline.upstream.batchStatus(handle, logger: context.logger), status.done, !status.results.isEmpty {
-            // Google's work is done and billed: deliver it rather than drop it.
-            guard try await store.beginDelivery(id: id, owner: owner, leaseUntil: Date().addingTimeInterval(3600)) else {
+            // Google's work is done and billed: deliver it rather than drop it. The delivery's
+            // owner is this request alone, so this instance's poller cannot deliver it too.
+            let delivery = "\(owner)/cancel-\(randomHex(bytes: 6))"
+            guard try await store.beginDelivery(id: id, owner: delivery, leaseUntil: Date().addingTimeInterval(3600)) else {
                 throw notCancellable((try await store.batch(id: id, keyID: key.id))?.status ?? "finished")
             }
-            await deliver(batch, status: status, owner: owner, logger: context.logger)
+            await deliver(batch, status: status, owner: delivery, logger: context.logger)
         } else {
             guard try await store.cancelBatch(id: id, keyID: key.id) else {
                 throw notCancellable((try await store.batch(id: id, keyID: key.id))?.status ?? "finished")
