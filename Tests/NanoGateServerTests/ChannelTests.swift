@@ -31,7 +31,7 @@ func sendAndLeave(_ gateway: Harness, body: String, headers: String = "") async 
     let port = Int(gateway.baseURL.split(separator: ":").last!)!
     try await RawConnection.with(port: port) { connection in
         try await connection.send("POST /v1/images/generations HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \(gateway.defaultKey)\r\n\(headers)Content-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)")
-        while gateway.recorder.all.isEmpty { try await Task.sleep(for: .milliseconds(20)) }
+        try await eventually("the emulator to receive the call") { !gateway.recorder.all.isEmpty }
     }
 }
 
@@ -229,7 +229,7 @@ let channelAdminToken = "admin-token-for-channel-tests-0123456789"
             $0.upstream.channels = [ChannelConfiguration(name: "narrow", kind: .gemini, baseURL: $0.upstream.baseURL, apiKeys: ["google-key-1"], maxConcurrency: 1)]
         }) { gateway in
             let slow = Task { try await gateway.generate(#"{"model":"nano-banana","prompt":"slow [emulate:slow=3000]","response_format":"b64_json"}"#) }
-            while gateway.recorder.all.isEmpty { try await Task.sleep(for: .milliseconds(20)) }
+            try await eventually("the emulator to receive the call") { !gateway.recorder.all.isEmpty }
             let refused = try await gateway.generate(#"{"model":"nano-banana","prompt":"no room","response_format":"b64_json"}"#)
             #expect(refused.status == 503)
             #expect(refused.error["code"] as? String == "upstream_queue_full")

@@ -170,7 +170,7 @@ import Upstream
                 for index in 0..<stuck {
                     group.addTask { _ = try await Self.edit(gateway, url: "https://stuck\(index).nanogate.test/a.png") }
                 }
-                while entered.value < stuck { try await Task.sleep(for: .milliseconds(20)) }
+                try await eventually("every look-up to be stuck") { entered.value >= stuck }
                 let health = try await gateway.get(gateway.baseURL + "/health")
                 #expect(health.status == 200)
                 for _ in 0..<stuck { gate.signal() }
@@ -402,7 +402,7 @@ import Upstream
                     return error
                 }
             }
-            while gateway.recorder.all.isEmpty { try await Task.sleep(for: .milliseconds(20)) }
+            try await eventually("the emulator to receive the call") { !gateway.recorder.all.isEmpty }
             call.cancel()
             let error = await call.value
             await pool.shutdown()

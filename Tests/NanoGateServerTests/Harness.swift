@@ -269,3 +269,22 @@ func emulatorConfiguration(acceptedKeys: Set<String>?) -> EmulatorConfiguration 
     configuration.renderThreadPool = emulatorRenderPool
     return configuration
 }
+
+/// What a bounded wait reports when its condition never held.
+struct WaitTimedOut: Error, CustomStringConvertible {
+    var what: String
+    var timeout: Duration
+    var description: String { "waited \(timeout) for \(what)" }
+}
+
+/// Waits until `condition` holds, checking every 20 ms, and fails the test after `timeout`
+/// instead of hanging it (a wait with no limit turns a bug into a stuck CI run).
+func eventually(
+    _ what: String, timeout: Duration = .seconds(30), _ condition: () async throws -> Bool
+) async throws {
+    let deadline = ContinuousClock.now.advanced(by: timeout)
+    while try await !condition() {
+        guard ContinuousClock.now < deadline else { throw WaitTimedOut(what: what, timeout: timeout) }
+        try await Task.sleep(for: .milliseconds(20))
+    }
+}
