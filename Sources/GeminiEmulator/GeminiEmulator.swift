@@ -19,8 +19,18 @@ public struct EmulatorConfiguration: Sendable {
     public var flashModel: String
     /// Model id it serves as 3 Pro Image.
     public var proModel: String
-    /// Model id it serves as 3.1 Flash Image (the one with `imageSize` `512` and 14 ratios).
+    /// Model id it serves as 3.1 Flash Image (the one with `imageSize` `512` and 14 ratios);
+    /// shut down by Google on 2026-10-29, so retired unless a test serves it again.
     public var flash31Model: String
+    /// Model id it serves as Nano Banana 2.1 (`1K`/`2K`/`4K`, 14 ratios; its table assumed).
+    public var flash21Model = "gemini-nano-banana-2.1"
+    /// Models Google serves only to projects that used them before (2.5 since 2026-09-18, F1):
+    /// a "new project" key gets 403 PERMISSION_DENIED naming the model.
+    public var projectLimitedModels: Set<String> = ["gemini-2.5-flash-image"]
+    /// Keys of new projects (refused on `projectLimitedModels`); the others are old projects.
+    public var newProjectKeys: Set<String> = []
+    /// Every key is a new project's (a new operator today: `serve --demo --new-project`).
+    public var everyKeyIsNewProject = false
     /// Where PNGs are made (seconds of CPU at 4K). In tests the gateway runs in the same process
     /// and its SQLite work uses NIO's shared pool: a pool of the emulator's own keeps the
     /// gateway's queries from queueing behind image encodes.
@@ -28,7 +38,8 @@ public struct EmulatorConfiguration: Sendable {
     /// Ids Google shut down: `generateContent` answers 404 NOT_FOUND and the model list omits
     /// them. By default the two preview ids retired on 2026-06-25 (wire-formats.md E1); add a
     /// served id to test a gateway's fallback.
-    public var retiredModels: Set<String> = ["gemini-3-pro-image-preview", "gemini-3.1-flash-image-preview"]
+    /// And `gemini-3.1-flash-image`, shut down on 2026-10-29 (F1).
+    public var retiredModels: Set<String> = ["gemini-3-pro-image-preview", "gemini-3.1-flash-image-preview", "gemini-3.1-flash-image"]
     /// Models per page of `GET /v1beta/models` when the caller asks for more (Google pages too).
     public var maxPageSize = 1000
     /// Bearer tokens accepted on the Vertex AI paths; nil accepts any non-empty token.
@@ -54,14 +65,19 @@ public struct EmulatorConfiguration: Sendable {
         self.flash31Model = flash31Model
     }
 
+    /// Whether `key` (a new project's) is refused on `model`.
+    func refuses(_ model: String, key: String?) -> Bool {
+        projectLimitedModels.contains(model) && (everyKeyIsNewProject || key.map(newProjectKeys.contains) == true)
+    }
+
     /// The image models it serves, by id (retired ones excluded).
     var models: [String: GoogleImageModel] {
-        [flashModel: .flash25, proModel: .pro3, flash31Model: .flash31].filter { !retiredModels.contains($0.key) }
+        [flashModel: .flash25, proModel: .pro3, flash31Model: .flash31, flash21Model: .flash21].filter { !retiredModels.contains($0.key) }
     }
 
     /// What `GET /v1beta/models` lists: the image models and, as Google does, text models beside them.
     var listedModels: [String] {
-        (["gemini-2.5-flash", "gemini-2.5-pro", "gemini-3-pro"] + [flashModel, proModel, flash31Model]).filter { !retiredModels.contains($0) }
+        (["gemini-2.5-flash", "gemini-2.5-pro", "gemini-3-pro"] + [flashModel, proModel, flash31Model, flash21Model]).filter { !retiredModels.contains($0) }
     }
 }
 
@@ -215,7 +231,8 @@ public struct GeminiEmulator: Sendable {
             let query = request.uri.queryParameters
             let size = min(max(1, query.get("pageSize", as: Int.self) ?? 50), configuration.maxPageSize)
             let start = query.get("pageToken").flatMap { Int($0.dropFirst(5)) } ?? 0
-            let all = configuration.listedModels
+            let key = request.headers[.init("x-goog-api-key")!] ?? request.uri.queryParameters.get("key")
+            let all = configuration.listedModels.filter { !configuration.refuses($0, key: key) }
             let page = all.dropFirst(start).prefix(size)
             var body: [String: any Sendable] = [
                 "models": page.map { id -> [String: any Sendable] in
@@ -271,6 +288,9 @@ public struct GeminiEmulator: Sendable {
             }
             if let accepted = configuration.acceptedKeys, !accepted.contains(apiKey) {
                 return Self.error(400, "INVALID_ARGUMENT", "API key not valid. Please pass a valid API key.", reason: "API_KEY_INVALID")
+            }
+            if configuration.refuses(model, key: apiKey) {
+                return Self.error(403, "PERMISSION_DENIED", "Model \(model) is only available to projects that used it before; use gemini-nano-banana-2.1.")
             }
         }
         if pieces[1] == "countTokens" {

@@ -31,6 +31,8 @@ public struct GoogleImageModel: Sendable {
         case pro3
         /// `gemini-3.1-flash-image`: adds `512` and the ratios `1:4 4:1 1:8 8:1`.
         case flash31
+        /// `gemini-nano-banana-2.1`: `1K`/`2K`/`4K` (no `512`) and the 14 ratios (F2).
+        case flash21
     }
 
     /// Which line this is.
@@ -116,4 +118,16 @@ public struct GoogleImageModel: Sendable {
         ],
         imageTokens: ["512": 747, "1K": 1120, "2K": 1680, "4K": 2520], inputImageTokens: 560, thinks: true
     )
+
+    /// `gemini-nano-banana-2.1` (F2): sizes `1K`/`2K`/`4K` (`512` refused) and the 14 ratios.
+    /// ASSUMED: Google has not published its pixel table or token counts where we could read
+    /// them; the emulator answers with Nano Banana 2's (E3) until a live key says otherwise.
+    public static let flash21: GoogleImageModel = {
+        var model = flash31
+        model.line = .flash21
+        model.imageSizes = ["1K", "2K", "4K"]
+        model.pixelTable = flash31.pixelTable.mapValues { $0.filter { $0.key != "512" } }
+        model.imageTokens = flash31.imageTokens.filter { $0.key != "512" }
+        return model
+    }()
 }

@@ -99,13 +99,19 @@ public enum ModelFamily: String, Sendable, CaseIterable, Codable {
     /// `gemini-3-pro-image` ("Nano Banana Pro"): `imageSize` 1K/2K/4K, thinking always on.
     case pro3
     /// `gemini-3.1-flash-image` ("Nano Banana 2"): `imageSize` 512/1K/2K/4K and 14 ratios.
+    /// Shut down by Google on 2026-10-29 (wire-formats notes F1); kept for operators whose
+    /// configuration names it.
     case flash31
+    /// `gemini-nano-banana-2.1` ("Nano Banana 2.1", GA 2026-10-06): `imageSize` 1K/2K/4K (no
+    /// 512), the 14 ratios, up to 14 reference images (F2). Its pixel table and token counts are
+    /// not published: Nano Banana 2's are assumed, and billing follows `usageMetadata` as always.
+    case flash21
 
     /// The `aspectRatio` values Google accepts for this family.
     public var aspectRatios: [AspectRatio] {
         switch self {
         case .flash25, .pro3: AspectRatio.ten
-        case .flash31: AspectRatio.ten + [.tall1x4, .wide4x1, .tall1x8, .wide8x1]
+        case .flash31, .flash21: AspectRatio.ten + [.tall1x4, .wide4x1, .tall1x8, .wide8x1]
         }
     }
 
@@ -113,7 +119,7 @@ public enum ModelFamily: String, Sendable, CaseIterable, Codable {
     public var imageSizes: [ImageSize] {
         switch self {
         case .flash25: []
-        case .pro3: [.oneK, .twoK, .fourK]
+        case .pro3, .flash21: [.oneK, .twoK, .fourK]
         case .flash31: [.half, .oneK, .twoK, .fourK]
         }
     }
@@ -127,10 +133,10 @@ public enum ModelFamily: String, Sendable, CaseIterable, Codable {
         switch self {
         case .flash25:
             return PixelTables.flash25[ratio] ?? PixelSize(1024, 1024)
-        case .pro3, .flash31:
+        case .pro3, .flash31, .flash21:
             let tier = size ?? .oneK
             if tier == .half { return PixelTables.flash31At512[ratio] ?? PixelSize(512, 512) }
-            guard let base = PixelTables.oneK[ratio], self == .flash31 || AspectRatio.ten.contains(ratio) else { return PixelSize(1024, 1024) }
+            guard let base = PixelTables.oneK[ratio], self != .pro3 || AspectRatio.ten.contains(ratio) else { return PixelSize(1024, 1024) }
             // Above 1K every cell is the 1K cell scaled exactly (E3).
             let scale = tier == .fourK ? 4 : tier == .twoK ? 2 : 1
             return PixelSize(base.width * scale, base.height * scale)
@@ -142,7 +148,8 @@ public enum ModelFamily: String, Sendable, CaseIterable, Codable {
         switch self {
         case .flash25: return 1290
         case .pro3: return (size ?? .oneK) == .fourK ? 2000 : 1120
-        case .flash31:
+        case .flash31, .flash21:
+            // 2.1's counts are not published: Nano Banana 2's are assumed (F2).
             switch size ?? .oneK {
             case .half: return 747
             case .oneK: return 1120
@@ -158,6 +165,8 @@ public enum ModelFamily: String, Sendable, CaseIterable, Codable {
         case .flash25: TokenPrices(inputPerMillion: 0.30, outputTextPerMillion: 2.50, outputImagePerMillion: 30)
         case .pro3: TokenPrices(inputPerMillion: 2.00, outputTextPerMillion: 12.00, outputImagePerMillion: 120)
         case .flash31: TokenPrices(inputPerMillion: 0.50, outputTextPerMillion: 3.00, outputImagePerMillion: 60)
+        // LiteLLM's day-0 announcement of 2.1 (F2): about $0.0336 per 1K image.
+        case .flash21: TokenPrices(inputPerMillion: 1.50, outputTextPerMillion: 7.50, outputImagePerMillion: 30)
         }
     }
 
@@ -173,6 +182,8 @@ public enum ModelFamily: String, Sendable, CaseIterable, Codable {
             self = .pro3
         } else if id.hasPrefix("gemini-3.1-flash-image") {
             self = .flash31
+        } else if id.hasPrefix("gemini-nano-banana-2.1") {
+            self = .flash21
         } else {
             return nil
         }
@@ -184,6 +195,7 @@ public enum ModelFamily: String, Sendable, CaseIterable, Codable {
         case .flash25: 1_759_363_200  // 2025-10-02
         case .pro3: 1_779_926_400  // 2026-05-28 (GA)
         case .flash31: 1_779_926_400  // 2026-05-28 (GA)
+        case .flash21: 1_791_244_800  // 2026-10-06 (GA)
         }
     }
 }
@@ -236,10 +248,9 @@ public struct CatalogModel: Sendable, Equatable {
     public var family: ModelFamily
     /// The id sent to Google. Configurable because Google renames image models every few months.
     public var upstreamModel: String
-    /// The id tried when Google answers 404 NOT_FOUND for `upstreamModel` (a retired model).
-    public var fallbackModel: String?
-    /// The fallback's family (its ratios, sizes and prices); nil when there is no fallback.
-    public var fallbackFamily: ModelFamily?
+    /// The ids tried in order when Google refuses `upstreamModel` as unknown or not available to
+    /// the project (a retired model, or one a new project may not use), each with its family.
+    public var fallbacks: [UpstreamFallback]
     public var sizeMode: SizeMode
     /// Whether this name may answer with a URL (`response_format: "url"`).
     public var allowsURLOutput: Bool
@@ -253,20 +264,25 @@ public struct CatalogModel: Sendable, Equatable {
     public var keepAliveSeconds: Int?
 
     public init(
-        name: String, family: ModelFamily, upstreamModel: String, fallbackModel: String? = nil, fallbackFamily: ModelFamily? = nil,
+        name: String, family: ModelFamily, upstreamModel: String, fallbacks: [UpstreamFallback] = [],
         sizeMode: SizeMode, allowsURLOutput: Bool, maxInputImages: Int, prices: TokenPrices? = nil, enabled: Bool = true
     ) {
         self.name = name
         self.family = family
         self.upstreamModel = upstreamModel
-        self.fallbackModel = fallbackModel
-        self.fallbackFamily = fallbackFamily ?? fallbackModel.flatMap(ModelFamily.init(upstreamID:))
+        self.fallbacks = fallbacks
         self.sizeMode = sizeMode
         self.allowsURLOutput = allowsURLOutput
         self.maxInputImages = maxInputImages
         self.prices = prices ?? family.googlePrices
         self.enabled = enabled
     }
+
+    /// The first fallback's id (nil: none).
+    public var fallbackModel: String? { fallbacks.first?.id }
+
+    /// Every Google id this name may be served by, in the order they are tried.
+    public var chain: [UpstreamFallback] { [UpstreamFallback(id: upstreamModel, family: family)] + fallbacks }
 
     /// The ratios this name accepts.
     public var aspectRatios: [AspectRatio] { family.aspectRatios }
@@ -278,6 +294,23 @@ public struct CatalogModel: Sendable, Equatable {
         case .tier: family.imageSizes
         case .ratioAtFixedTier(let tier): [tier]
         }
+    }
+}
+
+/// A Google id a catalog name falls back to, with its family.
+public struct UpstreamFallback: Sendable, Equatable, Codable {
+    public var id: String
+    public var family: ModelFamily
+
+    public init(id: String, family: ModelFamily) {
+        self.id = id
+        self.family = family
+    }
+
+    /// `id` with the family read from it; nil when the gateway cannot tell it.
+    public init?(id: String) {
+        guard let family = ModelFamily(upstreamID: id) else { return nil }
+        self.init(id: id, family: family)
     }
 }
 
@@ -352,43 +385,52 @@ public struct ModelCatalog: Sendable, Equatable {
     public static let flash25Prices = ModelFamily.flash25.googlePrices
     public static let pro3Prices = ModelFamily.pro3.googlePrices
     public static let flash31Prices = ModelFamily.flash31.googlePrices
+    public static let flash21Prices = ModelFamily.flash21.googlePrices
 
-    /// Today's Google ids (https://ai.google.dev/gemini-api/docs/deprecations; wire-formats notes
-    /// E1): `gemini-3-pro-image-preview` was shut down on
-    /// 2026-06-25, so every pro name goes to its GA successor; 2.5 Flash Image is past its
-    /// earliest shutdown date, so its names fall back to Nano Banana 2 when Google says 404.
+    /// Today's Google ids (https://ai.google.dev/gemini-api/docs/deprecations and changelog;
+    /// wire-formats notes E1 and F1): `gemini-3-pro-image-preview` was shut down on 2026-06-25,
+    /// so every pro name goes to its GA successor; `gemini-3.1-flash-image` was shut down on
+    /// 2026-10-29 for `gemini-nano-banana-2.1`; 2.5 Flash Image is served only to projects that
+    /// used it before (2026-09-18), so its names go on to 2.1 when Google refuses it.
     public static let defaultFlashUpstream = "gemini-2.5-flash-image"
-    public static let defaultFlashFallback = "gemini-3.1-flash-image"
+    public static let defaultFlash21Upstream = "gemini-nano-banana-2.1"
+    public static let defaultFlashFallback = defaultFlash21Upstream
     public static let defaultProUpstream = "gemini-3-pro-image"
-    public static let defaultFlash31Upstream = "gemini-3.1-flash-image"
+    /// The Nano Banana 2 names (`nano-banana-2`, `gemini-3.1-flash-image`) go to 2.1.
+    public static let defaultFlash31Upstream = defaultFlash21Upstream
 
     /// The built-in catalog.
     ///
     /// - Parameters:
     ///   - flashUpstream: Google's id for the 2.5 names (`NANOGATE_UPSTREAM_FLASH`).
     ///   - proUpstream: Google's id for the pro names (`NANOGATE_UPSTREAM_PRO`).
-    ///   - flash31Upstream: Google's id for the Nano Banana 2 names (`NANOGATE_UPSTREAM_FLASH31`).
-    ///   - flashFallback: tried when Google answers 404 for `flashUpstream` (`NANOGATE_UPSTREAM_FLASH_FALLBACK`; empty for none).
+    ///   - flash31Upstream: Google's id for the Nano Banana 2 names (`NANOGATE_UPSTREAM_FLASH31`);
+    ///     its family is read from the id (2.1 unless it names 3.1).
+    ///   - flashFallback: tried in order when Google refuses `flashUpstream`
+    ///     (`NANOGATE_UPSTREAM_FLASH_FALLBACK`, comma-separated; empty for none).
     public static func standard(
         flashUpstream: String = defaultFlashUpstream,
         proUpstream: String = defaultProUpstream,
         flash31Upstream: String = defaultFlash31Upstream,
         flashFallback: String? = defaultFlashFallback
     ) -> ModelCatalog {
-        let fallback = flashFallback.flatMap { $0.isEmpty ? nil : $0 }
+        let fallbacks = (flashFallback ?? "").split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+            .map { UpstreamFallback(id: $0) ?? UpstreamFallback(id: $0, family: .flash21) }
         func flash(_ name: String, url: Bool) -> CatalogModel {
             // The spec: image-to-image with 1 to 6 input images ("works best with up to 3", E5).
             CatalogModel(
-                name: name, family: .flash25, upstreamModel: flashUpstream, fallbackModel: fallback,
-                fallbackFamily: fallback.map { ModelFamily(upstreamID: $0) ?? .flash31 },
+                name: name, family: .flash25, upstreamModel: flashUpstream, fallbacks: fallbacks,
                 sizeMode: .ratioOrPixels, allowsURLOutput: url, maxInputImages: 6
             )
         }
         func pro(_ name: String, _ mode: SizeMode, url: Bool) -> CatalogModel {
             CatalogModel(name: name, family: .pro3, upstreamModel: proUpstream, sizeMode: mode, allowsURLOutput: url, maxInputImages: 14)
         }
-        func flash31(_ name: String) -> CatalogModel {
-            CatalogModel(name: name, family: .flash31, upstreamModel: flash31Upstream, sizeMode: .tier, allowsURLOutput: true, maxInputImages: 14)
+        func nanoBanana2(_ name: String, upstream: String) -> CatalogModel {
+            CatalogModel(
+                name: name, family: ModelFamily(upstreamID: upstream) ?? .flash21, upstreamModel: upstream, sizeMode: .tier, allowsURLOutput: true,
+                maxInputImages: 14
+            )
         }
         return ModelCatalog(models: [
             flash("nano-banana", url: true),
@@ -398,8 +440,10 @@ public struct ModelCatalog: Sendable, Equatable {
             pro("nano-banana-pro-2k", .ratioAtFixedTier(.twoK), url: true),
             pro("nano-banana-pro-4k", .ratioAtFixedTier(.fourK), url: true),
             pro("gemini-3-pro-image", .tier, url: true),
-            flash31("nano-banana-2"),
-            flash31("gemini-3.1-flash-image"),
+            nanoBanana2("nano-banana-2", upstream: flash31Upstream),
+            nanoBanana2("gemini-3.1-flash-image", upstream: flash31Upstream),
+            nanoBanana2("nano-banana-2.1", upstream: defaultFlash21Upstream),
+            nanoBanana2("gemini-nano-banana-2.1", upstream: defaultFlash21Upstream),
         ])
     }
 

@@ -21,12 +21,13 @@ public struct CatalogFileEntry: Codable, Sendable, Equatable {
     public var name: String
     /// An existing model whose settings this entry starts from.
     public var like: String?
-    /// `flash25`, `pro3` or `flash31`: the ratios, sizes, pixel table and token figures.
+    /// `flash25`, `pro3`, `flash31` or `flash21`: the ratios, sizes, pixel table and token figures.
     public var family: ModelFamily?
     /// Google's model id.
     public var upstream: String?
-    /// The id tried when Google answers 404 for `upstream`; empty for none.
-    public var fallback: String?
+    /// The ids tried in order when Google refuses `upstream` (`fallback: [a, b]`, or one id;
+    /// empty for none).
+    public var fallback: FallbackIDs?
     /// The fallback's family, when the gateway cannot tell it from the id.
     public var fallbackFamily: ModelFamily?
     /// How `size` is read: `tier`, `ratio` (the 2.5 family), or a fixed tier (`2K`, `4K`, …).
@@ -66,7 +67,7 @@ public struct CatalogFileEntry: Codable, Sendable, Equatable {
     }
 
     public init(
-        name: String, like: String? = nil, family: ModelFamily? = nil, upstream: String? = nil, fallback: String? = nil,
+        name: String, like: String? = nil, family: ModelFamily? = nil, upstream: String? = nil, fallback: FallbackIDs? = nil,
         fallbackFamily: ModelFamily? = nil, size: String? = nil, urlOutput: Bool? = nil, enabled: Bool? = nil,
         maxInputImages: Int? = nil, prices: Prices? = nil, keepAlive: Int? = nil
     ) {
@@ -100,6 +101,31 @@ public struct CatalogFileEntry: Codable, Sendable, Equatable {
         "name", "like", "family", "upstream", "fallback", "fallback_family", "size", "url_output", "enabled",
         "max_input_images", "prices", "keep_alive",
     ]
+}
+
+/// A `fallback:` value: one id (`fallback: gemini-nano-banana-2.1`, as before) or a list tried
+/// in order (`fallback: [gemini-2.5-flash-image, gemini-nano-banana-2.1]`); `""` or `[]` for none.
+public struct FallbackIDs: Codable, Sendable, Equatable, ExpressibleByArrayLiteral, ExpressibleByStringLiteral {
+    public var ids: [String]
+
+    public init(_ ids: [String]) { self.ids = ids }
+    public init(arrayLiteral elements: String...) { self.ids = elements }
+    public init(stringLiteral value: String) { self.ids = value.isEmpty ? [] : [value] }
+
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.singleValueContainer()
+        if let one = try? container.decode(String.self) {
+            ids = one.isEmpty ? [] : [one]
+        } else {
+            ids = try container.decode([String].self)
+        }
+    }
+
+    /// One id as a string (as files written before chains say it), several as a list.
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.singleValueContainer()
+        if ids.count <= 1 { try container.encode(ids.first ?? "") } else { try container.encode(ids) }
+    }
 }
 
 /// A `models:` entry the gateway cannot use, named.
@@ -171,25 +197,27 @@ extension ModelCatalog {
             if Self.isValidUpstreamID(upstream) { model.upstreamModel = upstream } else { problems.append("'upstream: \(upstream)' is not a Google model id (letters, digits, '.', '-', '_')") }
         }
         if let fallback = entry.fallback {
-            if fallback.isEmpty {
-                model.fallbackModel = nil
-                model.fallbackFamily = nil
-            } else if Self.isValidUpstreamID(fallback) {
-                model.fallbackModel = fallback
-                model.fallbackFamily = entry.fallbackFamily ?? ModelFamily(upstreamID: fallback)
-                if model.fallbackFamily == nil {
-                    problems.append("the family of fallback '\(fallback)' is unknown; add 'fallback_family: flash25|pro3|flash31'")
+            var chain: [UpstreamFallback] = []
+            for id in fallback.ids {
+                guard Self.isValidUpstreamID(id) else {
+                    problems.append("'fallback: \(id)' is not a Google model id")
+                    continue
                 }
-            } else {
-                problems.append("'fallback: \(fallback)' is not a Google model id")
+                // `fallback_family` names the family of a single id the gateway cannot tell.
+                guard let family = (fallback.ids.count == 1 ? entry.fallbackFamily : nil) ?? ModelFamily(upstreamID: id) else {
+                    problems.append("the family of fallback '\(id)' is unknown; add 'fallback_family: flash25|pro3|flash31|flash21' (one fallback) or use an id the gateway knows")
+                    continue
+                }
+                chain.append(UpstreamFallback(id: id, family: family))
             }
-        } else if let fallbackFamily = entry.fallbackFamily {
-            model.fallbackFamily = fallbackFamily
+            model.fallbacks = chain
+        } else if let fallbackFamily = entry.fallbackFamily, !model.fallbacks.isEmpty {
+            model.fallbacks[0].family = fallbackFamily
         }
         if let size = entry.size {
             switch size.lowercased() {
             case "tier":
-                if model.family.imageSizes.isEmpty { problems.append("'size: tier' needs a family with tiers (pro3, flash31)") } else { model.sizeMode = .tier }
+                if model.family.imageSizes.isEmpty { problems.append("'size: tier' needs a family with tiers (pro3, flash31, flash21)") } else { model.sizeMode = .tier }
             case "ratio":
                 if model.family.imageSizes.isEmpty { model.sizeMode = .ratioOrPixels } else { problems.append("'size: ratio' is the 2.5 family's; tiered families take 'tier' or a fixed tier") }
             default:
@@ -239,8 +267,8 @@ extension ModelCatalog {
             case .ratioAtFixedTier(let tier): size = tier.rawValue
             }
             return CatalogFileEntry(
-                name: model.name, family: model.family, upstream: model.upstreamModel, fallback: model.fallbackModel ?? "",
-                fallbackFamily: model.fallbackModel == nil ? nil : model.fallbackFamily, size: size, urlOutput: model.allowsURLOutput,
+                name: model.name, family: model.family, upstream: model.upstreamModel, fallback: FallbackIDs(model.fallbacks.map(\.id)),
+                fallbackFamily: model.fallbacks.count == 1 ? model.fallbacks[0].family : nil, size: size, urlOutput: model.allowsURLOutput,
                 enabled: model.enabled, maxInputImages: model.maxInputImages,
                 prices: .init(
                     input: TokenPrices.usd(model.prices.inputText), inputImage: TokenPrices.usd(model.prices.inputImage),

@@ -108,15 +108,14 @@ enum ReservationEstimate {
     /// Generous input tokens per input image (Pro bills 560, 2.5 258 per tile).
     static let tokensPerInputImage = 1_290
 
-    /// The worst case of `count` images of `spec` with this input, on the model or its
-    /// fallback, whichever costs more, with the group multiplier.
+    /// The worst case of `count` images of `spec` with this input, on whichever of `targets`
+    /// costs most, with the group multiplier.
     static func microUSD(
-        model: CatalogModel, spec: ImageSpec, count: Int, promptTokens: Int, inputImages: Int,
+        targets: [UpstreamFallback], spec: ImageSpec, count: Int, promptTokens: Int, inputImages: Int,
         prices: (String, ModelFamily) -> TokenPrices, multiplierPPM: Int
     ) -> Int {
-        var targets = [(model.upstreamModel, model.family)]
-        if let fallback = model.fallbackModel, let family = model.fallbackFamily { targets.append((fallback, family)) }
-        let costs = targets.map { id, family -> Int in
+        let costs = targets.map { target -> Int in
+            let (id, family) = (target.id, target.family)
             let output = family.outputImageTokens(spec.imageSize)
             let text = textAllowance(family)
             let inputImageTokens = inputImages * tokensPerInputImage

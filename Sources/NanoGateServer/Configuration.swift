@@ -17,8 +17,8 @@ import NanoGateStorage
 /// | | `GEMINI_API_KEY` | Google key(s), comma-separated | none |
 /// | | `NANOGATE_GEMINI_BASE_URL` | Gemini API base | Google's |
 /// | `--config` | `NANOGATE_CONFIG` | configuration file (YAML or JSON): settings and the `models:` list | none |
-/// | | `NANOGATE_UPSTREAM_FLASH` / `NANOGATE_UPSTREAM_PRO` / `NANOGATE_UPSTREAM_FLASH31` | upstream model ids of the built-in catalog | `gemini-2.5-flash-image` / `gemini-3-pro-image` / `gemini-3.1-flash-image` |
-/// | | `NANOGATE_UPSTREAM_FLASH_FALLBACK` | tried when Google answers 404 for the 2.5 id (empty: none) | `gemini-3.1-flash-image` |
+/// | | `NANOGATE_UPSTREAM_FLASH` / `NANOGATE_UPSTREAM_PRO` / `NANOGATE_UPSTREAM_FLASH31` | upstream model ids of the built-in catalog | `gemini-2.5-flash-image` / `gemini-3-pro-image` / `gemini-nano-banana-2.1` |
+/// | | `NANOGATE_UPSTREAM_FLASH_FALLBACK` | tried in order when Google refuses the 2.5 id (comma-separated; empty: none) | `gemini-nano-banana-2.1` |
 /// | | `NANOGATE_CHECK_MODELS` | check the catalog against Google's model list at start-up | on |
 /// | | `NANOGATE_CHAT_IMAGES` | how chat replies carry images: `auto`, `markdown`, `images`, `both` | `auto` |
 /// | | `NANOGATE_ADMIN_TOKEN` | turns the admin API on, its bearer token | off |
@@ -181,8 +181,13 @@ public struct GatewayConfiguration: Sendable {
                 flashUpstream: upstreamID("NANOGATE_UPSTREAM_FLASH", ModelCatalog.defaultFlashUpstream),
                 proUpstream: upstreamID("NANOGATE_UPSTREAM_PRO", ModelCatalog.defaultProUpstream),
                 flash31Upstream: upstreamID("NANOGATE_UPSTREAM_FLASH31", ModelCatalog.defaultFlash31Upstream),
-                flashFallback: environment["NANOGATE_UPSTREAM_FLASH_FALLBACK"].map { $0.isEmpty ? "" : upstreamID("NANOGATE_UPSTREAM_FLASH_FALLBACK", $0) }
-                    ?? ModelCatalog.defaultFlashFallback
+                flashFallback: environment["NANOGATE_UPSTREAM_FLASH_FALLBACK"].map { list in
+                    // A chain, tried in order: `gemini-a,gemini-b` (empty: none).
+                    list.split(separator: ",").map { id in
+                        let id = id.trimmingCharacters(in: .whitespaces)
+                        return ModelCatalog.isValidUpstreamID(id) ? id : upstreamID("NANOGATE_UPSTREAM_FLASH_FALLBACK", "")
+                    }.joined(separator: ",")
+                } ?? ModelCatalog.defaultFlashFallback
             ),
             inputs: InputLimits(
                 maxImageBytes: number("NANOGATE_MAX_IMAGE_BYTES", 20 * 1024 * 1024),

@@ -12,10 +12,12 @@ public struct ModelCheck: Sendable {
         public var model: String
         public var upstream: String
         public var upstreamServed: Bool
+        /// The fallback chain, comma-separated (nil: none).
         public var fallback: String?
+        /// Whether Google serves at least one id of the chain.
         public var fallbackServed: Bool?
 
-        /// The model can be served (its upstream id, or else its fallback, exists).
+        /// The model can be served (its upstream id, or else one of its fallbacks, exists).
         public var servable: Bool { upstreamServed || fallbackServed == true }
     }
 
@@ -26,7 +28,8 @@ public struct ModelCheck: Sendable {
         lines = catalog.models.map { model in
             Line(
                 model: model.name, upstream: model.upstreamModel, upstreamServed: served.contains(model.upstreamModel),
-                fallback: model.fallbackModel, fallbackServed: model.fallbackModel.map { served.contains($0) }
+                fallback: model.fallbacks.isEmpty ? nil : model.fallbacks.map(\.id).joined(separator: ","),
+                fallbackServed: model.fallbacks.isEmpty ? nil : model.fallbacks.contains { served.contains($0.id) }
             )
         }
     }

@@ -309,7 +309,7 @@ public struct OperatorService: Sendable {
         var entries: [(String, TokenPrices)] = []
         for model in catalog.models {
             entries.append((model.upstreamModel, model.prices))
-            if let fallback = model.fallbackModel, let family = model.fallbackFamily { entries.append((fallback, family.googlePrices)) }
+            entries += model.fallbacks.map { ($0.id, $0.family.googlePrices) }
         }
         entries += overrides.map { ($0.key, $0.value) }
         for (id, catalogPrices) in entries where seen.insert(id).inserted {

@@ -36,8 +36,9 @@ struct UpstreamTarget: Sendable, Equatable {
     }
 }
 
-/// Upstream ids Google answered 404 NOT_FOUND for (or `models check` found missing): requests
-/// go straight to the fallback for an hour instead of paying a failed call each time.
+/// Upstream ids Google refused as unknown or not available to the project (or `models check`
+/// found missing): requests go straight down the fallback chain for an hour instead of paying a
+/// failed call each time.
 final class RetiredModels: Sendable {
     private let until = Mutex([String: ContinuousClock.Instant]())
     static let memory = Duration.seconds(3600)
@@ -205,14 +206,14 @@ struct RequestPipeline: Sendable {
         priceBook.prices(upstream: id, fallback: fallback)
     }
 
-    /// The most `count` images of `spec` may cost this key (reserved before Google is called).
-    /// The fallback's price counts only once the primary id is known to be retired: a request
-    /// that meets the 404 first is charged the fallback's real cost even if it exceeds the hold.
+    /// The most `count` images of `spec` may cost this key (reserved before Google is called),
+    /// on the first id of the model's chain not known to be retired: a request that meets a
+    /// refusal first is charged the next id's real cost even if it exceeds the hold.
     func estimate(key: APIKey, model: CatalogModel, spec: ImageSpec, count: Int, prompt: String, inputImages: Int) -> Int {
-        var model = model
-        if !retired.isRetired(model.upstreamModel) { model.fallbackModel = nil }
+        let chain = model.chain
+        let target = chain.first { !retired.isRetired($0.id) } ?? chain[chain.count - 1]
         return ReservationEstimate.microUSD(
-            model: model, spec: spec, count: count, promptTokens: PromptLimit.estimatedTokens(prompt), inputImages: inputImages,
+            targets: [target], spec: spec, count: count, promptTokens: PromptLimit.estimatedTokens(prompt), inputImages: inputImages,
             prices: { id, family in prices(of: id, fallback: id == model.upstreamModel ? model.prices : family.googlePrices) },
             multiplierPPM: key.groupSettings.multiplierPPM
         )
@@ -321,10 +322,11 @@ struct RequestPipeline: Sendable {
         }
     }
 
-    /// Calls the model's upstream id, or its fallback when Google answers 404 NOT_FOUND (a
-    /// retired id: Google renames image models every few months) or answered it recently. The
-    /// request is adapted to the fallback's family; a request the fallback cannot honour (a
-    /// ratio or tier it lacks) keeps the original error.
+    /// Calls the model's upstream id, then each fallback in turn while Google refuses the id as
+    /// unknown or not available to the project (Google renames and restricts image models every
+    /// few months), skipping ids refused within the hour. The request is adapted to each
+    /// fallback's family; one the fallback cannot honour (a ratio or tier it lacks) skips it, and
+    /// when no id is left the first refusal is the answer.
     private func withFallback<Value>(
         _ request: GeminiWire.Request, settlement: Settlement, logger: Logger,
         _ call: (String, GeminiWire.Request) async throws(UpstreamError) -> Value
@@ -341,26 +343,31 @@ struct RequestPipeline: Sendable {
         _ call: (String, GeminiWire.Request) async throws(UpstreamError) -> Value
     ) async throws(UpstreamError) -> Value {
         let model = settlement.model
-        var fallback: (target: UpstreamTarget, request: GeminiWire.Request)?
-        if let id = model.fallbackModel, let family = model.fallbackFamily, let adapted = ImageTranslation.adapted(request, to: family) {
-            fallback = (UpstreamTarget(id: id, family: family, prices: prices(of: id, fallback: family.googlePrices)), adapted)
+        var candidates: [(target: UpstreamTarget, request: GeminiWire.Request)] = []
+        for (index, link) in model.chain.enumerated() {
+            guard let adapted = index == 0 ? request : ImageTranslation.adapted(request, to: link.family) else { continue }
+            let prices = prices(of: link.id, fallback: index == 0 ? model.prices : link.family.googlePrices)
+            candidates.append((UpstreamTarget(id: link.id, family: link.family, prices: prices), adapted))
         }
-        if let fallback, retired.isRetired(model.upstreamModel) {
-            settlement.serve(by: fallback.target)
-            return try await call(fallback.target.id, fallback.request)
+        let live = candidates.filter { !retired.isRetired($0.target.id) }
+        let tried = live.isEmpty ? [candidates[candidates.count - 1]] : live
+        var firstRefusal: UpstreamError?
+        for (index, candidate) in tried.enumerated() {
+            settlement.serve(by: candidate.target)
+            do {
+                return try await call(candidate.target.id, candidate.request)
+            } catch {
+                guard error.code == .modelNotFound, !Task.isCancelled else { throw error }
+                retired.markRetired(candidate.target.id)
+                firstRefusal = firstRefusal ?? error
+                guard index + 1 < tried.count else { break }
+                logger.warning(
+                    "Google refuses the upstream model; trying the next of its chain",
+                    metadata: ["model": "\(model.name)", "upstream": "\(candidate.target.id)", "next": "\(tried[index + 1].target.id)"]
+                )
+            }
         }
-        do {
-            return try await call(model.upstreamModel, request)
-        } catch {
-            guard error.code == .modelNotFound, let fallback, !Task.isCancelled else { throw error }
-            retired.markRetired(model.upstreamModel)
-            logger.warning(
-                "Google does not serve the upstream model; using its fallback",
-                metadata: ["model": "\(model.name)", "upstream": "\(model.upstreamModel)", "fallback": "\(fallback.target.id)"]
-            )
-            settlement.serve(by: fallback.target)
-            return try await call(fallback.target.id, fallback.request)
-        }
+        throw firstRefusal ?? UpstreamError(.modelNotFound, detail: "no upstream id of '\(model.name)' can serve this request")
     }
 
     /// The images endpoints' upstream work: `n` parallel calls (Gemini rejects `candidateCount` > 1).

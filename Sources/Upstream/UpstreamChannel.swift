@@ -97,6 +97,12 @@ enum GoogleErrors {
         let retryDelay = (envelope?.error.details ?? []).compactMap(\.retryDelay).compactMap(UpstreamNumbers.seconds(fromDuration:)).first
         let retrySeconds = retryDelay.map { max(1, Int($0.rounded(.up))) }
 
+        if status == 403 || status == 400, !reasons.contains("API_KEY_INVALID"), modelRefused(message) {
+            // Not the credential: this project may not use this model (2.5 for a new project,
+            // F1). The request goes down the model's fallback chain; the key stays in service.
+            logger.warning("Google refuses the upstream model for this project", metadata: ["google.status": "\(googleStatus)", "google.message": "\(message)"])
+            return .init(error: .init(.modelNotFound, status: status, detail: message), disposition: .fatal)
+        }
         if reasons.contains("API_KEY_INVALID") || status == 401 || status == 403 {
             logger.error("Google rejected a credential; the channel sets it aside", metadata: ["google.status": "\(googleStatus)", "google.message": "\(message)"])
             return .init(error: .init(.authFailed, status: status, detail: message), disposition: .credentialRejected)
@@ -117,6 +123,15 @@ enum GoogleErrors {
         default:
             return .init(error: .init(.serverError, status: status, detail: "\(googleStatus): \(message)"), disposition: .transient)
         }
+    }
+
+    /// Whether a 400/403 message says the model itself is refused (unknown, retired, or not
+    /// available to this project), as opposed to a bad request or a bad credential.
+    static func modelRefused(_ message: String) -> Bool {
+        let text = message.lowercased()
+        guard text.contains("model") else { return false }
+        return ["not available", "no longer available", "not found", "only available", "not accessible", "does not have access", "not supported for this project"]
+            .contains { text.contains($0) }
     }
 
     /// Google's `google.rpc.Status` body, also when wrapped in a one-element array (as the

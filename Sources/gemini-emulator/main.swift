@@ -24,6 +24,11 @@ struct GeminiEmulatorCommand: AsyncParsableCommand {
     @Option(help: "Answer every generation with this fault (429, 503, 500, garbage), whatever the prompt.") var fault: String?
     @Option(help: "Answer 404 NOT_FOUND for this model id, as Google does for a retired model (repeatable; the 2026 preview ids always are).")
     var retired: [String] = []
+    @Option(help: "Serve this model id again although Google shut it down (repeatable; e.g. gemini-3.1-flash-image).")
+    var revive: [String] = []
+    @Option(help: "Treat this key as a new project's: refused on gemini-2.5-flash-image (repeatable).")
+    var newProjectKey: [String] = []
+    @Flag(help: "Treat every key as a new project's (a new operator today).") var newProject = false
 
     func run() async throws {
         #if canImport(Glibc)
@@ -35,6 +40,9 @@ struct GeminiEmulatorCommand: AsyncParsableCommand {
         var configuration = EmulatorConfiguration(acceptedKeys: acceptKey.isEmpty ? nil : Set(acceptKey), latency: .milliseconds(latencyMs))
         configuration.batchDelay = .milliseconds(batchDelayMs)
         configuration.retiredModels.formUnion(retired)
+        configuration.retiredModels.subtract(revive)
+        configuration.newProjectKeys = Set(newProjectKey)
+        configuration.everyKeyIsNewProject = newProject
         configuration.acceptedBearerTokens = acceptToken.isEmpty ? nil : Set(acceptToken)
         configuration.control.fault = fault
         let emulator = GeminiEmulator(configuration: configuration)

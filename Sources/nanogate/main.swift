@@ -65,6 +65,8 @@ struct Serve: AsyncParsableCommand {
     var publicURL: String?
     @Flag(help: "Start the offline Gemini emulator in-process, point the gateway at it and print a ready demo key.")
     var demo = false
+    @Flag(help: "With --demo: the emulator answers as Google answers a new operator today (gemini-2.5-flash-image refused to the project; gemini-3.1-flash-image is shut down either way). Env: NANOGATE_DEMO_NEW_PROJECT=1.")
+    var newProject = false
     @Option(help: "Log level (trace, debug, info, notice, warning, error). Env: LOG_LEVEL.") var logLevel: String?
 
     func run() async throws {
@@ -102,6 +104,11 @@ struct Serve: AsyncParsableCommand {
         for id in (ProcessInfo.processInfo.environment["NANOGATE_DEMO_RETIRED"] ?? "").split(separator: ",") {
             emulatorConfiguration.retiredModels.insert(id.trimmingCharacters(in: .whitespaces))
         }
+        // Serve a shut-down id again (NANOGATE_DEMO_REVIVED=gemini-3.1-flash-image), for its 512 tier.
+        for id in (ProcessInfo.processInfo.environment["NANOGATE_DEMO_REVIVED"] ?? "").split(separator: ",") {
+            emulatorConfiguration.retiredModels.remove(id.trimmingCharacters(in: .whitespaces))
+        }
+        emulatorConfiguration.everyKeyIsNewProject = newProject || ["1", "true", "yes", "on"].contains(ProcessInfo.processInfo.environment["NANOGATE_DEMO_NEW_PROJECT"]?.lowercased() ?? "")
         let emulator = Application(
             router: GeminiEmulator(configuration: emulatorConfiguration).router(),
             configuration: .init(address: .hostname("127.0.0.1", port: 0), serverName: "gemini-emulator"),

@@ -6,6 +6,8 @@ import Testing
     let catalog = ModelCatalog.standard()
 
     func model(_ name: String) -> CatalogModel { catalog.model(named: name)! }
+    /// Nano Banana 2 on `gemini-3.1-flash-image`, as an operator whose project still has it configures it.
+    let nanoBanana2 = ModelCatalog.standard(flash31Upstream: "gemini-3.1-flash-image").model(named: "nano-banana-2")!
 
     /// The spec's table for the 2.5 family: each ratio and its WxH mean the same request.
     static let seedTable: [(ratio: String, pixels: String)] = [
@@ -113,19 +115,29 @@ import Testing
     @Test func catalogMatchesTheSpec() {
         #expect(catalog.names == [
             "nano-banana", "gemini-2.5-flash-image", "nano-banana-pro", "gemini-3-pro-image-preview", "nano-banana-pro-2k", "nano-banana-pro-4k",
-            "gemini-3-pro-image", "nano-banana-2", "gemini-3.1-flash-image",
+            "gemini-3-pro-image", "nano-banana-2", "gemini-3.1-flash-image", "nano-banana-2.1", "gemini-nano-banana-2.1",
         ])
         #expect(catalog.models.filter { !$0.allowsURLOutput }.map(\.name) == ["gemini-2.5-flash-image", "gemini-3-pro-image-preview"], "the spec's gemini-* names answer base64")
         // Today's Google ids (wire-formats.md E1): the preview id was shut down on 2026-06-25.
         for name in ["nano-banana-pro", "gemini-3-pro-image-preview", "nano-banana-pro-2k", "nano-banana-pro-4k"] {
             #expect(catalog.model(named: name)?.upstreamModel == "gemini-3-pro-image", "\(name)")
         }
+        // 2.5 is limited to old projects (F1): its names go on to Nano Banana 2.1.
         for name in ["nano-banana", "gemini-2.5-flash-image"] {
-            #expect(catalog.model(named: name)?.upstreamModel == "gemini-2.5-flash-image")
-            #expect(catalog.model(named: name)?.fallbackModel == "gemini-3.1-flash-image")
-            #expect(catalog.model(named: name)?.fallbackFamily == .flash31)
+            #expect(catalog.model(named: name)?.chain.map(\.id) == ["gemini-2.5-flash-image", "gemini-nano-banana-2.1"])
+            #expect(catalog.model(named: name)?.fallbacks.map(\.family) == [.flash21])
         }
-        #expect(catalog.model(named: "nano-banana-2")?.upstreamModel == "gemini-3.1-flash-image")
+        // 3.1 was shut down on 2026-10-29: the Nano Banana 2 names and the new ones are 2.1's.
+        for name in ["nano-banana-2", "gemini-3.1-flash-image", "nano-banana-2.1", "gemini-nano-banana-2.1"] {
+            #expect(catalog.model(named: name)?.upstreamModel == "gemini-nano-banana-2.1", "\(name)")
+            #expect(catalog.model(named: name)?.family == .flash21, "\(name)")
+            #expect(catalog.model(named: name)?.sizes == [.oneK, .twoK, .fourK], "no 512 on 2.1")
+            #expect(catalog.model(named: name)?.aspectRatios.count == 14 && catalog.model(named: name)?.maxInputImages == 14)
+        }
+        #expect(ModelCatalog.standard(flashFallback: "gemini-nano-banana-2.1, gemini-3-pro-image").model(named: "nano-banana")?.fallbacks
+            == [UpstreamFallback(id: "gemini-nano-banana-2.1", family: .flash21), UpstreamFallback(id: "gemini-3-pro-image", family: .pro3)])
+        #expect(ModelFamily.flash21.googlePrices == TokenPrices(inputPerMillion: 1.50, outputTextPerMillion: 7.50, outputImagePerMillion: 30))
+        #expect(ModelFamily.flash21.outputImageTokens(.oneK) == 1120 && ModelFamily.flash21.pixels(.tall1x8, .twoK) == PixelSize(768, 6144))
         let renamed = ModelCatalog.standard(proUpstream: "gemini-3-pro-image-v2")
         #expect(renamed.model(named: "nano-banana-pro-4k")?.upstreamModel == "gemini-3-pro-image-v2")
         #expect(ModelFamily.flash25.outputImageTokens(nil) == 1290)
@@ -139,7 +151,9 @@ import Testing
     /// Nano Banana 2: `512` and the four extreme ratios are its own; asking another model for them
     /// is a 400 naming the parameter and listing what that model takes.
     @Test func nanoBanana2TakesItsOwnSizesAndRatios() throws {
-        let nb2 = model("nano-banana-2")
+        let nb2 = nanoBanana2
+        #expect(try SizeRules.resolve(model: model("nano-banana-2.1"), size: "2k", aspectRatio: "8:1") == ImageSpec(aspectRatio: .wide8x1, imageSize: .twoK))
+        #expect(throws: GatewayError.self) { try SizeRules.resolve(model: model("nano-banana-2.1"), size: "512", aspectRatio: nil) }
         #expect(try SizeRules.resolve(model: nb2, size: "512", aspectRatio: "8:1") == ImageSpec(aspectRatio: .wide8x1, imageSize: .half))
         #expect(try SizeRules.resolve(model: nb2, size: "1:4", aspectRatio: nil) == ImageSpec(aspectRatio: .tall1x4, imageSize: .oneK))
         #expect(try SizeRules.resolve(model: nb2, size: "192x1536", aspectRatio: nil) == ImageSpec(aspectRatio: .tall1x8, imageSize: .half))
@@ -162,7 +176,7 @@ import Testing
     /// OpenAI's `quality` picks a tier on tiered models when `size` names none; an arbitrary
     /// `WxH` counts when it is exactly one of the model's ratios.
     @Test func qualityAndArbitraryPixelSizes() throws {
-        #expect(try SizeRules.resolve(model: model("nano-banana-2"), size: nil, aspectRatio: nil, quality: .low).imageSize == .half)
+        #expect(try SizeRules.resolve(model: nanoBanana2, size: nil, aspectRatio: nil, quality: .low).imageSize == .half)
         #expect(try SizeRules.resolve(model: model("nano-banana-pro"), size: nil, aspectRatio: nil, quality: .low).imageSize == .oneK)
         #expect(try SizeRules.resolve(model: model("nano-banana-pro"), size: "16:9", aspectRatio: nil, quality: .hd).imageSize == .twoK)
         #expect(try SizeRules.resolve(model: model("nano-banana-pro"), size: nil, aspectRatio: nil, quality: .high).imageSize == .twoK)

@@ -142,7 +142,7 @@ import Testing
             let narrow = try await Self.key(gateway, name: "narrow", KeyOptions(models: ["nano-banana-2"]))
             let outside = try await gateway.generate(#"{"model":"nano-banana-pro","prompt":"p"}"#, key: narrow)
             #expect(outside.status == 404 && outside.error["code"] as? String == "model_not_found")
-            #expect(try await gateway.generate(#"{"model":"nano-banana-2","prompt":"p","size":"512"}"#, key: narrow).status == 200)
+            #expect(try await gateway.generate(#"{"model":"nano-banana-2","prompt":"p","size":"2k"}"#, key: narrow).status == 200)
 
             let expired = try await Self.key(gateway, name: "old", KeyOptions(expiresAt: Date(timeIntervalSince1970: 1_700_000_000)))
             let late = try await gateway.generate(#"{"model":"nano-banana","prompt":"p"}"#, key: expired)

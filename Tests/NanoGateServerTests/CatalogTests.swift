@@ -82,7 +82,7 @@ import Testing
         let configuration = try ConfigurationFile.configuration(path: path, environment: ["NANOGATE_PORT": "7070"])
         #expect(configuration.port == 7070)
         #expect(configuration.host == "0.0.0.0")
-        #expect(configuration.catalog.model(named: "extra")?.family == .flash31)
+        #expect(configuration.catalog.model(named: "extra")?.family == .flash21)
     }
 
     @Test func aModelFromTheFileIsServed() async throws {
@@ -140,7 +140,11 @@ import Testing
     }
 
     @Test func everyOpenAIParameterIsAnswered() async throws {
-        try await withGateway { gateway in
+        // Nano Banana 2 where a project still has 3.1 (its 512 tier is what `quality: low` picks).
+        try await withGateway(
+            configure: { $0.catalog = .standard(flash31Upstream: "gemini-3.1-flash-image") },
+            emulator: { $0.retiredModels.remove("gemini-3.1-flash-image") }
+        ) { gateway in
             let accepted = try await gateway.generate(
                 #"{"model":"nano-banana-2","prompt":"p","quality":"low","background":"opaque","moderation":"low","style":"vivid","user":"u-1","input_fidelity":"high","size":"auto","response_format":"b64_json"}"#
             )
@@ -227,7 +231,7 @@ import Testing
         }
     }
 
-    /// A multi-turn chat on a retired 2.5 id goes to Nano Banana 2, which (like Google) refuses
+    /// A multi-turn chat on a retired 2.5 id goes to Nano Banana 2.1, which (like Google) refuses
     /// model turns without thought signatures: the history gets Google's bypass value.
     @Test func multiTurnChatSurvivesTheFallback() async throws {
         try await withGateway(emulator: { $0.retiredModels.insert("gemini-2.5-flash-image") }) { gateway in
@@ -237,7 +241,7 @@ import Testing
                 ["role": "user", "content": "draw"], ["role": "assistant", "content": content], ["role": "user", "content": "now in blue"],
             ]])
             #expect(second.status == 200, "\(second.text.prefix(300))")
-            #expect(second.headers.first(name: "X-NanoGate-Upstream-Model") == "gemini-3.1-flash-image")
+            #expect(second.headers.first(name: "X-NanoGate-Upstream-Model") == "gemini-nano-banana-2.1")
             let model = gateway.recorder.all.last?.body.contents.first { $0.role == "model" }
             #expect(model?.parts?.first?.thoughtSignature == ImageTranslation.bypassSignature)
         }

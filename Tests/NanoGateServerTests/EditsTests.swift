@@ -182,11 +182,11 @@ import Testing
             #expect(authorized.json["object"] as? String == "list")
             #expect(authorized.data.compactMap { $0["id"] as? String } == [
                 "nano-banana", "gemini-2.5-flash-image", "nano-banana-pro", "gemini-3-pro-image-preview", "nano-banana-pro-2k", "nano-banana-pro-4k",
-                "gemini-3-pro-image", "nano-banana-2", "gemini-3.1-flash-image",
+                "gemini-3-pro-image", "nano-banana-2", "gemini-3.1-flash-image", "nano-banana-2.1", "gemini-nano-banana-2.1",
             ])
             // What each model accepts, for clients that build their controls from it.
             let capabilities = Dictionary(uniqueKeysWithValues: authorized.data.map { ($0["id"] as! String, $0["capabilities"] as? [String: Any] ?? [:]) })
-            #expect(capabilities["nano-banana-2"]?["sizes"] as? [String] == ["512", "1K", "2K", "4K"])
+            #expect(capabilities["nano-banana-2"]?["sizes"] as? [String] == ["1K", "2K", "4K"], "2.1 has no 512")
             #expect((capabilities["nano-banana-2"]?["aspect_ratios"] as? [String])?.count == 14)
             #expect((capabilities["nano-banana-2"]?["aspect_ratios"] as? [String])?.contains("8:1") == true)
             #expect(capabilities["nano-banana-2"]?["max_input_images"] as? Int == 14)

@@ -21,7 +21,12 @@ import Testing
         .filter { $0.hasSuffix(".json") }.map { String($0.dropLast(".json".count)) }.sorted()
 
     /// One emulator for the suite, so rendered PNGs are made once per size.
-    static let emulator = GeminiEmulator(configuration: .init(acceptedKeys: ["google-key"]))
+    /// The fixtures' emulator: 3.1 served again (Google shut it down; its 512 fixture still checks the table).
+    static let emulator: GeminiEmulator = {
+        var configuration = EmulatorConfiguration(acceptedKeys: ["google-key"])
+        configuration.retiredModels.remove("gemini-3.1-flash-image")
+        return GeminiEmulator(configuration: configuration)
+    }()
 
     static func fixtureText(_ name: String) throws -> String {
         try String(contentsOf: fixtureDirectory.appendingPathComponent(name + ".json"), encoding: .utf8)
@@ -249,7 +254,7 @@ import Testing
 
     /// The gateway's catalog (NanoGateCore) and the emulator's table (typed from Google's docs) agree cell for cell.
     @Test func theGatewaysTablesMatchTheEmulators() {
-        for (family, google) in [(ModelFamily.flash25, GoogleImageModel.flash25), (.pro3, .pro3), (.flash31, .flash31)] {
+        for (family, google) in [(ModelFamily.flash25, GoogleImageModel.flash25), (.pro3, .pro3), (.flash31, .flash31), (.flash21, .flash21)] {
             #expect(Set(family.aspectRatios.map(\.rawValue)) == Set(google.aspectRatios), "\(family) ratios")
             #expect(Set(family.imageSizes.map(\.rawValue)) == Set(google.imageSizes), "\(family) sizes")
             #expect(family.defaultSize?.rawValue == google.defaultSize, "\(family) default size")
@@ -265,13 +270,16 @@ import Testing
         }
     }
 
-    /// Google shut the preview ids down on 2026-06-25 (E1): the emulator answers them as Google
-    /// does now, and leaves them out of its model list, which it pages like Google.
+    /// Google shut the preview ids down on 2026-06-25 (E1) and 3.1 on 2026-10-29 (F1): the
+    /// emulator answers them as Google does now, and leaves them out of its model list, which it
+    /// pages like Google; 2.1 is served and listed.
     @Test func retiredIdsAnswerNotFoundAndAreNotListed() async throws {
         let body = try Self.fixtureText("generate-4k.gemini-3-pro-image")
         let retired = try await Self.post(body, model: "gemini-3-pro-image-preview")
         #expect(retired.status == 404)
         #expect(retired.error["status"] as? String == "NOT_FOUND")
+        let shutDown = try await Self.post(#"{"contents":[{"parts":[{"text":"p"}]}]}"#, model: "gemini-3.1-flash-image", emulator: GeminiEmulator(configuration: .init(acceptedKeys: ["google-key"])))
+        #expect(shutDown.status == 404)
 
         var configuration = EmulatorConfiguration()
         configuration.maxPageSize = 2
@@ -288,8 +296,8 @@ import Testing
             }
             return ids
         }
-        #expect(ids.contains("models/gemini-3-pro-image") && ids.contains("models/gemini-3.1-flash-image") && ids.contains("models/gemini-2.5-flash-image"))
-        #expect(!ids.contains("models/gemini-3-pro-image-preview"))
+        #expect(ids.contains("models/gemini-3-pro-image") && ids.contains("models/gemini-nano-banana-2.1") && ids.contains("models/gemini-2.5-flash-image"))
+        #expect(!ids.contains("models/gemini-3-pro-image-preview") && !ids.contains("models/gemini-3.1-flash-image"))
         #expect(Set(ids).count == ids.count, "pages do not repeat models")
     }
 }

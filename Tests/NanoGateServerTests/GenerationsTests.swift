@@ -26,16 +26,24 @@ import Upstream
         ("gemini-3-pro-image", "3:2", nil, 1264, 848),
         ("nano-banana-pro-2k", "2:3", nil, 1696, 2528),
         ("nano-banana-pro-4k", "16:9", nil, 5504, 3072),
-        // Nano Banana 2 (E3): 512, the four tall and wide ratios, 2K/4K as the 1K cell ×2/×4.
+        // Nano Banana 2 (E3) where a project still has 3.1: 512, the four tall and wide ratios,
+        // 2K/4K as the 1K cell ×2/×4.
         ("nano-banana-2", nil, nil, 1024, 1024),
         ("nano-banana-2", "512", "1:4", 256, 1024),
         ("gemini-3.1-flash-image", "0.5k", "16:9", 688, 384),
         ("nano-banana-2", "2k", "4:1", 4096, 1024),
         ("nano-banana-2", "1k", "1:8", 384, 3072),
+        // Nano Banana 2.1 (F2; its table assumed to be NB2's): no 512, the 14 ratios.
+        ("nano-banana-2.1", nil, nil, 1024, 1024),
+        ("gemini-nano-banana-2.1", "2k", "1:8", 768, 6144),
+        ("nano-banana-2.1", "1k", "21:9", 1584, 672),
     ]
 
     @Test func everyModelReturnsAPNGOfTheRequestedSize() async throws {
-        try await withGateway { gateway in
+        try await withGateway(
+            configure: { $0.catalog = .standard(flash31Upstream: "gemini-3.1-flash-image") },
+            emulator: { $0.retiredModels.remove("gemini-3.1-flash-image") }
+        ) { gateway in
             for item in Self.sizeCases {
                 var fields = [#""model":"\#(item.model)""#, #""prompt":"a banana""#, #""response_format":"b64_json""#]
                 if let size = item.size { fields.append(#""size":"\#(size)""#) }
@@ -76,26 +84,52 @@ import Upstream
         }
     }
 
-    /// Google retires image models every few months: the 2.5 names fall back to Nano Banana 2
-    /// (its 1K cell for the ratio), at Nano Banana 2's prices, and later requests skip the dead id.
+    /// Google retires image models every few months: the 2.5 names go on to Nano Banana 2.1
+    /// (its 1K cell for the ratio), at 2.1's prices, and later requests skip the dead id.
     @Test func aRetiredModelIsServedByItsFallback() async throws {
         try await withGateway(emulator: { $0.retiredModels.insert("gemini-2.5-flash-image") }) { gateway in
             let reply = try await gateway.generate(#"{"model":"nano-banana","prompt":"p","size":"2:3","response_format":"b64_json"}"#)
             #expect(reply.status == 200, "\(reply.text.prefix(300))")
-            #expect(reply.headers.first(name: "X-NanoGate-Upstream-Model") == "gemini-3.1-flash-image")
-            #expect(Harness.pngSize(try await gateway.imageBytes(reply)) == (848, 1264), "Nano Banana 2's 1K cell for 2:3, not 2.5's 832x1248")
+            #expect(reply.headers.first(name: "X-NanoGate-Upstream-Model") == "gemini-nano-banana-2.1")
+            #expect(Harness.pngSize(try await gateway.imageBytes(reply)) == (848, 1264), "2.1's 1K cell for 2:3, not 2.5's 832x1248")
             #expect(reply.json["size"] as? String == "848x1264")
             #expect((reply.usage["output_tokens_details"] as? [String: Int])?["image_tokens"] == 1120)
-            #expect(gateway.recorder.all.map(\.model) == ["gemini-2.5-flash-image", "gemini-3.1-flash-image"])
+            #expect(gateway.recorder.all.map(\.model) == ["gemini-2.5-flash-image", "gemini-nano-banana-2.1"])
             #expect(gateway.recorder.all.last?.body.generationConfig?.imageConfig == .init(aspectRatio: "2:3", imageSize: nil))
 
             let second = try await gateway.generate(#"{"model":"gemini-2.5-flash-image","prompt":"p"}"#)
             #expect(second.status == 200)
-            #expect(gateway.recorder.all.map(\.model).suffix(1) == ["gemini-3.1-flash-image"], "the retired id is remembered")
-            // Costed at Nano Banana 2's image price ($60/1M), not 2.5's ($30/1M).
+            #expect(gateway.recorder.all.map(\.model).suffix(1) == ["gemini-nano-banana-2.1"], "the retired id is remembered")
+            // Costed at 2.1's prices: its image tokens at $30/1M, its text at $1.50 / $7.50.
             let rows = try await gateway.usageRows()
-            let image = rows.first { $0.status == 200 }
-            #expect(image.map { $0.costMicroUSD >= 1120 * 60 } == true, "\(rows)")
+            let image = try #require(rows.first { $0.status == 200 })
+            #expect(image.costMicroUSD == Pricing.costMicroUSD(
+                ImageUsage(
+                    inputTokens: image.inputTokens, inputTokensDetails: .init(imageTokens: image.inputImageTokens, textTokens: image.inputTextTokens),
+                    outputTokens: image.outputTokens, outputTokensDetails: .init(imageTokens: image.outputImageTokens, textTokens: image.outputTextTokens),
+                    totalTokens: image.totalTokens
+                ),
+                prices: ModelFamily.flash21.googlePrices, multiplierPPM: 1_000_000
+            ), "\(rows)")
+        }
+    }
+
+    /// A new project's key is refused on 2.5 (403 naming the model, F1): the request goes down
+    /// the chain to 2.1, the key stays in service, and a chain of several ids is tried in order.
+    @Test func aModelRefusedToTheProjectGoesDownTheChain() async throws {
+        try await withGateway(
+            configure: { $0.catalog = .standard(flashFallback: "gemini-3.1-flash-image,gemini-nano-banana-2.1") },
+            emulator: { $0.everyKeyIsNewProject = true }
+        ) { gateway in
+            let reply = try await gateway.generate(#"{"model":"nano-banana","prompt":"p","response_format":"b64_json"}"#)
+            #expect(reply.status == 200, "\(reply.text.prefix(300))")
+            #expect(reply.headers.first(name: "X-NanoGate-Upstream-Model") == "gemini-nano-banana-2.1")
+            #expect(gateway.recorder.all.map(\.model) == ["gemini-2.5-flash-image", "gemini-3.1-flash-image", "gemini-nano-banana-2.1"])
+            // The credential was not set aside: the pro names still answer on the same key.
+            let pro = try await gateway.generate(#"{"model":"nano-banana-pro","prompt":"p","response_format":"b64_json"}"#)
+            #expect(pro.status == 200 && gateway.recorder.all.last?.apiKey == "google-key-1")
+            let rows = try await gateway.usageRows()
+            #expect(rows.filter { $0.status == 200 }.count == 2 && rows.allSatisfy { $0.status == 200 }, "one row per request, each charged once")
         }
     }
 
@@ -109,7 +143,7 @@ import Upstream
             let check = try await ModelCheck.run(catalog: gateway.configuration.catalog, pool: pool, logger: logger)
             let byName = Dictionary(uniqueKeysWithValues: check.lines.map { ($0.model, $0) })
             #expect(byName["nano-banana-pro"]?.upstreamServed == true, "found on a later page")
-            #expect(byName["nano-banana-2"]?.upstreamServed == true)
+            #expect(byName["nano-banana-2"]?.upstreamServed == true, "2.1")
             #expect(byName["nano-banana"]?.upstreamServed == false)
             #expect(byName["nano-banana"]?.fallbackServed == true)
             let allServable = check.lines.allSatisfy { $0.servable }

@@ -31,7 +31,7 @@ import openai
 import pytest
 from PIL import Image
 
-from conftest import CLI_TIMEOUT, sdk_client
+from conftest import CLI_TIMEOUT, _demo_in_temp_dir, sdk_client
 from test_edits import small_png
 from test_openai_sdk import PNG_SIGNATURE, check_usage
 
@@ -53,7 +53,40 @@ CATALOG = {
     "nano-banana-pro-4k": dict(family="pro3", ratios=TEN_RATIOS, sizes=["4K"], max_images=14, url=True),
     "nano-banana-2": dict(family="flash31", ratios=FOURTEEN_RATIOS, sizes=["512", "1K", "2K", "4K"], max_images=14, url=True),
     "gemini-3.1-flash-image": dict(family="flash31", ratios=FOURTEEN_RATIOS, sizes=["512", "1K", "2K", "4K"], max_images=14, url=True),
+    "nano-banana-2.1": dict(family="flash21", ratios=FOURTEEN_RATIOS, sizes=["1K", "2K", "4K"], max_images=14, url=True),
+    "gemini-nano-banana-2.1": dict(family="flash21", ratios=FOURTEEN_RATIOS, sizes=["1K", "2K", "4K"], max_images=14, url=True),
 }
+# This module's gateway is an operator's whose Google project still has Nano Banana 2
+# (`gemini-3.1-flash-image`, shut down for everyone else on 2026-10-29): the NB2 names are
+# configured on it, and the emulator serves it again, so its 512 tier stays tested. The
+# defaults (NB2 names on 2.1, a new operator) are tested at the end of the module.
+NB2_ON_31 = {"NANOGATE_UPSTREAM_FLASH31": "gemini-3.1-flash-image", "NANOGATE_DEMO_REVIVED": "gemini-3.1-flash-image"}
+
+
+@pytest.fixture(scope="module")
+def gateway(nanogate_bin, tmp_path_factory):
+    with _demo_in_temp_dir(nanogate_bin, tmp_path_factory, "nanogate-catalog", env=NB2_ON_31) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def make_client(gateway):
+    return lambda api_key: sdk_client(gateway, api_key)
+
+
+@pytest.fixture(scope="module")
+def client(make_client, gateway):
+    return make_client(gateway.key)
+
+
+@pytest.fixture(scope="module")
+def cli(nanogate_bin, gateway):
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(nanogate_bin), *args, "--data-dir", str(gateway.data_dir)], capture_output=True, text=True, timeout=CLI_TIMEOUT
+        )
+
+    return run
 FLASH25_NAMES = [name for name, entry in CATALOG.items() if entry["family"] == "flash25"]
 PRO_NAMES = [name for name, entry in CATALOG.items() if entry["family"] == "pro3"]
 FLASH31_NAMES = [name for name, entry in CATALOG.items() if entry["family"] == "flash31"]
@@ -686,18 +719,39 @@ def test_stream_error_is_an_error_event(gateway):
 # Fallback to another upstream model
 
 
-def test_retired_upstream_falls_back_to_3_1(private_gateway):
+def test_retired_upstream_falls_back_to_2_1(private_gateway):
     """With gemini-2.5-flash-image retired upstream, the 2.5 names are served by
-    gemini-3.1-flash-image: its 1K cell (848x1264 for 2:3), its usage, and a header saying so."""
+    gemini-nano-banana-2.1: its 1K cell (848x1264 for 2:3), its usage, and a header saying so."""
     gateway = private_gateway(env={"NANOGATE_DEMO_RETIRED": "gemini-2.5-flash-image"})
     client = sdk_client(gateway)
 
     for model in FLASH25_NAMES:
         raw = client.images.with_raw_response.generate(model=model, prompt=PROMPT, size="2:3", response_format="b64_json")
-        assert raw.headers.get("X-NanoGate-Upstream-Model") == "gemini-3.1-flash-image", model
+        assert raw.headers.get("X-NanoGate-Upstream-Model") == "gemini-nano-banana-2.1", model
         result = raw.parse()
         check_images(result, gateway.base_url, (848, 1264))
         check_usage(result.usage, NB2_TOKENS["1K"])
+
+
+def test_a_new_operator_gets_an_image_from_every_name(private_gateway):
+    """``serve --demo --new-project`` answers as Google answers a new operator today: 2.5 refused
+    to the project (403 naming the model), 3.1 shut down. Every one of the spec's six names and
+    the new ones still answers with an image; the 2.5 names and the NB2 names come from 2.1."""
+    gateway = private_gateway(args=["--new-project"])
+    client = sdk_client(gateway)
+    served_by = {}
+    for model in CATALOG:
+        raw = client.images.with_raw_response.generate(model=model, prompt=PROMPT, response_format="b64_json")
+        result = raw.parse()
+        assert result.data and base64.b64decode(result.data[0].b64_json).startswith(PNG_SIGNATURE), model
+        served_by[model] = raw.headers.get("X-NanoGate-Upstream-Model")
+    for model in FLASH25_NAMES + ["nano-banana-2", "gemini-3.1-flash-image", "nano-banana-2.1", "gemini-nano-banana-2.1"]:
+        assert served_by[model] == "gemini-nano-banana-2.1", (model, served_by)
+    for model in PRO_NAMES:
+        assert served_by[model] == "gemini-3-pro-image", (model, served_by)
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.images.generate(model="nano-banana-2", prompt=PROMPT, size="512")
+    assert refused.value.body["param"] == "size", "2.1 has no 512 tier"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -712,7 +766,7 @@ models:
   - name: my-banana
     like: nano-banana
     upstream: gemini-2.5-flash-image
-    fallback: gemini-3.1-flash-image
+    fallback: [gemini-3.1-flash-image]
     url_output: true
     enabled: true
     max_input_images: 6
@@ -829,7 +883,7 @@ def test_models_export_round_trips(nanogate_bin, gateway, private_gateway, tmp_p
 
     exported = private_gateway(args=["--config", str(path)])
 
-    assert list_models(exported) == list_models(gateway)
+    assert list_models(exported) == list_models(private_gateway()), "the defaults (this module's gateway has NB2 on 3.1)"
 
 
 # ---------------------------------------------------------------------------------------------
