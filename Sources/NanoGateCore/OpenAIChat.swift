@@ -132,6 +132,8 @@ public struct ChatUsage: Encodable, Sendable, Equatable {
     public var totalTokens: Int
     public var promptTokensDetails: [String: Int]
     public var completionTokensDetails: [String: Int]
+    /// What the key was charged, in USD (as OpenRouter's `usage.cost`).
+    public var cost: Double?
 
     /// From the images-API usage: thoughts are reasoning tokens, billed as text output.
     public init(_ usage: ImageUsage, reasoningTokens: Int) {
@@ -151,6 +153,7 @@ public struct ChatUsage: Encodable, Sendable, Equatable {
         case totalTokens = "total_tokens"
         case promptTokensDetails = "prompt_tokens_details"
         case completionTokensDetails = "completion_tokens_details"
+        case cost
     }
 }
 

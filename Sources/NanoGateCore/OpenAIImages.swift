@@ -223,6 +223,9 @@ public struct ImageUsage: Codable, Sendable, Equatable {
     public var outputTokens: Int
     public var outputTokensDetails: Details
     public var totalTokens: Int
+    /// What the key was charged for this answer, in USD (as OpenRouter's `usage.cost`); absent
+    /// where nothing is charged (Google's usage read back, an answer still under way).
+    public var cost: Double?
 
     public init(inputTokens: Int, inputTokensDetails: Details, outputTokens: Int, outputTokensDetails: Details, totalTokens: Int) {
         self.inputTokens = inputTokens
@@ -265,6 +268,7 @@ public struct ImageUsage: Codable, Sendable, Equatable {
         case outputTokens = "output_tokens"
         case outputTokensDetails = "output_tokens_details"
         case totalTokens = "total_tokens"
+        case cost
     }
 }
 

@@ -160,7 +160,7 @@ func makeGatewayParts(
         webhooks: WebhookSender(policy: webhookPolicy, resolver: ThreadPoolResolver(threadPool: dependencies.blockingThreadPool, lookup: hostLookup)),
         logger: logger, execute: { [images] record, key in try await images.runStoredJob(record, key: key, logger: logger) }
     )
-    ModelsController(catalog: configuration.catalog).addRoutes(to: api)
+    ModelsController(catalog: configuration.catalog, prices: { [pipeline] in pipeline.prices(of: $0, fallback: $1) }).addRoutes(to: api)
     // Google's own API for its SDKs: under /v1beta, and /v1 (google-genai's other default).
     let native = NativeController(catalog: configuration.catalog, pipeline: pipeline, maxRequestBytes: configuration.inputs.maxRequestBytes)
     native.addRoutes(to: api, listModels: false)

@@ -170,9 +170,14 @@ extension ChatController {
                                 try await send([ChatChoice(delta: ChatMessageOut(refusal: refusal), finishReason: nil)])
                             }
                             let finish = ChatTranslation.finishReason(collector.finishReason, blocked: collector.blocked != nil)
-                            try await send([ChatChoice(delta: ChatMessageOut(), finishReason: finish)])
+                            // What `account` will charge below: the last chunk says it (`usage.cost`).
+                            let charged = collector.blocked == nil && (collector.deliveredImages > 0 || collector.deliveredText)
+                            let cost = charged ? settlement.charge(after: ImageTranslation.usage(of: collector.usage)) : settlement.chargeMicroUSD
                             if job.includeUsage {
-                                try await send([], usage: controller.chatUsage(collector))
+                                try await send([ChatChoice(delta: ChatMessageOut(), finishReason: finish)])
+                                try await send([], usage: controller.chatUsage(collector, costMicroUSD: cost))
+                            } else {
+                                try await send([ChatChoice(delta: ChatMessageOut(), finishReason: finish)], usage: controller.chatUsage(collector, costMicroUSD: cost))
                             }
                             try await writer.write(ByteBuffer(string: "data: [DONE]\n\n"))
                         }

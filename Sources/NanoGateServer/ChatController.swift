@@ -125,6 +125,7 @@ struct ChatController {
             }
         }
         response.headers[ImagesController.upstreamModelHeader] = settlement.servedBy.id
+        if input.stream != true { response.headers[ImagesController.costHeader] = Pricing.usdText(settlement.chargeMicroUSD) }
         if job.droppedImages > 0 { response.headers[Self.droppedImagesHeader] = "\(job.droppedImages)" }
         return response
     }
@@ -410,8 +411,10 @@ struct ChatController {
         return usage
     }
 
-    func chatUsage(_ collector: Collector) -> ChatUsage {
-        ChatUsage(ImageTranslation.usage(of: collector.usage), reasoningTokens: collector.usage?.thoughtsTokenCount ?? 0)
+    func chatUsage(_ collector: Collector, costMicroUSD: Int? = nil) -> ChatUsage {
+        var usage = ChatUsage(ImageTranslation.usage(of: collector.usage), reasoningTokens: collector.usage?.thoughtsTokenCount ?? 0)
+        usage.cost = costMicroUSD.map(Pricing.usd)
+        return usage
     }
 
     static func completionID() -> String {
@@ -442,7 +445,7 @@ struct ChatController {
         let completion = ChatCompletion(
             id: Self.completionID(), object: "chat.completion", created: Int(Date().timeIntervalSince1970), model: job.model.name,
             choices: [ChatChoice(message: message, finishReason: ChatTranslation.finishReason(collector.finishReason, blocked: collector.blocked != nil))],
-            usage: chatUsage(collector)
+            usage: chatUsage(collector, costMicroUSD: settlement.chargeMicroUSD)
         )
         do {
             return try ImagesController.json(completion)

@@ -71,10 +71,13 @@ struct ImagesController {
         }
         var response = try Self.json(try await pipeline.generateImages(job, settlement: settlement, logger: logger))
         response.headers[Self.upstreamModelHeader] = settlement.servedBy.id
+        response.headers[Self.costHeader] = Pricing.usdText(settlement.chargeMicroUSD)
         return response
     }
 
     static let upstreamModelHeader = HTTPField.Name("X-NanoGate-Upstream-Model")!
+    /// The usage row's charge of a whole answer, in USD (`0.038713`).
+    static let costHeader = HTTPField.Name("X-NanoGate-Cost")!
 
     /// Runs a background job's request: the images answer as JSON (its usage row carries the
     /// job's id, as request id and as the job it belongs to).

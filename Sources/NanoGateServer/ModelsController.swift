@@ -6,6 +6,8 @@ import NanoGateStorage
 /// `GET /v1/models` and `GET /v1/models/{id}` in OpenAI's list format.
 struct ModelsController {
     let catalog: ModelCatalog
+    /// The prices an upstream id is charged at (the operator's override, else the catalog's).
+    var prices: @Sendable (_ upstream: String, _ catalog: TokenPrices) -> TokenPrices = { $1 }
 
     /// OpenAI's `Model` object, with what the model accepts (so clients and consoles can build
     /// their controls from it).
@@ -27,6 +29,10 @@ struct ModelsController {
         var url_output: Bool
         var output_formats: [String]
         var streaming: Bool = true
+        /// What one image costs this key, in USD, by `size` tier (`default` for a one-size
+        /// model): Google's image tokens for the tier at the charged price, times the key's
+        /// group multiplier; text and input tokens come on top.
+        var image_prices: [String: Double]?
     }
 
     struct ModelList: Codable, Sendable {
@@ -40,7 +46,7 @@ struct ModelsController {
                 // Google's SDK listing models under /v1 (x-goog-api-key, no bearer): Google's shape.
                 return try ImagesController.json(NativeController.ModelList(models: models(for: context.apiKey).map(NativeController.GoogleModel.init)))
             }
-            return try ImagesController.json(ModelList(data: models(for: context.apiKey).map(object)))
+            return try ImagesController.json(ModelList(data: models(for: context.apiKey).map { object($0, key: context.apiKey) }))
         }
         group.get("models/{id}") { request, context in
             let id = (context.parameters.get("id") ?? "").removingPercentEncoding ?? ""
@@ -54,7 +60,7 @@ struct ModelsController {
             guard let model = models(for: context.apiKey).first(where: { $0.name == id }) else {
                 throw GatewayError.unknownModel(id, known: models(for: context.apiKey).map(\.name))
             }
-            return try ImagesController.json(object(model))
+            return try ImagesController.json(object(model, key: context.apiKey))
         }
     }
 
@@ -65,13 +71,25 @@ struct ModelsController {
     }
 
     /// Release dates of the upstream models (unix seconds) as OpenAI's `created`, and capabilities.
-    func object(_ model: CatalogModel) -> ModelObject {
-        ModelObject(
+    func object(_ model: CatalogModel, key: APIKey? = nil) -> ModelObject {
+        let prices = prices(model.upstreamModel, model.prices)
+        let tiers: [ImageSize?] = model.sizes.isEmpty ? [nil] : model.sizes
+        let imagePrices = Dictionary(uniqueKeysWithValues: tiers.map { tier -> (String, Double) in
+            let tokens = model.family.outputImageTokens(tier)
+            let usage = ImageUsage(
+                inputTokens: 0, inputTokensDetails: .init(imageTokens: 0, textTokens: 0),
+                outputTokens: tokens, outputTokensDetails: .init(imageTokens: tokens, textTokens: 0), totalTokens: tokens
+            )
+            let micro = Pricing.costMicroUSD(usage, prices: prices, multiplierPPM: key?.groupSettings.multiplierPPM ?? 1_000_000)
+            return (tier?.rawValue ?? "default", Pricing.usd(micro))
+        })
+        return ModelObject(
             id: model.name, created: model.family.released,
             capabilities: Capabilities(
                 family: model.family.rawValue, aspect_ratios: model.aspectRatios.map(\.rawValue), sizes: model.sizes.map(\.rawValue),
                 max_input_images: model.maxInputImages, url_output: model.allowsURLOutput,
-                output_formats: ImageConverter.webpAvailable ? ["png", "jpeg", "webp"] : ["png", "jpeg"]
+                output_formats: ImageConverter.webpAvailable ? ["png", "jpeg", "webp"] : ["png", "jpeg"],
+                image_prices: imagePrices
             )
         )
     }

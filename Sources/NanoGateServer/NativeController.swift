@@ -124,7 +124,9 @@ struct NativeController {
                 settlement.delivered(images: Self.finalImages(in: answer), usage: ImageTranslation.usage(of: answer.usageMetadata))
                 return answer
             }
-            return try Self.json(answer, upstreamModel: settlement.servedBy.id)
+            var response = try Self.json(answer, upstreamModel: settlement.servedBy.id)
+            response.headers[ImagesController.costHeader] = Pricing.usdText(settlement.chargeMicroUSD)
+            return response
         }
         let events: GeminiEventStream
         do {

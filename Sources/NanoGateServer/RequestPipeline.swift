@@ -129,6 +129,17 @@ final class Settlement: Sendable {
         }
     }
 
+    /// What the key is charged so far (the usage row's charge once settled): what was delivered,
+    /// at the answering model's prices, times the group's multiplier.
+    var chargeMicroUSD: Int {
+        state.withLock { Pricing.costMicroUSD($0.delivered, prices: $0.servedBy.prices, multiplierPPM: key.groupSettings.multiplierPPM) }
+    }
+
+    /// What the charge would be once `usage` more is delivered.
+    func charge(after usage: ImageUsage) -> Int {
+        state.withLock { Pricing.costMicroUSD($0.delivered + usage, prices: $0.servedBy.prices, multiplierPPM: key.groupSettings.multiplierPPM) }
+    }
+
     /// A code for the log row of a request that succeeded with a remark (`content_filter`).
     func note(_ code: String) {
         state.withLock { $0.note = code }
@@ -451,8 +462,10 @@ struct RequestPipeline: Sendable {
                 throw .internal("The image was generated but could not be stored for a URL answer; retry with response_format b64_json.")
             }
             settlement.delivered(images: data.count, usage: delivered)
+            var usage = delivered
+            usage.cost = Pricing.usd(settlement.chargeMicroUSD)
             return ImagesResponse(
-                created: Int(Date().timeIntervalSince1970), data: data, usage: delivered, background: "opaque",
+                created: Int(Date().timeIntervalSince1970), data: data, usage: usage, background: "opaque",
                 outputFormat: first?.format?.rawValue, size: first?.pixels?.description, quality: ImageQuality.reported(for: job.spec.imageSize)
             )
         }
