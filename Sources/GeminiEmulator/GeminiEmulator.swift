@@ -368,6 +368,11 @@ public struct GeminiEmulator: Sendable {
         if let modalities = config.responseModalities, let other = modalities.first(where: { !["TEXT", "IMAGE"].contains($0) }) {
             return "The requested combination of response modalities (\(other)) is not supported by the model models/\(id)."
         }
+        if let level = config.thinkingLevel, !model.thinkingLevels.contains(level.uppercased()) {
+            return model.thinkingLevels.isEmpty
+                ? "* GenerateContentRequest.generation_config.thinking_config.thinking_level: thinking level is not supported for models/\(id)"
+                : "* GenerateContentRequest.generation_config.thinking_config.thinking_level: unsupported value \(level); use \(model.thinkingLevels.joined(separator: ", "))"
+        }
         if let image = config.imageConfig {
             if let ratio = image.aspectRatio, !model.aspectRatios.contains(ratio) {
                 return "* GenerateContentRequest.generation_config.image_config.aspect_ratio: unsupported aspect ratio \(ratio)"

@@ -51,6 +51,8 @@ public struct GoogleImageModel: Sendable {
     public var inputImageTokens: Int
     /// Whether the answer carries thought parts and thought signatures, and replayed model turns must carry them.
     public var thinks: Bool
+    /// `thinkingConfig.thinkingLevel` values it takes (empty: the field is refused).
+    public var thinkingLevels: [String] = []
 
     /// The pixels Google answers with for this ratio and size (nil for a pair Google does not serve).
     public func pixels(ratio: String, size: String?) -> EmulatorPixels? {
@@ -128,6 +130,7 @@ public struct GoogleImageModel: Sendable {
         model.imageSizes = ["1K", "2K", "4K"]
         model.pixelTable = flash31.pixelTable.mapValues { $0.filter { $0.key != "512" } }
         model.imageTokens = flash31.imageTokens.filter { $0.key != "512" }
+        model.thinkingLevels = ["MINIMAL", "MEDIUM", "HIGH"]
         return model
     }()
 }

@@ -82,6 +82,8 @@ public struct GoogleRequest: Sendable, Equatable {
         public var temperature: Double?
         /// `imageConfig`.
         public var imageConfig: ImageConfig?
+        /// `thinkingConfig.thinkingLevel`, as sent (`MINIMAL`, `MEDIUM`, `HIGH`, …).
+        public var thinkingLevel: String?
     }
 
     /// `generationConfig.imageConfig` on the Gemini API: `aspectRatio` and `imageSize` only
@@ -167,6 +169,7 @@ extension GoogleRequest.GenerationConfig {
         candidateCount = value["candidate_count"]?.number.map { Int($0) }
         temperature = value["temperature"]?.number
         imageConfig = value["image_config"].map { .init(aspectRatio: $0["aspect_ratio"]?.string, imageSize: $0["image_size"]?.string) }
+        thinkingLevel = value["thinking_config"]?["thinking_level"]?.string
     }
 }
 

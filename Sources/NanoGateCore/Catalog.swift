@@ -173,6 +173,23 @@ public enum ModelFamily: String, Sendable, CaseIterable, Codable {
     /// Whether Google's answer carries thought signatures that later turns must send back (E6).
     public var thinks: Bool { self != .flash25 }
 
+    /// `thinkingConfig.thinkingLevel` values the family takes (F2); empty: none is documented,
+    /// and `reasoning_effort` is refused.
+    public var thinkingLevels: [String] {
+        self == .flash21 ? ["MINIMAL", "MEDIUM", "HIGH"] : []
+    }
+
+    /// OpenAI's `reasoning_effort` as this family's thinking level: `minimal` and `low` →
+    /// `MINIMAL`, `medium` → `MEDIUM`, `high` → `HIGH`; nil where the family has no levels.
+    public func thinkingLevel(for effort: ReasoningEffort) -> String? {
+        guard !thinkingLevels.isEmpty else { return nil }
+        switch effort {
+        case .minimal, .low: return "MINIMAL"
+        case .medium: return "MEDIUM"
+        case .high: return "HIGH"
+        }
+    }
+
     /// The family of a Google model id, for ids the gateway knows (a configured fallback or a
     /// new upstream without `family:`); nil for anything else.
     public init?(upstreamID id: String) {

@@ -23,12 +23,23 @@ public enum GeminiWire {
         public var imageConfig: ImageConfig?
         public var candidateCount: Int?
         public var temperature: Double?
+        public var thinkingConfig: ThinkingConfig?
 
-        public init(responseModalities: [String]?, imageConfig: ImageConfig?, candidateCount: Int? = nil, temperature: Double? = nil) {
+        public init(responseModalities: [String]?, imageConfig: ImageConfig?, candidateCount: Int? = nil, temperature: Double? = nil, thinkingConfig: ThinkingConfig? = nil) {
             self.responseModalities = responseModalities
             self.imageConfig = imageConfig
             self.candidateCount = candidateCount
             self.temperature = temperature
+            self.thinkingConfig = thinkingConfig
+        }
+    }
+
+    /// `generationConfig.thinkingConfig`: how much the model thinks (`MINIMAL`, `MEDIUM`, `HIGH` on 2.1).
+    public struct ThinkingConfig: Codable, Sendable, Equatable {
+        public var thinkingLevel: String?
+
+        public init(thinkingLevel: String?) {
+            self.thinkingLevel = thinkingLevel
         }
     }
 

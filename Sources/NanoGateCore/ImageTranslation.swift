@@ -6,15 +6,18 @@ public enum ImageTranslation {
     ///   - prompt: the client's prompt, sent as the text part.
     ///   - inputImages: images to edit, sent as `inlineData` parts before the text (Google's samples use both orders).
     ///   - spec: the validated ratio and tier; `imageSize` is only sent to families that have tiers.
-    public static func geminiRequest(prompt: String, inputImages: [GeminiWire.InlineData] = [], spec: ImageSpec, family: ModelFamily) -> GeminiWire.Request {
+    public static func geminiRequest(
+        prompt: String, inputImages: [GeminiWire.InlineData] = [], spec: ImageSpec, family: ModelFamily, reasoningEffort: ReasoningEffort? = nil
+    ) -> GeminiWire.Request {
         var parts = inputImages.map { GeminiWire.Part(inlineData: $0) }
         parts.append(GeminiWire.Part(text: prompt))
         let imageSize = spec.imageSize.flatMap { family.imageSizes.contains($0) ? $0.rawValue : nil }
         let imageConfig: GeminiWire.ImageConfig? =
             (spec.aspectRatio == nil && imageSize == nil) ? nil : .init(aspectRatio: spec.aspectRatio?.rawValue, imageSize: imageSize)
+        let thinking = reasoningEffort.flatMap(family.thinkingLevel(for:)).map { GeminiWire.ThinkingConfig(thinkingLevel: $0) }
         return GeminiWire.Request(
             contents: [GeminiWire.Content(role: "user", parts: parts)],
-            generationConfig: .init(responseModalities: ["TEXT", "IMAGE"], imageConfig: imageConfig)
+            generationConfig: .init(responseModalities: ["TEXT", "IMAGE"], imageConfig: imageConfig, thinkingConfig: thinking)
         )
     }
 
@@ -24,6 +27,10 @@ public enum ImageTranslation {
     /// 2.5 family's one-megapixel sizes (2:3 answers 848×1264 instead of 832×1248).
     public static func adapted(_ request: GeminiWire.Request, to family: ModelFamily) -> GeminiWire.Request? {
         var request = request
+        // A thinking level the fallback does not take is left out (it only tunes the answer).
+        if let level = request.generationConfig?.thinkingConfig?.thinkingLevel, !family.thinkingLevels.contains(level) {
+            request.generationConfig?.thinkingConfig = nil
+        }
         if family.thinks {
             // History from a model that issues no signatures: Gemini 3 wants them on every model
             // turn's first part and images, so it gets Google's documented bypass value.

@@ -21,6 +21,8 @@ public struct ChatCompletionRequest: Decodable, Sendable {
     /// OpenRouter's `modalities` (`["image","text"]`): a client that names `image` reads images
     /// from `message.images` / `delta.images`.
     public var modalities: [String]?
+    /// OpenAI's `reasoning_effort` (`minimal`, `low`, `medium`, `high`), as sent.
+    public var reasoningEffort: String?
 
     public struct ImageConfig: Decodable, Sendable {
         public var aspectRatio: String?
@@ -44,6 +46,7 @@ public struct ChatCompletionRequest: Decodable, Sendable {
         case responseFormat = "response_format"
         case imageResponseFormat = "image_response_format"
         case modalities
+        case reasoningEffort = "reasoning_effort"
     }
 
     public init(from decoder: any Decoder) throws {
@@ -59,6 +62,7 @@ public struct ChatCompletionRequest: Decodable, Sendable {
         imageFormat = try container.decodeIfPresent(String.self, forKey: .imageResponseFormat)
             ?? (try? container.decodeIfPresent(String.self, forKey: .responseFormat))
         modalities = try? container.decodeIfPresent([String].self, forKey: .modalities)
+        reasoningEffort = try? container.decodeIfPresent(String.self, forKey: .reasoningEffort)
     }
 }
 

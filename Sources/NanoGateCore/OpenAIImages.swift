@@ -38,7 +38,7 @@ public struct ImageGenerationRequest: Decodable, Sendable {
     /// The OpenAI parameters read into `options`.
     public static let optionNames = [
         "quality", "background", "output_format", "output_compression", "moderation", "style", "user", "stream",
-        "partial_images", "input_fidelity",
+        "partial_images", "input_fidelity", "reasoning_effort",
     ]
 
     struct AnyKey: CodingKey {
@@ -120,12 +120,36 @@ public enum OutputFormat: String, Sendable, CaseIterable, Codable {
 /// | `user` | accepted and ignored |
 /// | `input_fidelity` | `high`/`low` accepted and ignored (Gemini keeps input detail on its own) |
 /// | `stream` + `partial_images` | Server-Sent Events; `partial_images` 0–3 |
+/// OpenAI's `reasoning_effort` values.
+public enum ReasoningEffort: String, Sendable, Codable, CaseIterable {
+    case minimal, low, medium, high
+
+    /// Parses a request's value; a 400 naming `reasoning_effort` for anything else.
+    public static func parse(_ text: String?) throws(GatewayError) -> ReasoningEffort? {
+        guard let text = text?.trimmingCharacters(in: .whitespaces).lowercased(), !text.isEmpty else { return nil }
+        guard let effort = ReasoningEffort(rawValue: text) else {
+            throw .invalidParameter("reasoning_effort", "Invalid value for 'reasoning_effort': '\(text)'. Accepted values: minimal, low, medium, high.", code: "unsupported_value")
+        }
+        return effort
+    }
+
+    /// The 400 for a model without thinking levels.
+    public static func unsupported(model: String) -> GatewayError {
+        .invalidParameter(
+            "reasoning_effort", "'\(model)' has no thinking level to set; leave out 'reasoning_effort' (it is answered on nano-banana-2.1 and gemini-nano-banana-2.1).",
+            code: "unsupported_parameter"
+        )
+    }
+}
+
 public struct ImageOptions: Sendable, Equatable, Codable {
     public var quality: ImageQuality?
     public var outputFormat: OutputFormat?
     public var outputCompression: Int?
     public var stream = false
     public var partialImages = 0
+    /// OpenAI's `reasoning_effort`, answered by the model's thinking level where it has one.
+    public var reasoningEffort: ReasoningEffort?
 
     public init(quality: ImageQuality? = nil, outputFormat: OutputFormat? = nil, outputCompression: Int? = nil, stream: Bool = false, partialImages: Int = 0) {
         self.quality = quality
@@ -177,6 +201,7 @@ public struct ImageOptions: Sendable, Equatable, Codable {
         _ = try oneOf("input_fidelity", ["high", "low"])
         result.stream = try oneOf("stream", ["true", "false", "1", "0"]).map { $0 == "true" || $0 == "1" } ?? false
         result.partialImages = try integer("partial_images", 0...3) ?? 0
+        result.reasoningEffort = try ReasoningEffort.parse(options["reasoning_effort"])
         return result
     }
 }

@@ -301,7 +301,9 @@ struct BatchesController {
         var requests: [(key: String, request: GeminiWire.Request)] = []
         for (index, line) in lines.enumerated() {
             let job = line.job
-            let gemini = ImageTranslation.geminiRequest(prompt: job.prompt, inputImages: job.inputImages, spec: job.spec, family: job.model.family)
+            let gemini = ImageTranslation.geminiRequest(
+                prompt: job.prompt, inputImages: job.inputImages, spec: job.spec, family: job.model.family, reasoningEffort: job.options.reasoningEffort
+            )
             for copy in 0..<job.count { requests.append(("\(index):\(copy)", gemini)) }
         }
         let handle: GeminiBatch.Handle

@@ -156,9 +156,11 @@ struct ChatController {
         let ratio = input.aspectRatio ?? input.imageConfig?.aspectRatio
         let spec = try SizeRules.resolve(model: model, size: size, aspectRatio: ratio)
         let format = try ImagesController.responseFormat(input.imageFormat, model: model, group: key.groupSettings)
+        let effort = try ReasoningEffort.parse(input.reasoningEffort)
+        if effort != nil, model.family.thinkingLevels.isEmpty { throw ReasoningEffort.unsupported(model: model.name) }
 
         let (contents, dropped) = try await geminiContents(input.messages, model: model, keyID: key.id, baseURL: baseURL)
-        var request = ImageTranslation.geminiRequest(prompt: "", spec: spec, family: model.family)
+        var request = ImageTranslation.geminiRequest(prompt: "", spec: spec, family: model.family, reasoningEffort: effort)
         request.contents = contents
         let shape = chatImages.resolved(modalities: input.modalities)
         return ChatJob(

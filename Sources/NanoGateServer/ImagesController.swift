@@ -132,6 +132,7 @@ struct ImagesController {
         if options.outputFormat == .webp, !ImageConverter.webpAvailable {
             throw .invalidParameter("output_format", "WebP output needs libwebp, which this server does not have; ask for png or jpeg.", code: "unsupported_value")
         }
+        if options.reasoningEffort != nil, model.family.thinkingLevels.isEmpty { throw ReasoningEffort.unsupported(model: model.name) }
         let spec = try SizeRules.resolve(model: model, size: input.size, aspectRatio: input.aspectRatio, quality: options.quality)
         let format = try Self.responseFormat(input.responseFormat, model: model, group: key.groupSettings)
         return ImageJob(

@@ -403,7 +403,9 @@ struct RequestPipeline: Sendable {
             guard !outcomes.isEmpty else { throw firstError ?? .internal("Google answered nothing for this request.") }
             return outcomes
         }
-        let request = ImageTranslation.geminiRequest(prompt: job.prompt, inputImages: job.inputImages, spec: job.spec, family: job.model.family)
+        let request = ImageTranslation.geminiRequest(
+            prompt: job.prompt, inputImages: job.inputImages, spec: job.spec, family: job.model.family, reasoningEffort: job.options.reasoningEffort
+        )
         let results = await withTaskGroup(of: (Int, Result<ImageTranslation.Outcome, GatewayError>).self) { group in
             for index in 0..<job.count {
                 group.addTask {

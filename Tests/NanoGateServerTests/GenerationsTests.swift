@@ -114,6 +114,31 @@ import Upstream
         }
     }
 
+    /// OpenAI's `reasoning_effort` is 2.1's thinking level (minimal/low → MINIMAL, medium →
+    /// MEDIUM, high → HIGH) on images and chat, and a 400 naming it where a model has none.
+    @Test func reasoningEffortIsTheThinkingLevel() async throws {
+        try await withGateway { gateway in
+            for (effort, level) in [("minimal", "MINIMAL"), ("low", "MINIMAL"), ("medium", "MEDIUM"), ("high", "HIGH")] {
+                let reply = try await gateway.generate(#"{"model":"nano-banana-2.1","prompt":"p","reasoning_effort":"\#(effort)","response_format":"b64_json"}"#)
+                #expect(reply.status == 200, "\(effort): \(reply.text.prefix(300))")
+                #expect(gateway.recorder.all.last?.body.generationConfig?.thinkingConfig?.thinkingLevel == level, "\(effort)")
+            }
+            let chat = try await ChatTests.chat(gateway, ["model": "gemini-nano-banana-2.1", "reasoning_effort": "high", "messages": [["role": "user", "content": "draw"]]])
+            #expect(chat.status == 200 && gateway.recorder.all.last?.body.generationConfig?.thinkingConfig?.thinkingLevel == "HIGH")
+            let calls = gateway.recorder.all.count
+            for body in [
+                #"{"model":"nano-banana-pro","prompt":"p","reasoning_effort":"high"}"#, #"{"model":"nano-banana","prompt":"p","reasoning_effort":"low"}"#,
+                #"{"model":"nano-banana-2.1","prompt":"p","reasoning_effort":"max"}"#,
+            ] {
+                let refused = try await gateway.generate(body)
+                #expect(refused.status == 400 && refused.error["param"] as? String == "reasoning_effort", "\(body): \(refused.text.prefix(300))")
+            }
+            let chatRefused = try await ChatTests.chat(gateway, ["model": "nano-banana-pro", "reasoning_effort": "low", "messages": [["role": "user", "content": "draw"]]])
+            #expect(chatRefused.status == 400 && chatRefused.error["param"] as? String == "reasoning_effort")
+            #expect(gateway.recorder.all.count == calls, "refused before any upstream call")
+        }
+    }
+
     /// A new project's key is refused on 2.5 (403 naming the model, F1): the request goes down
     /// the chain to 2.1, the key stays in service, and a chain of several ids is tried in order.
     @Test func aModelRefusedToTheProjectGoesDownTheChain() async throws {
