@@ -200,12 +200,14 @@ import Upstream
                         }
                         return nil
                     }
-                    let answer = try await connection.readUntilClosed(limit: .seconds(20))
+                    // Closed or reset: the server closes with the client's bytes still unread, so
+                    // the kernel may answer with a reset (and drop the 401 it wrote last).
+                    let answer = try await connection.readUntilEnded(limit: .seconds(20))
                     group.cancelAll()
                     return answer
                 }
                 let answer = try #require(closed, "the server closed the connection")
-                #expect(answer.hasPrefix("HTTP/1.1 401"), "\(answer.prefix(200))")
+                #expect(answer.isEmpty || answer.hasPrefix("HTTP/1.1 401"), "\(answer.prefix(200))")
             }
         }
     }

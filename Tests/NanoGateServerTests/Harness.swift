@@ -242,6 +242,22 @@ struct RawConnection {
         }
     }
 
+    /// Reads until the server closes the connection or resets it (a server that closes with
+    /// unread bytes in its buffer sends a reset, which may drop what it wrote last); nil when
+    /// `limit` passes first. Returns what arrived.
+    func readUntilEnded(limit: Duration = .seconds(20)) async throws -> String? {
+        let inbound = self.inbound
+        return try? await Deadline.run(until: .now.advanced(by: limit), orThrow: CancellationError()) {
+            var text = ""
+            do {
+                for try await chunk in inbound { text += String(buffer: chunk) }
+            } catch {
+                // A reset ends the connection as a close does.
+            }
+            return text
+        }
+    }
+
     /// Reads until the received text contains `marker` (or the connection ends, or `limit` passes).
     func read(until marker: String, limit: Duration = .seconds(20)) async throws -> String {
         let inbound = self.inbound
