@@ -319,6 +319,10 @@ public struct GeminiEmulator: Sendable {
             try await Task.sleep(for: configuration.latency)
         }
         if let fault = faultResponse(directives, prompt: promptText) { return fault }
+        // Flex is "sheddable" (F3): `[emulate:shed_flex]` or `--fault shed_flex` sheds it, as Google does under load.
+        if body.serviceTier == "flex", directives.has("shed_flex") {
+            return Self.error(503, "UNAVAILABLE", "The flex tier is at capacity. Please retry later or use the standard tier.")
+        }
         if spec.thinks, let problem = missingSignature(body) {
             return Self.error(400, "INVALID_ARGUMENT", problem)
         }
@@ -471,13 +475,15 @@ public struct GeminiEmulator: Sendable {
             let imageBase64 = Base64Text(bytes: await base64Image(pixels, jpeg: directives.has("jpeg")))
             parts.append(.init(inlineData: .init(mimeType: mimeType, data: imageBase64), thoughtSignature: spec.thinks ? Self.signature("image", responseID) : nil))
         }
-        let usage = GeminiWire.UsageMetadata(
+        var usage = GeminiWire.UsageMetadata(
             promptTokenCount: promptTokens, candidatesTokenCount: imageTokens + captionTokens,
             thoughtsTokenCount: thoughtTokens == 0 ? nil : thoughtTokens,
             totalTokenCount: promptTokens + imageTokens + captionTokens + thoughtTokens,
             promptTokensDetails: promptDetails,
             candidatesTokensDetails: (wantsImage ? [.init(modality: "IMAGE", tokenCount: imageTokens)] : []) + [.init(modality: "TEXT", tokenCount: captionTokens)]
         )
+        // The tier actually used is echoed (F3).
+        usage.serviceTier = body.serviceTier ?? "standard"
         let response = GeminiWire.Response(
             candidates: [.init(content: .init(role: "model", parts: parts), finishReason: "STOP", index: 0)],
             usageMetadata: usage, modelVersion: model, responseId: responseID

@@ -31,6 +31,8 @@ public struct GoogleRequest: Sendable, Equatable {
     public var safetySettings: [SafetySetting]
     /// How many `tools[]` entries were given (their insides are not checked).
     public var toolCount: Int
+    /// `serviceTier` (F3), lower case (`flex`, `standard`, `priority`), if given.
+    public var serviceTier: String?
 
     /// One turn: `{role, parts[]}`.
     public struct Content: Sendable, Equatable {
@@ -139,6 +141,7 @@ public struct GoogleRequest: Sendable, Equatable {
         generationConfig = root["generation_config"].map(GenerationConfig.init)
         safetySettings = (root["safety_settings"]?.elements ?? []).map { .init(category: $0["category"]?.string, threshold: $0["threshold"]?.string) }
         toolCount = root["tools"]?.elements.count ?? 0
+        serviceTier = root["service_tier"]?.string?.lowercased()
     }
 }
 
@@ -459,6 +462,7 @@ enum GoogleSchema {
     /// `GenerateContentRequest`, the body.
     static let request = ProtoMessage("GenerateContentRequest", [
         .init("model", .string),
+        .init("service_tier", enumeration("ServiceTier", ["SERVICE_TIER_UNSPECIFIED", "STANDARD", "FLEX", "PRIORITY"])),
         .init("contents", .message(content), repeated: true),
         .init("tools", .message(tool), repeated: true),
         .init("tool_config", .message(toolConfig)),

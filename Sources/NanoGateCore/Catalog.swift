@@ -478,3 +478,86 @@ public struct ModelCatalog: Sendable, Equatable {
         all.first { $0.name == name }
     }
 }
+
+/// Google's service tiers on `generateContent` (wire-formats notes F3), as OpenAI's
+/// `service_tier` names them: `flex` (half price, may be shed under load), `standard` (OpenAI's
+/// `default`), `priority` (costs more, never shed).
+public enum ServiceTier: String, Sendable, Codable, CaseIterable, Comparable {
+    case flex, standard, priority
+
+    /// What a request's `service_tier` asks for: `auto` and absent mean the key's default (nil),
+    /// `default` is standard; anything else is a 400 naming the field.
+    public static func requested(_ text: String?) throws(GatewayError) -> ServiceTier? {
+        guard let text = text?.trimmingCharacters(in: .whitespaces).lowercased(), !text.isEmpty, text != "auto" else { return nil }
+        if text == "default" { return .standard }
+        guard let tier = ServiceTier(rawValue: text) else {
+            throw .invalidParameter("service_tier", "Invalid value for 'service_tier': '\(text)'. Accepted values: auto, default, flex, priority.", code: "unsupported_value")
+        }
+        return tier
+    }
+
+    /// The tier Google echoed in `usageMetadata.serviceTier` (standard when absent or unknown).
+    public init(echoed text: String?) {
+        self = text.flatMap { ServiceTier(rawValue: $0.lowercased()) } ?? .standard
+    }
+
+    /// The value of the request's top-level `serviceTier` (standard is Google's default: left out).
+    public var wire: String? { self == .standard ? nil : rawValue }
+
+    /// The 403 for a tier the key may not use.
+    public static func notAllowed(_ tier: ServiceTier, allowed: [ServiceTier]) -> GatewayError {
+        GatewayError(
+            status: 403, type: "permission_error", code: "tier_not_allowed", param: "service_tier",
+            message: "This key may not use the '\(tier.rawValue)' service tier; it may use \(allowed.map(\.rawValue).joined(separator: ", ")). Ask the operator."
+        )
+    }
+
+    public static func < (lhs: ServiceTier, rhs: ServiceTier) -> Bool {
+        allCases.firstIndex(of: lhs)! < allCases.firstIndex(of: rhs)!
+    }
+}
+
+/// What each tier costs, as a share of the standard price in millionths: flex is 50% where
+/// Google lists no other price (F3); priority is the operator's setting until Google lists it.
+public struct TierPricing: Sendable, Equatable {
+    public var flexPPM: Int
+    public var priorityPPM: Int
+
+    public init(flexPPM: Int = 500_000, priorityPPM: Int = 2_000_000) {
+        self.flexPPM = flexPPM
+        self.priorityPPM = priorityPPM
+    }
+
+    /// `standard` scaled for `tier` (each per-million price rounded to the micro-USD).
+    public func prices(_ standard: TokenPrices, tier: ServiceTier) -> TokenPrices {
+        let ppm: Int
+        switch tier {
+        case .standard: return standard
+        case .flex: ppm = flexPPM
+        case .priority: ppm = priorityPPM
+        }
+        func scale(_ value: Int) -> Int { Pricing.apply(multiplierPPM: ppm, to: value) }
+        return TokenPrices(inputText: scale(standard.inputText), inputImage: scale(standard.inputImage), outputText: scale(standard.outputText), outputImage: scale(standard.outputImage))
+    }
+}
+
+extension ServiceTier {
+    /// OpenAI's name for the tier in answers (`default` for standard).
+    public var openAIName: String { self == .standard ? "default" : rawValue }
+}
+
+extension ServiceTier {
+    /// A list of tier names (`flex`, `standard`, `priority`; `default` is standard), checked and
+    /// without repeats, as stored for keys and groups.
+    public static func list(_ names: [String]) throws(GatewayError) -> [String] {
+        var tiers: [String] = []
+        for name in names {
+            let lower = name.lowercased()
+            guard let tier = lower == "default" ? .standard : ServiceTier(rawValue: lower) else {
+                throw .invalidParameter("service_tiers", "Service tiers are flex, standard and priority; '\(name)' is none of them.", code: "unsupported_value")
+            }
+            if !tiers.contains(tier.rawValue) { tiers.append(tier.rawValue) }
+        }
+        return tiers
+    }
+}

@@ -9,11 +9,14 @@ public enum GeminiWire {
         public var contents: [Content]
         public var generationConfig: GenerationConfig?
         public var systemInstruction: Content?
+        /// `flex`, `standard` or `priority` (F3); absent: standard.
+        public var serviceTier: String?
 
-        public init(contents: [Content], generationConfig: GenerationConfig?, systemInstruction: Content? = nil) {
+        public init(contents: [Content], generationConfig: GenerationConfig?, systemInstruction: Content? = nil, serviceTier: String? = nil) {
             self.contents = contents
             self.generationConfig = generationConfig
             self.systemInstruction = systemInstruction
+            self.serviceTier = serviceTier
         }
     }
 
@@ -187,6 +190,8 @@ public enum GeminiWire {
         public var totalTokenCount: Int?
         public var promptTokensDetails: [ModalityTokenCount]?
         public var candidatesTokensDetails: [ModalityTokenCount]?
+        /// The tier Google actually served (F3); absent: standard.
+        public var serviceTier: String?
 
         public init(
             promptTokenCount: Int?, candidatesTokenCount: Int?, thoughtsTokenCount: Int?, totalTokenCount: Int?,
@@ -201,7 +206,7 @@ public enum GeminiWire {
         }
 
         enum CodingKeys: String, CodingKey {
-            case promptTokenCount, candidatesTokenCount, thoughtsTokenCount, totalTokenCount, promptTokensDetails, candidatesTokensDetails
+            case promptTokenCount, candidatesTokenCount, thoughtsTokenCount, totalTokenCount, promptTokensDetails, candidatesTokensDetails, serviceTier
         }
 
         public init(from decoder: any Decoder) throws {
@@ -212,6 +217,8 @@ public enum GeminiWire {
             totalTokenCount = UpstreamNumbers.count(in: container, forKey: .totalTokenCount)
             promptTokensDetails = try? container.decodeIfPresent([ModalityTokenCount].self, forKey: .promptTokensDetails)
             candidatesTokensDetails = try? container.decodeIfPresent([ModalityTokenCount].self, forKey: .candidatesTokensDetails)
+            // Untrusted: only a short tier name is kept (anything else reads as standard).
+            serviceTier = (try? container.decodeIfPresent(String.self, forKey: .serviceTier)).flatMap { $0.count <= 32 ? $0 : nil }
         }
     }
 

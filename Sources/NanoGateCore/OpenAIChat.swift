@@ -23,6 +23,8 @@ public struct ChatCompletionRequest: Decodable, Sendable {
     public var modalities: [String]?
     /// OpenAI's `reasoning_effort` (`minimal`, `low`, `medium`, `high`), as sent.
     public var reasoningEffort: String?
+    /// OpenAI's `service_tier` (`auto`, `default`, `flex`, `priority`), as sent.
+    public var serviceTier: String?
 
     public struct ImageConfig: Decodable, Sendable {
         public var aspectRatio: String?
@@ -47,6 +49,7 @@ public struct ChatCompletionRequest: Decodable, Sendable {
         case imageResponseFormat = "image_response_format"
         case modalities
         case reasoningEffort = "reasoning_effort"
+        case serviceTier = "service_tier"
     }
 
     public init(from decoder: any Decoder) throws {
@@ -63,6 +66,7 @@ public struct ChatCompletionRequest: Decodable, Sendable {
             ?? (try? container.decodeIfPresent(String.self, forKey: .responseFormat))
         modalities = try? container.decodeIfPresent([String].self, forKey: .modalities)
         reasoningEffort = try? container.decodeIfPresent(String.self, forKey: .reasoningEffort)
+        serviceTier = try? container.decodeIfPresent(String.self, forKey: .serviceTier)
     }
 }
 
@@ -237,6 +241,8 @@ public struct ChatCompletion: Encodable, Sendable {
     public var model: String
     public var choices: [ChatChoice]
     public var usage: ChatUsage?
+    /// The tier Google served (`flex`, `default`, `priority`), as OpenAI's `service_tier`.
+    public var serviceTier: String?
 
     public init(id: String, object: String, created: Int, model: String, choices: [ChatChoice], usage: ChatUsage?) {
         self.id = id
@@ -247,7 +253,10 @@ public struct ChatCompletion: Encodable, Sendable {
         self.usage = usage
     }
 
-    enum CodingKeys: String, CodingKey { case id, object, created, model, choices, usage }
+    enum CodingKeys: String, CodingKey {
+        case id, object, created, model, choices, usage
+        case serviceTier = "service_tier"
+    }
 
     public func encode(to encoder: any Encoder) throws {
         var container = encoder.container(keyedBy: CodingKeys.self)
@@ -256,6 +265,7 @@ public struct ChatCompletion: Encodable, Sendable {
         try container.encode(created, forKey: .created)
         try container.encode(model, forKey: .model)
         try container.encode(choices, forKey: .choices)
+        try container.encodeIfPresent(serviceTier, forKey: .serviceTier)
         try container.encode(usage, forKey: .usage)  // chunks carry "usage": null until the last
     }
 }

@@ -38,7 +38,7 @@ public struct ImageGenerationRequest: Decodable, Sendable {
     /// The OpenAI parameters read into `options`.
     public static let optionNames = [
         "quality", "background", "output_format", "output_compression", "moderation", "style", "user", "stream",
-        "partial_images", "input_fidelity", "reasoning_effort",
+        "partial_images", "input_fidelity", "reasoning_effort", "service_tier",
     ]
 
     struct AnyKey: CodingKey {
@@ -150,6 +150,8 @@ public struct ImageOptions: Sendable, Equatable, Codable {
     public var partialImages = 0
     /// OpenAI's `reasoning_effort`, answered by the model's thinking level where it has one.
     public var reasoningEffort: ReasoningEffort?
+    /// OpenAI's `service_tier` (nil: `auto` or absent, the key's default).
+    public var serviceTier: ServiceTier?
 
     public init(quality: ImageQuality? = nil, outputFormat: OutputFormat? = nil, outputCompression: Int? = nil, stream: Bool = false, partialImages: Int = 0) {
         self.quality = quality
@@ -202,6 +204,7 @@ public struct ImageOptions: Sendable, Equatable, Codable {
         result.stream = try oneOf("stream", ["true", "false", "1", "0"]).map { $0 == "true" || $0 == "1" } ?? false
         result.partialImages = try integer("partial_images", 0...3) ?? 0
         result.reasoningEffort = try ReasoningEffort.parse(options["reasoning_effort"])
+        result.serviceTier = try ServiceTier.requested(options["service_tier"])
         return result
     }
 }
@@ -308,6 +311,8 @@ public struct ImagesResponse: Encodable, Sendable {
     public var outputFormat: String?
     public var size: String?
     public var quality: String?
+    /// The tier Google served (`flex`, `default`, `priority`, OpenAI's names).
+    public var serviceTier: String?
 
     public init(created: Int, data: [ImageObject], usage: ImageUsage, background: String? = nil, outputFormat: String? = nil, size: String? = nil, quality: String? = nil) {
         self.created = created
@@ -321,6 +326,7 @@ public struct ImagesResponse: Encodable, Sendable {
 
     enum CodingKeys: String, CodingKey {
         case created, data, usage, background, size, quality
+        case serviceTier = "service_tier"
         case outputFormat = "output_format"
     }
 }

@@ -181,7 +181,9 @@ struct AdminController {
                 creditMicroUSD: try body.credit_usd.map { try Self.money($0, "credit_usd") }, expiresAt: try body.expires_at.map { try Self.date($0) },
                 models: body.models, rpm: try Self.positive(body.rpm, "rpm"), concurrency: try Self.positive(body.concurrency, "concurrency")
             )
-            let created = try await Self.mapped { try await service.store.createKey(name: name, group: group, options: options) }
+            let tiers = try body.service_tiers.map { try Self.tiers($0) }
+            var created = try await Self.mapped { try await service.store.createKey(name: name, group: group, options: options) }
+            if let tiers { created.key = try await Self.mapped { try await service.store.updateKey(name: name, KeyUpdate(serviceTiers: .set(tiers))) } }
             return try json(OperatorService.KeyView(created.key, secret: created.secret), status: .created)
         }
         group.get("keys/{name}") { _, context in
@@ -200,6 +202,7 @@ struct AdminController {
             if let models = body.models { update.models = models.map { .set($0) } ?? .clear }
             if let rpm = body.rpm { update.rpm = try rpm.map { .set(try Self.positive($0, "rpm")!) } ?? .clear }
             if let concurrency = body.concurrency { update.concurrency = try concurrency.map { .set(try Self.positive($0, "concurrency")!) } ?? .clear }
+            if let tiers = body.service_tiers { update.serviceTiers = try tiers.map { .set(try Self.tiers($0)) } ?? .clear }
             update.disabled = body.disabled
             let key = try await Self.mapped { try await service.store.updateKey(name: name, update) }
             return try json(OperatorService.KeyView(key))
@@ -265,6 +268,7 @@ struct AdminController {
         var models: [String]?
         var rpm: Int?
         var concurrency: Int?
+        var service_tiers: [String]?
     }
 
     /// A PATCH: absent fields stay, `null` clears (credit → unlimited).
@@ -276,9 +280,10 @@ struct AdminController {
         var models: [String]??
         var rpm: Int??
         var concurrency: Int??
+        var service_tiers: [String]??
         var disabled: Bool?
 
-        enum CodingKeys: String, CodingKey { case group, credit_usd, add_credit_usd, expires_at, models, rpm, concurrency, disabled }
+        enum CodingKeys: String, CodingKey { case group, credit_usd, add_credit_usd, expires_at, models, rpm, concurrency, service_tiers, disabled }
 
         init(from decoder: any Decoder) throws {
             let container = try decoder.container(keyedBy: CodingKeys.self)
@@ -293,6 +298,7 @@ struct AdminController {
             models = try tri(.models)
             rpm = try tri(.rpm)
             concurrency = try tri(.concurrency)
+            service_tiers = try tri(.service_tiers)
             disabled = try container.decodeIfPresent(Bool.self, forKey: .disabled)
         }
     }
@@ -302,6 +308,7 @@ struct AdminController {
         var response_format: String?
         var multiplier: Double?
         var models: [String]?
+        var service_tiers: [String]?
     }
 
     struct PriceBody: Decodable {
@@ -320,7 +327,13 @@ struct AdminController {
             guard value.isFinite, value >= 0, value <= 1000 else { throw .invalidParameter("multiplier", "'multiplier' must be from 0 to 1000.") }
             multiplier = Int((value * 1_000_000).rounded())
         }
-        return KeyGroupSettings(name: group, responseFormat: format, multiplierPPM: multiplier, models: body.models ?? base?.models)
+        var tiers = base?.serviceTiers
+        if let named = body.service_tiers { tiers = try Self.tiers(named) }
+        return KeyGroupSettings(name: group, responseFormat: format, multiplierPPM: multiplier, models: body.models ?? base?.models, serviceTiers: tiers)
+    }
+
+    static func tiers(_ names: [String]) throws(GatewayError) -> [String] {
+        try ServiceTier.list(names)
     }
 
     static func group(_ name: String) throws(GatewayError) -> KeyGroup {

@@ -58,9 +58,11 @@ extension ChatController {
             status: .ok,
             headers: [.contentType: "text/event-stream", .cacheControl: "no-cache", .init("X-Accel-Buffering")!: "no"],
             body: .init { writer in
-                /// One SSE event; image payloads go out as their own writes, never copied.
-                func send(_ choices: [ChatChoice], usage: ChatUsage? = nil) async throws {
-                    let completion = ChatCompletion(id: id, object: "chat.completion.chunk", created: created, model: job.model.name, choices: choices, usage: usage)
+                /// One SSE event; image payloads go out as their own writes, never copied. The chunk
+                /// with the usage says the tier Google served.
+                func send(_ choices: [ChatChoice], usage: ChatUsage? = nil, tier: ServiceTier? = nil) async throws {
+                    var completion = ChatCompletion(id: id, object: "chat.completion.chunk", created: created, model: job.model.name, choices: choices, usage: usage)
+                    completion.serviceTier = tier?.openAIName
                     var pieces = try SplicedJSON.encode(completion)
                     pieces.insert(ByteBuffer(string: "data: "), at: 0)
                     pieces.append(ByteBuffer(string: "\n\n"))
@@ -172,12 +174,14 @@ extension ChatController {
                             let finish = ChatTranslation.finishReason(collector.finishReason, blocked: collector.blocked != nil)
                             // What `account` will charge below: the last chunk says it (`usage.cost`).
                             let charged = collector.blocked == nil && (collector.deliveredImages > 0 || collector.deliveredText)
+                            if let usage = collector.usage { settlement.served(tier: ServiceTier(echoed: usage.serviceTier)) }
                             let cost = charged ? settlement.charge(after: ImageTranslation.usage(of: collector.usage)) : settlement.chargeMicroUSD
+                            let tier = settlement.servedTier
                             if job.includeUsage {
                                 try await send([ChatChoice(delta: ChatMessageOut(), finishReason: finish)])
-                                try await send([], usage: controller.chatUsage(collector, costMicroUSD: cost))
+                                try await send([], usage: controller.chatUsage(collector, costMicroUSD: cost), tier: tier)
                             } else {
-                                try await send([ChatChoice(delta: ChatMessageOut(), finishReason: finish)], usage: controller.chatUsage(collector, costMicroUSD: cost))
+                                try await send([ChatChoice(delta: ChatMessageOut(), finishReason: finish)], usage: controller.chatUsage(collector, costMicroUSD: cost), tier: tier)
                             }
                             try await writer.write(ByteBuffer(string: "data: [DONE]\n\n"))
                         }

@@ -98,13 +98,17 @@ struct ChatController {
         guard let key = context.apiKey else { throw GatewayError.unauthorized("Missing API key.") }
         let input = try await request.decodeJSON(ChatCompletionRequest.self, limit: inputs.limits.maxRequestBytes)
         let baseURL = publicURL.base(of: request)
+        // The tier is checked before any image of the conversation is read.
+        let tier = try pipeline.tier(try ServiceTier.requested(input.serviceTier), key: key)
         let job = try await prepare(input, key: key, baseURL: baseURL)
         context.logger.info("chat completion", metadata: ["model": "\(job.model.name)", "stream": "\(input.stream == true)", "turns": "\(job.gemini.contents.count)"])
         let texts = job.gemini.contents.flatMap { $0.parts ?? [] }.compactMap(\.text).joined(separator: "\n")
         let inputImages = job.gemini.contents.flatMap { $0.parts ?? [] }.filter { $0.inlineData != nil }.count
-        let estimate = pipeline.estimate(key: key, model: job.model, spec: job.spec, count: 1, prompt: texts, inputImages: inputImages)
+        let estimate = pipeline.estimate(key: key, model: job.model, spec: job.spec, count: 1, prompt: texts, inputImages: inputImages, tier: tier)
         let info = RequestInfo(requestID: context.requestID, started: context.started, observation: context.observation, requestedSize: job.spec.label)
-        let settlement = try await pipeline.open(key: key, endpoint: "chat.completions", model: job.model, info: info, estimateMicroUSD: estimate, logger: context.logger)
+        let settlement = try await pipeline.open(
+            key: key, endpoint: "chat.completions", model: job.model, info: info, estimateMicroUSD: estimate, tier: tier, logger: context.logger
+        )
         var response: Response
         if input.stream == true {
             response = try await streamed(job, settlement: settlement, logger: context.logger)
@@ -393,6 +397,7 @@ struct ChatController {
     /// figure for the delivered images. A refusal costs nothing. Returns the usage it used.
     @discardableResult
     func account(_ collector: Collector, job: ChatJob, settlement: Settlement, logger: Logger) async -> ImageUsage {
+        if let usage = collector.usage { settlement.served(tier: ServiceTier(echoed: usage.serviceTier)) }
         var signatures = collector.signatures
         if let signature = collector.textSignature, !collector.text.isEmpty { signatures[Self.hash(text: collector.text, keyID: job.key.id)] = signature }
         if !signatures.isEmpty {
@@ -444,11 +449,12 @@ struct ChatController {
             images: collector.imageURLs.isEmpty || !job.imagesField ? nil : collector.imageURLs.enumerated().map { ChatImage(url: $1, index: $0) },
             reasoningContent: collector.reasoning.isEmpty ? nil : collector.reasoning
         )
-        let completion = ChatCompletion(
+        var completion = ChatCompletion(
             id: Self.completionID(), object: "chat.completion", created: Int(Date().timeIntervalSince1970), model: job.model.name,
             choices: [ChatChoice(message: message, finishReason: ChatTranslation.finishReason(collector.finishReason, blocked: collector.blocked != nil))],
             usage: chatUsage(collector, costMicroUSD: settlement.chargeMicroUSD)
         )
+        completion.serviceTier = settlement.servedTier.openAIName
         do {
             return try ImagesController.json(completion)
         } catch {

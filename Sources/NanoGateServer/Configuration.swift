@@ -23,6 +23,8 @@ import NanoGateStorage
 /// | | `NANOGATE_CHAT_IMAGES` | how chat replies carry images: `auto`, `markdown`, `images`, `both` | `auto` |
 /// | | `NANOGATE_ADMIN_TOKEN` | turns the admin API on, its bearer token | off |
 /// | | `NANOGATE_RESERVATION_LEASE` | seconds a credit reservation lives without renewal | 45 |
+/// | | `NANOGATE_PRIORITY_PRICE_PERCENT` | the priority tier's price, in percent of standard (Google lists none yet) | 200 |
+/// | | `NANOGATE_JOB_SERVICE_TIER` | the tier of background jobs that name none (`standard` or `flex`) | standard |
 /// | | `NANOGATE_UPSTREAM_TIMEOUT` | seconds per upstream call | 300 |
 /// | | `NANOGATE_METRICS_PORT` / `NANOGATE_METRICS_TOKEN` | `/metrics` on its own port / behind a bearer token | main port / open on loopback only |
 /// | | `NANOGATE_METRICS_KEY_LABELS` | key ids as a metrics label | off |
@@ -229,6 +231,14 @@ public struct GatewayConfiguration: Sendable {
             }
         }
         configuration.billing.lease = .seconds(number("NANOGATE_RESERVATION_LEASE", 45, minimum: 3))
+        configuration.billing.tiers.priorityPPM = number("NANOGATE_PRIORITY_PRICE_PERCENT", 200, minimum: 100) * 10_000
+        if let raw = environment["NANOGATE_JOB_SERVICE_TIER"], !raw.isEmpty {
+            if let tier = ServiceTier(rawValue: raw.lowercased()), tier != .priority {
+                configuration.billing.jobServiceTier = tier
+            } else {
+                problems.append("NANOGATE_JOB_SERVICE_TIER=\(raw) must be standard or flex")
+            }
+        }
         if let token = environment["NANOGATE_ADMIN_TOKEN"], !token.isEmpty {
             if let problem = Self.adminTokenProblem(token) {
                 problems.append(problem)

@@ -62,8 +62,9 @@ struct ImageJobs: Sendable {
         if job.options.stream {
             throw GatewayError.invalidParameter("stream", "A background job cannot stream; leave out 'stream' or 'Prefer: respond-async'.")
         }
+        let tier = try pipeline.tier(job.options.serviceTier, key: key, background: true)
         if let balance = key.balanceMicroUSD {
-            let estimate = pipeline.estimate(key: key, model: job.model, spec: job.spec, count: job.count, prompt: job.prompt, inputImages: job.inputImages.count)
+            let estimate = pipeline.estimate(key: key, model: job.model, spec: job.spec, count: job.count, prompt: job.prompt, inputImages: job.inputImages.count, tier: tier)
             guard balance >= estimate else { throw GatewayError.insufficientQuota(balanceMicroUSD: balance, neededMicroUSD: estimate) }
         }
         guard try await store.pendingJobs(keyID: key.id) < maxPendingPerKey else {

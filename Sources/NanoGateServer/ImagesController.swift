@@ -57,9 +57,10 @@ struct ImagesController {
     /// when the catalog's id is retired).
     func answer(_ job: ImageJob, request: Request, context: GatewayRequestContext) async throws -> Response {
         let logger = context.logger
-        let estimate = pipeline.estimate(key: job.key, model: job.model, spec: job.spec, count: job.count, prompt: job.prompt, inputImages: job.inputImages.count)
+        let tier = try pipeline.tier(job.options.serviceTier, key: job.key)
+        let estimate = pipeline.estimate(key: job.key, model: job.model, spec: job.spec, count: job.count, prompt: job.prompt, inputImages: job.inputImages.count, tier: tier)
         let info = RequestInfo(requestID: context.requestID, started: context.started, observation: context.observation, requestedSize: job.spec.label)
-        let settlement = try await pipeline.open(key: job.key, endpoint: job.endpoint, model: job.model, info: info, estimateMicroUSD: estimate, logger: logger)
+        let settlement = try await pipeline.open(key: job.key, endpoint: job.endpoint, model: job.model, info: info, estimateMicroUSD: estimate, tier: tier, logger: logger)
         if job.options.stream {
             return streamed(job, settlement: settlement, logger: logger)
         }
@@ -82,9 +83,10 @@ struct ImagesController {
     /// Runs a background job's request: the images answer as JSON (its usage row carries the
     /// job's id, as request id and as the job it belongs to).
     func runInBackground(_ job: ImageJob, jobID: String, logger: Logger) async throws(GatewayError) -> ByteBuffer {
-        let estimate = pipeline.estimate(key: job.key, model: job.model, spec: job.spec, count: job.count, prompt: job.prompt, inputImages: job.inputImages.count)
+        let tier = try pipeline.tier(job.options.serviceTier, key: job.key, background: true)
+        let estimate = pipeline.estimate(key: job.key, model: job.model, spec: job.spec, count: job.count, prompt: job.prompt, inputImages: job.inputImages.count, tier: tier)
         let info = RequestInfo(requestID: jobID, started: .now, observation: nil, requestedSize: job.spec.label, jobID: jobID)
-        let settlement = try await pipeline.open(key: job.key, endpoint: job.endpoint, model: job.model, info: info, estimateMicroUSD: estimate, logger: logger)
+        let settlement = try await pipeline.open(key: job.key, endpoint: job.endpoint, model: job.model, info: info, estimateMicroUSD: estimate, tier: tier, logger: logger)
         let answer = try await pipeline.generateImages(job, settlement: settlement, logger: logger)
         do {
             return try SplicedJSON.encodeJoined(answer)

@@ -113,10 +113,19 @@ struct NativeController {
         let prompt = lastTurn.compactMap(\.text).joined(separator: "\n")
         let inputImages = gemini.contents.reduce(0) { $0 + ($1.parts ?? []).filter { $0.inlineData != nil }.count }
         let endpoint = "gemini.\(method)"
+        // Google's own `serviceTier` passes through, within what the key may use.
+        var requestedTier: ServiceTier?
+        if let text = gemini.serviceTier {
+            guard let known = ServiceTier(rawValue: text.lowercased()) else {
+                throw GatewayError.invalidParameter("serviceTier", "serviceTier must be flex, standard or priority.", code: "unsupported_value")
+            }
+            requestedTier = known
+        }
+        let tier = try pipeline.tier(requestedTier, key: key)
         let settlement = try await pipeline.open(
             key: key, endpoint: endpoint, model: model, info: RequestInfo(requestID: context.requestID, started: context.started, observation: context.observation, requestedSize: spec.label),
-            estimateMicroUSD: pipeline.estimate(key: key, model: model, spec: spec, count: 1, prompt: prompt, inputImages: inputImages),
-            logger: context.logger
+            estimateMicroUSD: pipeline.estimate(key: key, model: model, spec: spec, count: 1, prompt: prompt, inputImages: inputImages, tier: tier),
+            tier: tier, logger: context.logger
         )
         if method == "generateContent" {
             let answer = try await pipeline.settling(settlement, logger: context.logger) { () throws(GatewayError) -> GeminiWire.Response in
@@ -187,6 +196,7 @@ struct NativeController {
             }
             let used = ImageTranslation.usage(of: usage)
             settlement.billed(used)
+            if let usage { settlement.served(tier: ServiceTier(echoed: usage.serviceTier)) }
             let charged = images > 0 || (wroteContent && failure == nil)
             if charged { settlement.delivered(images: images, usage: used) }
             let outcome = charged ? nil : (failure ?? (clientGone ? GatewayError.clientDisconnected : nil))

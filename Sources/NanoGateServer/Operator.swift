@@ -26,6 +26,8 @@ public struct OperatorService: Sendable {
         public var models: [String]?
         public var rpm: Int?
         public var concurrency: Int?
+        /// The service tiers the key may use (its own list, else its group's).
+        public var service_tiers: [String]?
         public var disabled: Bool
         public var created_at: String
         /// Only when the key was just created or rotated.
@@ -43,13 +45,14 @@ public struct OperatorService: Sendable {
             models = key.models
             rpm = key.rpm
             concurrency = key.concurrency
+            service_tiers = key.allowedServiceTiers
             disabled = key.disabled
             created_at = OperatorService.iso(key.createdAt)
             self.secret = secret
         }
 
         enum CodingKeys: String, CodingKey {
-            case name, group, prefix, credit_usd, spent_usd, reserved_usd, balance_usd, expires_at, models, rpm, concurrency, disabled, created_at, secret
+            case name, group, prefix, credit_usd, spent_usd, reserved_usd, balance_usd, expires_at, models, rpm, concurrency, service_tiers, disabled, created_at, secret
         }
 
         /// Unset fields are `null` (an unlimited key's `credit_usd` and `balance_usd`), not absent;
@@ -67,6 +70,7 @@ public struct OperatorService: Sendable {
             try container.encode(models, forKey: .models)
             try container.encode(rpm, forKey: .rpm)
             try container.encode(concurrency, forKey: .concurrency)
+            try container.encodeIfPresent(service_tiers, forKey: .service_tiers)
             try container.encode(disabled, forKey: .disabled)
             try container.encode(created_at, forKey: .created_at)
             try container.encodeIfPresent(secret, forKey: .secret)
@@ -78,15 +82,18 @@ public struct OperatorService: Sendable {
         public var response_format: String
         public var multiplier: Double
         public var models: [String]?
+        /// The service tiers its keys may use.
+        public var service_tiers: [String]?
 
         public init(_ group: KeyGroupSettings) {
             name = group.name.rawValue
             response_format = group.responseFormat
             multiplier = Double(group.multiplierPPM) / 1_000_000
             models = group.models
+            service_tiers = group.serviceTiers ?? KeyGroupSettings.defaultServiceTiers
         }
 
-        enum CodingKeys: String, CodingKey { case name, response_format, multiplier, models }
+        enum CodingKeys: String, CodingKey { case name, response_format, multiplier, models, service_tiers }
 
         public func encode(to encoder: any Encoder) throws {
             var container = encoder.container(keyedBy: CodingKeys.self)
@@ -94,6 +101,7 @@ public struct OperatorService: Sendable {
             try container.encode(response_format, forKey: .response_format)
             try container.encode(multiplier, forKey: .multiplier)
             try container.encode(models, forKey: .models)
+            try container.encodeIfPresent(service_tiers, forKey: .service_tiers)
         }
     }
 
@@ -133,6 +141,8 @@ public struct OperatorService: Sendable {
         public var upstream_key: String?
         /// Every upstream attempt: channel, key position, status, error code, milliseconds.
         public var upstream_attempts: [UpstreamAttemptRecord]
+        /// The service tier Google served and the charge followed (`flex`, `standard`, `priority`).
+        public var service_tier: String?
 
         public init(_ row: UsageRecord) {
             request_id = row.requestID
@@ -157,12 +167,13 @@ public struct OperatorService: Sendable {
             error_code = row.errorCode
             upstream_key = row.upstreamKey
             upstream_attempts = row.upstreamAttempts
+            service_tier = row.serviceTier
         }
 
         enum CodingKeys: String, CodingKey {
             case request_id, created_at, key, group, model, upstream_model, endpoint, requested_size, status, images, input_text_tokens,
                 input_image_tokens, output_text_tokens, output_image_tokens, total_tokens, cost_usd, upstream_cost_usd, latency_ms, attempts,
-                error_code, upstream_key, upstream_attempts
+                error_code, upstream_key, upstream_attempts, service_tier
         }
 
         /// Every column present, `null` when empty (as in the CSV's empty cells).
@@ -190,12 +201,13 @@ public struct OperatorService: Sendable {
             try container.encode(error_code, forKey: .error_code)
             try container.encode(upstream_key, forKey: .upstream_key)
             try container.encode(upstream_attempts, forKey: .upstream_attempts)
+            try container.encode(service_tier, forKey: .service_tier)
         }
 
         static let csvColumns = [
             "request_id", "created_at", "key", "group", "model", "upstream_model", "endpoint", "requested_size", "status", "images",
             "input_text_tokens", "input_image_tokens", "output_text_tokens", "output_image_tokens", "total_tokens", "cost_usd",
-            "upstream_cost_usd", "latency_ms", "attempts", "error_code", "upstream_key",
+            "upstream_cost_usd", "latency_ms", "attempts", "error_code", "upstream_key", "service_tier",
         ]
 
         var csvFields: [String] {
@@ -203,6 +215,7 @@ public struct OperatorService: Sendable {
                 request_id, created_at, key ?? "", group ?? "", model, upstream_model ?? "", endpoint, requested_size ?? "", "\(status)", "\(images)",
                 "\(input_text_tokens)", "\(input_image_tokens)", "\(output_text_tokens)", "\(output_image_tokens)", "\(total_tokens)",
                 String(format: "%.6f", cost_usd), String(format: "%.6f", upstream_cost_usd), "\(latency_ms)", "\(attempts)", error_code ?? "", upstream_key ?? "",
+                service_tier ?? "",
             ]
         }
     }

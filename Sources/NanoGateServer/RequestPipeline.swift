@@ -78,6 +78,8 @@ final class Settlement: Sendable {
     let reservationID: String?
     /// Whether the request counts toward the key's concurrency limit (a batch line does not).
     let limited: Bool
+    /// The tier Google is asked for, and what each tier costs.
+    let tier: TierRequest
     /// Run when the settlement goes away unsettled.
     private let onAbandon: @Sendable () -> Void
     private let state: Mutex<State>
@@ -89,13 +91,19 @@ final class Settlement: Sendable {
         var note: String?
         var settled = false
         var servedBy: UpstreamTarget
+        /// The tier Google echoed (nil until an answer says; then standard when it names none):
+        /// the charge's prices. Answers of one request on several tiers count at the dearest.
+        var echoedTier: ServiceTier?
+
+        var servedTier: ServiceTier { echoedTier ?? .standard }
     }
 
     init(
         key: APIKey, endpoint: String, model: CatalogModel, info: RequestInfo, primary: UpstreamTarget, reservationID: String?,
-        limited: Bool = true, onAbandon: @escaping @Sendable () -> Void = {}
+        limited: Bool = true, tier: TierRequest = TierRequest(), onAbandon: @escaping @Sendable () -> Void = {}
     ) {
         self.limited = limited
+        self.tier = tier
         self.key = key
         self.endpoint = endpoint
         self.model = model
@@ -121,6 +129,14 @@ final class Settlement: Sendable {
         state.withLock { $0.billed = $0.billed + usage }
     }
 
+    /// Google served (part of) the request at `tier` (`usageMetadata.serviceTier`): the charge follows it.
+    func served(tier: ServiceTier) {
+        state.withLock { $0.echoedTier = max($0.echoedTier ?? tier, tier) }
+    }
+
+    /// The tier the charge is priced at.
+    var servedTier: ServiceTier { state.withLock { $0.servedTier } }
+
     /// The client received `images` images (or text) produced with `usage`: this is charged.
     func delivered(images: Int, usage: ImageUsage) {
         state.withLock {
@@ -132,12 +148,17 @@ final class Settlement: Sendable {
     /// What the key is charged so far (the usage row's charge once settled): what was delivered,
     /// at the answering model's prices, times the group's multiplier.
     var chargeMicroUSD: Int {
-        state.withLock { Pricing.costMicroUSD($0.delivered, prices: $0.servedBy.prices, multiplierPPM: key.groupSettings.multiplierPPM) }
+        state.withLock { Pricing.costMicroUSD($0.delivered, prices: prices(of: $0), multiplierPPM: key.groupSettings.multiplierPPM) }
     }
 
     /// What the charge would be once `usage` more is delivered.
     func charge(after usage: ImageUsage) -> Int {
-        state.withLock { Pricing.costMicroUSD($0.delivered + usage, prices: $0.servedBy.prices, multiplierPPM: key.groupSettings.multiplierPPM) }
+        state.withLock { Pricing.costMicroUSD($0.delivered + usage, prices: prices(of: $0), multiplierPPM: key.groupSettings.multiplierPPM) }
+    }
+
+    /// The answering model's prices at the tier Google served.
+    private func prices(of state: State) -> TokenPrices {
+        tier.pricing.prices(state.servedBy.prices, tier: state.servedTier)
     }
 
     /// A code for the log row of a request that succeeded with a remark (`content_filter`).
@@ -153,7 +174,7 @@ final class Settlement: Sendable {
             guard !state.settled else { return nil }
             state.settled = true
             let billed = state.billed
-            let prices = state.servedBy.prices
+            let prices = tier.pricing.prices(state.servedBy.prices, tier: state.servedTier)
             var record = UsageRecord(
                 keyID: key.id, endpoint: endpoint, model: model.name, status: status, images: state.deliveredImages,
                 inputTokens: billed.inputTokens, outputTokens: billed.outputTokens, totalTokens: billed.totalTokens,
@@ -163,6 +184,7 @@ final class Settlement: Sendable {
             )
             record.requestID = info.requestID
             record.jobID = info.jobID
+            record.serviceTier = state.servedTier.rawValue
             record.keyName = key.name
             record.group = key.group.rawValue
             record.upstreamModel = state.servedBy.id
@@ -179,6 +201,14 @@ final class Settlement: Sendable {
             return record
         }
     }
+}
+
+/// The service tier a request asks Google for, and what it may fall back to.
+struct TierRequest: Sendable {
+    var asked: ServiceTier = .standard
+    /// A flex request Google sheds is retried on standard only when the key may use standard.
+    var standardAllowed = true
+    var pricing = TierPricing()
 }
 
 /// Frees a request's concurrency slot, when it took one.
@@ -220,14 +250,37 @@ struct RequestPipeline: Sendable {
     /// The most `count` images of `spec` may cost this key (reserved before Google is called),
     /// on the first id of the model's chain not known to be retired: a request that meets a
     /// refusal first is charged the next id's real cost even if it exceeds the hold.
-    func estimate(key: APIKey, model: CatalogModel, spec: ImageSpec, count: Int, prompt: String, inputImages: Int) -> Int {
+    /// On `tier`: the worst case of the tiers the request may run at (a flex request may be
+    /// shed and run on standard).
+    func estimate(key: APIKey, model: CatalogModel, spec: ImageSpec, count: Int, prompt: String, inputImages: Int, tier: TierRequest = TierRequest()) -> Int {
         let chain = model.chain
         let target = chain.first { !retired.isRetired($0.id) } ?? chain[chain.count - 1]
-        return ReservationEstimate.microUSD(
-            targets: [target], spec: spec, count: count, promptTokens: PromptLimit.estimatedTokens(prompt), inputImages: inputImages,
-            prices: { id, family in prices(of: id, fallback: id == model.upstreamModel ? model.prices : family.googlePrices) },
-            multiplierPPM: key.groupSettings.multiplierPPM
-        )
+        var tiers = [tier.asked]
+        if tier.asked == .flex, tier.standardAllowed { tiers.append(.standard) }
+        return tiers.map { served in
+            ReservationEstimate.microUSD(
+                targets: [target], spec: spec, count: count, promptTokens: PromptLimit.estimatedTokens(prompt), inputImages: inputImages,
+                prices: { id, family in tier.pricing.prices(prices(of: id, fallback: id == model.upstreamModel ? model.prices : family.googlePrices), tier: served) },
+                multiplierPPM: key.groupSettings.multiplierPPM
+            )
+        }.max() ?? 0
+    }
+
+    /// The tier a request runs at, or the 403 `tier_not_allowed` for one the key may not use
+    /// (before any upstream call). `auto` (nil) is standard, or the cheapest tier the key may
+    /// use; a background job's is the operator's job tier when the key may use it.
+    func tier(_ requested: ServiceTier?, key: APIKey, background: Bool = false) throws(GatewayError) -> TierRequest {
+        let allowed = key.allowedServiceTiers.compactMap(ServiceTier.init(rawValue:)).sorted()
+        var asked: ServiceTier
+        if let requested {
+            asked = requested
+        } else if background, allowed.contains(billing.jobServiceTier) {
+            asked = billing.jobServiceTier
+        } else {
+            asked = allowed.contains(.standard) ? .standard : (allowed.first ?? .standard)
+        }
+        guard allowed.contains(asked) else { throw ServiceTier.notAllowed(asked, allowed: allowed) }
+        return TierRequest(asked: asked, standardAllowed: allowed.contains(.standard), pricing: billing.tiers)
     }
 
     /// A new account for a validated request: the key's rate and concurrency limits are
@@ -236,7 +289,10 @@ struct RequestPipeline: Sendable {
     /// `batchLine: true` for the lines of a batch: the batch holds their credit as a whole, and
     /// Google has already produced them, so neither a reservation nor the key's per-minute and
     /// concurrency limits apply (a limit must never drop work Google billed).
-    func open(key: APIKey, endpoint: String, model: CatalogModel, info: RequestInfo, estimateMicroUSD: Int, batchLine: Bool = false, logger: Logger) async throws(GatewayError) -> Settlement {
+    func open(
+        key: APIKey, endpoint: String, model: CatalogModel, info: RequestInfo, estimateMicroUSD: Int, batchLine: Bool = false,
+        tier: TierRequest = TierRequest(), logger: Logger
+    ) async throws(GatewayError) -> Settlement {
         info.observation?.model = model.name
         let reserve = !batchLine
         if !batchLine { try await limiter.begin(key, logger: logger) }
@@ -269,7 +325,7 @@ struct RequestPipeline: Sendable {
         let primary = UpstreamTarget(id: model.upstreamModel, family: model.family, prices: prices(of: model.upstreamModel, fallback: model.prices))
         let live = self.live
         return Settlement(
-            key: key, endpoint: endpoint, model: model, info: info, primary: primary, reservationID: reservationID, limited: !batchLine,
+            key: key, endpoint: endpoint, model: model, info: info, primary: primary, reservationID: reservationID, limited: !batchLine, tier: tier,
             onAbandon: { [reservationID] in
                 // Never settled (its response was never written): free the slot; the hold runs out.
                 limiter.finish()
@@ -318,18 +374,45 @@ struct RequestPipeline: Sendable {
     /// retired the model); Google's usage is recorded as billed.
     func generate(_ request: GeminiWire.Request, settlement: Settlement, logger: Logger) async throws(GatewayError) -> GeminiWire.Response {
         let aliases = [settlement.model.name]
-        let response = try await withFallback(request, settlement: settlement, logger: logger) { (model, request) throws(UpstreamError) in
-            try await upstream.generateContent(model: model, aliases: aliases, request: request, trace: settlement.trace, logger: logger)
+        let response = try await onTier(request, settlement: settlement, logger: logger) { request throws(GatewayError) in
+            try await withFallback(request, settlement: settlement, logger: logger) { (model, request) throws(UpstreamError) in
+                try await upstream.generateContent(model: model, aliases: aliases, request: request, trace: settlement.trace, logger: logger)
+            }
         }
         settlement.billed(ImageTranslation.usage(of: response.usageMetadata))
+        settlement.served(tier: ServiceTier(echoed: response.usageMetadata?.serviceTier))
         return response
     }
 
-    /// One `streamGenerateContent` call on behalf of `settlement` (usage is recorded by the reader).
+    /// One `streamGenerateContent` call on behalf of `settlement` (usage and the tier served are
+    /// recorded by the reader).
     func stream(_ request: GeminiWire.Request, settlement: Settlement, logger: Logger) async throws(GatewayError) -> GeminiEventStream {
         let aliases = [settlement.model.name]
-        return try await withFallback(request, settlement: settlement, logger: logger) { (model, request) throws(UpstreamError) in
-            try await upstream.streamGenerateContent(model: model, aliases: aliases, request: request, trace: settlement.trace, logger: logger)
+        return try await onTier(request, settlement: settlement, logger: logger) { request throws(GatewayError) in
+            try await withFallback(request, settlement: settlement, logger: logger) { (model, request) throws(UpstreamError) in
+                try await upstream.streamGenerateContent(model: model, aliases: aliases, request: request, trace: settlement.trace, logger: logger)
+            }
+        }
+    }
+
+    /// Runs `call` with the request on the settlement's tier; a flex request Google sheds (429
+    /// or 503: flex is "sheddable") runs again on standard, when the key may use standard.
+    private func onTier<Value>(
+        _ request: GeminiWire.Request, settlement: Settlement, logger: Logger, _ call: (GeminiWire.Request) async throws(GatewayError) -> Value
+    ) async throws(GatewayError) -> Value {
+        var request = request
+        let asked = settlement.tier.asked
+        // The native route passes Google's own `serviceTier` through; the others ask for theirs.
+        if request.serviceTier == nil || asked != .standard { request.serviceTier = asked.wire }
+        do {
+            return try await call(request)
+        } catch {
+            guard ServiceTier(echoed: request.serviceTier) == .flex, settlement.tier.standardAllowed, [429, 503].contains(error.status), !Task.isCancelled else {
+                throw error
+            }
+            logger.notice("Google shed a flex request; running it on standard", metadata: ["error": "\(error.code ?? "")"])
+            request.serviceTier = nil
+            return try await call(request)
         }
     }
 
@@ -466,10 +549,12 @@ struct RequestPipeline: Sendable {
             settlement.delivered(images: data.count, usage: delivered)
             var usage = delivered
             usage.cost = Pricing.usd(settlement.chargeMicroUSD)
-            return ImagesResponse(
+            var response = ImagesResponse(
                 created: Int(Date().timeIntervalSince1970), data: data, usage: usage, background: "opaque",
                 outputFormat: first?.format?.rawValue, size: first?.pixels?.description, quality: ImageQuality.reported(for: job.spec.imageSize)
             )
+            response.serviceTier = settlement.servedTier.openAIName
+            return response
         }
     }
 }

@@ -31,13 +31,20 @@ public struct KeyGroupSettings: Sendable, Equatable, Codable {
     public var multiplierPPM: Int
     /// The models its keys may use; nil for all.
     public var models: [String]?
+    /// The service tiers its keys may use (`flex`, `standard`, `priority`); nil for the default
+    /// (standard and flex: priority costs more, so an operator turns it on).
+    public var serviceTiers: [String]?
 
-    public init(name: KeyGroup, responseFormat: String, multiplierPPM: Int = 1_000_000, models: [String]? = nil) {
+    public init(name: KeyGroup, responseFormat: String, multiplierPPM: Int = 1_000_000, models: [String]? = nil, serviceTiers: [String]? = nil) {
         self.name = name
         self.responseFormat = responseFormat
         self.multiplierPPM = multiplierPPM
         self.models = models
+        self.serviceTiers = serviceTiers
     }
+
+    /// The tiers a group names when it names none.
+    public static let defaultServiceTiers = ["standard", "flex"]
 
     /// The settings of a group the database does not know (a key whose group was never created).
     public static func fallback(for group: KeyGroup) -> KeyGroupSettings {
@@ -68,6 +75,8 @@ public struct APIKey: Sendable, Equatable, Codable {
     public var rpm: Int?
     /// Requests in flight at once; nil for no limit.
     public var concurrency: Int?
+    /// The service tiers this key may use; nil: its group's.
+    public var serviceTiers: [String]?
     public var disabled = false
     /// Its group's settings (read with the key).
     public var groupSettings: KeyGroupSettings
@@ -99,6 +108,11 @@ public struct APIKey: Sendable, Equatable, Codable {
         creditMicroUSD.map { $0 - spentMicroUSD - reservedMicroUSD }
     }
 
+    /// The service tiers this key may use: its own list, else its group's, else standard and flex.
+    public var allowedServiceTiers: [String] {
+        serviceTiers ?? groupSettings.serviceTiers ?? KeyGroupSettings.defaultServiceTiers
+    }
+
     /// Whether this key (and its group) may use the model named `name`.
     public func mayUse(model name: String) -> Bool {
         (models?.contains(name) ?? true) && (groupSettings.models?.contains(name) ?? true)
@@ -120,12 +134,15 @@ public struct KeyUpdate: Sendable, Equatable {
     public var models: Change<[String]>?
     public var rpm: Change<Int>?
     public var concurrency: Change<Int>?
+    public var serviceTiers: Change<[String]>?
     public var disabled: Bool?
 
     public init(
         group: KeyGroup? = nil, credit: Change<Int>? = nil, addCredit: Int? = nil, expiresAt: Change<Date>? = nil,
-        models: Change<[String]>? = nil, rpm: Change<Int>? = nil, concurrency: Change<Int>? = nil, disabled: Bool? = nil
+        models: Change<[String]>? = nil, rpm: Change<Int>? = nil, concurrency: Change<Int>? = nil, disabled: Bool? = nil,
+        serviceTiers: Change<[String]>? = nil
     ) {
+        self.serviceTiers = serviceTiers
         self.group = group
         self.credit = credit
         self.addCredit = addCredit
@@ -254,6 +271,8 @@ public struct UsageRecord: Sendable, Equatable, Codable {
     public var upstreamAttempts: [UpstreamAttemptRecord] = []
     /// The background job the row belongs to (set by the gateway, never by a client).
     public var jobID: String?
+    /// The service tier Google served and the charge is priced at (`flex`, `standard`, `priority`).
+    public var serviceTier: String?
 
     public init(
         keyID: String, endpoint: String, model: String, status: Int, images: Int, inputTokens: Int, outputTokens: Int,

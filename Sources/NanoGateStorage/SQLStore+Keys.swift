@@ -24,13 +24,18 @@ extension SQLStore {
         var group_response_format: String?
         var group_multiplier_ppm: Int64?
         var group_models: String?
+        var service_tiers: String?
+        var group_service_tiers: String?
 
         var key: APIKey {
             let group = KeyGroup(rawValue: key_group)
             let settings = group_response_format.map {
-                KeyGroupSettings(name: group, responseFormat: $0, multiplierPPM: Int(group_multiplier_ppm ?? 1_000_000), models: SQLStore.list(group_models))
+                KeyGroupSettings(
+                    name: group, responseFormat: $0, multiplierPPM: Int(group_multiplier_ppm ?? 1_000_000), models: SQLStore.list(group_models),
+                    serviceTiers: SQLStore.list(group_service_tiers)
+                )
             }
-            return APIKey(
+            var key = APIKey(
                 id: id, name: name, group: group, prefix: prefix,
                 createdAt: Date(timeIntervalSince1970: TimeInterval(created_at)),
                 revokedAt: revoked_at.map { Date(timeIntervalSince1970: TimeInterval($0)) },
@@ -38,13 +43,16 @@ extension SQLStore {
                 expiresAt: expires_at.map { Date(timeIntervalSince1970: TimeInterval($0)) }, models: SQLStore.list(models),
                 rpm: rpm, concurrency: concurrency, disabled: disabled != 0, groupSettings: settings
             )
+            key.serviceTiers = SQLStore.list(service_tiers)
+            return key
         }
     }
 
     static let keyColumns: SQLQueryString = """
         SELECT k.id, k.name, k.key_group, k.prefix, k.created_at, k.revoked_at, k.credit_micro_usd, k.spent_micro_usd, k.reserved_micro_usd,
-               k.expires_at, k.models, k.rpm, k.concurrency, k.disabled,
-               g.response_format AS group_response_format, g.multiplier_ppm AS group_multiplier_ppm, g.models AS group_models
+               k.expires_at, k.models, k.rpm, k.concurrency, k.disabled, k.service_tiers,
+               g.response_format AS group_response_format, g.multiplier_ppm AS group_multiplier_ppm, g.models AS group_models,
+               g.service_tiers AS group_service_tiers
         FROM api_keys k LEFT JOIN key_groups g ON g.name = k.key_group
         """
 
@@ -140,6 +148,11 @@ extension SQLStore {
         case .clear: sets.append("models = NULL")
         case nil: break
         }
+        switch update.serviceTiers {
+        case .set(let tiers): sets.append("service_tiers = \(bind: Self.text(tiers))")
+        case .clear: sets.append("service_tiers = NULL")
+        case nil: break
+        }
         switch update.rpm {
         case .set(let value): sets.append("rpm = \(bind: value)")
         case .clear: sets.append("rpm = NULL")
@@ -168,26 +181,31 @@ extension SQLStore {
         var response_format: String
         var multiplier_ppm: Int64
         var models: String?
+        var service_tiers: String?
 
         var settings: KeyGroupSettings {
-            KeyGroupSettings(name: KeyGroup(rawValue: name), responseFormat: response_format, multiplierPPM: Int(multiplier_ppm), models: SQLStore.list(models))
+            KeyGroupSettings(
+                name: KeyGroup(rawValue: name), responseFormat: response_format, multiplierPPM: Int(multiplier_ppm), models: SQLStore.list(models),
+                serviceTiers: SQLStore.list(service_tiers)
+            )
         }
     }
 
     public func group(named name: KeyGroup) async throws -> KeyGroupSettings? {
-        try await database.raw("SELECT name, response_format, multiplier_ppm, models FROM key_groups WHERE name = \(bind: name.rawValue)")
+        try await database.raw("SELECT name, response_format, multiplier_ppm, models, service_tiers FROM key_groups WHERE name = \(bind: name.rawValue)")
             .first(decoding: GroupRow.self)?.settings
     }
 
     public func listGroups() async throws -> [KeyGroupSettings] {
-        try await database.raw("SELECT name, response_format, multiplier_ppm, models FROM key_groups ORDER BY created_at, name")
+        try await database.raw("SELECT name, response_format, multiplier_ppm, models, service_tiers FROM key_groups ORDER BY created_at, name")
             .all(decoding: GroupRow.self).map(\.settings)
     }
 
     public func createGroup(_ group: KeyGroupSettings) async throws {
         let inserted = try await database.raw("""
-            INSERT INTO key_groups (name, response_format, multiplier_ppm, models, created_at)
-            VALUES (\(bind: group.name.rawValue), \(bind: group.responseFormat), \(bind: Int64(group.multiplierPPM)), \(bind: Self.text(group.models)), \(bind: Int64(Date().timeIntervalSince1970)))
+            INSERT INTO key_groups (name, response_format, multiplier_ppm, models, service_tiers, created_at)
+            VALUES (\(bind: group.name.rawValue), \(bind: group.responseFormat), \(bind: Int64(group.multiplierPPM)), \(bind: Self.text(group.models)),
+                    \(bind: Self.text(group.serviceTiers)), \(bind: Int64(Date().timeIntervalSince1970)))
             ON CONFLICT (name) DO NOTHING RETURNING name
             """).all()
         guard !inserted.isEmpty else { throw KeyStoreError.duplicateGroup(group.name.rawValue) }
@@ -195,7 +213,8 @@ extension SQLStore {
 
     public func updateGroup(_ group: KeyGroupSettings) async throws {
         let updated = try await database.raw("""
-            UPDATE key_groups SET response_format = \(bind: group.responseFormat), multiplier_ppm = \(bind: Int64(group.multiplierPPM)), models = \(bind: Self.text(group.models))
+            UPDATE key_groups SET response_format = \(bind: group.responseFormat), multiplier_ppm = \(bind: Int64(group.multiplierPPM)), models = \(bind: Self.text(group.models)),
+                service_tiers = \(bind: Self.text(group.serviceTiers))
             WHERE name = \(bind: group.name.rawValue) RETURNING name
             """).all()
         guard !updated.isEmpty else { throw KeyStoreError.unknownGroup(group.name.rawValue) }
@@ -233,7 +252,7 @@ extension SQLStore {
     static let usageColumns: SQLQueryString = """
         SELECT key_id, endpoint, model, status, images, input_tokens, output_tokens, total_tokens, cost_micro_usd, error_code,
                upstream_cost_micro_usd, attempts, created_at, request_id, key_name, key_group, upstream_model, requested_size, latency_ms,
-               input_text_tokens, input_image_tokens, output_text_tokens, output_image_tokens, upstream_key, upstream_attempts
+               input_text_tokens, input_image_tokens, output_text_tokens, output_image_tokens, upstream_key, upstream_attempts, service_tier
         FROM usage_log
         """
 
@@ -263,6 +282,7 @@ extension SQLStore {
         var output_image_tokens: Int
         var upstream_key: String?
         var upstream_attempts: String?
+        var service_tier: String?
 
         var record: UsageRecord {
             var record = UsageRecord(
@@ -284,6 +304,7 @@ extension SQLStore {
             record.outputImageTokens = output_image_tokens
             record.upstreamKey = upstream_key
             record.upstreamAttempts = upstream_attempts.flatMap { try? JSONDecoder().decode([UpstreamAttemptRecord].self, from: Data($0.utf8)) } ?? []
+            record.serviceTier = service_tier
             return record
         }
     }
@@ -294,7 +315,7 @@ extension SQLStore {
         """
         INSERT INTO usage_log (id, key_id, endpoint, model, status, images, input_tokens, output_tokens, total_tokens, cost_micro_usd, error_code,
                                upstream_cost_micro_usd, attempts, created_at, request_id, key_name, key_group, upstream_model, requested_size, latency_ms,
-                               input_text_tokens, input_image_tokens, output_text_tokens, output_image_tokens, upstream_key, reservation_id, upstream_attempts, job_id)
+                               input_text_tokens, input_image_tokens, output_text_tokens, output_image_tokens, upstream_key, reservation_id, upstream_attempts, job_id, service_tier)
         VALUES (\(bind: UUID().uuidString.lowercased()), \(bind: entry.keyID), \(bind: entry.endpoint), \(bind: entry.model), \(bind: entry.status),
                 \(bind: entry.images), \(bind: entry.inputTokens), \(bind: entry.outputTokens), \(bind: entry.totalTokens),
                 \(bind: Int64(entry.costMicroUSD)), \(bind: entry.errorCode), \(bind: Int64(entry.upstreamCostMicroUSD)), \(bind: entry.attempts),
@@ -303,7 +324,7 @@ extension SQLStore {
                 \(bind: entry.inputTextTokens), \(bind: entry.inputImageTokens), \(bind: entry.outputTextTokens), \(bind: entry.outputImageTokens),
                 \(bind: entry.upstreamKey), \(bind: reservationID),
                 \(bind: entry.upstreamAttempts.isEmpty ? nil : (try? JSONEncoder().encode(entry.upstreamAttempts)).map { String(decoding: $0, as: UTF8.self) }),
-                \(bind: entry.jobID))
+                \(bind: entry.jobID), \(bind: entry.serviceTier))
         """
     }
 

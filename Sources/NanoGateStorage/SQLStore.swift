@@ -41,6 +41,7 @@ public struct SQLStore: KeyStore, UsageLog, SignatureStore {
         (7, { database in try await SQLStore.createJobsTable(database) }),
         (8, { database in try await SQLStore.createBatchTables(database) }),
         (9, { database in try await SQLStore.addServerKeyedColumns(database, binary: "BLOB") }),
+        (10, { database in try await SQLStore.addServiceTiers(database) }),
     ]
 
     /// PostgreSQL's: PostgreSQL support began at SQLite's version 5, so its first migration
@@ -51,7 +52,16 @@ public struct SQLStore: KeyStore, UsageLog, SignatureStore {
         (7, { database in try await SQLStore.createJobsTable(database) }),
         (8, { database in try await SQLStore.createBatchTables(database) }),
         (9, { database in try await SQLStore.addServerKeyedColumns(database, binary: "BYTEA") }),
+        (10, { database in try await SQLStore.addServiceTiers(database) }),
     ]
+
+    /// Version 10: which service tiers keys and groups may use, and the tier each request was
+    /// served (and charged) at.
+    private static func addServiceTiers(_ database: any SQLDatabase) async throws {
+        try await addColumnIfMissing(database, table: "api_keys", column: "service_tiers", type: "TEXT")
+        try await addColumnIfMissing(database, table: "key_groups", column: "service_tiers", type: "TEXT")
+        try await addColumnIfMissing(database, table: "usage_log", column: "service_tier", type: "TEXT")
+    }
 
     /// Version 9: what money and delivery are keyed on, set by the server only: the job a usage
     /// row belongs to (a refund never trusts the client's `x-request-id`), each batch line's

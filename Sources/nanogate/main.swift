@@ -219,6 +219,7 @@ struct KeyLimitOptions: ParsableArguments {
     @Option(help: "Models the key may use, comma-separated (absent: all).") var models: String?
     @Option(help: "Requests per minute.") var rpm: Int?
     @Option(help: "Requests in flight at once.") var concurrency: Int?
+    @Option(help: "Service tiers the key may use, comma-separated: flex, standard, priority (absent: its group's).") var tiers: String?
 
     func expiryDate() throws -> Date? {
         guard let expires else { return nil }
@@ -228,6 +229,16 @@ struct KeyLimitOptions: ParsableArguments {
 
     func modelList() -> [String]? {
         models.map { $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty } }
+    }
+
+    /// The `--tiers` list, checked (nil when absent).
+    func tierList() throws -> [String]? {
+        guard let tiers else { return nil }
+        do {
+            return try ServiceTier.list(tiers.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty })
+        } catch {
+            throw ValidationError("--tiers: \(error.message)")
+        }
     }
 
     func validate() throws {
@@ -261,7 +272,12 @@ struct Keys: AsyncParsableCommand {
                 models: limits.modelList(), rpm: limits.rpm, concurrency: limits.concurrency
             )
             let group = try Keys.group(group)
-            let (key, secret) = try await withOperator(data) { try await $0.store.createKey(name: name, group: group, options: options) }
+            let tiers = try limits.tierList()
+            let (key, secret) = try await withOperator(data) { service in
+                let created = try await service.store.createKey(name: name, group: group, options: options)
+                guard let tiers else { return created }
+                return (try await service.store.updateKey(name: name, KeyUpdate(serviceTiers: .set(tiers))), created.secret)
+            }
             if json {
                 try printJSON(OperatorService.KeyView(key, secret: secret))
                 return
@@ -338,6 +354,7 @@ struct Keys: AsyncParsableCommand {
             if let models = limits.modelList() { update.models = models.isEmpty ? .clear : .set(models) }
             if let rpm = limits.rpm { update.rpm = .set(rpm) }
             if let concurrency = limits.concurrency { update.concurrency = .set(concurrency) }
+            if let tiers = try limits.tierList() { update.serviceTiers = tiers.isEmpty ? .clear : .set(tiers) }
             if disable { update.disabled = true }
             if enable { update.disabled = false }
             let key = try await withOperator(data) { try await $0.store.updateKey(name: name, update) }
@@ -385,8 +402,17 @@ struct Groups: AsyncParsableCommand {
         @Option(help: "url or b64_json: the answer when a request names no response_format.") var responseFormat: String?
         @Option(help: "Price multiplier on every charge (1.0: Google's price).") var multiplier: Double?
         @Option(help: "Models its keys may use, comma-separated (absent: all).") var models: String?
+        @Option(help: "Service tiers its keys may use, comma-separated: flex, standard, priority (default: standard,flex).") var tiers: String?
 
         func apply(to settings: inout KeyGroupSettings) throws {
+            if let tiers {
+                do {
+                    let list = try ServiceTier.list(tiers.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty })
+                    settings.serviceTiers = list.isEmpty ? nil : list
+                } catch {
+                    throw ValidationError("--tiers: \(error.message)")
+                }
+            }
             if let responseFormat {
                 guard ["url", "b64_json"].contains(responseFormat) else { throw ValidationError("--response-format must be url or b64_json.") }
                 settings.responseFormat = responseFormat

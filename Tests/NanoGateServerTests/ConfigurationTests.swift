@@ -54,6 +54,8 @@ import Upstream
             "NANOGATE_BATCH_POLL": seconds(configuration.batchPollInterval),
             "NANOGATE_JOB_QUEUE_PER_KEY": "\(configuration.jobQueuePerKey)", "NANOGATE_FILE_QUOTA_MB": "\(configuration.fileQuotaBytes >> 20)",
             "NANOGATE_ADMIN_PORT": configuration.adminPort.map(String.init) ?? "main port",
+            "NANOGATE_PRIORITY_PRICE_PERCENT": "\(configuration.billing.tiers.priorityPPM / 10_000)",
+            "NANOGATE_JOB_SERVICE_TIER": configuration.billing.jobServiceTier.rawValue,
             "NANOGATE_KEEPALIVE": seconds(configuration.keepAliveInterval), "NANOGATE_IDLE_TIMEOUT": seconds(configuration.idleTimeout),
             "NANOGATE_FETCH_TIMEOUT": seconds(configuration.inputs.fetchTimeout), "NANOGATE_MAX_FETCHES": "\(configuration.inputs.maxConcurrentFetches)",
             "NANOGATE_ALLOW_PRIVATE_FETCH": configuration.inputs.allowPrivateFetch ? "on" : "off",

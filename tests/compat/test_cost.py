@@ -70,3 +70,27 @@ def test_models_say_what_one_image_costs(gateway: Gateway):
     assert models["nano-banana"]["capabilities"]["image_prices"] == {"default": 0.0387}
     assert models["nano-banana-2.1"]["capabilities"]["image_prices"] == {"1K": 0.0336, "2K": 0.0504, "4K": 0.0756}
     assert models["nano-banana-pro-4k"]["capabilities"]["image_prices"] == {"4K": 0.24}
+
+
+def test_a_flex_request_is_charged_half_and_says_so(gateway: Gateway):
+    """``service_tier="flex"`` through the official SDK: Google is asked for flex, the answer's
+    ``service_tier`` says flex and its ``usage.cost`` is half the standard one; ``priority`` is a
+    403 for a key whose group does not allow it."""
+    name = f"tiers-{time.time_ns()}"
+    key = new_key(gateway, name)
+    client = openai.OpenAI(api_key=key, base_url=gateway.base_url, timeout=CLIENT_TIMEOUT, max_retries=0)
+    standard = client.chat.completions.create(model="nano-banana-pro", messages=[{"role": "user", "content": "a banana"}])
+    flex = client.chat.completions.create(model="nano-banana-pro", messages=[{"role": "user", "content": "a banana"}], service_tier="flex")
+    assert standard.service_tier == "default" and flex.service_tier == "flex"
+    assert abs(flex.usage.cost * 2 - standard.usage.cost) < 2e-6, (flex.usage.cost, standard.usage.cost)
+    image = client.images.generate(model="nano-banana-2.1", prompt="a banana", response_format="b64_json", extra_body={"service_tier": "flex"})
+    assert image.model_extra["service_tier"] == "flex" and image.usage.cost > 0
+    assert [row["cost_usd"] for row in rows(gateway, name)][0] == image.usage.cost
+    try:
+        client.images.generate(model="nano-banana-pro", prompt="a banana", extra_body={"service_tier": "priority"})
+        raise AssertionError("priority was allowed for the default group")
+    except openai.PermissionDeniedError as refused:
+        assert refused.body["code"] == "tier_not_allowed"
+    assert cli_in(gateway, "keys", "update", name, "--tiers", "standard,priority").returncode == 0
+    priority = client.chat.completions.create(model="nano-banana-pro", messages=[{"role": "user", "content": "a banana"}], service_tier="priority")
+    assert priority.service_tier == "priority" and abs(priority.usage.cost - 2 * standard.usage.cost) < 2e-6
