@@ -148,12 +148,15 @@ public struct ChannelStatus: Sendable, Codable, Equatable {
     public var maxConcurrency: Int
     /// Added through the admin API (stored in the database), not the configuration file.
     public var managed: Bool
+    /// Upstream ids this channel's project refused within the hour (other channels serve them).
+    public var refusedModels: [String]?
 
     public init(
         name: String, kind: String, priority: Int, weight: Int, models: [String]?, state: String, keys: Int, disabledKeys: [Int],
         coolingModels: [String: Int], consecutiveFailures: Int, lastError: String?, inFlight: Int, queued: Int, maxConcurrency: Int,
-        managed: Bool = false
+        managed: Bool = false, refusedModels: [String]? = nil
     ) {
+        self.refusedModels = refusedModels
         self.name = name
         self.kind = kind
         self.priority = priority
@@ -233,7 +236,14 @@ public final class UpstreamPool: Sendable {
         var openUntil: ContinuousClock.Instant?
         var probing = false
         var lastError: UpstreamError?
+        /// Upstream ids this channel's Google project refused as unknown or not available to it
+        /// (an old project's key may still serve 2.5 while a new one's cannot): skipped for
+        /// those ids until the time given, for this channel only.
+        var refusedModels: [String: ContinuousClock.Instant] = [:]
     }
+
+    /// How long a channel's refusal of a model is remembered before it is asked again.
+    static let refusalMemory = Duration.seconds(3600)
 
     /// The pool with one HTTP client per channel (its own connection pool, sized to its
     /// `max_concurrency`, and its own proxy), following no redirect.
@@ -424,7 +434,8 @@ public final class UpstreamPool: Sendable {
                 name: config.name, kind: config.kind.rawValue, priority: config.priority, weight: config.weight, models: config.models?.map(\.name),
                 state: stateName, keys: member.channel.credentialCount, disabledKeys: disabled.map { $0 + 1 }, coolingModels: cooling,
                 consecutiveFailures: channel.consecutiveFailures, lastError: (member.broken ?? channel.lastError).map { $0.description },
-                inFlight: load.running, queued: load.waiting, maxConcurrency: config.maxConcurrency, managed: member.managed
+                inFlight: load.running, queued: load.waiting, maxConcurrency: config.maxConcurrency, managed: member.managed,
+                refusedModels: channel.refusedModels.filter { $0.value > now }.keys.sorted()
             )
         }
     }
@@ -475,6 +486,10 @@ public final class UpstreamPool: Sendable {
                 attemptLogger.warning("upstream attempt failed", metadata: ["error.code": "\(failure.error.code.rawValue)", "error": "\(failure.error)"])
                 failed(pick.member.id, credential: pick.credential, model: model, failure: failure, logger: attemptLogger)
                 switch failure.disposition {
+                case .fatal where failure.error.code == .modelNotFound:
+                    // This channel's project may not use the model: another channel's may.
+                    refused(pick.member.id, upstreamID: pick.upstreamID, logger: attemptLogger)
+                    continue
                 case .fatal:
                     throw failure.error
                 case .coolDown, .credentialRejected, .elsewhere:
@@ -572,6 +587,7 @@ public final class UpstreamPool: Sendable {
                     if open > now || roster.states[index].probing { skipped = true } else { halfOpen = true }
                 }
                 let channel = roster.states[index]
+                if let until = channel.refusedModels[upstreamID], until > now { continue }
                 let count = channel.rests.count
                 guard let credential = (0..<count).map({ (channel.nextCredential + $0) % count })
                     .first(where: { Self.activeRest(channel.rests[$0], model: model, now: now) == nil })
@@ -613,6 +629,16 @@ public final class UpstreamPool: Sendable {
             roster.states[index].openUntil = nil
             roster.states[index].probing = false
         }
+    }
+
+    /// Remembers that channel `id` refused `upstreamID` (its other models are unaffected).
+    private func refused(_ id: Int, upstreamID: String, logger: Logger) {
+        let until = ContinuousClock.now.advanced(by: Self.refusalMemory)
+        roster.withLock { roster in
+            guard let index = roster.members.firstIndex(where: { $0.id == id }) else { return }
+            roster.states[index].refusedModels[upstreamID] = until
+        }
+        logger.warning("channel's project refuses the model; other channels serve it", metadata: ["upstream.model": "\(upstreamID)"])
     }
 
     private func failed(_ id: Int, credential: Int, model: String, failure: ChannelFailure, logger: Logger) {
@@ -658,6 +684,13 @@ public final class UpstreamPool: Sendable {
             let states = roster.states
             let serving = members.indices.filter { members[$0].configuration.upstreamID(for: model, aliases: aliases) != nil && members[$0].configuration.weight > 0 }
             guard !serving.isEmpty else { return UpstreamError(.noChannel, detail: "no channel serves \(model)") }
+            let refusing = serving.filter { index in
+                members[index].configuration.upstreamID(for: model, aliases: aliases).flatMap { states[index].refusedModels[$0] }.map { $0 > now } ?? false
+            }
+            if refusing.count == serving.count {
+                // Every channel's project refused it: the caller goes down the model's fallback chain.
+                return UpstreamError(.modelNotFound, status: 404, detail: "every channel refused \(model) within the hour")
+            }
             var soonest: (until: ContinuousClock.Instant, reason: UpstreamError)?
             for index in serving {
                 let state = states[index]

@@ -107,7 +107,9 @@ let channelAdminToken = "admin-token-for-channel-tests-0123456789"
     @Test func aFailingChannelIsSkippedAndLaterProbedBack() async throws {
         let flakyRecorder = EmulatorRecorder()
         let control = EmulatorControl(fault: "503")
-        let cooldown = Duration.seconds(6)
+        // Long enough that a busy machine still reads the breaker open (a 6 s rest ran out
+        // before the test looked, on a 2-core machine building at the same time).
+        let cooldown = Duration.seconds(20)
         try await withEmulator({ $0.control = control }, recorder: flakyRecorder) { flakyURL in
             try await withGateway(configure: {
                 $0.adminToken = channelAdminToken
@@ -118,11 +120,14 @@ let channelAdminToken = "admin-token-for-channel-tests-0123456789"
                     ChannelConfiguration(name: "steady", kind: .gemini, baseURL: $0.upstream.baseURL, apiKeys: ["google-key-1"]),
                 ]
             }) { gateway in
+                // The breaker trips during the second request: it rests until at least `cooldown`
+                // after that request started (a bound that holds however slow the machine is).
+                var tripped = ContinuousClock.now
                 for index in 0..<2 {
+                    tripped = ContinuousClock.now
                     let reply = try await gateway.generate(#"{"model":"nano-banana","prompt":"request \#(index)","response_format":"b64_json"}"#)
                     #expect(reply.status == 200, "the steady channel answers: \(reply.text)")
                 }
-                let tripped = ContinuousClock.now
                 #expect(flakyRecorder.all.count == 2)
                 let stateNow = try await channelStates(gateway)["flaky"]?["state"] as? String
                 if ContinuousClock.now < tripped + cooldown {
@@ -140,9 +145,8 @@ let channelAdminToken = "admin-token-for-channel-tests-0123456789"
                 // failed probe that tripped the breaker anew: wait until it is no longer open.)
                 control.fault = nil
                 let calls = flakyRecorder.all.count
-                for _ in 0..<200 {
-                    if try await channelStates(gateway)["flaky"]?["state"] as? String != "tripped" { break }
-                    try await Task.sleep(for: .milliseconds(100))
+                try await eventually("the breaker to close", timeout: cooldown * 3) {
+                    try await channelStates(gateway)["flaky"]?["state"] as? String != "tripped"
                 }
                 let probe = try await gateway.generate(#"{"model":"nano-banana","prompt":"the probe","response_format":"b64_json"}"#)
                 #expect(probe.status == 200)
@@ -228,7 +232,8 @@ let channelAdminToken = "admin-token-for-channel-tests-0123456789"
             $0.upstream.queueLimit = 0
             $0.upstream.channels = [ChannelConfiguration(name: "narrow", kind: .gemini, baseURL: $0.upstream.baseURL, apiKeys: ["google-key-1"], maxConcurrency: 1)]
         }) { gateway in
-            let slow = Task { try await gateway.generate(#"{"model":"nano-banana","prompt":"slow [emulate:slow=3000]","response_format":"b64_json"}"#) }
+            // Google takes 30 s: the second request surely arrives while the first holds the slot.
+            let slow = Task { try await gateway.generate(#"{"model":"nano-banana","prompt":"slow [emulate:slow=30000]","response_format":"b64_json"}"#) }
             try await eventually("the emulator to receive the call") { !gateway.recorder.all.isEmpty }
             let refused = try await gateway.generate(#"{"model":"nano-banana","prompt":"no room","response_format":"b64_json"}"#)
             #expect(refused.status == 503)
@@ -366,10 +371,12 @@ let channelAdminToken = "admin-token-for-channel-tests-0123456789"
             )]
         }) { gateway in
             let started = ContinuousClock.now
-            let slow = try await gateway.generate(#"{"model":"nano-banana","prompt":"slow [emulate:slow=30000]","response_format":"b64_json"}"#)
+            // Google would take 60 s: only the model's 1 s timeout ends the call before that (the
+            // 50 s bound leaves a busy machine room; the emulator's shutdown waits for the 60 s).
+            let slow = try await gateway.generate(#"{"model":"nano-banana","prompt":"slow [emulate:slow=60000]","response_format":"b64_json"}"#)
             #expect(slow.status == 504, "\(slow.text)")
             #expect(slow.error["code"] as? String == "upstream_timeout")
-            #expect(ContinuousClock.now - started < .seconds(25), "cut at the model's timeout, not the default 300 s")
+            #expect(ContinuousClock.now - started < .seconds(50), "cut at the model's timeout, not the default 300 s")
             #expect(gateway.recorder.all.count == 1, "not repeated")
             let pro = try await gateway.generate(#"{"model":"nano-banana-pro","prompt":"a bit slow [emulate:slow=1500]","response_format":"b64_json"}"#)
             #expect(pro.status == 200, "another model keeps the default timeout: \(pro.text)")

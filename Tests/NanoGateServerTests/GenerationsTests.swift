@@ -114,6 +114,34 @@ import Upstream
         }
     }
 
+    /// Two channels: a new project's (refused 2.5) and an old one's (still served 2.5). Each
+    /// serves `nano-banana` as it can: the refusal moves the request to the channel that serves
+    /// 2.5, is remembered for that channel only, and never retires 2.5 for everyone.
+    @Test func eachChannelServesTheModelAsItCan() async throws {
+        try await withGateway(
+            googleKeys: [], emulatorKeys: ["new-project", "old-project"],
+            configure: {
+                $0.upstream.channels = [
+                    ChannelConfiguration(name: "new", kind: .gemini, baseURL: $0.upstream.baseURL, apiKeys: ["new-project"], priority: 2),
+                    ChannelConfiguration(name: "old", kind: .gemini, baseURL: $0.upstream.baseURL, apiKeys: ["old-project"], priority: 1),
+                ]
+            },
+            emulator: { $0.newProjectKeys = ["new-project"] }
+        ) { gateway in
+            let first = try await gateway.generate(#"{"model":"nano-banana","prompt":"p","response_format":"b64_json"}"#)
+            #expect(first.status == 200 && first.headers.first(name: "X-NanoGate-Upstream-Model") == "gemini-2.5-flash-image", "\(first.text.prefix(300))")
+            #expect(gateway.recorder.all.map(\.apiKey) == ["new-project", "old-project"], "refused by the new project, served by the old")
+            let second = try await gateway.generate(#"{"model":"nano-banana","prompt":"p","response_format":"b64_json"}"#)
+            #expect(second.status == 200 && gateway.recorder.all.last?.apiKey == "old-project")
+            #expect(gateway.recorder.all.count == 3, "the new project's refusal is remembered for 2.5")
+            // The new project's channel still serves everything else (it has the higher priority).
+            let pro = try await gateway.generate(#"{"model":"nano-banana-pro","prompt":"p","response_format":"b64_json"}"#)
+            #expect(pro.status == 200 && gateway.recorder.all.last?.apiKey == "new-project")
+            let rows = try await gateway.usageRows()
+            #expect(rows.filter { $0.status == 200 }.count == 3 && rows.allSatisfy { $0.upstreamModel != "gemini-nano-banana-2.1" })
+        }
+    }
+
     /// OpenAI's `reasoning_effort` is 2.1's thinking level (minimal/low → MINIMAL, medium →
     /// MEDIUM, high → HIGH) on images and chat, and a 400 naming it where a model has none.
     @Test func reasoningEffortIsTheThinkingLevel() async throws {
