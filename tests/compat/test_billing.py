@@ -48,7 +48,7 @@ def test_operator_workflow(nanogate_bin, private_gateway, tmp_path):
     data = gateway.data_dir
     ok(run_cli(nanogate_bin, data, "groups", "create", "resell", "--multiplier", "2", "--response-format", "b64_json"))
     groups = json.loads(ok(run_cli(nanogate_bin, data, "groups", "list", "--json")))
-    assert {"name": "resell", "response_format": "b64_json", "multiplier": 2.0, "models": None} in groups
+    assert {"name": "resell", "response_format": "b64_json", "multiplier": 2.0, "models": None, "service_tiers": ["standard", "flex"]} in groups
     assert {g["name"] for g in groups} >= {"default", "gemini", "resell"}
 
     created = ok(run_cli(nanogate_bin, data, "keys", "create", "--name", "shop", "--group", "resell", "--credit", "5"))
