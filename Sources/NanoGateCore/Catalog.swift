@@ -256,6 +256,12 @@ public struct TokenPrices: Sendable, Equatable, Codable {
 
     /// USD, for people and files.
     public static func usd(_ micro: Int) -> Double { Double(micro) / 1_000_000 }
+
+    /// Every price times `ppm` millionths, each rounded to the micro-USD (a batch's or a tier's share).
+    public func scaled(byPPM ppm: Int) -> TokenPrices {
+        func scale(_ value: Int) -> Int { Pricing.apply(multiplierPPM: ppm, to: value) }
+        return TokenPrices(inputText: scale(inputText), inputImage: scale(inputImage), outputText: scale(outputText), outputImage: scale(outputImage))
+    }
 }
 
 /// One public model name and everything the gateway needs to serve it.
@@ -530,14 +536,11 @@ public struct TierPricing: Sendable, Equatable {
 
     /// `standard` scaled for `tier` (each per-million price rounded to the micro-USD).
     public func prices(_ standard: TokenPrices, tier: ServiceTier) -> TokenPrices {
-        let ppm: Int
         switch tier {
-        case .standard: return standard
-        case .flex: ppm = flexPPM
-        case .priority: ppm = priorityPPM
+        case .standard: standard
+        case .flex: standard.scaled(byPPM: flexPPM)
+        case .priority: standard.scaled(byPPM: priorityPPM)
         }
-        func scale(_ value: Int) -> Int { Pricing.apply(multiplierPPM: ppm, to: value) }
-        return TokenPrices(inputText: scale(standard.inputText), inputImage: scale(standard.inputImage), outputText: scale(standard.outputText), outputImage: scale(standard.outputImage))
     }
 }
 

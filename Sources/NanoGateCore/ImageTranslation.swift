@@ -141,9 +141,6 @@ public enum ImageTranslation {
 /// Billing arithmetic in integer micro-USD: Google's token counts by modality × the price per
 /// million tokens, one rounding at the end, a group multiplier in millionths on top.
 public enum Pricing {
-    /// Micro-USD as USD, for `usage.cost`.
-    public static func usd(_ micro: Int) -> Double { Double(micro) / 1_000_000 }
-
     /// Micro-USD as an exact decimal string of USD (`0.038713`), for the `X-NanoGate-Cost` header.
     public static func usdText(_ micro: Int) -> String {
         let sign = micro < 0 ? "-" : ""

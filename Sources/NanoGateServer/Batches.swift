@@ -25,8 +25,7 @@ enum BatchPricing {
     static let sharePPM = 500_000
 
     static func batchPrices(_ prices: TokenPrices) -> TokenPrices {
-        func half(_ value: Int) -> Int { Int((Int64(value) * Int64(sharePPM) + 500_000) / 1_000_000) }
-        return TokenPrices(inputText: half(prices.inputText), inputImage: half(prices.inputImage), outputText: half(prices.outputText), outputImage: half(prices.outputImage))
+        prices.scaled(byPPM: sharePPM)
     }
 }
 
@@ -80,7 +79,7 @@ struct BatchesController {
     static let maxLines = 1000
     /// Remote image URLs one batch may name (each is fetched at submission, after the credit is held).
     static let maxImageURLs = 100
-    /// Image bytes one batch's lines may carry to Google in all (fetched and inline).
+    /// Image bytes one batch may fetch in all (data: URLs arrive in the file, bounded by its size).
     static let maxImageBytes = 128 * 1024 * 1024
     /// Google's answers to one batch are read whole (inline results), up to the pool's limit:
     /// a batch whose worst-case answer would not fit is refused at submission, not lost later.

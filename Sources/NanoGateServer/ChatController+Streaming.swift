@@ -159,6 +159,8 @@ extension ChatController {
                         channel.finish()
                     }
                 }
+                // Google's last usage names the tier it served: the charge follows it on every path.
+                if let usage = collector.usage { settlement.served(tier: ServiceTier(echoed: usage.serviceTier)) }
 
                 if !clientGone {
                     do {
@@ -174,7 +176,6 @@ extension ChatController {
                             let finish = ChatTranslation.finishReason(collector.finishReason, blocked: collector.blocked != nil)
                             // What `account` will charge below: the last chunk says it (`usage.cost`).
                             let charged = collector.blocked == nil && (collector.deliveredImages > 0 || collector.deliveredText)
-                            if let usage = collector.usage { settlement.served(tier: ServiceTier(echoed: usage.serviceTier)) }
                             let cost = charged ? settlement.charge(after: ImageTranslation.usage(of: collector.usage)) : settlement.chargeMicroUSD
                             let tier = settlement.servedTier
                             if job.includeUsage {

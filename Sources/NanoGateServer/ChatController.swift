@@ -397,7 +397,6 @@ struct ChatController {
     /// figure for the delivered images. A refusal costs nothing. Returns the usage it used.
     @discardableResult
     func account(_ collector: Collector, job: ChatJob, settlement: Settlement, logger: Logger) async -> ImageUsage {
-        if let usage = collector.usage { settlement.served(tier: ServiceTier(echoed: usage.serviceTier)) }
         var signatures = collector.signatures
         if let signature = collector.textSignature, !collector.text.isEmpty { signatures[Self.hash(text: collector.text, keyID: job.key.id)] = signature }
         if !signatures.isEmpty {
@@ -420,7 +419,7 @@ struct ChatController {
 
     func chatUsage(_ collector: Collector, costMicroUSD: Int? = nil) -> ChatUsage {
         var usage = ChatUsage(ImageTranslation.usage(of: collector.usage), reasoningTokens: collector.usage?.thoughtsTokenCount ?? 0)
-        usage.cost = costMicroUSD.map(Pricing.usd)
+        usage.cost = costMicroUSD.map(TokenPrices.usd)
         return usage
     }
 

@@ -77,7 +77,7 @@ extension ImagesController {
                             let image = try await pipeline.images.finish(outcome.images[0], options: job.options)
                             // This image's share of the charge: the events' costs add up to the usage row's.
                             var usage = outcome.usage
-                            usage.cost = Pricing.usd(settlement.charge(after: outcome.usage) - settlement.chargeMicroUSD)
+                            usage.cost = TokenPrices.usd(settlement.charge(after: outcome.usage) - settlement.chargeMicroUSD)
                             let event = ImageStreamEvent(
                                 type: "\(prefix).completed", b64JSON: image.base64, createdAt: created, size: image.pixels?.description,
                                 quality: quality, outputFormat: image.format?.rawValue, usage: usage

@@ -81,7 +81,7 @@ struct ModelsController {
                 outputTokens: tokens, outputTokensDetails: .init(imageTokens: tokens, textTokens: 0), totalTokens: tokens
             )
             let micro = Pricing.costMicroUSD(usage, prices: prices, multiplierPPM: key?.groupSettings.multiplierPPM ?? 1_000_000)
-            return (tier?.rawValue ?? "default", Pricing.usd(micro))
+            return (tier?.rawValue ?? "default", TokenPrices.usd(micro))
         })
         return ModelObject(
             id: model.name, created: model.family.released,

@@ -222,74 +222,37 @@ public struct OperatorService: Sendable {
 
     /// A usage-log row as its key holder sees it (`GET /v1/usage`): what was asked and charged,
     /// never what Google cost the operator, which channel or credential served it, or the attempts.
+    /// The operator's row, with those fields left out.
     public struct OwnUsageView: Encodable, Sendable, Equatable {
-        public var request_id: String
-        public var created_at: String
-        public var key: String?
-        public var group: String?
-        public var model: String
-        public var upstream_model: String?
-        public var endpoint: String
-        public var requested_size: String?
-        public var status: Int
-        public var images: Int
-        public var input_text_tokens: Int
-        public var input_image_tokens: Int
-        public var output_text_tokens: Int
-        public var output_image_tokens: Int
-        public var total_tokens: Int
-        public var cost_usd: Double
-        public var latency_ms: Int
-        public var error_code: String?
+        let row: UsageView
 
         public init(_ row: UsageRecord) {
-            let full = UsageView(row)
-            request_id = full.request_id
-            created_at = full.created_at
-            key = full.key
-            group = full.group
-            model = full.model
-            upstream_model = full.upstream_model
-            endpoint = full.endpoint
-            requested_size = full.requested_size
-            status = full.status
-            images = full.images
-            input_text_tokens = full.input_text_tokens
-            input_image_tokens = full.input_image_tokens
-            output_text_tokens = full.output_text_tokens
-            output_image_tokens = full.output_image_tokens
-            total_tokens = full.total_tokens
-            cost_usd = full.cost_usd
-            latency_ms = full.latency_ms
-            error_code = full.error_code
-        }
-
-        enum CodingKeys: String, CodingKey {
-            case request_id, created_at, key, group, model, upstream_model, endpoint, requested_size, status, images, input_text_tokens,
-                input_image_tokens, output_text_tokens, output_image_tokens, total_tokens, cost_usd, latency_ms, error_code
+            self.row = UsageView(row)
         }
 
         /// Every field present, `null` when empty (as in the admin view).
         public func encode(to encoder: any Encoder) throws {
-            var container = encoder.container(keyedBy: CodingKeys.self)
-            try container.encode(request_id, forKey: .request_id)
-            try container.encode(created_at, forKey: .created_at)
-            try container.encode(key, forKey: .key)
-            try container.encode(group, forKey: .group)
-            try container.encode(model, forKey: .model)
-            try container.encode(upstream_model, forKey: .upstream_model)
-            try container.encode(endpoint, forKey: .endpoint)
-            try container.encode(requested_size, forKey: .requested_size)
-            try container.encode(status, forKey: .status)
-            try container.encode(images, forKey: .images)
-            try container.encode(input_text_tokens, forKey: .input_text_tokens)
-            try container.encode(input_image_tokens, forKey: .input_image_tokens)
-            try container.encode(output_text_tokens, forKey: .output_text_tokens)
-            try container.encode(output_image_tokens, forKey: .output_image_tokens)
-            try container.encode(total_tokens, forKey: .total_tokens)
-            try container.encode(cost_usd, forKey: .cost_usd)
-            try container.encode(latency_ms, forKey: .latency_ms)
-            try container.encode(error_code, forKey: .error_code)
+            typealias Key = UsageView.CodingKeys
+            var container = encoder.container(keyedBy: Key.self)
+            try container.encode(row.request_id, forKey: .request_id)
+            try container.encode(row.created_at, forKey: .created_at)
+            try container.encode(row.key, forKey: .key)
+            try container.encode(row.group, forKey: .group)
+            try container.encode(row.model, forKey: .model)
+            try container.encode(row.upstream_model, forKey: .upstream_model)
+            try container.encode(row.endpoint, forKey: .endpoint)
+            try container.encode(row.requested_size, forKey: .requested_size)
+            try container.encode(row.status, forKey: .status)
+            try container.encode(row.images, forKey: .images)
+            try container.encode(row.input_text_tokens, forKey: .input_text_tokens)
+            try container.encode(row.input_image_tokens, forKey: .input_image_tokens)
+            try container.encode(row.output_text_tokens, forKey: .output_text_tokens)
+            try container.encode(row.output_image_tokens, forKey: .output_image_tokens)
+            try container.encode(row.total_tokens, forKey: .total_tokens)
+            try container.encode(row.cost_usd, forKey: .cost_usd)
+            try container.encode(row.latency_ms, forKey: .latency_ms)
+            try container.encode(row.error_code, forKey: .error_code)
+            try container.encode(row.service_tier, forKey: .service_tier)
         }
     }
 

@@ -174,7 +174,7 @@ final class Settlement: Sendable {
             guard !state.settled else { return nil }
             state.settled = true
             let billed = state.billed
-            let prices = tier.pricing.prices(state.servedBy.prices, tier: state.servedTier)
+            let prices = prices(of: state)
             var record = UsageRecord(
                 keyID: key.id, endpoint: endpoint, model: model.name, status: status, images: state.deliveredImages,
                 inputTokens: billed.inputTokens, outputTokens: billed.outputTokens, totalTokens: billed.totalTokens,
@@ -209,17 +209,6 @@ struct TierRequest: Sendable {
     /// A flex request Google sheds is retried on standard only when the key may use standard.
     var standardAllowed = true
     var pricing = TierPricing()
-}
-
-/// Frees a request's concurrency slot, when it took one.
-private struct LimiterRelease: Sendable {
-    let limiter: KeyLimiter
-    let key: APIKey
-    let active: Bool
-
-    func finish() {
-        if active { limiter.finish(key) }
-    }
 }
 
 /// The request pipeline every endpoint shares (generations, edits, chat streamed and not):
@@ -294,12 +283,13 @@ struct RequestPipeline: Sendable {
         tier: TierRequest = TierRequest(), logger: Logger
     ) async throws(GatewayError) -> Settlement {
         info.observation?.model = model.name
-        let reserve = !batchLine
         if !batchLine { try await limiter.begin(key, logger: logger) }
-        let limiter = LimiterRelease(limiter: self.limiter, key: key, active: !batchLine)
+        // Frees the concurrency slot the request took (a batch line took none).
+        let limiter = self.limiter
+        let release: @Sendable () -> Void = { if !batchLine { limiter.finish(key) } }
         await priceBook.refreshIfStale(logger: logger)
         var reservationID: String?
-        if reserve, key.creditMicroUSD != nil {
+        if !batchLine, key.creditMicroUSD != nil {
             let reservation = Reservation(
                 keyID: key.id, amountMicroUSD: estimateMicroUSD, owner: billing.owner,
                 leaseUntil: Date().addingTimeInterval(TimeInterval(billing.lease.components.seconds))
@@ -308,7 +298,7 @@ struct RequestPipeline: Sendable {
             do {
                 outcome = try await ledger.reserve(reservation)
             } catch {
-                limiter.finish()
+                release()
                 logger.error("could not reserve credit", metadata: ["error": "\(error)"])
                 throw .internal("The key's credit could not be checked; retry.")
             }
@@ -318,7 +308,7 @@ struct RequestPipeline: Sendable {
                 live.add(reservation.id)
             case .unlimited: break
             case .insufficient:
-                limiter.finish()
+                release()
                 throw .insufficientQuota(balanceMicroUSD: key.balanceMicroUSD ?? 0, neededMicroUSD: estimateMicroUSD)
             }
         }
@@ -328,7 +318,7 @@ struct RequestPipeline: Sendable {
             key: key, endpoint: endpoint, model: model, info: info, primary: primary, reservationID: reservationID, limited: !batchLine, tier: tier,
             onAbandon: { [reservationID] in
                 // Never settled (its response was never written): free the slot; the hold runs out.
-                limiter.finish()
+                release()
                 if let reservationID { live.remove(reservationID) }
             }
         )
@@ -548,7 +538,7 @@ struct RequestPipeline: Sendable {
             }
             settlement.delivered(images: data.count, usage: delivered)
             var usage = delivered
-            usage.cost = Pricing.usd(settlement.chargeMicroUSD)
+            usage.cost = TokenPrices.usd(settlement.chargeMicroUSD)
             var response = ImagesResponse(
                 created: Int(Date().timeIntervalSince1970), data: data, usage: usage, background: "opaque",
                 outputFormat: first?.format?.rawValue, size: first?.pixels?.description, quality: ImageQuality.reported(for: job.spec.imageSize)

@@ -41,7 +41,7 @@ import Upstream
             let flexRow = try await Self.row(gateway, "flex")
             #expect(flexRow.serviceTier == "flex" && standardRow.serviceTier == "standard")
             #expect(standardRow.costMicroUSD > 0 && abs(flexRow.costMicroUSD * 2 - standardRow.costMicroUSD) <= 2, "\(flexRow.costMicroUSD) vs \(standardRow.costMicroUSD)")
-            #expect(abs((flex.usage["cost"] as? Double ?? 0) - Pricing.usd(flexRow.costMicroUSD)) < 1e-9)
+            #expect(abs((flex.usage["cost"] as? Double ?? 0) - TokenPrices.usd(flexRow.costMicroUSD)) < 1e-9)
             let chat = try await ChatTests.chat(gateway, ["model": "nano-banana", "service_tier": "flex", "messages": [["role": "user", "content": "draw"]]])
             #expect(chat.status == 200 && chat.json["service_tier"] as? String == "flex")
         }
