@@ -102,13 +102,14 @@ start() {
         cat "$dir/initdb.log" >&2
         exit 1
     }
-    # For tests: no durability, little memory, room for several gateways' pools.
+    # For tests: no durability, little memory, and room for every gateway's pool of a parallel
+    # test run (about 200 connections at its peak; at the limit PostgresNIO retries, slowly).
     as_owner tee -a "$data/postgresql.conf" >/dev/null <<EOF
 
 # scripts/postgres.sh: a throwaway test cluster
 listen_addresses = '127.0.0.1'
 unix_socket_directories = '$dir'
-max_connections = 200
+max_connections = 600
 shared_buffers = 32MB
 fsync = off
 synchronous_commit = off

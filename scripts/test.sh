@@ -38,12 +38,29 @@ finish() {
 }
 trap finish EXIT
 
+# Runs `swift test --skip-build ARGS...` for at most $1 seconds, line-buffered into the log, so a
+# test that hangs fails the run in minutes instead of CI's hour and a half, and the tests that
+# started but never finished are named.
+swift_tests() {
+    local limit=$1 log
+    shift
+    log=$(mktemp "${TMPDIR:-/tmp}/nanogate-swift-test.XXXXXX")
+    local status=0
+    timeout -k 30 "$limit" stdbuf -oL -eL swift test --skip-build "$@" 2>&1 | tee "$log" || status=$?
+    if [ "$status" -ne 0 ]; then
+        [ "$status" -eq 124 ] && echo "==> swift test did not finish within $limit s"
+        python3 scripts/unfinished-tests.py "$log" || true
+    fi
+    rm -f "$log"
+    return "$status"
+}
+
 begin "swift build"
 swift build --build-tests
 end
 
 begin "swift tests (SQLite)"
-swift test --skip-build
+swift_tests "${NANOGATE_SWIFT_TEST_LIMIT:-900}"
 end
 
 begin "PostgreSQL cluster"
@@ -54,7 +71,7 @@ end
 # Only the suites that touch storage: the pure ones (NanoGateCoreTests, the fuzz tests) would
 # repeat the first pass exactly.
 begin "swift tests (PostgreSQL)"
-NANOGATE_TEST_DATABASE_URL="$pg_url" swift test --skip-build --filter NanoGateServerTests --skip FuzzTests
+NANOGATE_TEST_DATABASE_URL="$pg_url" swift_tests "${NANOGATE_SWIFT_TEST_LIMIT:-900}" --filter NanoGateServerTests --skip FuzzTests
 end
 
 begin "python venv"

@@ -153,7 +153,10 @@ public final class DatabaseHandle: Sendable {
             let client = PostgresClient(configuration: configuration, backgroundLogger: quiet)
             let running = Task { await client.run() }
             let database = PostgresClientDatabase(client: client, logger: quiet)
-            handle = DatabaseHandle(store: SQLStore(database: database), location: location, close: { running.cancel(); _ = await running.result })
+            handle = DatabaseHandle(store: SQLStore(database: database), location: location, close: { [logger = quiet] in
+                running.cancel()
+                await waitBounded(for: running, seconds: 10, logger: logger)
+            })
         }
         do {
             switch migrations {
@@ -201,6 +204,34 @@ public final class DatabaseHandle: Sendable {
 
     public func close() async throws {
         try await closeResources()
+    }
+}
+
+/// Waits for a cancelled pool's `run()` to return, but at most `seconds`.
+///
+/// PostgresNIO's pool keeps retrying a connection it could not open (the server's
+/// `max_connections` reached, say) even after cancellation (vapor/postgres-nio#599), and waiting
+/// for it would hold every connection it already has, so a shutdown on a full server could wait
+/// forever. Past the bound the pool is left to end on its own; its connections end with the
+/// process (or when the server drops them).
+private func waitBounded(for running: Task<Void, Never>, seconds: Int, logger: Logger) async {
+    // Not a task group: its end would wait for the child awaiting `running`, unbounded again.
+    let ended: Bool = await withCheckedContinuation { continuation in
+        let first = FirstAnswer()
+        Task { await running.value; if await first.claim() { continuation.resume(returning: true) } }
+        Task { try? await Task.sleep(for: .seconds(seconds)); if await first.claim() { continuation.resume(returning: false) } }
+    }
+    if !ended {
+        logger.warning("the PostgreSQL pool did not stop within \(seconds) s; leaving it to end on its own")
+    }
+}
+
+/// Lets exactly one of several racing tasks answer a continuation.
+private actor FirstAnswer {
+    private var answered = false
+    func claim() -> Bool {
+        defer { answered = true }
+        return !answered
     }
 }
 

@@ -127,9 +127,14 @@ func withGateway(
     let emulatorGroup = ServiceGroup(configuration: .init(services: [emulator], logger: logger))
 
     try await withThrowingTaskGroup(of: Void.self) { tasks in
-        tasks.addTask { try await emulatorGroup.run() }
+        // A server that stops before it listens ends its port stream, so the test fails
+        // instead of waiting forever for a port.
+        tasks.addTask {
+            defer { emulatorPort.finish() }
+            try await emulatorGroup.run()
+        }
         var ports = emulatorPorts.makeAsyncIterator()
-        let upstreamPort = await ports.next()!
+        guard let upstreamPort = await ports.next() else { throw ServerDidNotStart(what: "the emulator") }
 
         var configuration = GatewayConfiguration(
             host: "127.0.0.1", port: 0, dataDirectory: directory,
@@ -153,9 +158,12 @@ func withGateway(
             onServerRunning: { gatewayPort.yield($0.localAddress!.port!) }
         )
         let gatewayGroup = ServiceGroup(configuration: .init(services: [gateway], logger: logger))
-        tasks.addTask { try await gatewayGroup.run() }
+        tasks.addTask {
+            defer { gatewayPort.finish() }
+            try await gatewayGroup.run()
+        }
         var gatewayIterator = gatewayPorts.makeAsyncIterator()
-        let port = await gatewayIterator.next()!
+        guard let port = await gatewayIterator.next() else { throw ServerDidNotStart(what: "the gateway") }
 
         let harness = Harness(
             baseURL: "http://127.0.0.1:\(port)", emulatorURL: "http://127.0.0.1:\(upstreamPort)", recorder: recorder, dependencies: dependencies,
@@ -195,9 +203,12 @@ func withLocalServer(host: String = "127.0.0.1", router: Router<BasicRequestCont
     let app = Application(router: router, configuration: .init(address: .hostname(host, port: 0)), onServerRunning: { port.yield($0.localAddress!.port!) }, logger: logger)
     let group = ServiceGroup(configuration: .init(services: [app], logger: logger))
     try await withThrowingTaskGroup(of: Void.self) { tasks in
-        tasks.addTask { try await group.run() }
+        tasks.addTask {
+            defer { port.finish() }
+            try await group.run()
+        }
         var iterator = ports.makeAsyncIterator()
-        let bound = await iterator.next()!
+        guard let bound = await iterator.next() else { throw ServerDidNotStart(what: "the test's server") }
         do {
             try await body(bound)
         } catch {
@@ -291,6 +302,12 @@ struct WaitTimedOut: Error, CustomStringConvertible {
     var what: String
     var timeout: Duration
     var description: String { "waited \(timeout) for \(what)" }
+}
+
+/// A server of the test stopped before it listened (its service group's error follows).
+struct ServerDidNotStart: Error, CustomStringConvertible {
+    var what: String
+    var description: String { "\(what) stopped before it listened" }
 }
 
 /// Waits until `condition` holds, checking every 20 ms, and fails the test after `timeout`

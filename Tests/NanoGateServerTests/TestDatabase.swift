@@ -45,7 +45,7 @@ struct TestDatabase {
         defer { try? FileManager.default.removeItem(at: directory) }
         let fresh = try await fresh()
         let location: DatabaseLocation = fresh.map { .postgres($0.server.database($0.name)) } ?? .sqlite(path: directory.appendingPathComponent("nanogate.sqlite").path)
-        let database = try await DatabaseHandle.open(location, logger: quietLogger)
+        let database = try await DatabaseHandle.open(location, poolSize: 3, logger: quietLogger)
         do {
             try await body(database)
             try await database.close()
