@@ -42,6 +42,9 @@ public struct EmulatorConfiguration: Sendable {
     public var retiredModels: Set<String> = ["gemini-3-pro-image-preview", "gemini-3.1-flash-image-preview", "gemini-3.1-flash-image"]
     /// Models per page of `GET /v1beta/models` when the caller asks for more (Google pages too).
     public var maxPageSize = 1000
+    /// Ids the model list also offers, as Google lists a new model before a gateway knows it
+    /// (`nanogate models check` suggests a catalog entry for an image one); never served.
+    public var extraListedModels: [String] = []
     /// Bearer tokens accepted on the Vertex AI paths; nil accepts any non-empty token.
     public var acceptedBearerTokens: Set<String>?
     /// A fault every generation answers with, whatever the prompt (changeable while running).
@@ -77,7 +80,7 @@ public struct EmulatorConfiguration: Sendable {
 
     /// What `GET /v1beta/models` lists: the image models and, as Google does, text models beside them.
     var listedModels: [String] {
-        (["gemini-2.5-flash", "gemini-2.5-pro", "gemini-3-pro"] + [flashModel, proModel, flash31Model, flash21Model]).filter { !retiredModels.contains($0) }
+        (["gemini-2.5-flash", "gemini-2.5-pro", "gemini-3-pro"] + [flashModel, proModel, flash31Model, flash21Model] + extraListedModels).filter { !retiredModels.contains($0) }
     }
 }
 

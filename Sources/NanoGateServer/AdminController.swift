@@ -114,6 +114,7 @@ struct AdminController {
     let service: OperatorService
     let pool: UpstreamPool
     let channels: ManagedChannels
+    let catalog: ModelCatalog
     /// Channels of the configuration file: not changeable through the API.
     let fileChannels: Set<String>
 
@@ -121,12 +122,14 @@ struct AdminController {
         self.service = OperatorService(store: store, catalog: catalog)
         self.pool = pool
         self.channels = channels
+        self.catalog = catalog
         self.fileChannels = fileChannels
     }
 
     func addRoutes(to group: RouterGroup<GatewayRequestContext>) {
-        // The upstream channels' live state: cool-downs, breakers, refused keys, load.
-        group.get("channels") { _, _ in try json(ChannelList(data: pool.status())) }
+        // The upstream channels' live state: cool-downs, breakers, refused keys, load, and
+        // which catalog upstream ids each serves (its model list, its project's refusals).
+        group.get("channels") { _, _ in try json(ChannelList(data: pool.status(models: catalog.upstreamAliases))) }
         // Create or replace a channel (the configuration file's keys, as JSON); in service at
         // once here, within seconds on the other instances.
         group.post("channels") { request, _ in
@@ -143,7 +146,7 @@ struct AdminController {
             }
             try await service.store.storeChannel(name: channel.name, json: try ManagedChannels.json(channel))
             await channels.refresh()
-            return try json(pool.status().first { $0.name == channel.name }, status: .created)
+            return try json(pool.status(models: catalog.upstreamAliases).first { $0.name == channel.name }, status: .created)
         }
         group.delete("channels/{name}") { _, context in
             let name = context.parameters.get("name") ?? ""

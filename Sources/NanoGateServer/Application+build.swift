@@ -94,7 +94,6 @@ struct GatewayParts {
     let pool: UpstreamPool
     let pipeline: RequestPipeline
     let managedChannels: ManagedChannels
-    let retired: RetiredModels
     let jobRunner: JobRunner
     let batchPoller: BatchPoller
 }
@@ -110,9 +109,8 @@ func makeGatewayParts(
         store: dependencies.imageStore, objects: dependencies.objectStore, signer: dependencies.signer, ttl: configuration.urlTTL,
         converter: ImageConverter(threadPool: dependencies.conversionThreadPool)
     )
-    let retired = RetiredModels()
     let pipeline = RequestPipeline(
-        upstream: pool, ledger: dependencies.ledger, images: urls, retired: retired, priceBook: PriceBook(store: dependencies.store),
+        upstream: pool, ledger: dependencies.ledger, images: urls, priceBook: PriceBook(store: dependencies.store),
         limiter: KeyLimiter(rates: dependencies.store), billing: configuration.billing, live: LiveReservations(), metrics: metrics
     )
     let inputs = InputImageLoader(
@@ -126,7 +124,9 @@ func makeGatewayParts(
     router.add(middleware: RequestLogMiddleware(metrics: metrics))
     router.add(middleware: OpenAIErrorMiddleware())
     router.get("health") { _, _ in "ok" }
-    ReadinessController(database: dependencies.database, imageStore: dependencies.imageStore, objectStore: dependencies.objectStore).addRoutes(to: router)
+    ReadinessController(
+        database: dependencies.database, imageStore: dependencies.imageStore, objectStore: dependencies.objectStore, catalog: configuration.catalog, pool: pool
+    ).addRoutes(to: router)
     OpenAPIDocument.addRoutes(to: router)
     let metricsRoutes = MetricsController<GatewayRequestContext>(metrics: metrics, pool: pool, live: pipeline.live, token: configuration.metricsToken)
     if configuration.metricsOnMainPort { metricsRoutes.addRoutes(to: router) }
@@ -189,7 +189,7 @@ func makeGatewayParts(
         inputs: inputs, publicURL: publicURL, keepAliveInterval: configuration.keepAliveInterval, chatImages: configuration.chatImages
     ).addRoutes(to: api)
     return GatewayParts(
-        router: router, adminRouter: adminRouter, metrics: metrics, pool: pool, pipeline: pipeline, managedChannels: managedChannels, retired: retired,
+        router: router, adminRouter: adminRouter, metrics: metrics, pool: pool, pipeline: pipeline, managedChannels: managedChannels,
         jobRunner: jobRunner, batchPoller: batchPoller
     )
 }
@@ -203,7 +203,7 @@ public func buildApplication(
     onServerRunning: @escaping @Sendable (any Channel) async -> Void = { _ in }
 ) -> some ApplicationProtocol {
     let parts = makeGatewayParts(configuration: configuration, dependencies: dependencies, logger: logger, hostLookup: hostLookup)
-    let (router, metrics, pool, pipeline, managedChannels, retired) = (parts.router, parts.metrics, parts.pool, parts.pipeline, parts.managedChannels, parts.retired)
+    let (router, metrics, pool, pipeline, managedChannels) = (parts.router, parts.metrics, parts.pool, parts.pipeline, parts.managedChannels)
     var app = Application(
         router: router,
         // The idle timeout closes connections that send nothing: idle keep-alive ones, request
@@ -217,9 +217,12 @@ public func buildApplication(
     let database = dependencies.database
     let httpClient = dependencies.httpClient
     let threadPool = dependencies.blockingThreadPool
-    if configuration.checkModelsAtStart {
-        app.addServices(ModelCheckService(catalog: configuration.catalog, pool: pool, retired: retired, logger: logger))
-    }
+    app.addServices(
+        ChannelKnowledgeService(
+            store: dependencies.store, pool: pool, catalog: configuration.catalog, checkModels: configuration.checkModelsAtStart,
+            interval: configuration.modelCheckInterval, logger: logger
+        )
+    )
     app.addServices(managedChannels, parts.jobRunner, parts.batchPoller)
     if configuration.metricsPort == nil && !configuration.metricsOnMainPort {
         logger.warning(

@@ -19,7 +19,8 @@ import NanoGateStorage
 /// | `--config` | `NANOGATE_CONFIG` | configuration file (YAML or JSON): settings and the `models:` list | none |
 /// | | `NANOGATE_UPSTREAM_FLASH` / `NANOGATE_UPSTREAM_PRO` / `NANOGATE_UPSTREAM_FLASH31` | upstream model ids of the built-in catalog | `gemini-2.5-flash-image` / `gemini-3-pro-image` / `gemini-nano-banana-2.1` |
 /// | | `NANOGATE_UPSTREAM_FLASH_FALLBACK` | tried in order when Google refuses the 2.5 id (comma-separated; empty: none) | `gemini-nano-banana-2.1` |
-/// | | `NANOGATE_CHECK_MODELS` | check the catalog against Google's model list at start-up | on |
+/// | | `NANOGATE_CHECK_MODELS` | read each channel's model list at start-up and every `NANOGATE_MODEL_CHECK_INTERVAL` | on |
+/// | | `NANOGATE_MODEL_CHECK_INTERVAL` | seconds between two reads of a channel's model list (by any instance) | 3600 |
 /// | | `NANOGATE_CHAT_IMAGES` | how chat replies carry images: `auto`, `markdown`, `images`, `both` | `auto` |
 /// | | `NANOGATE_ADMIN_TOKEN` | turns the admin API on, its bearer token | off |
 /// | | `NANOGATE_RESERVATION_LEASE` | seconds a credit reservation lives without renewal | 45 |
@@ -74,8 +75,11 @@ public struct GatewayConfiguration: Sendable {
     public var trustForwardedHeaders = false
     /// How chat replies carry images (`ChatImageStyle`).
     public var chatImages = ChatImageStyle.auto
-    /// Whether `serve` checks the catalog against Google's model list at start-up (in the background).
+    /// Whether `serve` reads each channel's model list (in the background: at start-up, every
+    /// `modelCheckInterval`, and soon after a channel's project refused a model).
     public var checkModelsAtStart = true
+    /// How old a channel's model list (read by any instance on the database) may grow.
+    public var modelCheckInterval = Duration.seconds(3600)
     /// `GET /metrics` on its own port (`NANOGATE_METRICS_PORT`) instead of the main one.
     public var metricsPort: Int?
     /// The admin API on a listen address of its own (`NANOGATE_ADMIN_PORT`, on
@@ -218,6 +222,7 @@ public struct GatewayConfiguration: Sendable {
         configuration.idleTimeout = .seconds(number("NANOGATE_IDLE_TIMEOUT", 30))
         configuration.trustForwardedHeaders = flag("NANOGATE_TRUST_FORWARDED")
         configuration.checkModelsAtStart = environment["NANOGATE_CHECK_MODELS"].map { _ in flag("NANOGATE_CHECK_MODELS") } ?? true
+        configuration.modelCheckInterval = .seconds(number("NANOGATE_MODEL_CHECK_INTERVAL", 3600, minimum: 60))
         if let raw = environment["NANOGATE_METRICS_PORT"], !raw.isEmpty { configuration.metricsPort = number("NANOGATE_METRICS_PORT", 9090, minimum: 0) }
         if let raw = environment["NANOGATE_ADMIN_PORT"], !raw.isEmpty { configuration.adminPort = number("NANOGATE_ADMIN_PORT", 9091, minimum: 0) }
         configuration.adminHost = environment["NANOGATE_ADMIN_HOST"].flatMap { $0.isEmpty ? nil : $0 }

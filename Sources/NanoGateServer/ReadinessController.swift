@@ -3,15 +3,22 @@ import Hummingbird
 import Logging
 import NIOCore
 import NIOFoundationCompat
+import NanoGateCore
 import NanoGateStorage
+import Upstream
 
 /// `GET /ready` for load balancers: 200 when this instance can serve (its database and its
 /// image store answer), 503 naming the part that does not. `GET /health` only says the process
-/// is alive; a balancer should route by this one.
+/// is alive; a balancer should route by this one. The report also says which upstream id
+/// each catalog model answers with now, by what the channels learned (their model lists, their
+/// projects' refusals): `none` where nothing can serve it. That never makes an instance unready
+/// (every instance shares the channels, so another would do no better).
 struct ReadinessController {
     let database: DatabaseHandle
     let imageStore: ImageStore
     let objectStore: ObjectImageStore?
+    let catalog: ModelCatalog
+    let pool: UpstreamPool
     /// A check that takes longer than this counts as failed: a balancer's probe gets its 503
     /// before its own timeout (an unreachable store would otherwise hold it for the HTTP
     /// client's connect retries).
@@ -21,6 +28,7 @@ struct ReadinessController {
         var status: String
         var database: String
         var image_store: String
+        var models: [String: String]
     }
 
     func addRoutes(to router: Router<GatewayRequestContext>) {
@@ -33,7 +41,9 @@ struct ReadinessController {
         async let images = check("image_store", logger: logger) {
             if let objectStore { try await objectStore.ping() } else { try await imageStore.ping() }
         }
-        let report = Report(status: "ready", database: await database, image_store: await images)
+        let check = ModelCheck(catalog: catalog, pool: pool)
+        let models = Dictionary(check.lines.map { ($0.model, $0.answeredBy ?? "none") }, uniquingKeysWith: { first, _ in first })
+        let report = Report(status: "ready", database: await database, image_store: await images, models: models)
         var answer = report
         if report.database != "ok" || report.image_store != "ok" {
             answer.status = "not_ready"

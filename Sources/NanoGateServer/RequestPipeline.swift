@@ -36,22 +36,6 @@ struct UpstreamTarget: Sendable, Equatable {
     }
 }
 
-/// Upstream ids Google refused as unknown or not available to the project (or `models check`
-/// found missing): requests go straight down the fallback chain for an hour instead of paying a
-/// failed call each time.
-final class RetiredModels: Sendable {
-    private let until = Mutex([String: ContinuousClock.Instant]())
-    static let memory = Duration.seconds(3600)
-
-    func markRetired(_ id: String) {
-        until.withLock { $0[id] = .now.advanced(by: Self.memory) }
-    }
-
-    func isRetired(_ id: String) -> Bool {
-        until.withLock { ($0[id].map { $0 > .now }) ?? false }
-    }
-}
-
 /// Who asked, for the usage-log row: the request id, when it started, the size it asked for.
 struct RequestInfo: Sendable {
     var requestID: String
@@ -224,7 +208,6 @@ struct RequestPipeline: Sendable {
     let upstream: UpstreamPool
     let ledger: any Ledger
     let images: ImageURLService
-    let retired: RetiredModels
     let priceBook: PriceBook
     let limiter: KeyLimiter
     let billing: BillingConfiguration
@@ -243,7 +226,7 @@ struct RequestPipeline: Sendable {
     /// shed and run on standard).
     func estimate(key: APIKey, model: CatalogModel, spec: ImageSpec, count: Int, prompt: String, inputImages: Int, tier: TierRequest = TierRequest()) -> Int {
         let chain = model.chain
-        let target = chain.first { !retired.isRetired($0.id) } ?? chain[chain.count - 1]
+        let target = chain.first { upstream.mayServe(model: $0.id, aliases: [model.name]) } ?? chain[chain.count - 1]
         var tiers = [tier.asked]
         if tier.asked == .flex, tier.standardAllowed { tiers.append(.standard) }
         return tiers.map { served in
@@ -433,7 +416,9 @@ struct RequestPipeline: Sendable {
             let prices = prices(of: link.id, fallback: index == 0 ? model.prices : link.family.googlePrices)
             candidates.append((UpstreamTarget(id: link.id, family: link.family, prices: prices), adapted))
         }
-        let live = candidates.filter { !retired.isRetired($0.target.id) }
+        // Ids no channel may be asked for (none lists it, or every project refused it) are
+        // skipped without a call; the pool remembers each channel's refusals.
+        let live = candidates.filter { upstream.mayServe(model: $0.target.id, aliases: [model.name]) }
         let tried = live.isEmpty ? [candidates[candidates.count - 1]] : live
         var firstRefusal: UpstreamError?
         for (index, candidate) in tried.enumerated() {
@@ -442,7 +427,6 @@ struct RequestPipeline: Sendable {
                 return try await call(candidate.target.id, candidate.request)
             } catch {
                 guard error.code == .modelNotFound, !Task.isCancelled else { throw error }
-                retired.markRetired(candidate.target.id)
                 firstRefusal = firstRefusal ?? error
                 guard index + 1 < tried.count else { break }
                 logger.warning(

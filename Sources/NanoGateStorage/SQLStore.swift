@@ -42,6 +42,7 @@ public struct SQLStore: KeyStore, UsageLog, SignatureStore {
         (8, { database in try await SQLStore.createBatchTables(database) }),
         (9, { database in try await SQLStore.addServerKeyedColumns(database, binary: "BLOB") }),
         (10, { database in try await SQLStore.addServiceTiers(database) }),
+        (11, { database in try await SQLStore.createChannelKnowledgeTables(database) }),
     ]
 
     /// PostgreSQL's: PostgreSQL support began at SQLite's version 5, so its first migration
@@ -53,6 +54,7 @@ public struct SQLStore: KeyStore, UsageLog, SignatureStore {
         (8, { database in try await SQLStore.createBatchTables(database) }),
         (9, { database in try await SQLStore.addServerKeyedColumns(database, binary: "BYTEA") }),
         (10, { database in try await SQLStore.addServiceTiers(database) }),
+        (11, { database in try await SQLStore.createChannelKnowledgeTables(database) }),
     ]
 
     /// Version 10: which service tiers keys and groups may use, and the tier each request was

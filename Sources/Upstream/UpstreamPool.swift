@@ -150,13 +150,26 @@ public struct ChannelStatus: Sendable, Codable, Equatable {
     public var managed: Bool
     /// Upstream ids this channel's project refused within the hour (other channels serve them).
     public var refusedModels: [String]?
+    /// How many ids its own model list offered at the last check (nil: it cannot list, or was
+    /// never asked), when that was (ISO 8601), and why the last check failed.
+    public var listedModels: Int?
+    public var modelsCheckedAt: String?
+    public var modelsCheckError: String?
+    /// Each catalog upstream id → whether this channel serves it (`ChannelServes`): the
+    /// channel's column of `nanogate models check`.
+    public var serves: [String: ChannelServes]?
 
     public init(
         name: String, kind: String, priority: Int, weight: Int, models: [String]?, state: String, keys: Int, disabledKeys: [Int],
         coolingModels: [String: Int], consecutiveFailures: Int, lastError: String?, inFlight: Int, queued: Int, maxConcurrency: Int,
-        managed: Bool = false, refusedModels: [String]? = nil
+        managed: Bool = false, refusedModels: [String]? = nil, listedModels: Int? = nil, modelsCheckedAt: String? = nil,
+        modelsCheckError: String? = nil, serves: [String: ChannelServes]? = nil
     ) {
         self.refusedModels = refusedModels
+        self.listedModels = listedModels
+        self.modelsCheckedAt = modelsCheckedAt
+        self.modelsCheckError = modelsCheckError
+        self.serves = serves
         self.name = name
         self.kind = kind
         self.priority = priority
@@ -202,6 +215,8 @@ public final class UpstreamPool: Sendable {
     private let eventLoopGroup: any EventLoopGroup
     private let logger: Logger
     private let observer: (any UpstreamObserver)?
+    /// What answers taught the pool since the database last took it (`drainLearned`).
+    private let learned = Mutex<[ChannelFact]>([])
 
     private struct Roster {
         var members: [Member] = []
@@ -240,6 +255,11 @@ public final class UpstreamPool: Sendable {
         /// (an old project's key may still serve 2.5 while a new one's cannot): skipped for
         /// those ids until the time given, for this channel only.
         var refusedModels: [String: ContinuousClock.Instant] = [:]
+        /// The ids its own model list offered (nil: it cannot list, or was never asked), when
+        /// and why the last listing failed: a channel that lists serves only what it lists.
+        var listed: Set<String>?
+        var listedAt: Date?
+        var listError: String?
     }
 
     /// How long a channel's refusal of a model is remembered before it is asked again.
@@ -369,29 +389,121 @@ public final class UpstreamPool: Sendable {
         }
     }
 
-    /// The model ids the channels list (Google's `GET /v1beta/models`, every page; an OpenAI
-    /// channel's `GET /v1/models`), by the catalog's ids. Channels that cannot list are skipped;
-    /// throws when no channel could answer.
-    public func listModels(logger: Logger) async throws(UpstreamError) -> Set<String> {
-        guard !members.isEmpty else { throw UpstreamError(.noChannel) }
-        var ids = Set<String>()
-        var answered = false
-        var lastError: UpstreamError?
-        for member in members where member.broken == nil {
-            do throws(UpstreamError) {
-                guard let listed = try await member.channel.listModels(logger: logger) else { continue }
-                answered = true
-                // By the catalog's ids: a channel that maps an id serves it when it lists the mapped one.
-                for route in member.configuration.models ?? [] where listed.contains(route.upstream ?? route.name) {
-                    ids.insert(route.name)
-                }
-                if member.configuration.models == nil { ids.formUnion(listed) }
-            } catch {
-                lastError = error
+    /// Channel `name`'s own model list (Google's `GET /v1beta/models`, every page, with its
+    /// first credential; an OpenAI channel's `GET /v1/models`): nil when its kind cannot list.
+    /// The pool routes by it at once; a refused credential is set aside and learned.
+    public func listModels(channel name: String, logger: Logger) async throws(UpstreamError) -> Set<String>? {
+        guard let member = members.first(where: { $0.configuration.name == name }) else { throw UpstreamError(.noChannel, detail: "no channel named \(name)") }
+        if let broken = member.broken { throw broken }
+        do throws(UpstreamError) {
+            let listed = try await member.channel.listModels(logger: logger)
+            remember(listing: .success(listed), of: member.id)
+            return listed
+        } catch {
+            remember(listing: .failure(error), of: member.id)
+            if error.code == .authFailed, let fingerprint = member.configuration.credentialFingerprint(0) {
+                let until = Date().addingTimeInterval(configuration.rejectedCredentialRest.seconds)
+                learned.withLock { $0.append(.keyRefused(channel: name, KeyRefusal(position: 1, fingerprint: fingerprint, until: until, reason: error.description))) }
+            }
+            throw error
+        }
+    }
+
+    private func remember(listing: Result<Set<String>?, UpstreamError>, of id: Int) {
+        roster.withLock { roster in
+            guard let index = roster.members.firstIndex(where: { $0.id == id }) else { return }
+            switch listing {
+            case .success(let listed):
+                roster.states[index].listed = listed
+                roster.states[index].listedAt = Date()
+                roster.states[index].listError = nil
+            case .failure(let error):
+                // The last good list stands: a failed check says nothing about the models.
+                roster.states[index].listError = error.description
             }
         }
-        guard answered else { throw lastError ?? UpstreamError(.noChannel, detail: "no channel can list its models") }
-        return ids
+    }
+
+    /// The ids channel `name`'s model list offered at the last check (nil: it cannot list, or
+    /// was never asked).
+    public func listed(channel name: String) -> Set<String>? {
+        roster.withLock { roster in roster.members.firstIndex { $0.configuration.name == name }.flatMap { roster.states[$0].listed } }
+    }
+
+    /// What answers taught the pool since the last call (refused models and credentials), for
+    /// the database; each fact is handed out once.
+    public func drainLearned() -> [ChannelFact] {
+        learned.withLock { facts in
+            defer { facts = [] }
+            return facts
+        }
+    }
+
+    /// Takes what the database knows about each channel (by name; learned by any instance):
+    /// its model list, refused ids, and refused credentials whose fingerprint still matches.
+    /// Refusals only ever lengthen what the pool already holds.
+    public func apply(_ knowledge: [String: ChannelKnowledge]) {
+        let now = ContinuousClock.now
+        let wallNow = Date()
+        func instant(_ date: Date) -> ContinuousClock.Instant { now.advanced(by: .seconds(date.timeIntervalSince(wallNow))) }
+        roster.withLock { roster in
+            for index in roster.members.indices {
+                let config = roster.members[index].configuration
+                guard let known = knowledge[config.name] else { continue }
+                if let checkedAt = known.checkedAt, roster.states[index].listedAt.map({ $0 < checkedAt }) ?? true {
+                    roster.states[index].listed = known.listed
+                    roster.states[index].listedAt = checkedAt
+                    roster.states[index].listError = known.listError
+                }
+                for (upstreamID, until) in known.refusedModels where until > wallNow {
+                    let held = roster.states[index].refusedModels[upstreamID]
+                    if held.map({ $0 < instant(until) }) ?? true { roster.states[index].refusedModels[upstreamID] = instant(until) }
+                }
+                for refusal in known.refusedKeys where refusal.until > wallNow {
+                    let position = refusal.position - 1
+                    guard roster.states[index].rests.indices.contains(position), config.credentialFingerprint(position) == refusal.fingerprint else { continue }
+                    let held = roster.states[index].rests[position][""]
+                    if held.map({ !$0.rejected || $0.until < instant(refusal.until) }) ?? true {
+                        roster.states[index].rests[position][""] = Rest(
+                            until: instant(refusal.until), reason: UpstreamError(.authFailed, detail: refusal.reason), rejected: true
+                        )
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether channel `name` serves `model` (a catalog upstream id; `aliases` its other names)
+    /// now, and why not: one cell of the model matrix.
+    public func serves(channel name: String, model: String, aliases: [String] = []) -> ChannelServes {
+        let now = ContinuousClock.now
+        return roster.withLock { roster in
+            guard let index = roster.members.firstIndex(where: { $0.configuration.name == name }) else { return .notRouted }
+            return Self.serves(roster.members[index], roster.states[index], model: model, aliases: aliases, now: now)
+        }
+    }
+
+    private static func serves(_ member: Member, _ state: ChannelState, model: String, aliases: [String], now: ContinuousClock.Instant) -> ChannelServes {
+        guard member.configuration.weight > 0, let upstreamID = member.configuration.upstreamID(for: model, aliases: aliases) else { return .notRouted }
+        if let until = state.refusedModels[upstreamID], until > now { return .refused }
+        guard let listed = state.listed else { return .unchecked }
+        return listed.contains(upstreamID) ? .listed : .notListed
+    }
+
+    /// Whether some channel may be asked for `model` now (it routes the id, has not refused
+    /// it, and lists it where it can list): when none may, a request goes down the model's
+    /// fallback chain without a call.
+    public func mayServe(model: String, aliases: [String] = []) -> Bool {
+        let now = ContinuousClock.now
+        return roster.withLock { roster in
+            roster.members.indices.contains { index in
+                // A channel whose every credential Google refused serves nothing until fixed.
+                let keys = roster.states[index].rests
+                let refused = keys.allSatisfy { $0[""].map { $0.rejected && $0.until > now } ?? false }
+                return roster.members[index].broken == nil && !refused
+                    && Self.serves(roster.members[index], roster.states[index], model: model, aliases: aliases, now: now).serves
+            }
+        }
     }
 
     /// One free call on the named channel (`nanogate channels test NAME`).
@@ -405,8 +517,9 @@ public final class UpstreamPool: Sendable {
     /// The channels' names, for `channels test` without a name.
     public var channelNames: [String] { members.map(\.configuration.name) }
 
-    /// Every channel's state now.
-    public func status() -> [ChannelStatus] {
+    /// Every channel's state now; with `models` (catalog upstream ids → their aliases), whether
+    /// each channel serves each of them.
+    public func status(models: [String: [String]] = [:]) -> [ChannelStatus] {
         let now = ContinuousClock.now
         let (members, states) = roster.withLock { ($0.members, $0.states) }
         return zip(members, states).map { member, channel in
@@ -435,7 +548,9 @@ public final class UpstreamPool: Sendable {
                 state: stateName, keys: member.channel.credentialCount, disabledKeys: disabled.map { $0 + 1 }, coolingModels: cooling,
                 consecutiveFailures: channel.consecutiveFailures, lastError: (member.broken ?? channel.lastError).map { $0.description },
                 inFlight: load.running, queued: load.waiting, maxConcurrency: config.maxConcurrency, managed: member.managed,
-                refusedModels: channel.refusedModels.filter { $0.value > now }.keys.sorted()
+                refusedModels: channel.refusedModels.filter { $0.value > now }.keys.sorted(), listedModels: channel.listed?.count,
+                modelsCheckedAt: channel.listedAt.map { ISO8601DateFormatter().string(from: $0) }, modelsCheckError: channel.listError,
+                serves: models.isEmpty ? nil : Dictionary(uniqueKeysWithValues: models.map { ($0.key, Self.serves(member, channel, model: $0.key, aliases: $0.value, now: now)) })
             )
         }
     }
@@ -588,6 +703,7 @@ public final class UpstreamPool: Sendable {
                 }
                 let channel = roster.states[index]
                 if let until = channel.refusedModels[upstreamID], until > now { continue }
+                if let listed = channel.listed, !listed.contains(upstreamID) { continue }
                 let count = channel.rests.count
                 guard let credential = (0..<count).map({ (channel.nextCredential + $0) % count })
                     .first(where: { Self.activeRest(channel.rests[$0], model: model, now: now) == nil })
@@ -634,9 +750,13 @@ public final class UpstreamPool: Sendable {
     /// Remembers that channel `id` refused `upstreamID` (its other models are unaffected).
     private func refused(_ id: Int, upstreamID: String, logger: Logger) {
         let until = ContinuousClock.now.advanced(by: Self.refusalMemory)
-        roster.withLock { roster in
-            guard let index = roster.members.firstIndex(where: { $0.id == id }) else { return }
+        let name = roster.withLock { roster -> String? in
+            guard let index = roster.members.firstIndex(where: { $0.id == id }) else { return nil }
             roster.states[index].refusedModels[upstreamID] = until
+            return roster.members[index].configuration.name
+        }
+        if let name {
+            learned.withLock { $0.append(.modelRefused(channel: name, upstreamID: upstreamID, until: Date().addingTimeInterval(Self.refusalMemory.seconds))) }
         }
         logger.warning("channel's project refuses the model; other channels serve it", metadata: ["upstream.model": "\(upstreamID)"])
     }
@@ -656,6 +776,13 @@ public final class UpstreamPool: Sendable {
                 roster.states[index].rests[credential][modelOnly ? model : ""] = Rest(until: now.advanced(by: duration), reason: failure.error, rejected: false)
             case .credentialRejected:
                 roster.states[index].rests[credential][""] = Rest(until: now.advanced(by: configuration.rejectedCredentialRest), reason: failure.error, rejected: true)
+                if let fingerprint = roster.members[index].configuration.credentialFingerprint(credential) {
+                    let refusal = KeyRefusal(
+                        position: credential + 1, fingerprint: fingerprint, until: Date().addingTimeInterval(configuration.rejectedCredentialRest.seconds),
+                        reason: failure.error.description
+                    )
+                    learned.withLock { $0.append(.keyRefused(channel: name, refusal)) }
+                }
                 observer?.credentialRejected(channel: name)
                 let all = roster.states[index].rests.allSatisfy { $0[""].map { $0.rejected && $0.until > now } ?? false }
                 logger.error(
@@ -685,11 +812,13 @@ public final class UpstreamPool: Sendable {
             let serving = members.indices.filter { members[$0].configuration.upstreamID(for: model, aliases: aliases) != nil && members[$0].configuration.weight > 0 }
             guard !serving.isEmpty else { return UpstreamError(.noChannel, detail: "no channel serves \(model)") }
             let refusing = serving.filter { index in
-                members[index].configuration.upstreamID(for: model, aliases: aliases).flatMap { states[index].refusedModels[$0] }.map { $0 > now } ?? false
+                guard let upstreamID = members[index].configuration.upstreamID(for: model, aliases: aliases) else { return false }
+                if let listed = states[index].listed, !listed.contains(upstreamID) { return true }
+                return states[index].refusedModels[upstreamID].map { $0 > now } ?? false
             }
             if refusing.count == serving.count {
                 // Every channel's project refused it: the caller goes down the model's fallback chain.
-                return UpstreamError(.modelNotFound, status: 404, detail: "every channel refused \(model) within the hour")
+                return UpstreamError(.modelNotFound, status: 404, detail: "no channel's project lists or accepts \(model)")
             }
             var soonest: (until: ContinuousClock.Instant, reason: UpstreamError)?
             for index in serving {

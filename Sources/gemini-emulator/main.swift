@@ -29,6 +29,8 @@ struct GeminiEmulatorCommand: AsyncParsableCommand {
     @Option(help: "Treat this key as a new project's: refused on gemini-2.5-flash-image (repeatable).")
     var newProjectKey: [String] = []
     @Flag(help: "Treat every key as a new project's (a new operator today).") var newProject = false
+    @Option(help: "List this model id too, as Google lists a model the gateway does not know yet (repeatable; never served).")
+    var listModel: [String] = []
 
     func run() async throws {
         #if canImport(Glibc)
@@ -43,6 +45,7 @@ struct GeminiEmulatorCommand: AsyncParsableCommand {
         configuration.retiredModels.subtract(revive)
         configuration.newProjectKeys = Set(newProjectKey)
         configuration.everyKeyIsNewProject = newProject
+        configuration.extraListedModels = listModel
         configuration.acceptedBearerTokens = acceptToken.isEmpty ? nil : Set(acceptToken)
         configuration.control.fault = fault
         let emulator = GeminiEmulator(configuration: configuration)

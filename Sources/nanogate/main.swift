@@ -561,8 +561,12 @@ struct Models: AsyncParsableCommand {
 
     struct Check: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Ask Google which models it serves (GET /v1beta/models with GEMINI_API_KEY) and check each catalog model's upstream id and fallback.",
-            discussion: "Exits with 1 when a model can be served neither by its upstream id nor by its fallback."
+            abstract: "Read every channel's model list now and print which channel serves which model (the model × channel matrix), with catalog entries for image models the catalog does not know.",
+            discussion: """
+                A cell is listed (the channel's model list offers the id), unchecked (its kind cannot list, e.g. Vertex: tried until Google refuses), \
+                not_listed, refused (its project refused the id within the hour, as the gateway learned) or not_routed (its models setting leaves it out). \
+                What is read is stored in the database, so running gateways route by it. Exits with 1 when a model can be served by no id of its chain.
+                """
         )
         @OptionGroup var data: DataDirectoryOption
 
@@ -570,26 +574,34 @@ struct Models: AsyncParsableCommand {
             let configuration = try data.load()
             var logger = Logger(label: "nanogate")
             logger.logLevel = .critical
-            let pool = UpstreamPool(configuration: configuration.upstream, logger: logger)
-            let result: Result<ModelCheck, GatewayError>
-            do {
-                result = .success(try await ModelCheck.run(catalog: configuration.catalog, pool: pool, logger: logger))
-            } catch {
-                result = .failure(error)
+            let check = try await withChannelPool(data, configuration: configuration, logger: logger) { service in try await service.checkAll() }
+            print(check.report)
+            if !check.suggestions.isEmpty { print("\n" + check.suggestions, terminator: "") }
+            let broken = check.lines.filter { !$0.servable }
+            if !broken.isEmpty {
+                FileHandle.standardError.write(Data("\(broken.count) model(s) cannot be served: \(broken.map(\.model).joined(separator: ", ")). Change their upstream or fallback in the configuration file.\n".utf8))
+                throw ExitCode(1)
             }
+        }
+    }
+}
+
+/// Runs `body` with the channels of the configuration file and the database in one pool (no
+/// call made yet) and the database's knowledge of them, then closes both.
+func withChannelPool<T>(
+    _ data: DataDirectoryOption, configuration: GatewayConfiguration, logger: Logger, _ body: (ChannelKnowledgeService) async throws -> T
+) async throws -> T {
+    try await withOperator(data) { service in
+        let pool = UpstreamPool(configuration: configuration.upstream, logger: logger)
+        pool.replaceManagedChannels(try await service.store.storedChannels().compactMap { try? ManagedChannels.channel(fromJSON: $0.json) })
+        let knowledge = ChannelKnowledgeService(store: service.store, pool: pool, catalog: configuration.catalog, logger: logger)
+        do {
+            let result = try await body(knowledge)
             await pool.shutdown()
-            switch result {
-            case .failure(let error):
-                FileHandle.standardError.write(Data("Could not read Google's model list: \(error.message)\n".utf8))
-                throw ExitCode(2)
-            case .success(let check):
-                print(check.report)
-                let broken = check.lines.filter { !$0.servable }
-                if !broken.isEmpty {
-                    FileHandle.standardError.write(Data("\(broken.count) model(s) cannot be served: \(broken.map(\.model).joined(separator: ", ")). Change their upstream or fallback in the configuration file.\n".utf8))
-                    throw ExitCode(1)
-                }
-            }
+            return result
+        } catch {
+            await pool.shutdown()
+            throw error
         }
     }
 }
@@ -627,25 +639,27 @@ struct Channels: AsyncParsableCommand {
                         note = "the gateway at \(base) answered \(response.status.code) to GET /admin/v1/channels"
                     }
                 } catch {
-                    note = "no gateway answered at \(base) (\(error)); showing the configuration only"
+                    note = "no gateway answered at \(base) (\(error)); showing the configuration and what the database knows"
                 }
             } else {
-                note = "NANOGATE_ADMIN_TOKEN is not set, so the live state of a running gateway cannot be read; showing the configuration only"
+                note = "NANOGATE_ADMIN_TOKEN is not set, so the live load of a running gateway cannot be read; showing the configuration and what the database knows"
             }
             var rows: [ChannelStatus]
             if let live {
                 rows = live
             } else {
-                let stored = try await withOperator(data) { service in try await service.store.storedChannels() }
-                let fileNames = Set(configuration.upstream.effectiveChannels.map(\.name))
-                let entries = configuration.upstream.effectiveChannels.map { ($0, false) }
-                    + stored.compactMap { try? ManagedChannels.channel(fromJSON: $0.json) }.filter { !fileNames.contains($0.name) }.map { ($0, true) }
-                rows = entries.map { channel, managed in
-                    ChannelStatus(
-                        name: channel.name, kind: channel.kind.rawValue, priority: channel.priority, weight: channel.weight, models: channel.models?.map(\.name),
-                        state: "unknown", keys: channel.kind == .vertex ? 1 : channel.apiKeys.count, disabledKeys: [], coolingModels: [:],
-                        consecutiveFailures: 0, lastError: nil, inFlight: 0, queued: 0, maxConcurrency: channel.maxConcurrency, managed: managed
-                    )
+                // What every instance stored: refused credentials, each channel's model list,
+                // its project's refusals (not the load, which only a running gateway knows).
+                var logger = Logger(label: "nanogate")
+                logger.logLevel = .critical
+                rows = try await withChannelPool(data, configuration: configuration, logger: logger) { knowledge in
+                    try await knowledge.applyStored()
+                    return knowledge.pool.status(models: configuration.catalog.upstreamAliases).map { row in
+                        // Nothing learned yet (never listed, nothing refused): no state to claim.
+                        var row = row
+                        if row.state == "ok" && row.modelsCheckedAt == nil && row.disabledKeys.isEmpty && (row.refusedModels ?? []).isEmpty { row.state = "unknown" }
+                        return row
+                    }
                 }
             }
             if json {
@@ -659,6 +673,9 @@ struct Channels: AsyncParsableCommand {
                 if !row.disabledKeys.isEmpty { detail.append("refused keys: " + row.disabledKeys.map { "#\($0)" }.joined(separator: ",")) }
                 if !row.coolingModels.isEmpty { detail.append("cooling: " + row.coolingModels.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)s" }.joined(separator: ", ")) }
                 if row.consecutiveFailures > 0 { detail.append("\(row.consecutiveFailures) failures in a row") }
+                if let refused = row.refusedModels, !refused.isEmpty { detail.append("its project refuses: " + refused.joined(separator: ",")) }
+                if let listed = row.listedModels { detail.append("lists \(listed) models") }
+                if let error = row.modelsCheckError { detail.append("model list unreadable: \(error)") }
                 if let error = row.lastError, row.state != "ok" { detail.append("last error: \(error)") }
                 table.append([
                     row.name, row.kind, "\(row.priority)", "\(row.weight)", row.state, "\(row.keys)", "\(row.inFlight)/\(row.maxConcurrency)",

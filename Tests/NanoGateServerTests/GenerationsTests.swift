@@ -186,28 +186,27 @@ import Upstream
         }
     }
 
-    /// `nanogate models check` and `serve`'s start-up check read Google's model list (every
-    /// page) and mark a missing id with a served fallback as retired before any request.
-    @Test func theModelCheckReadsEveryPageAndRetiresMissingIDs() async throws {
+    /// `nanogate models check` reads each channel's model list (every page): an id the list
+    /// lacks is `not_listed`, the model answers with the next id of its chain, and the pool
+    /// skips the missing id without a call.
+    @Test func theModelCheckReadsEveryPageAndSkipsMissingIDs() async throws {
         try await withGateway(emulator: { $0.retiredModels.insert("gemini-2.5-flash-image"); $0.maxPageSize = 2 }) { gateway in
             var logger = Logger(label: "test")
             logger.logLevel = .critical
             let pool = UpstreamPool(configuration: gateway.configuration.upstream, logger: logger)
-            let check = try await ModelCheck.run(catalog: gateway.configuration.catalog, pool: pool, logger: logger)
-            let byName = Dictionary(uniqueKeysWithValues: check.lines.map { ($0.model, $0) })
-            #expect(byName["nano-banana-pro"]?.upstreamServed == true, "found on a later page")
-            #expect(byName["nano-banana-2"]?.upstreamServed == true, "2.1")
-            #expect(byName["nano-banana"]?.upstreamServed == false)
-            #expect(byName["nano-banana"]?.fallbackServed == true)
-            let allServable = check.lines.allSatisfy { $0.servable }
-            #expect(allServable)
-            #expect(check.report.contains("missing"))
-
-            let retired = RetiredModels()
-            await ModelCheckService(catalog: gateway.configuration.catalog, pool: pool, retired: retired, logger: logger).check()
+            let check = await ModelCheck.run(catalog: gateway.configuration.catalog, pool: pool, logger: logger)
             await pool.shutdown()
-            #expect(retired.isRetired("gemini-2.5-flash-image"))
-            #expect(!retired.isRetired("gemini-3-pro-image"))
+            let byName = Dictionary(uniqueKeysWithValues: check.lines.map { ($0.model, $0) })
+            #expect(check.channels == ["gemini"])
+            #expect(byName["nano-banana-pro"]?.links.first?.cells == [.listed], "found on a later page")
+            #expect(byName["nano-banana-2"]?.links.first?.cells == [.listed], "2.1")
+            #expect(byName["nano-banana"]?.links.map(\.cells) == [[.notListed], [.listed]])
+            #expect(byName["nano-banana"]?.answeredBy == "gemini-nano-banana-2.1")
+            let servable = check.lines.allSatisfy { $0.servable }
+            #expect(servable)
+            #expect(check.report.contains("not_listed") && check.listErrors.isEmpty, "\(check.report)")
+            #expect(!pool.mayServe(model: "gemini-2.5-flash-image", aliases: ["nano-banana"]))
+            #expect(pool.mayServe(model: "gemini-3-pro-image", aliases: ["nano-banana-pro"]))
         }
     }
 

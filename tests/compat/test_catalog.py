@@ -949,8 +949,10 @@ def check_lines(stdout: str) -> dict[str, str]:
     ],
 )
 def test_models_check(nanogate_bin, tmp_path, retired, exit_code, missing, clean):
-    """``nanogate models check`` prints a line per model with ok/missing for upstream and
-    fallback, and exits 1 only when an enabled model can be served by neither."""
+    """``nanogate models check`` prints the model × channel matrix: a line per model with its
+    upstream id, whether the channel lists it, and the id the model answers with (``nothing``
+    when no id of its chain is served); it exits 1 only when an enabled model can be served by
+    no id of its chain."""
     with gemini_emulator(nanogate_bin, retired) as url:
         env = {key: value for key, value in os.environ.items() if key != "NANOGATE_CONFIG"}
         env.update(GEMINI_API_KEY="anything", NANOGATE_GEMINI_BASE_URL=url)
@@ -963,10 +965,13 @@ def test_models_check(nanogate_bin, tmp_path, retired, exit_code, missing, clean
     lines = check_lines(result.stdout)
     assert set(lines) == set(CATALOG), result.stdout
     for name in missing:
-        assert says(lines[name], "missing"), lines[name]
+        assert says(lines[name], "not_listed"), lines[name]
     for name in clean:
-        assert not says(lines[name], "missing"), lines[name]
-        assert says(lines[name], "ok"), lines[name]
+        assert not says(lines[name], "not_listed"), lines[name]
+        assert says(lines[name], "listed"), lines[name]
+    if retired == ("gemini-3-pro-image",):
+        for name in PRO_NAMES:
+            assert lines[name].split()[-1] == "nothing", f"{name} has no fallback: {lines[name]}"
     if retired == ("gemini-2.5-flash-image",):
         for name in FLASH25_NAMES:
-            assert says(lines[name], "ok"), f"{name}: its fallback exists: {lines[name]}"
+            assert lines[name].split()[-1] == "gemini-nano-banana-2.1", f"{name}: its fallback is served: {lines[name]}"

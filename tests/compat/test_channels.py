@@ -704,6 +704,23 @@ def test_refused_key_disables_channel(nanogate_bin, tmp_path):
             bad = next(row for row in as_json if row["name"] == "bad")
             assert bad["state"] == "disabled" and bad["disabledKeys"] == [1], as_json
 
+            # Without the admin token, the refusal the gateway stored in the database (within
+            # its 5 s round) shows too, never the key.
+            deadline = time.monotonic() + 60
+            while True:
+                stored = {row["name"]: row for row in json.loads(ok(cli(nanogate_bin, "channels", "list", "--config", str(config), "--data-dir", str(served.data_dir), "--json")))}
+                if stored["bad"]["state"] == "disabled" or time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
+            assert stored["bad"]["state"] == "disabled" and stored["bad"]["disabledKeys"] == [1], stored
+            assert stored["good"]["state"] == "unknown", stored
+
+        # With no gateway running at all, the table still names the refused key.
+        table = cli(nanogate_bin, "channels", "list", "--config", str(config), "--data-dir", str(tmp_path / "data"))
+        lines = {line.split()[0]: line for line in ok(table).splitlines() if line.strip()}
+        assert re.search(r"\bdisabled\b", lines["bad"]) and "#1" in lines["bad"], table.stdout
+        assert BAD_KEY not in table.stdout + table.stderr
+
         good = cli(nanogate_bin, "channels", "test", "good", "--config", str(config))
         assert good.returncode == 0, good.stdout + good.stderr
         assert good.stdout.startswith("ok  good"), good.stdout
@@ -913,3 +930,59 @@ def test_openai_channel_keeps_upstream_usage_split(nanogate_bin, reseller):
     details = result.usage.output_tokens_details
     assert (details.image_tokens, details.text_tokens) == (b_row["output_image_tokens"], b_row["output_text_tokens"]), result.usage
     assert a_row["upstream_cost_usd"] == pytest.approx(b_row["cost_usd"]), (a_row, b_row)
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. Each channel's model list: the model × channel matrix, stored for every instance
+
+
+OLD_KEY = "old-project-key-1c2d"
+NEW_KEY = "new-project-key-9e8f"
+
+
+def test_models_check_prints_the_matrix_and_gateways_route_by_it(nanogate_bin, tmp_path):
+    """Two channels on one Google: an old project's key (2.5 still served) and a new one's (2.5
+    refused, and not in its model list). ``nanogate models check`` prints per model and channel
+    whether the channel serves it, what the model answers with, and a catalog entry for an image
+    model the catalog does not know (which ``--config`` then accepts); a gateway on the same data
+    directory sends ``nano-banana`` only to the old project, never paying a refused call."""
+    with emulator(nanogate_bin, "--new-project-key", NEW_KEY, "--list-model", "gemini-4-flash-image") as url:
+        port = _free_port()
+        config = write_config(tmp_path / "nanogate.json", {
+            "check_models": True,
+            "port": port,
+            "channels": [
+                {"name": "new-project", "kind": "gemini", "base_url": url, "api_keys": [NEW_KEY]},
+                {"name": "old-project", "kind": "gemini", "base_url": url, "api_keys": [OLD_KEY]},
+            ],
+        })
+        data_dir = tmp_path / "data"
+        checked = cli(nanogate_bin, "models", "check", "--config", str(config), "--data-dir", str(data_dir))
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        rows = [line.split() for line in checked.stdout.splitlines()]
+        header = rows[0]
+        assert header[:2] == ["MODEL", "UPSTREAM"] and "new-project" in header and "old-project" in header, checked.stdout
+        new_col, old_col = header.index("new-project"), header.index("old-project")
+        nano = next(row for row in rows if row[:2] == ["nano-banana", FLASH25])
+        assert nano[new_col] == "not_listed" and nano[old_col] == "listed", checked.stdout
+        assert nano[-1] == FLASH25, "answers with 2.5 (the old project serves it)"
+        then = rows[rows.index(nano) + 1]
+        assert then[:2] == ["then", "gemini-nano-banana-2.1"] and then[new_col] == "listed" and then[old_col] == "listed", checked.stdout
+        # The suggestion block is a catalog file the gateway reads back.
+        suggestion = checked.stdout[checked.stdout.index("# Image models"):]
+        assert "name: gemini-4-flash-image" in suggestion and "upstream: gemini-4-flash-image" in suggestion, suggestion
+        suggested = tmp_path / "suggested.yaml"
+        suggested.write_text(suggestion)
+        exported = ok(cli(nanogate_bin, "models", "export", "--config", str(suggested)))
+        assert "gemini-4-flash-image" in exported
+
+        with serve(nanogate_bin, config, data_dir, port=port) as served:
+            client = client_for(served, create_key(nanogate_bin, served.data_dir, "matrix"))
+            for _ in range(4):
+                png = decoded_png(client.images.generate(model="nano-banana", prompt=PROMPT, response_format="b64_json").data[0].b64_json)
+                assert png.startswith(PNG_SIGNATURE)
+            rows = usage_rows(nanogate_bin, served.data_dir)
+            assert len(rows) == 4 and all(row["upstream_model"] == FLASH25 for row in rows), rows
+            assert all(attempts_of(row) == [("old-project", 1, 200, None)] for row in rows), [attempts_of(row) for row in rows]
+            ready = json.loads(urllib.request.urlopen(served.root + "/ready", timeout=CLIENT_TIMEOUT).read())
+            assert ready["models"]["nano-banana"] == FLASH25 and ready["models"]["nano-banana-2"] == "gemini-nano-banana-2.1", ready

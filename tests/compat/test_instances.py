@@ -680,7 +680,10 @@ def test_ready_names_the_part_that_fails(cluster: Cluster, nanogate_bin: Path):
     (Stopping the S3 server instead works too, but each /ready then takes about 5 s: the HTTP
     client retries the refused connection until its connect timeout.)"""
     for served in (cluster.a, cluster.b):
-        assert ready(served) == (200, {"status": "ready", "database": "ok", "image_store": "ok"})
+        status, report = ready(served)
+        assert status == 200, report
+        assert {part: report[part] for part in ("status", "database", "image_store")} == {"status": "ready", "database": "ok", "image_store": "ok"}, report
+        assert report["models"]["nano-banana-pro"] == "gemini-3-pro-image", report
 
     doomed = cluster.s3._replace(bucket=f"nanogate-ready-{uuid.uuid4().hex[:8]}")
     doomed.client().create_bucket(Bucket=doomed.bucket)
