@@ -194,6 +194,12 @@ struct AdminController {
             guard let key = try await service.store.key(named: name) else { throw Self.notFound("key", name) }
             return try json(OperatorService.KeyView(key))
         }
+        // What the key was charged, refunded and spent (spent = charged − refunded), with its refunds.
+        group.get("keys/{name}/money") { _, context in
+            let name = context.parameters.get("name") ?? ""
+            guard let key = try await service.store.key(named: name) else { throw Self.notFound("key", name) }
+            return try json(try await OperatorService.money(of: key.id, store: service.store))
+        }
         group.patch("keys/{name}") { request, context in
             let name = context.parameters.get("name") ?? ""
             let body = try await request.decodeJSON(KeyPatch.self, limit: 64 * 1024)
@@ -406,7 +412,8 @@ struct AccountController {
             ))
             var view = OperatorService.KeyView(key)
             view.prefix = key.prefix
-            return try json(Usage(object: "usage", key: view, data: rows.map(OperatorService.OwnUsageView.init)))
+            let money = try await OperatorService.money(of: key.id, store: store)
+            return try json(Usage(object: "usage", key: view, money: money, data: rows.map(OperatorService.OwnUsageView.init)))
         }
         // OpenAI's retired billing endpoints, as new-api answers them: the hard limit is the credit.
         group.get("dashboard/billing/subscription") { _, context in
@@ -426,7 +433,7 @@ struct AccountController {
             if since == nil && until == nil {
                 cents = TokenPrices.usd(key.spentMicroUSD) * 100
             } else {
-                cents = TokenPrices.usd(try await store.chargedMicroUSD(keyID: key.id, since: since, until: until)) * 100
+                cents = TokenPrices.usd(try await store.spentMicroUSD(keyID: key.id, since: since, until: until)) * 100
             }
             return try json(BillingUsage(total_usage: cents))
         }
@@ -435,6 +442,8 @@ struct AccountController {
     struct Usage: Encodable {
         var object: String
         var key: OperatorService.KeyView
+        /// Charged, refunded and spent, and the key's refunds (never negative usage rows).
+        var money: OperatorService.MoneyView
         var data: [OperatorService.OwnUsageView]
     }
 

@@ -23,10 +23,6 @@ import Upstream
 enum BatchPricing {
     /// Batch work costs this share of the standard price (Google's Batch API: 50%).
     static let sharePPM = 500_000
-
-    static func batchPrices(_ prices: TokenPrices) -> TokenPrices {
-        prices.scaled(byPPM: sharePPM)
-    }
 }
 
 /// One line of a batch input file, read and validated (its image URLs not fetched yet).
@@ -279,10 +275,10 @@ struct BatchesController {
         // The worst case of every line at batch prices, held until the batch is settled.
         var reservationID: String?
         if key.creditMicroUSD != nil {
+            let batchTier = TierRequest.batch(pricing: pipeline.billing.tiers)
             let estimate = lines.reduce(0) { total, line in
                 let job = line.job
-                let full = pipeline.estimate(key: key, model: job.model, spec: job.spec, count: job.count, prompt: job.prompt, inputImages: line.imageURLs.count)
-                return total + (full * BatchPricing.sharePPM + 999_999) / 1_000_000
+                return total + pipeline.estimate(key: key, model: job.model, spec: job.spec, count: job.count, prompt: job.prompt, inputImages: line.imageURLs.count, tier: batchTier)
             }
             let reservation = Reservation(keyID: key.id, amountMicroUSD: estimate, owner: "batch:\(id)", leaseUntil: Date().addingTimeInterval(26 * 3600))
             switch try await pipeline.ledger.reserve(reservation) {
@@ -606,9 +602,11 @@ extension BatchesController {
                     }
                 }
                 let info = RequestInfo(requestID: requestID, started: .now, observation: nil, requestedSize: job.spec.label)
-                let settlement = try await pipeline.open(key: key, endpoint: job.endpoint, model: job.model, info: info, estimateMicroUSD: 0, batchLine: true, logger: logger)
-                let primary = settlement.servedBy
-                settlement.serve(by: UpstreamTarget(id: primary.id, family: primary.family, prices: BatchPricing.batchPrices(primary.prices)))
+                // Priced at the batch share from the start (the settlement's input, never swapped in).
+                let settlement = try await pipeline.open(
+                    key: key, endpoint: job.endpoint, model: job.model, info: info, estimateMicroUSD: 0, batchLine: true,
+                    tier: .batch(pricing: pipeline.billing.tiers), logger: logger
+                )
                 let answer = try await pipeline.generateImages(job, settlement: settlement, given: answers, logger: logger)
                 body = try SplicedJSON.encodeJoined(answer)
                 statusCode = 200

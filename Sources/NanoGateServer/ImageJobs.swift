@@ -351,18 +351,13 @@ struct JobRunner: Service {
     }
 
     /// A job taken over may have been charged by the gateway that died before storing its
-    /// answer (the answer is lost with it): that charge is refunded, and the run now charges once.
+    /// answer (the answer is lost with it): that charge is refunded (a ledger entry of its own),
+    /// and the run now charges once.
     private func refundInterruptedRun(_ job: ImageJobRecord, logger: Logger) async throws {
-        let charged = try await store.chargedMicroUSD(jobID: job.id, keyID: job.keyID)
-        guard charged > 0 else { return }
-        var refund = UsageRecord(
-            keyID: job.keyID, endpoint: job.endpoint, model: job.model, status: 200, images: 0, inputTokens: 0, outputTokens: 0,
-            totalTokens: 0, costMicroUSD: -charged, errorCode: "job_interrupted_refund"
-        )
-        refund.requestID = job.id
-        refund.jobID = job.id
-        try await store.record(refund)
-        logger.warning("refunded an interrupted job's charge before running it again", metadata: ["micro_usd": "\(charged)"])
+        let unrefunded = try await store.unrefundedMicroUSD(jobID: job.id, keyID: job.keyID)
+        guard unrefunded > 0 else { return }
+        try await store.refund(Refund(keyID: job.keyID, jobID: job.id, amountMicroUSD: unrefunded, reason: "job_interrupted"))
+        logger.warning("refunded an interrupted job's charge before running it again", metadata: ["micro_usd": "\(unrefunded)"])
     }
 }
 

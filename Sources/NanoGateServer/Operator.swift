@@ -328,6 +328,35 @@ public struct OperatorService: Sendable {
         return try await store.usage(UsageQuery(keyID: keyID, since: since, until: until, limit: limit)).map(UsageView.init)
     }
 
+    /// A key's money as the ledger has it: charged by its usage rows, refunded by entries of
+    /// their own, and the spent that follows (always charged − refunded), with its refunds.
+    public struct MoneyView: Encodable, Sendable, Equatable {
+        public struct RefundView: Encodable, Sendable, Equatable {
+            public var id: String
+            public var job_id: String?
+            public var amount_usd: Double
+            public var reason: String
+            public var created_at: Int
+        }
+
+        public var object = "key_money"
+        public var charged_usd: Double
+        public var refunded_usd: Double
+        public var spent_usd: Double
+        public var refunds: [RefundView]
+    }
+
+    public static func money(of keyID: String, store: SQLStore) async throws -> MoneyView {
+        let money = try await store.money(keyID: keyID)
+        let refunds = try await store.refunds(keyID: keyID)
+        return MoneyView(
+            charged_usd: TokenPrices.usd(money.chargedMicroUSD), refunded_usd: TokenPrices.usd(money.refundedMicroUSD), spent_usd: TokenPrices.usd(money.spentMicroUSD),
+            refunds: refunds.map {
+                MoneyView.RefundView(id: $0.id, job_id: $0.jobID, amount_usd: TokenPrices.usd($0.amountMicroUSD), reason: $0.reason, created_at: Int($0.createdAt.timeIntervalSince1970))
+            }
+        )
+    }
+
     public static func csv(_ rows: [UsageView]) -> String {
         func quoted(_ field: String) -> String {
             field.contains(where: { $0 == "," || $0 == "\"" || $0 == "\n" }) ? "\"" + field.replacingOccurrences(of: "\"", with: "\"\"") + "\"" : field

@@ -142,7 +142,7 @@ final class Settlement: Sendable {
 
     /// The answering model's prices at the tier Google served.
     private func prices(of state: State) -> TokenPrices {
-        tier.pricing.prices(state.servedBy.prices, tier: state.servedTier)
+        tier.prices(state.servedBy.prices, tier: state.servedTier)
     }
 
     /// A code for the log row of a request that succeeded with a remark (`content_filter`).
@@ -193,6 +193,21 @@ struct TierRequest: Sendable {
     /// A flex request Google sheds is retried on standard only when the key may use standard.
     var standardAllowed = true
     var pricing = TierPricing()
+    /// The share of the tier's price the work costs: all of it, or Google's Batch API half for
+    /// a batch line. Applied to the prices (the estimate's and the charge's alike), so both
+    /// round by the one rule of `TokenPrices.scaled`.
+    var sharePPM = 1_000_000
+
+    /// The prices of `base` at `tier`, times this work's share.
+    func prices(_ base: TokenPrices, tier: ServiceTier) -> TokenPrices {
+        let tiered = pricing.prices(base, tier: tier)
+        return sharePPM == 1_000_000 ? tiered : tiered.scaled(byPPM: sharePPM)
+    }
+
+    /// A batch line: standard tier at the Batch API's share.
+    static func batch(pricing: TierPricing) -> TierRequest {
+        TierRequest(asked: .standard, standardAllowed: true, pricing: pricing, sharePPM: BatchPricing.sharePPM)
+    }
 }
 
 /// The request pipeline every endpoint shares (generations, edits, chat streamed and not):
@@ -232,7 +247,7 @@ struct RequestPipeline: Sendable {
         return tiers.map { served in
             ReservationEstimate.microUSD(
                 targets: [target], spec: spec, count: count, promptTokens: PromptLimit.estimatedTokens(prompt), inputImages: inputImages,
-                prices: { id, family in tier.pricing.prices(prices(of: id, fallback: id == model.upstreamModel ? model.prices : family.googlePrices), tier: served) },
+                prices: { id, family in tier.prices(prices(of: id, fallback: id == model.upstreamModel ? model.prices : family.googlePrices), tier: served) },
                 multiplierPPM: key.groupSettings.multiplierPPM
             )
         }.max() ?? 0

@@ -48,6 +48,9 @@ public protocol Ledger: Sendable {
     func releaseExpired(now: Date) async throws -> Int
     /// Releases one reservation (a batch whose lines were each settled on their own).
     func release(reservationID: String) async throws
+    /// Gives money back to a key: an entry of its own (never a negative usage row), the key's
+    /// spent lowered in the same statement.
+    func refund(_ refund: Refund) async throws
 }
 
 extension SQLStore: Ledger {

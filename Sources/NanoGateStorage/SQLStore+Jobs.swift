@@ -213,16 +213,6 @@ extension SQLStore {
             """).all().isEmpty
     }
 
-    /// What the key was charged for a job so far (its usage rows carry the job id, which only
-    /// the gateway sets): a job taken over after its gateway died may have been charged before
-    /// the answer was stored. Refund rows of the job count too (negative), so a job is never
-    /// refunded twice.
-    public func chargedMicroUSD(jobID: String, keyID: String) async throws -> Int {
-        struct Row: Decodable { var total: Int64? }
-        return try await Int(database.raw("SELECT SUM(cost_micro_usd) AS total FROM usage_log WHERE job_id = \(bind: jobID) AND key_id = \(bind: keyID)")
-            .first(decoding: Row.self)?.total ?? 0)
-    }
-
     /// Forgets finished jobs whose answers expired; returns how many.
     public func pruneJobs(now: Date = Date()) async throws -> Int {
         try await database.raw("DELETE FROM image_jobs WHERE expires_at IS NOT NULL AND expires_at < \(bind: Self.millis(now)) RETURNING id").all().count

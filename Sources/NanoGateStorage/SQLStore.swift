@@ -43,6 +43,7 @@ public struct SQLStore: KeyStore, UsageLog, SignatureStore {
         (9, { database in try await SQLStore.addServerKeyedColumns(database, binary: "BLOB") }),
         (10, { database in try await SQLStore.addServiceTiers(database) }),
         (11, { database in try await SQLStore.createChannelKnowledgeTables(database) }),
+        (12, { database in try await SQLStore.createRefunds(database) }),
     ]
 
     /// PostgreSQL's: PostgreSQL support began at SQLite's version 5, so its first migration
@@ -55,6 +56,7 @@ public struct SQLStore: KeyStore, UsageLog, SignatureStore {
         (9, { database in try await SQLStore.addServerKeyedColumns(database, binary: "BYTEA") }),
         (10, { database in try await SQLStore.addServiceTiers(database) }),
         (11, { database in try await SQLStore.createChannelKnowledgeTables(database) }),
+        (12, { database in try await SQLStore.createRefunds(database) }),
     ]
 
     /// Version 10: which service tiers keys and groups may use, and the tier each request was

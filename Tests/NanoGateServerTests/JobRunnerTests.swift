@@ -1,0 +1,97 @@
+import AsyncHTTPClient
+import Foundation
+import GeminiEmulator
+import NanoGateCore
+@testable import NanoGateServer
+@testable import NanoGateStorage
+import NIOCore
+import NIOHTTP1
+import SQLKit
+import Testing
+
+/// The job runner against a real gateway and database: a job whose gateway died after it was
+/// charged is taken over, refunded through the ledger (an entry of its own, never a negative
+/// usage row), run again and charged once.
+@Suite struct JobRunnerTests {
+    /// Submits a job; its id.
+    static func submit(_ gateway: Harness, _ body: String) async throws -> String {
+        var request = HTTPClientRequest(url: gateway.baseURL + "/v1/images/generations")
+        request.method = .POST
+        request.headers.add(name: "Authorization", value: "Bearer \(gateway.defaultKey)")
+        request.headers.add(name: "Content-Type", value: "application/json")
+        request.headers.add(name: "Prefer", value: "respond-async")
+        request.body = .bytes(ByteBuffer(string: body))
+        let reply = try await gateway.send(request)
+        #expect(reply.status == 202, "\(reply.text.prefix(300))")
+        return try #require(reply.json["id"] as? String)
+    }
+
+    static func status(_ gateway: Harness, _ id: String, key: APIKey) async throws -> ImageJobRecord.Status? {
+        try await gateway.dependencies.store.job(id: id, keyID: key.id)?.status
+    }
+
+    @Test func aJobTakenOverAfterItsGatewayDiedIsChargedOnce() async throws {
+        try await withGateway(configure: { $0.billing.lease = .seconds(60) }) { gateway in
+            let store = gateway.dependencies.store
+            let key = try #require(try await store.key(named: "test-default"))
+            var credit = KeyUpdate()
+            credit.credit = .set(10_000_000)
+            _ = try await store.updateKey(name: "test-default", credit)
+            // A first job runs normally: what one run of this request costs.
+            let first = try await Self.submit(gateway, #"{"model":"nano-banana","prompt":"p","response_format":"b64_json"}"#)
+            try await eventually("the first job finished") { try await Self.status(gateway, first, key: key) == .succeeded }
+            let oneRun = try await store.money(keyID: key.id).chargedMicroUSD
+            #expect(oneRun > 0)
+
+            // A second job, as a gateway that died left it: running under another owner, its
+            // lease run out, and charged for a run whose answer was never stored.
+            let jobID = "imgjob_takeover_test"
+            let record = ImageJobRecord(
+                id: jobID, keyID: key.id, endpoint: "images.generations", model: "nano-banana", contentType: "application/json",
+                body: Array(#"{"model":"nano-banana","prompt":"p","response_format":"b64_json"}"#.utf8), baseURL: gateway.baseURL
+            )
+            try await store.createJob(record)
+            try await store.database.raw("""
+                UPDATE image_jobs SET status = 'running', owner = 'a-gateway-that-died', attempts = 1, lease_until = 0 WHERE id = \(bind: jobID)
+                """).run()
+            var lost = UsageRecord(
+                keyID: key.id, endpoint: "images.generations", model: "nano-banana", status: 200, images: 1, inputTokens: 10, outputTokens: 1290,
+                totalTokens: 1300, costMicroUSD: oneRun, errorCode: nil
+            )
+            lost.jobID = jobID
+            try await store.settle(reservationID: nil, record: lost)
+
+            try await eventually("the taken-over job finished", timeout: .seconds(60)) { try await Self.status(gateway, jobID, key: key) == .succeeded }
+            let money = try await store.money(keyID: key.id)
+            let refunds = try await store.refunds(keyID: key.id)
+            #expect(refunds.map(\.amountMicroUSD) == [oneRun] && refunds.first?.jobID == jobID && refunds.first?.reason == "job_interrupted")
+            #expect(money.spentMicroUSD == money.chargedMicroUSD - money.refundedMicroUSD)
+            #expect(money.spentMicroUSD == 2 * oneRun, "two jobs, each charged once")
+            let rows = try await store.usage(UsageQuery(keyID: key.id))
+            #expect(rows.allSatisfy { $0.costMicroUSD >= 0 }, "no usage row is a refund")
+            #expect(try await store.unrefundedMicroUSD(jobID: jobID, keyID: key.id) == oneRun, "the second run's charge stands, once")
+
+            // The key holder sees the same: charged, refunded, spent and the refund itself.
+            var request = HTTPClientRequest(url: gateway.baseURL + "/v1/usage")
+            request.headers.add(name: "Authorization", value: "Bearer \(gateway.defaultKey)")
+            let usage = try await gateway.send(request)
+            let view = try #require(usage.json["money"] as? [String: Any])
+            #expect(abs((view["spent_usd"] as? Double ?? -1) - TokenPrices.usd(2 * oneRun)) < 1e-9, "\(usage.text.prefix(500))")
+            #expect((view["refunds"] as? [[String: Any]])?.first?["job_id"] as? String == jobID)
+        }
+    }
+
+    /// A usage row never charges less than nothing: the database refuses one (a refund is a
+    /// ledger entry of its own).
+    @Test func aNegativeChargeIsRefusedByTheDatabase() async throws {
+        try await TestDatabase.with { database in
+            let store = database.store
+            let created = try await store.createKey(name: "k", group: .default, options: KeyOptions())
+            let refund = UsageRecord(keyID: created.key.id, endpoint: "images.generations", model: "nano-banana", status: 200, images: 0, inputTokens: 0, outputTokens: 0, totalTokens: 0, costMicroUSD: -5, errorCode: nil)
+            await #expect(throws: (any Error).self) { try await store.settle(reservationID: nil, record: refund) }
+            try await store.refund(Refund(keyID: created.key.id, jobID: nil, amountMicroUSD: 7, reason: "test"))
+            let money = try await store.money(keyID: created.key.id)
+            #expect(money == KeyMoney(chargedMicroUSD: 0, refundedMicroUSD: 7, spentMicroUSD: -7))
+        }
+    }
+}
