@@ -1,0 +1,176 @@
+import Foundation
+import HTTPTypes
+import Hummingbird
+import Logging
+import NanoGateCore
+import NanoGateStorage
+import NIOCore
+import NIOFoundationCompat
+import ServiceLifecycle
+import Upstream
+
+/// Polls submitted batches (one instance at a time per batch, through a lease), and when Google
+/// has answered, delivers every line (`BatchesController.deliver`). A batch Google never
+/// finishes expires a day after its window: stopped at Google, its hold released.
+struct BatchPoller: Service {
+    let store: SQLStore
+    let batches: BatchesController
+    let owner: String
+    let pollInterval: Duration
+    let logger: Logger
+    /// How long past its 24 h window a batch may stay unfinished at Google before it expires.
+    var expiryGrace: Duration = .seconds(3600)
+
+    func run() async throws {
+        while !Task.isCancelled && !Task.isShuttingDownGracefully {
+            do {
+                while let batch = try await store.claimBatchForPoll(owner: owner, leaseUntil: Date().addingTimeInterval(TimeInterval(pollInterval.components.seconds) + 60)) {
+                    await poll(batch)
+                }
+            } catch {
+                logger.warning("could not poll batches", metadata: ["error": "\(String(reflecting: error))"])
+            }
+            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: pollInterval) }
+        }
+    }
+
+    func poll(_ batch: BatchRecord, now: Date = Date()) async {
+        var logger = self.logger
+        logger[metadataKey: "batch"] = "\(batch.id)"
+        guard let upstream = batch.upstreamHandle else {
+            await batches.fail(batch, owner: owner, code: "batch_lost", message: "The batch's upstream reference is missing.", logger: logger)
+            return
+        }
+        let expired = now > batch.expiresAt.addingTimeInterval(TimeInterval(expiryGrace.components.seconds))
+        let status: GeminiBatch.Status
+        do {
+            status = try await batches.pipeline.upstream.batchStatus(upstream, logger: logger)
+        } catch {
+            if expired {
+                await batches.expire(batch, upstream: upstream, owner: owner, logger: logger)
+                return
+            }
+            logger.warning("batch poll failed; retried at the next poll", metadata: ["error": "\(error)"])
+            try? await store.delayBatchPoll(id: batch.id, owner: owner, until: Date().addingTimeInterval(TimeInterval(pollInterval.components.seconds)))
+            return
+        }
+        guard status.done else {
+            if expired {
+                await batches.expire(batch, upstream: upstream, owner: owner, logger: logger)
+                return
+            }
+            // Not done: polled again after the interval (by whichever instance is free then).
+            try? await store.delayBatchPoll(id: batch.id, owner: owner, until: Date().addingTimeInterval(TimeInterval(pollInterval.components.seconds)))
+            return
+        }
+        guard status.state == "BATCH_STATE_SUCCEEDED" || !status.results.isEmpty else {
+            await batches.fail(batch, owner: owner, code: "upstream_batch_failed", message: "Google's batch ended \(status.state)\(status.failure.map { ": \($0)" } ?? "").", logger: logger)
+            return
+        }
+        guard (try? await store.beginDelivery(id: batch.id, owner: owner, leaseUntil: Date().addingTimeInterval(3600))) == true else { return }
+        await batches.deliver(batch, status: status, owner: owner, logger: logger)
+    }
+}
+
+extension BatchRecord {
+    /// Where Google keeps the batch.
+    var upstreamHandle: GeminiBatch.Handle? {
+        upstream.flatMap { try? JSONDecoder().decode(GeminiBatch.Handle.self, from: Data($0.utf8)) }
+    }
+}
+
+extension BatchesController {
+    /// Ends a batch that cannot be delivered: its hold released, nothing charged.
+    func fail(_ batch: BatchRecord, owner: String, code: String, message: String, status: String = "failed", logger: Logger) async {
+        let errors = BatchObject.BatchErrors(data: [.init(code: code, message: message, line: nil)])
+        if let reservationID = batch.reservationID { try? await pipeline.ledger.release(reservationID: reservationID) }
+        try? await store.finishBatch(
+            id: batch.id, owner: owner, status: status, completed: 0, failed: batch.total, outputFileID: nil, errorFileID: nil,
+            errors: (try? JSONEncoder().encode(errors)).map { String(decoding: $0, as: UTF8.self) }
+        )
+        logger.error("batch ended undelivered", metadata: ["status": "\(status)", "code": "\(code)", "message": "\(message)"])
+    }
+
+    /// A batch Google did not finish in its window (and a grace hour): stopped at Google, ended
+    /// as `expired` with nothing charged (Google returned nothing to deliver).
+    func expire(_ batch: BatchRecord, upstream: GeminiBatch.Handle, owner: String, logger: Logger) async {
+        try? await pipeline.upstream.cancelBatch(upstream, logger: logger)
+        await fail(batch, owner: owner, code: "batch_expired", message: "Google did not finish the batch within its 24 h window.", status: "expired", logger: logger)
+    }
+
+    /// The delivery plan of every line: stored at submission; for a batch submitted before plans
+    /// were stored, the input file is read again (validated, never fetched).
+    private func plans(of batch: BatchRecord, key: APIKey) async -> [BatchLinePlan]? {
+        if let stored = batch.linePlans {
+            return try? JSONDecoder().decode([BatchLinePlan].self, from: Data(stored.utf8))
+        }
+        guard let file = try? await store.file(id: batch.inputFileID, keyID: batch.keyID),
+            let lines = try? await lines(of: file, endpoint: batch.endpoint, key: key, baseURL: batch.baseURL)
+        else { return nil }
+        return lines.map(BatchLinePlan.init)
+    }
+
+    /// Delivers every line of a batch Google finished, like a request of its own — images stored
+    /// or inlined per its `response_format`, a usage row and a charge at batch price each, no
+    /// per-minute or concurrency limit (Google already did the work) — writes the output file
+    /// and releases what the batch held. The caller holds the batch (`beginDelivery`).
+    func deliver(_ batch: BatchRecord, status: GeminiBatch.Status, owner: String, logger: Logger) async {
+        guard let key = try? await store.key(id: batch.keyID), let plans = await plans(of: batch, key: key) else {
+            await fail(batch, owner: owner, code: "batch_input_unavailable", message: "The batch's key or input is gone.", logger: logger)
+            return
+        }
+        var output = ByteBuffer()
+        var completed = 0
+        var failed = 0
+        for (index, plan) in plans.enumerated() {
+            let requestID = "batch_req_" + randomHex(bytes: 12)
+            let statusCode: Int
+            var body: ByteBuffer
+            do {
+                guard let job = plan.job(key: key, catalog: images.catalog, baseURL: batch.baseURL) else {
+                    throw GatewayError(status: 502, type: "server_error", code: "upstream_error", param: nil, message: "The model '\(plan.model)' left the catalog.")
+                }
+                let answers: [Result<GeminiWire.Response, GatewayError>] = (0..<job.count).map { copy in
+                    switch status.results["\(index):\(copy)"] {
+                    case .success(let response): .success(response)
+                    case .failure(let error): .failure(GatewayError(upstream: error))
+                    case nil: .failure(GatewayError(status: 502, type: "server_error", code: "upstream_error", param: nil, message: "Google's batch has no answer for this request."))
+                    }
+                }
+                let info = RequestInfo(requestID: requestID, started: .now, observation: nil, requestedSize: job.spec.label)
+                // Priced at the batch share from the start (the settlement's input, never swapped in).
+                let settlement = try await pipeline.open(
+                    key: key, endpoint: job.endpoint, model: job.model, info: info, estimateMicroUSD: 0, batchLine: true,
+                    tier: .batch(pricing: pipeline.billing.tiers), logger: logger
+                )
+                let answer = try await pipeline.generateImages(job, settlement: settlement, given: answers, logger: logger)
+                body = try SplicedJSON.encodeJoined(answer)
+                statusCode = 200
+                completed += 1
+            } catch {
+                let gatewayError = error as? GatewayError ?? .internal("The line could not be delivered.")
+                body = ByteBuffer(data: (try? JSONEncoder().encode(ErrorResponse(gatewayError))) ?? Data())
+                statusCode = gatewayError.status
+                failed += 1
+            }
+            let customID = String(decoding: (try? JSONEncoder().encode(plan.customID)) ?? Data(), as: UTF8.self)
+            output.writeString(#"{"id":"\#(requestID)","custom_id":\#(customID),"response":{"status_code":\#(statusCode),"request_id":"\#(requestID)","body":"#)
+            output.writeBuffer(&body)
+            output.writeString("},\"error\":null}\n")
+        }
+        if let reservationID = batch.reservationID {
+            do { try await pipeline.ledger.release(reservationID: reservationID) } catch { logger.error("could not release the batch's hold", metadata: ["error": "\(error)"]) }
+        }
+        let outputFile = StoredFile(
+            id: "file-" + randomHex(bytes: 12), keyID: batch.keyID, purpose: "batch_output", filename: "\(batch.id)_output.jsonl",
+            content: Array(output.readableBytesView), expiresAt: Date().addingTimeInterval(TimeInterval(Self.fileDays * 24 * 3600))
+        )
+        do {
+            try await store.storeFile(outputFile)
+            try await store.finishBatch(id: batch.id, owner: owner, status: "completed", completed: completed, failed: failed, outputFileID: outputFile.id, errorFileID: nil, errors: nil)
+            logger.info("batch completed", metadata: ["completed": "\(completed)", "failed": "\(failed)"])
+        } catch {
+            logger.error("could not store a batch's output", metadata: ["error": "\(String(reflecting: error))"])
+        }
+    }
+}
