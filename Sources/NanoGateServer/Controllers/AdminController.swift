@@ -404,7 +404,7 @@ struct AccountController {
 
     func addRoutes(to group: RouterGroup<GatewayRequestContext>) {
         group.get("usage") { request, context in
-            guard let key = context.apiKey else { throw GatewayError.unauthorized("Missing API key.") }
+            let key = try context.requireKey()
             let query = request.uri.queryParameters
             let rows = try await store.usage(UsageQuery(
                 keyID: key.id, since: query.get("since").flatMap { OperatorService.date(String($0)) },
@@ -417,7 +417,7 @@ struct AccountController {
         }
         // OpenAI's retired billing endpoints, as new-api answers them: the hard limit is the credit.
         group.get("dashboard/billing/subscription") { _, context in
-            guard let key = context.apiKey else { throw GatewayError.unauthorized("Missing API key.") }
+            let key = try context.requireKey()
             let limit = key.creditMicroUSD.map(TokenPrices.usd) ?? 100_000_000
             return try json(Subscription(
                 hard_limit_usd: limit, soft_limit_usd: limit, system_hard_limit_usd: limit,
@@ -425,7 +425,7 @@ struct AccountController {
             ))
         }
         group.get("dashboard/billing/usage") { request, context in
-            guard let key = context.apiKey else { throw GatewayError.unauthorized("Missing API key.") }
+            let key = try context.requireKey()
             let query = request.uri.queryParameters
             let since = query.get("start_date").flatMap { OperatorService.date(String($0)) }
             let until = query.get("end_date").flatMap { OperatorService.date(String($0)) }

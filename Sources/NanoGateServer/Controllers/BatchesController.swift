@@ -134,7 +134,7 @@ struct BatchesController {
     static let fileDays = 30
 
     @Sendable func upload(_ request: Request, context: GatewayRequestContext) async throws -> Response {
-        guard let key = context.apiKey else { throw GatewayError.unauthorized("Missing API key.") }
+        let key = try context.requireKey()
         // Files serve batches, which the key pays for: a key with nothing left to spend stores nothing.
         if let balance = key.balanceMicroUSD, balance <= 0 {
             throw GatewayError.insufficientQuota(balanceMicroUSD: balance, neededMicroUSD: 1)
@@ -174,7 +174,7 @@ struct BatchesController {
     }
 
     @Sendable func fileObject(_ request: Request, context: GatewayRequestContext) async throws -> Response {
-        guard let key = context.apiKey else { throw GatewayError.unauthorized("Missing API key.") }
+        let key = try context.requireKey()
         let id = context.parameters.get("id") ?? ""
         // The size comes from the row: the content is not read to describe the file.
         guard let info = try await store.fileInfo(id: id, keyID: key.id) else { throw Self.fileNotFound(id) }
@@ -182,7 +182,7 @@ struct BatchesController {
     }
 
     @Sendable func fileContent(_ request: Request, context: GatewayRequestContext) async throws -> Response {
-        guard let key = context.apiKey else { throw GatewayError.unauthorized("Missing API key.") }
+        let key = try context.requireKey()
         let file = try await ownFile(context.parameters.get("id") ?? "", key: key)
         return Response(status: .ok, headers: [.contentType: "application/jsonl"], body: .init(byteBuffer: ByteBuffer(bytes: file.content)))
     }
@@ -243,7 +243,7 @@ struct BatchesController {
     }
 
     @Sendable func create(_ request: Request, context: GatewayRequestContext) async throws -> Response {
-        guard let key = context.apiKey else { throw GatewayError.unauthorized("Missing API key.") }
+        let key = try context.requireKey()
         let body = try await request.decodeJSON(CreateBody.self, limit: 64 * 1024)
         guard let fileID = body.input_file_id, !fileID.isEmpty else {
             throw GatewayError.invalidParameter("input_file_id", "Missing required parameter: 'input_file_id'.", code: "missing_required_parameter")
@@ -353,7 +353,7 @@ struct BatchesController {
     }
 
     @Sendable func show(_ request: Request, context: GatewayRequestContext) async throws -> Response {
-        guard let key = context.apiKey else { throw GatewayError.unauthorized("Missing API key.") }
+        let key = try context.requireKey()
         let id = context.parameters.get("id") ?? ""
         guard let batch = try await store.batch(id: id, keyID: key.id) else {
             throw GatewayError(status: 404, type: "invalid_request_error", code: "batch_not_found", param: "id", message: "No batch '\(id)' for this key.")
@@ -362,7 +362,7 @@ struct BatchesController {
     }
 
     @Sendable func list(_ request: Request, context: GatewayRequestContext) async throws -> Response {
-        guard let key = context.apiKey else { throw GatewayError.unauthorized("Missing API key.") }
+        let key = try context.requireKey()
         let limit = request.uri.queryParameters.get("limit", as: Int.self) ?? 20
         let objects = try await store.batches(keyID: key.id, limit: limit).map(BatchObject.init)
         struct Page: Encodable {
@@ -380,7 +380,7 @@ struct BatchesController {
     /// `completed`; otherwise the batch stops at once for the key — nothing delivered or
     /// charged, its hold released — and Google is asked to stop it too.
     @Sendable func cancel(_ request: Request, context: GatewayRequestContext) async throws -> Response {
-        guard let key = context.apiKey else { throw GatewayError.unauthorized("Missing API key.") }
+        let key = try context.requireKey()
         let id = context.parameters.get("id") ?? ""
         guard let batch = try await store.batch(id: id, keyID: key.id) else {
             throw GatewayError(status: 404, type: "invalid_request_error", code: "batch_not_found", param: "id", message: "No batch '\(id)' for this key.")

@@ -95,7 +95,7 @@ struct ChatController {
     static let droppedImagesHeader = HTTPField.Name("X-NanoGate-Dropped-Images")!
 
     @Sendable func completions(_ request: Request, context: GatewayRequestContext) async throws -> Response {
-        guard let key = context.apiKey else { throw GatewayError.unauthorized("Missing API key.") }
+        let key = try context.requireKey()
         let input = try await request.decodeJSON(ChatCompletionRequest.self, limit: inputs.limits.maxRequestBytes)
         let baseURL = publicURL.base(of: request)
         // The tier is checked before any image of the conversation is read.

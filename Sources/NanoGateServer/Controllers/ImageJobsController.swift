@@ -180,14 +180,14 @@ struct ImageJobsController {
     }
 
     @Sendable func show(_ request: Request, context: GatewayRequestContext) async throws -> Response {
-        guard let key = context.apiKey else { throw GatewayError.unauthorized("Missing API key.") }
+        let key = try context.requireKey()
         let id = context.parameters.get("id") ?? ""
         guard let job = try await store.job(id: id, keyID: key.id) else { throw Self.notFound(id) }
         return try ImageJobs.json(ImageJobs.JobView(job))
     }
 
     @Sendable func list(_ request: Request, context: GatewayRequestContext) async throws -> Response {
-        guard let key = context.apiKey else { throw GatewayError.unauthorized("Missing API key.") }
+        let key = try context.requireKey()
         let limit = request.uri.queryParameters.get("limit", as: Int.self) ?? 100
         let jobs = try await store.jobs(keyID: key.id, limit: limit)
         // The list names the jobs; each one's answer is read at its own URL.
@@ -204,7 +204,7 @@ struct ImageJobsController {
     }
 
     @Sendable func cancel(_ request: Request, context: GatewayRequestContext) async throws -> Response {
-        guard let key = context.apiKey else { throw GatewayError.unauthorized("Missing API key.") }
+        let key = try context.requireKey()
         let id = context.parameters.get("id") ?? ""
         if try await store.cancelJob(id: id, keyID: key.id), let job = try await store.job(id: id, keyID: key.id) {
             return try ImageJobs.json(ImageJobs.JobView(job))

@@ -10,7 +10,7 @@ extension ImagesController {
     /// `POST /v1/images/edits`: `multipart/form-data` as the SDKs send it (`image`, repeated
     /// `image[]` or `image`, scalars as text fields) or JSON `{"images":[{"image_url":…}], …}`.
     @Sendable func edits(_ request: Request, context: GatewayRequestContext) async throws -> Response {
-        guard let key = context.apiKey else { throw GatewayError.unauthorized("Missing API key.") }
+        let key = try context.requireKey()
         if let jobs, ImageJobs.requested(request) {
             // The whole body is kept with the job (uploaded images included), within the request limit.
             let baseURL = publicURL.base(of: request)

@@ -31,7 +31,7 @@ struct ImagesController {
     }
 
     @Sendable func generations(_ request: Request, context: GatewayRequestContext) async throws -> Response {
-        guard let key = context.apiKey else { throw GatewayError.unauthorized("Missing API key.") }
+        let key = try context.requireKey()
         let baseURL = publicURL.base(of: request)
         var request = request
         let body = try await request.collectBody(limit: maxJSONBodyBytes)

@@ -44,23 +44,23 @@ struct ModelsController {
         group.get("models") { request, context in
             if GoogleErrorShape.applies(to: request) {
                 // Google's SDK listing models under /v1 (x-goog-api-key, no bearer): Google's shape.
-                return try ImagesController.json(NativeController.ModelList(models: models(for: context.apiKey).map(NativeController.GoogleModel.init)))
+                return try ImagesController.json(NativeController.ModelList(models: models(for: context.identity).map(NativeController.GoogleModel.init)))
             }
-            return try ImagesController.json(ModelList(data: models(for: context.apiKey).map { object($0, key: context.apiKey) }))
+            return try ImagesController.json(ModelList(data: models(for: context.identity).map { object($0, key: context.identity) }))
         }
         group.get("models/{id}") { request, context in
             let id = (context.parameters.get("id") ?? "").removingPercentEncoding ?? ""
             if GoogleErrorShape.applies(to: request) {
                 // Google's SDK (`models.get`) under /v1: Google's `Model`, by name or upstream id.
                 let bare = id.hasPrefix("models/") ? String(id.dropFirst(7)) : id
-                let native = NativeController.resolve(bare, in: catalog, key: context.apiKey)
-                guard let model = native else { throw GatewayError.unknownModel(bare, known: models(for: context.apiKey).map(\.name)) }
+                let native = NativeController.resolve(bare, in: catalog, key: context.identity)
+                guard let model = native else { throw GatewayError.unknownModel(bare, known: models(for: context.identity).map(\.name)) }
                 return try ImagesController.json(NativeController.GoogleModel(model))
             }
-            guard let model = models(for: context.apiKey).first(where: { $0.name == id }) else {
-                throw GatewayError.unknownModel(id, known: models(for: context.apiKey).map(\.name))
+            guard let model = models(for: context.identity).first(where: { $0.name == id }) else {
+                throw GatewayError.unknownModel(id, known: models(for: context.identity).map(\.name))
             }
-            return try ImagesController.json(object(model, key: context.apiKey))
+            return try ImagesController.json(object(model, key: context.identity))
         }
     }
 

@@ -30,12 +30,12 @@ struct NativeController {
         }
         guard listModels else { return }
         group.get("models") { _, context in
-            try ImagesController.json(ModelList(models: models(for: context.apiKey).map(GoogleModel.init)))
+            try ImagesController.json(ModelList(models: models(for: context.identity).map(GoogleModel.init)))
         }
         group.get("models/{id}") { _, context in
             let name = (context.parameters.get("id") ?? "").removingPercentEncoding ?? ""
             let bare = name.hasPrefix("models/") ? String(name.dropFirst(7)) : name
-            guard let model = resolve(bare, key: context.apiKey) else { throw GatewayError.unknownModel(bare, known: models(for: context.apiKey).map(\.name)) }
+            guard let model = resolve(bare, key: context.identity) else { throw GatewayError.unknownModel(bare, known: models(for: context.identity).map(\.name)) }
             return try ImagesController.json(GoogleModel(model))
         }
     }
@@ -90,7 +90,7 @@ struct NativeController {
         guard method == "generateContent" || method == "streamGenerateContent" else {
             throw GatewayError(status: 404, type: "invalid_request_error", code: "not_found", param: nil, message: "Method not found: \(method).")
         }
-        guard let key = context.apiKey else { throw GatewayError.unauthorized("Missing API key.") }
+        let key = try context.requireKey()
         guard let model = resolve(name, key: key) else {
             throw GatewayError.unknownModel(name, known: models(for: key).map(\.name))
         }

@@ -1,16 +1,18 @@
 public import Hummingbird
+public import HummingbirdAuth
 import HTTPTypes
-import NanoGateStorage
+public import NanoGateStorage
 import NanoGateCore
 import Foundation
 import Logging
 public import NIOCore
 
-/// The per-request context: Hummingbird's core storage plus the authenticated key.
-public struct GatewayRequestContext: RequestContext {
+/// The per-request context: Hummingbird's core storage plus the authenticated key (its
+/// `identity`, hummingbird-auth's convention).
+public struct GatewayRequestContext: AuthRequestContext {
     public var coreContext: CoreRequestContextStorage
     /// Set by `APIKeyAuthenticator` on every `/v1` route.
-    var apiKey: APIKey?
+    public var identity: APIKey?
     /// The client's connection (to answer `Expect: 100-continue` once the key is known).
     let channel: any Channel
     /// `x-request-id`: the client's (when it is a sane token), else one the gateway made.
@@ -22,22 +24,30 @@ public struct GatewayRequestContext: RequestContext {
 
     public init(source: ApplicationRequestContextSource) {
         self.coreContext = .init(source: source)
-        self.apiKey = nil
+        self.identity = nil
         self.channel = source.channel
         self.requestID = ""
     }
 
     /// Bodies are collected with explicit per-endpoint limits; this is the ceiling for any of them.
     public var maxUploadSize: Int { 64 * 1024 * 1024 }
+
+    /// The key that made the request, on a route behind `APIKeyAuthenticator` (which answers
+    /// 401 itself when there is none; this guards a route mounted without it).
+    func requireKey() throws(GatewayError) -> APIKey {
+        guard let identity else { throw GatewayError.unauthorized("Missing API key.") }
+        return identity
+    }
 }
 
 /// Key authentication (`Authorization: Bearer`, or Google's `x-goog-api-key` and, on the native
 /// routes, `?key=`): missing, unknown or revoked keys get a 401 before any work is done.
-struct APIKeyAuthenticator: RouterMiddleware {
+struct APIKeyAuthenticator: AuthenticatorMiddleware {
     typealias Context = GatewayRequestContext
     let keys: any KeyStore
 
-    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+    /// The key, or a 401 naming what is wrong (never nil: no route behind it is open).
+    func authenticate(request: Request, context: Context) async throws -> APIKey? {
         let secret: String
         if let header = request.headers[.authorization] {
             let parts = header.split(separator: " ", maxSplits: 1)
@@ -63,8 +73,15 @@ struct APIKeyAuthenticator: RouterMiddleware {
         if let expires = key.expiresAt, expires <= Date() {
             throw GatewayError.unauthorized("This API key expired on \(ISO8601DateFormatter().string(from: expires)).", code: "api_key_expired")
         }
+        return key
+    }
+
+    /// hummingbird-auth's `handle`, plus what follows acceptance: the key in every log line, and
+    /// `100 Continue` to a client waiting to send its body.
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         var context = context
-        context.apiKey = key
+        guard let key = try await authenticate(request: request, context: context) else { return try await next(request, context) }
+        context.identity = key
         context.logger[metadataKey: "nanogate.key_id"] = "\(key.id)"
         if request.headers[.expect]?.lowercased() == "100-continue" { ConnectionGuard.sendContinue(on: context.channel) }
         return try await next(request, context)

@@ -34,7 +34,7 @@ struct IdempotencyMiddleware: RouterMiddleware {
     static let replayedHeader = HTTPField.Name("Idempotent-Replayed")!
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
-        guard request.method == .post, let idempotencyKey = request.headers[Self.header], let key = context.apiKey else {
+        guard request.method == .post, let idempotencyKey = request.headers[Self.header], let key = context.identity else {
             return try await next(request, context)
         }
         guard (1...255).contains(idempotencyKey.utf8.count) else {
