@@ -102,7 +102,7 @@ public func createPrivateDirectory(_ directory: URL) throws {
 /// Generated images kept on disk for URL answers, each file written whole or not at all.
 public struct ImageStore: Sendable {
     public let directory: URL
-    private let threadPool: NIOThreadPool
+    let threadPool: NIOThreadPool
 
     public init(directory: URL, threadPool: NIOThreadPool = .singleton) throws {
         self.directory = directory

@@ -15,7 +15,8 @@ import Testing
 @Suite struct JobRunnerTests {
     /// Submits a job; its id.
     static func submit(_ gateway: Harness, _ body: String) async throws -> String {
-        var request = HTTPClientRequest(url: gateway.baseURL + "/v1/images/generations")
+        let path = body.contains("\"images\"") ? "/v1/images/edits" : "/v1/images/generations"
+        var request = HTTPClientRequest(url: gateway.baseURL + path)
         request.method = .POST
         request.headers.add(name: "Authorization", value: "Bearer \(gateway.defaultKey)")
         request.headers.add(name: "Content-Type", value: "application/json")
@@ -46,9 +47,14 @@ import Testing
             // A second job, as a gateway that died left it: running under another owner, its
             // lease run out, and charged for a run whose answer was never stored.
             let jobID = "imgjob_takeover_test"
+            let model = try #require(gateway.configuration.catalog.model(named: "nano-banana"))
+            let stored = StoredImageRequest(
+                endpoint: "images.generations", model: "nano-banana", spec: try SizeRules.resolve(model: model, size: nil, aspectRatio: nil), prompt: "p",
+                count: 1, format: .b64JSON, baseURL: gateway.baseURL, options: ImageOptions(), inputImages: []
+            )
             let record = ImageJobRecord(
-                id: jobID, keyID: key.id, endpoint: "images.generations", model: "nano-banana", contentType: "application/json",
-                body: Array(#"{"model":"nano-banana","prompt":"p","response_format":"b64_json"}"#.utf8), baseURL: gateway.baseURL
+                id: jobID, keyID: key.id, endpoint: "images.generations", model: "nano-banana", contentType: StoredImageRequest.contentType,
+                body: Array(try JSONEncoder().encode(stored)), baseURL: gateway.baseURL
             )
             try await store.createJob(record)
             try await store.database.raw("""
@@ -79,6 +85,37 @@ import Testing
             #expect(abs((view["spent_usd"] as? Double ?? -1) - TokenPrices.usd(2 * oneRun)) < 1e-9, "\(usage.text.prefix(500))")
             #expect((view["refunds"] as? [[String: Any]])?.first?["job_id"] as? String == jobID)
         }
+    }
+
+    /// A background edit keeps the validated request, not the HTTP body: its input image goes
+    /// to the image store (the row names it), and the runner answers from it without parsing
+    /// or fetching anything again.
+    @Test func aJobKeepsItsValidatedRequestAndItsImagesInTheStore() async throws {
+        let image = "data:image/png;base64," + Data(HardeningTests.pngBytes).base64EncodedString()
+        // No worker: the queued row is read as the submission left it.
+        try await withGateway(configure: { $0.jobWorkers = 0 }) { gateway in
+            let store = gateway.dependencies.store
+            let key = try #require(try await store.key(named: "test-default"))
+            let id = try await Self.submit(gateway, Self.editBody(image))
+            let queued = try #require(try await store.job(id: id, keyID: key.id))
+            #expect(queued.status == .queued && queued.contentType == StoredImageRequest.contentType)
+            let stored = try JSONDecoder().decode(StoredImageRequest.self, from: Data(queued.body))
+            #expect(stored.inputImages.count == 1 && stored.prompt == "make it blue" && stored.endpoint == "images.edits")
+            let kept = try await gateway.dependencies.images.load(name: stored.inputImages[0].name)
+            #expect(kept == HardeningTests.pngBytes, "the input image is in the image store, byte for byte")
+            #expect(!String(decoding: queued.body, as: UTF8.self).contains(Data(HardeningTests.pngBytes).base64EncodedString()), "no image bytes in the row")
+        }
+        // With workers, the job runs from that stored request.
+        try await withGateway { gateway in
+            let key = try #require(try await gateway.dependencies.store.key(named: "test-default"))
+            let id = try await Self.submit(gateway, Self.editBody(image))
+            try await eventually("the edit job finished") { try await Self.status(gateway, id, key: key) == .succeeded }
+            #expect(gateway.recorder.all.last?.body.contents.last?.parts?.contains { $0.inlineData != nil } == true, "Google got the input image")
+        }
+    }
+
+    static func editBody(_ image: String) -> String {
+        #"{"model":"nano-banana","prompt":"make it blue","images":[{"image_url":"\#(image)"}],"response_format":"b64_json"}"#
     }
 
     /// A usage row never charges less than nothing: the database refuses one (a refund is a

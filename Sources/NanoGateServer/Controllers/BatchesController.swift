@@ -218,20 +218,17 @@ struct BatchesController {
             guard let customID = raw.custom_id, !customID.isEmpty, customID.count <= 512 else { throw refuse("custom_id is required.") }
             guard seen.insert(customID).inserted else { throw refuse("custom_id '\(customID)' is used twice.") }
             guard (raw.method ?? "POST").uppercased() == "POST", raw.url == endpoint else { throw refuse("method must be POST and url \(endpoint), the batch's endpoint.") }
-            let head = HTTPRequest(method: .post, scheme: "http", authority: "nanogate-batch", path: endpoint, headerFields: [.contentType: "application/json"])
-            let request = Request(head: head, body: RequestBody(buffer: ByteBuffer(data: bodyData)))
+            // The line's body is validated as the endpoint validates a JSON body (no HTTP request made up).
             let job: ImageJob
             var urls: [String] = []
-            do {
+            do throws(GatewayError) {
                 if endpoint == "/v1/images/edits" {
-                    (job, urls) = try await images.editJobUnfetched(request, key: key, baseURL: baseURL)
+                    (job, urls) = try images.editJobUnfetched(json: bodyData, key: key, baseURL: baseURL)
                 } else {
-                    job = try await images.generationJob(request, key: key, baseURL: baseURL)
+                    job = try images.generationJob(json: bodyData, key: key, baseURL: baseURL)
                 }
-            } catch let error as GatewayError {
-                throw refuse(error.message)
             } catch {
-                throw refuse("it could not be read.")
+                throw refuse(error.message)
             }
             guard !job.options.stream else { throw refuse("a batch line cannot stream.") }
             if let first = result.first, first.job.model.name != job.model.name {

@@ -23,6 +23,8 @@ struct ImageJobs: Sendable {
     let webhookPolicy: WebhookPolicy
     /// Admission: the key's balance and per-minute limit are checked at submission.
     let pipeline: RequestPipeline
+    /// Where a job's input images are kept until it runs.
+    let images: any ImageRepository
     /// Jobs one key may have queued or running at once (`NANOGATE_JOB_QUEUE_PER_KEY`).
     var maxPendingPerKey = 16
 
@@ -80,9 +82,18 @@ struct ImageJobs: Sendable {
             try webhookPolicy.checkSyntax(webhook)
             secret = "whsec_" + randomHex(bytes: 24)
         }
+        // The validated request is what is kept (its input images in the image store), never
+        // the HTTP body: the runner calls the pipeline with it as it is.
+        let stored: [UInt8]
+        do {
+            stored = Array(try JSONEncoder().encode(try await StoredImageRequest.saving(job, in: images)))
+        } catch {
+            context.logger.error("could not keep a job's request", metadata: ["error": "\(String(reflecting: error))"])
+            throw GatewayError.internal("The job could not be stored; retry.")
+        }
         let record = ImageJobRecord(
             id: "imgjob_" + randomHex(bytes: 12), keyID: key.id, endpoint: endpoint, model: job.model.name,
-            contentType: request.headers[.contentType] ?? "application/json", body: Array(body.readableBytesView), baseURL: baseURL,
+            contentType: StoredImageRequest.contentType, body: stored, baseURL: baseURL,
             webhookURL: fields?.webhook_url.flatMap { $0.isEmpty ? nil : $0 }, webhookSecret: secret
         )
         do {

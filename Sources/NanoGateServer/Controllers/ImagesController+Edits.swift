@@ -53,9 +53,24 @@ extension ImagesController {
         return job
     }
 
-    /// A JSON edit validated, its image URLs not yet read (a batch holds its credit first).
+    /// A JSON edit validated, its image URLs not yet read.
     func editJobUnfetched(_ request: Request, key: APIKey, baseURL: String) async throws -> (ImageJob, [String]) {
-        let input = try await request.decodeJSON(JSONEdit.self, limit: inputs.limits.maxRequestBytes)
+        try editJobUnfetched(input: try await request.decodeJSON(JSONEdit.self, limit: inputs.limits.maxRequestBytes), key: key, baseURL: baseURL)
+    }
+
+    /// An edit's JSON body validated, its image URLs not yet read (a batch line's `body`: the
+    /// batch holds its credit before any URL is fetched).
+    func editJobUnfetched(json: Data, key: APIKey, baseURL: String) throws(GatewayError) -> (ImageJob, [String]) {
+        let input: JSONEdit
+        do {
+            input = try JSONDecoder().decode(JSONEdit.self, from: json)
+        } catch {
+            throw .from(decodingError: error)
+        }
+        return try editJobUnfetched(input: input, key: key, baseURL: baseURL)
+    }
+
+    private func editJobUnfetched(input: JSONEdit, key: APIKey, baseURL: String) throws(GatewayError) -> (ImageJob, [String]) {
         if input.mask != nil { throw Self.maskUnsupported }
         let job = try validate(input.fields, key: key, baseURL: baseURL, endpoint: "images.edits", inputImageCount: input.urls.count)
         return (job, input.urls)

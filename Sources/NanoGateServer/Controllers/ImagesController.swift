@@ -46,9 +46,20 @@ struct ImagesController {
         return try await answer(job, request: request, context: context)
     }
 
-    /// A generation request read and validated (also when a background job replays it).
+    /// A generation request read and validated.
     func generationJob(_ request: Request, key: APIKey, baseURL: String) async throws -> ImageJob {
         let input = try await request.decodeJSON(ImageGenerationRequest.self, limit: maxJSONBodyBytes)
+        return try validate(input, key: key, baseURL: baseURL, endpoint: "images.generations")
+    }
+
+    /// A generation's JSON body validated (a batch line's `body`).
+    func generationJob(json: Data, key: APIKey, baseURL: String) throws(GatewayError) -> ImageJob {
+        let input: ImageGenerationRequest
+        do {
+            input = try JSONDecoder().decode(ImageGenerationRequest.self, from: json)
+        } catch {
+            throw .from(decodingError: error)
+        }
         return try validate(input, key: key, baseURL: baseURL, endpoint: "images.generations")
     }
 
@@ -95,15 +106,15 @@ struct ImagesController {
         }
     }
 
-    /// Replays a stored job's request for its key and runs it.
-    func runStoredJob(_ record: ImageJobRecord, key: APIKey, logger: Logger) async throws -> ByteBuffer {
-        let edit = record.endpoint == "images.edits"
-        let head = HTTPRequest(
-            method: .post, scheme: "http", authority: "nanogate-job", path: edit ? "/v1/images/edits" : "/v1/images/generations",
-            headerFields: [.contentType: record.contentType]
-        )
-        let request = Request(head: head, body: RequestBody(buffer: ByteBuffer(bytes: record.body)))
-        let job = edit ? try await editJob(request, key: key, baseURL: record.baseURL) : try await generationJob(request, key: key, baseURL: record.baseURL)
+    /// Runs a stored job for its key: the validated request it was stored as, its input
+    /// images read back from the image store (nothing parsed or validated again).
+    func runStoredJob(_ record: ImageJobRecord, key: APIKey, images: any ImageRepository, logger: Logger) async throws(GatewayError) -> ByteBuffer {
+        guard record.contentType == StoredImageRequest.contentType,
+            let stored = try? JSONDecoder().decode(StoredImageRequest.self, from: Data(record.body))
+        else {
+            throw GatewayError.invalidBody("This job was stored by an earlier version of the gateway, which kept the raw request; submit it again.")
+        }
+        let job = try await stored.request(key: key, catalog: catalog, images: images)
         return try await runInBackground(job, jobID: record.id, logger: logger)
     }
 

@@ -15,8 +15,7 @@ import Upstream
 /// (every instance shares the channels, so another would do no better).
 struct ReadinessController {
     let database: DatabaseHandle
-    let imageStore: ImageStore
-    let objectStore: ObjectImageStore?
+    let images: any ImageRepository
     let catalog: ModelCatalog
     let pool: UpstreamPool
     /// A check that takes longer than this counts as failed: a balancer's probe gets its 503
@@ -38,9 +37,7 @@ struct ReadinessController {
     @Sendable func ready(_ request: Request, context: GatewayRequestContext) async throws -> Response {
         let logger = context.logger
         async let database = check("database", logger: logger) { try await self.database.ping() }
-        async let images = check("image_store", logger: logger) {
-            if let objectStore { try await objectStore.ping() } else { try await imageStore.ping() }
-        }
+        async let images = check("image_store", logger: logger) { try await self.images.ping() }
         let check = ModelCheck(catalog: catalog, pool: pool)
         let models = Dictionary(check.lines.map { ($0.model, $0.answeredBy ?? "none") }, uniquingKeysWith: { first, _ in first })
         let report = Report(status: "ready", database: await database, image_store: await images, models: models)

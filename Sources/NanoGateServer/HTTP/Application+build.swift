@@ -25,6 +25,9 @@ public struct GatewayDependencies: Sendable {
     /// large cannot take the threads DNS look-ups and file reads need, nor much memory at once.
     public var conversionThreadPool: NIOThreadPool
 
+    /// Where image bytes are kept (the bucket when there is one, else the folder): one
+    /// protocol for whoever saves or loads them.
+    public var images: any ImageRepository { objectStore ?? imageStore }
     /// The store for keys and usage.
     public var store: SQLStore { database.store }
     /// Reservations and settlement.
@@ -125,7 +128,7 @@ func makeGatewayParts(
     router.add(middleware: OpenAIErrorMiddleware())
     router.get("health") { _, _ in "ok" }
     ReadinessController(
-        database: dependencies.database, imageStore: dependencies.imageStore, objectStore: dependencies.objectStore, catalog: configuration.catalog, pool: pool
+        database: dependencies.database, images: dependencies.images, catalog: configuration.catalog, pool: pool
     ).addRoutes(to: router)
     OpenAPIDocument.addRoutes(to: router)
     let metricsRoutes = MetricsController<GatewayRequestContext>(metrics: metrics, pool: pool, live: pipeline.live, token: configuration.metricsToken)
@@ -144,7 +147,8 @@ func makeGatewayParts(
     )
     let webhookPolicy = WebhookPolicy(limits: configuration.inputs)
     images.jobs = ImageJobs(
-        store: dependencies.store, resultTTL: configuration.urlTTL, webhookPolicy: webhookPolicy, pipeline: pipeline, maxPendingPerKey: configuration.jobQueuePerKey
+        store: dependencies.store, resultTTL: configuration.urlTTL, webhookPolicy: webhookPolicy, pipeline: pipeline, images: dependencies.images,
+        maxPendingPerKey: configuration.jobQueuePerKey
     )
     images.addRoutes(to: api)
     ImageJobsController(store: dependencies.store).addRoutes(to: api)
@@ -158,7 +162,9 @@ func makeGatewayParts(
         store: dependencies.store, owner: configuration.billing.owner, lease: configuration.billing.lease, workers: configuration.jobWorkers,
         resultTTL: configuration.urlTTL, pollInterval: .milliseconds(500),
         webhooks: WebhookSender(policy: webhookPolicy, resolver: ThreadPoolResolver(threadPool: dependencies.blockingThreadPool, lookup: hostLookup)),
-        logger: logger, execute: { [images] record, key in try await images.runStoredJob(record, key: key, logger: logger) }
+        logger: logger, execute: { [images, repository = dependencies.images] record, key in
+            try await images.runStoredJob(record, key: key, images: repository, logger: logger)
+        }
     )
     ModelsController(catalog: configuration.catalog, prices: { [pipeline] in pipeline.prices(of: $0, fallback: $1) }).addRoutes(to: api)
     // Google's own API for its SDKs: under /v1beta, and /v1 (google-genai's other default).
