@@ -132,7 +132,8 @@ public struct ImageStore: Sendable {
 
     /// The Content-Type of a stored image's extension.
     public static func mimeType(ofExtension fileExtension: String) -> String {
-        ["png": "image/png", "jpg": "image/jpeg", "webp": "image/webp", "gif": "image/gif"][fileExtension] ?? "application/octet-stream"
+        ["png": "image/png", "jpg": "image/jpeg", "webp": "image/webp", "gif": "image/gif", "json": "application/json", "jsonl": "application/jsonl"][fileExtension]
+            ?? "application/octet-stream"
     }
 
     /// Whether the folder is there and writable (the readiness check; a shared NFS mount that

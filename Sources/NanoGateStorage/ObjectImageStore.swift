@@ -79,10 +79,11 @@ public struct ObjectImageStore: Sendable {
         return date.flatMap { SigV4Signer.timestamp($0) == text ? $0 : nil }
     }
 
-    /// The bytes of one of our images, or nil when it is gone.
+    /// The bytes of one of our objects, or nil when it is gone (a job's answer or a batch's
+    /// output can be hundreds of MB: bounded by the largest answer the pool reads).
     public func load(name: String) async throws -> [UInt8]? {
         guard ImageStore.isValidName(name) else { return nil }
-        return try await client.getObject(key: key(of: name), maxBytes: 64 * 1024 * 1024)
+        return try await client.getObject(key: key(of: name), maxBytes: 512 * 1024 * 1024)
     }
 
     /// Deletes our images older than `age` (a bucket lifecycle rule can do it instead).

@@ -8,16 +8,25 @@ public struct StoredFile: Sendable, Equatable {
     public var keyID: String
     public var purpose: String
     public var filename: String
+    /// The bytes, when the row holds them (files of earlier versions); empty when `objectName` names them.
     public var content: [UInt8]
+    /// The content's name in the file store (nil: in the row).
+    public var objectName: String?
+    public var bytes: Int
     public var createdAt: Date
     public var expiresAt: Date?
 
-    public init(id: String, keyID: String, purpose: String, filename: String, content: [UInt8], createdAt: Date = Date(), expiresAt: Date? = nil) {
+    public init(
+        id: String, keyID: String, purpose: String, filename: String, content: [UInt8] = [], objectName: String? = nil, bytes: Int? = nil,
+        createdAt: Date = Date(), expiresAt: Date? = nil
+    ) {
         self.id = id
         self.keyID = keyID
         self.purpose = purpose
         self.filename = filename
         self.content = content
+        self.objectName = objectName
+        self.bytes = bytes ?? content.count
         self.createdAt = createdAt
         self.expiresAt = expiresAt
     }
@@ -114,12 +123,14 @@ extension SQLStore {
         try await database.raw("CREATE INDEX IF NOT EXISTS batches_status ON batches (status)").run()
     }
 
-    /// Stores the file's bytes as they are (a binary column; files of schema version 8 were base64 text).
+    /// Records a file whose content is in the file store under `file.objectName` (the row
+    /// holds its name and size only).
     public func storeFile(_ file: StoredFile) async throws {
         try await database.raw("""
-            INSERT INTO api_files (id, key_id, purpose, filename, bytes, content, data, created_at, expires_at)
-            VALUES (\(bind: file.id), \(bind: file.keyID), \(bind: file.purpose), \(bind: file.filename), \(bind: Int64(file.content.count)),
-                    '', \(bind: Data(file.content)), \(bind: Self.millis(file.createdAt)), \(bind: file.expiresAt.map(Self.millis)))
+            INSERT INTO api_files (id, key_id, purpose, filename, bytes, content, data, object_name, created_at, expires_at)
+            VALUES (\(bind: file.id), \(bind: file.keyID), \(bind: file.purpose), \(bind: file.filename), \(bind: Int64(file.bytes)),
+                    '', \(bind: file.objectName == nil ? Data(file.content) : nil), \(bind: file.objectName), \(bind: Self.millis(file.createdAt)),
+                    \(bind: file.expiresAt.map(Self.millis)))
             """).run()
     }
 
@@ -131,12 +142,13 @@ extension SQLStore {
         var bytes: Int64
         var content: String?
         var data: Data?
+        var object_name: String?
         var created_at: Int64
         var expires_at: Int64?
 
         func file(content bytes: [UInt8]) -> StoredFile {
             StoredFile(
-                id: id, keyID: key_id, purpose: purpose, filename: filename, content: bytes,
+                id: id, keyID: key_id, purpose: purpose, filename: filename, content: bytes, objectName: object_name, bytes: Int(self.bytes),
                 createdAt: Date(timeIntervalSince1970: TimeInterval(created_at) / 1000),
                 expiresAt: expires_at.map { Date(timeIntervalSince1970: TimeInterval($0) / 1000) }
             )
@@ -156,7 +168,7 @@ extension SQLStore {
     /// The file, if `keyID` owns it and it has not expired.
     public func file(id: String, keyID: String, now: Date = Date()) async throws -> StoredFile? {
         guard let row = try await database.raw("""
-            SELECT id, key_id, purpose, filename, bytes, content, data, created_at, expires_at FROM api_files
+            SELECT id, key_id, purpose, filename, bytes, content, data, object_name, created_at, expires_at FROM api_files
             WHERE id = \(bind: id) AND key_id = \(bind: keyID) AND \(unexpired(now))
             """).first(decoding: FileRow.self)
         else { return nil }
@@ -167,7 +179,7 @@ extension SQLStore {
     /// The file's description (its size from the row, its content not read), if `keyID` owns it and it has not expired.
     public func fileInfo(id: String, keyID: String, now: Date = Date()) async throws -> FileInfo? {
         guard let row = try await database.raw("""
-            SELECT id, key_id, purpose, filename, bytes, NULL AS content, NULL AS data, created_at, expires_at FROM api_files
+            SELECT id, key_id, purpose, filename, bytes, NULL AS content, NULL AS data, object_name, created_at, expires_at FROM api_files
             WHERE id = \(bind: id) AND key_id = \(bind: keyID) AND \(unexpired(now))
             """).first(decoding: FileRow.self)
         else { return nil }

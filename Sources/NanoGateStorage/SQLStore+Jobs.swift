@@ -20,8 +20,11 @@ public struct ImageJobRecord: Sendable, Equatable {
     /// The base of image URLs, from the submitting request.
     public var baseURL: String
     public var status: Status
-    /// The images answer (JSON), once succeeded.
+    /// The images answer (JSON), once succeeded: kept in the row by earlier versions; now in
+    /// the image store, named by `resultName`.
     public var result: String?
+    /// The answer's name in the image store.
+    public var resultName: String?
     /// OpenAI's error object (JSON), once failed.
     public var error: String?
     public var webhookURL: String?
@@ -82,7 +85,7 @@ extension SQLStore {
     }
 
     static let jobColumns: SQLQueryString = """
-        SELECT id, key_id, endpoint, model, content_type, body, base_url, status, result, error, webhook_url, webhook_secret,
+        SELECT id, key_id, endpoint, model, content_type, body, base_url, status, result, result_name, error, webhook_url, webhook_secret,
                attempts, created_at, completed_at, expires_at
         FROM image_jobs
         """
@@ -97,6 +100,7 @@ extension SQLStore {
         var base_url: String
         var status: String
         var result: String?
+        var result_name: String?
         var error: String?
         var webhook_url: String?
         var webhook_secret: String?
@@ -113,6 +117,7 @@ extension SQLStore {
             )
             job.status = ImageJobRecord.Status(rawValue: status) ?? .failed
             job.result = result
+            job.resultName = result_name
             job.error = error
             job.attempts = attempts
             job.completedAt = completed_at.map { Date(timeIntervalSince1970: TimeInterval($0) / 1000) }
@@ -141,7 +146,7 @@ extension SQLStore {
     /// jobs; each answer is read at its own URL).
     public func jobs(keyID: String, limit: Int) async throws -> [ImageJobRecord] {
         try await database.raw("""
-            SELECT id, key_id, endpoint, model, content_type, '' AS body, base_url, status, NULL AS result, error, webhook_url, NULL AS webhook_secret,
+            SELECT id, key_id, endpoint, model, content_type, '' AS body, base_url, status, NULL AS result, NULL AS result_name, error, webhook_url, NULL AS webhook_secret,
                    attempts, created_at, completed_at, expires_at
             FROM image_jobs WHERE key_id = \(bind: keyID) ORDER BY created_at DESC, id LIMIT \(bind: max(1, min(limit, 1000)))
             """).all(decoding: JobRow.self).map(\.record)
@@ -205,9 +210,11 @@ extension SQLStore {
     /// Records the outcome, if `owner` still holds the job (a gateway that lost its lease
     /// cannot overwrite the answer of the one that took over). The request body is dropped.
     @discardableResult
-    public func finishJob(id: String, owner: String, status: ImageJobRecord.Status, result: String?, error: String?, expiresAt: Date, now: Date = Date()) async throws -> Bool {
+    public func finishJob(
+        id: String, owner: String, status: ImageJobRecord.Status, resultName: String?, error: String?, expiresAt: Date, now: Date = Date()
+    ) async throws -> Bool {
         try await !database.raw("""
-            UPDATE image_jobs SET status = \(bind: status.rawValue), result = \(bind: result), error = \(bind: error), body = '',
+            UPDATE image_jobs SET status = \(bind: status.rawValue), result = NULL, result_name = \(bind: resultName), error = \(bind: error), body = '',
                 completed_at = \(bind: Self.millis(now)), expires_at = \(bind: Self.millis(expiresAt)), lease_until = NULL
             WHERE id = \(bind: id) AND owner = \(bind: owner) AND status = 'running' RETURNING id
             """).all().isEmpty

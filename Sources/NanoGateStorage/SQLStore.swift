@@ -44,6 +44,7 @@ public struct SQLStore: KeyStore, UsageLog, SignatureStore {
         (10, { database in try await SQLStore.addServiceTiers(database) }),
         (11, { database in try await SQLStore.createChannelKnowledgeTables(database) }),
         (12, { database in try await SQLStore.createRefunds(database) }),
+        (13, { database in try await SQLStore.addObjectNames(database) }),
     ]
 
     /// PostgreSQL's: PostgreSQL support began at SQLite's version 5, so its first migration
@@ -57,7 +58,15 @@ public struct SQLStore: KeyStore, UsageLog, SignatureStore {
         (10, { database in try await SQLStore.addServiceTiers(database) }),
         (11, { database in try await SQLStore.createChannelKnowledgeTables(database) }),
         (12, { database in try await SQLStore.createRefunds(database) }),
+        (13, { database in try await SQLStore.addObjectNames(database) }),
     ]
+
+    /// Version 13: payloads in the image store, rows naming them: a job's answer
+    /// (`image_jobs.result_name`) and a file's content (`api_files.object_name`).
+    private static func addObjectNames(_ database: any SQLDatabase) async throws {
+        try await addColumnIfMissing(database, table: "image_jobs", column: "result_name", type: "TEXT")
+        try await addColumnIfMissing(database, table: "api_files", column: "object_name", type: "TEXT")
+    }
 
     /// Version 10: which service tiers keys and groups may use, and the tier each request was
     /// served (and charged) at.

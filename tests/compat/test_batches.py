@@ -90,6 +90,23 @@ def test_a_batch_of_twenty_completes_at_half_price(batch_gateway: Gateway):
     assert key_view["reserved_usd"] == 0
     assert abs(key_view["spent_usd"] - (full_price + sum(row["cost_usd"] for row in batch_rows))) < 1e-6
 
+    # The output (twenty images in base64) is in the file store; the database holds its name.
+    images = [entry["response"]["body"]["data"][0]["b64_json"] for entry in answers.values()]
+    assert_not_in_database(gateway, images)
+
+
+def assert_not_in_database(gateway: Gateway, images: list[str]) -> None:
+    """No stretch of these base64 images is in the gateway's SQLite files (the database and
+    its write-ahead log), read as bytes: payloads live in the image and file stores."""
+    files = sorted(gateway.data_dir.glob("*.sqlite*"))
+    assert files, list(gateway.data_dir.iterdir())
+    content = b"".join(path.read_bytes() for path in files)
+    for image in images:
+        assert len(image) > 400, len(image)
+        # A stretch past the PNG header (which every image shares) and short of its end.
+        stretch = image[200:264].encode()
+        assert stretch not in content, "an image's base64 is in the database"
+
 
 def test_a_bad_line_refuses_the_batch_and_charges_nothing(batch_gateway: Gateway):
     gateway = batch_gateway

@@ -63,6 +63,9 @@ def test_a_job_answers_202_and_its_result_is_read_by_its_key_only(gateway: Gatew
     image = done["result"]["data"][0]
     assert base64.b64decode(image["b64_json"]).startswith(PNG), "the gemini group answers base64, as inline"
     assert done["result"]["usage"]["output_tokens"] > 0 and done["attempts"] == 1
+    # The answer is in the image store; the database names it (no base64 image in its files).
+    from test_batches import assert_not_in_database
+    assert_not_in_database(gateway, [image["b64_json"]])
 
     listed = call("GET", f"{root}/v1/images/jobs", key).json()
     assert [entry["id"] for entry in listed["data"]][:1] == [job["id"]] and "result" not in listed["data"][0]

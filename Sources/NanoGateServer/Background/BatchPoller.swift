@@ -6,7 +6,9 @@ import NanoGateCore
 import NanoGateStorage
 import NIOCore
 import NIOFoundationCompat
+import NIOPosix
 import ServiceLifecycle
+import Synchronization
 import Upstream
 
 /// Polls submitted batches (one instance at a time per batch, through a lease), and when Google
@@ -119,7 +121,15 @@ extension BatchesController {
             await fail(batch, owner: owner, code: "batch_input_unavailable", message: "The batch's key or input is gone.", logger: logger)
             return
         }
-        var output = ByteBuffer()
+        // The output is written line by line to a file as each line is delivered, never held
+        // whole (a few hundred b64_json lines are gigabytes).
+        let output: LineFileWriter
+        do {
+            output = try await LineFileWriter.create()
+        } catch {
+            logger.error("could not start a batch's output file", metadata: ["error": "\(String(reflecting: error))"])
+            return
+        }
         var completed = 0
         var failed = 0
         for (index, plan) in plans.enumerated() {
@@ -154,23 +164,78 @@ extension BatchesController {
                 failed += 1
             }
             let customID = String(decoding: (try? JSONEncoder().encode(plan.customID)) ?? Data(), as: UTF8.self)
-            output.writeString(#"{"id":"\#(requestID)","custom_id":\#(customID),"response":{"status_code":\#(statusCode),"request_id":"\#(requestID)","body":"#)
-            output.writeBuffer(&body)
-            output.writeString("},\"error\":null}\n")
+            var line = ByteBuffer(string: #"{"id":"\#(requestID)","custom_id":\#(customID),"response":{"status_code":\#(statusCode),"request_id":"\#(requestID)","body":"#)
+            line.writeBuffer(&body)
+            line.writeString("},\"error\":null}\n")
+            do {
+                try await output.append(line)
+            } catch {
+                logger.error("could not write a batch's output", metadata: ["error": "\(String(reflecting: error))"])
+                await output.discard()
+                return
+            }
         }
         if let reservationID = batch.reservationID {
             do { try await pipeline.ledger.release(reservationID: reservationID) } catch { logger.error("could not release the batch's hold", metadata: ["error": "\(error)"]) }
         }
-        let outputFile = StoredFile(
-            id: "file-" + randomHex(bytes: 12), keyID: batch.keyID, purpose: "batch_output", filename: "\(batch.id)_output.jsonl",
-            content: Array(output.readableBytesView), expiresAt: Date().addingTimeInterval(TimeInterval(Self.fileDays * 24 * 3600))
-        )
         do {
+            let size = try await output.close()
+            let objectName = try await files.saveFile(at: output.path, fileExtension: "jsonl")
+            let outputFile = StoredFile(
+                id: "file-" + randomHex(bytes: 12), keyID: batch.keyID, purpose: "batch_output", filename: "\(batch.id)_output.jsonl",
+                objectName: objectName, bytes: size, expiresAt: Date().addingTimeInterval(TimeInterval(Self.fileDays * 24 * 3600))
+            )
             try await store.storeFile(outputFile)
             try await store.finishBatch(id: batch.id, owner: owner, status: "completed", completed: completed, failed: failed, outputFileID: outputFile.id, errorFileID: nil, errors: nil)
             logger.info("batch completed", metadata: ["completed": "\(completed)", "failed": "\(failed)"])
         } catch {
             logger.error("could not store a batch's output", metadata: ["error": "\(String(reflecting: error))"])
+        }
+    }
+}
+
+/// A file written one line at a time on NIO's thread pool (never on Swift's cooperative
+/// threads), in the temporary directory until it is handed to a store.
+final class LineFileWriter: Sendable {
+    let path: URL
+    private let handle: FileHandle
+    private let written = Mutex(0)
+
+    private init(path: URL, handle: FileHandle) {
+        self.path = path
+        self.handle = handle
+    }
+
+    static func create() async throws -> LineFileWriter {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("nanogate-output-\(randomHex(bytes: 12)).jsonl")
+        let handle = try await NIOThreadPool.singleton.runIfActive {
+            guard FileManager.default.createFile(atPath: path.path, contents: nil, attributes: [.posixPermissions: 0o600]) else {
+                throw CocoaError(.fileWriteUnknown)
+            }
+            return try FileHandle(forWritingTo: path)
+        }
+        return LineFileWriter(path: path, handle: handle)
+    }
+
+    func append(_ bytes: ByteBuffer) async throws {
+        let handle = self.handle
+        try await NIOThreadPool.singleton.runIfActive { try handle.write(contentsOf: Data(buffer: bytes)) }
+        written.withLock { $0 += bytes.readableBytes }
+    }
+
+    /// Closes the file; its size.
+    func close() async throws -> Int {
+        let handle = self.handle
+        try await NIOThreadPool.singleton.runIfActive { try handle.close() }
+        return written.withLock { $0 }
+    }
+
+    /// Closes and deletes it.
+    func discard() async {
+        let (handle, path) = (self.handle, self.path)
+        try? await NIOThreadPool.singleton.runIfActive {
+            try? handle.close()
+            try? FileManager.default.removeItem(at: path)
         }
     }
 }

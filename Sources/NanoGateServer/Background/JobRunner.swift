@@ -23,6 +23,9 @@ struct JobRunner: Service {
     let resultTTL: Duration
     let pollInterval: Duration
     let webhooks: WebhookSender
+    /// Where a job's answer is kept (the row names it): images in a `b64_json` answer never go
+    /// into the database.
+    let images: any ImageRepository
     let logger: Logger
     /// Validates the stored request again for its key and runs it: the images answer.
     let execute: @Sendable (ImageJobRecord, APIKey) async throws -> ByteBuffer
@@ -131,18 +134,19 @@ struct JobRunner: Service {
         do {
             switch outcome {
             case .success(let answer):
-                try await store.finishJob(id: job.id, owner: owner, status: .succeeded, result: String(buffer: answer), error: nil, expiresAt: expires)
+                let name = try await images.save(Array(answer.readableBytesView), fileExtension: "json")
+                try await store.finishJob(id: job.id, owner: owner, status: .succeeded, resultName: name, error: nil, expiresAt: expires)
             case .failure(let error):
                 let body = String(decoding: (try? JSONEncoder().encode(ErrorResponse(error))) ?? Data(), as: UTF8.self)
-                try await store.finishJob(id: job.id, owner: owner, status: .failed, result: nil, error: body, expiresAt: expires)
+                try await store.finishJob(id: job.id, owner: owner, status: .failed, resultName: nil, error: body, expiresAt: expires)
             }
         } catch {
             logger.error("could not store a job's outcome", metadata: ["error": "\(String(reflecting: error))"])
             return nil
         }
         logger.info("image job finished", metadata: ["status": "\(outcome.isSuccess ? "succeeded" : "failed")"])
-        guard job.webhookURL != nil else { return nil }
-        return try? await store.job(id: job.id, keyID: job.keyID)
+        guard job.webhookURL != nil, let finished = try? await store.job(id: job.id, keyID: job.keyID) else { return nil }
+        return await ImageJobs.withAnswer(finished, images: images)
     }
 
     /// A job taken over may have been charged by the gateway that died before storing its

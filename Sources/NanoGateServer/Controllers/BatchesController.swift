@@ -65,6 +65,8 @@ struct BatchLinePlan: Codable, Sendable, Equatable {
 
 struct BatchesController {
     let store: SQLStore
+    /// Where uploaded files and batch outputs are kept (rows hold their names and sizes).
+    let files: any ImageRepository
     let images: ImagesController
     let pipeline: RequestPipeline
     let maxFileBytes: Int
@@ -111,7 +113,7 @@ struct BatchesController {
 
         init(_ file: StoredFile, bytes: Int? = nil) {
             id = file.id
-            self.bytes = bytes ?? file.content.count
+            self.bytes = bytes ?? file.bytes
             created_at = Int(file.createdAt.timeIntervalSince1970)
             expires_at = file.expiresAt.map { Int($0.timeIntervalSince1970) }
             filename = file.filename
@@ -156,9 +158,11 @@ struct BatchesController {
             throw GatewayError.invalidParameter("file", "Missing required parameter: 'file'.", code: "missing_required_parameter")
         }
         guard stored + file.body.readableBytes <= fileQuotaBytes else { throw Self.quotaExceeded(stored: stored, quota: fileQuotaBytes) }
+        guard file.body.readableBytes > 0 else { throw GatewayError.invalidParameter("file", "The file is empty.") }
+        let objectName = try await files.save(Array(file.body.readableBytesView), fileExtension: "jsonl")
         let upload = StoredFile(
             id: "file-" + randomHex(bytes: 12), keyID: key.id, purpose: purpose, filename: file.filename ?? "batch.jsonl",
-            content: Array(file.body.readableBytesView), expiresAt: Date().addingTimeInterval(TimeInterval(Self.fileDays * 24 * 3600))
+            objectName: objectName, bytes: file.body.readableBytes, expiresAt: Date().addingTimeInterval(TimeInterval(Self.fileDays * 24 * 3600))
         )
         try await store.storeFile(upload)
         return try Self.json(FileObject(upload))
@@ -173,6 +177,13 @@ struct BatchesController {
         return file
     }
 
+    /// A file's bytes: from the file store, or the row (files of earlier versions).
+    func content(of file: StoredFile) async throws -> [UInt8] {
+        guard let name = file.objectName else { return file.content }
+        guard let bytes = try await files.load(name: name) else { throw Self.fileNotFound(file.id) }
+        return bytes
+    }
+
     @Sendable func fileObject(_ request: Request, context: GatewayRequestContext) async throws -> Response {
         let key = try context.requireKey()
         let id = context.parameters.get("id") ?? ""
@@ -184,7 +195,7 @@ struct BatchesController {
     @Sendable func fileContent(_ request: Request, context: GatewayRequestContext) async throws -> Response {
         let key = try context.requireKey()
         let file = try await ownFile(context.parameters.get("id") ?? "", key: key)
-        return Response(status: .ok, headers: [.contentType: "application/jsonl"], body: .init(byteBuffer: ByteBuffer(bytes: file.content)))
+        return Response(status: .ok, headers: [.contentType: "application/jsonl"], body: .init(byteBuffer: ByteBuffer(bytes: try await content(of: file))))
     }
 
     // MARK: Batches
@@ -205,7 +216,13 @@ struct BatchesController {
         }
         var result: [BatchLine] = []
         var seen = Set<String>()
-        let texts = String(decoding: file.content, as: UTF8.self).split(whereSeparator: \.isNewline).filter { !$0.trimmingCharacters(in: .whitespaces).isEmpty }
+        let content: [UInt8]
+        do {
+            content = try await self.content(of: file)
+        } catch {
+            throw error as? GatewayError ?? .internal("The input file could not be read from the file store; retry.")
+        }
+        let texts = String(decoding: content, as: UTF8.self).split(whereSeparator: \.isNewline).filter { !$0.trimmingCharacters(in: .whitespaces).isEmpty }
         guard !texts.isEmpty else { throw .invalidParameter("input_file_id", "The input file has no requests.") }
         guard texts.count <= Self.maxLines else { throw .invalidParameter("input_file_id", "A batch takes at most \(Self.maxLines) requests; the file has \(texts.count).") }
         for (index, text) in texts.enumerated() {

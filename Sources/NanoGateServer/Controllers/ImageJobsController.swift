@@ -170,6 +170,14 @@ struct ImageJobs: Sendable {
         }
     }
 
+    /// The job with its answer read from the image store (rows of earlier versions hold it).
+    static func withAnswer(_ record: ImageJobRecord, images: any ImageRepository) async -> ImageJobRecord {
+        guard record.result == nil, let name = record.resultName, let bytes = try? await images.load(name: name) else { return record }
+        var record = record
+        record.result = String(decoding: bytes, as: UTF8.self)
+        return record
+    }
+
     static func json(_ view: JobView, status: HTTPResponse.Status = .ok) throws -> Response {
         Response(status: status, headers: [.contentType: "application/json", .cacheControl: "no-store"], body: .init(byteBuffer: try view.encoded()))
     }
@@ -179,6 +187,8 @@ struct ImageJobs: Sendable {
 /// key that made a job sees it (another key gets the same 404 as for no job at all).
 struct ImageJobsController {
     let store: SQLStore
+    /// Where finished jobs' answers are kept.
+    let images: any ImageRepository
 
     func addRoutes(to group: RouterGroup<GatewayRequestContext>) {
         group.get("images/jobs", use: list)
@@ -194,7 +204,7 @@ struct ImageJobsController {
         let key = try context.requireKey()
         let id = context.parameters.get("id") ?? ""
         guard let job = try await store.job(id: id, keyID: key.id) else { throw Self.notFound(id) }
-        return try ImageJobs.json(ImageJobs.JobView(job))
+        return try ImageJobs.json(ImageJobs.JobView(await ImageJobs.withAnswer(job, images: images)))
     }
 
     @Sendable func list(_ request: Request, context: GatewayRequestContext) async throws -> Response {

@@ -17,6 +17,10 @@ public struct GatewayDependencies: Sendable {
     public var imageStore: ImageStore
     /// The shared bucket (`NANOGATE_IMAGE_STORE=s3://…`): images go there, URLs are presigned.
     public var objectStore: ObjectImageStore?
+    /// Uploaded files and batch outputs, kept for days (not the hours images are): the data
+    /// directory's `files` folder, or the bucket's `files/` prefix.
+    public var fileStore: ImageStore
+    public var fileObjects: ObjectImageStore?
     public var signer: URLSigner
     /// Threads for blocking work on behalf of clients (DNS look-ups, reading stored images), so
     /// it never runs on Swift's cooperative threads; its size also bounds concurrent look-ups.
@@ -28,6 +32,8 @@ public struct GatewayDependencies: Sendable {
     /// Where image bytes are kept (the bucket when there is one, else the folder): one
     /// protocol for whoever saves or loads them.
     public var images: any ImageRepository { objectStore ?? imageStore }
+    /// Where file contents are kept, beside the images but swept on their own schedule.
+    public var files: any ImageRepository { fileObjects ?? fileStore }
     /// The store for keys and usage.
     public var store: SQLStore { database.store }
     /// Reservations and settlement.
@@ -51,13 +57,13 @@ public struct GatewayDependencies: Sendable {
         conversionThreadPool.start()
         var imagesDirectory = directory.appendingPathComponent("images")
         var objectStore: ObjectImageStore?
+        var fileObjects: ObjectImageStore?
         if let store = configuration.imageStore {
             if store.hasPrefix("s3://") {
                 let s3 = try S3Configuration.fromEnvironment(configuration.awsEnvironment, storeURL: store)
-                objectStore = ObjectImageStore(
-                    client: S3Client(httpClient: httpClient, location: s3.location, credentials: s3.credentials, logger: logger),
-                    prefix: s3.location.prefix
-                )
+                let client = S3Client(httpClient: httpClient, location: s3.location, credentials: s3.credentials, logger: logger)
+                objectStore = ObjectImageStore(client: client, prefix: s3.location.prefix)
+                fileObjects = ObjectImageStore(client: client, prefix: s3.location.prefix.isEmpty ? "files" : s3.location.prefix + "/files")
             } else {
                 imagesDirectory = URL(fileURLWithPath: store.hasPrefix("file://") ? String(store.dropFirst("file://".count)) : store)
             }
@@ -67,6 +73,8 @@ public struct GatewayDependencies: Sendable {
             httpClient: httpClient,
             imageStore: try ImageStore(directory: imagesDirectory),
             objectStore: objectStore,
+            fileStore: try ImageStore(directory: directory.appendingPathComponent("files")),
+            fileObjects: fileObjects,
             signer: signer,
             blockingThreadPool: threadPool,
             conversionThreadPool: conversionThreadPool
@@ -151,9 +159,9 @@ func makeGatewayParts(
         maxPendingPerKey: configuration.jobQueuePerKey
     )
     images.addRoutes(to: api)
-    ImageJobsController(store: dependencies.store).addRoutes(to: api)
+    ImageJobsController(store: dependencies.store, images: dependencies.images).addRoutes(to: api)
     let batches = BatchesController(
-        store: dependencies.store, images: images, pipeline: pipeline, maxFileBytes: configuration.inputs.maxRequestBytes,
+        store: dependencies.store, files: dependencies.files, images: images, pipeline: pipeline, maxFileBytes: configuration.inputs.maxRequestBytes,
         fileQuotaBytes: configuration.fileQuotaBytes, owner: configuration.billing.owner
     )
     batches.addRoutes(to: api)
@@ -162,7 +170,7 @@ func makeGatewayParts(
         store: dependencies.store, owner: configuration.billing.owner, lease: configuration.billing.lease, workers: configuration.jobWorkers,
         resultTTL: configuration.urlTTL, pollInterval: .milliseconds(500),
         webhooks: WebhookSender(policy: webhookPolicy, resolver: ThreadPoolResolver(threadPool: dependencies.blockingThreadPool, lookup: hostLookup)),
-        logger: logger, execute: { [images, repository = dependencies.images] record, key in
+        images: dependencies.images, logger: logger, execute: { [images, repository = dependencies.images] record, key in
             try await images.runStoredJob(record, key: key, images: repository, logger: logger)
         }
     )
@@ -250,6 +258,11 @@ public func buildApplication(
     app.addServices(LeaseKeeper(ledger: dependencies.ledger, live: pipeline.live, lease: configuration.billing.lease, logger: logger))
     app.addServices(
         ImageSweeper(store: dependencies.imageStore, objects: dependencies.objectStore, ttl: configuration.urlTTL, signatures: dependencies.store, logger: logger, onSweep: { metrics.swept($0) }),
+        // File contents outlive their rows by a day at most (every file expires after the same days).
+        ImageSweeper(
+            store: dependencies.fileStore, objects: dependencies.fileObjects, ttl: .seconds((BatchesController.fileDays + 1) * 24 * 3600),
+            interval: .seconds(3600), logger: logger
+        ),
         CloseOnShutdown { try await httpClient.shutdown() },
         CloseOnShutdown { await pool.shutdown() },
         CloseOnShutdown { try await database.close() },
