@@ -13,7 +13,7 @@ import Upstream
 /// A batch Google never finishes (security review finding 4d): past its 24 h window and a grace
 /// hour it expires, is stopped at Google and its hold released, nothing charged. The poller is
 /// driven directly with a clock a day ahead (no 25 h wait).
-@Suite struct BatchExpiryTests {
+@Suite(.timeLimit(.minutes(10))) struct BatchExpiryTests {
     @Test func aStuckBatchExpiresAndReleasesItsHold() async throws {
         try await withGateway(
             configure: { $0.batchPollInterval = .seconds(3600) },

@@ -12,7 +12,7 @@ import Upstream
 import Testing
 
 /// Issue 10: credit per key, reserve-then-settle, limits, idempotency, the admin API.
-@Suite struct BillingTests {
+@Suite(.timeLimit(.minutes(10))) struct BillingTests {
     /// Google's published per-image prices (wire-formats §A5, E4) from its token figures.
     @Test(arguments: [
         (ModelFamily.flash25, ImageSize?.none, 38_700),  // $0.039 per image

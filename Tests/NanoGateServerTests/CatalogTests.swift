@@ -10,7 +10,7 @@ import Testing
 
 /// Issue 9: the catalog as configuration, the true output format, image streaming, and chat
 /// images sent and received once.
-@Suite struct CatalogTests {
+@Suite(.timeLimit(.minutes(10))) struct CatalogTests {
     // MARK: Configuration file
 
     @Test func aCatalogFileAddsChangesAndDisablesModels() throws {

@@ -12,7 +12,7 @@ import Upstream
 
 /// What each channel learns about the models it may serve (its own model list, its project's
 /// refusals, refused keys), kept in the database for every instance (issue 22, part 2).
-@Suite struct ChannelKnowledgeTests {
+@Suite(.timeLimit(.minutes(10))) struct ChannelKnowledgeTests {
     static var quiet: Logger {
         var logger = Logger(label: "test")
         logger.logLevel = .critical

@@ -57,7 +57,7 @@ func channelStates(_ gateway: Harness) async throws -> [String: [String: Any]] {
 
 let channelAdminToken = "admin-token-for-channel-tests-0123456789"
 
-@Suite struct ChannelTests {
+@Suite(.timeLimit(.minutes(10))) struct ChannelTests {
     /// A 429 (with Google's RetryInfo) moves the request to the next channel at once, and
     /// cools the first down for that model only: another model still goes to it first.
     @Test func aRateLimitMovesToTheNextChannelAndCoolsThatModelOnly() async throws {

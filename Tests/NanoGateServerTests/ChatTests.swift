@@ -9,7 +9,7 @@ import NIOHTTP1
 import Testing
 
 /// `POST /v1/chat/completions`, streamed and not, and multi-turn editing with signatures.
-@Suite struct ChatTests {
+@Suite(.timeLimit(.minutes(10))) struct ChatTests {
     static func chat(_ gateway: Harness, _ body: [String: Any], key: String? = nil) async throws -> Harness.Reply {
         let data = try JSONSerialization.data(withJSONObject: body)
         return try await gateway.post("/v1/chat/completions", json: String(decoding: data, as: UTF8.self), key: key)

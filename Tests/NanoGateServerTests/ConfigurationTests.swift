@@ -8,7 +8,7 @@ import Testing
 import Upstream
 
 /// The operator interface: environment names and how keys are kept.
-@Suite struct ConfigurationTests {
+@Suite(.timeLimit(.minutes(10))) struct ConfigurationTests {
     @Test func environmentNamesAreRead() throws {
         let configuration = try GatewayConfiguration.fromEnvironment([
             "NANOGATE_HOST": "0.0.0.0", "NANOGATE_PORT": "9090", "NANOGATE_DATA_DIR": "/srv/nanogate",
@@ -114,7 +114,7 @@ import Upstream
 }
 
 /// The embedded database across versions of the gateway.
-@Suite struct StorageTests {
+@Suite(.timeLimit(.minutes(10))) struct StorageTests {
     /// A database made by the previous release (no schema version, no `attempts` column) opens,
     /// keeps its keys and usage, and gains the new columns.
     @Test func aDatabaseFromBeforeVersioningIsMigrated() async throws {

@@ -7,7 +7,7 @@ import Testing
 
 /// The storage rules that must hold on both databases (this suite runs on SQLite, and again on
 /// PostgreSQL when `NANOGATE_TEST_DATABASE_URL` is set).
-@Suite struct DatabaseTests {
+@Suite(.timeLimit(.minutes(10))) struct DatabaseTests {
     /// A key limited to 3 a minute gets its 3 at once, then one every 20 s, and the refusal
     /// says how long to wait — whichever instance counts (the count is the database's).
     @Test func requestsPerMinuteAreCountedInTheDatabase() async throws {

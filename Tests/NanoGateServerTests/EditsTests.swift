@@ -10,7 +10,7 @@ import NIOHTTP1
 import Testing
 
 /// `POST /v1/images/edits` (multipart and JSON) and `/v1/models`.
-@Suite struct EditsTests {
+@Suite(.timeLimit(.minutes(10))) struct EditsTests {
     /// A real PNG of the given size (made by a generation through the gateway itself).
     static func png(_ gateway: Harness, size: String = "16:9") async throws -> [UInt8] {
         let reply = try await gateway.generate(#"{"model":"nano-banana","prompt":"input","size":"\#(size)","response_format":"b64_json"}"#)

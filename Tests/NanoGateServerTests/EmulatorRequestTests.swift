@@ -11,7 +11,7 @@ import Testing
 /// The emulator reads requests with its own parser of Google's documented format: it takes every
 /// request fixture (`NanoGateCoreTests/Fixtures/requests`, written from wire-formats.md) and refuses
 /// what Google refuses, in Google's words, so a misspelt or invented field cannot pass unnoticed.
-@Suite struct EmulatorRequestTests {
+@Suite(.timeLimit(.minutes(10))) struct EmulatorRequestTests {
     /// The request fixtures, shared with NanoGateCoreTests (read by path, not as a resource).
     static let fixtureDirectory = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
         .appendingPathComponent("NanoGateCoreTests/Fixtures/requests")

@@ -9,7 +9,7 @@ import NIOHTTP1
 import Upstream
 
 /// Bad input, bad keys and upstream faults: OpenAI-style errors with the right status.
-@Suite struct ErrorTests {
+@Suite(.timeLimit(.minutes(10))) struct ErrorTests {
     /// Every error body has exactly OpenAI's four fields.
     func expectOpenAIShape(_ reply: Harness.Reply, sourceLocation: SourceLocation = #_sourceLocation) {
         #expect(Set(reply.error.keys) == ["message", "type", "param", "code"], "\(reply.text)", sourceLocation: sourceLocation)

@@ -17,7 +17,7 @@ import Upstream
 /// What the gateway shows and to whom (issue 21, "exposure and hygiene"): business figures on
 /// `/metrics` and `/v1/usage`, error text on `/ready`, the admin token, lingering connections,
 /// the proxy's log, the gateway's own image URLs sent back as inputs, idempotency claims.
-@Suite struct ExposureTests {
+@Suite(.timeLimit(.minutes(10))) struct ExposureTests {
     static let adminToken = "9f2c61d0a7b84e3fb5d19c0e6a2f47d3"
 
     static func request(_ gateway: Harness, _ path: String, bearer: String?) async throws -> Harness.Reply {

@@ -58,7 +58,7 @@ func mutate(_ input: [UInt8], using random: inout SeededGenerator) -> [UInt8] {
 /// Bounded random-input tests of the hand-written parsers (fixed seeds and iteration counts:
 /// the same inputs on every run, a few seconds in all). Each checks the parser against an
 /// independent reading, not only that it does not crash.
-@Suite struct FuzzTests {
+@Suite(.timeLimit(.minutes(10))) struct FuzzTests {
     /// `SplicedJSON.decode` (which lifts long `"data"` strings out as slices) reads every input
     /// exactly as Foundation's `JSONDecoder` does: the same value, or an error when it errs.
     @Test func splicedJSONAgreesWithJSONDecoder() throws {

@@ -12,7 +12,7 @@ import NIOHTTP1
 import Upstream
 
 /// `POST /v1/images/generations` over real HTTP, against the emulator.
-@Suite struct GenerationsTests {
+@Suite(.timeLimit(.minutes(10))) struct GenerationsTests {
     /// Model, size, aspect_ratio → the pixel size Google's tables promise.
     static let sizeCases: [(model: String, size: String?, ratio: String?, width: Int, height: Int)] = [
         ("nano-banana", nil, nil, 1024, 1024),

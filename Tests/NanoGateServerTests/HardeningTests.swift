@@ -17,7 +17,7 @@ import Upstream
 /// What a hostile client (or a careless operator) must not be able to do to the gateway:
 /// reach its network through image URLs, freeze it, hold its connections, read other tenants'
 /// data, or find secrets in its logs.
-@Suite struct HardeningTests {
+@Suite(.timeLimit(.minutes(10))) struct HardeningTests {
     static let pngBytes: [UInt8] = Array(Data(base64Encoded: "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg==")!)
 
     static func edit(_ gateway: Harness, url: String) async throws -> Harness.Reply {
@@ -184,6 +184,27 @@ import Upstream
             let reply = try await Self.edit(gateway, url: "data:image/png;base64,")
             #expect(reply.status == 400)
             #expect(try await gateway.get(gateway.baseURL + "/health").status == 200)
+        }
+    }
+
+    /// The MultipartKit trap that made us write our own parser: multipart-kit 4.7.1 traps (and
+    /// so ends every request in flight) on a part header whose name has a byte ≥ 0x80. Ours
+    /// answers 400 and the gateway stays up.
+    @Test func aPartHeaderNameWithANonASCIIByteIsABadRequestNotACrash() async throws {
+        try await withGateway { gateway in
+            let boundary = "nanogate-trap"
+            var body = ByteBuffer(string: "--\(boundary)\r\nContent-Disposition: form-data; name=\"prompt\"\r\nX-")
+            body.writeBytes([0xC3, 0xA9])  // "é" in a header *name*
+            body.writeString(": 1\r\n\r\np\r\n--\(boundary)\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nnano-banana\r\n--\(boundary)--\r\n")
+            var request = HTTPClientRequest(url: gateway.baseURL + "/v1/images/edits")
+            request.method = .POST
+            request.headers.add(name: "Authorization", value: "Bearer \(gateway.defaultKey)")
+            request.headers.add(name: "Content-Type", value: "multipart/form-data; boundary=\(boundary)")
+            request.body = .bytes(body)
+            let reply = try await gateway.send(request)
+            #expect(reply.status == 400, "\(reply.text.prefix(300))")
+            #expect(reply.error["type"] as? String == "invalid_request_error")
+            #expect(try await gateway.get(gateway.baseURL + "/health").status == 200, "still serving")
         }
     }
 

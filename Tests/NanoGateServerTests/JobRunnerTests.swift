@@ -12,7 +12,7 @@ import Testing
 /// The job runner against a real gateway and database: a job whose gateway died after it was
 /// charged is taken over, refunded through the ledger (an entry of its own, never a negative
 /// usage row), run again and charged once.
-@Suite struct JobRunnerTests {
+@Suite(.timeLimit(.minutes(10))) struct JobRunnerTests {
     /// Submits a job; its id.
     static func submit(_ gateway: Harness, _ body: String) async throws -> String {
         let path = body.contains("\"images\"") ? "/v1/images/edits" : "/v1/images/generations"
@@ -49,7 +49,7 @@ import Testing
             let jobID = "imgjob_takeover_test"
             let model = try #require(gateway.configuration.catalog.model(named: "nano-banana"))
             let stored = StoredImageRequest(
-                endpoint: "images.generations", model: "nano-banana", spec: try SizeRules.resolve(model: model, size: nil, aspectRatio: nil), prompt: "p",
+                endpoint: .imageGenerations, model: "nano-banana", spec: try SizeRules.resolve(model: model, size: nil, aspectRatio: nil), prompt: "p",
                 count: 1, format: .b64JSON, baseURL: gateway.baseURL, options: ImageOptions(), inputImages: []
             )
             let record = ImageJobRecord(
@@ -100,7 +100,7 @@ import Testing
             let queued = try #require(try await store.job(id: id, keyID: key.id))
             #expect(queued.status == .queued && queued.contentType == StoredImageRequest.contentType)
             let stored = try JSONDecoder().decode(StoredImageRequest.self, from: Data(queued.body))
-            #expect(stored.inputImages.count == 1 && stored.prompt == "make it blue" && stored.endpoint == "images.edits")
+            #expect(stored.inputImages.count == 1 && stored.prompt == "make it blue" && stored.endpoint == .imageEdits)
             let kept = try await gateway.dependencies.images.load(name: stored.inputImages[0].name)
             #expect(kept == HardeningTests.pngBytes, "the input image is in the image store, byte for byte")
             #expect(!String(decoding: queued.body, as: UTF8.self).contains(Data(HardeningTests.pngBytes).base64EncodedString()), "no image bytes in the row")

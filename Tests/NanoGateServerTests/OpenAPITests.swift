@@ -9,7 +9,7 @@ import Upstream
 
 /// The OpenAPI document (`Sources/NanoGateServer/openapi.json`, served at `/openapi.json`) and
 /// the router agree: every route served is documented, and every documented route is served.
-@Suite struct OpenAPITests {
+@Suite(.timeLimit(.minutes(10))) struct OpenAPITests {
     static let methods: Set<String> = ["get", "post", "put", "patch", "delete", "head", "options"]
 
     @Test func everyRouteIsDocumentedAndEveryDocumentedRouteIsServed() async throws {

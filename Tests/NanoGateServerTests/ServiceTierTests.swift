@@ -12,7 +12,7 @@ import Upstream
 /// Google's service tiers (wire-formats notes F3) through OpenAI's `service_tier`: flex at half
 /// price, priority only for keys allowed it, a shed flex request run on standard, the tier Google
 /// echoes deciding the charge and named in the answer.
-@Suite struct ServiceTierTests {
+@Suite(.timeLimit(.minutes(10))) struct ServiceTierTests {
     static func row(_ gateway: Harness, _ key: String) async throws -> UsageRecord {
         try await eventuallyRow(gateway, keyName: key)
     }

@@ -6,7 +6,7 @@ import Testing
 
 /// AWS Signature Version 4 against AWS's published examples, botocore's signer on inputs of our
 /// own, and the S3 pieces around it (locations, configuration, listings, error documents).
-@Suite struct SigV4Tests {
+@Suite(.timeLimit(.minutes(10))) struct SigV4Tests {
     /// The example credentials of Amazon S3's signing documentation.
     static let s3Example = SigV4Signer(
         credentials: S3Credentials(accessKeyID: "AKIAIOSFODNN7EXAMPLE", secretAccessKey: "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"),

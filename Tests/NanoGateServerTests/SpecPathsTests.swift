@@ -11,7 +11,7 @@ import Testing
 
 /// The spec's endpoint table spells the image paths in the singular (`/v1/image/generations`,
 /// `/v1/image/edits`); they answer exactly like OpenAI's plural ones.
-@Suite struct SpecPathsTests {
+@Suite(.timeLimit(.minutes(10))) struct SpecPathsTests {
     @Test(arguments: ["images", "image"])
     func generationsAnswerOnBothSpellings(prefix: String) async throws {
         try await withGateway { gateway in

@@ -159,9 +159,21 @@ def test_a_batch_in_progress_is_cancelled_and_charges_nothing(private_gateway):
     cancelled = client.batches.cancel(batch.id)
     assert cancelled.status == "cancelled" and cancelled.cancelled_at
     assert [b.id for b in client.batches.list().data][:1] == [batch.id]
-    time.sleep(3)  # past the emulator's delay and a few polls
+    # A batch submitted after it, with the same delay at Google, completes: the poller has
+    # passed the cancelled one's moment by then.
+    later = client.batches.create(
+        input_file_id=client.files.create(file=("later.jsonl", jsonl([line(9)])), purpose="batch").id,
+        endpoint="/v1/images/generations", completion_window="24h",
+    )
+    deadline = time.monotonic() + 60
+    while (later := client.batches.retrieve(later.id)).status == "in_progress":
+        assert time.monotonic() < deadline, later
+        time.sleep(0.5)
+    assert later.status == "completed", later
     assert client.batches.retrieve(batch.id).status == "cancelled", "never delivered afterwards"
     key_view = json.loads(cli_in(gateway, "keys", "show", name, "--json").stdout)
-    assert key_view["reserved_usd"] == 0 and key_view["spent_usd"] == 0
+    later_rows = [row for row in usage_rows(gateway, name) if row["cost_usd"] > 0]
+    assert len(later_rows) == 1, later_rows
+    assert key_view["reserved_usd"] == 0 and key_view["spent_usd"] == pytest.approx(later_rows[0]["cost_usd"]), "the cancelled batch charged nothing"
     with pytest.raises(openai.ConflictError):
         client.batches.cancel(batch.id)

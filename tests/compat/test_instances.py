@@ -462,12 +462,21 @@ def test_idempotent_retry_on_the_other_instance(cluster: Cluster):
     reused = generate(cluster.b, secret, "another banana", headers)
     assert reused.status == 409 and error_code(reused) == "idempotency_key_reused", reused.body[:300]
 
+    # A later request on B, settled: a wrong second charge of the replay would have been
+    # written before it (the replay's answer ended first).
+    later = generate(cluster.b, secret, "a later banana", {})
+    assert later.status == 200, later.body[:300]
     key = settled(cluster.b, name)
-    time.sleep(0.5)  # a second (wrong) charge would be written just after its answer too
-    rows = usage_of(cluster.a, name)
+    later_id = later.headers["x-request-id"]
+
+    def with_later_row():
+        rows = usage_of(cluster.a, name)
+        return rows if any(row["request_id"] == later_id for row in rows) else None
+
+    rows = wait_for(with_later_row, 15, "the later request's row")
     charged = [row for row in rows if row["status"] == 200]
-    assert len(charged) == 1, rows
-    assert key["spent_usd"] == pytest.approx(charged[0]["cost_usd"]) and key["spent_usd"] > 0, (key, charged)
+    assert len(charged) == 2, rows
+    assert key["spent_usd"] == pytest.approx(sum(row["cost_usd"] for row in charged)) and key["spent_usd"] > 0, (key, charged)
 
 
 # ---------------------------------------------------------------------------------------------

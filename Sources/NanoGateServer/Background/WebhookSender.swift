@@ -67,11 +67,21 @@ struct WebhookSender: Sendable {
                     return
                 }
                 logger.warning("webhook refused", metadata: ["status": "\(status)", "attempt": "\(attempt)"])
+            } catch let error as GatewayError where Self.isRefusedTarget(error) {
+                // The address policy or the URL itself: no later attempt would be allowed either.
+                logger.error("webhook not sent: its target is not allowed", metadata: ["error": "\(error.message)"])
+                return
             } catch {
                 logger.warning("webhook failed", metadata: ["error": "\(error)", "attempt": "\(attempt)"])
             }
         }
         logger.error("webhook given up", metadata: ["attempts": "\(attempts)"])
+    }
+
+    /// A refusal that no retry changes: a loopback, private or reserved address (without the
+    /// operator's leave), or a URL that is not one.
+    static func isRefusedTarget(_ error: GatewayError) -> Bool {
+        error.code == "forbidden_url" || error.code == "invalid_webhook_url"
     }
 
     private func post(url: String, body: [UInt8], secret: String, jobID: String) async throws -> Int {

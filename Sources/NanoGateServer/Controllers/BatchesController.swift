@@ -39,7 +39,7 @@ struct BatchLine: Sendable {
 struct BatchLinePlan: Codable, Sendable, Equatable {
     var customID: String
     /// `images.generations` or `images.edits`.
-    var endpoint: String
+    var endpoint: Endpoint
     var model: String
     var spec: ImageSpec
     var count: Int
@@ -73,7 +73,7 @@ struct BatchesController {
     /// The bytes one key's unexpired files may take in all (`NANOGATE_FILE_QUOTA_MB`).
     var fileQuotaBytes = 256 * 1024 * 1024
     let owner: String
-    static let endpoints = ["/v1/images/generations", "/v1/images/edits"]
+    static let endpoints = [Endpoint.imageGenerations, .imageEdits].compactMap(\.openAIPath)
     static let maxLines = 1000
     /// Remote image URLs one batch may name (each is fetched at submission, after the credit is held).
     static let maxImageURLs = 100
@@ -239,7 +239,7 @@ struct BatchesController {
             let job: ImageJob
             var urls: [String] = []
             do throws(GatewayError) {
-                if endpoint == "/v1/images/edits" {
+                if Endpoint(batchPath: endpoint) == .imageEdits {
                     (job, urls) = try images.editJobUnfetched(json: bodyData, key: key, baseURL: baseURL)
                 } else {
                     job = try images.generationJob(json: bodyData, key: key, baseURL: baseURL)

@@ -107,7 +107,7 @@ struct ChatController {
         let estimate = pipeline.estimate(key: key, model: job.model, spec: job.spec, count: 1, prompt: texts, inputImages: inputImages, tier: tier)
         let info = RequestInfo(requestID: context.requestID, started: context.started, observation: context.observation, requestedSize: job.spec.label)
         let settlement = try await pipeline.open(
-            key: key, endpoint: "chat.completions", model: job.model, info: info, estimateMicroUSD: estimate, tier: tier, logger: context.logger
+            key: key, endpoint: .chatCompletions, model: job.model, info: info, estimateMicroUSD: estimate, tier: tier, logger: context.logger
         )
         var response: Response
         if input.stream == true {

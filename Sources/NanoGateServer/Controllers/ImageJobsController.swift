@@ -51,7 +51,7 @@ struct ImageJobs: Sendable {
     /// per-minute limit counts the submission, its queue has room), stores it, and answers 202
     /// with the job and its `Location`.
     func submit(
-        _ request: Request, body: ByteBuffer, key: APIKey, endpoint: String, baseURL: String, context: GatewayRequestContext,
+        _ request: Request, body: ByteBuffer, key: APIKey, endpoint: Endpoint, baseURL: String, context: GatewayRequestContext,
         prepare: (Request) async throws -> ImageJob
     ) async throws -> Response {
         // A key with nothing left to spend fetches nothing (the precise check follows validation).
@@ -92,7 +92,7 @@ struct ImageJobs: Sendable {
             throw GatewayError.internal("The job could not be stored; retry.")
         }
         let record = ImageJobRecord(
-            id: "imgjob_" + randomHex(bytes: 12), keyID: key.id, endpoint: endpoint, model: job.model.name,
+            id: "imgjob_" + randomHex(bytes: 12), keyID: key.id, endpoint: endpoint.rawValue, model: job.model.name,
             contentType: StoredImageRequest.contentType, body: stored, baseURL: baseURL,
             webhookURL: fields?.webhook_url.flatMap { $0.isEmpty ? nil : $0 }, webhookSecret: secret
         )

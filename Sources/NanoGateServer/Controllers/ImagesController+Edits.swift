@@ -17,7 +17,7 @@ extension ImagesController {
             var request = request
             let body = try await request.collectBody(limit: inputs.limits.maxRequestBytes)
             request.body = RequestBody(buffer: body)
-            return try await jobs.submit(request, body: body, key: key, endpoint: "images.edits", baseURL: baseURL, context: context) { replay in
+            return try await jobs.submit(request, body: body, key: key, endpoint: .imageEdits, baseURL: baseURL, context: context) { replay in
                 try await editJob(replay, key: key, baseURL: baseURL)
             }
         }
@@ -38,7 +38,7 @@ extension ImagesController {
             let form = try await MultipartForm.read(request.body, boundary: boundary, limits: inputs.limits)
             if form.parts.contains(where: { $0.name == "mask" }) { throw Self.maskUnsupported }
             let files = form.parts.filter { Self.isImageField($0.name) }
-            job = try validate(try form.imageFields(), key: key, baseURL: baseURL, endpoint: "images.edits", inputImageCount: files.count)
+            job = try validate(try form.imageFields(), key: key, baseURL: baseURL, endpoint: .imageEdits, inputImageCount: files.count)
             for (index, file) in files.enumerated() {
                 job.inputImages.append(try inputs.inline(bytes: file.body, param: files.count == 1 ? file.name : "image[\(index)]"))
             }
@@ -72,7 +72,7 @@ extension ImagesController {
 
     private func editJobUnfetched(input: JSONEdit, key: APIKey, baseURL: String) throws(GatewayError) -> (ImageJob, [String]) {
         if input.mask != nil { throw Self.maskUnsupported }
-        let job = try validate(input.fields, key: key, baseURL: baseURL, endpoint: "images.edits", inputImageCount: input.urls.count)
+        let job = try validate(input.fields, key: key, baseURL: baseURL, endpoint: .imageEdits, inputImageCount: input.urls.count)
         return (job, input.urls)
     }
 

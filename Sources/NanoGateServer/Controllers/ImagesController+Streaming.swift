@@ -36,7 +36,7 @@ extension ImagesController {
     /// once its `completed` event was written; a failure is an `error` event at no cost.
     func streamed(_ job: ImageJob, settlement: Settlement, logger: Logger) -> Response {
         let pipeline = self.pipeline
-        let prefix = job.endpoint == "images.edits" ? "image_edit" : "image_generation"
+        let prefix = job.endpoint == .imageEdits ? "image_edit" : "image_generation"
         let interval = keepAliveInterval
         return Response(
             status: .ok,

@@ -37,7 +37,7 @@ struct ImagesController {
         let body = try await request.collectBody(limit: maxJSONBodyBytes)
         request.body = RequestBody(buffer: body)
         if let jobs, ImageJobs.requested(request, body: body) {
-            return try await jobs.submit(request, body: body, key: key, endpoint: "images.generations", baseURL: baseURL, context: context) { replay in
+            return try await jobs.submit(request, body: body, key: key, endpoint: .imageGenerations, baseURL: baseURL, context: context) { replay in
                 try await generationJob(replay, key: key, baseURL: baseURL)
             }
         }
@@ -49,7 +49,7 @@ struct ImagesController {
     /// A generation request read and validated.
     func generationJob(_ request: Request, key: APIKey, baseURL: String) async throws -> ImageJob {
         let input = try await request.decodeJSON(ImageGenerationRequest.self, limit: maxJSONBodyBytes)
-        return try validate(input, key: key, baseURL: baseURL, endpoint: "images.generations")
+        return try validate(input, key: key, baseURL: baseURL, endpoint: .imageGenerations)
     }
 
     /// A generation's JSON body validated (a batch line's `body`).
@@ -60,7 +60,7 @@ struct ImagesController {
         } catch {
             throw .from(decodingError: error)
         }
-        return try validate(input, key: key, baseURL: baseURL, endpoint: "images.generations")
+        return try validate(input, key: key, baseURL: baseURL, endpoint: .imageGenerations)
     }
 
     /// Runs a validated job: one JSON body, or OpenAI's image stream (`stream: true`). The
@@ -120,7 +120,7 @@ struct ImagesController {
 
     /// Validates against the catalog: model, prompt, n, size/aspect_ratio/quality, response_format
     /// and the other OpenAI parameters (`ImageOptions`).
-    func validate(_ input: ImageGenerationRequest, key: APIKey, baseURL: String, endpoint: String, inputImageCount: Int = 0) throws(GatewayError) -> ImageJob {
+    func validate(_ input: ImageGenerationRequest, key: APIKey, baseURL: String, endpoint: Endpoint, inputImageCount: Int = 0) throws(GatewayError) -> ImageJob {
         guard let name = input.model, !name.isEmpty else {
             throw .invalidParameter("model", "Missing required parameter: 'model'. Available models: \(catalog.names.joined(separator: ", ")).", code: "missing_required_parameter")
         }
@@ -134,7 +134,7 @@ struct ImagesController {
         guard (1...4).contains(count) else {
             throw .invalidParameter("n", "Invalid value for 'n': \(count). It must be between 1 and 4.")
         }
-        if endpoint == "images.edits" {
+        if endpoint == .imageEdits {
             let limit = model.maxInputImages
             guard limit >= 1, (1...limit).contains(inputImageCount) else {
                 let takes = limit >= 1 ? "takes 1 to \(limit) input images" : "takes no input images (the operator turned edits off for it)"

@@ -112,7 +112,7 @@ struct NativeController {
         let lastTurn = gemini.contents.last?.parts ?? []
         let prompt = lastTurn.compactMap(\.text).joined(separator: "\n")
         let inputImages = gemini.contents.reduce(0) { $0 + ($1.parts ?? []).filter { $0.inlineData != nil }.count }
-        let endpoint = "gemini.\(method)"
+        let endpoint: Endpoint = method == "generateContent" ? .geminiGenerateContent : .geminiStreamGenerateContent
         // Google's own `serviceTier` passes through, within what the key may use.
         var requestedTier: ServiceTier?
         if let text = gemini.serviceTier {

@@ -9,7 +9,7 @@ import Upstream
 /// What one image request asks for, after validation against the catalog.
 struct ImageJob: Sendable {
     var key: APIKey
-    var endpoint: String
+    var endpoint: Endpoint
     var model: CatalogModel
     var spec: ImageSpec
     var prompt: String
@@ -53,7 +53,7 @@ struct RequestInfo: Sendable {
 /// turned into the charge, and the row is written, in one ledger statement.
 final class Settlement: Sendable {
     let key: APIKey
-    let endpoint: String
+    let endpoint: Endpoint
     let model: CatalogModel
     let info: RequestInfo
     /// Counts the upstream attempts for the row.
@@ -83,7 +83,7 @@ final class Settlement: Sendable {
     }
 
     init(
-        key: APIKey, endpoint: String, model: CatalogModel, info: RequestInfo, primary: UpstreamTarget, reservationID: String?,
+        key: APIKey, endpoint: Endpoint, model: CatalogModel, info: RequestInfo, primary: UpstreamTarget, reservationID: String?,
         limited: Bool = true, tier: TierRequest = TierRequest(), onAbandon: @escaping @Sendable () -> Void = {}
     ) {
         self.limited = limited
@@ -160,7 +160,7 @@ final class Settlement: Sendable {
             let billed = state.billed
             let prices = prices(of: state)
             var record = UsageRecord(
-                keyID: key.id, endpoint: endpoint, model: model.name, status: status, images: state.deliveredImages,
+                keyID: key.id, endpoint: endpoint.rawValue, model: model.name, status: status, images: state.deliveredImages,
                 inputTokens: billed.inputTokens, outputTokens: billed.outputTokens, totalTokens: billed.totalTokens,
                 costMicroUSD: Pricing.costMicroUSD(state.delivered, prices: prices, multiplierPPM: key.groupSettings.multiplierPPM),
                 errorCode: errorCode ?? state.note,
@@ -277,7 +277,7 @@ struct RequestPipeline: Sendable {
     /// Google has already produced them, so neither a reservation nor the key's per-minute and
     /// concurrency limits apply (a limit must never drop work Google billed).
     func open(
-        key: APIKey, endpoint: String, model: CatalogModel, info: RequestInfo, estimateMicroUSD: Int, batchLine: Bool = false,
+        key: APIKey, endpoint: Endpoint, model: CatalogModel, info: RequestInfo, estimateMicroUSD: Int, batchLine: Bool = false,
         tier: TierRequest = TierRequest(), logger: Logger
     ) async throws(GatewayError) -> Settlement {
         info.observation?.model = model.name

@@ -18,7 +18,7 @@ struct StoredImageRequest: Codable, Sendable, Equatable {
         var mimeType: String
     }
 
-    var endpoint: String
+    var endpoint: Endpoint
     var model: String
     var spec: ImageSpec
     var prompt: String
