@@ -1,4 +1,5 @@
 public import Foundation
+public import NanoGateCore
 
 /// A group of keys. The spec's two exist from the start: `default` answers with URLs unless asked
 /// otherwise, `gemini` with base64; operators add more (`KeyGroupSettings`).
@@ -26,7 +27,7 @@ public struct KeyGroup: RawRepresentable, Hashable, Sendable, Codable, CustomStr
 public struct KeyGroupSettings: Sendable, Equatable, Codable {
     public var name: KeyGroup
     /// `url` or `b64_json`: the answer when a request names no `response_format`.
-    public var responseFormat: String
+    public var responseFormat: ResponseFormat
     /// Multiplies every charge, in millionths (1,000,000 = ×1.0), so money stays integer.
     public var multiplierPPM: Int
     /// The models its keys may use; nil for all.
@@ -35,7 +36,7 @@ public struct KeyGroupSettings: Sendable, Equatable, Codable {
     /// (standard and flex: priority costs more, so an operator turns it on).
     public var serviceTiers: [String]?
 
-    public init(name: KeyGroup, responseFormat: String, multiplierPPM: Int = 1_000_000, models: [String]? = nil, serviceTiers: [String]? = nil) {
+    public init(name: KeyGroup, responseFormat: ResponseFormat, multiplierPPM: Int = 1_000_000, models: [String]? = nil, serviceTiers: [String]? = nil) {
         self.name = name
         self.responseFormat = responseFormat
         self.multiplierPPM = multiplierPPM
@@ -48,7 +49,7 @@ public struct KeyGroupSettings: Sendable, Equatable, Codable {
 
     /// The settings of a group the database does not know (a key whose group was never created).
     public static func fallback(for group: KeyGroup) -> KeyGroupSettings {
-        KeyGroupSettings(name: group, responseFormat: group == .gemini ? "b64_json" : "url")
+        KeyGroupSettings(name: group, responseFormat: group == .gemini ? .b64JSON : .url)
     }
 }
 

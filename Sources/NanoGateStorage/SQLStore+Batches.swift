@@ -32,6 +32,18 @@ public struct StoredFile: Sendable, Equatable {
     }
 }
 
+/// Where a batch is (OpenAI's Batch object's `status` values that NanoGate uses).
+public enum BatchStatus: String, Sendable, Codable {
+    case validating
+    case inProgress = "in_progress"
+    /// Google answered; one instance is delivering the lines.
+    case finalizing
+    case completed
+    case failed
+    case expired
+    case cancelled
+}
+
 /// A batch of OpenAI's Batch API, run as one of Google's batches at half price.
 public struct BatchRecord: Sendable, Equatable {
     public var id: String
@@ -41,7 +53,7 @@ public struct BatchRecord: Sendable, Equatable {
     public var model: String
     public var inputFileID: String
     /// OpenAI's states: `validating`, `in_progress`, `finalizing`, `completed`, `failed`, `expired`, `cancelled`.
-    public var status: String
+    public var status: BatchStatus
     /// Where Google keeps it (JSON of the upstream handle), once submitted.
     public var upstream: String?
     public var outputFileID: String?
@@ -68,7 +80,7 @@ public struct BatchRecord: Sendable, Equatable {
         self.endpoint = endpoint
         self.model = model
         self.inputFileID = inputFileID
-        self.status = "validating"
+        self.status = .validating
         self.total = total
         self.completed = 0
         self.failed = 0
@@ -227,7 +239,7 @@ extension SQLStore {
                 id: id, keyID: key_id, endpoint: endpoint, model: model, inputFileID: input_file_id, total: total, reservationID: reservation_id,
                 metadata: metadata, createdAt: date(created_at)
             )
-            batch.status = status
+            batch.status = BatchStatus(rawValue: status) ?? .failed
             batch.baseURL = base_url
             batch.linePlans = line_plans
             batch.upstream = upstream
@@ -252,7 +264,7 @@ extension SQLStore {
     public func createBatch(_ batch: BatchRecord) async throws {
         try await database.raw("""
             INSERT INTO batches (id, key_id, endpoint, model, input_file_id, status, upstream, total, reservation_id, metadata, base_url, line_plans, created_at, in_progress_at, expires_at)
-            VALUES (\(bind: batch.id), \(bind: batch.keyID), \(bind: batch.endpoint), \(bind: batch.model), \(bind: batch.inputFileID), \(bind: batch.status),
+            VALUES (\(bind: batch.id), \(bind: batch.keyID), \(bind: batch.endpoint), \(bind: batch.model), \(bind: batch.inputFileID), \(bind: batch.status.rawValue),
                     \(bind: batch.upstream), \(bind: batch.total), \(bind: batch.reservationID), \(bind: batch.metadata), \(bind: batch.baseURL), \(bind: batch.linePlans), \(bind: Self.millis(batch.createdAt)),
                     \(bind: batch.inProgressAt.map(Self.millis)), \(bind: Self.millis(batch.expiresAt)))
             """).run()
@@ -297,10 +309,10 @@ extension SQLStore {
 
     /// Records a finished batch (if `owner` still holds it).
     public func finishBatch(
-        id: String, owner: String, status: String, completed: Int, failed: Int, outputFileID: String?, errorFileID: String?, errors: String?, now: Date = Date()
+        id: String, owner: String, status: BatchStatus, completed: Int, failed: Int, outputFileID: String?, errorFileID: String?, errors: String?, now: Date = Date()
     ) async throws {
         try await database.raw("""
-            UPDATE batches SET status = \(bind: status), completed = \(bind: completed), failed = \(bind: failed), output_file_id = \(bind: outputFileID),
+            UPDATE batches SET status = \(bind: status.rawValue), completed = \(bind: completed), failed = \(bind: failed), output_file_id = \(bind: outputFileID),
                 error_file_id = \(bind: errorFileID), errors = \(bind: errors), completed_at = \(bind: Self.millis(now)), lease_until = NULL
             WHERE id = \(bind: id) AND owner = \(bind: owner) AND status IN ('in_progress', 'finalizing')
             """).run()

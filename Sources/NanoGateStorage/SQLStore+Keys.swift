@@ -31,7 +31,7 @@ extension SQLStore {
             let group = KeyGroup(rawValue: key_group)
             let settings = group_response_format.map {
                 KeyGroupSettings(
-                    name: group, responseFormat: $0, multiplierPPM: Int(group_multiplier_ppm ?? 1_000_000), models: SQLStore.list(group_models),
+                    name: group, responseFormat: ResponseFormat(rawValue: $0) ?? .url, multiplierPPM: Int(group_multiplier_ppm ?? 1_000_000), models: SQLStore.list(group_models),
                     serviceTiers: SQLStore.list(group_service_tiers)
                 )
             }
@@ -185,7 +185,7 @@ extension SQLStore {
 
         var settings: KeyGroupSettings {
             KeyGroupSettings(
-                name: KeyGroup(rawValue: name), responseFormat: response_format, multiplierPPM: Int(multiplier_ppm), models: SQLStore.list(models),
+                name: KeyGroup(rawValue: name), responseFormat: ResponseFormat(rawValue: response_format) ?? .url, multiplierPPM: Int(multiplier_ppm), models: SQLStore.list(models),
                 serviceTiers: SQLStore.list(service_tiers)
             )
         }
@@ -204,7 +204,7 @@ extension SQLStore {
     public func createGroup(_ group: KeyGroupSettings) async throws {
         let inserted = try await database.raw("""
             INSERT INTO key_groups (name, response_format, multiplier_ppm, models, service_tiers, created_at)
-            VALUES (\(bind: group.name.rawValue), \(bind: group.responseFormat), \(bind: Int64(group.multiplierPPM)), \(bind: Self.text(group.models)),
+            VALUES (\(bind: group.name.rawValue), \(bind: group.responseFormat.rawValue), \(bind: Int64(group.multiplierPPM)), \(bind: Self.text(group.models)),
                     \(bind: Self.text(group.serviceTiers)), \(bind: Int64(Date().timeIntervalSince1970)))
             ON CONFLICT (name) DO NOTHING RETURNING name
             """).all()
@@ -213,7 +213,7 @@ extension SQLStore {
 
     public func updateGroup(_ group: KeyGroupSettings) async throws {
         let updated = try await database.raw("""
-            UPDATE key_groups SET response_format = \(bind: group.responseFormat), multiplier_ppm = \(bind: Int64(group.multiplierPPM)), models = \(bind: Self.text(group.models)),
+            UPDATE key_groups SET response_format = \(bind: group.responseFormat.rawValue), multiplier_ppm = \(bind: Int64(group.multiplierPPM)), models = \(bind: Self.text(group.models)),
                 service_tiers = \(bind: Self.text(group.serviceTiers))
             WHERE name = \(bind: group.name.rawValue) RETURNING name
             """).all()

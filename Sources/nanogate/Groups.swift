@@ -34,8 +34,8 @@ struct Groups: AsyncParsableCommand {
                 }
             }
             if let responseFormat {
-                guard ["url", "b64_json"].contains(responseFormat) else { throw ValidationError("--response-format must be url or b64_json.") }
-                settings.responseFormat = responseFormat
+                guard let format = ResponseFormat(rawValue: responseFormat) else { throw ValidationError("--response-format must be url or b64_json.") }
+                settings.responseFormat = format
             }
             if let multiplier {
                 guard multiplier.isFinite, multiplier >= 0, multiplier <= 1000 else { throw ValidationError("--multiplier must be from 0 to 1000.") }
@@ -56,7 +56,7 @@ struct Groups: AsyncParsableCommand {
         @OptionGroup var data: DataDirectoryOption
 
         func run() async throws {
-            var group = KeyGroupSettings(name: try Keys.group(name), responseFormat: "url")
+            var group = KeyGroupSettings(name: try Keys.group(name), responseFormat: .url)
             try settings.apply(to: &group)
             try await withOperator(data) { try await $0.store.createGroup(group) }
             if json { return try printJSON(OperatorService.GroupView(group)) }

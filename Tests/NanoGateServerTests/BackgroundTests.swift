@@ -64,7 +64,7 @@ import Upstream
             let keyID = try #require(try await store.key(named: "batcher")).id
             try await eventually("the batch is delivered", timeout: .seconds(60)) {
                 if let batch = try await store.claimBatchForPoll(owner: poller.owner, leaseUntil: Date().addingTimeInterval(60)) { await poller.poll(batch) }
-                return try await store.batch(id: batchID, keyID: keyID)?.status == "completed"
+                return try await store.batch(id: batchID, keyID: keyID)?.status == .completed
             }
             await parts.pool.shutdown()
             let batch = try #require(try await store.batch(id: batchID, keyID: keyID))

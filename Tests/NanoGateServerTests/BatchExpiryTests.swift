@@ -45,7 +45,7 @@ import Upstream
             // Polled now: Google is still working on it, so it stays in progress.
             let batch = try #require(try await store.claimBatchForPoll(owner: poller.owner, leaseUntil: Date().addingTimeInterval(60)))
             await poller.poll(batch)
-            #expect(try await store.batch(id: batchID, keyID: batch.keyID)?.status == "in_progress")
+            #expect(try await store.batch(id: batchID, keyID: batch.keyID)?.status == .inProgress)
             // A day and two hours later, Google still has not finished it: it expires.
             let late = try #require(try await store.claimBatchForPoll(owner: poller.owner, leaseUntil: Date().addingTimeInterval(60), now: Date().addingTimeInterval(3600 * 26)))
             await poller.poll(late, now: Date().addingTimeInterval(3600 * 26))

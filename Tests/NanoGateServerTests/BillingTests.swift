@@ -178,7 +178,7 @@ import Testing
     /// A group's multiplier applies on top of the prices, and its response_format is its keys' default.
     @Test func groupsSetMultiplierAndDefaultFormat() async throws {
         try await withGateway { gateway in
-            try await gateway.dependencies.store.createGroup(KeyGroupSettings(name: KeyGroup(rawValue: "resell"), responseFormat: "b64_json", multiplierPPM: 2_000_000))
+            try await gateway.dependencies.store.createGroup(KeyGroupSettings(name: KeyGroup(rawValue: "resell"), responseFormat: .b64JSON, multiplierPPM: 2_000_000))
             let secret = try await Self.key(gateway, name: "reseller", group: KeyGroup(rawValue: "resell"), KeyOptions())
             let reply = try await gateway.generate(#"{"model":"nano-banana","prompt":"p"}"#, key: secret)
             #expect(reply.data.first?["b64_json"] is String, "the group's default format")

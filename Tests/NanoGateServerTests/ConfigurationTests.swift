@@ -143,7 +143,7 @@ import Upstream
         #expect(rows.count == 1 && rows[0].costMicroUSD == 38_700 && rows[0].attempts == 0)
         #expect(rows.first?.createdAt == Date(timeIntervalSince1970: 2), "seconds became milliseconds without moving the row in time")
         #expect(keys.first?.creditMicroUSD == nil && keys.first?.spentMicroUSD == 0, "old keys stay unlimited")
-        #expect(keys.first?.groupSettings == KeyGroupSettings(name: .default, responseFormat: "url"), "the spec's groups exist")
+        #expect(keys.first?.groupSettings == KeyGroupSettings(name: .default, responseFormat: .url), "the spec's groups exist")
         try await handle.store.record(UsageRecord(
             keyID: "k1", endpoint: "chat.completions", model: "nano-banana", status: 200, images: 1, inputTokens: 1, outputTokens: 1,
             totalTokens: 2, costMicroUSD: 5, errorCode: nil, upstreamCostMicroUSD: 7, attempts: 2

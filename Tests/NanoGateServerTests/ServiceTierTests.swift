@@ -59,7 +59,7 @@ import Upstream
             #expect(bad.status == 400 && bad.error["param"] as? String == "service_tier")
 
             // A group that allows priority: charged at the operator's priority price (200% by default).
-            try await gateway.dependencies.store.createGroup(KeyGroupSettings(name: KeyGroup(rawValue: "vip"), responseFormat: "b64_json", serviceTiers: ["standard", "priority"]))
+            try await gateway.dependencies.store.createGroup(KeyGroupSettings(name: KeyGroup(rawValue: "vip"), responseFormat: .b64JSON, serviceTiers: ["standard", "priority"]))
             let vip = try await BillingTests.key(gateway, name: "vip", group: KeyGroup(rawValue: "vip"), KeyOptions(creditMicroUSD: 5_000_000))
             let standardKey = try await BillingTests.key(gateway, name: "plain", KeyOptions(creditMicroUSD: 5_000_000))
             let priority = try await gateway.generate(#"{"model":"nano-banana-pro","prompt":"p","service_tier":"priority"}"#, key: vip)
@@ -85,7 +85,7 @@ import Upstream
             let row = try await Self.row(gateway, "shed")
             #expect(row.serviceTier == "standard" && row.costMicroUSD > 0)
 
-            try await gateway.dependencies.store.createGroup(KeyGroupSettings(name: KeyGroup(rawValue: "thrifty"), responseFormat: "b64_json", serviceTiers: ["flex"]))
+            try await gateway.dependencies.store.createGroup(KeyGroupSettings(name: KeyGroup(rawValue: "thrifty"), responseFormat: .b64JSON, serviceTiers: ["flex"]))
             let thrifty = try await BillingTests.key(gateway, name: "thrifty", group: KeyGroup(rawValue: "thrifty"), KeyOptions(creditMicroUSD: 5_000_000))
             let shed = try await gateway.generate(#"{"model":"nano-banana","prompt":"p [emulate:shed_flex]","service_tier":"flex"}"#, key: thrifty)
             #expect(shed.status == 503, "\(shed.text.prefix(300))")

@@ -83,7 +83,7 @@ extension BatchRecord {
 
 extension BatchesController {
     /// Ends a batch that cannot be delivered: its hold released, nothing charged.
-    func fail(_ batch: BatchRecord, owner: String, code: String, message: String, status: String = "failed", logger: Logger) async {
+    func fail(_ batch: BatchRecord, owner: String, code: String, message: String, status: BatchStatus = .failed, logger: Logger) async {
         let errors = BatchObject.BatchErrors(data: [.init(code: code, message: message, line: nil)])
         if let reservationID = batch.reservationID { try? await pipeline.ledger.release(reservationID: reservationID) }
         try? await store.finishBatch(
@@ -97,7 +97,7 @@ extension BatchesController {
     /// as `expired` with nothing charged (Google returned nothing to deliver).
     func expire(_ batch: BatchRecord, upstream: GeminiBatch.Handle, owner: String, logger: Logger) async {
         try? await pipeline.upstream.cancelBatch(upstream, logger: logger)
-        await fail(batch, owner: owner, code: "batch_expired", message: "Google did not finish the batch within its 24 h window.", status: "expired", logger: logger)
+        await fail(batch, owner: owner, code: "batch_expired", message: "Google did not finish the batch within its 24 h window.", status: .expired, logger: logger)
     }
 
     /// The delivery plan of every line: stored at submission; for a batch submitted before plans
@@ -186,7 +186,7 @@ extension BatchesController {
                 objectName: objectName, bytes: size, expiresAt: Date().addingTimeInterval(TimeInterval(Self.fileDays * 24 * 3600))
             )
             try await store.storeFile(outputFile)
-            try await store.finishBatch(id: batch.id, owner: owner, status: "completed", completed: completed, failed: failed, outputFileID: outputFile.id, errorFileID: nil, errors: nil)
+            try await store.finishBatch(id: batch.id, owner: owner, status: .completed, completed: completed, failed: failed, outputFileID: outputFile.id, errorFileID: nil, errors: nil)
             logger.info("batch completed", metadata: ["completed": "\(completed)", "failed": "\(failed)"])
         } catch {
             logger.error("could not store a batch's output", metadata: ["error": "\(String(reflecting: error))"])

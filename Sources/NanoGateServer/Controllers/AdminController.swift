@@ -329,8 +329,11 @@ struct AdminController {
 
     static func groupSettings(_ body: GroupBody, name: String, base: KeyGroupSettings?) throws(GatewayError) -> KeyGroupSettings {
         let group = try Self.group(name)
-        let format = body.response_format ?? base?.responseFormat ?? "url"
-        guard ["url", "b64_json"].contains(format) else { throw .invalidParameter("response_format", "Accepted values: url, b64_json.") }
+        var format = base?.responseFormat ?? .url
+        if let named = body.response_format {
+            guard let known = ResponseFormat(rawValue: named) else { throw .invalidParameter("response_format", "Accepted values: url, b64_json.") }
+            format = known
+        }
         var multiplier = base?.multiplierPPM ?? 1_000_000
         if let value = body.multiplier {
             guard value.isFinite, value >= 0, value <= 1000 else { throw .invalidParameter("multiplier", "'multiplier' must be from 0 to 1000.") }
@@ -389,13 +392,6 @@ struct AdminController {
     }
 }
 
-/// JSON answers of the admin and account endpoints.
-func json(_ value: some Encodable, status: HTTPResponse.Status = .ok) throws -> Response {
-    let encoder = JSONEncoder()
-    encoder.outputFormatting = [.sortedKeys]
-    let data = try encoder.encode(value)
-    return Response(status: status, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(data: data)))
-}
 
 /// What a key holder sees of its own account: `GET /v1/usage`, and the legacy billing endpoints
 /// chat clients (NextChat, Cherry Studio, LobeChat) call to show a balance.

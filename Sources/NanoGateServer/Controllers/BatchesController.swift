@@ -128,10 +128,6 @@ struct BatchesController {
         )
     }
 
-    static func json(_ value: some Encodable, status: HTTPResponse.Status = .ok) throws -> Response {
-        Response(status: status, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(data: try JSONEncoder().encode(value))))
-    }
-
     /// Days an uploaded file (and a batch's output) is kept; expired files are swept.
     static let fileDays = 30
 
@@ -165,7 +161,7 @@ struct BatchesController {
             objectName: objectName, bytes: file.body.readableBytes, expiresAt: Date().addingTimeInterval(TimeInterval(Self.fileDays * 24 * 3600))
         )
         try await store.storeFile(upload)
-        return try Self.json(FileObject(upload))
+        return try json(FileObject(upload))
     }
 
     static func fileNotFound(_ id: String) -> GatewayError {
@@ -189,7 +185,7 @@ struct BatchesController {
         let id = context.parameters.get("id") ?? ""
         // The size comes from the row: the content is not read to describe the file.
         guard let info = try await store.fileInfo(id: id, keyID: key.id) else { throw Self.fileNotFound(id) }
-        return try Self.json(FileObject(info.file, bytes: info.bytes))
+        return try json(FileObject(info.file, bytes: info.bytes))
     }
 
     @Sendable func fileContent(_ request: Request, context: GatewayRequestContext) async throws -> Response {
@@ -326,7 +322,7 @@ struct BatchesController {
             id: id, keyID: key.id, endpoint: endpoint, model: model.name, inputFileID: fileID, total: lines.count, reservationID: reservationID,
             metadata: body.metadata.flatMap { try? JSONEncoder().encode($0) }.map { String(decoding: $0, as: UTF8.self) }
         )
-        batch.status = "in_progress"
+        batch.status = .inProgress
         batch.inProgressAt = Date()
         batch.baseURL = baseURL
         batch.upstream = (try? JSONEncoder().encode(handle)).map { String(decoding: $0, as: UTF8.self) }
@@ -341,7 +337,7 @@ struct BatchesController {
             throw GatewayError.internal("The batch could not be stored; retry.")
         }
         context.logger.info("batch submitted", metadata: ["batch": "\(id)", "lines": "\(lines.count)", "upstream.batch": "\(handle.name)"])
-        return try Self.json(BatchObject(batch))
+        return try json(BatchObject(batch))
     }
 
     /// Reads every line's image URLs, once, after the batch's credit is held: at most
@@ -372,7 +368,7 @@ struct BatchesController {
         guard let batch = try await store.batch(id: id, keyID: key.id) else {
             throw GatewayError(status: 404, type: "invalid_request_error", code: "batch_not_found", param: "id", message: "No batch '\(id)' for this key.")
         }
-        return try Self.json(BatchObject(batch))
+        return try json(BatchObject(batch))
     }
 
     @Sendable func list(_ request: Request, context: GatewayRequestContext) async throws -> Response {
@@ -386,7 +382,7 @@ struct BatchesController {
             var last_id: String?
             var has_more = false
         }
-        return try Self.json(Page(data: objects, first_id: objects.first?.id, last_id: objects.last?.id))
+        return try json(Page(data: objects, first_id: objects.first?.id, last_id: objects.last?.id))
     }
 
     /// `POST /v1/batches/{id}/cancel`. Google is asked first: a batch it has already finished is
@@ -399,22 +395,22 @@ struct BatchesController {
         guard let batch = try await store.batch(id: id, keyID: key.id) else {
             throw GatewayError(status: 404, type: "invalid_request_error", code: "batch_not_found", param: "id", message: "No batch '\(id)' for this key.")
         }
-        func notCancellable(_ status: String) -> GatewayError {
-            GatewayError(status: 409, type: "invalid_request_error", code: "batch_not_cancellable", param: "id", message: "Batch '\(id)' is \(status); only a batch in progress can be cancelled.")
+        func notCancellable(_ status: BatchStatus) -> GatewayError {
+            GatewayError(status: 409, type: "invalid_request_error", code: "batch_not_cancellable", param: "id", message: "Batch '\(id)' is \(status.rawValue); only a batch in progress can be cancelled.")
         }
-        guard batch.status == "in_progress" else { throw notCancellable(batch.status) }
+        guard batch.status == .inProgress else { throw notCancellable(batch.status) }
         let handle = batch.upstreamHandle
         if let handle, let status = try? await pipeline.upstream.batchStatus(handle, logger: context.logger), status.done, !status.results.isEmpty {
             // Google's work is done and billed: deliver it rather than drop it. The delivery's
             // owner is this request alone, so this instance's poller cannot deliver it too.
             let delivery = "\(owner)/cancel-\(randomHex(bytes: 6))"
             guard try await store.beginDelivery(id: id, owner: delivery, leaseUntil: Date().addingTimeInterval(3600)) else {
-                throw notCancellable((try await store.batch(id: id, keyID: key.id))?.status ?? "finished")
+                throw notCancellable((try await store.batch(id: id, keyID: key.id))?.status ?? .completed)
             }
             await deliver(batch, status: status, owner: delivery, logger: context.logger)
         } else {
             guard try await store.cancelBatch(id: id, keyID: key.id) else {
-                throw notCancellable((try await store.batch(id: id, keyID: key.id))?.status ?? "finished")
+                throw notCancellable((try await store.batch(id: id, keyID: key.id))?.status ?? .completed)
             }
             if let reservationID = batch.reservationID { try? await pipeline.ledger.release(reservationID: reservationID) }
             if let handle {
@@ -424,7 +420,7 @@ struct BatchesController {
             }
         }
         guard let final = try await store.batch(id: id, keyID: key.id) else { throw GatewayError.internal("The batch vanished.") }
-        return try Self.json(BatchObject(final))
+        return try json(BatchObject(final))
     }
 
     /// OpenAI's batch object.
@@ -471,16 +467,16 @@ struct BatchesController {
             model = batch.model
             errors = batch.errors.flatMap { try? JSONDecoder().decode(BatchErrors.self, from: Data($0.utf8)) }
             input_file_id = batch.inputFileID
-            status = batch.status
+            status = batch.status.rawValue
             output_file_id = batch.outputFileID
             error_file_id = batch.errorFileID
             created_at = Int(batch.createdAt.timeIntervalSince1970)
             in_progress_at = batch.inProgressAt.map { Int($0.timeIntervalSince1970) }
             expires_at = Int(batch.expiresAt.timeIntervalSince1970)
             let finished = batch.completedAt.map { Int($0.timeIntervalSince1970) }
-            completed_at = batch.status == "completed" ? finished : nil
-            failed_at = batch.status == "failed" ? finished : nil
-            cancelled_at = batch.status == "cancelled" ? finished : nil
+            completed_at = batch.status == .completed ? finished : nil
+            failed_at = batch.status == .failed ? finished : nil
+            cancelled_at = batch.status == .cancelled ? finished : nil
             request_counts = Counts(total: batch.total, completed: batch.completed, failed: batch.failed)
             metadata = batch.metadata.flatMap { try? JSONDecoder().decode([String: String].self, from: Data($0.utf8)) }
         }

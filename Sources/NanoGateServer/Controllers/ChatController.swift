@@ -455,7 +455,7 @@ struct ChatController {
         )
         completion.serviceTier = settlement.servedTier.openAIName
         do {
-            return try ImagesController.json(completion)
+            return try json(completion, sortedKeys: false)
         } catch {
             throw .internal("The answer could not be encoded.")
         }

@@ -81,7 +81,7 @@ struct ImagesController {
                 try SplicedJSON.encode(try await pipeline.generateImages(job, settlement: settlement, logger: logger))
             }
         }
-        var response = try Self.json(try await pipeline.generateImages(job, settlement: settlement, logger: logger))
+        var response = try json(try await pipeline.generateImages(job, settlement: settlement, logger: logger), sortedKeys: false)
         response.headers[Self.upstreamModelHeader] = settlement.servedBy.id
         response.headers[Self.costHeader] = Pricing.usdText(settlement.chargeMicroUSD)
         return response
@@ -166,26 +166,12 @@ struct ImagesController {
             }
             format = parsed
         } else {
-            format = ResponseFormat(rawValue: group.responseFormat) ?? .url
+            format = group.responseFormat
         }
         if !model.allowsURLOutput { format = .b64JSON }
         return format
     }
 
-    /// JSON with any `Base64Text` written straight from Google's buffer, piece by piece.
-    static func json(_ value: some Encodable) throws -> Response {
-        let pieces = try SplicedJSON.encode(value)
-        let body: ResponseBody
-        if pieces.count == 1 {
-            body = ResponseBody(byteBuffer: pieces[0])
-        } else {
-            body = ResponseBody(contentLength: pieces.reduce(0) { $0 + $1.readableBytes }) { writer in
-                for piece in pieces { try await writer.write(piece) }
-                try await writer.finish(nil)
-            }
-        }
-        return Response(status: .ok, headers: [.contentType: "application/json"], body: body)
-    }
 }
 
 /// `GET /v1/files/images/{name}?expires=…&signature=…`: the stored image, while the URL is valid.

@@ -44,9 +44,9 @@ struct ModelsController {
         group.get("models") { request, context in
             if GoogleErrorShape.applies(to: request) {
                 // Google's SDK listing models under /v1 (x-goog-api-key, no bearer): Google's shape.
-                return try ImagesController.json(NativeController.ModelList(models: models(for: context.identity).map(NativeController.GoogleModel.init)))
+                return try json(NativeController.ModelList(models: models(for: context.identity).map(NativeController.GoogleModel.init)), sortedKeys: false)
             }
-            return try ImagesController.json(ModelList(data: models(for: context.identity).map { object($0, key: context.identity) }))
+            return try json(ModelList(data: models(for: context.identity).map { object($0, key: context.identity) }), sortedKeys: false)
         }
         group.get("models/{id}") { request, context in
             let id = (context.parameters.get("id") ?? "").removingPercentEncoding ?? ""
@@ -55,12 +55,12 @@ struct ModelsController {
                 let bare = id.hasPrefix("models/") ? String(id.dropFirst(7)) : id
                 let native = NativeController.resolve(bare, in: catalog, key: context.identity)
                 guard let model = native else { throw GatewayError.unknownModel(bare, known: models(for: context.identity).map(\.name)) }
-                return try ImagesController.json(NativeController.GoogleModel(model))
+                return try json(NativeController.GoogleModel(model), sortedKeys: false)
             }
             guard let model = models(for: context.identity).first(where: { $0.name == id }) else {
                 throw GatewayError.unknownModel(id, known: models(for: context.identity).map(\.name))
             }
-            return try ImagesController.json(object(model, key: context.identity))
+            return try json(object(model, key: context.identity), sortedKeys: false)
         }
     }
 

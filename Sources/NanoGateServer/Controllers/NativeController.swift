@@ -30,13 +30,13 @@ struct NativeController {
         }
         guard listModels else { return }
         group.get("models") { _, context in
-            try ImagesController.json(ModelList(models: models(for: context.identity).map(GoogleModel.init)))
+            try NanoGateServer.json(ModelList(models: models(for: context.identity).map(GoogleModel.init)), sortedKeys: false)
         }
         group.get("models/{id}") { _, context in
             let name = (context.parameters.get("id") ?? "").removingPercentEncoding ?? ""
             let bare = name.hasPrefix("models/") ? String(name.dropFirst(7)) : name
             guard let model = resolve(bare, key: context.identity) else { throw GatewayError.unknownModel(bare, known: models(for: context.identity).map(\.name)) }
-            return try ImagesController.json(GoogleModel(model))
+            return try NanoGateServer.json(GoogleModel(model), sortedKeys: false)
         }
     }
 
@@ -216,10 +216,7 @@ struct NativeController {
     }
 
     static func json(_ answer: GeminiWire.Response, upstreamModel: String) throws -> Response {
-        let body = try SplicedJSON.encodeJoined(answer)
-        var headers: HTTPFields = [.contentType: "application/json"]
-        headers[ImagesController.upstreamModelHeader] = upstreamModel
-        return Response(status: .ok, headers: headers, body: .init(byteBuffer: body))
+        try NanoGateServer.json(answer, headers: [ImagesController.upstreamModelHeader: upstreamModel], sortedKeys: false)
     }
 }
 

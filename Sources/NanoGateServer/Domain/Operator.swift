@@ -87,7 +87,7 @@ public struct OperatorService: Sendable {
 
         public init(_ group: KeyGroupSettings) {
             name = group.name.rawValue
-            response_format = group.responseFormat
+            response_format = group.responseFormat.rawValue
             multiplier = Double(group.multiplierPPM) / 1_000_000
             models = group.models
             service_tiers = group.serviceTiers ?? KeyGroupSettings.defaultServiceTiers
