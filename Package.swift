@@ -162,6 +162,16 @@ let package = Package(
             resources: [.copy("Fixtures")],
             swiftSettings: swiftSettings
         ),
+        // The upstream pool's state machine, against fake channels and a clock of the test's own.
+        .testTarget(
+            name: "UpstreamTests",
+            dependencies: [
+                "Upstream", "NanoGateCore",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         .testTarget(
             name: "NanoGateServerTests",
             dependencies: [

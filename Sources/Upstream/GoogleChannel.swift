@@ -26,6 +26,9 @@ struct GoogleChannel: UpstreamChannel {
     }
 
     var credentialCount: Int { configuration.kind == .vertex ? 1 : configuration.apiKeys.count }
+    var provider: UpstreamError.Provider { .google }
+    /// Google's Batch API is the Gemini API's (Vertex batch prediction is not used).
+    var batchChannel: GoogleChannel? { configuration.kind == .gemini ? self : nil }
 
     /// Where `model`'s `action` lives for this kind.
     func url(model: String, action: String) -> String {

@@ -26,6 +26,7 @@ struct OpenAIChannel: UpstreamChannel {
     }
 
     var credentialCount: Int { configuration.apiKeys.count }
+    var provider: UpstreamError.Provider { .openAICompatible }
 
     private var base: String {
         var base = configuration.baseURL ?? ""

@@ -18,6 +18,11 @@ protocol UpstreamChannel: Sendable {
     var credentialCount: Int { get }
     /// Removes the channel's secrets from text that may reach a client or a log.
     var redact: @Sendable (String) -> String { get }
+    /// Whose API it speaks (named in the errors it causes).
+    var provider: UpstreamError.Provider { get }
+    /// The channel as Google's Batch API client, when it is a Gemini API channel (nil: it
+    /// cannot take batches).
+    var batchChannel: GoogleChannel? { get }
 
     /// One `generateContent` call on `model` (the id this channel knows it by), answered
     /// within `timeout` (request, head and body).
@@ -34,6 +39,10 @@ protocol UpstreamChannel: Sendable {
     func probe(model: String, logger: Logger) async throws(UpstreamError) -> String
 
     func shutdown() async
+}
+
+extension UpstreamChannel {
+    var batchChannel: GoogleChannel? { nil }
 }
 
 /// What the pool does after a failed attempt.

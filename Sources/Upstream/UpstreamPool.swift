@@ -215,13 +215,24 @@ public final class UpstreamPool: Sendable {
     private let eventLoopGroup: any EventLoopGroup
     private let logger: Logger
     private let observer: (any UpstreamObserver)?
+    /// The pool's clock for its state (cool-downs, breakers, refusals); tests pass their own.
+    /// Calls are timed by the real clock.
+    private let clock: @Sendable () -> ContinuousClock.Instant
     /// What answers taught the pool since the database last took it (`drainLearned`).
     private let learned = Mutex<[ChannelFact]>([])
 
+    /// The channels in service, each with its state, in one array.
     private struct Roster {
-        var members: [Member] = []
-        var states: [ChannelState] = []
+        struct Entry {
+            var member: Member
+            var state: ChannelState
+        }
+
+        var entries: [Entry] = []
         var nextID = 0
+
+        var members: [Member] { entries.map(\.member) }
+        var states: [ChannelState] { entries.map(\.state) }
     }
 
     private struct Member: Sendable {
@@ -267,22 +278,42 @@ public final class UpstreamPool: Sendable {
 
     /// The pool with one HTTP client per channel (its own connection pool, sized to its
     /// `max_concurrency`, and its own proxy), following no redirect.
-    public init(
+    public convenience init(
         configuration: UpstreamConfiguration, eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger,
-        observer: (any UpstreamObserver)? = nil, random: @escaping @Sendable (Int) -> Int = { Int.random(in: 0..<max(1, $0)) }
+        observer: (any UpstreamObserver)? = nil, random: @escaping @Sendable (Int) -> Int = { Int.random(in: 0..<max(1, $0)) },
+        now: @escaping @Sendable () -> ContinuousClock.Instant = { .now }
+    ) {
+        self.init(configuration: configuration, channels: nil, eventLoopGroup: eventLoopGroup, logger: logger, observer: observer, random: random, now: now)
+    }
+
+    /// The pool over `channels` as given (tests: fakes in place of HTTP), or nil: the
+    /// configuration's, each with its own HTTP client.
+    init(
+        configuration: UpstreamConfiguration, channels: [any UpstreamChannel]?, eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+        logger: Logger, observer: (any UpstreamObserver)? = nil, random: @escaping @Sendable (Int) -> Int = { Int.random(in: 0..<max(1, $0)) },
+        now: @escaping @Sendable () -> ContinuousClock.Instant = { .now }
     ) {
         self.configuration = configuration
         self.observer = observer
         self.random = random
         self.eventLoopGroup = eventLoopGroup
         self.logger = logger
+        self.clock = now
         self.roster = Mutex(Roster())
         roster.withLock { roster in
-            for channel in configuration.effectiveChannels {
-                roster.members.append(makeMember(channel, id: roster.nextID, managed: false))
-                roster.states.append(ChannelState(rests: Array(repeating: [:], count: max(1, roster.members.last!.channel.credentialCount))))
-                roster.nextID += 1
+            let members: [Member]
+            if let channels {
+                members = channels.enumerated().map { offset, channel in
+                    Member(
+                        id: offset, channel: channel, gate: ConcurrencyGate(limit: channel.configuration.maxConcurrency, queueLimit: configuration.queueLimit),
+                        broken: nil, managed: false
+                    )
+                }
+            } else {
+                members = configuration.effectiveChannels.enumerated().map { offset, channel in makeMember(channel, id: offset, managed: false) }
             }
+            roster.entries = members.map { Roster.Entry(member: $0, state: ChannelState(rests: Array(repeating: [:], count: max(1, $0.channel.credentialCount)))) }
+            roster.nextID = members.count
         }
     }
 
@@ -295,28 +326,20 @@ public final class UpstreamPool: Sendable {
         let fixedNames = Set(configuration.effectiveChannels.map(\.name))
         let wanted = channels.filter { !fixedNames.contains($0.name) }
         let removed = roster.withLock { roster -> [any UpstreamChannel] in
-            var members: [Member] = []
-            var states: [ChannelState] = []
-            var removed: [any UpstreamChannel] = []
-            for (member, state) in zip(roster.members, roster.states) where !member.managed {
-                members.append(member)
-                states.append(state)
-            }
+            // The file's channels stay; a stored channel unchanged keeps its state.
+            var entries = roster.entries.filter { !$0.member.managed }
             for channel in wanted {
-                if let index = roster.members.firstIndex(where: { $0.managed && $0.configuration == channel }) {
-                    members.append(roster.members[index])
-                    states.append(roster.states[index])
+                if let kept = roster.entries.first(where: { $0.member.managed && $0.member.configuration == channel }) {
+                    entries.append(kept)
                 } else {
                     let member = makeMember(channel, id: roster.nextID, managed: true)
                     roster.nextID += 1
-                    members.append(member)
-                    states.append(ChannelState(rests: Array(repeating: [:], count: max(1, member.channel.credentialCount))))
+                    entries.append(Roster.Entry(member: member, state: ChannelState(rests: Array(repeating: [:], count: max(1, member.channel.credentialCount)))))
                 }
             }
-            let kept = Set(members.map(\.id))
-            removed = roster.members.filter { !kept.contains($0.id) }.map(\.channel)
-            roster.members = members
-            roster.states = states
+            let kept = Set(entries.map(\.member.id))
+            let removed = roster.entries.filter { !kept.contains($0.member.id) }.map(\.member.channel)
+            roster.entries = entries
             return removed
         }
         if !removed.isEmpty { retired.withLock { $0.append(contentsOf: removed) } }
@@ -414,12 +437,12 @@ public final class UpstreamPool: Sendable {
             guard let index = roster.members.firstIndex(where: { $0.id == id }) else { return }
             switch listing {
             case .success(let listed):
-                roster.states[index].listed = listed
-                roster.states[index].listedAt = Date()
-                roster.states[index].listError = nil
+                roster.entries[index].state.listed = listed
+                roster.entries[index].state.listedAt = Date()
+                roster.entries[index].state.listError = nil
             case .failure(let error):
                 // The last good list stands: a failed check says nothing about the models.
-                roster.states[index].listError = error.description
+                roster.entries[index].state.listError = error.description
             }
         }
     }
@@ -427,7 +450,7 @@ public final class UpstreamPool: Sendable {
     /// The ids channel `name`'s model list offered at the last check (nil: it cannot list, or
     /// was never asked).
     public func listed(channel name: String) -> Set<String>? {
-        roster.withLock { roster in roster.members.firstIndex { $0.configuration.name == name }.flatMap { roster.states[$0].listed } }
+        roster.withLock { roster in roster.members.firstIndex { $0.configuration.name == name }.flatMap { roster.entries[$0].state.listed } }
     }
 
     /// What answers taught the pool since the last call (refused models and credentials), for
@@ -443,28 +466,28 @@ public final class UpstreamPool: Sendable {
     /// its model list, refused ids, and refused credentials whose fingerprint still matches.
     /// Refusals only ever lengthen what the pool already holds.
     public func apply(_ knowledge: [String: ChannelKnowledge]) {
-        let now = ContinuousClock.now
+        let now = clock()
         let wallNow = Date()
         func instant(_ date: Date) -> ContinuousClock.Instant { now.advanced(by: .seconds(date.timeIntervalSince(wallNow))) }
         roster.withLock { roster in
-            for index in roster.members.indices {
-                let config = roster.members[index].configuration
+            for index in roster.entries.indices {
+                let config = roster.entries[index].member.configuration
                 guard let known = knowledge[config.name] else { continue }
-                if let checkedAt = known.checkedAt, roster.states[index].listedAt.map({ $0 < checkedAt }) ?? true {
-                    roster.states[index].listed = known.listed
-                    roster.states[index].listedAt = checkedAt
-                    roster.states[index].listError = known.listError
+                if let checkedAt = known.checkedAt, roster.entries[index].state.listedAt.map({ $0 < checkedAt }) ?? true {
+                    roster.entries[index].state.listed = known.listed
+                    roster.entries[index].state.listedAt = checkedAt
+                    roster.entries[index].state.listError = known.listError
                 }
                 for (upstreamID, until) in known.refusedModels where until > wallNow {
-                    let held = roster.states[index].refusedModels[upstreamID]
-                    if held.map({ $0 < instant(until) }) ?? true { roster.states[index].refusedModels[upstreamID] = instant(until) }
+                    let held = roster.entries[index].state.refusedModels[upstreamID]
+                    if held.map({ $0 < instant(until) }) ?? true { roster.entries[index].state.refusedModels[upstreamID] = instant(until) }
                 }
                 for refusal in known.refusedKeys where refusal.until > wallNow {
                     let position = refusal.position - 1
-                    guard roster.states[index].rests.indices.contains(position), config.credentialFingerprint(position) == refusal.fingerprint else { continue }
-                    let held = roster.states[index].rests[position][""]
+                    guard roster.entries[index].state.rests.indices.contains(position), config.credentialFingerprint(position) == refusal.fingerprint else { continue }
+                    let held = roster.entries[index].state.rests[position][""]
                     if held.map({ !$0.rejected || $0.until < instant(refusal.until) }) ?? true {
-                        roster.states[index].rests[position][""] = Rest(
+                        roster.entries[index].state.rests[position][""] = Rest(
                             until: instant(refusal.until), reason: UpstreamError(.authFailed, detail: refusal.reason), rejected: true
                         )
                     }
@@ -476,10 +499,10 @@ public final class UpstreamPool: Sendable {
     /// Whether channel `name` serves `model` (a catalog upstream id; `aliases` its other names)
     /// now, and why not: one cell of the model matrix.
     public func serves(channel name: String, model: String, aliases: [String] = []) -> ChannelServes {
-        let now = ContinuousClock.now
+        let now = clock()
         return roster.withLock { roster in
             guard let index = roster.members.firstIndex(where: { $0.configuration.name == name }) else { return .notRouted }
-            return Self.serves(roster.members[index], roster.states[index], model: model, aliases: aliases, now: now)
+            return Self.serves(roster.entries[index].member, roster.entries[index].state, model: model, aliases: aliases, now: now)
         }
     }
 
@@ -494,14 +517,14 @@ public final class UpstreamPool: Sendable {
     /// it, and lists it where it can list): when none may, a request goes down the model's
     /// fallback chain without a call.
     public func mayServe(model: String, aliases: [String] = []) -> Bool {
-        let now = ContinuousClock.now
+        let now = clock()
         return roster.withLock { roster in
-            roster.members.indices.contains { index in
+            roster.entries.indices.contains { index in
                 // A channel whose every credential Google refused serves nothing until fixed.
-                let keys = roster.states[index].rests
+                let keys = roster.entries[index].state.rests
                 let refused = keys.allSatisfy { $0[""].map { $0.rejected && $0.until > now } ?? false }
-                return roster.members[index].broken == nil && !refused
-                    && Self.serves(roster.members[index], roster.states[index], model: model, aliases: aliases, now: now).serves
+                return roster.entries[index].member.broken == nil && !refused
+                    && Self.serves(roster.entries[index].member, roster.entries[index].state, model: model, aliases: aliases, now: now).serves
             }
         }
     }
@@ -520,7 +543,7 @@ public final class UpstreamPool: Sendable {
     /// Every channel's state now; with `models` (catalog upstream ids → their aliases), whether
     /// each channel serves each of them.
     public func status(models: [String: [String]] = [:]) -> [ChannelStatus] {
-        let now = ContinuousClock.now
+        let now = clock()
         let (members, states) = roster.withLock { ($0.members, $0.states) }
         return zip(members, states).map { member, channel in
             let config = member.configuration
@@ -643,7 +666,7 @@ public final class UpstreamPool: Sendable {
         defer { member.gate.release() }
         let limit = min(timeout, ContinuousClock.now.duration(to: deadline))
         guard limit > .zero else { return .failure(.init(error: .init(.timeout), disposition: .fatal)) }
-        let timedOut = ChannelFailure(error: .init(.timeout, detail: "no answer within \(limit)", provider: member.channel is OpenAIChannel ? .openAICompatible : .google), disposition: .fatal)
+        let timedOut = ChannelFailure(error: .init(.timeout, detail: "no answer within \(limit)", provider: member.channel.provider), disposition: .fatal)
         do {
             return try await Deadline.run(until: .now.advanced(by: limit), orThrow: timedOut) {
                 await attempt(member, pick.upstreamID, body, pick.credential, limit, deadline)
@@ -658,14 +681,14 @@ public final class UpstreamPool: Sendable {
     /// Gemini API channels serving `model`, by priority, with a usable credential each: where
     /// a batch may go.
     func batchTargets(model: String, aliases: [String]) -> [(channel: GoogleChannel, credential: Int, upstreamID: String)] {
-        let now = ContinuousClock.now
+        let now = clock()
         return roster.withLock { roster in
-            roster.members.indices.compactMap { index -> (GoogleChannel, Int, String, Int)? in
-                let member = roster.members[index]
-                guard member.broken == nil, let channel = member.channel as? GoogleChannel, channel.configuration.kind == .gemini,
+            roster.entries.indices.compactMap { index -> (GoogleChannel, Int, String, Int)? in
+                let member = roster.entries[index].member
+                guard member.broken == nil, let channel = member.channel.batchChannel,
                     let upstreamID = member.configuration.upstreamID(for: model, aliases: aliases)
                 else { return nil }
-                let state = roster.states[index]
+                let state = roster.entries[index].state
                 guard let credential = state.rests.indices.first(where: { Self.activeRest(state.rests[$0], model: model, now: now) == nil }) else { return nil }
                 return (channel, credential, upstreamID, member.configuration.priority)
             }
@@ -676,7 +699,7 @@ public final class UpstreamPool: Sendable {
 
     /// The Gemini API channel named `name`, if it is still in service.
     func googleChannel(named name: String) -> GoogleChannel? {
-        members.lazy.compactMap { $0.channel as? GoogleChannel }.first { $0.configuration.name == name }
+        members.lazy.compactMap(\.channel.batchChannel).first { $0.configuration.name == name }
     }
 
     private struct Pick {
@@ -688,7 +711,7 @@ public final class UpstreamPool: Sendable {
     /// The next channel and credential for `model`: untried channels first, highest priority
     /// first, weighted random within a priority; nil when none is eligible.
     private func pick(model: String, aliases: [String], avoiding tried: Set<Int>) -> Pick? {
-        let now = ContinuousClock.now
+        let now = clock()
         return roster.withLock { roster -> Pick? in
             let members = roster.members
             var candidates: [(index: Int, credential: Int, upstreamID: String, halfOpen: Bool)] = []
@@ -698,10 +721,10 @@ public final class UpstreamPool: Sendable {
                 guard config.weight > 0, let upstreamID = config.upstreamID(for: model, aliases: aliases) else { continue }
                 var halfOpen = false
                 var skipped = false
-                if let open = roster.states[index].openUntil {
-                    if open > now || roster.states[index].probing { skipped = true } else { halfOpen = true }
+                if let open = roster.entries[index].state.openUntil {
+                    if open > now || roster.entries[index].state.probing { skipped = true } else { halfOpen = true }
                 }
-                let channel = roster.states[index]
+                let channel = roster.entries[index].state
                 if let until = channel.refusedModels[upstreamID], until > now { continue }
                 if let listed = channel.listed, !listed.contains(upstreamID) { continue }
                 let count = channel.rests.count
@@ -732,8 +755,8 @@ public final class UpstreamPool: Sendable {
                 }
                 roll -= weight
             }
-            roster.states[chosen.index].nextCredential = (chosen.credential + 1) % roster.states[chosen.index].rests.count
-            if chosen.halfOpen { roster.states[chosen.index].probing = true }
+            roster.entries[chosen.index].state.nextCredential = (chosen.credential + 1) % roster.entries[chosen.index].state.rests.count
+            if chosen.halfOpen { roster.entries[chosen.index].state.probing = true }
             return Pick(member: members[chosen.index], credential: chosen.credential, upstreamID: chosen.upstreamID)
         }
     }
@@ -741,19 +764,19 @@ public final class UpstreamPool: Sendable {
     private func succeeded(_ id: Int) {
         roster.withLock { roster in
             guard let index = roster.members.firstIndex(where: { $0.id == id }) else { return }
-            roster.states[index].consecutiveFailures = 0
-            roster.states[index].openUntil = nil
-            roster.states[index].probing = false
+            roster.entries[index].state.consecutiveFailures = 0
+            roster.entries[index].state.openUntil = nil
+            roster.entries[index].state.probing = false
         }
     }
 
     /// Remembers that channel `id` refused `upstreamID` (its other models are unaffected).
     private func refused(_ id: Int, upstreamID: String, logger: Logger) {
-        let until = ContinuousClock.now.advanced(by: Self.refusalMemory)
+        let until = clock().advanced(by: Self.refusalMemory)
         let name = roster.withLock { roster -> String? in
             guard let index = roster.members.firstIndex(where: { $0.id == id }) else { return nil }
-            roster.states[index].refusedModels[upstreamID] = until
-            return roster.members[index].configuration.name
+            roster.entries[index].state.refusedModels[upstreamID] = until
+            return roster.entries[index].member.configuration.name
         }
         if let name {
             learned.withLock { $0.append(.modelRefused(channel: name, upstreamID: upstreamID, until: Date().addingTimeInterval(Self.refusalMemory.seconds))) }
@@ -762,21 +785,21 @@ public final class UpstreamPool: Sendable {
     }
 
     private func failed(_ id: Int, credential: Int, model: String, failure: ChannelFailure, logger: Logger) {
-        let now = ContinuousClock.now
+        let now = clock()
         roster.withLock { roster in
             // A channel replaced meanwhile (the operator changed it) starts afresh.
             guard let index = roster.members.firstIndex(where: { $0.id == id }) else { return }
-            let name = roster.members[index].configuration.name
-            roster.states[index].lastError = failure.error
-            let wasProbing = roster.states[index].probing
-            roster.states[index].probing = false
+            let name = roster.entries[index].member.configuration.name
+            roster.entries[index].state.lastError = failure.error
+            let wasProbing = roster.entries[index].state.probing
+            roster.entries[index].state.probing = false
             switch failure.disposition {
             case .coolDown(let duration, let modelOnly):
                 observer?.coolDown(channel: name, model: model)
-                roster.states[index].rests[credential][modelOnly ? model : ""] = Rest(until: now.advanced(by: duration), reason: failure.error, rejected: false)
+                roster.entries[index].state.rests[credential][modelOnly ? model : ""] = Rest(until: now.advanced(by: duration), reason: failure.error, rejected: false)
             case .credentialRejected:
-                roster.states[index].rests[credential][""] = Rest(until: now.advanced(by: configuration.rejectedCredentialRest), reason: failure.error, rejected: true)
-                if let fingerprint = roster.members[index].configuration.credentialFingerprint(credential) {
+                roster.entries[index].state.rests[credential][""] = Rest(until: now.advanced(by: configuration.rejectedCredentialRest), reason: failure.error, rejected: true)
+                if let fingerprint = roster.entries[index].member.configuration.credentialFingerprint(credential) {
                     let refusal = KeyRefusal(
                         position: credential + 1, fingerprint: fingerprint, until: Date().addingTimeInterval(configuration.rejectedCredentialRest.seconds),
                         reason: failure.error.description
@@ -784,17 +807,17 @@ public final class UpstreamPool: Sendable {
                     learned.withLock { $0.append(.keyRefused(channel: name, refusal)) }
                 }
                 observer?.credentialRejected(channel: name)
-                let all = roster.states[index].rests.allSatisfy { $0[""].map { $0.rejected && $0.until > now } ?? false }
+                let all = roster.entries[index].state.rests.allSatisfy { $0[""].map { $0.rejected && $0.until > now } ?? false }
                 logger.error(
                     all ? "channel disabled: every credential was refused (fix it and restart, or wait for the retry)" : "channel credential set aside: it was refused",
                     metadata: ["channel": "\(name)", "key": "#\(credential + 1)", "for": "\(configuration.rejectedCredentialRest)"]
                 )
             case .transient:
-                roster.states[index].consecutiveFailures += 1
-                if wasProbing || roster.states[index].consecutiveFailures >= configuration.breakerThreshold {
-                    roster.states[index].openUntil = now.advanced(by: configuration.breakerCooldown)
+                roster.entries[index].state.consecutiveFailures += 1
+                if wasProbing || roster.entries[index].state.consecutiveFailures >= configuration.breakerThreshold {
+                    roster.entries[index].state.openUntil = now.advanced(by: configuration.breakerCooldown)
                     observer?.tripped(channel: name)
-                    logger.warning("channel tripped: skipped for a while, then probed", metadata: ["channel": "\(name)", "failures": "\(roster.states[index].consecutiveFailures)", "for": "\(configuration.breakerCooldown)"])
+                    logger.warning("channel tripped: skipped for a while, then probed", metadata: ["channel": "\(name)", "failures": "\(roster.entries[index].state.consecutiveFailures)", "for": "\(configuration.breakerCooldown)"])
                 }
             case .fatal, .elsewhere:
                 break
@@ -805,7 +828,7 @@ public final class UpstreamPool: Sendable {
     /// Why no channel can take `model` now: none serves it, or the one that comes back first
     /// (its wait counted down in `retryAfterSeconds`).
     private func whyNothingIsEligible(model: String, aliases: [String]) -> UpstreamError {
-        let now = ContinuousClock.now
+        let now = clock()
         return roster.withLock { roster -> UpstreamError in
             let members = roster.members
             let states = roster.states

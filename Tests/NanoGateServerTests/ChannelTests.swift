@@ -102,60 +102,33 @@ let channelAdminToken = "admin-token-for-channel-tests-0123456789"
         }
     }
 
-    /// A channel that answers 503 again and again trips its breaker: it is skipped while it
-    /// rests, then one request probes it and, when that succeeds, it serves again.
-    @Test func aFailingChannelIsSkippedAndLaterProbedBack() async throws {
+    /// A channel that answers 503 again and again trips its breaker: over HTTP, it is reported
+    /// tripped and skipped while it rests. (The rest is long, so no machine is slow enough to
+    /// see it end; when the breaker closes and how one request probes it is tested exactly, with
+    /// a clock of the test's own, in `UpstreamTests.PoolStateTests`.)
+    @Test func aFailingChannelIsSkippedWhileItsBreakerIsOpen() async throws {
         let flakyRecorder = EmulatorRecorder()
         let control = EmulatorControl(fault: "503")
-        // Long enough that a busy machine still reads the breaker open (a 6 s rest ran out
-        // before the test looked, on a 2-core machine building at the same time).
-        let cooldown = Duration.seconds(20)
         try await withEmulator({ $0.control = control }, recorder: flakyRecorder) { flakyURL in
             try await withGateway(configure: {
                 $0.adminToken = channelAdminToken
                 $0.upstream.breakerThreshold = 2
-                $0.upstream.breakerCooldown = cooldown
+                $0.upstream.breakerCooldown = .seconds(3600)
                 $0.upstream.channels = [
                     ChannelConfiguration(name: "flaky", kind: .gemini, baseURL: flakyURL, apiKeys: ["k"], priority: 5),
                     ChannelConfiguration(name: "steady", kind: .gemini, baseURL: $0.upstream.baseURL, apiKeys: ["google-key-1"]),
                 ]
             }) { gateway in
-                // The breaker trips during the second request: it rests until at least `cooldown`
-                // after that request started (a bound that holds however slow the machine is).
-                var tripped = ContinuousClock.now
                 for index in 0..<2 {
-                    tripped = ContinuousClock.now
                     let reply = try await gateway.generate(#"{"model":"nano-banana","prompt":"request \#(index)","response_format":"b64_json"}"#)
                     #expect(reply.status == 200, "the steady channel answers: \(reply.text)")
                 }
                 #expect(flakyRecorder.all.count == 2)
-                let stateNow = try await channelStates(gateway)["flaky"]?["state"] as? String
-                if ContinuousClock.now < tripped + cooldown {
-                    #expect(stateNow == "tripped")
-                }
-
+                #expect(try await channelStates(gateway)["flaky"]?["state"] as? String == "tripped")
                 let skipped = try await gateway.generate(#"{"model":"nano-banana","prompt":"while it rests","response_format":"b64_json"}"#)
                 #expect(skipped.status == 200)
-                if ContinuousClock.now < tripped + cooldown {
-                    #expect(flakyRecorder.all.count == 2, "a tripped channel gets no traffic while it rests")
-                    #expect(try await gateway.usageRows().first?.upstreamAttempts.map(\.channel) == ["steady"])
-                }
-
-                // Healthy again. (On a loaded machine the request above may itself have been a
-                // failed probe that tripped the breaker anew: wait until it is no longer open.)
-                control.fault = nil
-                let calls = flakyRecorder.all.count
-                try await eventually("the breaker to close", timeout: cooldown * 3) {
-                    try await channelStates(gateway)["flaky"]?["state"] as? String != "tripped"
-                }
-                let probe = try await gateway.generate(#"{"model":"nano-banana","prompt":"the probe","response_format":"b64_json"}"#)
-                #expect(probe.status == 200)
-                #expect(flakyRecorder.all.count == calls + 1, "one request probes it")
-                #expect(try await gateway.usageRows().first?.upstreamKey == "flaky#1")
-                let back = try await gateway.generate(#"{"model":"nano-banana","prompt":"back in service","response_format":"b64_json"}"#)
-                #expect(back.status == 200)
-                #expect(flakyRecorder.all.count == calls + 2, "it serves again")
-                #expect(try await channelStates(gateway)["flaky"]?["state"] as? String == "ok")
+                #expect(flakyRecorder.all.count == 2, "a tripped channel gets no traffic while it rests")
+                #expect(try await gateway.usageRows().first?.upstreamAttempts.map(\.channel) == ["steady"])
             }
         }
     }
