@@ -20,15 +20,22 @@ extension SQLStore: RateCounter {
     /// refused. So a key may send its whole minute's allowance at once, and then one request
     /// every minute/limit — never more than `perMinute` in any minute. The conditional upsert
     /// is atomic on both databases (PostgreSQL re-checks the condition under the row's lock).
+    ///
+    /// Requests sent at once take their `now` before their statements run in turn, so a later
+    /// statement may carry an earlier `now` than one already admitted: each request counts as
+    /// arriving no earlier than the latest admitted one (`last_us`), so a key's whole allowance
+    /// sent at once is admitted whatever order its statements run in.
     public func admit(keyID: String, perMinute: Int, now: Date) async throws -> RateDecision {
         let nowMicros = Int64(now.timeIntervalSince1970 * 1_000_000)
         let interval = Int64(60_000_000 / max(1, perMinute))
         let window: Int64 = 60_000_000
         let greatest: String = backend == .sqlite ? "MAX" : "GREATEST"
+        // When this request counts as arriving: its own time, or the latest admitted one's.
+        let arrives: SQLQueryString = "\(unsafeRaw: greatest)(\(bind: nowMicros), COALESCE(key_rates.last_us, 0))"
         let admitted = try await database.raw("""
-            INSERT INTO key_rates (key_id, tat_us) VALUES (\(bind: keyID), \(bind: nowMicros + interval))
-            ON CONFLICT (key_id) DO UPDATE SET tat_us = \(unsafeRaw: greatest)(key_rates.tat_us, \(bind: nowMicros)) + \(bind: interval)
-            WHERE \(unsafeRaw: greatest)(key_rates.tat_us, \(bind: nowMicros)) + \(bind: interval) - \(bind: nowMicros) <= \(bind: window)
+            INSERT INTO key_rates (key_id, tat_us, last_us) VALUES (\(bind: keyID), \(bind: nowMicros + interval), \(bind: nowMicros))
+            ON CONFLICT (key_id) DO UPDATE SET tat_us = \(unsafeRaw: greatest)(key_rates.tat_us, \(arrives)) + \(bind: interval), last_us = \(arrives)
+            WHERE \(unsafeRaw: greatest)(key_rates.tat_us, \(arrives)) + \(bind: interval) - \(arrives) <= \(bind: window)
             RETURNING tat_us
             """).all()
         guard admitted.isEmpty else { return .allowed }

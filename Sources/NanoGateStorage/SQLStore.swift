@@ -45,6 +45,7 @@ public struct SQLStore: KeyStore, UsageLog, SignatureStore {
         (11, { database in try await SQLStore.createChannelKnowledgeTables(database) }),
         (12, { database in try await SQLStore.createRefunds(database) }),
         (13, { database in try await SQLStore.addObjectNames(database) }),
+        (14, { database in try await SQLStore.addColumnIfMissing(database, table: "key_rates", column: "last_us", type: "BIGINT") }),
     ]
 
     /// PostgreSQL's: PostgreSQL support began at SQLite's version 5, so its first migration
@@ -59,8 +60,12 @@ public struct SQLStore: KeyStore, UsageLog, SignatureStore {
         (11, { database in try await SQLStore.createChannelKnowledgeTables(database) }),
         (12, { database in try await SQLStore.createRefunds(database) }),
         (13, { database in try await SQLStore.addObjectNames(database) }),
+        (14, { database in try await SQLStore.addColumnIfMissing(database, table: "key_rates", column: "last_us", type: "BIGINT") }),
     ]
 
+    /// Version 14 (`key_rates.last_us`): the latest admitted arrival per key, so requests sent
+    /// at once are counted in the order the database runs them (`admit`).
+    ///
     /// Version 13: payloads in the image store, rows naming them: a job's answer
     /// (`image_jobs.result_name`) and a file's content (`api_files.object_name`).
     private static func addObjectNames(_ database: any SQLDatabase) async throws {
@@ -89,7 +94,7 @@ public struct SQLStore: KeyStore, UsageLog, SignatureStore {
     }
 
     /// `ALTER TABLE … ADD COLUMN` that a second run leaves alone (SQLite has no `IF NOT EXISTS` there).
-    private static func addColumnIfMissing(_ database: any SQLDatabase, table: String, column: String, type: String) async throws {
+    static func addColumnIfMissing(_ database: any SQLDatabase, table: String, column: String, type: String) async throws {
         struct Row: Decodable { var count: Int64 }
         let existing: SQLQueryString = database.dialect.name == "sqlite"
             ? "SELECT COUNT(*) AS count FROM pragma_table_info(\(bind: table)) WHERE name = \(bind: column)"

@@ -30,6 +30,24 @@ import Testing
         }
     }
 
+    /// Requests sent at once take their clock readings before their statements run in turn: a
+    /// statement with an earlier reading than one already admitted still counts in the order
+    /// the database runs them, so the whole allowance is admitted, and not one request more.
+    @Test func anAllowanceSentAtOnceIsAdmittedWhateverOrderItsStatementsRun() async throws {
+        try await TestDatabase.with { database in
+            let store = database.store
+            let start = Date(timeIntervalSince1970: 1_800_000_000)
+            var decisions: [RateDecision] = []
+            for offset in [0.005, 0.0, 0.003, 0.001] {
+                decisions.append(try await store.admit(keyID: "k", perMinute: 3, now: start.addingTimeInterval(offset)))
+            }
+            #expect(decisions.prefix(3).allSatisfy { $0 == .allowed }, "\(decisions)")
+            #expect(decisions[3] != .allowed, "the fourth in the same minute is refused")
+            #expect(try await store.admit(keyID: "k", perMinute: 3, now: start.addingTimeInterval(19)) != .allowed)
+            #expect(try await store.admit(keyID: "k", perMinute: 3, now: start.addingTimeInterval(20.01)) == .allowed, "one more a third of a minute later")
+        }
+    }
+
     /// Many requests at once against one limit: exactly the allowance gets through.
     @Test func concurrentRequestsGetExactlyTheAllowance() async throws {
         try await TestDatabase.with { database in
