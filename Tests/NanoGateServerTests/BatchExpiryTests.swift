@@ -21,20 +21,7 @@ import Upstream
         ) { gateway in
             let secret = try await BillingTests.key(gateway, name: "stuck", KeyOptions(creditMicroUSD: 5_000_000))
             let line = #"{"custom_id":"a","method":"POST","url":"/v1/images/generations","body":{"model":"nano-banana","prompt":"p"}}"#
-            let boundary = "nanogate-batch"
-            var upload = HTTPClientRequest(url: gateway.baseURL + "/v1/files")
-            upload.method = .POST
-            upload.headers.add(name: "Authorization", value: "Bearer \(secret)")
-            upload.headers.add(name: "Content-Type", value: "multipart/form-data; boundary=\(boundary)")
-            upload.body = .bytes(ByteBuffer(string: """
-                --\(boundary)\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n--\(boundary)\r\nContent-Disposition: form-data; name="file"; filename="a.jsonl"\r\nContent-Type: application/jsonl\r\n\r\n\(line)\n\r\n--\(boundary)--\r\n
-                """))
-            let file = try await gateway.send(upload)
-            #expect(file.status == 200, "\(file.text.prefix(300))")
-            let fileID = try #require(file.json["id"] as? String)
-            let created = try await gateway.post("/v1/batches", json: #"{"input_file_id":"\#(fileID)","endpoint":"/v1/images/generations","completion_window":"24h"}"#, key: secret)
-            #expect(created.status == 200, "\(created.text.prefix(300))")
-            let batchID = try #require(created.json["id"] as? String)
+            let batchID = try await BackgroundTests.submitBatch(gateway, key: secret, lines: [line])
             #expect(try await BillingTests.balance(gateway, "stuck").reservedMicroUSD > 0, "the batch's worst case is held")
 
             var logger = Logger(label: "test")
