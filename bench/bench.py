@@ -839,9 +839,22 @@ http {{
 
     def note_binaries(self) -> None:
         """Which build is measured: the binaries' time, and whether sources changed since."""
-        built = min(self.nanogate_bin.stat().st_mtime, self.emulator_bin.stat().st_mtime)
+        # Each binary against the sources it is built from: SwiftPM relinks only what changed, so
+        # an emulator left as it was is not "older" than a gateway-only change.
+        gateway_built = self.nanogate_bin.stat().st_mtime
+        emulator_built = self.emulator_bin.stat().st_mtime
+        built = min(gateway_built, emulator_built)
+        emulator_dirs = ("Sources/GeminiEmulator/", "Sources/gemini-emulator/", "Sources/NanoGateCore/", "Sources/CZlib/", "Sources/CImageCodecs/")
         sources = [ROOT / "Package.swift", *(ROOT / "Sources").rglob("*")]
-        newer = sorted(str(path.relative_to(ROOT)) for path in sources if path.is_file() and path.stat().st_mtime > built)
+        newer = []
+        for path in sources:
+            if not path.is_file():
+                continue
+            name = str(path.relative_to(ROOT))
+            # The gateway links every target; the emulator only its own and what it depends on.
+            if path.stat().st_mtime > gateway_built or (name.startswith(emulator_dirs) or name == "Package.swift") and path.stat().st_mtime > emulator_built:
+                newer.append(name)
+        newer.sort()
         self.facts["binaries_built"] = datetime.datetime.fromtimestamp(built).astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
         self.facts["sources_newer_than_binaries"] = newer
         if newer:

@@ -106,25 +106,22 @@ public struct ChannelKnowledgeService: Service {
     /// Lists the named channels' models at once and stores each answer (a failure keeps the
     /// channel's last list and records why).
     private func readLists(_ due: [String]) async throws {
-        let results = await withTaskGroup(of: (String, Result<Set<String>?, UpstreamError>).self) { group in
+        // A struct per child, not a tuple of a typed-throws `Result`: the release build of the
+        // latter crashed at start-up in the runtime, copying the child's value into the group.
+        let results = await withTaskGroup(of: ListingOutcome.self) { group in
             for name in due {
-                group.addTask {
-                    do throws(UpstreamError) {
-                        return (name, .success(try await pool.listModels(channel: name, logger: logger)))
-                    } catch {
-                        return (name, .failure(error))
-                    }
-                }
+                group.addTask { await ListingOutcome.read(name, from: pool, logger: logger) }
             }
-            return await group.reduce(into: [(String, Result<Set<String>?, UpstreamError>)]()) { $0.append($1) }
+            var outcomes: [ListingOutcome] = []
+            for await outcome in group { outcomes.append(outcome) }
+            return outcomes
         }
-        for (name, result) in results {
-            switch result {
-            case .success(let listed):
-                try await store.saveChannelModels(.init(channel: name, listed: listed.map { Array($0) }, checkedAt: Date(), error: nil))
-            case .failure(let error):
-                logger.notice("could not read a channel's model list", metadata: ["channel": "\(name)", "error": "\(error)"])
-                try await store.saveChannelModels(.init(channel: name, listed: nil, checkedAt: Date(), error: error.description), keepList: true)
+        for outcome in results {
+            if let error = outcome.error {
+                logger.notice("could not read a channel's model list", metadata: ["channel": "\(outcome.name)", "error": "\(error)"])
+                try await store.saveChannelModels(.init(channel: outcome.name, listed: nil, checkedAt: Date(), error: error.description), keepList: true)
+            } else {
+                try await store.saveChannelModels(.init(channel: outcome.name, listed: outcome.listed.map { Array($0) }, checkedAt: Date(), error: nil))
             }
         }
         // A refused credential found by listing goes to the database with this round.
@@ -175,4 +172,19 @@ public struct ChannelKnowledgeService: Service {
 /// The channels to list again soon (shared by a `ChannelKnowledgeService`'s copies).
 private final class RelistRequests: Sendable {
     let names = Mutex<Set<String>>([])
+}
+
+/// One channel's model list as read (or why it could not be).
+private struct ListingOutcome: Sendable {
+    var name: String
+    var listed: Set<String>?
+    var error: UpstreamError?
+
+    static func read(_ name: String, from pool: UpstreamPool, logger: Logger) async -> ListingOutcome {
+        do throws(UpstreamError) {
+            return ListingOutcome(name: name, listed: try await pool.listModels(channel: name, logger: logger), error: nil)
+        } catch {
+            return ListingOutcome(name: name, listed: nil, error: error)
+        }
+    }
 }
