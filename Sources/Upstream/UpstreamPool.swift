@@ -271,6 +271,16 @@ public final class UpstreamPool: Sendable {
         var listed: Set<String>?
         var listedAt: Date?
         var listError: String?
+
+        /// Whether Google refused credential `index` and it is still set aside.
+        func isRefused(credential index: Int, now: ContinuousClock.Instant) -> Bool {
+            rests[index][""].map { $0.rejected && $0.until > now } ?? false
+        }
+
+        /// Whether every credential is refused: the channel serves nothing until fixed.
+        func everyCredentialRefused(now: ContinuousClock.Instant) -> Bool {
+            rests.indices.allSatisfy { isRefused(credential: $0, now: now) }
+        }
     }
 
     /// How long a channel's refusal of a model is remembered before it is asked again.
@@ -424,17 +434,15 @@ public final class UpstreamPool: Sendable {
             return listed
         } catch {
             remember(listing: .failure(error), of: member.id)
-            if error.code == .authFailed, let fingerprint = member.configuration.credentialFingerprint(0) {
-                let until = Date().addingTimeInterval(configuration.rejectedCredentialRest.seconds)
-                learned.withLock { $0.append(.keyRefused(channel: name, KeyRefusal(position: 1, fingerprint: fingerprint, until: until, reason: error.description))) }
-            }
+            // The list is read with the first credential.
+            if error.code == .authFailed { learnRefused(credential: 0, of: member.configuration, reason: error) }
             throw error
         }
     }
 
     private func remember(listing: Result<Set<String>?, UpstreamError>, of id: Int) {
         roster.withLock { roster in
-            guard let index = roster.members.firstIndex(where: { $0.id == id }) else { return }
+            guard let index = roster.entries.firstIndex(where: { $0.member.id == id }) else { return }
             switch listing {
             case .success(let listed):
                 roster.entries[index].state.listed = listed
@@ -450,7 +458,15 @@ public final class UpstreamPool: Sendable {
     /// The ids channel `name`'s model list offered at the last check (nil: it cannot list, or
     /// was never asked).
     public func listed(channel name: String) -> Set<String>? {
-        roster.withLock { roster in roster.members.firstIndex { $0.configuration.name == name }.flatMap { roster.entries[$0].state.listed } }
+        roster.withLock { roster in roster.entries.firstIndex { $0.member.configuration.name == name }.flatMap { roster.entries[$0].state.listed } }
+    }
+
+    /// Keeps a refused credential for the database (by position and fingerprint, never its value).
+    private func learnRefused(credential: Int, of channel: ChannelConfiguration, reason: UpstreamError) {
+        guard let fingerprint = channel.credentialFingerprint(credential) else { return }
+        let until = Date().addingTimeInterval(configuration.rejectedCredentialRest.seconds)
+        let refusal = KeyRefusal(position: credential + 1, fingerprint: fingerprint, until: until, reason: reason.description)
+        learned.withLock { $0.append(.keyRefused(channel: channel.name, refusal)) }
     }
 
     /// What answers taught the pool since the last call (refused models and credentials), for
@@ -501,7 +517,7 @@ public final class UpstreamPool: Sendable {
     public func serves(channel name: String, model: String, aliases: [String] = []) -> ChannelServes {
         let now = clock()
         return roster.withLock { roster in
-            guard let index = roster.members.firstIndex(where: { $0.configuration.name == name }) else { return .notRouted }
+            guard let index = roster.entries.firstIndex(where: { $0.member.configuration.name == name }) else { return .notRouted }
             return Self.serves(roster.entries[index].member, roster.entries[index].state, model: model, aliases: aliases, now: now)
         }
     }
@@ -520,11 +536,9 @@ public final class UpstreamPool: Sendable {
         let now = clock()
         return roster.withLock { roster in
             roster.entries.indices.contains { index in
-                // A channel whose every credential Google refused serves nothing until fixed.
-                let keys = roster.entries[index].state.rests
-                let refused = keys.allSatisfy { $0[""].map { $0.rejected && $0.until > now } ?? false }
-                return roster.entries[index].member.broken == nil && !refused
-                    && Self.serves(roster.entries[index].member, roster.entries[index].state, model: model, aliases: aliases, now: now).serves
+                let entry = roster.entries[index]
+                return entry.member.broken == nil && !entry.state.everyCredentialRefused(now: now)
+                    && Self.serves(entry.member, entry.state, model: model, aliases: aliases, now: now).serves
             }
         }
     }
@@ -547,7 +561,7 @@ public final class UpstreamPool: Sendable {
         let (members, states) = roster.withLock { ($0.members, $0.states) }
         return zip(members, states).map { member, channel in
             let config = member.configuration
-            let disabled = channel.rests.indices.filter { channel.rests[$0][""].map { $0.rejected && $0.until > now } ?? false }
+            let disabled = channel.rests.indices.filter { channel.isRefused(credential: $0, now: now) }
             var cooling: [String: Int] = [:]
             for rests in channel.rests {
                 for (model, rest) in rests where !rest.rejected && rest.until > now {
@@ -713,10 +727,10 @@ public final class UpstreamPool: Sendable {
     private func pick(model: String, aliases: [String], avoiding tried: Set<Int>) -> Pick? {
         let now = clock()
         return roster.withLock { roster -> Pick? in
-            let members = roster.members
             var candidates: [(index: Int, credential: Int, upstreamID: String, halfOpen: Bool)] = []
             var tripped: [(index: Int, credential: Int, upstreamID: String, halfOpen: Bool)] = []
-            for (index, member) in members.enumerated() {
+            for index in roster.entries.indices {
+                let member = roster.entries[index].member
                 let config = member.configuration
                 guard config.weight > 0, let upstreamID = config.upstreamID(for: model, aliases: aliases) else { continue }
                 var halfOpen = false
@@ -725,8 +739,8 @@ public final class UpstreamPool: Sendable {
                     if open > now || roster.entries[index].state.probing { skipped = true } else { halfOpen = true }
                 }
                 let channel = roster.entries[index].state
-                if let until = channel.refusedModels[upstreamID], until > now { continue }
-                if let listed = channel.listed, !listed.contains(upstreamID) { continue }
+                // Not refused by its project, and in its model list where it has one.
+                guard Self.serves(member, channel, model: model, aliases: aliases, now: now).serves else { continue }
                 let count = channel.rests.count
                 guard let credential = (0..<count).map({ (channel.nextCredential + $0) % count })
                     .first(where: { Self.activeRest(channel.rests[$0], model: model, now: now) == nil })
@@ -740,15 +754,15 @@ public final class UpstreamPool: Sendable {
             // A tripped breaker steers traffic to the other channels; when none is left, the
             // tripped ones still serve (refusing everything would be worse than trying).
             if candidates.isEmpty { candidates = tripped }
-            let untried = candidates.filter { !tried.contains(members[$0.index].id) }
+            let untried = candidates.filter { !tried.contains(roster.entries[$0.index].member.id) }
             let pool = untried.isEmpty ? candidates : untried
-            guard let top = pool.map({ members[$0.index].configuration.priority }).max() else { return nil }
-            let level = pool.filter { members[$0.index].configuration.priority == top }
-            let total = level.reduce(0) { $0 + members[$1.index].configuration.weight }
+            guard let top = pool.map({ roster.entries[$0.index].member.configuration.priority }).max() else { return nil }
+            let level = pool.filter { roster.entries[$0.index].member.configuration.priority == top }
+            let total = level.reduce(0) { $0 + roster.entries[$1.index].member.configuration.weight }
             var roll = random(total)
             var chosen = level[0]
             for candidate in level {
-                let weight = members[candidate.index].configuration.weight
+                let weight = roster.entries[candidate.index].member.configuration.weight
                 if roll < weight {
                     chosen = candidate
                     break
@@ -757,13 +771,13 @@ public final class UpstreamPool: Sendable {
             }
             roster.entries[chosen.index].state.nextCredential = (chosen.credential + 1) % roster.entries[chosen.index].state.rests.count
             if chosen.halfOpen { roster.entries[chosen.index].state.probing = true }
-            return Pick(member: members[chosen.index], credential: chosen.credential, upstreamID: chosen.upstreamID)
+            return Pick(member: roster.entries[chosen.index].member, credential: chosen.credential, upstreamID: chosen.upstreamID)
         }
     }
 
     private func succeeded(_ id: Int) {
         roster.withLock { roster in
-            guard let index = roster.members.firstIndex(where: { $0.id == id }) else { return }
+            guard let index = roster.entries.firstIndex(where: { $0.member.id == id }) else { return }
             roster.entries[index].state.consecutiveFailures = 0
             roster.entries[index].state.openUntil = nil
             roster.entries[index].state.probing = false
@@ -774,7 +788,7 @@ public final class UpstreamPool: Sendable {
     private func refused(_ id: Int, upstreamID: String, logger: Logger) {
         let until = clock().advanced(by: Self.refusalMemory)
         let name = roster.withLock { roster -> String? in
-            guard let index = roster.members.firstIndex(where: { $0.id == id }) else { return nil }
+            guard let index = roster.entries.firstIndex(where: { $0.member.id == id }) else { return nil }
             roster.entries[index].state.refusedModels[upstreamID] = until
             return roster.entries[index].member.configuration.name
         }
@@ -788,7 +802,7 @@ public final class UpstreamPool: Sendable {
         let now = clock()
         roster.withLock { roster in
             // A channel replaced meanwhile (the operator changed it) starts afresh.
-            guard let index = roster.members.firstIndex(where: { $0.id == id }) else { return }
+            guard let index = roster.entries.firstIndex(where: { $0.member.id == id }) else { return }
             let name = roster.entries[index].member.configuration.name
             roster.entries[index].state.lastError = failure.error
             let wasProbing = roster.entries[index].state.probing
@@ -799,15 +813,9 @@ public final class UpstreamPool: Sendable {
                 roster.entries[index].state.rests[credential][modelOnly ? model : ""] = Rest(until: now.advanced(by: duration), reason: failure.error, rejected: false)
             case .credentialRejected:
                 roster.entries[index].state.rests[credential][""] = Rest(until: now.advanced(by: configuration.rejectedCredentialRest), reason: failure.error, rejected: true)
-                if let fingerprint = roster.entries[index].member.configuration.credentialFingerprint(credential) {
-                    let refusal = KeyRefusal(
-                        position: credential + 1, fingerprint: fingerprint, until: Date().addingTimeInterval(configuration.rejectedCredentialRest.seconds),
-                        reason: failure.error.description
-                    )
-                    learned.withLock { $0.append(.keyRefused(channel: name, refusal)) }
-                }
+                learnRefused(credential: credential, of: roster.entries[index].member.configuration, reason: failure.error)
                 observer?.credentialRejected(channel: name)
-                let all = roster.entries[index].state.rests.allSatisfy { $0[""].map { $0.rejected && $0.until > now } ?? false }
+                let all = roster.entries[index].state.everyCredentialRefused(now: now)
                 logger.error(
                     all ? "channel disabled: every credential was refused (fix it and restart, or wait for the retry)" : "channel credential set aside: it was refused",
                     metadata: ["channel": "\(name)", "key": "#\(credential + 1)", "for": "\(configuration.rejectedCredentialRest)"]
@@ -834,11 +842,8 @@ public final class UpstreamPool: Sendable {
             let states = roster.states
             let serving = members.indices.filter { members[$0].configuration.upstreamID(for: model, aliases: aliases) != nil && members[$0].configuration.weight > 0 }
             guard !serving.isEmpty else { return UpstreamError(.noChannel, detail: "no channel serves \(model)") }
-            let refusing = serving.filter { index in
-                guard let upstreamID = members[index].configuration.upstreamID(for: model, aliases: aliases) else { return false }
-                if let listed = states[index].listed, !listed.contains(upstreamID) { return true }
-                return states[index].refusedModels[upstreamID].map { $0 > now } ?? false
-            }
+            // Routed there, but refused by the project or missing from its model list.
+            let refusing = serving.filter { !Self.serves(members[$0], states[$0], model: model, aliases: aliases, now: now).serves }
             if refusing.count == serving.count {
                 // Every channel's project refused it: the caller goes down the model's fallback chain.
                 return UpstreamError(.modelNotFound, status: 404, detail: "no channel's project lists or accepts \(model)")

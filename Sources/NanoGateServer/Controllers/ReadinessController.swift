@@ -38,8 +38,8 @@ struct ReadinessController {
         let logger = context.logger
         async let database = check("database", logger: logger) { try await self.database.ping() }
         async let images = check("image_store", logger: logger) { try await self.images.ping() }
-        let check = ModelCheck(catalog: catalog, pool: pool)
-        let models = Dictionary(check.lines.map { ($0.model, $0.answeredBy ?? "none") }, uniquingKeysWith: { first, _ in first })
+        // The pipeline's own rule (no model list is read here: a balancer polls this often).
+        let models = Dictionary(catalog.models.map { ($0.name, pool.firstServable(of: $0)?.id ?? "none") }, uniquingKeysWith: { first, _ in first })
         let report = Report(status: "ready", database: await database, image_store: await images, models: models)
         var answer = report
         if report.database != "ok" || report.image_store != "ok" {

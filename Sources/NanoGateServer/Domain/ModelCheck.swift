@@ -128,6 +128,14 @@ public struct ModelCheck: Sendable {
     }
 }
 
+extension UpstreamPool {
+    /// The first id of `model`'s chain some channel may be asked for now (nil: none may): what a
+    /// request for it is estimated at and answered with.
+    func firstServable(of model: CatalogModel) -> UpstreamFallback? {
+        model.chain.first { mayServe(model: $0.id, aliases: [model.name]) }
+    }
+}
+
 extension ModelCatalog {
     /// Every upstream id the enabled models' chains use → the catalog names that reach it (the
     /// names a channel's `models` setting may route by).

@@ -241,7 +241,7 @@ struct RequestPipeline: Sendable {
     /// shed and run on standard).
     func estimate(key: APIKey, model: CatalogModel, spec: ImageSpec, count: Int, prompt: String, inputImages: Int, tier: TierRequest = TierRequest()) -> Int {
         let chain = model.chain
-        let target = chain.first { upstream.mayServe(model: $0.id, aliases: [model.name]) } ?? chain[chain.count - 1]
+        let target = upstream.firstServable(of: model) ?? chain[chain.count - 1]
         var tiers = [tier.asked]
         if tier.asked == .flex, tier.standardAllowed { tiers.append(.standard) }
         return tiers.map { served in
