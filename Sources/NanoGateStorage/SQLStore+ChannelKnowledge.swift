@@ -98,7 +98,9 @@ extension SQLStore {
     }
 
     /// Records a refusal; one already held longer is kept.
+    /// Refusals that ran out are deleted here, on the rare write, so reading them stays a read.
     public func saveChannelRefusal(_ refusal: StoredChannelRefusal) async throws {
+        try await database.raw("DELETE FROM channel_refusals WHERE until_at <= \(bind: Int64(Date().timeIntervalSince1970))").run()
         try await database.raw("""
             INSERT INTO channel_refusals (channel, kind, item, fingerprint, until_at, reason)
             VALUES (\(bind: refusal.channel), \(bind: refusal.kind), \(bind: refusal.item), \(bind: refusal.fingerprint), \(bind: Int64(refusal.until.timeIntervalSince1970)), \(bind: refusal.reason))
@@ -107,7 +109,7 @@ extension SQLStore {
             """).run()
     }
 
-    /// The refusals still in force at `now`; older ones are deleted.
+    /// The refusals still in force at `now`.
     public func channelRefusals(now: Date = Date()) async throws -> [StoredChannelRefusal] {
         struct Row: Decodable {
             var channel: String
@@ -118,7 +120,6 @@ extension SQLStore {
             var reason: String?
         }
         let cutoff = Int64(now.timeIntervalSince1970)
-        try await database.raw("DELETE FROM channel_refusals WHERE until_at <= \(bind: cutoff)").run()
         return try await database.raw("""
             SELECT channel, kind, item, fingerprint, until_at, reason FROM channel_refusals WHERE until_at > \(bind: cutoff) ORDER BY channel, kind, item
             """).all(decoding: Row.self).map {

@@ -47,12 +47,14 @@ public struct ChannelKnowledgeService: Service {
         }
     }
 
-    /// One round: store what was learned, read the lists that are due, apply the database's view.
+    /// One round: store what was learned, read the lists that are due, apply the database's view
+    /// (read once, and again only when lists were read).
     func refresh() async {
         do {
             try await storeLearned()
-            if checkModels { try await readDueLists() }
-            pool.apply(try await Self.load(from: store))
+            var known = try await Self.load(from: store)
+            if checkModels, try await readDueLists(known: known) { known = try await Self.load(from: store) }
+            pool.apply(known)
         } catch {
             logger.warning("could not share what the channels learned through the database", metadata: ["error": "\(error)"])
         }
@@ -88,19 +90,20 @@ public struct ChannelKnowledgeService: Service {
         pool.apply(try await Self.load(from: store))
     }
 
-    private func readDueLists() async throws {
-        let stored = Dictionary(try await store.channelModels().map { ($0.channel, $0.checkedAt) }, uniquingKeysWith: { $1 })
+    /// Reads the lists that are due by when the database says each was read; whether any was.
+    private func readDueLists(known: [String: ChannelKnowledge]) async throws -> Bool {
         let now = Date()
         let again = relist.names.withLock { $0 }
         let due = pool.channelNames.filter { name in
-            guard let checked = stored[name] else { return true }
+            guard let checked = known[name]?.checkedAt else { return true }
             let age = now.timeIntervalSince(checked)
             return age >= Double(interval.components.seconds) || (again.contains(name) && age >= Self.relistAfter)
         }
-        guard !due.isEmpty else { return }
+        guard !due.isEmpty else { return false }
         relist.names.withLock { $0.subtract(due) }
         try await readLists(due)
         report(ModelCheck(catalog: catalog, pool: pool))
+        return true
     }
 
     /// Lists the named channels' models at once and stores each answer (a failure keeps the
