@@ -1,5 +1,6 @@
 public import Foundation
 public import Logging
+import NanoGateCore
 import NIOCore
 import NIOPosix
 import PostgresKit
@@ -215,23 +216,8 @@ public final class DatabaseHandle: Sendable {
 /// forever. Past the bound the pool is left to end on its own; its connections end with the
 /// process (or when the server drops them).
 private func waitBounded(for running: Task<Void, Never>, seconds: Int, logger: Logger) async {
-    // Not a task group: its end would wait for the child awaiting `running`, unbounded again.
-    let ended: Bool = await withCheckedContinuation { continuation in
-        let first = FirstAnswer()
-        Task { await running.value; if await first.claim() { continuation.resume(returning: true) } }
-        Task { try? await Task.sleep(for: .seconds(seconds)); if await first.claim() { continuation.resume(returning: false) } }
-    }
-    if !ended {
+    if await Deadline.firstOf({ await running.value }, orNilAfter: .seconds(seconds)) == nil {
         logger.warning("the PostgreSQL pool did not stop within \(seconds) s; leaving it to end on its own")
-    }
-}
-
-/// Lets exactly one of several racing tasks answer a continuation.
-private actor FirstAnswer {
-    private var answered = false
-    func claim() -> Bool {
-        defer { answered = true }
-        return !answered
     }
 }
 

@@ -41,7 +41,7 @@ extension ChatController {
             }
         }
         let early = await withTaskCancellationHandler {
-            await Self.firstOf({ await call.value }, orNilAfter: keepAliveInterval)
+            await Deadline.firstOf({ await call.value }, orNilAfter: keepAliveInterval)
         } onCancel: {
             call.cancel()
         }
@@ -208,36 +208,6 @@ extension ChatController {
             return .success(try await absorb(event, into: &collector, job: job))
         } catch {
             return .failure(error)
-        }
-    }
-
-    /// The value of `operation`, or nil if `interval` passes first; `operation` is not cancelled,
-    /// the timer is once the value arrives.
-    static func firstOf<Value: Sendable>(_ operation: @escaping @Sendable () async -> Value, orNilAfter interval: Duration) async -> Value? {
-        let once = OnceFlag()
-        return await withCheckedContinuation { (continuation: CheckedContinuation<Value?, Never>) in
-            let timer = Task {
-                try? await Task.sleep(for: interval)
-                if once.claim() { continuation.resume(returning: nil) }
-            }
-            Task {
-                let value = await operation()
-                timer.cancel()
-                if once.claim() { continuation.resume(returning: value) }
-            }
-        }
-    }
-}
-
-/// A flag that can be claimed once, from any task.
-final class OnceFlag: Sendable {
-    private let done = Mutex(false)
-
-    /// True for the first caller only.
-    func claim() -> Bool {
-        done.withLock { done in
-            defer { done = true }
-            return !done
         }
     }
 }

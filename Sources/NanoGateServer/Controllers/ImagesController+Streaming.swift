@@ -53,7 +53,7 @@ extension ImagesController {
                 do {
                     var result: Result<[ImageTranslation.Outcome], GatewayError>?
                     while result == nil {
-                        result = await ChatController.firstOf({ await work.value }, orNilAfter: interval)
+                        result = await Deadline.firstOf({ await work.value }, orNilAfter: interval)
                         if result == nil { try await writer.write(ByteBuffer(string: ": keep-alive\n\n")) }
                     }
                     switch result! {
