@@ -1,4 +1,5 @@
 public import Foundation
+import NanoGateCore
 public import Logging
 public import ServiceLifecycle
 import Crypto
@@ -89,7 +90,7 @@ public enum ImageStoreError: Error {
 /// image names, job, batch and file ids, and webhook secrets.
 public func randomHex(bytes: Int) -> String {
     var generator = SystemRandomNumberGenerator()
-    return (0..<bytes).map { _ in String(format: "%02x", UInt8.random(in: .min ... .max, using: &generator)) }.joined()
+    return (0..<bytes).map { _ in UInt8.random(in: .min ... .max, using: &generator) }.lowercaseHex
 }
 
 /// Creates `directory` (and its parents) readable by the owner only: images, the database and
@@ -196,9 +197,8 @@ public struct SweepResult: Sendable, Equatable {
 /// Deletes expired images (and thought signatures older than `signatureRetention`) periodically
 /// for as long as the gateway runs.
 public struct ImageSweeper: Service {
-    let store: ImageStore
-    /// The shared bucket, when images go there.
-    let objects: ObjectImageStore?
+    /// The folder, and the shared bucket when there is one.
+    let stores: [any ImageRepository]
     let ttl: Duration
     let interval: Duration
     let signatures: (any SignatureStore)?
@@ -208,13 +208,12 @@ public struct ImageSweeper: Service {
     let onSweep: @Sendable (SweepResult) -> Void
 
     public init(
-        store: ImageStore, objects: ObjectImageStore? = nil, ttl: Duration, interval: Duration? = nil,
+        stores: [any ImageRepository], ttl: Duration, interval: Duration? = nil,
         signatures: (any SignatureStore)? = nil, signatureRetention: Duration = .seconds(7 * 24 * 3600), logger: Logger,
         onSweep: @escaping @Sendable (SweepResult) -> Void = { _ in }
     ) {
         self.onSweep = onSweep
-        self.store = store
-        self.objects = objects
+        self.stores = stores
         self.ttl = ttl
         self.signatures = signatures
         self.signatureRetention = signatureRetention
@@ -225,12 +224,12 @@ public struct ImageSweeper: Service {
     public func run() async throws {
         while !Task.isCancelled && !Task.isShuttingDownGracefully {
             do {
-                var swept = try await store.sweep(olderThan: ttl)
-                if let objects {
-                    // Every instance sweeps the shared bucket; a delete of an object another just
-                    // deleted is harmless (S3 answers 204 either way).
-                    let shared = try await objects.sweep(olderThan: ttl)
-                    swept = SweepResult(removed: swept.removed + shared.removed, files: swept.files + shared.files, bytes: swept.bytes + shared.bytes)
+                // Every instance sweeps a shared bucket too; a delete of an object another just
+                // deleted is harmless (S3 answers 204 either way).
+                var swept = SweepResult()
+                for store in stores {
+                    let result = try await store.sweep(olderThan: ttl, now: Date())
+                    swept = SweepResult(removed: swept.removed + result.removed, files: swept.files + result.files, bytes: swept.bytes + result.bytes)
                 }
                 onSweep(swept)
                 if swept.removed > 0 { logger.info("swept expired images", metadata: ["count": "\(swept.removed)"]) }

@@ -1,6 +1,7 @@
 public import AsyncHTTPClient
 import Crypto
 public import Foundation
+import NanoGateCore
 public import Logging
 import NIOCore
 import NIOHTTP1
@@ -170,12 +171,7 @@ public struct SigV4Signer: Sendable {
     }
 
     /// Lower-case hex of a digest or MAC.
-    static func hex(_ bytes: some Sequence<UInt8>) -> String {
-        let digits = Array("0123456789abcdef".utf8)
-        var out: [UInt8] = []
-        for byte in bytes { out += [digits[Int(byte >> 4)], digits[Int(byte & 0x0F)]] }
-        return String(decoding: out, as: UTF8.self)
-    }
+    static func hex(_ bytes: some Sequence<UInt8>) -> String { bytes.lowercaseHex }
 
     /// Year, month, day of a day count since 1970-01-01 (H. Hinnant's `civil_from_days`).
     static func civilDate(days: Int) -> (Int, Int, Int) {

@@ -1,4 +1,5 @@
 public import Foundation
+import NanoGateCore
 public import Logging
 public import SQLKit
 import Crypto
@@ -333,6 +334,6 @@ public struct SQLStore: KeyStore, UsageLog, SignatureStore {
     }
 
     static func hash(_ secret: String) -> String {
-        SHA256.hash(data: Data(secret.utf8)).map { String(format: "%02x", $0) }.joined()
+        SHA256.hash(data: Data(secret.utf8)).lowercaseHex
     }
 }

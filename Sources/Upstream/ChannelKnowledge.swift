@@ -1,4 +1,5 @@
 public import Foundation
+import NanoGateCore
 import Crypto
 
 /// What the gateway has learned about one channel: the upstream ids its own model list offers
@@ -45,7 +46,7 @@ public struct KeyRefusal: Sendable, Equatable {
     /// The first 16 hex digits of the credential's SHA-256: enough to tell keys apart, nothing
     /// to recover one from.
     public static func fingerprint(of credential: String) -> String {
-        SHA256.hash(data: Data(credential.utf8)).prefix(8).map { String(format: "%02x", $0) }.joined()
+        SHA256.hash(data: Data(credential.utf8)).prefix(8).lowercaseHex
     }
 }
 

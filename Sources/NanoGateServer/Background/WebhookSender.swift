@@ -1,16 +1,11 @@
 import AsyncHTTPClient
 import Crypto
 import Foundation
-import HTTPTypes
-import Hummingbird
 import Logging
 import NanoGateCore
 import NanoGateStorage
 import NIOCore
-import NIOFoundationCompat
 import NIOHTTP1
-import ServiceLifecycle
-import Synchronization
 
 /// Where webhooks may go: the image-fetch policy (no loopback, private or reserved address
 /// unless `NANOGATE_ALLOW_PRIVATE_FETCH` or an allowed network; `https` unless plain HTTP is
@@ -46,7 +41,7 @@ struct WebhookSender: Sendable {
 
     static func signature(secret: String, timestamp: Int, body: [UInt8]) -> String {
         let mac = HMAC<SHA256>.authenticationCode(for: Array("\(timestamp).".utf8) + body, using: SymmetricKey(data: Array(secret.utf8)))
-        return "t=\(timestamp),v1=" + mac.map { String(format: "%02x", $0) }.joined()
+        return "t=\(timestamp),v1=" + mac.lowercaseHex
     }
 
     func deliver(_ job: ImageJobRecord, logger: Logger) async {

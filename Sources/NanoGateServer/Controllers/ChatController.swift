@@ -294,7 +294,7 @@ struct ChatController {
         var hasher = SHA256()
         hasher.update(data: Array("\(keyID)\n".utf8))
         hasher.update(data: Array(text.trimmingCharacters(in: .whitespacesAndNewlines).utf8))
-        return "t:" + hex(hasher.finalize())
+        return "t:" + hasher.finalize().lowercaseHex
     }
 
     /// A fingerprint of the image's base64 text, scoped to the API key: its length and its first
@@ -311,11 +311,7 @@ struct ChatController {
             hasher.update(data: Array(text.prefix(sample)))
             hasher.update(data: Array(text.suffix(sample)))
         }
-        return "i:" + hex(hasher.finalize())
-    }
-
-    private static func hex(_ digest: SHA256.Digest) -> String {
-        digest.map { String(format: "%02x", $0) }.joined()
+        return "i:" + hasher.finalize().lowercaseHex
     }
 
     // MARK: Reply

@@ -46,7 +46,7 @@ struct IdempotencyMiddleware: RouterMiddleware {
         var hasher = SHA256()
         hasher.update(data: Array("\(request.uri.path)\n\(request.headers[.contentType] ?? "")\n".utf8))
         hasher.update(data: Array(body.readableBytesView))
-        let hash = hasher.finalize().map { String(format: "%02x", $0) }.joined()
+        let hash = hasher.finalize().lowercaseHex
 
         switch try await store.claimIdempotency(keyID: key.id, idempotencyKey: idempotencyKey, bodyHash: hash, staleAfter: staleAfter) {
         case .mismatch:
