@@ -1,8 +1,6 @@
 import ArgumentParser
 import AsyncHTTPClient
 import Foundation
-import GeminiEmulator
-import Hummingbird
 import Logging
 import NIOCore
 import NIOFoundationCompat
@@ -11,9 +9,6 @@ import NanoGateCore
 import NanoGateServer
 import NanoGateStorage
 import Upstream
-#if canImport(Glibc)
-import CMalloc
-#endif
 
 /// Runs `body` with the channels of the configuration file and the database in one pool (no
 /// call made yet) and the database's knowledge of them, then closes both.

@@ -1,19 +1,8 @@
 import ArgumentParser
-import AsyncHTTPClient
 import Foundation
-import GeminiEmulator
-import Hummingbird
-import Logging
-import NIOCore
-import NIOFoundationCompat
-import NIOHTTP1
 import NanoGateCore
 import NanoGateServer
 import NanoGateStorage
-import Upstream
-#if canImport(Glibc)
-import CMalloc
-#endif
 
 struct Groups: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Manage key groups.", subcommands: [Create.self, List.self, Update.self])

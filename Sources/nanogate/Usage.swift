@@ -1,19 +1,6 @@
 import ArgumentParser
-import AsyncHTTPClient
 import Foundation
-import GeminiEmulator
-import Hummingbird
-import Logging
-import NIOCore
-import NIOFoundationCompat
-import NIOHTTP1
-import NanoGateCore
 import NanoGateServer
-import NanoGateStorage
-import Upstream
-#if canImport(Glibc)
-import CMalloc
-#endif
 
 struct Usage: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "The usage log: one row per request, newest first.")

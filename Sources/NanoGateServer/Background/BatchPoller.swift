@@ -1,6 +1,4 @@
 import Foundation
-import HTTPTypes
-import Hummingbird
 import Logging
 import NanoGateCore
 import NanoGateStorage
@@ -125,7 +123,7 @@ extension BatchesController {
         // whole (a few hundred b64_json lines are gigabytes).
         let output: LineFileWriter
         do {
-            output = try await LineFileWriter.create()
+            output = try await LineFileWriter.create(in: scratchDirectory)
         } catch {
             logger.error("could not start a batch's output file", metadata: ["error": "\(String(reflecting: error))"])
             return
@@ -195,7 +193,8 @@ extension BatchesController {
 }
 
 /// A file written one line at a time on NIO's thread pool (never on Swift's cooperative
-/// threads), in the temporary directory until it is handed to a store.
+/// threads), until it is handed to a store. It is written in the local file folder: handing it
+/// over is a rename there, and one a crash leaves half-written is swept with the old files.
 final class LineFileWriter: Sendable {
     let path: URL
     private let handle: FileHandle
@@ -206,8 +205,8 @@ final class LineFileWriter: Sendable {
         self.handle = handle
     }
 
-    static func create() async throws -> LineFileWriter {
-        let path = FileManager.default.temporaryDirectory.appendingPathComponent("nanogate-output-\(randomHex(bytes: 12)).jsonl")
+    static func create(in directory: URL) async throws -> LineFileWriter {
+        let path = directory.appendingPathComponent("partial-\(randomHex(bytes: 12)).jsonl")
         let handle = try await NIOThreadPool.singleton.runIfActive {
             guard FileManager.default.createFile(atPath: path.path, contents: nil, attributes: [.posixPermissions: 0o600]) else {
                 throw CocoaError(.fileWriteUnknown)

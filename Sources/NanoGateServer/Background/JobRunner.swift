@@ -1,14 +1,8 @@
-import AsyncHTTPClient
-import Crypto
 import Foundation
-import HTTPTypes
-import Hummingbird
 import Logging
 import NanoGateCore
 import NanoGateStorage
 import NIOCore
-import NIOFoundationCompat
-import NIOHTTP1
 import ServiceLifecycle
 import Synchronization
 
@@ -27,7 +21,7 @@ struct JobRunner: Service {
     /// into the database.
     let images: any ImageRepository
     let logger: Logger
-    /// Validates the stored request again for its key and runs it: the images answer.
+    /// Runs the stored request for its key (`ImagesController.runStoredJob`): the images answer.
     let execute: @Sendable (ImageJobRecord, APIKey) async throws -> ByteBuffer
 
     /// How many times a job may start before it fails (its gateways kept dying under it).

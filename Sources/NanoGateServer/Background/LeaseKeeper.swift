@@ -1,9 +1,7 @@
 import Foundation
 import Logging
-public import NanoGateCore
 import NanoGateStorage
 import ServiceLifecycle
-import Synchronization
 
 /// Keeps this instance's running reservations alive and releases everything else that ran out:
 /// leases are renewed every third of their length; expired ones (a gateway killed mid-request)

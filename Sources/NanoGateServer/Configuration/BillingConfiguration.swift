@@ -1,9 +1,6 @@
 import Foundation
-import Logging
 public import NanoGateCore
 import NanoGateStorage
-import ServiceLifecycle
-import Synchronization
 
 /// Billing settings.
 public struct BillingConfiguration: Sendable {

@@ -67,6 +67,8 @@ struct BatchesController {
     let store: SQLStore
     /// Where uploaded files and batch outputs are kept (rows hold their names and sizes).
     let files: any ImageRepository
+    /// Where a batch's output is written before it goes to `files` (the local file folder).
+    let scratchDirectory: URL
     let images: ImagesController
     let pipeline: RequestPipeline
     let maxFileBytes: Int

@@ -1,5 +1,3 @@
-import AsyncHTTPClient
-import Crypto
 import Foundation
 import HTTPTypes
 import Hummingbird
@@ -8,9 +6,6 @@ import NanoGateCore
 import NanoGateStorage
 import NIOCore
 import NIOFoundationCompat
-import NIOHTTP1
-import ServiceLifecycle
-import Synchronization
 
 /// Background image jobs: `POST /v1/images/generations` or `/v1/images/edits` with `Prefer:
 /// respond-async` (or `"async": true` in a JSON body) answers 202 at once; the job is stored in

@@ -1,8 +1,7 @@
 import Foundation
 import Logging
-public import NanoGateCore
+import NanoGateCore
 import NanoGateStorage
-import ServiceLifecycle
 import Synchronization
 
 /// Prices per upstream model: the operator's overrides (`nanogate prices set`, stored in the

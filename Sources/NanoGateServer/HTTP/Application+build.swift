@@ -161,7 +161,8 @@ func makeGatewayParts(
     images.addRoutes(to: api)
     ImageJobsController(store: dependencies.store, images: dependencies.images).addRoutes(to: api)
     let batches = BatchesController(
-        store: dependencies.store, files: dependencies.files, images: images, pipeline: pipeline, maxFileBytes: configuration.inputs.maxRequestBytes,
+        store: dependencies.store, files: dependencies.files, scratchDirectory: dependencies.fileStore.directory, images: images, pipeline: pipeline,
+        maxFileBytes: configuration.inputs.maxRequestBytes,
         fileQuotaBytes: configuration.fileQuotaBytes, owner: configuration.billing.owner
     )
     batches.addRoutes(to: api)
@@ -257,10 +258,13 @@ public func buildApplication(
     }
     app.addServices(LeaseKeeper(ledger: dependencies.ledger, live: pipeline.live, lease: configuration.billing.lease, logger: logger))
     app.addServices(
-        ImageSweeper(store: dependencies.imageStore, objects: dependencies.objectStore, ttl: configuration.urlTTL, signatures: dependencies.store, logger: logger, onSweep: { metrics.swept($0) }),
+        ImageSweeper(
+            stores: [dependencies.imageStore] + (dependencies.objectStore.map { [$0] } ?? []), ttl: configuration.urlTTL, signatures: dependencies.store,
+            logger: logger, onSweep: { metrics.swept($0) }
+        ),
         // File contents outlive their rows by a day at most (every file expires after the same days).
         ImageSweeper(
-            store: dependencies.fileStore, objects: dependencies.fileObjects, ttl: .seconds((BatchesController.fileDays + 1) * 24 * 3600),
+            stores: [dependencies.fileStore] + (dependencies.fileObjects.map { [$0] } ?? []), ttl: .seconds((BatchesController.fileDays + 1) * 24 * 3600),
             interval: .seconds(3600), logger: logger
         ),
         CloseOnShutdown { try await httpClient.shutdown() },
