@@ -364,3 +364,39 @@ public struct ErrorResponse: Codable, Sendable {
         self.error = Body(message: error.message, type: error.type, param: error.param, code: error.code)
     }
 }
+
+/// The JSON form of an edit: OpenAI's `images: [{image_url}]`, or leniently `image` as one URL or a list.
+public struct ImageEditJSON: Decodable, Sendable {
+    public var fields: ImageGenerationRequest
+    /// The input images' URLs (`data:` or http(s)), in order.
+    public var urls: [String]
+    /// Set when the body names a `mask` (which Gemini cannot take).
+    public var mask: String?
+
+    private struct ImageReference: Decodable {
+        var url: String
+        init(from decoder: any Decoder) throws {
+            if let text = try? decoder.singleValueContainer().decode(String.self) {
+                url = text
+                return
+            }
+            struct Keyed: Decodable { var image_url: String }
+            url = try Keyed(from: decoder).image_url
+        }
+    }
+
+    private enum CodingKeys: String, CodingKey { case images, image, mask }
+
+    public init(from decoder: any Decoder) throws {
+        fields = try ImageGenerationRequest(from: decoder)
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        if let list = try container.decodeIfPresent([ImageReference].self, forKey: .images) {
+            urls = list.map(\.url)
+        } else if let list = try? container.decodeIfPresent([ImageReference].self, forKey: .image) {
+            urls = list.map(\.url)
+        } else {
+            urls = try container.decodeIfPresent(ImageReference.self, forKey: .image).map { [$0.url] } ?? []
+        }
+        mask = container.contains(.mask) ? "present" : nil
+    }
+}

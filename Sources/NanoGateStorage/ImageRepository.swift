@@ -17,9 +17,47 @@ public protocol ImageRepository: Sendable {
     /// Saves a finished local file (written piece by piece elsewhere) under a new name and
     /// removes it; returns the name.
     func saveFile(at path: URL, fileExtension: String) async throws -> String
+    /// A URL that serves `name` to anyone holding it for `ttl`: the gateway's own signed
+    /// `/v1/files/images/` route under `baseURL` (a folder), or a presigned GET (a bucket).
+    func url(name: String, baseURL: String, ttl: Duration, now: Date) -> String
+    /// What a URL a client sent is to this store (an earlier answer sent back in a chat): one
+    /// of ours, its signature right and unexpired, is read from the store rather than fetched.
+    func ownImage(url: String, baseURLs: [String], now: Date) -> OwnImageURL
+}
+
+/// What an image URL a client sent is to the store that may have made it.
+public enum OwnImageURL: Sendable, Equatable {
+    /// Not a URL of this store: fetch it like any other.
+    case notOurs
+    /// One of our signed URLs, its signature right and still valid: read this name.
+    case valid(String)
+    /// Points into this store but is unsigned, expired or signed by someone else: never read.
+    case invalid
 }
 
 extension ImageStore: ImageRepository {
+    /// The gateway's route for this folder's images, signed with the store's URL secret.
+    public func url(name: String, baseURL: String, ttl: Duration, now: Date) -> String {
+        let expires = Int(now.timeIntervalSince1970) + Int(ttl.components.seconds)
+        return "\(baseURL)\(Self.routePrefix)\(name)?expires=\(expires)&signature=\(signer.signature(name: name, expires: expires))"
+    }
+
+    /// A URL under one of `baseURLs` on the image route, with the same checks the route makes
+    /// (`ImageFilesController`): signature, then expiry.
+    public func ownImage(url: String, baseURLs: [String], now: Date) -> OwnImageURL {
+        guard let components = URLComponents(string: url), components.path.hasPrefix(Self.routePrefix),
+            baseURLs.contains(where: { url.hasPrefix($0 + Self.routePrefix) })
+        else { return .notOurs }
+        let name = String(components.path.dropFirst(Self.routePrefix.count))
+        let items = components.queryItems ?? []
+        guard let expires = items.first(where: { $0.name == "expires" })?.value.flatMap(Int.init),
+            let signature = items.first(where: { $0.name == "signature" })?.value,
+            signer.isValid(name: name, expires: expires, signature: signature),
+            expires >= Int(now.timeIntervalSince1970), Self.isValidName(name)
+        else { return .invalid }
+        return .valid(name)
+    }
+
     /// Moves the file in (a rename on one file system: never read into memory).
     public func saveFile(at path: URL, fileExtension: String) async throws -> String {
         let name = "\(Self.randomID()).\(fileExtension)"
@@ -48,6 +86,15 @@ extension ImageStore: ImageRepository {
 }
 
 extension ObjectImageStore: ImageRepository {
+    /// A presigned GET of the bucket (every instance can make and check it).
+    public func url(name: String, baseURL: String, ttl: Duration, now: Date) -> String {
+        presignedURL(name: name, ttl: Int(ttl.components.seconds), now: now)
+    }
+
+    public func ownImage(url: String, baseURLs: [String], now: Date) -> OwnImageURL {
+        ownImage(url: url, now: now)
+    }
+
     /// Uploads the file in one PUT (read whole: the S3 client has no multipart upload yet) and
     /// removes it.
     public func saveFile(at path: URL, fileExtension: String) async throws -> String {

@@ -103,10 +103,16 @@ public func createPrivateDirectory(_ directory: URL) throws {
 /// Generated images kept on disk for URL answers, each file written whole or not at all.
 public struct ImageStore: Sendable {
     public let directory: URL
+    /// Signs the URLs of this folder's images (served by the gateway's own route).
+    public let signer: URLSigner
     let threadPool: NIOThreadPool
 
-    public init(directory: URL, threadPool: NIOThreadPool = .singleton) throws {
+    /// The gateway's route that serves this folder's images.
+    public static let routePrefix = "/v1/files/images/"
+
+    public init(directory: URL, signer: URLSigner, threadPool: NIOThreadPool = .singleton) throws {
         self.directory = directory
+        self.signer = signer
         self.threadPool = threadPool
         try createPrivateDirectory(directory)
     }

@@ -38,16 +38,6 @@ public struct ObjectImageStore: Sendable {
         return name
     }
 
-    /// What an image URL a client sent is to this store.
-    public enum OwnImageURL: Sendable, Equatable {
-        /// Not a URL of our bucket and prefix: fetch it like any other.
-        case notOurs
-        /// One of our presigned URLs, its signature right and still valid: read this name.
-        case valid(String)
-        /// Points into our bucket but is unsigned, expired or signed by someone else: never read.
-        case invalid
-    }
-
     /// Checks a URL into our bucket as S3 would before it is read with the gateway's own
     /// credentials: only a URL this store presigned, before it expired, names an image (an
     /// object name alone, leaked or guessed, reads nothing).

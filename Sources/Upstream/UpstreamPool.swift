@@ -206,9 +206,9 @@ public final class UpstreamPool: Sendable {
     private let configuration: UpstreamConfiguration
     /// The most bytes one upstream answer may take (a batch's inline results included).
     public var maxResponseBytes: Int { configuration.maxResponseBytes }
-    /// The channels now and their state: the configuration's, plus the operator's from the
-    /// database (`replaceManagedChannels`). Replaced whole; a member unchanged keeps its state.
-    private let roster: Mutex<Roster>
+    /// The channels now and their state (`PoolRoster`, a value with no I/O): the
+    /// configuration's, plus the operator's from the database (`replaceManagedChannels`).
+    private let roster: Mutex<PoolRoster>
     /// Channels taken out of service: their clients close with the pool (a request may still use one).
     private let retired = Mutex<[any UpstreamChannel]>([])
     private let random: @Sendable (Int) -> Int
@@ -221,66 +221,8 @@ public final class UpstreamPool: Sendable {
     /// What answers taught the pool since the database last took it (`drainLearned`).
     private let learned = Mutex<[ChannelFact]>([])
 
-    /// The channels in service, each with its state, in one array.
-    private struct Roster {
-        struct Entry {
-            var member: Member
-            var state: ChannelState
-        }
-
-        var entries: [Entry] = []
-        var nextID = 0
-
-        var members: [Member] { entries.map(\.member) }
-        var states: [ChannelState] { entries.map(\.state) }
-    }
-
-    private struct Member: Sendable {
-        let id: Int
-        let channel: any UpstreamChannel
-        let gate: ConcurrencyGate
-        /// Set when the channel could not be built (a bad service account): every call fails so.
-        let broken: UpstreamError?
-        /// From the database (the admin API), not the configuration file.
-        let managed: Bool
-
-        var configuration: ChannelConfiguration { channel.configuration }
-    }
-
-    /// What sets a credential aside: until when, why, and whether it was refused outright.
-    private struct Rest {
-        var until: ContinuousClock.Instant
-        var reason: UpstreamError
-        var rejected: Bool
-    }
-
-    private struct ChannelState {
-        var nextCredential = 0
-        /// Per credential: rests for every model (`""`) and per model id.
-        var rests: [[String: Rest]]
-        var consecutiveFailures = 0
-        var openUntil: ContinuousClock.Instant?
-        var probing = false
-        var lastError: UpstreamError?
-        /// Upstream ids this channel's Google project refused as unknown or not available to it
-        /// (an old project's key may still serve 2.5 while a new one's cannot): skipped for
-        /// those ids until the time given, for this channel only.
-        var refusedModels: [String: ContinuousClock.Instant] = [:]
-        /// The ids its own model list offered (nil: it cannot list, or was never asked), when
-        /// and why the last listing failed: a channel that lists serves only what it lists.
-        var listed: Set<String>?
-        var listedAt: Date?
-        var listError: String?
-
-        /// Whether Google refused credential `index` and it is still set aside.
-        func isRefused(credential index: Int, now: ContinuousClock.Instant) -> Bool {
-            rests[index][""].map { $0.rejected && $0.until > now } ?? false
-        }
-
-        /// Whether every credential is refused: the channel serves nothing until fixed.
-        func everyCredentialRefused(now: ContinuousClock.Instant) -> Bool {
-            rests.indices.allSatisfy { isRefused(credential: $0, now: now) }
-        }
+    private var rules: PoolRules {
+        PoolRules(breakerThreshold: configuration.breakerThreshold, breakerCooldown: configuration.breakerCooldown, rejectedCredentialRest: configuration.rejectedCredentialRest)
     }
 
     /// How long a channel's refusal of a model is remembered before it is asked again.
@@ -309,25 +251,22 @@ public final class UpstreamPool: Sendable {
         self.eventLoopGroup = eventLoopGroup
         self.logger = logger
         self.clock = now
-        self.roster = Mutex(Roster())
-        roster.withLock { roster in
-            let members: [Member]
-            if let channels {
-                members = channels.enumerated().map { offset, channel in
-                    Member(
-                        id: offset, channel: channel, gate: ConcurrencyGate(limit: channel.configuration.maxConcurrency, queueLimit: configuration.queueLimit),
-                        broken: nil, managed: false
-                    )
-                }
-            } else {
-                members = configuration.effectiveChannels.enumerated().map { offset, channel in makeMember(channel, id: offset, managed: false) }
+        self.roster = Mutex(PoolRoster())
+        let members: [PoolMember]
+        if let channels {
+            members = channels.enumerated().map { offset, channel in
+                PoolMember(
+                    id: offset, channel: channel, gate: ConcurrencyGate(limit: channel.configuration.maxConcurrency, queueLimit: configuration.queueLimit),
+                    broken: nil, managed: false
+                )
             }
-            roster.entries = members.map { Roster.Entry(member: $0, state: ChannelState(rests: Array(repeating: [:], count: max(1, $0.channel.credentialCount)))) }
-            roster.nextID = members.count
+        } else {
+            members = configuration.effectiveChannels.enumerated().map { offset, channel in makeMember(channel, id: offset, managed: false) }
         }
+        roster.withLock { $0 = PoolRoster(members: members) }
     }
 
-    private var members: [Member] { roster.withLock { $0.members } }
+    private var members: [PoolMember] { roster.withLock { $0.members } }
 
     /// Puts the operator's channels from the database in service beside the configuration's
     /// (a name the configuration file uses is skipped: the file wins). A channel whose settings
@@ -335,27 +274,13 @@ public final class UpstreamPool: Sendable {
     public func replaceManagedChannels(_ channels: [ChannelConfiguration]) {
         let fixedNames = Set(configuration.effectiveChannels.map(\.name))
         let wanted = channels.filter { !fixedNames.contains($0.name) }
-        let removed = roster.withLock { roster -> [any UpstreamChannel] in
-            // The file's channels stay; a stored channel unchanged keeps its state.
-            var entries = roster.entries.filter { !$0.member.managed }
-            for channel in wanted {
-                if let kept = roster.entries.first(where: { $0.member.managed && $0.member.configuration == channel }) {
-                    entries.append(kept)
-                } else {
-                    let member = makeMember(channel, id: roster.nextID, managed: true)
-                    roster.nextID += 1
-                    entries.append(Roster.Entry(member: member, state: ChannelState(rests: Array(repeating: [:], count: max(1, member.channel.credentialCount)))))
-                }
-            }
-            let kept = Set(entries.map(\.member.id))
-            let removed = roster.entries.filter { !kept.contains($0.member.id) }.map(\.member.channel)
-            roster.entries = entries
-            return removed
+        let removed = roster.withLock { roster in
+            roster.replaceManaged(with: wanted) { channel, id in makeMember(channel, id: id, managed: true) }
         }
-        if !removed.isEmpty { retired.withLock { $0.append(contentsOf: removed) } }
+        if !removed.isEmpty { retired.withLock { $0.append(contentsOf: removed.map(\.channel)) } }
     }
 
-    private func makeMember(_ channel: ChannelConfiguration, id: Int, managed: Bool) -> Member {
+    private func makeMember(_ channel: ChannelConfiguration, id: Int, managed: Bool) -> PoolMember {
         var clientConfiguration = Self.clientConfiguration(requestTimeout: configuration.longestTimeout, maxConnections: channel.maxConcurrency)
         if let proxyText = channel.proxy, let proxy = ProxySetting(proxyText) {
             let authorization = proxy.user.map { HTTPClient.Authorization.basic(username: $0, password: proxy.password ?? "") }
@@ -365,9 +290,9 @@ public final class UpstreamPool: Sendable {
         let gate = ConcurrencyGate(limit: channel.maxConcurrency, queueLimit: configuration.queueLimit)
         switch channel.kind {
         case .openai:
-            return Member(id: id, channel: OpenAIChannel(configuration: channel, httpClient: client, maxResponseBytes: configuration.maxResponseBytes), gate: gate, broken: nil, managed: managed)
+            return PoolMember(id: id, channel: OpenAIChannel(configuration: channel, httpClient: client, maxResponseBytes: configuration.maxResponseBytes), gate: gate, broken: nil, managed: managed)
         case .gemini, .vertexExpress:
-            return Member(id: id, channel: GoogleChannel(configuration: channel, httpClient: client, maxResponseBytes: configuration.maxResponseBytes, tokens: nil), gate: gate, broken: nil, managed: managed)
+            return PoolMember(id: id, channel: GoogleChannel(configuration: channel, httpClient: client, maxResponseBytes: configuration.maxResponseBytes, tokens: nil), gate: gate, broken: nil, managed: managed)
         case .vertex:
             var tokens: AccessTokenProvider?
             var broken: UpstreamError?
@@ -380,7 +305,7 @@ public final class UpstreamPool: Sendable {
                 logger.error("the Vertex channel cannot be used", metadata: ["channel": "\(channel.name)", "error": "\(error)"])
                 broken = UpstreamError(.authFailed, detail: "the service account could not be loaded")
             }
-            return Member(id: id, channel: GoogleChannel(configuration: channel, httpClient: client, maxResponseBytes: configuration.maxResponseBytes, tokens: tokens), gate: gate, broken: broken, managed: managed)
+            return PoolMember(id: id, channel: GoogleChannel(configuration: channel, httpClient: client, maxResponseBytes: configuration.maxResponseBytes, tokens: tokens), gate: gate, broken: broken, managed: managed)
         }
     }
 
@@ -406,9 +331,10 @@ public final class UpstreamPool: Sendable {
     }
 
     /// Calls `generateContent` on `model` (a catalog upstream id; `aliases` are its other names,
-    /// which channels' `models` lists may use), retrying across channels and keys.
-    public func generateContent(model: String, aliases: [String] = [], request: GeminiWire.Request, trace: UpstreamTrace? = nil, logger: Logger) async throws(UpstreamError) -> GeminiWire.Response {
-        try await withRetries(model: model, aliases: aliases, request: request, trace: trace, logger: logger) { member, upstreamID, body, credential, timeout, deadline in
+    /// which channels' `models` lists may use), retrying across channels and keys. `imageSize`
+    /// (`1K`, `2K`, `4K`; nil: 1K) picks the attempt's timeout.
+    public func generateContent(model: String, aliases: [String] = [], imageSize: String?, request: GeminiWire.Request, trace: UpstreamTrace? = nil, logger: Logger) async throws(UpstreamError) -> GeminiWire.Response {
+        try await withRetries(model: model, aliases: aliases, imageSize: imageSize, request: request, trace: trace, logger: logger) { member, upstreamID, body, credential, timeout, deadline in
             await member.channel.generate(model: upstreamID, request: request, body: body, credential: credential, timeout: timeout, logger: logger)
         }
     }
@@ -416,8 +342,8 @@ public final class UpstreamPool: Sendable {
     /// Calls `streamGenerateContent?alt=sse`. Retries happen until an upstream answers 200; the
     /// events then arrive through the returned sequence (errors after that are the caller's to
     /// report), which ends with a timeout error at the attempt's timeout.
-    public func streamGenerateContent(model: String, aliases: [String] = [], request: GeminiWire.Request, trace: UpstreamTrace? = nil, logger: Logger) async throws(UpstreamError) -> GeminiEventStream {
-        try await withRetries(model: model, aliases: aliases, request: request, trace: trace, logger: logger) { member, upstreamID, body, credential, timeout, deadline in
+    public func streamGenerateContent(model: String, aliases: [String] = [], imageSize: String?, request: GeminiWire.Request, trace: UpstreamTrace? = nil, logger: Logger) async throws(UpstreamError) -> GeminiEventStream {
+        try await withRetries(model: model, aliases: aliases, imageSize: imageSize, request: request, trace: trace, logger: logger) { member, upstreamID, body, credential, timeout, deadline in
             await member.channel.stream(model: upstreamID, request: request, body: body, credential: credential, deadline: .now.advanced(by: timeout), logger: logger)
         }
     }
@@ -440,25 +366,10 @@ public final class UpstreamPool: Sendable {
         }
     }
 
-    private func remember(listing: Result<Set<String>?, UpstreamError>, of id: Int) {
-        roster.withLock { roster in
-            guard let index = roster.entries.firstIndex(where: { $0.member.id == id }) else { return }
-            switch listing {
-            case .success(let listed):
-                roster.entries[index].state.listed = listed
-                roster.entries[index].state.listedAt = Date()
-                roster.entries[index].state.listError = nil
-            case .failure(let error):
-                // The last good list stands: a failed check says nothing about the models.
-                roster.entries[index].state.listError = error.description
-            }
-        }
-    }
-
     /// The ids channel `name`'s model list offered at the last check (nil: it cannot list, or
     /// was never asked).
     public func listed(channel name: String) -> Set<String>? {
-        roster.withLock { roster in roster.entries.firstIndex { $0.member.configuration.name == name }.flatMap { roster.entries[$0].state.listed } }
+        roster.withLock { $0.state(named: name)?.listed }
     }
 
     /// Keeps a refused credential for the database (by position and fingerprint, never its value).
@@ -478,55 +389,20 @@ public final class UpstreamPool: Sendable {
         }
     }
 
+
     /// Takes what the database knows about each channel (by name; learned by any instance):
     /// its model list, refused ids, and refused credentials whose fingerprint still matches.
     /// Refusals only ever lengthen what the pool already holds.
     public func apply(_ knowledge: [String: ChannelKnowledge]) {
         let now = clock()
-        let wallNow = Date()
-        func instant(_ date: Date) -> ContinuousClock.Instant { now.advanced(by: .seconds(date.timeIntervalSince(wallNow))) }
-        roster.withLock { roster in
-            for index in roster.entries.indices {
-                let config = roster.entries[index].member.configuration
-                guard let known = knowledge[config.name] else { continue }
-                if let checkedAt = known.checkedAt, roster.entries[index].state.listedAt.map({ $0 < checkedAt }) ?? true {
-                    roster.entries[index].state.listed = known.listed
-                    roster.entries[index].state.listedAt = checkedAt
-                    roster.entries[index].state.listError = known.listError
-                }
-                for (upstreamID, until) in known.refusedModels where until > wallNow {
-                    let held = roster.entries[index].state.refusedModels[upstreamID]
-                    if held.map({ $0 < instant(until) }) ?? true { roster.entries[index].state.refusedModels[upstreamID] = instant(until) }
-                }
-                for refusal in known.refusedKeys where refusal.until > wallNow {
-                    let position = refusal.position - 1
-                    guard roster.entries[index].state.rests.indices.contains(position), config.credentialFingerprint(position) == refusal.fingerprint else { continue }
-                    let held = roster.entries[index].state.rests[position][""]
-                    if held.map({ !$0.rejected || $0.until < instant(refusal.until) }) ?? true {
-                        roster.entries[index].state.rests[position][""] = Rest(
-                            until: instant(refusal.until), reason: UpstreamError(.authFailed, detail: refusal.reason), rejected: true
-                        )
-                    }
-                }
-            }
-        }
+        roster.withLock { $0.apply(knowledge, now: now, wallNow: Date()) }
     }
 
     /// Whether channel `name` serves `model` (a catalog upstream id; `aliases` its other names)
     /// now, and why not: one cell of the model matrix.
     public func serves(channel name: String, model: String, aliases: [String] = []) -> ChannelServes {
         let now = clock()
-        return roster.withLock { roster in
-            guard let index = roster.entries.firstIndex(where: { $0.member.configuration.name == name }) else { return .notRouted }
-            return Self.serves(roster.entries[index].member, roster.entries[index].state, model: model, aliases: aliases, now: now)
-        }
-    }
-
-    private static func serves(_ member: Member, _ state: ChannelState, model: String, aliases: [String], now: ContinuousClock.Instant) -> ChannelServes {
-        guard member.configuration.weight > 0, let upstreamID = member.configuration.upstreamID(for: model, aliases: aliases) else { return .notRouted }
-        if let until = state.refusedModels[upstreamID], until > now { return .refused }
-        guard let listed = state.listed else { return .unchecked }
-        return listed.contains(upstreamID) ? .listed : .notListed
+        return roster.withLock { $0.serves(channel: name, model: model, aliases: aliases, now: now) }
     }
 
     /// Whether some channel may be asked for `model` now (it routes the id, has not refused
@@ -534,13 +410,7 @@ public final class UpstreamPool: Sendable {
     /// fallback chain without a call.
     public func mayServe(model: String, aliases: [String] = []) -> Bool {
         let now = clock()
-        return roster.withLock { roster in
-            roster.entries.indices.contains { index in
-                let entry = roster.entries[index]
-                return entry.member.broken == nil && !entry.state.everyCredentialRefused(now: now)
-                    && Self.serves(entry.member, entry.state, model: model, aliases: aliases, now: now).serves
-            }
-        }
+        return roster.withLock { $0.mayServe(model: model, aliases: aliases, now: now) }
     }
 
     /// One free call on the named channel (`nanogate channels test NAME`).
@@ -558,44 +428,13 @@ public final class UpstreamPool: Sendable {
     /// each channel serves each of them.
     public func status(models: [String: [String]] = [:]) -> [ChannelStatus] {
         let now = clock()
-        let (members, states) = roster.withLock { ($0.members, $0.states) }
-        return zip(members, states).map { member, channel in
-            let config = member.configuration
-            let disabled = channel.rests.indices.filter { channel.isRefused(credential: $0, now: now) }
-            var cooling: [String: Int] = [:]
-            for rests in channel.rests {
-                for (model, rest) in rests where !rest.rejected && rest.until > now {
-                    let left = max(1, Int((rest.until - now).components.seconds) + 1)
-                    cooling[model.isEmpty ? "*" : model] = max(cooling[model.isEmpty ? "*" : model] ?? 0, left)
-                }
-            }
-            var stateName = "ok"
-            if member.broken != nil || disabled.count == channel.rests.count {
-                stateName = "disabled"
-            } else if channel.probing {
-                stateName = "probing"
-            } else if let open = channel.openUntil, open > now {
-                stateName = "tripped"
-            } else if !cooling.isEmpty || !disabled.isEmpty {
-                stateName = "cooling"
-            }
-            let load = member.gate.load
-            return ChannelStatus(
-                name: config.name, kind: config.kind.rawValue, priority: config.priority, weight: config.weight, models: config.models?.map(\.name),
-                state: stateName, keys: member.channel.credentialCount, disabledKeys: disabled.map { $0 + 1 }, coolingModels: cooling,
-                consecutiveFailures: channel.consecutiveFailures, lastError: (member.broken ?? channel.lastError).map { $0.description },
-                inFlight: load.running, queued: load.waiting, maxConcurrency: config.maxConcurrency, managed: member.managed,
-                refusedModels: channel.refusedModels.filter { $0.value > now }.keys.sorted(), listedModels: channel.listed?.count,
-                modelsCheckedAt: channel.listedAt.map { ISO8601DateFormatter().string(from: $0) }, modelsCheckError: channel.listError,
-                serves: models.isEmpty ? nil : Dictionary(uniqueKeysWithValues: models.map { ($0.key, Self.serves(member, channel, model: $0.key, aliases: $0.value, now: now)) })
-            )
-        }
+        return roster.withLock { $0.status(models: models, now: now) }
     }
 
-    private typealias Attempt<Output> = @Sendable (Member, String, ByteBuffer, Int, Duration, ContinuousClock.Instant) async -> Result<Output, ChannelFailure>
+    private typealias Attempt<Output> = @Sendable (PoolMember, String, ByteBuffer, Int, Duration, ContinuousClock.Instant) async -> Result<Output, ChannelFailure>
 
     private func withRetries<Output: Sendable>(
-        model: String, aliases: [String], request: GeminiWire.Request, trace: UpstreamTrace?, logger: Logger, _ attempt: @escaping Attempt<Output>
+        model: String, aliases: [String], imageSize: String?, request: GeminiWire.Request, trace: UpstreamTrace?, logger: Logger, _ attempt: @escaping Attempt<Output>
     ) async throws(UpstreamError) -> Output {
         let body: ByteBuffer
         do {
@@ -604,7 +443,7 @@ public final class UpstreamPool: Sendable {
             throw UpstreamError(.invalidRequest, detail: "the request could not be encoded")
         }
         guard !members.isEmpty else { throw UpstreamError(.noChannel) }
-        let sizeTimeout = configuration.timeout(imageSize: request.generationConfig?.imageConfig?.imageSize)
+        let sizeTimeout = configuration.timeout(imageSize: imageSize)
         let deadline = ContinuousClock.now.advanced(by: configuration.deadline ?? sizeTimeout * configuration.maxAttempts)
         var tried = Set<Int>()
         var lastError: UpstreamError?
@@ -636,7 +475,7 @@ public final class UpstreamPool: Sendable {
                 trace?.record(.init(channel: name, key: pick.credential + 1, status: failure.error.status, error: failure.error.code.rawValue, milliseconds: milliseconds))
                 lastError = failure.error
                 attemptLogger.warning("upstream attempt failed", metadata: ["error.code": "\(failure.error.code.rawValue)", "error": "\(failure.error)"])
-                failed(pick.member.id, credential: pick.credential, model: model, failure: failure, logger: attemptLogger)
+                failed(pick, model: model, failure: failure, logger: attemptLogger)
                 switch failure.disposition {
                 case .fatal where failure.error.code == .modelNotFound:
                     // This channel's project may not use the model: another channel's may.
@@ -660,10 +499,12 @@ public final class UpstreamPool: Sendable {
         throw lastError ?? UpstreamError(.noChannel)
     }
 
+
+
     /// One attempt: a slot in the channel's gate (waiting within the deadline), then the call,
     /// bounded by the channel's timeout for the model (and the deadline).
     private func run<Output: Sendable>(
-        _ member: Member, pick: Pick, body: ByteBuffer, timeout sizeTimeout: Duration, deadline: ContinuousClock.Instant, logger: Logger,
+        _ member: PoolMember, pick: PoolRoster.Pick, body: ByteBuffer, timeout sizeTimeout: Duration, deadline: ContinuousClock.Instant, logger: Logger,
         _ attempt: @escaping Attempt<Output>
     ) async -> Result<Output, ChannelFailure> {
         if let broken = member.broken { return .failure(.init(error: broken, disposition: .credentialRejected)) }
@@ -692,23 +533,12 @@ public final class UpstreamPool: Sendable {
         }
     }
 
+
     /// Gemini API channels serving `model`, by priority, with a usable credential each: where
     /// a batch may go.
     func batchTargets(model: String, aliases: [String]) -> [(channel: GoogleChannel, credential: Int, upstreamID: String)] {
         let now = clock()
-        return roster.withLock { roster in
-            roster.entries.indices.compactMap { index -> (GoogleChannel, Int, String, Int)? in
-                let member = roster.entries[index].member
-                guard member.broken == nil, let channel = member.channel.batchChannel,
-                    let upstreamID = member.configuration.upstreamID(for: model, aliases: aliases)
-                else { return nil }
-                let state = roster.entries[index].state
-                guard let credential = state.rests.indices.first(where: { Self.activeRest(state.rests[$0], model: model, now: now) == nil }) else { return nil }
-                return (channel, credential, upstreamID, member.configuration.priority)
-            }
-            .sorted { $0.3 > $1.3 }
-            .map { ($0.0, $0.1, $0.2) }
-        }
+        return roster.withLock { $0.batchTargets(model: model, aliases: aliases, now: now) }
     }
 
     /// The Gemini API channel named `name`, if it is still in service.
@@ -716,164 +546,57 @@ public final class UpstreamPool: Sendable {
         members.lazy.compactMap(\.channel.batchChannel).first { $0.configuration.name == name }
     }
 
-    private struct Pick {
-        var member: Member
-        var credential: Int
-        var upstreamID: String
-    }
+    // MARK: The roster's transitions, with their side effects (metrics, logs, facts for the database)
 
-    /// The next channel and credential for `model`: untried channels first, highest priority
-    /// first, weighted random within a priority; nil when none is eligible.
-    private func pick(model: String, aliases: [String], avoiding tried: Set<Int>) -> Pick? {
+    private func pick(model: String, aliases: [String], avoiding tried: Set<Int>) -> PoolRoster.Pick? {
         let now = clock()
-        return roster.withLock { roster -> Pick? in
-            var candidates: [(index: Int, credential: Int, upstreamID: String, halfOpen: Bool)] = []
-            var tripped: [(index: Int, credential: Int, upstreamID: String, halfOpen: Bool)] = []
-            for index in roster.entries.indices {
-                let member = roster.entries[index].member
-                let config = member.configuration
-                guard config.weight > 0, let upstreamID = config.upstreamID(for: model, aliases: aliases) else { continue }
-                var halfOpen = false
-                var skipped = false
-                if let open = roster.entries[index].state.openUntil {
-                    if open > now || roster.entries[index].state.probing { skipped = true } else { halfOpen = true }
-                }
-                let channel = roster.entries[index].state
-                // Not refused by its project, and in its model list where it has one.
-                guard Self.serves(member, channel, model: model, aliases: aliases, now: now).serves else { continue }
-                let count = channel.rests.count
-                guard let credential = (0..<count).map({ (channel.nextCredential + $0) % count })
-                    .first(where: { Self.activeRest(channel.rests[$0], model: model, now: now) == nil })
-                else { continue }
-                if skipped {
-                    tripped.append((index, credential, upstreamID, false))
-                } else {
-                    candidates.append((index, credential, upstreamID, halfOpen))
-                }
-            }
-            // A tripped breaker steers traffic to the other channels; when none is left, the
-            // tripped ones still serve (refusing everything would be worse than trying).
-            if candidates.isEmpty { candidates = tripped }
-            let untried = candidates.filter { !tried.contains(roster.entries[$0.index].member.id) }
-            let pool = untried.isEmpty ? candidates : untried
-            guard let top = pool.map({ roster.entries[$0.index].member.configuration.priority }).max() else { return nil }
-            let level = pool.filter { roster.entries[$0.index].member.configuration.priority == top }
-            let total = level.reduce(0) { $0 + roster.entries[$1.index].member.configuration.weight }
-            var roll = random(total)
-            var chosen = level[0]
-            for candidate in level {
-                let weight = roster.entries[candidate.index].member.configuration.weight
-                if roll < weight {
-                    chosen = candidate
-                    break
-                }
-                roll -= weight
-            }
-            roster.entries[chosen.index].state.nextCredential = (chosen.credential + 1) % roster.entries[chosen.index].state.rests.count
-            if chosen.halfOpen { roster.entries[chosen.index].state.probing = true }
-            return Pick(member: roster.entries[chosen.index].member, credential: chosen.credential, upstreamID: chosen.upstreamID)
-        }
+        return roster.withLock { $0.pick(model: model, aliases: aliases, avoiding: tried, now: now, roll: random) }
     }
 
     private func succeeded(_ id: Int) {
-        roster.withLock { roster in
-            guard let index = roster.entries.firstIndex(where: { $0.member.id == id }) else { return }
-            roster.entries[index].state.consecutiveFailures = 0
-            roster.entries[index].state.openUntil = nil
-            roster.entries[index].state.probing = false
-        }
+        roster.withLock { $0.succeeded(id) }
+    }
+
+    private func remember(listing: Result<Set<String>?, UpstreamError>, of id: Int) {
+        roster.withLock { $0.remember(listing: listing, of: id, at: Date()) }
     }
 
     /// Remembers that channel `id` refused `upstreamID` (its other models are unaffected).
     private func refused(_ id: Int, upstreamID: String, logger: Logger) {
         let until = clock().advanced(by: Self.refusalMemory)
-        let name = roster.withLock { roster -> String? in
-            guard let index = roster.entries.firstIndex(where: { $0.member.id == id }) else { return nil }
-            roster.entries[index].state.refusedModels[upstreamID] = until
-            return roster.entries[index].member.configuration.name
-        }
-        if let name {
+        if let name = roster.withLock({ $0.refused(id, upstreamID: upstreamID, until: until) }) {
             learned.withLock { $0.append(.modelRefused(channel: name, upstreamID: upstreamID, until: Date().addingTimeInterval(Self.refusalMemory.seconds))) }
         }
         logger.warning("channel's project refuses the model; other channels serve it", metadata: ["upstream.model": "\(upstreamID)"])
     }
 
-    private func failed(_ id: Int, credential: Int, model: String, failure: ChannelFailure, logger: Logger) {
+    private func failed(_ pick: PoolRoster.Pick, model: String, failure: ChannelFailure, logger: Logger) {
         let now = clock()
-        roster.withLock { roster in
-            // A channel replaced meanwhile (the operator changed it) starts afresh.
-            guard let index = roster.entries.firstIndex(where: { $0.member.id == id }) else { return }
-            let name = roster.entries[index].member.configuration.name
-            roster.entries[index].state.lastError = failure.error
-            let wasProbing = roster.entries[index].state.probing
-            roster.entries[index].state.probing = false
-            switch failure.disposition {
-            case .coolDown(let duration, let modelOnly):
-                observer?.coolDown(channel: name, model: model)
-                roster.entries[index].state.rests[credential][modelOnly ? model : ""] = Rest(until: now.advanced(by: duration), reason: failure.error, rejected: false)
-            case .credentialRejected:
-                roster.entries[index].state.rests[credential][""] = Rest(until: now.advanced(by: configuration.rejectedCredentialRest), reason: failure.error, rejected: true)
-                learnRefused(credential: credential, of: roster.entries[index].member.configuration, reason: failure.error)
-                observer?.credentialRejected(channel: name)
-                let all = roster.entries[index].state.everyCredentialRefused(now: now)
-                logger.error(
-                    all ? "channel disabled: every credential was refused (fix it and restart, or wait for the retry)" : "channel credential set aside: it was refused",
-                    metadata: ["channel": "\(name)", "key": "#\(credential + 1)", "for": "\(configuration.rejectedCredentialRest)"]
-                )
-            case .transient:
-                roster.entries[index].state.consecutiveFailures += 1
-                if wasProbing || roster.entries[index].state.consecutiveFailures >= configuration.breakerThreshold {
-                    roster.entries[index].state.openUntil = now.advanced(by: configuration.breakerCooldown)
-                    observer?.tripped(channel: name)
-                    logger.warning("channel tripped: skipped for a while, then probed", metadata: ["channel": "\(name)", "failures": "\(roster.entries[index].state.consecutiveFailures)", "for": "\(configuration.breakerCooldown)"])
-                }
-            case .fatal, .elsewhere:
-                break
-            }
+        let rules = rules
+        let effect = roster.withLock { $0.failed(pick.member.id, credential: pick.credential, model: model, failure: failure, now: now, rules: rules) }
+        switch effect {
+        case .cooledDown(let name):
+            observer?.coolDown(channel: name, model: model)
+        case .credentialRefused(let name, let credential, let everyCredential):
+            learnRefused(credential: credential, of: pick.member.configuration, reason: failure.error)
+            observer?.credentialRejected(channel: name)
+            logger.error(
+                everyCredential ? "channel disabled: every credential was refused (fix it and restart, or wait for the retry)" : "channel credential set aside: it was refused",
+                metadata: ["channel": "\(name)", "key": "#\(credential + 1)", "for": "\(configuration.rejectedCredentialRest)"]
+            )
+        case .tripped(let name, let failures):
+            observer?.tripped(channel: name)
+            logger.warning("channel tripped: skipped for a while, then probed", metadata: ["channel": "\(name)", "failures": "\(failures)", "for": "\(configuration.breakerCooldown)"])
+        case nil:
+            break
         }
     }
 
-    /// Why no channel can take `model` now: none serves it, or the one that comes back first
-    /// (its wait counted down in `retryAfterSeconds`).
     private func whyNothingIsEligible(model: String, aliases: [String]) -> UpstreamError {
         let now = clock()
-        return roster.withLock { roster -> UpstreamError in
-            let members = roster.members
-            let states = roster.states
-            let serving = members.indices.filter { members[$0].configuration.upstreamID(for: model, aliases: aliases) != nil && members[$0].configuration.weight > 0 }
-            guard !serving.isEmpty else { return UpstreamError(.noChannel, detail: "no channel serves \(model)") }
-            // Routed there, but refused by the project or missing from its model list.
-            let refusing = serving.filter { !Self.serves(members[$0], states[$0], model: model, aliases: aliases, now: now).serves }
-            if refusing.count == serving.count {
-                // Every channel's project refused it: the caller goes down the model's fallback chain.
-                return UpstreamError(.modelNotFound, status: 404, detail: "no channel's project lists or accepts \(model)")
-            }
-            var soonest: (until: ContinuousClock.Instant, reason: UpstreamError)?
-            for index in serving {
-                let state = states[index]
-                if let open = state.openUntil, open > now || state.probing {
-                    let reason = UpstreamError(.allResting, detail: state.lastError?.detail, retryAfterSeconds: 1)
-                    if soonest.map({ open < $0.until }) ?? true { soonest = (open, reason) }
-                }
-                for rests in state.rests {
-                    if let rest = Self.activeRest(rests, model: model, now: now), soonest.map({ rest.until < $0.until }) ?? true {
-                        soonest = (rest.until, rest.reason)
-                    }
-                }
-            }
-            guard let soonest else { return UpstreamError(.allResting) }
-            var error = soonest.reason
-            if error.code != .authFailed {
-                error.retryAfterSeconds = max(1, Int((soonest.until - now).components.seconds) + 1)
-            }
-            return error
-        }
+        return roster.withLock { $0.whyNothingIsEligible(model: model, aliases: aliases, now: now) }
     }
 
-    /// The rest that keeps a credential from `model` now, the longer one if both kinds apply.
-    private static func activeRest(_ rests: [String: Rest], model: String, now: ContinuousClock.Instant) -> Rest? {
-        [rests[""], rests[model]].compactMap { $0 }.filter { $0.until > now }.max { $0.until < $1.until }
-    }
 
     private func backoff(_ attempt: Int) -> Duration {
         let base = configuration.retryBaseDelay * (1 << min(attempt - 1, 10))

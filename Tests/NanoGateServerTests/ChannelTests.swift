@@ -372,7 +372,7 @@ let channelAdminToken = "admin-token-for-channel-tests-0123456789"
                 let pool = UpstreamPool(configuration: configuration, logger: Logger(label: "test"), random: { total in draws.next() % total })
                 let request = ImageTranslation.geminiRequest(prompt: "weights", spec: ImageSpec(aspectRatio: nil, imageSize: nil), family: .flash25)
                 for _ in 0..<8 {
-                    _ = try await pool.generateContent(model: "gemini-2.5-flash-image", request: request, logger: Logger(label: "test"))
+                    _ = try await pool.generateContent(model: "gemini-2.5-flash-image", imageSize: nil, request: request, logger: Logger(label: "test"))
                 }
                 await pool.shutdown()
                 #expect(heavyRecorder.all.count == 6)

@@ -417,7 +417,7 @@ import Upstream
             let request = ImageTranslation.geminiRequest(prompt: "p [emulate:503]", spec: ImageSpec(aspectRatio: nil, imageSize: nil), family: .flash25)
             let call = Task { () -> UpstreamError? in
                 do throws(UpstreamError) {
-                    _ = try await pool.generateContent(model: "gemini-2.5-flash-image", request: request, logger: Logger(label: "test"))
+                    _ = try await pool.generateContent(model: "gemini-2.5-flash-image", imageSize: nil, request: request, logger: Logger(label: "test"))
                     return nil
                 } catch {
                     return error

@@ -67,7 +67,7 @@ import Testing
     @discardableResult
     static func call(_ pool: UpstreamPool, _ model: String) async -> Bool {
         do {
-            _ = try await pool.generateContent(model: model, request: request, logger: quiet)
+            _ = try await pool.generateContent(model: model, imageSize: nil, request: request, logger: quiet)
             return true
         } catch {
             return false

@@ -28,7 +28,7 @@ enum BatchPricing {
 /// One line of a batch input file, read and validated (its image URLs not fetched yet).
 struct BatchLine: Sendable {
     var customID: String
-    var job: ImageJob
+    var job: ImageRequest
     /// The edit's image URLs, fetched only once the batch's credit is held.
     var imageURLs: [String] = []
 }
@@ -57,9 +57,9 @@ struct BatchLinePlan: Codable, Sendable, Equatable {
     }
 
     /// The line as the pipeline delivers it (no prompt or images: Google already has them).
-    func job(key: APIKey, catalog: ModelCatalog, baseURL: String) -> ImageJob? {
+    func job(key: APIKey, catalog: ModelCatalog, baseURL: String) -> ImageRequest? {
         guard let model = catalog.model(named: model) else { return nil }
-        return ImageJob(key: key, endpoint: endpoint, model: model, spec: spec, prompt: "", inputImages: [], count: count, format: format, baseURL: baseURL, options: options)
+        return ImageRequest(key: key, endpoint: endpoint, model: model, spec: spec, prompt: "", inputImages: [], count: count, format: format, baseURL: baseURL, options: options)
     }
 }
 
@@ -234,13 +234,13 @@ struct BatchesController {
             guard seen.insert(customID).inserted else { throw refuse("custom_id '\(customID)' is used twice.") }
             guard (raw.method ?? "POST").uppercased() == "POST", raw.url == endpoint else { throw refuse("method must be POST and url \(endpoint), the batch's endpoint.") }
             // The line's body is validated as the endpoint validates a JSON body (no HTTP request made up).
-            let job: ImageJob
+            let job: ImageRequest
             var urls: [String] = []
             do throws(GatewayError) {
                 if Endpoint(batchPath: endpoint) == .imageEdits {
-                    (job, urls) = try images.editJobUnfetched(json: bodyData, key: key, baseURL: baseURL)
+                    (job, urls) = try images.validator.edit(json: bodyData, key: key, baseURL: baseURL)
                 } else {
-                    job = try images.generationJob(json: bodyData, key: key, baseURL: baseURL)
+                    job = try images.validator.generation(json: bodyData, key: key, baseURL: baseURL)
                 }
             } catch {
                 throw refuse(error.message)

@@ -35,7 +35,7 @@ extension ChatController {
         let pipeline = self.pipeline
         let call = Task { () -> Result<GeminiEventStream, GatewayError> in
             do throws(GatewayError) {
-                return .success(try await pipeline.stream(job.gemini, settlement: settlement, logger: logger))
+                return .success(try await pipeline.stream(job.gemini, size: job.spec.imageSize, settlement: settlement, logger: logger))
             } catch {
                 return .failure(error)
             }

@@ -159,7 +159,7 @@ struct ChatController {
         let size = input.size ?? input.imageConfig?.imageSize
         let ratio = input.aspectRatio ?? input.imageConfig?.aspectRatio
         let spec = try SizeRules.resolve(model: model, size: size, aspectRatio: ratio)
-        let format = try ImagesController.responseFormat(input.imageFormat, model: model, group: key.groupSettings)
+        let format = try ImageRequestValidator.responseFormat(input.imageFormat, model: model, group: key.groupSettings)
         let effort = try ReasoningEffort.parse(input.reasoningEffort)
         if effort != nil, model.family.thinkingLevels.isEmpty { throw ReasoningEffort.unsupported(model: model.name) }
 
@@ -427,7 +427,7 @@ struct ChatController {
     func whole(_ job: ChatJob, settlement: Settlement, logger: Logger) async throws(GatewayError) -> Response {
         var collector = Collector()
         // Billed by the pipeline as soon as Google answers, whether or not it can be delivered.
-        let response = try await pipeline.generate(job.gemini, settlement: settlement, logger: logger)
+        let response = try await pipeline.generate(job.gemini, size: job.spec.imageSize, settlement: settlement, logger: logger)
         _ = try await absorb(response, into: &collector, job: job)
         collector.deliveredImages = collector.imageURLs.count
         collector.deliveredText = !collector.text.isEmpty

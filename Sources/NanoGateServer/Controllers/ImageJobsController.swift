@@ -47,7 +47,7 @@ struct ImageJobs: Sendable {
     /// with the job and its `Location`.
     func submit(
         _ request: Request, body: ByteBuffer, key: APIKey, endpoint: Endpoint, baseURL: String, context: GatewayRequestContext,
-        prepare: (Request) async throws -> ImageJob
+        prepare: (Request) async throws -> ImageRequest
     ) async throws -> Response {
         // A key with nothing left to spend fetches nothing (the precise check follows validation).
         if let balance = key.balanceMicroUSD, balance <= 0 {

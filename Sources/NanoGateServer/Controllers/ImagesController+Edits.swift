@@ -27,18 +27,18 @@ extension ImagesController {
     }
 
     /// An edit request read, validated and its images loaded (also when a background job replays it).
-    func editJob(_ request: Request, key: APIKey, baseURL: String) async throws -> ImageJob {
+    func editJob(_ request: Request, key: APIKey, baseURL: String) async throws -> ImageRequest {
         let contentType = request.headers[.contentType] ?? ""
         // Validate (model, prompt, sizes, image count) before any image is read or fetched.
-        var job: ImageJob
+        var job: ImageRequest
         if contentType.lowercased().hasPrefix("multipart/form-data") {
             guard let boundary = Self.boundary(of: contentType) else {
                 throw GatewayError.invalidBody("The multipart body has no boundary in its Content-Type.")
             }
             let form = try await MultipartForm.read(request.body, boundary: boundary, limits: inputs.limits)
-            if form.parts.contains(where: { $0.name == "mask" }) { throw Self.maskUnsupported }
+            if form.parts.contains(where: { $0.name == "mask" }) { throw ImageRequestValidator.maskUnsupported }
             let files = form.parts.filter { Self.isImageField($0.name) }
-            job = try validate(try form.imageFields(), key: key, baseURL: baseURL, endpoint: .imageEdits, inputImageCount: files.count)
+            job = try validator.validate(try form.imageFields(), key: key, baseURL: baseURL, endpoint: .imageEdits, inputImageCount: files.count)
             for (index, file) in files.enumerated() {
                 job.inputImages.append(try inputs.inline(bytes: file.body, param: files.count == 1 ? file.name : "image[\(index)]"))
             }
@@ -54,31 +54,9 @@ extension ImagesController {
     }
 
     /// A JSON edit validated, its image URLs not yet read.
-    func editJobUnfetched(_ request: Request, key: APIKey, baseURL: String) async throws -> (ImageJob, [String]) {
-        try editJobUnfetched(input: try await request.decodeJSON(JSONEdit.self, limit: inputs.limits.maxRequestBytes), key: key, baseURL: baseURL)
+    func editJobUnfetched(_ request: Request, key: APIKey, baseURL: String) async throws -> (ImageRequest, [String]) {
+        try validator.edit(try await request.decodeJSON(ImageEditJSON.self, limit: inputs.limits.maxRequestBytes), key: key, baseURL: baseURL)
     }
-
-    /// An edit's JSON body validated, its image URLs not yet read (a batch line's `body`: the
-    /// batch holds its credit before any URL is fetched).
-    func editJobUnfetched(json: Data, key: APIKey, baseURL: String) throws(GatewayError) -> (ImageJob, [String]) {
-        let input: JSONEdit
-        do {
-            input = try JSONDecoder().decode(JSONEdit.self, from: json)
-        } catch {
-            throw .from(decodingError: error)
-        }
-        return try editJobUnfetched(input: input, key: key, baseURL: baseURL)
-    }
-
-    private func editJobUnfetched(input: JSONEdit, key: APIKey, baseURL: String) throws(GatewayError) -> (ImageJob, [String]) {
-        if input.mask != nil { throw Self.maskUnsupported }
-        let job = try validate(input.fields, key: key, baseURL: baseURL, endpoint: .imageEdits, inputImageCount: input.urls.count)
-        return (job, input.urls)
-    }
-
-    static let maskUnsupported = GatewayError.invalidParameter(
-        "mask", "Gemini image models take no mask. Describe the area to change in the prompt instead (e.g. \"replace only the sky\").", code: "unsupported_parameter"
-    )
 
     /// `image`, `image[]`, `image[0]`, … (`images[]` too, leniently).
     static func isImageField(_ name: String) -> Bool {
@@ -94,40 +72,6 @@ extension ImagesController {
             }
         }
         return nil
-    }
-}
-
-/// The JSON form of an edit: OpenAI's `images: [{image_url}]`, or leniently `image` as one URL or a list.
-struct JSONEdit: Decodable {
-    var fields: ImageGenerationRequest
-    var urls: [String]
-    var mask: String?
-
-    private struct ImageReference: Decodable {
-        var url: String
-        init(from decoder: any Decoder) throws {
-            if let text = try? decoder.singleValueContainer().decode(String.self) {
-                url = text
-                return
-            }
-            struct Keyed: Decodable { var image_url: String }
-            url = try Keyed(from: decoder).image_url
-        }
-    }
-
-    private enum CodingKeys: String, CodingKey { case images, image, mask }
-
-    init(from decoder: any Decoder) throws {
-        fields = try ImageGenerationRequest(from: decoder)
-        let container = try decoder.container(keyedBy: CodingKeys.self)
-        if let list = try container.decodeIfPresent([ImageReference].self, forKey: .images) {
-            urls = list.map(\.url)
-        } else if let list = try? container.decodeIfPresent([ImageReference].self, forKey: .image) {
-            urls = list.map(\.url)
-        } else {
-            urls = try container.decodeIfPresent(ImageReference.self, forKey: .image).map { [$0.url] } ?? []
-        }
-        mask = container.contains(.mask) ? "present" : nil
     }
 }
 

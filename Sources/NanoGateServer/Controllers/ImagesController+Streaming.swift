@@ -34,7 +34,7 @@ extension ImagesController {
     ///
     /// Events always carry `b64_json` (OpenAI's stream has no URL form). An image is charged
     /// once its `completed` event was written; a failure is an `error` event at no cost.
-    func streamed(_ job: ImageJob, settlement: Settlement, logger: Logger) -> Response {
+    func streamed(_ job: ImageRequest, settlement: Settlement, logger: Logger) -> Response {
         let pipeline = self.pipeline
         let prefix = job.endpoint == .imageEdits ? "image_edit" : "image_generation"
         let interval = keepAliveInterval

@@ -19,6 +19,9 @@ struct ImagesController {
     /// Background jobs (`Prefer: respond-async`); nil: answered inline only.
     var jobs: ImageJobs?
 
+    /// Turns a request's fields into the one `ImageRequest` every path runs.
+    var validator: ImageRequestValidator { ImageRequestValidator(catalog: catalog) }
+
     /// The OpenAI paths and the spec's singular spellings (`/v1/image/generations`, its endpoint
     /// table), one handler each.
     static let pathPrefixes = ["images", "image"]
@@ -47,26 +50,15 @@ struct ImagesController {
     }
 
     /// A generation request read and validated.
-    func generationJob(_ request: Request, key: APIKey, baseURL: String) async throws -> ImageJob {
+    func generationJob(_ request: Request, key: APIKey, baseURL: String) async throws -> ImageRequest {
         let input = try await request.decodeJSON(ImageGenerationRequest.self, limit: maxJSONBodyBytes)
-        return try validate(input, key: key, baseURL: baseURL, endpoint: .imageGenerations)
-    }
-
-    /// A generation's JSON body validated (a batch line's `body`).
-    func generationJob(json: Data, key: APIKey, baseURL: String) throws(GatewayError) -> ImageJob {
-        let input: ImageGenerationRequest
-        do {
-            input = try JSONDecoder().decode(ImageGenerationRequest.self, from: json)
-        } catch {
-            throw .from(decodingError: error)
-        }
-        return try validate(input, key: key, baseURL: baseURL, endpoint: .imageGenerations)
+        return try validator.validate(input, key: key, baseURL: baseURL, endpoint: .imageGenerations)
     }
 
     /// Runs a validated job: one JSON body, or OpenAI's image stream (`stream: true`). The
     /// `X-NanoGate-Upstream-Model` header names the Google model that answered (the fallback
     /// when the catalog's id is retired).
-    func answer(_ job: ImageJob, request: Request, context: GatewayRequestContext) async throws -> Response {
+    func answer(_ job: ImageRequest, request: Request, context: GatewayRequestContext) async throws -> Response {
         let logger = context.logger
         let tier = try pipeline.tier(job.options.serviceTier, key: job.key)
         let estimate = pipeline.estimate(key: job.key, model: job.model, spec: job.spec, count: job.count, prompt: job.prompt, inputImages: job.inputImages.count, tier: tier)
@@ -93,7 +85,7 @@ struct ImagesController {
 
     /// Runs a background job's request: the images answer as JSON (its usage row carries the
     /// job's id, as request id and as the job it belongs to).
-    func runInBackground(_ job: ImageJob, jobID: String, logger: Logger) async throws(GatewayError) -> ByteBuffer {
+    func runInBackground(_ job: ImageRequest, jobID: String, logger: Logger) async throws(GatewayError) -> ByteBuffer {
         let tier = try pipeline.tier(job.options.serviceTier, key: job.key, background: true)
         let estimate = pipeline.estimate(key: job.key, model: job.model, spec: job.spec, count: job.count, prompt: job.prompt, inputImages: job.inputImages.count, tier: tier)
         let info = RequestInfo(requestID: jobID, started: .now, observation: nil, requestedSize: job.spec.label, jobID: jobID)
@@ -117,61 +109,6 @@ struct ImagesController {
         let job = try await stored.request(key: key, catalog: catalog, images: images)
         return try await runInBackground(job, jobID: record.id, logger: logger)
     }
-
-    /// Validates against the catalog: model, prompt, n, size/aspect_ratio/quality, response_format
-    /// and the other OpenAI parameters (`ImageOptions`).
-    func validate(_ input: ImageGenerationRequest, key: APIKey, baseURL: String, endpoint: Endpoint, inputImageCount: Int = 0) throws(GatewayError) -> ImageJob {
-        guard let name = input.model, !name.isEmpty else {
-            throw .invalidParameter("model", "Missing required parameter: 'model'. Available models: \(catalog.names.joined(separator: ", ")).", code: "missing_required_parameter")
-        }
-        guard let model = catalog.model(named: name), key.mayUse(model: name) else {
-            throw .unknownModel(name, known: catalog.names.filter { key.mayUse(model: $0) })
-        }
-        let prompt = input.prompt.trimmingCharacters(in: .whitespacesAndNewlines)
-        guard !prompt.isEmpty else { throw .invalidParameter("prompt", "The prompt must not be empty.") }
-        try PromptLimit.check(input.prompt, param: "prompt")
-        let count = input.n ?? 1
-        guard (1...4).contains(count) else {
-            throw .invalidParameter("n", "Invalid value for 'n': \(count). It must be between 1 and 4.")
-        }
-        if endpoint == .imageEdits {
-            let limit = model.maxInputImages
-            guard limit >= 1, (1...limit).contains(inputImageCount) else {
-                let takes = limit >= 1 ? "takes 1 to \(limit) input images" : "takes no input images (the operator turned edits off for it)"
-                throw .invalidParameter("image", "'\(model.name)' \(takes); \(inputImageCount) were sent.", code: inputImageCount == 0 && limit >= 1 ? "missing_required_parameter" : "too_many_images")
-            }
-        }
-        let options = try ImageOptions.parse(input.options)
-        if options.outputFormat == .webp, !ImageConverter.webpAvailable {
-            throw .invalidParameter("output_format", "WebP output needs libwebp, which this server does not have; ask for png or jpeg.", code: "unsupported_value")
-        }
-        if options.reasoningEffort != nil, model.family.thinkingLevels.isEmpty { throw ReasoningEffort.unsupported(model: model.name) }
-        let spec = try SizeRules.resolve(model: model, size: input.size, aspectRatio: input.aspectRatio, quality: options.quality)
-        let format = try Self.responseFormat(input.responseFormat, model: model, group: key.groupSettings)
-        return ImageJob(
-            key: key, endpoint: endpoint, model: model, spec: spec, prompt: input.prompt,
-            inputImages: [], count: count, format: format, baseURL: baseURL, options: options
-        )
-    }
-
-    /// `response_format` if given; else the key's group decides (default → url, gemini → b64_json,
-    /// an operator's group → its own setting).
-    /// Names the catalog marks base64-only (`gemini-2.5-flash-image`, `gemini-3-pro-image-preview`)
-    /// always answer base64, as the spec says.
-    static func responseFormat(_ requested: String?, model: CatalogModel, group: KeyGroupSettings) throws(GatewayError) -> ResponseFormat {
-        var format: ResponseFormat
-        if let requested, !requested.isEmpty {
-            guard let parsed = ResponseFormat(rawValue: requested) else {
-                throw .invalidParameter("response_format", "Invalid value for 'response_format': '\(requested)'. Accepted values: b64_json, url.")
-            }
-            format = parsed
-        } else {
-            format = group.responseFormat
-        }
-        if !model.allowsURLOutput { format = .b64JSON }
-        return format
-    }
-
 }
 
 /// `GET /v1/files/images/{name}?expires=…&signature=…`: the stored image, while the URL is valid.

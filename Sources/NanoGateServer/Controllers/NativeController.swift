@@ -129,7 +129,7 @@ struct NativeController {
         )
         if method == "generateContent" {
             let answer = try await pipeline.settling(settlement, logger: context.logger) { () throws(GatewayError) -> GeminiWire.Response in
-                let answer = try await pipeline.generate(gemini, settlement: settlement, logger: context.logger)
+                let answer = try await pipeline.generate(gemini, size: spec.imageSize, settlement: settlement, logger: context.logger)
                 settlement.delivered(images: Self.finalImages(in: answer), usage: ImageTranslation.usage(of: answer.usageMetadata))
                 return answer
             }
@@ -139,7 +139,7 @@ struct NativeController {
         }
         let events: GeminiEventStream
         do {
-            events = try await pipeline.stream(gemini, settlement: settlement, logger: context.logger)
+            events = try await pipeline.stream(gemini, size: spec.imageSize, settlement: settlement, logger: context.logger)
         } catch {
             await pipeline.settle(settlement, status: error.status, errorCode: error.code, logger: context.logger)
             throw error

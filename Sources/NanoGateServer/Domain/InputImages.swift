@@ -104,24 +104,17 @@ struct ThreadPoolResolver: Sendable {
 /// goes to the address that was checked (no second look-up to rebind), no redirect is followed,
 /// the whole fetch is bounded in time and size, and a failure says nothing about what was there.
 struct InputImageLoader: Sendable {
-    let imageStore: ImageStore
-    let objectStore: ObjectImageStore?
-    let signer: URLSigner
+    /// Where this gateway's own images are (the folder or the bucket): an answer's URL sent
+    /// back is read from there, not fetched.
+    let images: any ImageRepository
     let limits: InputLimits
     let resolver: ThreadPoolResolver
-    /// Reads the gateway's own images off the concurrency pool.
-    let fileThreadPool: NIOThreadPool
     let fetchSlots: FetchSlots
 
-    init(
-        imageStore: ImageStore, objectStore: ObjectImageStore? = nil, signer: URLSigner, limits: InputLimits, resolver: ThreadPoolResolver, fileThreadPool: NIOThreadPool
-    ) {
-        self.imageStore = imageStore
-        self.objectStore = objectStore
-        self.signer = signer
+    init(images: any ImageRepository, limits: InputLimits, resolver: ThreadPoolResolver) {
+        self.images = images
         self.limits = limits
         self.resolver = resolver
-        self.fileThreadPool = fileThreadPool
         self.fetchSlots = FetchSlots(limit: limits.maxConcurrentFetches)
     }
 
@@ -147,22 +140,19 @@ struct InputImageLoader: Sendable {
             }
             return try inline(bytes: ByteBuffer(bytes: bytes), param: param)
         }
-        if let local = try await ownImage(url: url, baseURLs: baseURLs, param: param) { return local }
-        if let objectStore {
-            // An answer's presigned URL sent back (multi-turn chat): read from the bucket, whichever
-            // instance wrote it, rather than fetched (the bucket may be on a private network). Only
-            // with its signature checked and unexpired: the read uses the gateway's credentials.
-            switch objectStore.ownImage(url: url) {
-            case .notOurs:
-                break
-            case .invalid:
-                throw Self.ownImageUnavailable(param)
-            case .valid(let name):
-                let bytes: [UInt8]?
-                do { bytes = try await objectStore.load(name: name) } catch { bytes = nil }
-                guard let bytes else { throw Self.ownImageUnavailable(param) }
-                return try inline(bytes: ByteBuffer(bytes: bytes), param: param)
-            }
+        // An answer's URL sent back (multi-turn chat): read from the store, whichever instance
+        // wrote it, rather than fetched (a bucket may be on a private network). Only with its
+        // signature checked and unexpired: the read uses the gateway's own access.
+        switch images.ownImage(url: url, baseURLs: baseURLs, now: Date()) {
+        case .notOurs:
+            break
+        case .invalid:
+            throw Self.ownImageUnavailable(param)
+        case .valid(let name):
+            let bytes: [UInt8]?
+            do { bytes = try await images.load(name: name) } catch { bytes = nil }
+            guard let bytes else { throw Self.ownImageUnavailable(param) }
+            return try inline(bytes: ByteBuffer(bytes: bytes), param: param)
         }
         return try await fetch(url: url, param: param)
     }
@@ -170,26 +160,6 @@ struct InputImageLoader: Sendable {
     /// A URL of this gateway's images that is unsigned, expired, or whose image is gone.
     static func ownImageUnavailable(_ param: String) -> GatewayError {
         .invalidParameter(param, "'\(param)' points to an image of this gateway that is no longer available (expired or invalid URL).")
-    }
-
-    /// A URL this gateway signed: read from disk, no HTTP round trip (multi-turn chat sends them back).
-    private func ownImage(url: String, baseURLs: [String], param: String) async throws(GatewayError) -> GeminiWire.InlineData? {
-        guard let components = URLComponents(string: url), components.path.hasPrefix("/v1/files/images/"),
-            baseURLs.contains(where: { url.hasPrefix($0 + "/v1/files/images/") })
-        else { return nil }
-        let name = String(components.path.dropFirst("/v1/files/images/".count))
-        let items = components.queryItems ?? []
-        let unavailable = Self.ownImageUnavailable(param)
-        // The same checks as the image route (`ImageFilesController`): signature, then expiry.
-        guard let expires = items.first(where: { $0.name == "expires" })?.value.flatMap(Int.init),
-            let signature = items.first(where: { $0.name == "signature" })?.value,
-            signer.isValid(name: name, expires: expires, signature: signature),
-            expires >= Int(Date().timeIntervalSince1970),
-            let path = imageStore.path(of: name)
-        else { throw unavailable }
-        let data = try? await fileThreadPool.runIfActive { FileManager.default.contents(atPath: path) }
-        guard let data = data ?? nil else { throw unavailable }
-        return try inline(bytes: ByteBuffer(data: data), param: param)
     }
 
     private func fetch(url: String, param: String) async throws(GatewayError) -> GeminiWire.InlineData {

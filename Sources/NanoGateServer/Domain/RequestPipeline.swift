@@ -6,22 +6,6 @@ import NIOCore
 import Synchronization
 import Upstream
 
-/// What one image request asks for, after validation against the catalog.
-struct ImageJob: Sendable {
-    var key: APIKey
-    var endpoint: Endpoint
-    var model: CatalogModel
-    var spec: ImageSpec
-    var prompt: String
-    var inputImages: [GeminiWire.InlineData]
-    var count: Int
-    var format: ResponseFormat
-    /// Where image URLs point (scheme and authority, no trailing slash).
-    var baseURL: String
-    /// `output_format`, `output_compression`, `quality`, `stream`, `partial_images`.
-    var options = ImageOptions()
-}
-
 /// The Google model that answered (the catalog's upstream id, or its fallback), with the
 /// family and prices its usage is costed at.
 struct UpstreamTarget: Sendable, Equatable {
@@ -359,12 +343,13 @@ struct RequestPipeline: Sendable {
     }
 
     /// One `generateContent` call on behalf of `settlement` (through the fallback when Google
-    /// retired the model); Google's usage is recorded as billed.
-    func generate(_ request: GeminiWire.Request, settlement: Settlement, logger: Logger) async throws(GatewayError) -> GeminiWire.Response {
+    /// retired the model); Google's usage is recorded as billed. `size` is the size class the
+    /// request was validated to (it sets the attempt's timeout).
+    func generate(_ request: GeminiWire.Request, size: ImageSize?, settlement: Settlement, logger: Logger) async throws(GatewayError) -> GeminiWire.Response {
         let aliases = [settlement.model.name]
         let response = try await onTier(request, settlement: settlement, logger: logger) { request throws(GatewayError) in
             try await withFallback(request, settlement: settlement, logger: logger) { (model, request) throws(UpstreamError) in
-                try await upstream.generateContent(model: model, aliases: aliases, request: request, trace: settlement.trace, logger: logger)
+                try await upstream.generateContent(model: model, aliases: aliases, imageSize: size?.rawValue, request: request, trace: settlement.trace, logger: logger)
             }
         }
         settlement.billed(ImageTranslation.usage(of: response.usageMetadata))
@@ -374,11 +359,11 @@ struct RequestPipeline: Sendable {
 
     /// One `streamGenerateContent` call on behalf of `settlement` (usage and the tier served are
     /// recorded by the reader).
-    func stream(_ request: GeminiWire.Request, settlement: Settlement, logger: Logger) async throws(GatewayError) -> GeminiEventStream {
+    func stream(_ request: GeminiWire.Request, size: ImageSize?, settlement: Settlement, logger: Logger) async throws(GatewayError) -> GeminiEventStream {
         let aliases = [settlement.model.name]
         return try await onTier(request, settlement: settlement, logger: logger) { request throws(GatewayError) in
             try await withFallback(request, settlement: settlement, logger: logger) { (model, request) throws(UpstreamError) in
-                try await upstream.streamGenerateContent(model: model, aliases: aliases, request: request, trace: settlement.trace, logger: logger)
+                try await upstream.streamGenerateContent(model: model, aliases: aliases, imageSize: size?.rawValue, request: request, trace: settlement.trace, logger: logger)
             }
         }
     }
@@ -458,7 +443,7 @@ struct RequestPipeline: Sendable {
     /// When some calls fail, the outcomes that succeeded are returned (OpenAI clients accept
     /// fewer than `n`); it throws only when no image came back, with the first call's error.
     /// Every answer Google returned is in the settlement's billed usage either way.
-    func produceImages(_ job: ImageJob, settlement: Settlement, given: [Result<GeminiWire.Response, GatewayError>]? = nil, logger: Logger) async throws(GatewayError) -> [ImageTranslation.Outcome] {
+    func produceImages(_ job: ImageRequest, settlement: Settlement, given: [Result<GeminiWire.Response, GatewayError>]? = nil, logger: Logger) async throws(GatewayError) -> [ImageTranslation.Outcome] {
         if let given {
             // Google's answers arrived another way (a batch): billed and read like a call's.
             var outcomes: [ImageTranslation.Outcome] = []
@@ -482,7 +467,7 @@ struct RequestPipeline: Sendable {
             for index in 0..<job.count {
                 group.addTask {
                     do throws(GatewayError) {
-                        let response = try await generate(request, settlement: settlement, logger: logger)
+                        let response = try await generate(request, size: job.spec.imageSize, settlement: settlement, logger: logger)
                         return (index, .success(try ImageTranslation.outcome(of: response)))
                     } catch {
                         return (index, .failure(error))
@@ -507,7 +492,7 @@ struct RequestPipeline: Sendable {
     /// The images endpoints, answered as one JSON body. Images that succeeded are returned and
     /// charged even when others of the same request failed.
     func generateImages(
-        _ job: ImageJob, settlement: Settlement, given: [Result<GeminiWire.Response, GatewayError>]? = nil, logger: Logger
+        _ job: ImageRequest, settlement: Settlement, given: [Result<GeminiWire.Response, GatewayError>]? = nil, logger: Logger
     ) async throws(GatewayError) -> ImagesResponse {
         try await settling(settlement, logger: logger) { () throws(GatewayError) -> ImagesResponse in
             let outcomes = try await produceImages(job, settlement: settlement, given: given, logger: logger)
@@ -561,10 +546,8 @@ struct FinishedImage: Sendable {
 /// Finishes generated images (format, size, conversion) and stores them behind signed,
 /// expiring URLs.
 struct ImageURLService: Sendable {
-    let store: ImageStore
-    /// When set, images go to the shared bucket and URLs are its presigned GET URLs.
-    let objects: ObjectImageStore?
-    let signer: URLSigner
+    /// The folder, or the shared bucket: where images go and what their URLs look like.
+    let images: any ImageRepository
     let ttl: Duration
     let converter: ImageConverter
 
@@ -593,13 +576,8 @@ struct ImageURLService: Sendable {
     func store(_ image: FinishedImage, baseURL: String) async throws -> String {
         guard let bytes = image.bytes ?? SafeBase64.decode(image.base64.bytes.readableBytesView) else { throw ImageStoreError.notAnImage }
         guard let mime = ImageSniffer.mimeType(of: bytes.prefix(16)) else { throw ImageStoreError.notAnImage }
-        if let objects {
-            let name = try await objects.save(bytes, fileExtension: ImageSniffer.fileExtension(for: mime))
-            return objects.presignedURL(name: name, ttl: Int(ttl.components.seconds))
-        }
-        let name = try await store.save(bytes, fileExtension: ImageSniffer.fileExtension(for: mime))
-        let expires = Int(Date().timeIntervalSince1970) + Int(ttl.components.seconds)
-        return "\(baseURL)/v1/files/images/\(name)?expires=\(expires)&signature=\(signer.signature(name: name, expires: expires))"
+        let name = try await images.save(bytes, fileExtension: ImageSniffer.fileExtension(for: mime))
+        return images.url(name: name, baseURL: baseURL, ttl: ttl, now: Date())
     }
 
     /// Google's base64 as a stored image (chat's URL answers: no conversion there).

@@ -6,7 +6,7 @@ import NIOCore
 
 /// A validated images request as kept for work that runs later (a background job): everything
 /// the pipeline needs, with the input images saved in the image store and only their names
-/// here. The runner turns it back into an `ImageJob` and calls the pipeline; nothing is
+/// here. The runner turns it back into an `ImageRequest` and calls the pipeline; nothing is
 /// parsed or validated again, and no HTTP request is rebuilt.
 struct StoredImageRequest: Codable, Sendable, Equatable {
     /// The job row's content type for this form (earlier rows hold the raw HTTP body).
@@ -29,7 +29,7 @@ struct StoredImageRequest: Codable, Sendable, Equatable {
     var inputImages: [InputImage]
 
     /// Saves `job`'s input images in `images` and answers the stored form.
-    static func saving(_ job: ImageJob, in images: any ImageRepository) async throws -> StoredImageRequest {
+    static func saving(_ job: ImageRequest, in images: any ImageRepository) async throws -> StoredImageRequest {
         var inputs: [InputImage] = []
         for image in job.inputImages {
             guard let bytes = SafeBase64.decode(image.data.bytes.readableBytesView) else { throw GatewayError.internal("An input image could not be kept for the job.") }
@@ -44,7 +44,7 @@ struct StoredImageRequest: Codable, Sendable, Equatable {
 
     /// The request again for `key`: its model from the catalog (a model the operator removed
     /// since is a clear failure), its input images loaded from the store.
-    func request(key: APIKey, catalog: ModelCatalog, images: any ImageRepository) async throws(GatewayError) -> ImageJob {
+    func request(key: APIKey, catalog: ModelCatalog, images: any ImageRepository) async throws(GatewayError) -> ImageRequest {
         guard let model = catalog.model(named: model) else {
             throw GatewayError.unknownModel(self.model, known: catalog.names.filter { key.mayUse(model: $0) })
         }
@@ -61,7 +61,7 @@ struct StoredImageRequest: Codable, Sendable, Equatable {
             }
             inline.append(GeminiWire.InlineData(mimeType: input.mimeType, data: Base64Text(bytes: ByteBuffer(bytes: Base64.encodeToBytes(bytes: bytes)))))
         }
-        return ImageJob(
+        return ImageRequest(
             key: key, endpoint: endpoint, model: model, spec: spec, prompt: prompt, inputImages: inline, count: count, format: format,
             baseURL: baseURL, options: options
         )

@@ -71,9 +71,9 @@ public struct GatewayDependencies: Sendable {
         return GatewayDependencies(
             database: database,
             httpClient: httpClient,
-            imageStore: try ImageStore(directory: imagesDirectory),
+            imageStore: try ImageStore(directory: imagesDirectory, signer: signer),
             objectStore: objectStore,
-            fileStore: try ImageStore(directory: directory.appendingPathComponent("files")),
+            fileStore: try ImageStore(directory: directory.appendingPathComponent("files"), signer: signer),
             fileObjects: fileObjects,
             signer: signer,
             blockingThreadPool: threadPool,
@@ -117,7 +117,7 @@ func makeGatewayParts(
     let pool = UpstreamPool(configuration: configuration.upstream, logger: logger, observer: metrics)
     let managedChannels = ManagedChannels(store: dependencies.store, pool: pool, logger: logger)
     let urls = ImageURLService(
-        store: dependencies.imageStore, objects: dependencies.objectStore, signer: dependencies.signer, ttl: configuration.urlTTL,
+        images: dependencies.images, ttl: configuration.urlTTL,
         converter: ImageConverter(threadPool: dependencies.conversionThreadPool)
     )
     let pipeline = RequestPipeline(
@@ -125,8 +125,8 @@ func makeGatewayParts(
         limiter: KeyLimiter(rates: dependencies.store), billing: configuration.billing, live: LiveReservations(), metrics: metrics
     )
     let inputs = InputImageLoader(
-        imageStore: dependencies.imageStore, objectStore: dependencies.objectStore, signer: dependencies.signer, limits: configuration.inputs,
-        resolver: ThreadPoolResolver(threadPool: dependencies.blockingThreadPool, lookup: hostLookup), fileThreadPool: dependencies.blockingThreadPool
+        images: dependencies.images, limits: configuration.inputs,
+        resolver: ThreadPoolResolver(threadPool: dependencies.blockingThreadPool, lookup: hostLookup)
     )
     let publicURL = PublicURL(configured: configuration.publicBaseURL, trustForwardedHeaders: configuration.trustForwardedHeaders)
 
