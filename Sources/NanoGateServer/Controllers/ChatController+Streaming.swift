@@ -100,11 +100,7 @@ extension ChatController {
                             }
                         }
                         group.addTask {
-                            while !Task.isCancelled {
-                                try? await Task.sleep(for: interval)
-                                if Task.isCancelled { break }
-                                await channel.send(.tick)
-                            }
+                            for await _ in Heartbeat.ticks(every: interval) { await channel.send(.tick) }
                         }
                         loop: for await item in channel {
                             switch item {
@@ -129,7 +125,7 @@ extension ChatController {
                                 }
                             case .tick:
                                 do {
-                                    try await writer.write(ByteBuffer(string: ": keep-alive\n\n"))
+                                    try await writer.write(Heartbeat.sseComment)
                                 } catch {
                                     clientGone = true
                                     break loop

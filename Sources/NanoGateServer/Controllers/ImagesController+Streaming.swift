@@ -51,12 +51,8 @@ extension ImagesController {
                 }
                 var failure: GatewayError?
                 do {
-                    var result: Result<[ImageTranslation.Outcome], GatewayError>?
-                    while result == nil {
-                        result = await Deadline.firstOf({ await work.value }, orNilAfter: interval)
-                        if result == nil { try await writer.write(ByteBuffer(string: ": keep-alive\n\n")) }
-                    }
-                    switch result! {
+                    let result = try await Heartbeat.wait(for: work, every: interval) { try await writer.write(Heartbeat.sseComment) }
+                    switch result {
                     case .failure(let error):
                         failure = error
                         try await Self.write(StreamError(error: .init(error)), event: "error", to: &writer)

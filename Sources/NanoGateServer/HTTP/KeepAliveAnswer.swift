@@ -34,11 +34,6 @@ enum KeepAliveAnswer {
         return nil
     }
 
-    private enum Piece: Sendable {
-        case space
-        case body([ByteBuffer])
-    }
-
     /// A 200 whose body is spaces every `interval`, then what `produce` made (or its error as
     /// OpenAI's error JSON). When the client goes away the work is cancelled, unless
     /// `survivesDisconnect` (an `Idempotency-Key`: the result is stored for the retry).
@@ -49,38 +44,20 @@ enum KeepAliveAnswer {
         var headers: HTTPFields = [.contentType: "application/json", preferenceApplied: "keep-alive", .cacheControl: "no-store"]
         headers.append(contentsOf: extra)
         return Response(status: .ok, headers: headers, body: ResponseBody { writer in
-            let (pieces, sink) = AsyncStream.makeStream(of: Piece.self)
             // Not a child task: with an Idempotency-Key the work outlives a client that left.
-            let work = Task {
-                let body: [ByteBuffer]
+            let work = Task { () -> [ByteBuffer] in
                 do {
-                    body = try await produce()
+                    return try await produce()
                 } catch let error as GatewayError {
-                    body = [ByteBuffer(data: (try? JSONEncoder().encode(ErrorResponse(error))) ?? Data())]
+                    return [ByteBuffer(data: (try? JSONEncoder().encode(ErrorResponse(error))) ?? Data())]
                 } catch {
                     logger.error("unexpected error", metadata: ["error": "\(String(reflecting: error))"])
-                    body = [ByteBuffer(data: (try? JSONEncoder().encode(ErrorResponse(.internal("The gateway failed unexpectedly; the error has been logged.")))) ?? Data())]
-                }
-                sink.yield(.body(body))
-                sink.finish()
-            }
-            let ticker = Task {
-                while !Task.isCancelled {
-                    try await Task.sleep(for: interval)
-                    sink.yield(.space)
+                    return [ByteBuffer(data: (try? JSONEncoder().encode(ErrorResponse(.internal("The gateway failed unexpectedly; the error has been logged.")))) ?? Data())]
                 }
             }
-            defer { ticker.cancel() }
             do {
-                for await piece in pieces {
-                    switch piece {
-                    case .space:
-                        try await writer.write(ByteBuffer(string: " "))
-                    case .body(let buffers):
-                        ticker.cancel()
-                        for buffer in buffers { try await writer.write(buffer) }
-                    }
-                }
+                let body = try await Heartbeat.wait(for: work, every: interval) { try await writer.write(Heartbeat.space) }
+                for buffer in body { try await writer.write(buffer) }
                 try await writer.finish(nil)
             } catch {
                 // The client went away (a write failed).
