@@ -92,6 +92,23 @@ import Upstream
         }
     }
 
+    /// The configuration file's settings are read under the environment (which wins), and a
+    /// value outside a fixed set is named with the values it may take.
+    @Test func fileSettingsSitUnderTheEnvironment() throws {
+        let configuration = try GatewayConfiguration.fromEnvironment(
+            ["NANOGATE_PORT": "9000"], fileSettings: ["NANOGATE_PORT": "7000", "NANOGATE_JOB_WORKERS": "9", "NANOGATE_CHAT_IMAGES": "markdown"]
+        )
+        #expect(configuration.port == 9000)
+        #expect(configuration.jobWorkers == 9)
+        #expect(configuration.chatImages == .markdown)
+        #expect {
+            try GatewayConfiguration.fromEnvironment(["NANOGATE_JOB_SERVICE_TIER": "priority"], fileSettings: ["NANOGATE_LOG_FORMAT": "xml"])
+        } throws: { error in
+            let text = "\(error)"
+            return text.contains("NANOGATE_JOB_SERVICE_TIER=priority is not one of standard, flex") && text.contains("NANOGATE_LOG_FORMAT=xml is not one of text, json")
+        }
+    }
+
     @Test func secretsAreStoredOnlyAsHashes() async throws {
         try await withGateway { gateway in
             let (_, secret) = try await gateway.dependencies.store.createKey(name: "hashed", group: .default)

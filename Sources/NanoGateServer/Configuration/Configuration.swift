@@ -131,151 +131,67 @@ public struct GatewayConfiguration: Sendable {
         self.maxJSONBodyBytes = maxJSONBodyBytes
     }
 
-    /// Reads the environment part of the table above; flags override it in the CLI. A value that
-    /// does not parse (`NANOGATE_PORT=80a`, a CIDR that is not one) is an error naming the
-    /// variable, never a silent fall-back to the default.
-    public static func fromEnvironment(_ environment: [String: String] = ProcessInfo.processInfo.environment) throws(ConfigurationError) -> GatewayConfiguration {
-        var problems: [String] = []
-        func flag(_ name: String) -> Bool {
-            guard let raw = environment[name]?.lowercased(), !raw.isEmpty else { return false }
-            if ["1", "true", "yes", "on"].contains(raw) { return true }
-            if !["0", "false", "no", "off"].contains(raw) { problems.append("\(name)=\(raw) is not 1/0, true/false, yes/no or on/off") }
-            return false
-        }
-        func number(_ name: String, _ fallback: Int, minimum: Int = 1) -> Int {
-            guard let raw = environment[name], !raw.isEmpty else { return fallback }
-            guard let value = Int(raw.trimmingCharacters(in: .whitespaces)), value >= minimum else {
-                problems.append("\(name)=\(raw) is not a whole number of at least \(minimum)")
-                return fallback
-            }
-            return value
-        }
-        let networks = (environment["NANOGATE_FETCH_ALLOW_NETWORKS"] ?? "").split(separator: ",").compactMap { text -> IPNetwork? in
-            guard let network = IPNetwork(String(text)) else {
-                problems.append("NANOGATE_FETCH_ALLOW_NETWORKS has '\(text)', which is not an address or CIDR range")
-                return nil
-            }
-            return network
-        }
-        func upstreamID(_ name: String, _ fallback: String) -> String {
-            guard let raw = environment[name], !raw.isEmpty else { return fallback }
-            guard ModelCatalog.isValidUpstreamID(raw) else {
-                problems.append("\(name)=\(raw) is not a Google model id (letters, digits, '.', '-', '_')")
-                return fallback
-            }
-            return raw
-        }
-        let keys = (environment["GEMINI_API_KEY"] ?? "").split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+    /// Reads the environment part of the table above (over a configuration file's settings);
+    /// flags override it in the CLI. A value that does not parse (`NANOGATE_PORT=80a`, a CIDR
+    /// that is not one) is an error naming the variable, never a silent fall-back to the default.
+    public static func fromEnvironment(
+        _ environment: [String: String] = ProcessInfo.processInfo.environment, fileSettings: [String: String] = [:]
+    ) throws(ConfigurationError) -> GatewayConfiguration {
+        let settings = Settings(environment: environment, fileSettings: fileSettings)
         var configuration = GatewayConfiguration(
-            host: environment["NANOGATE_HOST"] ?? "127.0.0.1",
-            port: number("NANOGATE_PORT", 8080, minimum: 0),
-            dataDirectory: URL(fileURLWithPath: environment["NANOGATE_DATA_DIR"] ?? "./nanogate-data"),
-            publicURL: environment["NANOGATE_PUBLIC_URL"].flatMap { $0.isEmpty ? nil : $0 },
-            urlTTL: .seconds(number("NANOGATE_URL_TTL", 4 * 3600)),
-            urlSecret: environment["NANOGATE_URL_SECRET"],
-            upstream: UpstreamConfiguration(
-                baseURL: environment["NANOGATE_GEMINI_BASE_URL"] ?? "https://generativelanguage.googleapis.com",
-                apiKeys: keys,
-                requestTimeout: .seconds(number("NANOGATE_UPSTREAM_TIMEOUT", 300)),
-                deadline: environment["NANOGATE_UPSTREAM_DEADLINE"].map { _ in .seconds(number("NANOGATE_UPSTREAM_DEADLINE", 900)) },
-                maxAttempts: number("NANOGATE_UPSTREAM_ATTEMPTS", 3),
-                queueLimit: number("NANOGATE_UPSTREAM_QUEUE", 4096, minimum: 0),
-                breakerThreshold: number("NANOGATE_BREAKER_THRESHOLD", 5),
-                breakerCooldown: .seconds(number("NANOGATE_BREAKER_COOLDOWN", 30))
-            ),
-            catalog: .standard(
-                flashUpstream: upstreamID("NANOGATE_UPSTREAM_FLASH", ModelCatalog.defaultFlashUpstream),
-                proUpstream: upstreamID("NANOGATE_UPSTREAM_PRO", ModelCatalog.defaultProUpstream),
-                flash31Upstream: upstreamID("NANOGATE_UPSTREAM_FLASH31", ModelCatalog.defaultFlash31Upstream),
-                flashFallback: environment["NANOGATE_UPSTREAM_FLASH_FALLBACK"].map { list in
-                    // A chain, tried in order: `gemini-a,gemini-b` (empty: none).
-                    list.split(separator: ",").map { id in
-                        let id = id.trimmingCharacters(in: .whitespaces)
-                        return ModelCatalog.isValidUpstreamID(id) ? id : upstreamID("NANOGATE_UPSTREAM_FLASH_FALLBACK", "")
-                    }.joined(separator: ",")
-                } ?? ModelCatalog.defaultFlashFallback
-            ),
-            inputs: InputLimits(
-                maxImageBytes: number("NANOGATE_MAX_IMAGE_BYTES", 20 * 1024 * 1024),
-                maxRequestBytes: number("NANOGATE_MAX_REQUEST_BYTES", 64 * 1024 * 1024),
-                fetchTimeout: .seconds(number("NANOGATE_FETCH_TIMEOUT", 20)),
-                allowPrivateFetch: flag("NANOGATE_ALLOW_PRIVATE_FETCH"),
-                allowedNetworks: networks,
-                allowPlainHTTP: flag("NANOGATE_ALLOW_HTTP_FETCH"),
-                maxConcurrentFetches: number("NANOGATE_MAX_FETCHES", 32)
-            )
+            host: settings.string("nanogate.host", default: "127.0.0.1"),
+            port: settings.number("nanogate.port", default: 8080, minimum: 0),
+            dataDirectory: URL(fileURLWithPath: settings.string("nanogate.data.dir", default: "./nanogate-data")),
+            publicURL: settings.string("nanogate.public.url"),
+            urlTTL: settings.seconds("nanogate.url.ttl", default: 4 * 3600),
+            urlSecret: settings.string("nanogate.url.secret"),
+            upstream: UpstreamConfiguration(settings: settings),
+            catalog: .standard(settings: settings),
+            inputs: InputLimits(settings: settings)
         )
-        // One timeout for every size when NANOGATE_UPSTREAM_TIMEOUT is set (as before); else per size.
-        if environment["NANOGATE_UPSTREAM_TIMEOUT"].map({ $0.isEmpty }) ?? true {
-            var table = UpstreamConfiguration.defaultSizeTimeouts
-            for entry in (environment["NANOGATE_UPSTREAM_SIZE_TIMEOUTS"] ?? "").split(separator: ",") {
-                let parts = entry.split(separator: "=", maxSplits: 1).map { $0.trimmingCharacters(in: .whitespaces) }
-                guard parts.count == 2, ["512", "1K", "2K", "4K"].contains(parts[0].uppercased()), let seconds = Int(parts[1]), seconds >= 1 else {
-                    problems.append("NANOGATE_UPSTREAM_SIZE_TIMEOUTS has '\(entry)', which is not SIZE=SECONDS with SIZE one of 512, 1K, 2K, 4K")
-                    continue
-                }
-                table[parts[0].uppercased()] = .seconds(seconds)
-            }
-            configuration.upstream.sizeTimeouts = table
-        }
-        configuration.keepAliveInterval = .seconds(number("NANOGATE_KEEPALIVE", 15))
-        configuration.idleTimeout = .seconds(number("NANOGATE_IDLE_TIMEOUT", 30))
-        configuration.trustForwardedHeaders = flag("NANOGATE_TRUST_FORWARDED")
-        configuration.checkModelsAtStart = environment["NANOGATE_CHECK_MODELS"].map { _ in flag("NANOGATE_CHECK_MODELS") } ?? true
-        configuration.modelCheckInterval = .seconds(number("NANOGATE_MODEL_CHECK_INTERVAL", 3600, minimum: 60))
-        if let raw = environment["NANOGATE_METRICS_PORT"], !raw.isEmpty { configuration.metricsPort = number("NANOGATE_METRICS_PORT", 9090, minimum: 0) }
-        if let raw = environment["NANOGATE_ADMIN_PORT"], !raw.isEmpty { configuration.adminPort = number("NANOGATE_ADMIN_PORT", 9091, minimum: 0) }
-        configuration.adminHost = environment["NANOGATE_ADMIN_HOST"].flatMap { $0.isEmpty ? nil : $0 }
-        configuration.metricsToken = environment["NANOGATE_METRICS_TOKEN"].flatMap { $0.isEmpty ? nil : $0 }
-        configuration.metricsKeyLabels = flag("NANOGATE_METRICS_KEY_LABELS")
-        if let format = environment["NANOGATE_LOG_FORMAT"], !format.isEmpty {
-            if ["text", "json"].contains(format.lowercased()) {
-                configuration.logFormat = format.lowercased()
-            } else {
-                problems.append("NANOGATE_LOG_FORMAT=\(format) is not text or json")
-            }
-        }
-        configuration.billing.lease = .seconds(number("NANOGATE_RESERVATION_LEASE", 45, minimum: 3))
-        configuration.billing.tiers.priorityPPM = number("NANOGATE_PRIORITY_PRICE_PERCENT", 200, minimum: 100) * 10_000
-        if let raw = environment["NANOGATE_JOB_SERVICE_TIER"], !raw.isEmpty {
-            if let tier = ServiceTier(rawValue: raw.lowercased()), tier != .priority {
-                configuration.billing.jobServiceTier = tier
-            } else {
-                problems.append("NANOGATE_JOB_SERVICE_TIER=\(raw) must be standard or flex")
-            }
-        }
-        if let token = environment["NANOGATE_ADMIN_TOKEN"], !token.isEmpty {
-            if let problem = Self.adminTokenProblem(token) {
-                problems.append(problem)
-            } else {
-                configuration.adminToken = token
-            }
-        }
-        configuration.databaseURL = environment["NANOGATE_DATABASE_URL"].flatMap { $0.isEmpty ? nil : $0 }
-        if let url = configuration.databaseURL {
-            do { _ = try DatabaseLocation.from(url: url, dataDirectory: configuration.dataDirectory) } catch { problems.append(error.description) }
-        }
-        configuration.databasePoolSize = number("NANOGATE_DATABASE_POOL_SIZE", 10)
-        configuration.jobWorkers = number("NANOGATE_JOB_WORKERS", 4)
-        configuration.jobQueuePerKey = number("NANOGATE_JOB_QUEUE_PER_KEY", 16)
-        configuration.fileQuotaBytes = number("NANOGATE_FILE_QUOTA_MB", 256) * 1024 * 1024
-        configuration.batchPollInterval = .seconds(number("NANOGATE_BATCH_POLL", 30))
-        configuration.imageStore = environment["NANOGATE_IMAGE_STORE"].flatMap { $0.isEmpty ? nil : $0 }
-        configuration.awsEnvironment = environment.filter { $0.key.hasPrefix("AWS_") }
-        if let store = configuration.imageStore, store.hasPrefix("s3://") {
-            do { _ = try S3Configuration.fromEnvironment(configuration.awsEnvironment, storeURL: store) } catch { problems.append(error.description) }
-        }
-        if let instance = environment["NANOGATE_INSTANCE_ID"], !instance.isEmpty { configuration.billing.owner = instance }
-        if let raw = environment["NANOGATE_CHAT_IMAGES"], !raw.isEmpty {
-            if let style = ChatImageStyle(rawValue: raw.lowercased()) {
-                configuration.chatImages = style
-            } else {
-                problems.append("NANOGATE_CHAT_IMAGES=\(raw) is not one of \(ChatImageStyle.allCases.map(\.rawValue).joined(separator: ", "))")
-            }
-        }
-        guard problems.isEmpty else { throw ConfigurationError(problems: problems) }
+        configuration.readServerSettings(settings)
+        configuration.billing = BillingConfiguration(settings: settings)
+        guard settings.problems.isEmpty else { throw ConfigurationError(problems: settings.problems) }
         return configuration
     }
+
+    /// The server's own settings: connections, chat, metrics, the admin API, storage, jobs.
+    private mutating func readServerSettings(_ settings: Settings) {
+        keepAliveInterval = settings.seconds("nanogate.keepalive", default: 15)
+        idleTimeout = settings.seconds("nanogate.idle.timeout", default: 30)
+        trustForwardedHeaders = settings.flag("nanogate.trust.forwarded")
+        chatImages = settings.choice("nanogate.chat.images", default: .auto)
+        checkModelsAtStart = settings.flag("nanogate.check.models", default: true)
+        modelCheckInterval = settings.seconds("nanogate.model.check.interval", default: 3600, minimum: 60)
+        if settings.string("nanogate.metrics.port") != nil { metricsPort = settings.number("nanogate.metrics.port", default: 9090, minimum: 0) }
+        if settings.string("nanogate.admin.port") != nil { adminPort = settings.number("nanogate.admin.port", default: 9091, minimum: 0) }
+        adminHost = settings.string("nanogate.admin.host")
+        metricsToken = settings.string("nanogate.metrics.token")
+        metricsKeyLabels = settings.flag("nanogate.metrics.key.labels")
+        logFormat = settings.choice("nanogate.log.format", default: LogFormat.text).rawValue
+        if let token = settings.string("nanogate.admin.token") {
+            if let problem = Self.adminTokenProblem(token) { settings.problem(problem) } else { adminToken = token }
+        }
+        databaseURL = settings.string("nanogate.database.url")
+        if let url = databaseURL {
+            do { _ = try DatabaseLocation.from(url: url, dataDirectory: dataDirectory) } catch { settings.problem(error.description) }
+        }
+        databasePoolSize = settings.number("nanogate.database.pool.size", default: 10)
+        jobWorkers = settings.number("nanogate.job.workers", default: 4)
+        jobQueuePerKey = settings.number("nanogate.job.queue.per.key", default: 16)
+        fileQuotaBytes = settings.number("nanogate.file.quota.mb", default: 256) * 1024 * 1024
+        batchPollInterval = settings.seconds("nanogate.batch.poll", default: 30)
+        imageStore = settings.string("nanogate.image.store")
+        awsEnvironment = settings.environment.filter { $0.key.hasPrefix("AWS_") }
+        if let store = imageStore, store.hasPrefix("s3://") {
+            do { _ = try S3Configuration.fromEnvironment(awsEnvironment, storeURL: store) } catch { settings.problem(error.description) }
+        }
+    }
+}
+
+/// `NANOGATE_LOG_FORMAT`.
+enum LogFormat: String, CaseIterable {
+    case text, json
 }
 
 extension GatewayConfiguration {

@@ -104,8 +104,7 @@ public enum ConfigurationFile {
     public static func configuration(path: String?, environment: [String: String]) throws(ConfigurationError) -> GatewayConfiguration {
         guard let path, !path.isEmpty else { return try GatewayConfiguration.fromEnvironment(environment) }
         let contents = try read(path: path)
-        let merged = contents.settings.merging(environment) { _, fromEnvironment in fromEnvironment }
-        var configuration = try GatewayConfiguration.fromEnvironment(merged)
+        var configuration = try GatewayConfiguration.fromEnvironment(environment, fileSettings: contents.settings)
         configuration.upstream.channels = contents.channels
         do {
             configuration.catalog = try configuration.catalog.applying(contents.models)
