@@ -174,10 +174,33 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // What the storage and server tests share: a fresh database per test (SQLite, or
+        // PostgreSQL when NANOGATE_TEST_DATABASE_URL is set).
+        .target(
+            name: "NanoGateTestSupport",
+            dependencies: [
+                "NanoGateStorage",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "SQLKit", package: "sql-kit"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // Keys, money, usage and schema rules on both databases; the S3 client's signing.
+        .testTarget(
+            name: "StorageTests",
+            dependencies: [
+                "NanoGateStorage", "NanoGateCore", "NanoGateTestSupport",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "SQLKit", package: "sql-kit"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         .testTarget(
             name: "NanoGateServerTests",
             dependencies: [
-                "NanoGateServer", "NanoGateStorage", "GeminiEmulator", "NanoGateCore", "Upstream",
+                "NanoGateServer", "NanoGateStorage", "GeminiEmulator", "NanoGateCore", "Upstream", "NanoGateTestSupport",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),

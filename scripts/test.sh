@@ -71,7 +71,7 @@ end
 # Only the suites that touch storage: the pure ones (NanoGateCoreTests, the fuzz tests) would
 # repeat the first pass exactly.
 begin "swift tests (PostgreSQL)"
-NANOGATE_TEST_DATABASE_URL="$pg_url" swift_tests "${NANOGATE_SWIFT_TEST_LIMIT:-900}" --filter NanoGateServerTests --skip FuzzTests
+NANOGATE_TEST_DATABASE_URL="$pg_url" swift_tests "${NANOGATE_SWIFT_TEST_LIMIT:-900}" --filter "StorageTests|NanoGateServerTests" --skip FuzzTests
 end
 
 begin "python venv"

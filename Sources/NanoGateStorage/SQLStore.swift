@@ -10,7 +10,7 @@ import NIOPosix
 /// both accept, and every change is a single statement, so several gateway instances can share
 /// one database without read-modify-write races.
 public struct SQLStore: KeyStore, UsageLog, SignatureStore {
-    let database: any SQLDatabase
+    public let database: any SQLDatabase
 
     public init(database: any SQLDatabase) {
         self.database = database

@@ -1,5 +1,6 @@
 import AsyncHTTPClient
 import Foundation
+import NanoGateTestSupport
 import Logging
 import NanoGateCore
 @testable import NanoGateServer

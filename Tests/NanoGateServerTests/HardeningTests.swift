@@ -2,6 +2,7 @@ import AsyncHTTPClient
 import GeminiEmulator
 import NIOHTTP1
 import Foundation
+import NanoGateTestSupport
 import Hummingbird
 import Logging
 import NanoGateCore

@@ -1,6 +1,7 @@
 import Testing
 import AsyncHTTPClient
 import Foundation
+import NanoGateTestSupport
 import GeminiEmulator
 import Hummingbird
 import Logging

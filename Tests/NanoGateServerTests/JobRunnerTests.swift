@@ -1,5 +1,6 @@
 import AsyncHTTPClient
 import Foundation
+import NanoGateTestSupport
 import GeminiEmulator
 import NanoGateCore
 @testable import NanoGateServer

@@ -1,19 +1,19 @@
-import Foundation
+public import Foundation
 import Logging
-@testable import NanoGateStorage
+public import NanoGateStorage
 import SQLKit
 
-/// The database a test runs on: with `NANOGATE_TEST_DATABASE_URL` set (`scripts/test.sh` sets
+/// The database a test runs on (shared by the storage and server test targets): with `NANOGATE_TEST_DATABASE_URL` set (`scripts/test.sh` sets
 /// it for the suite's second pass, on a throwaway PostgreSQL cluster), a fresh PostgreSQL
 /// database per test on that server; without it, the test's own SQLite file.
-struct TestDatabase {
-    static let serverURL = ProcessInfo.processInfo.environment["NANOGATE_TEST_DATABASE_URL"].flatMap { $0.isEmpty ? nil : $0 }
-    static var isPostgres: Bool { serverURL != nil }
+public struct TestDatabase: Sendable {
+    public static let serverURL = ProcessInfo.processInfo.environment["NANOGATE_TEST_DATABASE_URL"].flatMap { $0.isEmpty ? nil : $0 }
+    public static var isPostgres: Bool { serverURL != nil }
 
-    let name: String
-    let server: PostgresLocation
+    public let name: String
+    public let server: PostgresLocation
     /// The fresh database's URL, for `GatewayConfiguration.databaseURL`.
-    var url: String { server.database(name).url }
+    public var url: String { server.database(name).url }
 
     private static var quietLogger: Logger {
         var logger = Logger(label: "test-database")
@@ -22,7 +22,7 @@ struct TestDatabase {
     }
 
     /// A new, empty PostgreSQL database, or nil on SQLite.
-    static func fresh() async throws -> TestDatabase? {
+    public static func fresh() async throws -> TestDatabase? {
         guard let serverURL else { return nil }
         let server = try PostgresLocation(url: serverURL)
         let name = "nanogate_test_" + UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: "")
@@ -39,7 +39,7 @@ struct TestDatabase {
 
     /// Runs `body` on a migrated database of the test's own — PostgreSQL when the suite runs on
     /// it, else a SQLite file in a temporary folder — then closes and removes it.
-    static func with(_ body: (DatabaseHandle) async throws -> Void) async throws {
+    public static func with(_ body: (DatabaseHandle) async throws -> Void) async throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("nanogate-db-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: directory) }
@@ -58,13 +58,13 @@ struct TestDatabase {
     }
 
     /// Every row of `table` as JSON text (PostgreSQL), to look for what must not be stored.
-    static func rowsAsText(of table: String, in handle: DatabaseHandle) async throws -> [String] {
+    public static func rowsAsText(of table: String, in handle: DatabaseHandle) async throws -> [String] {
         struct Row: Decodable { var row: String }
         return try await handle.store.database.raw("SELECT row_to_json(t)::text AS row FROM \(ident: table) t").all(decoding: Row.self).map(\.row)
     }
 
     /// Drops the database (the gateway on it has closed its connections).
-    func drop() async {
+    public func drop() async {
         guard let admin = try? await DatabaseHandle.open(.postgres(server), poolSize: 1, migrations: .none, logger: Self.quietLogger) else { return }
         try? await admin.store.database.raw("DROP DATABASE IF EXISTS \(unsafeRaw: name) WITH (FORCE)").run()
         try? await admin.close()

@@ -1,4 +1,5 @@
 import Foundation
+import NanoGateTestSupport
 import Logging
 import NanoGateCore
 @testable import NanoGateStorage
