@@ -37,7 +37,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-configuration.git", from: "1.4.0"),
     ],
     targets: [
-        // Pure domain: the catalog, size rules, OpenAI types, translation to Gemini, errors. No I/O.
+        // Pure domain: the catalog, size rules, OpenAI types, errors. No I/O.
         .target(
             name: "NanoGateCore",
             dependencies: [
@@ -46,7 +46,7 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
-        // Google's wire format, the upstream channels (Gemini API, Vertex AI, OpenAI-compatible) and the pool that routes between them.
+        // Google's wire format (GeminiWire) and the translation to and from it, the upstream channels (Gemini API, Vertex AI, OpenAI-compatible) and the pool that routes between them.
         .target(
             name: "Upstream",
             dependencies: [
@@ -121,7 +121,7 @@ let package = Package(
         .target(
             name: "GeminiEmulator",
             dependencies: [
-                "NanoGateCore", "CZlib", "CImageCodecs",
+                "NanoGateCore", "Upstream", "CZlib", "CImageCodecs",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ExtrasBase64", package: "swift-extras-base64"),

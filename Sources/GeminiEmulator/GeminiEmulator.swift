@@ -1,6 +1,7 @@
 public import Hummingbird
 import Logging
 public import NanoGateCore
+public import Upstream
 import CImageCodecs
 import ExtrasBase64
 import Foundation

@@ -1,5 +1,6 @@
 public import NIOCore
 import Foundation
+import Upstream
 import NIOFoundationCompat
 
 /// The emulator's own reading of Google's `GenerateContentRequest` (Gemini API v1beta), written

@@ -290,14 +290,6 @@ public enum ChatTranslation {
         return (remaining.trimmingCharacters(in: .whitespacesAndNewlines), urls)
     }
 
-    /// Gemini's finish reason in OpenAI's vocabulary.
-    public static func finishReason(_ gemini: String?, blocked: Bool) -> String {
-        if blocked { return "content_filter" }
-        guard let gemini else { return "stop" }
-        if ImageTranslation.policyReasons.contains(gemini) { return "content_filter" }
-        return gemini == "MAX_TOKENS" ? "length" : "stop"
-    }
-
     /// The Markdown that shows an image in chat clients that render Markdown.
     public static func markdown(imageURL: SplicedString) -> SplicedString { "![image](" + imageURL + ")" }
 }

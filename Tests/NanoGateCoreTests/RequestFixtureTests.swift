@@ -1,5 +1,6 @@
 import Foundation
 import NanoGateCore
+import Upstream
 import NIOCore
 import NIOFoundationCompat
 import Testing

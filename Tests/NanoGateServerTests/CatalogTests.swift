@@ -1,6 +1,7 @@
 import Foundation
 import GeminiEmulator
 import NanoGateCore
+import Upstream
 @testable import NanoGateServer
 import NIOCore
 import NIOHTTP1

@@ -7,6 +7,7 @@ import NIOCore
 import NIOFoundationCompat
 import NIOHTTP1
 import Testing
+import Upstream
 
 /// `POST /v1/chat/completions`, streamed and not, and multi-turn editing with signatures.
 @Suite(.timeLimit(.minutes(10))) struct ChatTests {

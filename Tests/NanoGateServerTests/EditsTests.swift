@@ -8,6 +8,7 @@ import NIOCore
 import NIOFoundationCompat
 import NIOHTTP1
 import Testing
+import Upstream
 
 /// `POST /v1/images/edits` (multipart and JSON) and `/v1/models`.
 @Suite(.timeLimit(.minutes(10))) struct EditsTests {

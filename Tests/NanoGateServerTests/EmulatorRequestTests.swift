@@ -4,6 +4,7 @@ import HTTPTypes
 import Hummingbird
 import HummingbirdTesting
 import NanoGateCore
+import Upstream
 import NIOCore
 import NIOFoundationCompat
 import Testing

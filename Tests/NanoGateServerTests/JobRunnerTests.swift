@@ -9,6 +9,7 @@ import NIOCore
 import NIOHTTP1
 import SQLKit
 import Testing
+import Upstream
 
 /// The job runner against a real gateway and database: a job whose gateway died after it was
 /// charged is taken over, refunded through the ledger (an entry of its own, never a negative

@@ -8,6 +8,7 @@ import NIOCore
 import NIOFoundationCompat
 import NIOHTTP1
 import Testing
+import Upstream
 
 /// The spec's endpoint table spells the image paths in the singular (`/v1/image/generations`,
 /// `/v1/image/edits`); they answer exactly like OpenAI's plural ones.

@@ -169,7 +169,7 @@ extension ChatController {
                             if let refusal = collector.blocked {
                                 try await send([ChatChoice(delta: ChatMessageOut(refusal: refusal), finishReason: nil)])
                             }
-                            let finish = ChatTranslation.finishReason(collector.finishReason, blocked: collector.blocked != nil)
+                            let finish = ImageTranslation.chatFinishReason(collector.finishReason, blocked: collector.blocked != nil)
                             // What `account` will charge below: the last chunk says it (`usage.cost`).
                             let charged = collector.blocked == nil && (collector.deliveredImages > 0 || collector.deliveredText)
                             let cost = charged ? settlement.charge(after: ImageTranslation.usage(of: collector.usage)) : settlement.chargeMicroUSD

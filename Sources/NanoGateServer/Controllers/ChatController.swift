@@ -446,7 +446,7 @@ struct ChatController {
         )
         var completion = ChatCompletion(
             id: Self.completionID(), object: "chat.completion", created: Int(Date().timeIntervalSince1970), model: job.model.name,
-            choices: [ChatChoice(message: message, finishReason: ChatTranslation.finishReason(collector.finishReason, blocked: collector.blocked != nil))],
+            choices: [ChatChoice(message: message, finishReason: ImageTranslation.chatFinishReason(collector.finishReason, blocked: collector.blocked != nil))],
             usage: chatUsage(collector, costMicroUSD: settlement.chargeMicroUSD)
         )
         completion.serviceTier = settlement.servedTier.openAIName

@@ -2,6 +2,7 @@ import Foundation
 import Hummingbird
 import Logging
 import NanoGateCore
+import Upstream
 import NIOCore
 
 /// One event of OpenAI's image stream (`image_generation.*`, `image_edit.*`).

@@ -1,5 +1,6 @@
 import Foundation
 import NanoGateCore
+import Upstream
 import NanoGateStorage
 
 /// What one image request asks for, after validation against the catalog: the one value every

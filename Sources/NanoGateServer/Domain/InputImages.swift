@@ -3,6 +3,7 @@ import ExtrasBase64
 import Foundation
 import Logging
 import NanoGateCore
+import Upstream
 import NanoGateStorage
 import NIOCore
 import NIOFoundationCompat

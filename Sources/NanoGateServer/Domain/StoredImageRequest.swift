@@ -1,6 +1,7 @@
 import ExtrasBase64
 import Foundation
 import NanoGateCore
+import Upstream
 import NanoGateStorage
 import NIOCore
 

@@ -1,3 +1,6 @@
+public import Foundation
+public import NanoGateCore
+
 /// Google's Gemini `generateContent` wire format (v1beta), as sent and as received.
 ///
 /// Requests are encoded camelCase (what Google's SDKs send). Responses are decoded leniently:

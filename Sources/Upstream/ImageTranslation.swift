@@ -1,3 +1,6 @@
+public import Foundation
+public import NanoGateCore
+
 /// The translation between OpenAI's images API and Gemini's `generateContent`, without I/O.
 public enum ImageTranslation {
     /// The Gemini request for one image.
@@ -70,6 +73,14 @@ public enum ImageTranslation {
         public var thoughtImages: [GeminiWire.InlineData] = []
     }
 
+    /// Gemini's finish reason in OpenAI's chat vocabulary.
+    public static func chatFinishReason(_ gemini: String?, blocked: Bool) -> String {
+        if blocked { return "content_filter" }
+        guard let gemini else { return "stop" }
+        if policyReasons.contains(gemini) { return "content_filter" }
+        return gemini == "MAX_TOKENS" ? "length" : "stop"
+    }
+
     /// Finish reasons and block reasons that mean "refused on policy grounds".
     public static let policyReasons: Set<String> = [
         "SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "LANGUAGE",
@@ -135,76 +146,5 @@ public enum ImageTranslation {
             outputTokensDetails: .init(imageTokens: outputImage, textTokens: output - outputImage),
             totalTokens: input + output
         )
-    }
-}
-
-/// Billing arithmetic in integer micro-USD: Google's token counts by modality × the price per
-/// million tokens, one rounding at the end, a group multiplier in millionths on top.
-public enum Pricing {
-    /// Micro-USD as an exact decimal string of USD (`0.038713`), for the `X-NanoGate-Cost` header.
-    public static func usdText(_ micro: Int) -> String {
-        let sign = micro < 0 ? "-" : ""
-        let magnitude = micro.magnitude
-        let fraction = String(magnitude % 1_000_000)
-        return "\(sign)\(magnitude / 1_000_000).\(String(repeating: "0", count: 6 - fraction.count))\(fraction)"
-    }
-
-    public static func costMicroUSD(_ usage: ImageUsage, prices: TokenPrices, multiplierPPM: Int = 1_000_000) -> Int {
-        func times(_ a: Int, _ b: Int) -> Int {
-            let (product, overflow) = a.multipliedReportingOverflow(by: b)
-            return overflow ? .max : product
-        }
-        func plus(_ a: Int, _ b: Int) -> Int {
-            let (sum, overflow) = a.addingReportingOverflow(b)
-            return overflow ? .max : sum
-        }
-        // Token counts are clamped by the decoder and prices by the configuration: no trap here either way.
-        let parts = [
-            times(max(0, usage.inputTokensDetails.textTokens), prices.inputText),
-            times(max(0, usage.inputTokensDetails.imageTokens), prices.inputImage),
-            times(max(0, usage.outputTokensDetails.textTokens), prices.outputText),
-            times(max(0, usage.outputTokensDetails.imageTokens), prices.outputImage),
-        ]
-        let total = parts.reduce(0, plus)
-        let cost = total == .max ? total / 1_000_000 : (total + 500_000) / 1_000_000
-        return apply(multiplierPPM: multiplierPPM, to: cost)
-    }
-
-    /// `amount` × `ppm` / 1,000,000, rounded, saturating.
-    public static func apply(multiplierPPM ppm: Int, to amount: Int) -> Int {
-        guard ppm != 1_000_000 else { return amount }
-        let (product, overflow) = amount.multipliedReportingOverflow(by: max(0, ppm))
-        return overflow ? .max / 1_000_000 : (product + 500_000) / 1_000_000
-    }
-}
-
-/// Recognises image bytes by their magic numbers (Gemini sometimes labels JPEG bytes `image/png`).
-public enum ImageSniffer {
-    /// The MIME type of the bytes, or nil for anything that is not PNG, JPEG, WebP, GIF or HEIC/HEIF.
-    public static func mimeType<Bytes: Collection<UInt8>>(of bytes: Bytes) -> String? {
-        let head = Array(bytes.prefix(16))
-        if head.starts(with: [0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A]) { return "image/png" }
-        if head.starts(with: [0xFF, 0xD8, 0xFF]) { return "image/jpeg" }
-        if head.count >= 12, head[0..<4].elementsEqual(Array("RIFF".utf8)), head[8..<12].elementsEqual(Array("WEBP".utf8)) { return "image/webp" }
-        if head.starts(with: Array("GIF8".utf8)) { return "image/gif" }
-        if head.count >= 12, head[4..<8].elementsEqual(Array("ftyp".utf8)) {
-            let brand = String(decoding: head[8..<12], as: UTF8.self)
-            if ["heic", "heix", "hevc", "heim", "heis"].contains(brand) { return "image/heic" }
-            if ["mif1", "msf1"].contains(brand) { return "image/heif" }
-        }
-        return nil
-    }
-
-    /// File extension for a sniffed MIME type.
-    public static func fileExtension(for mimeType: String) -> String {
-        switch mimeType {
-        case "image/png": "png"
-        case "image/jpeg": "jpg"
-        case "image/webp": "webp"
-        case "image/gif": "gif"
-        case "image/heic": "heic"
-        case "image/heif": "heif"
-        default: "bin"
-        }
     }
 }
