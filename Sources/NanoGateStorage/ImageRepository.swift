@@ -1,4 +1,6 @@
 public import Foundation
+public import NIOCore
+import NIOFoundationCompat
 import NIOPosix
 
 /// Where image bytes live: a local folder (`ImageStore`) or an S3-compatible bucket every
@@ -10,6 +12,9 @@ public protocol ImageRepository: Sendable {
     func save(_ bytes: [UInt8], fileExtension: String) async throws -> String
     /// The bytes saved under `name`, or nil when they are gone (swept) or the name is not ours.
     func load(name: String) async throws -> [UInt8]?
+    /// The bytes saved under `name` in pieces as they are read (nil when gone), so a large file
+    /// goes out to a client without being held whole.
+    func stream(name: String) async throws -> (any AsyncSequence<ByteBuffer, any Error> & Sendable)?
     /// Whether the store answers (the readiness check).
     func ping() async throws
     /// Deletes what is older than `age`; what was removed and what is left.
@@ -75,6 +80,11 @@ extension ImageStore: ImageRepository {
         return name
     }
 
+    public func stream(name: String) async throws -> (any AsyncSequence<ByteBuffer, any Error> & Sendable)? {
+        guard let path = path(of: name), FileManager.default.fileExists(atPath: path) else { return nil }
+        return FileChunks(path: path, threadPool: threadPool)
+    }
+
     /// The bytes of one of our files, or nil when it is gone; read on the thread pool.
     public func load(name: String) async throws -> [UInt8]? {
         guard let path = path(of: name) else { return nil }
@@ -95,12 +105,58 @@ extension ObjectImageStore: ImageRepository {
         ownImage(url: url, now: now)
     }
 
-    /// Uploads the file in one PUT (read whole: the S3 client has no multipart upload yet) and
-    /// removes it.
+    /// Uploads the file a part at a time (`S3Client.partBytes`: a multipart upload when it is
+    /// larger), then removes it: memory holds one part, whatever the file's size.
     public func saveFile(at path: URL, fileExtension: String) async throws -> String {
-        let bytes = try await NIOThreadPool.singleton.runIfActive { Array(try Data(contentsOf: path)) }
-        let name = try await save(bytes, fileExtension: fileExtension)
+        let name = "\(ImageStore.randomID()).\(fileExtension)"
+        let reader = try FileHandle(forReadingFrom: path)
+        defer { try? reader.close() }
+        try await client.putObject(key: key(of: name), contentType: ImageStore.mimeType(ofExtension: fileExtension)) {
+            try await NIOThreadPool.singleton.runIfActive { Array(try reader.read(upToCount: S3Client.partBytes) ?? Data()) }
+        }
         try? await NIOThreadPool.singleton.runIfActive { try FileManager.default.removeItem(at: path) }
         return name
     }
+
+    public func stream(name: String) async throws -> (any AsyncSequence<ByteBuffer, any Error> & Sendable)? {
+        guard ImageStore.isValidName(name) else { return nil }
+        return try await client.streamObject(key: key(of: name))
+    }
+}
+
+/// A file's bytes in pieces of `chunkBytes`, each read on the thread pool when asked for: the
+/// reader sets the pace, and memory holds one piece.
+struct FileChunks: AsyncSequence, Sendable {
+    typealias Element = ByteBuffer
+    static let chunkBytes = 256 * 1024
+
+    let path: String
+    let threadPool: NIOThreadPool
+
+    struct AsyncIterator: AsyncIteratorProtocol {
+        let path: String
+        let threadPool: NIOThreadPool
+        var handle: FileHandleBox?
+
+        mutating func next() async throws -> ByteBuffer? {
+            if handle == nil { handle = FileHandleBox(try FileHandle(forReadingFrom: URL(fileURLWithPath: path))) }
+            let box = handle!
+            let data = try await threadPool.runIfActive { try box.handle.read(upToCount: FileChunks.chunkBytes) ?? Data() }
+            guard !data.isEmpty else {
+                try? box.handle.close()
+                return nil
+            }
+            return ByteBuffer(data: data)
+        }
+    }
+
+    func makeAsyncIterator() -> AsyncIterator { AsyncIterator(path: path, threadPool: threadPool, handle: nil) }
+}
+
+/// A file handle read from one task at a time (the iterator that owns it); closed when the
+/// iterator goes away.
+final class FileHandleBox: @unchecked Sendable {
+    let handle: FileHandle
+    init(_ handle: FileHandle) { self.handle = handle }
+    deinit { try? handle.close() }
 }

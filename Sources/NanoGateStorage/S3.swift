@@ -402,6 +402,64 @@ public struct S3Client: Sendable {
         _ = try await send(.PUT, url: objectURL(key: key), body: bytes, headers: [("content-type", contentType)])
     }
 
+    /// The size of the parts of a multipart upload: S3's smallest part is 5 MiB (but the last);
+    /// memory holds one part, whatever the object's size.
+    public static let partBytes = 8 * 1024 * 1024
+
+    /// Stores what `nextPart` hands out (up to `partBytes` at a time; empty at the end) under
+    /// `key`: one PUT when it all fits in one part, else a multipart upload, one part in memory
+    /// at a time. A multipart upload that fails is aborted (S3 keeps no half object).
+    public func putObject(key: String, contentType: String, nextPart: () async throws -> [UInt8]) async throws {
+        let first = try await nextPart()
+        guard first.count >= Self.partBytes else {
+            try await putObject(key: key, bytes: first, contentType: contentType)
+            return
+        }
+        let created = try await send(.POST, url: objectURL(key: key, query: [("uploads", "")]), headers: [("content-type", contentType)])
+        guard let uploadID = S3XML(Array(created.body.readableBytesView)).text("UploadId") else {
+            throw S3Error.malformedResponse("CreateMultipartUpload answered no UploadId")
+        }
+        do {
+            var etags: [String] = []
+            var part = first
+            while !part.isEmpty {
+                let query = [("partNumber", "\(etags.count + 1)"), ("uploadId", uploadID)]
+                let answer = try await send(.PUT, url: objectURL(key: key, query: query), body: part)
+                guard let etag = answer.headers.first(name: "etag") else { throw S3Error.malformedResponse("UploadPart answered no ETag") }
+                etags.append(etag)
+                part = try await nextPart()
+            }
+            let parts = etags.enumerated().map { "<Part><PartNumber>\($0.offset + 1)</PartNumber><ETag>\(S3XML.escape($0.element))</ETag></Part>" }
+            let done = try await send(
+                .POST, url: objectURL(key: key, query: [("uploadId", uploadID)]), body: Array(("<CompleteMultipartUpload>" + parts.joined() + "</CompleteMultipartUpload>").utf8),
+                headers: [("content-type", "application/xml")]
+            )
+            // A completion that fails late is a 200 whose body is an error document.
+            if S3XML(Array(done.body.readableBytesView)).text("Code") != nil {
+                throw S3Error.status(200, Self.errorMessage(done.body, reason: "CompleteMultipartUpload failed"))
+            }
+        } catch {
+            _ = try? await send(.DELETE, url: objectURL(key: key, query: [("uploadId", uploadID)]), accepting: [404])
+            throw error
+        }
+    }
+
+    /// The object's body as it arrives (nil when there is no such key), for a caller that
+    /// writes it on without holding it whole.
+    public func streamObject(key: String) async throws -> HTTPClientResponse.Body? {
+        let response = try await start(.GET, url: objectURL(key: key), body: nil, headers: [])
+        switch response.status.code {
+        case 200..<300: return response.body
+        case 404: return nil
+        default: throw failure(response, body: (try? await response.body.collect(upTo: 64 * 1024)) ?? ByteBuffer())
+        }
+    }
+
+    /// An object's URL with a query (canonical order, as signed).
+    private func objectURL(key: String, query: [(String, String)]) -> URL {
+        URL(string: objectURL(key: key).absoluteString + "?" + SigV4Signer.canonicalQuery(query))!
+    }
+
     /// The object's bytes, or nil when there is no such key.
     public func getObject(key: String, maxBytes: Int) async throws -> [UInt8]? {
         let answer = try await send(.GET, url: objectURL(key: key), maxBytes: maxBytes, accepting: [404])
@@ -438,7 +496,28 @@ public struct S3Client: Sendable {
     private func send(
         _ method: HTTPMethod, url: URL, body: [UInt8]? = nil, headers: [(String, String)] = [],
         maxBytes: Int = S3Client.maxResponseBytes, accepting accepted: Set<Int> = []
-    ) async throws -> (status: Int, body: ByteBuffer) {
+    ) async throws -> (status: Int, headers: HTTPHeaders, body: ByteBuffer) {
+        let response = try await start(method, url: url, body: body, headers: headers)
+        let status = Int(response.status.code)
+        let collected: ByteBuffer
+        do {
+            collected = try await response.body.collect(upTo: maxBytes)
+        } catch is NIOTooManyBytesError {
+            throw S3Error.bodyTooLarge(limit: maxBytes)
+        }
+        guard (200..<300).contains(status) || accepted.contains(status) else { throw failure(response, body: collected) }
+        return (status, response.headers, collected)
+    }
+
+    /// The error of an answer that is not a success.
+    private func failure(_ response: HTTPClientResponse, body: ByteBuffer) -> S3Error {
+        // S3 names the bucket's region on a wrong-region answer; worth saying only when it differs.
+        let region = response.headers.first(name: "x-amz-bucket-region").flatMap { $0 == location.region ? nil : $0 }
+        return S3Error.status(Int(response.status.code), Self.errorMessage(body, reason: response.status.reasonPhrase, bucketRegion: region))
+    }
+
+    /// Sends a signed request and answers its head; the body is the caller's to read.
+    private func start(_ method: HTTPMethod, url: URL, body: [UInt8]?, headers: [(String, String)]) async throws -> HTTPClientResponse {
         let host = SigningTarget(url).host
         let signed = signer.sign(
             method: method.rawValue, url: url, headers: headers + [("host", host)],
@@ -452,20 +531,7 @@ public struct S3Client: Sendable {
         if let body { request.body = .bytes(ByteBuffer(bytes: body)) }
         let (seconds, attoseconds) = timeout.components
         let deadline = NIODeadline.now() + .nanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
-        let response = try await httpClient.execute(request, deadline: deadline, logger: logger)
-        let status = Int(response.status.code)
-        let collected: ByteBuffer
-        do {
-            collected = try await response.body.collect(upTo: maxBytes)
-        } catch is NIOTooManyBytesError {
-            throw S3Error.bodyTooLarge(limit: maxBytes)
-        }
-        guard (200..<300).contains(status) || accepted.contains(status) else {
-            // S3 names the bucket's region on a wrong-region answer; worth saying only when it differs.
-            let region = response.headers.first(name: "x-amz-bucket-region").flatMap { $0 == location.region ? nil : $0 }
-            throw S3Error.status(status, Self.errorMessage(collected, reason: response.status.reasonPhrase, bucketRegion: region))
-        }
-        return (status, collected)
+        return try await httpClient.execute(request, deadline: deadline, logger: logger)
     }
 
     /// `Code: Message` from an S3 error document, else the HTTP reason (HEAD answers have no body).
@@ -569,6 +635,11 @@ struct S3XML {
     }
 
     /// The five predefined entities and numeric references (`&#13;`, `&#x0D;`) decoded.
+    /// Text for an XML element (`&`, `<`, `>` escaped).
+    static func escape(_ text: String) -> String {
+        text.replacingOccurrences(of: "&", with: "&amp;").replacingOccurrences(of: "<", with: "&lt;").replacingOccurrences(of: ">", with: "&gt;")
+    }
+
     static func unescape(_ text: ArraySlice<UInt8>) -> String {
         var out: [UInt8] = []
         out.reserveCapacity(text.count)

@@ -177,3 +177,39 @@ def test_a_batch_in_progress_is_cancelled_and_charges_nothing(private_gateway):
     assert key_view["reserved_usd"] == 0 and key_view["spent_usd"] == pytest.approx(later_rows[0]["cost_usd"]), "the cancelled batch charged nothing"
     with pytest.raises(openai.ConflictError):
         client.batches.cancel(batch.id)
+
+
+def test_a_large_output_goes_to_the_bucket_in_parts(private_gateway, s3_server):
+    """With the shared bucket as the store, a batch output larger than one part (8 MiB) is
+    uploaded as a multipart upload as it is read from disk (S3's ETag of such an object ends
+    in ``-N``, N parts), and downloaded back whole through the Files API."""
+    prefix = f"parts-{time.time_ns()}"
+    gateway = private_gateway(env={"NANOGATE_BATCH_POLL": "1", **s3_server.gateway_env(prefix)})
+    client = client_for(gateway, gateway.key)
+    # 2K images in base64: a few MiB each, so a dozen lines pass 8 MiB.
+    lines = [line(i, model="nano-banana-pro", size="2k", response_format="b64_json") for i in range(12)]
+    uploaded = client.files.create(file=("big.jsonl", jsonl(lines)), purpose="batch")
+    batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/images/generations", completion_window="24h")
+    deadline = time.monotonic() + 120
+    while batch.status not in ("completed", "failed", "expired", "cancelled"):
+        assert time.monotonic() < deadline, batch
+        time.sleep(0.5)
+        batch = client.batches.retrieve(batch.id)
+    assert batch.status == "completed" and batch.request_counts.completed == 12, batch
+
+    described = client.files.retrieve(batch.output_file_id)
+    assert described.bytes > 8 * 1024 * 1024, described.bytes
+    content = client.files.content(batch.output_file_id).content
+    assert len(content) == described.bytes
+    answers = [json.loads(text) for text in content.decode().splitlines()]
+    assert sorted(entry["custom_id"] for entry in answers) == sorted(f"req-{i}" for i in range(12))
+    assert all(base64.b64decode(entry["response"]["body"]["data"][0]["b64_json"]).startswith(PNG) for entry in answers)
+
+    s3 = s3_server.client()
+    objects = s3.list_objects_v2(Bucket=s3_server.bucket, Prefix=f"{prefix}/files/").get("Contents", [])
+    outputs = [obj for obj in objects if obj["Size"] == described.bytes]
+    assert len(outputs) == 1, objects
+    head = s3.head_object(Bucket=s3_server.bucket, Key=outputs[0]["Key"])
+    parts = int(head["ETag"].strip('"').rsplit("-", 1)[1])
+    assert parts == -(-described.bytes // (8 * 1024 * 1024)), head["ETag"]
+    assert s3.get_object(Bucket=s3_server.bucket, Key=outputs[0]["Key"])["Body"].read() == content

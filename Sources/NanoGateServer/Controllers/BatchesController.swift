@@ -193,7 +193,18 @@ struct BatchesController {
     @Sendable func fileContent(_ request: Request, context: GatewayRequestContext) async throws -> Response {
         let key = try context.requireKey()
         let file = try await ownFile(context.parameters.get("id") ?? "", key: key)
-        return Response(status: .ok, headers: [.contentType: "application/jsonl"], body: .init(byteBuffer: ByteBuffer(bytes: try await content(of: file))))
+        guard let name = file.objectName else {
+            return Response(status: .ok, headers: [.contentType: "application/jsonl"], body: .init(byteBuffer: ByteBuffer(bytes: file.content)))
+        }
+        // Streamed from the file store as it is read: a batch's output is never held whole.
+        guard let pieces = try await files.stream(name: name) else { throw Self.fileNotFound(file.id) }
+        return Response(
+            status: .ok, headers: [.contentType: "application/jsonl", .contentLength: "\(file.bytes)"],
+            body: ResponseBody { writer in
+                for try await piece in pieces { try await writer.write(piece) }
+                try await writer.finish(nil)
+            }
+        )
     }
 
     // MARK: Batches
