@@ -28,10 +28,16 @@ struct Harness {
     /// A key of the "gemini" group (base64 answers unless asked otherwise).
     let geminiKey: String
     /// A client that waits as long as the gateway may (HTTPClient.shared gives up on a silent
-    /// read after 90 s, which a busy 2-core machine rendering 4K images can reach).
+    /// read after 90 s, which a busy 2-core machine rendering 4K images can reach), with a
+    /// connection per request a test sends at once: with AsyncHTTPClient's default of 8 per
+    /// host, 50 parallel requests queued in the client, and on a busy machine the queue's wait
+    /// passed the connect timeout (`getConnectionFromPoolTimeout`) although the gateway answered.
     static let patientClient = HTTPClient(
         eventLoopGroupProvider: .singleton,
-        configuration: .init(redirectConfiguration: .follow(max: 20, allowCycles: false), timeout: .init(connect: .seconds(30), read: .seconds(600)))
+        configuration: .init(
+            redirectConfiguration: .follow(max: 20, allowCycles: false), timeout: .init(connect: .seconds(30), read: .seconds(600)),
+            connectionPool: .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: 128)
+        )
     )
     let client = Harness.patientClient
 
