@@ -150,6 +150,7 @@ public final class EmulatorRecorder: Sendable {
 /// | `prompt_block` | 200, `promptFeedback.blockReason` `PROHIBITED_CONTENT`, no candidates |
 /// | `jpeg` | the image is a real JPEG at the table's size, labelled `image/png` (as Gemini sometimes does) |
 /// | `garbage` | 200 with a body that is not JSON |
+/// | `cut` | 200 whose body stops half way through (the connection closes mid-image) |
 struct Directives {
     var values: [String: String] = [:]
 
@@ -335,7 +336,18 @@ public struct GeminiEmulator: Sendable {
             let issued = (response.candidates ?? []).flatMap { $0.content?.parts ?? [] }.compactMap(\.thoughtSignature)
             state.signatures.withLock { $0.formUnion(issued) }
         }
+        if directives.has("cut"), !streaming { return Self.cut(response) }
         return streaming ? Self.stream(response) : Self.encode(response)
+    }
+
+    /// A 200 whose body stops half way (the connection then closes): a reset mid-image.
+    static func cut(_ response: GeminiWire.Response) -> Response {
+        let whole = try! SplicedJSON.encodeJoined(response)
+        let half = whole.getSlice(at: whole.readerIndex, length: whole.readableBytes / 2)!
+        return Response(status: .ok, headers: [.contentType: "application/json; charset=UTF-8"], body: ResponseBody { writer in
+            try await writer.write(half)
+            throw CancellationError()
+        })
     }
 
     /// MIME types Google takes for input images (§A2; GIF is refused).

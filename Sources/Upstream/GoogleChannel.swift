@@ -87,6 +87,14 @@ struct GoogleChannel: UpstreamChannel {
         }
     }
 
+    func generateBody(model: String, request: GeminiWire.Request, body: ByteBuffer, credential: Int, deadline: ContinuousClock.Instant, logger: Logger) async -> Result<GeminiAnswerBody, ChannelFailure> {
+        let timeout = ContinuousClock.now.duration(to: deadline)
+        switch await send(model: model, action: "generateContent", request: request, body: body, credential: credential, timeout: timeout, logger: logger) {
+        case .failure(let failure): return .failure(failure)
+        case .success(let response): return .success(GeminiAnswerBody(pieces: response.body, deadline: deadline, maxBytes: maxResponseBytes))
+        }
+    }
+
     func stream(model: String, request: GeminiWire.Request, body: ByteBuffer, credential: Int, deadline: ContinuousClock.Instant, logger: Logger) async -> Result<GeminiEventStream, ChannelFailure> {
         let timeout = ContinuousClock.now.duration(to: deadline)
         switch await send(model: model, action: "streamGenerateContent?alt=sse", request: request, body: body, credential: credential, timeout: timeout, logger: logger) {

@@ -2,7 +2,7 @@ public import Logging
 public import NanoGateCore
 import AsyncHTTPClient
 import Foundation
-import NIOCore
+public import NIOCore
 import NIOHTTP1
 import NIOFoundationCompat
 
@@ -28,6 +28,10 @@ protocol UpstreamChannel: Sendable {
     /// within `timeout` (request, head and body).
     func generate(model: String, request: GeminiWire.Request, body: ByteBuffer, credential: Int, timeout: Duration, logger: Logger) async -> Result<GeminiWire.Response, ChannelFailure>
 
+    /// One `generateContent` call whose answer is read by the caller as it arrives (images
+    /// pass through; `GeminiAnswerScanner`): returns once the upstream answered 200.
+    func generateBody(model: String, request: GeminiWire.Request, body: ByteBuffer, credential: Int, deadline: ContinuousClock.Instant, logger: Logger) async -> Result<GeminiAnswerBody, ChannelFailure>
+
     /// One streamed call: returns once the upstream answered 200; the events follow, the whole
     /// stream bounded by `deadline`.
     func stream(model: String, request: GeminiWire.Request, body: ByteBuffer, credential: Int, deadline: ContinuousClock.Instant, logger: Logger) async -> Result<GeminiEventStream, ChannelFailure>
@@ -43,6 +47,36 @@ protocol UpstreamChannel: Sendable {
 
 extension UpstreamChannel {
     var batchChannel: GoogleChannel? { nil }
+
+    /// A kind that cannot hand its answer over unread: the whole answer, read and re-encoded,
+    /// as one piece.
+    func generateBody(model: String, request: GeminiWire.Request, body: ByteBuffer, credential: Int, deadline: ContinuousClock.Instant, logger: Logger) async -> Result<GeminiAnswerBody, ChannelFailure> {
+        let timeout = ContinuousClock.now.duration(to: deadline)
+        switch await generate(model: model, request: request, body: body, credential: credential, timeout: timeout, logger: logger) {
+        case .failure(let failure): return .failure(failure)
+        case .success(let response):
+            guard let encoded = try? SplicedJSON.encodeJoined(response) else { return .failure(.init(error: .init(.unreadable), disposition: .fatal)) }
+            let pieces = AsyncThrowingStream<ByteBuffer, any Error> { continuation in
+                continuation.yield(encoded)
+                continuation.finish()
+            }
+            return .success(GeminiAnswerBody(pieces: pieces, deadline: deadline, maxBytes: encoded.readableBytes))
+        }
+    }
+}
+
+/// A 200 answer of `generateContent` not yet read: its pieces as they arrive, the deadline its
+/// reading must meet, and the most bytes it may have (it is untrusted).
+public struct GeminiAnswerBody: Sendable {
+    public let pieces: any AsyncSequence<ByteBuffer, any Error> & Sendable
+    public let deadline: ContinuousClock.Instant
+    public let maxBytes: Int
+
+    public init(pieces: any AsyncSequence<ByteBuffer, any Error> & Sendable, deadline: ContinuousClock.Instant, maxBytes: Int) {
+        self.pieces = pieces
+        self.deadline = deadline
+        self.maxBytes = maxBytes
+    }
 }
 
 /// What the pool does after a failed attempt.

@@ -339,6 +339,14 @@ public final class UpstreamPool: Sendable {
         }
     }
 
+    /// Calls `generateContent` and hands the answer over unread once an upstream answered 200
+    /// (retries as `generateContent` until then); the caller reads it within its deadline.
+    public func generateContentBody(model: String, aliases: [String] = [], imageSize: String?, request: GeminiWire.Request, trace: UpstreamTrace? = nil, logger: Logger) async throws(UpstreamError) -> GeminiAnswerBody {
+        try await withRetries(model: model, aliases: aliases, imageSize: imageSize, request: request, trace: trace, logger: logger) { member, upstreamID, body, credential, timeout, deadline in
+            await member.channel.generateBody(model: upstreamID, request: request, body: body, credential: credential, deadline: .now.advanced(by: timeout), logger: logger)
+        }
+    }
+
     /// Calls `streamGenerateContent?alt=sse`. Retries happen until an upstream answers 200; the
     /// events then arrive through the returned sequence (errors after that are the caller's to
     /// report), which ends with a timeout error at the attempt's timeout.

@@ -198,3 +198,20 @@ def test_unknown_model_is_not_found(client):
 
     assert excinfo.value.status_code == 404
     assert excinfo.value.param == "model"
+
+
+def test_a_streamed_through_answer_reads_like_any_other(private_gateway):
+    """``NANOGATE_STREAM_IMAGES``: the answer passes through as Google sends it; the official
+    SDK reads it as it reads an answer built whole (the cost header becomes a trailer)."""
+    from conftest import sdk_client
+
+    gateway = private_gateway(env={"NANOGATE_STREAM_IMAGES": "on"})
+    client = sdk_client(gateway)
+    raw = client.images.with_raw_response.generate(model="nano-banana", prompt="a banana passing through", response_format="b64_json")
+    result = raw.parse()
+    assert raw.headers.get("transfer-encoding") == "chunked"
+    png = base64.b64decode(result.data[0].b64_json)
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    width, height = struct.unpack(">II", png[16:24])
+    assert (width, height) == (1024, 1024) and result.size == "1024x1024" and result.output_format == "png"
+    assert result.usage.output_tokens_details.image_tokens == 1290

@@ -22,6 +22,7 @@ import NanoGateStorage
 /// | | `NANOGATE_CHECK_MODELS` | read each channel's model list at start-up and every `NANOGATE_MODEL_CHECK_INTERVAL` | on |
 /// | | `NANOGATE_MODEL_CHECK_INTERVAL` | seconds between two reads of a channel's model list (by any instance) | 3600 |
 /// | | `NANOGATE_CHAT_IMAGES` | how chat replies carry images: `auto`, `markdown`, `images`, `both` | `auto` |
+/// | | `NANOGATE_STREAM_IMAGES` | stream Google's answer into the client's (one-image `b64_json` generations on the Flash families; the cost becomes a trailer) | off |
 /// | | `NANOGATE_ADMIN_TOKEN` | turns the admin API on, its bearer token | off |
 /// | | `NANOGATE_RESERVATION_LEASE` | seconds a credit reservation lives without renewal | 45 |
 /// | | `NANOGATE_PRIORITY_PRICE_PERCENT` | the priority tier's price, in percent of standard (Google lists none yet) | 200 |
@@ -75,6 +76,10 @@ public struct GatewayConfiguration: Sendable {
     public var trustForwardedHeaders = false
     /// How chat replies carry images (`ChatImageStyle`).
     public var chatImages = ChatImageStyle.auto
+    /// Google's answer streamed into the client's (`NANOGATE_STREAM_IMAGES`): for now a
+    /// `b64_json` generation of one image on the Flash families, without conversion. Off by
+    /// default until it covers every images answer (issue 24).
+    public var streamImages = false
     /// Whether `serve` reads each channel's model list (in the background: at start-up, every
     /// `modelCheckInterval`, and soon after a channel's project refused a model).
     public var checkModelsAtStart = true
@@ -161,6 +166,7 @@ public struct GatewayConfiguration: Sendable {
         idleTimeout = settings.seconds("nanogate.idle.timeout", default: 30)
         trustForwardedHeaders = settings.flag("nanogate.trust.forwarded")
         chatImages = settings.choice("nanogate.chat.images", default: .auto)
+        streamImages = settings.flag("nanogate.stream.images")
         checkModelsAtStart = settings.flag("nanogate.check.models", default: true)
         modelCheckInterval = settings.seconds("nanogate.model.check.interval", default: 3600, minimum: 60)
         if settings.string("nanogate.metrics.port") != nil { metricsPort = settings.number("nanogate.metrics.port", default: 9090, minimum: 0) }

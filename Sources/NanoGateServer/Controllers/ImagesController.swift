@@ -18,6 +18,9 @@ struct ImagesController {
     let keepAliveInterval: Duration
     /// Background jobs (`Prefer: respond-async`); nil: answered inline only.
     var jobs: ImageJobs?
+    /// Google's answer streamed into the client's where the request allows
+    /// (`NANOGATE_STREAM_IMAGES`; `ImagesController+StreamThrough.swift`).
+    var streamImages = false
 
     /// Turns a request's fields into the one `ImageRequest` every path runs.
     var validator: ImageRequestValidator { ImageRequestValidator(catalog: catalog) }
@@ -66,6 +69,9 @@ struct ImagesController {
         let settlement = try await pipeline.open(key: job.key, endpoint: job.endpoint, model: job.model, info: info, estimateMicroUSD: estimate, tier: tier, logger: logger)
         if job.options.stream {
             return streamed(job, settlement: settlement, logger: logger)
+        }
+        if streamsThrough(job, request: request) {
+            return try await streamThrough(job, settlement: settlement, logger: logger)
         }
         if let interval = KeepAliveAnswer.requested(request, defaultInterval: keepAliveInterval) ?? job.model.keepAliveSeconds.map({ .seconds($0) }) {
             let pipeline = self.pipeline

@@ -368,6 +368,17 @@ struct RequestPipeline: Sendable {
         }
     }
 
+    /// One `generateContent` call whose answer is handed over unread (the caller records the
+    /// usage and tier from it).
+    func answerBody(_ request: GeminiWire.Request, size: ImageSize?, settlement: Settlement, logger: Logger) async throws(GatewayError) -> GeminiAnswerBody {
+        let aliases = [settlement.model.name]
+        return try await onTier(request, settlement: settlement, logger: logger) { request throws(GatewayError) in
+            try await withFallback(request, settlement: settlement, logger: logger) { (model, request) throws(UpstreamError) in
+                try await upstream.generateContentBody(model: model, aliases: aliases, imageSize: size?.rawValue, request: request, trace: settlement.trace, logger: logger)
+            }
+        }
+    }
+
     /// Runs `call` with the request on the settlement's tier; a flex request Google sheds (429
     /// or 503: flex is "sheddable") runs again on standard, when the key may use standard.
     private func onTier<Value>(

@@ -153,6 +153,7 @@ func makeGatewayParts(
         catalog: configuration.catalog, pipeline: pipeline, publicURL: publicURL,
         maxJSONBodyBytes: configuration.maxJSONBodyBytes, inputs: inputs, keepAliveInterval: configuration.keepAliveInterval
     )
+    images.streamImages = configuration.streamImages
     let webhookPolicy = WebhookPolicy(limits: configuration.inputs)
     images.jobs = ImageJobs(
         store: dependencies.store, resultTTL: configuration.urlTTL, webhookPolicy: webhookPolicy, pipeline: pipeline, images: dependencies.images,

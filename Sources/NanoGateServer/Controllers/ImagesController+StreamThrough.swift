@@ -1,0 +1,227 @@
+import Foundation
+import HTTPTypes
+import Hummingbird
+import Logging
+import NanoGateCore
+import NIOCore
+import Upstream
+
+/// Google's answer streamed into the client's (`NANOGATE_STREAM_IMAGES`, issue 24; off by
+/// default while it covers one case): a `b64_json` generation of one image, with no
+/// conversion, on a family that makes no interim thought images. Memory holds one piece of
+/// the answer and its small skeleton (`GeminiAnswerScanner`), never the image.
+///
+/// The status and head go out once the image has begun and its first 64 KiB are in (a safety
+/// block, a missing image or an upstream error before that is still a proper 4xx/5xx); the
+/// base64 follows as it arrives; `revised_prompt`, `usage` and the other fields come after
+/// it, and the charge, known only then, is the `X-NanoGate-Cost` trailer and `usage.cost`.
+/// An answer that breaks mid-image ends the client's answer broken (the connection closes
+/// without the chunked body's end: never a truncated 200 that parses), is not charged, and is
+/// logged.
+extension ImagesController {
+    /// Whether `job` takes the streamed path.
+    func streamsThrough(_ job: ImageRequest, request: Request) -> Bool {
+        streamImages && job.format == .b64JSON && job.count == 1 && !job.options.stream && job.options.outputFormat == nil
+            && job.options.outputCompression == nil && [.flash25, .flash21, .flash31].contains(job.model.family)
+            && KeepAliveAnswer.requested(request, defaultInterval: keepAliveInterval) == nil && job.model.keepAliveSeconds == nil
+    }
+
+    /// How much of the image's base64 is read before the head goes out: enough for its header
+    /// (format and pixel size) whatever the format.
+    static let headBase64Bytes = 64 * 1024
+
+    func streamThrough(_ job: ImageRequest, settlement: Settlement, logger: Logger) async throws -> Response {
+        let gemini = ImageTranslation.geminiRequest(
+            prompt: job.prompt, inputImages: job.inputImages, spec: job.spec, family: job.model.family, reasoningEffort: job.options.reasoningEffort
+        )
+        let answer: GeminiAnswerBody
+        do {
+            answer = try await pipeline.answerBody(gemini, size: job.spec.imageSize, settlement: settlement, logger: logger)
+        } catch {
+            await pipeline.settle(settlement, status: error.status, errorCode: error.code, logger: logger)
+            throw error
+        }
+        let reader = AnswerReader(answer: answer)
+        // Up to the image's first 64 KiB (or the answer's end): what the head depends on.
+        var head: [ByteBuffer] = []
+        do {
+            try await reader.read { event in
+                switch event {
+                case .imageBegin: return true
+                case .imageEnd: return false
+                case .imageBytes(let chunk):
+                    head.append(chunk)
+                    return head.reduce(0) { $0 + $1.readableBytes } < Self.headBase64Bytes
+                }
+            } stopWhen: { $0.imageEnded(0) }
+        } catch {
+            let failure = error as? GatewayError ?? .badGateway("The answer from Google broke off.")
+            await pipeline.settle(settlement, status: failure.status, errorCode: failure.code, logger: logger)
+            throw failure
+        }
+        if !reader.imageBegan {
+            // No image came: the answer says why (safety, no image, a prompt block).
+            let error: GatewayError
+            do {
+                _ = try reader.finishedOutcome(settlement: settlement)
+                error = .badGateway("Google's answer held no image.")
+            } catch let failure {
+                error = failure
+            }
+            await pipeline.settle(settlement, status: error.status, errorCode: error.code, logger: logger)
+            throw error
+        }
+        var joined = ByteBuffer()
+        for var chunk in head { joined.writeBuffer(&chunk) }
+        let joinedHead = joined
+        let headBytes = SafeBase64.decode(joinedHead.readableBytesView.prefix(joinedHead.readableBytes / 4 * 4)) ?? []
+        let format = ImageSniffer.mimeType(of: headBytes.prefix(16)).flatMap(OutputFormat.init(mimeType:))
+        let pixels = ImageConverter.dimensions(of: headBytes)
+        let created = Int(Date().timeIntervalSince1970)
+        let pipeline = self.pipeline
+        let headers: HTTPFields = [
+            .contentType: "application/json", Self.upstreamModelHeader: settlement.servedBy.id, .init("Trailer")!: "X-NanoGate-Cost",
+        ]
+        return Response(status: .ok, headers: headers, body: ResponseBody { writer in
+            var failure: GatewayError?
+            do {
+                try await writer.write(ByteBuffer(string: #"{"created":\#(created),"data":[{"b64_json":""#))
+                try await writer.write(joinedHead)
+                // The rest of the image as it arrives, then the rest of the answer (usage).
+                try await reader.read { event in
+                    if case .imageBytes(let chunk) = event, reader.inFirstImage { try await writer.write(chunk) }
+                    return true
+                } stopWhen: { _ in false }
+                guard reader.firstImageEnded else { throw GatewayError.badGateway("Google's answer ended inside the image.") }
+                let outcome = try reader.finishedOutcome(settlement: settlement)
+                settlement.delivered(images: 1, usage: outcome.usage)
+                var usage = outcome.usage
+                usage.cost = TokenPrices.usd(settlement.chargeMicroUSD)
+                let tail = StreamedTail(
+                    revisedPrompt: outcome.text, usage: usage, outputFormat: format?.rawValue, size: pixels?.description,
+                    quality: ImageQuality.reported(for: job.spec.imageSize), serviceTier: settlement.servedTier.openAIName
+                )
+                try await writer.write(tail.encoded())
+                await pipeline.settle(settlement, status: 200, errorCode: nil, logger: logger)
+                try await writer.finish([Self.costHeader: Pricing.usdText(settlement.chargeMicroUSD)])
+                return
+            } catch let error as GatewayError {
+                failure = error
+            } catch {
+                failure = .clientDisconnected
+            }
+            let error = failure ?? .clientDisconnected
+            if error.code != GatewayError.clientDisconnected.code {
+                logger.error("the image broke off mid-answer; the client's answer ends broken", metadata: ["error": "\(error.message)"])
+            }
+            await pipeline.settle(settlement, status: error.status, errorCode: error.code, logger: logger)
+            // Throwing closes the connection without the body's end: the client sees a broken answer.
+            throw error
+        })
+    }
+}
+
+/// What follows the image in a streamed answer: `"` ends its base64, then the rest of the
+/// images response (the same fields as an answer built whole).
+struct StreamedTail: Encodable {
+    var revisedPrompt: String?
+    var usage: ImageUsage
+    var background = "opaque"
+    var outputFormat: String?
+    var size: String?
+    var quality: String?
+    var serviceTier: String?
+
+    enum CodingKeys: String, CodingKey {
+        case usage, background, size, quality
+        case serviceTier = "service_tier"
+        case outputFormat = "output_format"
+    }
+
+    func encoded() throws -> ByteBuffer {
+        var text = "\""
+        if let revisedPrompt, let quoted = try? String(decoding: JSONEncoder().encode(revisedPrompt), as: UTF8.self) {
+            text += ",\"revised_prompt\":" + quoted
+        }
+        let fields = String(decoding: try JSONEncoder().encode(self), as: UTF8.self)
+        // `{…}` → `}],…}`: the image object and the data list close, the rest of the top object follows.
+        text += "}]," + fields.dropFirst()
+        return ByteBuffer(string: text)
+    }
+}
+
+/// Reads one streamed answer through the scanner, within its deadline and size limit, keeping
+/// where the first image stands. Used from one task at a time.
+final class AnswerReader: @unchecked Sendable {
+    private let answer: GeminiAnswerBody
+    private var iterator: (any AsyncIteratorProtocol<ByteBuffer, any Error>)?
+    private var scanner = GeminiAnswerScanner()
+    private var pending: [GeminiAnswerScanner.Event] = []
+    private var read = 0
+    private var finished = false
+    private(set) var imageBegan = false
+    private(set) var firstImageEnded = false
+
+    init(answer: GeminiAnswerBody) { self.answer = answer }
+
+    /// Whether the bytes now handed out belong to the first image (later ones are dropped).
+    var inFirstImage: Bool { imageBegan && !firstImageEnded && scanner.imageCount == 1 }
+
+    func imageEnded(_ index: Int) -> Bool { firstImageEnded }
+
+    /// Hands each event to `body` until it answers false, `stopWhen` holds, or the answer ends.
+    func read(_ body: (GeminiAnswerScanner.Event) async throws -> Bool, stopWhen: (AnswerReader) -> Bool) async throws {
+        while true {
+            while !pending.isEmpty {
+                let event = pending.removeFirst()
+                switch event {
+                case .imageBegin(let index): if index == 0 { imageBegan = true }
+                case .imageEnd(let index): if index == 0 { firstImageEnded = true }
+                case .imageBytes: break
+                }
+                if try await !body(event) || stopWhen(self) { return }
+            }
+            if finished || stopWhen(self) { return }
+            guard let piece = try await nextPiece() else {
+                finished = true
+                return
+            }
+            do {
+                pending = try scanner.feed(piece)
+            } catch {
+                throw GatewayError.badGateway("Google's answer could not be read (\(error)).")
+            }
+        }
+    }
+
+    /// The next piece, within the size limit. The HTTP client's deadline for the call bounds
+    /// the time (it covers the body, not only the head).
+    private func nextPiece() async throws(GatewayError) -> ByteBuffer? {
+        if iterator == nil { iterator = answer.pieces.makeAsyncIterator() }
+        let piece: ByteBuffer?
+        do {
+            piece = try await iterator!.next()
+        } catch {
+            throw GatewayError.badGateway("The answer from Google broke off.")
+        }
+        read += piece?.readableBytes ?? 0
+        guard read <= answer.maxBytes else { throw GatewayError.badGateway("Google's answer is larger than \(answer.maxBytes) bytes.") }
+        return piece
+    }
+
+    /// The whole answer's outcome once it has been read: its usage recorded as billed.
+    func finishedOutcome(settlement: Settlement) throws(GatewayError) -> ImageTranslation.Outcome {
+        let response: GeminiWire.Response
+        do {
+            response = try SplicedJSON.decode(GeminiWire.Response.self, from: scanner.skeleton)
+        } catch {
+            throw GatewayError.badGateway("Google's answer could not be read.")
+        }
+        settlement.billed(ImageTranslation.usage(of: response.usageMetadata))
+        settlement.served(tier: ServiceTier(echoed: response.usageMetadata?.serviceTier))
+        if let status = response.error {
+            throw GatewayError.badGateway("Google answered an error: \(status.message ?? "no message").")
+        }
+        return try ImageTranslation.outcome(of: response)
+    }
+}

@@ -1,0 +1,88 @@
+import AsyncHTTPClient
+import Foundation
+import NanoGateCore
+import NanoGateServer
+import NanoGateStorage
+import NIOCore
+import NIOFoundationCompat
+import NIOHTTP1
+import Testing
+import Upstream
+
+/// `NANOGATE_STREAM_IMAGES`: Google's answer streamed into the client's, checked with the
+/// decoders a client uses (Foundation's JSON, the PNG header) and on the raw wire (the trailer,
+/// the broken end).
+@Suite(.timeLimit(.minutes(10))) struct StreamThroughTests {
+    static let body = #"{"model":"nano-banana","prompt":"a streamed banana","response_format":"b64_json"}"#
+
+    /// The streamed answer holds what the answer built whole holds, and charges the same.
+    @Test func aStreamedAnswerIsTheWholeAnswer() async throws {
+        try await withGateway(configure: { $0.streamImages = true }) { gateway in
+            let streamed = try await gateway.generate(Self.body, key: gateway.geminiKey)
+            #expect(streamed.status == 200, "\(streamed.text.prefix(300))")
+            // `output_format` asked: the answer is built whole (the path that existed before).
+            let whole = try await gateway.generate(#"{"model":"nano-banana","prompt":"a whole banana","response_format":"b64_json","output_format":"png"}"#, key: gateway.geminiKey)
+            #expect(whole.status == 200)
+            #expect(Set(streamed.json.keys) == Set(whole.json.keys))
+            #expect(streamed.headers["Transfer-Encoding"].first == "chunked" && whole.headers["X-NanoGate-Cost"].first != nil)
+            let image = try #require(streamed.data.first?["b64_json"] as? String)
+            let bytes = try #require(Data(base64Encoded: image))
+            #expect(Harness.pngSize(Array(bytes)) == (1024, 1024))
+            #expect(streamed.json["size"] as? String == "1024x1024" && streamed.json["output_format"] as? String == "png")
+            #expect((streamed.usage["output_tokens_details"] as? [String: Any])?["image_tokens"] as? Int == 1290)
+            let rows = try await gateway.dependencies.store.usage(UsageQuery()).filter { $0.status == 200 }
+            #expect(rows.count == 2)
+            let charged = try #require(rows.first { $0.costMicroUSD > 0 && $0.requestID == streamed.headers["x-request-id"].first })
+            #expect(abs((streamed.usage["cost"] as? Double ?? -1) - Double(charged.costMicroUSD) / 1_000_000) < 1e-9)
+        }
+    }
+
+    /// The charge, known only after the image, is the chunked body's trailer.
+    @Test func theChargeIsATrailer() async throws {
+        try await withGateway(configure: { $0.streamImages = true }) { gateway in
+            let port = Int(gateway.baseURL.split(separator: ":").last!)!
+            try await RawConnection.with(port: port) { connection in
+                try await connection.send(
+                    "POST /v1/images/generations HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nAuthorization: Bearer \(gateway.geminiKey)\r\n"
+                        + "Content-Length: \(Self.body.utf8.count)\r\n\r\n\(Self.body)"
+                )
+                let answer = try #require(try await connection.readUntilClosed(limit: .seconds(120)))
+                #expect(answer.hasPrefix("HTTP/1.1 200"))
+                #expect(answer.lowercased().contains("trailer: x-nanogate-cost"))
+                let trailer = try #require(answer.range(of: "\r\n0\r\n"), "the chunked body ends")
+                #expect(answer[trailer.upperBound...].lowercased().hasPrefix("x-nanogate-cost: 0.0"), "\(answer.suffix(80))")
+            }
+        }
+    }
+
+    /// Before the image begins, a refusal is still a proper error, and costs nothing.
+    @Test func aSafetyBlockIsStillAnError() async throws {
+        try await withGateway(configure: { $0.streamImages = true }) { gateway in
+            let reply = try await gateway.generate(#"{"model":"nano-banana","prompt":"p [emulate:image_safety]","response_format":"b64_json"}"#, key: gateway.geminiKey)
+            #expect(reply.status == 400 && reply.error["code"] as? String == "content_policy_violation", "\(reply.text)")
+            let rows = try await gateway.dependencies.store.usage(UsageQuery())
+            #expect(rows.count == 1 && rows[0].costMicroUSD == 0)
+        }
+    }
+
+    /// An answer that breaks off mid-image ends the client's answer broken (never a 200 that
+    /// parses) and is not charged.
+    @Test func anAnswerCutMidImageIsBrokenAndFree() async throws {
+        try await withGateway(configure: { $0.streamImages = true; $0.upstream.maxAttempts = 1 }) { gateway in
+            var failed = false
+            do {
+                let reply = try await gateway.generate(#"{"model":"nano-banana","prompt":"p [emulate:cut]","response_format":"b64_json"}"#, key: gateway.geminiKey)
+                // A whole answer must not parse as a success.
+                #expect(reply.status != 200 || reply.data.isEmpty, "\(reply.text.prefix(200))")
+                failed = reply.status != 200
+            } catch {
+                failed = true  // the body broke off: what a client sees
+            }
+            #expect(failed)
+            // The row is written when the gateway learns of the break, which may be after the client did.
+            try await eventually("the failed request's usage row") { try await !gateway.dependencies.store.usage(UsageQuery()).isEmpty }
+            let rows = try await gateway.dependencies.store.usage(UsageQuery())
+            #expect(rows.count == 1 && rows[0].costMicroUSD == 0 && rows[0].status >= 400, "\(rows)")
+        }
+    }
+}
