@@ -1,3 +1,4 @@
+import Foundation
 public import NIOCore
 
 /// Reads a `generateContent` answer as it arrives, in pieces of any size, and passes every
@@ -80,6 +81,12 @@ public struct GeminiAnswerScanner {
         var runStart = base
         var index = base
         while index < bytes.endIndex {
+            if inString == .image, !escaped {
+                // Base64 holds neither quotes nor backslashes: jump to the next one (memchr)
+                // instead of looking at every byte of the image.
+                guard let next = Self.nextQuoteOrBackslash(in: piece, from: index - base) else { break }
+                index = base + next
+            }
             let byte = bytes[index]
             if let kind = inString {
                 if kind == .image {
@@ -159,6 +166,18 @@ public struct GeminiAnswerScanner {
 
     /// Whether the answer has ended where a whole JSON value ends.
     public var isComplete: Bool { stack.isEmpty && inString == nil && !skeleton.readableBytesView.isEmpty }
+
+    /// The offset (from the readable start) of the first `"` or `\\` at or after `offset`.
+    private static func nextQuoteOrBackslash(in piece: ByteBuffer, from offset: Int) -> Int? {
+        piece.withUnsafeReadableBytes { raw -> Int? in
+            guard offset < raw.count, let base = raw.baseAddress else { return nil }
+            let start = base + offset
+            let length = raw.count - offset
+            let quote = memchr(start, Int32(UInt8(ascii: "\"")), length).map { start.distance(to: UnsafeRawPointer($0)) }
+            let backslash = memchr(start, Int32(UInt8(ascii: "\\")), quote ?? length).map { start.distance(to: UnsafeRawPointer($0)) }
+            return (backslash ?? quote).map { offset + $0 }
+        }
+    }
 
     /// `piece`'s bytes `start..<end` (view indices), without copying.
     private func slice(of piece: ByteBuffer, from start: Int, to end: Int, base: Int) -> ByteBuffer {
