@@ -63,7 +63,7 @@ import Upstream
             let poller = parts.batchPoller
             let keyID = try #require(try await store.key(named: "batcher")).id
             do {
-                try await eventually("the batch is delivered", timeout: .seconds(60)) {
+                try await eventually("the batch is delivered") {
                     // A poll that finds Google not done yet puts the batch off by the poll interval
                     // (an hour here): each claim looks two hours ahead, so the next poll is not put off.
                     let ahead = Date().addingTimeInterval(7200)

@@ -36,7 +36,7 @@ import Upstream
             emulator: { $0.newProjectKeys = ["new-project"] }
         ) { gateway in
             let store = gateway.dependencies.store
-            try await eventually("both channels' model lists are stored", timeout: .seconds(60)) {
+            try await eventually("both channels' model lists are stored") {
                 let known = try await ChannelKnowledgeService.load(from: store)
                 return known["new"]?.listed != nil && known["old"]?.listed != nil
             }
@@ -74,7 +74,7 @@ import Upstream
             let reply = try await gateway.generate(#"{"model":"nano-banana","prompt":"p","response_format":"b64_json"}"#)
             #expect(reply.status == 200 && reply.headers.first(name: "X-NanoGate-Upstream-Model") == "gemini-nano-banana-2.1", "\(reply.text.prefix(300))")
             let store = gateway.dependencies.store
-            try await eventually("the refusals are stored", timeout: .seconds(60)) {
+            try await eventually("the refusals are stored") {
                 let known = try await ChannelKnowledgeService.load(from: store)
                 return known["new"]?.refusedModels["gemini-2.5-flash-image"] != nil && known["bad"]?.refusedKeys.isEmpty == false
             }

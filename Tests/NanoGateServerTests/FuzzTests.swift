@@ -2,25 +2,12 @@ import AsyncHTTPClient
 import Foundation
 import Hummingbird
 import NanoGateCore
+import NanoGateTestSupport
 import NIOCore
 import NIOFoundationCompat
 import Testing
 import Upstream
 @testable import NanoGateServer
-
-/// A deterministic random source (SplitMix64), so a finding reproduces from its seed.
-struct SeededGenerator: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
 
 /// The chunks as an async sequence, as a socket delivers them.
 func asyncChunks(_ chunks: [ByteBuffer]) -> AsyncStream<ByteBuffer> {

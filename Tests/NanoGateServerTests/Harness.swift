@@ -318,9 +318,11 @@ struct ServerDidNotStart: Error, CustomStringConvertible {
 }
 
 /// Waits until `condition` holds, checking every 20 ms, and fails the test after `timeout`
-/// instead of hanging it (a wait with no limit turns a bug into a stuck CI run).
+/// instead of hanging it (a wait with no limit turns a bug into a stuck CI run). The default
+/// is generous: under the whole suite on 2 cores, an emulator's first 1K render (a cold cache)
+/// has taken over 30 s, and a bound must only ever be reached by a bug.
 func eventually(
-    _ what: String, timeout: Duration = .seconds(30), _ condition: () async throws -> Bool
+    _ what: String, timeout: Duration = .seconds(120), _ condition: () async throws -> Bool
 ) async throws {
     let deadline = ContinuousClock.now.advanced(by: timeout)
     while try await !condition() {

@@ -69,7 +69,7 @@ import Upstream
             lost.jobID = jobID
             try await store.settle(reservationID: nil, record: lost)
 
-            try await eventually("the taken-over job finished", timeout: .seconds(60)) { try await Self.status(gateway, jobID, key: key) == .succeeded }
+            try await eventually("the taken-over job finished") { try await Self.status(gateway, jobID, key: key) == .succeeded }
             let money = try await store.money(keyID: key.id)
             let refunds = try await store.refunds(keyID: key.id)
             #expect(refunds.map(\.amountMicroUSD) == [oneRun] && refunds.first?.jobID == jobID && refunds.first?.reason == "job_interrupted")

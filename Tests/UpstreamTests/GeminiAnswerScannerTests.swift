@@ -1,5 +1,6 @@
 import Foundation
 import NanoGateCore
+import NanoGateTestSupport
 import NIOCore
 import NIOFoundationCompat
 import Testing
@@ -9,20 +10,8 @@ import Testing
 /// pieces an answer arrives in, the images it passes through are exactly the answer's
 /// `inlineData.data` strings, and the skeleton is the answer with those strings emptied.
 @Suite struct GeminiAnswerScannerTests {
-    /// A deterministic generator (the same pieces on every run).
-    struct SplitMix: RandomNumberGenerator {
-        var state: UInt64
-        mutating func next() -> UInt64 {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
-    }
-
     static func base64(_ count: Int, seed: UInt64) -> String {
-        var generator = SplitMix(state: seed)
+        var generator = SeededGenerator(seed: seed)
         return Data((0..<count).map { _ in UInt8.random(in: 0...255, using: &generator) }).base64EncodedString()
     }
 
@@ -45,7 +34,7 @@ import Testing
 
     /// Feeds `text` in pieces of 1 to `maxPiece` bytes.
     static func scan(_ text: String, maxPiece: Int, seed: UInt64) throws -> Scanned {
-        var generator = SplitMix(state: seed)
+        var generator = SeededGenerator(seed: seed)
         var scanner = GeminiAnswerScanner()
         var result = Scanned()
         var current: String?
