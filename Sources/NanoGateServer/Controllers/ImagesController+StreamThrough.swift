@@ -29,6 +29,8 @@ extension ImagesController {
     /// How much of the image's base64 is read before the head goes out: enough for its header
     /// (format and pixel size) whatever the format.
     static let headBase64Bytes = 64 * 1024
+    /// The least the image is written to the client in (but its last piece).
+    static let writeBytes = 64 * 1024
 
     func streamThrough(_ job: ImageRequest, settlement: Settlement, logger: Logger) async throws -> Response {
         let gemini = ImageTranslation.geminiRequest(
@@ -88,10 +90,23 @@ extension ImagesController {
                 try await writer.write(ByteBuffer(string: #"{"created":\#(created),"data":[{"b64_json":""#))
                 try await writer.write(joinedHead)
                 // The rest of the image as it arrives, then the rest of the answer (usage).
+                // Small pieces are gathered into writes of `writeBytes`: each write is a hop to the
+                // connection's event loop, and Google's answer arrives in pieces of a few KiB.
+                var outgoing = ByteBuffer()
                 try await reader.read { event in
-                    if case .imageBytes(let chunk) = event, reader.inFirstImage { try await writer.write(chunk) }
+                    guard case .imageBytes(var chunk) = event, reader.inFirstImage else { return true }
+                    if outgoing.readableBytes == 0, chunk.readableBytes >= Self.writeBytes {
+                        try await writer.write(chunk)
+                        return true
+                    }
+                    outgoing.writeBuffer(&chunk)
+                    if outgoing.readableBytes >= Self.writeBytes {
+                        try await writer.write(outgoing)
+                        outgoing = ByteBuffer()
+                    }
                     return true
                 } stopWhen: { _ in false }
+                if outgoing.readableBytes > 0 { try await writer.write(outgoing) }
                 guard reader.firstImageEnded else { throw GatewayError.badGateway("Google's answer ended inside the image.") }
                 let outcome = try reader.finishedOutcome(settlement: settlement)
                 settlement.delivered(images: 1, usage: outcome.usage)
