@@ -85,4 +85,25 @@ import Upstream
             #expect(rows.count == 1 && rows[0].costMicroUSD == 0 && rows[0].status >= 400, "\(rows)")
         }
     }
+
+    /// A `url` answer streams into the store: the URL serves the PNG, the charge is the usual
+    /// header, and no partial file is left behind.
+    @Test func aURLAnswerStreamsIntoTheStore() async throws {
+        try await withGateway(configure: { $0.streamImages = true }) { gateway in
+            let reply = try await gateway.generate(#"{"model":"nano-banana","prompt":"a stored banana","response_format":"url"}"#)
+            #expect(reply.status == 200, "\(reply.text.prefix(300))")
+            #expect(reply.headers["X-NanoGate-Cost"].first != nil && reply.headers["Transfer-Encoding"].first != "chunked")
+            let url = try #require(reply.data.first?["url"] as? String)
+            let image = try await gateway.get(url)
+            #expect(image.status == 200 && Harness.pngSize(Array(image.body.readableBytesView)) == (1024, 1024))
+            #expect(reply.json["size"] as? String == "1024x1024" && reply.json["output_format"] as? String == "png")
+            let scratch = gateway.configuration.dataDirectory.appendingPathComponent("files")
+            let leftovers = try FileManager.default.contentsOfDirectory(atPath: scratch.path).filter { $0.hasSuffix(".part") }
+            #expect(leftovers.isEmpty, "\(leftovers)")
+            // A cut answer leaves nothing either, and is an error (nothing was sent before it).
+            let cut = try await gateway.generate(#"{"model":"nano-banana","prompt":"p [emulate:cut]","response_format":"url"}"#)
+            #expect(cut.status == 502, "\(cut.text.prefix(300))")
+            #expect(try FileManager.default.contentsOfDirectory(atPath: scratch.path).filter { $0.hasSuffix(".part") }.isEmpty)
+        }
+    }
 }

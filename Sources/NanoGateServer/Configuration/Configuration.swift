@@ -22,7 +22,7 @@ import NanoGateStorage
 /// | | `NANOGATE_CHECK_MODELS` | read each channel's model list at start-up and every `NANOGATE_MODEL_CHECK_INTERVAL` | on |
 /// | | `NANOGATE_MODEL_CHECK_INTERVAL` | seconds between two reads of a channel's model list (by any instance) | 3600 |
 /// | | `NANOGATE_CHAT_IMAGES` | how chat replies carry images: `auto`, `markdown`, `images`, `both` | `auto` |
-/// | | `NANOGATE_STREAM_IMAGES` | stream Google's answer into the client's (one-image `b64_json` generations on the Flash families; the cost becomes a trailer) | off |
+/// | | `NANOGATE_STREAM_IMAGES` | stream Google's answer into the client's or the image store (one-image generations on the Flash families; a `b64_json` answer's cost becomes a trailer) | off |
 /// | | `NANOGATE_ADMIN_TOKEN` | turns the admin API on, its bearer token | off |
 /// | | `NANOGATE_RESERVATION_LEASE` | seconds a credit reservation lives without renewal | 45 |
 /// | | `NANOGATE_PRIORITY_PRICE_PERCENT` | the priority tier's price, in percent of standard (Google lists none yet) | 200 |
@@ -76,9 +76,9 @@ public struct GatewayConfiguration: Sendable {
     public var trustForwardedHeaders = false
     /// How chat replies carry images (`ChatImageStyle`).
     public var chatImages = ChatImageStyle.auto
-    /// Google's answer streamed into the client's (`NANOGATE_STREAM_IMAGES`): for now a
-    /// `b64_json` generation of one image on the Flash families, without conversion. Off by
-    /// default until it covers every images answer (issue 24).
+    /// Google's answer streamed into the client's, or into the image store for a `url` answer
+    /// (`NANOGATE_STREAM_IMAGES`): for now a generation of one image on the Flash families,
+    /// without conversion. Off by default until it covers every images answer (issue 24).
     public var streamImages = false
     /// Whether `serve` reads each channel's model list (in the background: at start-up, every
     /// `modelCheckInterval`, and soon after a channel's project refused a model).

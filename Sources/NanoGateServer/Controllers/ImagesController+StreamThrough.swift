@@ -3,13 +3,16 @@ import HTTPTypes
 import Hummingbird
 import Logging
 import NanoGateCore
+import NanoGateStorage
 import NIOCore
+import NIOPosix
 import Upstream
 
 /// Google's answer streamed into the client's (`NANOGATE_STREAM_IMAGES`, issue 24; off by
-/// default while it covers one case): a `b64_json` generation of one image, with no
-/// conversion, on a family that makes no interim thought images. Memory holds one piece of
-/// the answer and its small skeleton (`GeminiAnswerScanner`), never the image.
+/// default while it covers one case): a generation of one image, with no conversion, on a
+/// family that makes no interim thought images. Memory holds one piece of the answer and its
+/// small skeleton (`GeminiAnswerScanner`), never the image. A `url` answer streams into the
+/// store instead (`storeThrough`).
 ///
 /// The status and head go out once the image has begun and its first 64 KiB are in (a safety
 /// block, a missing image or an upstream error before that is still a proper 4xx/5xx); the
@@ -21,7 +24,7 @@ import Upstream
 extension ImagesController {
     /// Whether `job` takes the streamed path.
     func streamsThrough(_ job: ImageRequest, request: Request) -> Bool {
-        streamImages && job.format == .b64JSON && job.count == 1 && !job.options.stream && job.options.outputFormat == nil
+        streamImages && job.count == 1 && (job.format == .b64JSON || pipeline.images.scratchDirectory != nil) && !job.options.stream && job.options.outputFormat == nil
             && job.options.outputCompression == nil && [.flash25, .flash21, .flash31].contains(job.model.family)
             && KeepAliveAnswer.requested(request, defaultInterval: keepAliveInterval) == nil && job.model.keepAliveSeconds == nil
     }
@@ -44,6 +47,7 @@ extension ImagesController {
             throw error
         }
         let reader = AnswerReader(answer: answer)
+        if job.format == .url { return try await storeThrough(job, reader: reader, settlement: settlement, logger: logger) }
         // Up to the image's first 64 KiB (or the answer's end): what the head depends on.
         var head: [ByteBuffer] = []
         do {
@@ -133,6 +137,102 @@ extension ImagesController {
             // Throwing closes the connection without the body's end: the client sees a broken answer.
             throw error
         })
+    }
+}
+
+extension ImagesController {
+    /// `url` answers streamed through: the base64 is decoded piece by piece into a file, which
+    /// the store then takes (a rename into the folder, or a multipart upload to the bucket).
+    /// Nothing is sent before the image is stored, so every failure is still a proper error,
+    /// and the charge is the usual header.
+    func storeThrough(_ job: ImageRequest, reader: AnswerReader, settlement: Settlement, logger: Logger) async throws -> Response {
+        let images = pipeline.images
+        do {
+            guard let scratch = images.scratchDirectory else { throw GatewayError.internal("No scratch directory for streamed images.") }
+            let sink = try ImageFileSink(directory: scratch)
+            defer { sink.discard() }
+            try await reader.read { event in
+                if case .imageBytes(let chunk) = event, reader.inFirstImage { try await sink.append(base64: chunk) }
+                return true
+            } stopWhen: { _ in false }
+            let outcome = try reader.finishedOutcome(settlement: settlement)
+            guard reader.firstImageEnded else { throw GatewayError.badGateway("Google's answer ended inside the image.") }
+            try await sink.finish()
+            guard let mime = ImageSniffer.mimeType(of: sink.head.prefix(16)) else { throw GatewayError.badGateway("Google's image is no image this gateway knows.") }
+            let name = try await images.images.saveFile(at: sink.path, fileExtension: ImageSniffer.fileExtension(for: mime))
+            let url = images.images.url(name: name, baseURL: job.baseURL, ttl: images.ttl, now: Date())
+            settlement.delivered(images: 1, usage: outcome.usage)
+            var usage = outcome.usage
+            usage.cost = TokenPrices.usd(settlement.chargeMicroUSD)
+            var answer = ImagesResponse(
+                created: Int(Date().timeIntervalSince1970), data: [ImageObject(url: url, revisedPrompt: outcome.text)], usage: usage, background: "opaque",
+                outputFormat: OutputFormat(mimeType: mime)?.rawValue, size: ImageConverter.dimensions(of: sink.head)?.description,
+                quality: ImageQuality.reported(for: job.spec.imageSize)
+            )
+            answer.serviceTier = settlement.servedTier.openAIName
+            await pipeline.settle(settlement, status: 200, errorCode: nil, logger: logger)
+            var response = try json(answer, sortedKeys: false)
+            response.headers[Self.upstreamModelHeader] = settlement.servedBy.id
+            response.headers[Self.costHeader] = Pricing.usdText(settlement.chargeMicroUSD)
+            return response
+        } catch {
+            let failure = error as? GatewayError ?? .internal("The image could not be stored for a URL answer; retry with response_format b64_json.")
+            if !(error is GatewayError) { logger.error("could not store a streamed image", metadata: ["error": "\(String(reflecting: error))"]) }
+            await pipeline.settle(settlement, status: failure.status, errorCode: failure.code, logger: logger)
+            throw failure
+        }
+    }
+}
+
+/// A file that base64 pieces are decoded into as they arrive (a piece may split a quartet:
+/// up to three characters wait for the next), written on the blocking pool. Keeps the first
+/// 64 KiB of the decoded image for its format and size. Used from one task at a time.
+final class ImageFileSink: @unchecked Sendable {
+    let path: URL
+    private let handle: FileHandle
+    private var carry: [UInt8] = []
+    private(set) var head: [UInt8] = []
+    private var closed = false
+
+    init(directory: URL) throws {
+        path = directory.appendingPathComponent("stream-\(UUID().uuidString).part")
+        guard FileManager.default.createFile(atPath: path.path, contents: nil, attributes: [.posixPermissions: 0o600]) else {
+            throw GatewayError.internal("A streamed image could not be written.")
+        }
+        handle = try FileHandle(forWritingTo: path)
+    }
+
+    func append(base64 chunk: ByteBuffer) async throws {
+        var text = carry
+        text.append(contentsOf: chunk.readableBytesView)
+        let whole = text.count / 4 * 4
+        carry = Array(text[whole...])
+        guard whole > 0 else { return }
+        guard let bytes = SafeBase64.decode(text[..<whole]) else { throw GatewayError.badGateway("Google's image is not valid base64.") }
+        try await write(bytes)
+    }
+
+    /// Writes what is left and closes the file.
+    func finish() async throws {
+        if !carry.isEmpty {
+            guard let bytes = SafeBase64.decode(carry) else { throw GatewayError.badGateway("Google's image is not valid base64.") }
+            carry = []
+            try await write(bytes)
+        }
+        try handle.close()
+        closed = true
+    }
+
+    /// Removes the file if it is still here (the store took it otherwise).
+    func discard() {
+        if !closed { try? handle.close() }
+        try? FileManager.default.removeItem(at: path)
+    }
+
+    private func write(_ bytes: [UInt8]) async throws {
+        if head.count < 64 * 1024 { head.append(contentsOf: bytes.prefix(64 * 1024 - head.count)) }
+        let handle = self.handle
+        try await NIOThreadPool.singleton.runIfActive { try handle.write(contentsOf: bytes) }
     }
 }
 

@@ -561,6 +561,9 @@ struct ImageURLService: Sendable {
     let images: any ImageRepository
     let ttl: Duration
     let converter: ImageConverter
+    /// Where an image streamed through is written before it is moved into the store (on the
+    /// data directory's file system, so a folder store takes it by rename).
+    var scratchDirectory: URL?
 
     /// Reads the real format and size from the bytes (Gemini labels JPEG as PNG at times) and
     /// converts when the client asked for another format or a compression. Conversion and

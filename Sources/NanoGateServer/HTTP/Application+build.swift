@@ -118,7 +118,7 @@ func makeGatewayParts(
     let managedChannels = ManagedChannels(store: dependencies.store, pool: pool, logger: logger)
     let urls = ImageURLService(
         images: dependencies.images, ttl: configuration.urlTTL,
-        converter: ImageConverter(threadPool: dependencies.conversionThreadPool)
+        converter: ImageConverter(threadPool: dependencies.conversionThreadPool), scratchDirectory: dependencies.fileStore.directory
     )
     let pipeline = RequestPipeline(
         upstream: pool, ledger: dependencies.ledger, images: urls, priceBook: PriceBook(store: dependencies.store),
