@@ -1,6 +1,6 @@
 public import Hummingbird
 import Logging
-public import NanoGateCore
+import NanoGateCore
 public import Upstream
 import CImageCodecs
 import ExtrasBase64

@@ -1,6 +1,6 @@
 public import Foundation
 import NanoGateCore
-public import Logging
+import Logging
 public import SQLKit
 import Crypto
 import NIOCore

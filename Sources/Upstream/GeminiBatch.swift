@@ -1,7 +1,7 @@
-public import Foundation
+import Foundation
 import AsyncHTTPClient
 public import Logging
-public import NanoGateCore
+import NanoGateCore
 import NIOCore
 import NIOHTTP1
 

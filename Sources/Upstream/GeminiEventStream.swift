@@ -1,5 +1,5 @@
 public import AsyncHTTPClient
-public import NanoGateCore
+import NanoGateCore
 import Foundation
 import NIOCore
 import NIOFoundationCompat

@@ -1,4 +1,4 @@
-public import Foundation
+import Foundation
 public import NanoGateCore
 
 /// Google's Gemini `generateContent` wire format (v1beta), as sent and as received.

@@ -1,4 +1,4 @@
-public import Foundation
+import Foundation
 public import NanoGateCore
 
 /// The translation between OpenAI's images API and Gemini's `generateContent`, without I/O.

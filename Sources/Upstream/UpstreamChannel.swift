@@ -1,5 +1,5 @@
-public import Logging
-public import NanoGateCore
+import Logging
+import NanoGateCore
 import AsyncHTTPClient
 import Foundation
 public import NIOCore

@@ -1,6 +1,6 @@
 import NIOHTTP1
 public import Logging
-public import NanoGateCore
+import NanoGateCore
 public import NIOCore
 public import AsyncHTTPClient
 import Foundation

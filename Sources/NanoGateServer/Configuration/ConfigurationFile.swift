@@ -1,4 +1,4 @@
-public import Foundation
+import Foundation
 public import NanoGateCore
 public import Upstream
 import Yams

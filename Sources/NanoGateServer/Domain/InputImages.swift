@@ -8,7 +8,7 @@ import NanoGateStorage
 import NIOCore
 import NIOFoundationCompat
 import NIOHTTP1
-public import NIOPosix
+import NIOPosix
 import Synchronization
 #if canImport(Glibc)
 import Glibc

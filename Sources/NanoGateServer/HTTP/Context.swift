@@ -5,7 +5,7 @@ public import NanoGateStorage
 import NanoGateCore
 import Foundation
 import Logging
-public import NIOCore
+import NIOCore
 
 /// The per-request context: Hummingbird's core storage plus the authenticated key (its
 /// `identity`, hummingbird-auth's convention).
