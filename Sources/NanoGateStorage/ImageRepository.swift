@@ -30,6 +30,15 @@ public protocol ImageRepository: Sendable {
     func ownImage(url: String, baseURLs: [String], now: Date) -> OwnImageURL
 }
 
+/// What the signature and expiry of a URL of the gateway's image route say.
+public enum SignedURLCheck: Sendable, Equatable {
+    case valid
+    /// Unsigned, or signed for another name or time: refused (403).
+    case badSignature
+    /// Signed, but its time is over (410).
+    case expired
+}
+
 /// What an image URL a client sent is to the store that may have made it.
 public enum OwnImageURL: Sendable, Equatable {
     /// Not a URL of this store: fetch it like any other.
@@ -47,19 +56,23 @@ extension ImageStore: ImageRepository {
         return "\(baseURL)\(Self.routePrefix)\(name)?expires=\(expires)&signature=\(signer.signature(name: name, expires: expires))"
     }
 
-    /// A URL under one of `baseURLs` on the image route, with the same checks the route makes
-    /// (`ImageFilesController`): signature, then expiry.
+    /// What a signed URL's query says of `name`: the one check the image route
+    /// (`ImageFilesController`) and `ownImage` both make, signature first, then expiry.
+    public func check(name: String, expires: Int?, signature: String?, now: Date) -> SignedURLCheck {
+        guard let expires, let signature, signer.isValid(name: name, expires: expires, signature: signature) else { return .badSignature }
+        return expires >= Int(now.timeIntervalSince1970) ? .valid : .expired
+    }
+
+    /// A URL under one of `baseURLs` on the image route, checked as the route checks it.
     public func ownImage(url: String, baseURLs: [String], now: Date) -> OwnImageURL {
         guard let components = URLComponents(string: url), components.path.hasPrefix(Self.routePrefix),
             baseURLs.contains(where: { url.hasPrefix($0 + Self.routePrefix) })
         else { return .notOurs }
         let name = String(components.path.dropFirst(Self.routePrefix.count))
         let items = components.queryItems ?? []
-        guard let expires = items.first(where: { $0.name == "expires" })?.value.flatMap(Int.init),
-            let signature = items.first(where: { $0.name == "signature" })?.value,
-            signer.isValid(name: name, expires: expires, signature: signature),
-            expires >= Int(now.timeIntervalSince1970), Self.isValidName(name)
-        else { return .invalid }
+        let expires = items.first(where: { $0.name == "expires" })?.value.flatMap(Int.init)
+        let signature = items.first(where: { $0.name == "signature" })?.value
+        guard Self.isValidName(name), check(name: name, expires: expires, signature: signature, now: now) == .valid else { return .invalid }
         return .valid(name)
     }
 

@@ -29,7 +29,8 @@ public struct GeminiAnswerScanner {
         case escapeInImage
         case tooDeep
         case skeletonTooLarge
-        /// A closing bracket with nothing open, or the answer ended inside a value.
+        /// A closing bracket with nothing open (an answer that ends early shows in `isComplete`,
+        /// and in a skeleton that does not decode).
         case malformed
     }
 

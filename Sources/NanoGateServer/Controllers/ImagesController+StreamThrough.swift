@@ -48,18 +48,18 @@ extension ImagesController {
         }
         let reader = AnswerReader(answer: answer)
         if job.format == .url { return try await storeThrough(job, reader: reader, settlement: settlement, logger: logger) }
-        // Up to the image's first 64 KiB (or the answer's end): what the head depends on.
-        var head: [ByteBuffer] = []
+        // Up to the image's first 64 KiB (or its end, or the answer's): what the head depends on.
+        var head = ByteBuffer()
         do {
             try await reader.read { event in
                 switch event {
                 case .imageBegin: return true
                 case .imageEnd: return false
-                case .imageBytes(let chunk):
-                    head.append(chunk)
-                    return head.reduce(0) { $0 + $1.readableBytes } < Self.headBase64Bytes
+                case .imageBytes(var chunk):
+                    head.writeBuffer(&chunk)
+                    return head.readableBytes < Self.headBase64Bytes
                 }
-            } stopWhen: { $0.imageEnded(0) }
+            }
         } catch {
             let failure = error as? GatewayError ?? .badGateway("The answer from Google broke off.")
             await pipeline.settle(settlement, status: failure.status, errorCode: failure.code, logger: logger)
@@ -77,9 +77,7 @@ extension ImagesController {
             await pipeline.settle(settlement, status: error.status, errorCode: error.code, logger: logger)
             throw error
         }
-        var joined = ByteBuffer()
-        for var chunk in head { joined.writeBuffer(&chunk) }
-        let joinedHead = joined
+        let joinedHead = head
         let headBytes = SafeBase64.decode(joinedHead.readableBytesView.prefix(joinedHead.readableBytes / 4 * 4)) ?? []
         let format = ImageSniffer.mimeType(of: headBytes.prefix(16)).flatMap(OutputFormat.init(mimeType:))
         let pixels = ImageConverter.dimensions(of: headBytes)
@@ -89,7 +87,7 @@ extension ImagesController {
             .contentType: "application/json", Self.upstreamModelHeader: settlement.servedBy.id, .init("Trailer")!: "X-NanoGate-Cost",
         ]
         return Response(status: .ok, headers: headers, body: ResponseBody { writer in
-            var failure: GatewayError?
+            let failure: GatewayError
             do {
                 try await writer.write(ByteBuffer(string: #"{"created":\#(created),"data":[{"b64_json":""#))
                 try await writer.write(joinedHead)
@@ -109,7 +107,7 @@ extension ImagesController {
                         outgoing = ByteBuffer()
                     }
                     return true
-                } stopWhen: { _ in false }
+                }
                 if outgoing.readableBytes > 0 { try await writer.write(outgoing) }
                 guard reader.firstImageEnded else { throw GatewayError.badGateway("Google's answer ended inside the image.") }
                 let outcome = try reader.finishedOutcome(settlement: settlement)
@@ -127,15 +125,15 @@ extension ImagesController {
             } catch let error as GatewayError {
                 failure = error
             } catch {
+                // A write failed: the client went away.
                 failure = .clientDisconnected
             }
-            let error = failure ?? .clientDisconnected
-            if error.code != GatewayError.clientDisconnected.code {
-                logger.error("the image broke off mid-answer; the client's answer ends broken", metadata: ["error": "\(error.message)"])
+            if failure.code != GatewayError.clientDisconnected.code {
+                logger.error("the image broke off mid-answer; the client's answer ends broken", metadata: ["error": "\(failure.message)"])
             }
-            await pipeline.settle(settlement, status: error.status, errorCode: error.code, logger: logger)
+            await pipeline.settle(settlement, status: failure.status, errorCode: failure.code, logger: logger)
             // Throwing closes the connection without the body's end: the client sees a broken answer.
-            throw error
+            throw failure
         })
     }
 }
@@ -154,7 +152,7 @@ extension ImagesController {
             try await reader.read { event in
                 if case .imageBytes(let chunk) = event, reader.inFirstImage { try await sink.append(base64: chunk) }
                 return true
-            } stopWhen: { _ in false }
+            }
             let outcome = try reader.finishedOutcome(settlement: settlement)
             guard reader.firstImageEnded else { throw GatewayError.badGateway("Google's answer ended inside the image.") }
             try await sink.finish()
@@ -267,6 +265,10 @@ struct StreamedTail: Encodable {
 
 /// Reads one streamed answer through the scanner, within its deadline and size limit, keeping
 /// where the first image stands. Used from one task at a time.
+///
+/// AsyncHTTPClient's deadline ends with the head, so the answer's own deadline is checked at
+/// every piece (a Google that trickles its answer is cut there); a Google that falls silent
+/// is cut by the client's read timeout.
 final class AnswerReader: @unchecked Sendable {
     private let answer: GeminiAnswerBody
     private var iterator: (any AsyncIteratorProtocol<ByteBuffer, any Error>)?
@@ -282,10 +284,8 @@ final class AnswerReader: @unchecked Sendable {
     /// Whether the bytes now handed out belong to the first image (later ones are dropped).
     var inFirstImage: Bool { imageBegan && !firstImageEnded && scanner.imageCount == 1 }
 
-    func imageEnded(_ index: Int) -> Bool { firstImageEnded }
-
-    /// Hands each event to `body` until it answers false, `stopWhen` holds, or the answer ends.
-    func read(_ body: (GeminiAnswerScanner.Event) async throws -> Bool, stopWhen: (AnswerReader) -> Bool) async throws {
+    /// Hands each event to `body` until it answers false or the answer ends.
+    func read(_ body: (GeminiAnswerScanner.Event) async throws -> Bool) async throws {
         while true {
             while !pending.isEmpty {
                 let event = pending.removeFirst()
@@ -294,9 +294,9 @@ final class AnswerReader: @unchecked Sendable {
                 case .imageEnd(let index): if index == 0 { firstImageEnded = true }
                 case .imageBytes: break
                 }
-                if try await !body(event) || stopWhen(self) { return }
+                if try await !body(event) { return }
             }
-            if finished || stopWhen(self) { return }
+            if finished { return }
             guard let piece = try await nextPiece() else {
                 finished = true
                 return
@@ -309,9 +309,11 @@ final class AnswerReader: @unchecked Sendable {
         }
     }
 
-    /// The next piece, within the size limit. The HTTP client's deadline for the call bounds
-    /// the time (it covers the body, not only the head).
+    /// The next piece, within the answer's deadline and size limit.
     private func nextPiece() async throws(GatewayError) -> ByteBuffer? {
+        guard ContinuousClock.now < answer.deadline else {
+            throw GatewayError(upstream: UpstreamError(.timeout, detail: "Google's answer did not finish in time"))
+        }
         if iterator == nil { iterator = answer.pieces.makeAsyncIterator() }
         let piece: ByteBuffer?
         do {
@@ -334,9 +336,8 @@ final class AnswerReader: @unchecked Sendable {
         }
         settlement.billed(ImageTranslation.usage(of: response.usageMetadata))
         settlement.served(tier: ServiceTier(echoed: response.usageMetadata?.serviceTier))
-        if let status = response.error {
-            throw GatewayError.badGateway("Google answered an error: \(status.message ?? "no message").")
-        }
+        // Google's own text is not passed on: it is untrusted and may name the credential.
+        if response.error != nil { throw GatewayError.badGateway("Google answered an error instead of an image.") }
         return try ImageTranslation.outcome(of: response)
     }
 }

@@ -119,8 +119,8 @@ struct ImagesController {
 
 /// `GET /v1/files/images/{name}?expires=…&signature=…`: the stored image, while the URL is valid.
 struct ImageFilesController {
+    /// The folder the route serves, and the secret its URLs are signed with.
     let store: ImageStore
-    let signer: URLSigner
     let fileIO = FileIO()
 
     func addRoutes(to router: Router<GatewayRequestContext>) {
@@ -130,13 +130,14 @@ struct ImageFilesController {
     @Sendable func serve(_ request: Request, context: GatewayRequestContext) async throws -> Response {
         let name = context.parameters.get("name") ?? ""
         let query = request.uri.queryParameters
-        guard let expires = query.get("expires", as: Int.self), let signature = query.get("signature"),
-            signer.isValid(name: name, expires: expires, signature: signature)
-        else {
+        let expires = query.get("expires", as: Int.self) ?? 0
+        switch store.check(name: name, expires: query.get("expires", as: Int.self), signature: query.get("signature"), now: Date()) {
+        case .badSignature:
             throw GatewayError(status: 403, type: "invalid_request_error", code: "invalid_signature", param: nil, message: "This image URL is not valid (its signature does not match).")
-        }
-        guard expires >= Int(Date().timeIntervalSince1970) else {
+        case .expired:
             throw GatewayError(status: 410, type: "invalid_request_error", code: "url_expired", param: nil, message: "This image URL has expired. Image URLs are valid for a few hours; download images promptly.")
+        case .valid:
+            break
         }
         guard let path = store.path(of: name), FileManager.default.fileExists(atPath: path) else {
             throw GatewayError(status: 404, type: "invalid_request_error", code: "not_found", param: nil, message: "This image is no longer stored.")

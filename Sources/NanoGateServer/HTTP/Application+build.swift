@@ -141,7 +141,7 @@ func makeGatewayParts(
     OpenAPIDocument.addRoutes(to: router)
     let metricsRoutes = MetricsController<GatewayRequestContext>(metrics: metrics, pool: pool, live: pipeline.live, token: configuration.metricsToken)
     if configuration.metricsOnMainPort { metricsRoutes.addRoutes(to: router) }
-    ImageFilesController(store: dependencies.imageStore, signer: dependencies.signer).addRoutes(to: router)
+    ImageFilesController(store: dependencies.imageStore).addRoutes(to: router)
 
     let api = router.group("v1").add(middleware: APIKeyAuthenticator(keys: dependencies.store))
         .add(middleware: IdempotencyMiddleware(
