@@ -91,7 +91,13 @@ struct GoogleChannel: UpstreamChannel {
         let timeout = ContinuousClock.now.duration(to: deadline)
         switch await send(model: model, action: "generateContent", request: request, body: body, credential: credential, timeout: timeout, logger: logger) {
         case .failure(let failure): return .failure(failure)
-        case .success(let response): return .success(GeminiAnswerBody(pieces: response.body, deadline: deadline, maxBytes: maxResponseBytes))
+        case .success(let response):
+            let redact = self.redact
+            return .success(
+                GeminiAnswerBody(pieces: response.body, deadline: deadline, maxBytes: maxResponseBytes) { status in
+                    GoogleErrors.classify(status: status.code ?? 500, envelope: .init(error: status), redact: redact, logger: logger)
+                }
+            )
         }
     }
 

@@ -71,12 +71,51 @@ public struct GeminiAnswerBody: Sendable {
     public let pieces: any AsyncSequence<ByteBuffer, any Error> & Sendable
     public let deadline: ContinuousClock.Instant
     public let maxBytes: Int
+    /// How a 200 whose body is Google's error counts (as the HTTP error it describes).
+    let classifyError: @Sendable (GeminiWire.ErrorEnvelope.Status) -> ChannelFailure
 
     public init(pieces: any AsyncSequence<ByteBuffer, any Error> & Sendable, deadline: ContinuousClock.Instant, maxBytes: Int) {
+        self.init(pieces: pieces, deadline: deadline, maxBytes: maxBytes) { _ in .init(error: .init(.serverError), disposition: .transient) }
+    }
+
+    init(
+        pieces: any AsyncSequence<ByteBuffer, any Error> & Sendable, deadline: ContinuousClock.Instant, maxBytes: Int,
+        classifyError: @escaping @Sendable (GeminiWire.ErrorEnvelope.Status) -> ChannelFailure
+    ) {
         self.pieces = pieces
         self.deadline = deadline
         self.maxBytes = maxBytes
+        self.classifyError = classifyError
     }
+
+    /// The answer's pieces could not be read (the connection broke, a timeout).
+    public func failure(reading error: any Error) -> AnswerReadFailure {
+        AnswerReadFailure(HTTPFailures.transport(error, provider: .google))
+    }
+
+    /// The answer is Google's error under a 200.
+    public func failure(describedBy status: GeminiWire.ErrorEnvelope.Status) -> AnswerReadFailure {
+        AnswerReadFailure(classifyError(status))
+    }
+}
+
+/// Why an answer read through `UpstreamPool.generateContentRead` failed: the error, and whether
+/// another attempt may help (a broken or unreadable answer: yes, and it counts toward the
+/// channel's breaker; a timeout Google may have billed, an answer too large: no).
+public struct AnswerReadFailure: Error, Sendable {
+    public var error: UpstreamError
+    public var retry: Bool
+
+    public init(_ error: UpstreamError, retry: Bool) {
+        self.error = error
+        self.retry = retry
+    }
+
+    init(_ failure: ChannelFailure) {
+        self.init(failure.error, retry: failure.disposition == .transient)
+    }
+
+    var channelFailure: ChannelFailure { .init(error: error, disposition: retry ? .transient : .fatal) }
 }
 
 /// What the pool does after a failed attempt.

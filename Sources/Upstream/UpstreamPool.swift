@@ -347,6 +347,23 @@ public final class UpstreamPool: Sendable {
         }
     }
 
+    /// Calls `generateContent` and hands each 200 answer, unread, to `read` within the attempt:
+    /// a fault `read` reports (the answer broke off, could not be read, was Google's error)
+    /// counts as the attempt's and is retried as `generateContent` retries it, so an answer
+    /// read piece by piece is tried exactly as often as one read whole. `read` starts afresh
+    /// on every attempt.
+    public func generateContentRead<Output: Sendable>(
+        model: String, aliases: [String] = [], imageSize: String?, request: GeminiWire.Request, trace: UpstreamTrace? = nil, logger: Logger,
+        read: @escaping @Sendable (GeminiAnswerBody) async -> Result<Output, AnswerReadFailure>
+    ) async throws(UpstreamError) -> Output {
+        try await withRetries(model: model, aliases: aliases, imageSize: imageSize, request: request, trace: trace, logger: logger) { member, upstreamID, body, credential, timeout, deadline in
+            switch await member.channel.generateBody(model: upstreamID, request: request, body: body, credential: credential, deadline: .now.advanced(by: timeout), logger: logger) {
+            case .failure(let failure): return .failure(failure)
+            case .success(let answer): return await read(answer).mapError(\.channelFailure)
+            }
+        }
+    }
+
     /// Calls `streamGenerateContent?alt=sse`. Retries happen until an upstream answers 200; the
     /// events then arrive through the returned sequence (errors after that are the caller's to
     /// report), which ends with a timeout error at the attempt's timeout.

@@ -64,6 +64,7 @@ import Upstream
             "NANOGATE_TRUST_FORWARDED": configuration.trustForwardedHeaders ? "on" : "off",
             "NANOGATE_CHECK_MODELS": configuration.checkModelsAtStart ? "on" : "off",
             "NANOGATE_CHAT_IMAGES": configuration.chatImages.rawValue,
+            "NANOGATE_STREAM_IMAGES": configuration.streamImages.rawValue,
             "NANOGATE_RESERVATION_LEASE": seconds(configuration.billing.lease),
             "NANOGATE_ADMIN_TOKEN": configuration.adminToken == nil ? "off" : "on",
             "NANOGATE_UPSTREAM_FLASH31": configuration.catalog.model(named: "nano-banana-2")?.upstreamModel ?? "",

@@ -17,7 +17,7 @@ import Upstream
 
     /// The streamed answer holds what the answer built whole holds, and charges the same.
     @Test func aStreamedAnswerIsTheWholeAnswer() async throws {
-        try await withGateway(configure: { $0.streamImages = true }) { gateway in
+        try await withGateway(configure: { $0.streamImages = .on }) { gateway in
             let streamed = try await gateway.generate(Self.body, key: gateway.geminiKey)
             #expect(streamed.status == 200, "\(streamed.text.prefix(300))")
             // `output_format` asked: the answer is built whole (the path that existed before).
@@ -39,7 +39,7 @@ import Upstream
 
     /// The charge, known only after the image, is the chunked body's trailer.
     @Test func theChargeIsATrailer() async throws {
-        try await withGateway(configure: { $0.streamImages = true }) { gateway in
+        try await withGateway(configure: { $0.streamImages = .on }) { gateway in
             let port = Int(gateway.baseURL.split(separator: ":").last!)!
             try await RawConnection.with(port: port) { connection in
                 try await connection.send(
@@ -57,7 +57,7 @@ import Upstream
 
     /// Before the image begins, a refusal is still a proper error, and costs nothing.
     @Test func aSafetyBlockIsStillAnError() async throws {
-        try await withGateway(configure: { $0.streamImages = true }) { gateway in
+        try await withGateway(configure: { $0.streamImages = .on }) { gateway in
             let reply = try await gateway.generate(#"{"model":"nano-banana","prompt":"p [emulate:image_safety]","response_format":"b64_json"}"#, key: gateway.geminiKey)
             #expect(reply.status == 400 && reply.error["code"] as? String == "content_policy_violation", "\(reply.text)")
             let rows = try await gateway.dependencies.store.usage(UsageQuery())
@@ -68,7 +68,7 @@ import Upstream
     /// An answer that breaks off mid-image ends the client's answer broken (never a 200 that
     /// parses) and is not charged.
     @Test func anAnswerCutMidImageIsBrokenAndFree() async throws {
-        try await withGateway(configure: { $0.streamImages = true; $0.upstream.maxAttempts = 1 }) { gateway in
+        try await withGateway(configure: { $0.streamImages = .on; $0.upstream.maxAttempts = 1 }) { gateway in
             var failed = false
             do {
                 let reply = try await gateway.generate(#"{"model":"nano-banana","prompt":"p [emulate:cut]","response_format":"b64_json"}"#, key: gateway.geminiKey)
@@ -86,10 +86,11 @@ import Upstream
         }
     }
 
-    /// A `url` answer streams into the store: the URL serves the PNG, the charge is the usual
-    /// header, and no partial file is left behind.
+    /// A `url` answer streams into the store (the default): the URL serves the PNG, the charge
+    /// is the usual header, and no partial file is left behind.
     @Test func aURLAnswerStreamsIntoTheStore() async throws {
-        try await withGateway(configure: { $0.streamImages = true }) { gateway in
+        try await withGateway { gateway in
+            #expect(gateway.configuration.streamImages == .url)
             let reply = try await gateway.generate(#"{"model":"nano-banana","prompt":"a stored banana","response_format":"url"}"#)
             #expect(reply.status == 200, "\(reply.text.prefix(300))")
             #expect(reply.headers["X-NanoGate-Cost"].first != nil && reply.headers["Transfer-Encoding"].first != "chunked")
@@ -105,5 +106,38 @@ import Upstream
             #expect(cut.status == 502, "\(cut.text.prefix(300))")
             #expect(try FileManager.default.contentsOfDirectory(atPath: scratch.path).filter { $0.hasSuffix(".part") }.isEmpty)
         }
+    }
+
+    /// Pro answers hold a thought image before the final one, and `n` > 1 is one call per image:
+    /// the streamed answer stores the final images only, and reads and charges exactly like
+    /// the answer built whole (`NANOGATE_STREAM_IMAGES=off`).
+    @Test func aProAnswerOfTwoImagesStoresTheFinalOnes() async throws {
+        let body = #"{"model":"nano-banana-pro","prompt":"two stored bananas","response_format":"url","n":2,"size":"2k"}"#
+        var answers: [(json: [String: Any], charge: Int, pixels: [String])] = []
+        for streaming in [ImageStreaming.url, .off] {
+            try await withGateway(configure: { $0.streamImages = streaming }) { gateway in
+                let reply = try await gateway.generate(body)
+                #expect(reply.status == 200, "\(streaming): \(reply.text.prefix(300))")
+                var pixels: [String] = []
+                for item in reply.data {
+                    let image = try await gateway.get(try #require(item["url"] as? String))
+                    let size = Harness.pngSize(Array(image.body.readableBytesView))
+                    pixels.append("\(size.0)x\(size.1)")
+                }
+                let rows = try await gateway.dependencies.store.usage(UsageQuery())
+                #expect(rows.count == 1 && rows[0].status == 200 && rows[0].images == 2, "\(rows)")
+                answers.append((reply.json, rows.first?.costMicroUSD ?? -1, pixels))
+            }
+        }
+        let (streamed, whole) = (answers[0], answers[1])
+        // The thought image (a small draft) is never what a URL serves.
+        #expect(streamed.pixels == ["2048x2048", "2048x2048"] && streamed.pixels == whole.pixels)
+        #expect(Set(streamed.json.keys) == Set(whole.json.keys))
+        #expect(streamed.json["size"] as? String == whole.json["size"] as? String && streamed.json["size"] as? String == "2048x2048")
+        #expect(streamed.charge > 0 && streamed.charge == whole.charge)
+        let usage = { (json: [String: Any]) in (json["usage"] as? [String: Any])?["output_tokens"] as? Int }
+        #expect(usage(streamed.json) != nil && usage(streamed.json) == usage(whole.json))
+        let revised = { (json: [String: Any]) in ((json["data"] as? [[String: Any]]) ?? []).map { $0["revised_prompt"] as? String ?? "" } }
+        #expect(revised(streamed.json) == revised(whole.json))
     }
 }

@@ -22,7 +22,7 @@ import NanoGateStorage
 /// | | `NANOGATE_CHECK_MODELS` | read each channel's model list at start-up and every `NANOGATE_MODEL_CHECK_INTERVAL` | on |
 /// | | `NANOGATE_MODEL_CHECK_INTERVAL` | seconds between two reads of a channel's model list (by any instance) | 3600 |
 /// | | `NANOGATE_CHAT_IMAGES` | how chat replies carry images: `auto`, `markdown`, `images`, `both` | `auto` |
-/// | | `NANOGATE_STREAM_IMAGES` | stream Google's answer into the client's or the image store (one-image generations on the Flash families; a `b64_json` answer's cost becomes a trailer) | off |
+/// | | `NANOGATE_STREAM_IMAGES` | `url`: images answers with `response_format: url` stream Google's answer into the image store; `on`: also one-image `b64_json` generations on the Flash families stream into the client's answer (their cost becomes a trailer); `off`: every answer held whole | url |
 /// | | `NANOGATE_ADMIN_TOKEN` | turns the admin API on, its bearer token | off |
 /// | | `NANOGATE_RESERVATION_LEASE` | seconds a credit reservation lives without renewal | 45 |
 /// | | `NANOGATE_PRIORITY_PRICE_PERCENT` | the priority tier's price, in percent of standard (Google lists none yet) | 200 |
@@ -76,10 +76,9 @@ public struct GatewayConfiguration: Sendable {
     public var trustForwardedHeaders = false
     /// How chat replies carry images (`ChatImageStyle`).
     public var chatImages = ChatImageStyle.auto
-    /// Google's answer streamed into the client's, or into the image store for a `url` answer
-    /// (`NANOGATE_STREAM_IMAGES`): for now a generation of one image on the Flash families,
-    /// without conversion. Off by default until it covers every images answer (issue 24).
-    public var streamImages = false
+    /// How much of Google's answer streams through instead of being held whole
+    /// (`NANOGATE_STREAM_IMAGES`, `ImageStreaming`).
+    public var streamImages = ImageStreaming.url
     /// Whether `serve` reads each channel's model list (in the background: at start-up, every
     /// `modelCheckInterval`, and soon after a channel's project refused a model).
     public var checkModelsAtStart = true
@@ -166,7 +165,7 @@ public struct GatewayConfiguration: Sendable {
         idleTimeout = settings.seconds("nanogate.idle.timeout", default: 30)
         trustForwardedHeaders = settings.flag("nanogate.trust.forwarded")
         chatImages = settings.choice("nanogate.chat.images", default: .auto)
-        streamImages = settings.flag("nanogate.stream.images")
+        streamImages = settings.choice("nanogate.stream.images", default: .url)
         checkModelsAtStart = settings.flag("nanogate.check.models", default: true)
         modelCheckInterval = settings.seconds("nanogate.model.check.interval", default: 3600, minimum: 60)
         if settings.string("nanogate.metrics.port") != nil { metricsPort = settings.number("nanogate.metrics.port", default: 9090, minimum: 0) }
@@ -269,4 +268,17 @@ public struct ConfigurationError: Error, CustomStringConvertible {
     public var problems: [String]
 
     public var description: String { "Invalid configuration: " + problems.joined(separator: "; ") + "." }
+}
+
+/// How much of Google's answer streams through the gateway instead of being held whole
+/// (`NANOGATE_STREAM_IMAGES`, issue 24).
+public enum ImageStreaming: String, Sendable, CaseIterable {
+    /// Every answer held whole, as before issue 24.
+    case off
+    /// `url` answers stream into the image store: no client can tell the difference, so this
+    /// is the default.
+    case url
+    /// Also one-image `b64_json` generations stream into the client's answer. Their charge is
+    /// known only after the image, so `X-NanoGate-Cost` becomes a trailer (and `usage.cost`).
+    case on
 }

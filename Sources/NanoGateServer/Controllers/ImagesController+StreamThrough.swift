@@ -5,14 +5,14 @@ import Logging
 import NanoGateCore
 import NanoGateStorage
 import NIOCore
-import NIOPosix
 import Upstream
 
-/// Google's answer streamed into the client's (`NANOGATE_STREAM_IMAGES`, issue 24; off by
-/// default while it covers one case): a generation of one image, with no conversion, on a
-/// family that makes no interim thought images. Memory holds one piece of the answer and its
-/// small skeleton (`GeminiAnswerScanner`), never the image. A `url` answer streams into the
-/// store instead (`storeThrough`).
+/// Google's answer streamed into the client's (`NANOGATE_STREAM_IMAGES=on`, issue 24; not the
+/// default, because the charge can then only follow the image: see below): a `b64_json`
+/// generation of one image, with no conversion, on a family that makes no interim thought
+/// images. Memory holds one piece of the answer and its small skeleton
+/// (`GeminiAnswerScanner`), never the image. `url` answers stream into the store by default
+/// (`RequestPipeline.generateStoredImages`).
 ///
 /// The status and head go out once the image has begun and its first 64 KiB are in (a safety
 /// block, a missing image or an upstream error before that is still a proper 4xx/5xx); the
@@ -24,7 +24,7 @@ import Upstream
 extension ImagesController {
     /// Whether `job` takes the streamed path.
     func streamsThrough(_ job: ImageRequest, request: Request) -> Bool {
-        streamImages && job.count == 1 && (job.format == .b64JSON || pipeline.images.scratchDirectory != nil) && !job.options.stream && job.options.outputFormat == nil
+        streamImages && job.count == 1 && job.format == .b64JSON && !job.options.stream && job.options.outputFormat == nil
             && job.options.outputCompression == nil && [.flash25, .flash21, .flash31].contains(job.model.family)
             && KeepAliveAnswer.requested(request, defaultInterval: keepAliveInterval) == nil && job.model.keepAliveSeconds == nil
     }
@@ -47,7 +47,6 @@ extension ImagesController {
             throw error
         }
         let reader = AnswerReader(answer: answer)
-        if job.format == .url { return try await storeThrough(job, reader: reader, settlement: settlement, logger: logger) }
         // Up to the image's first 64 KiB (or its end, or the answer's): what the head depends on.
         var head = ByteBuffer()
         do {
@@ -61,7 +60,7 @@ extension ImagesController {
                 }
             }
         } catch {
-            let failure = error as? GatewayError ?? .badGateway("The answer from Google broke off.")
+            let failure = GatewayError(reading: error)
             await pipeline.settle(settlement, status: failure.status, errorCode: failure.code, logger: logger)
             throw failure
         }
@@ -124,6 +123,8 @@ extension ImagesController {
                 return
             } catch let error as GatewayError {
                 failure = error
+            } catch let error as AnswerReadFailure {
+                failure = GatewayError(upstream: error.error)
             } catch {
                 // A write failed: the client went away.
                 failure = .clientDisconnected
@@ -135,102 +136,6 @@ extension ImagesController {
             // Throwing closes the connection without the body's end: the client sees a broken answer.
             throw failure
         })
-    }
-}
-
-extension ImagesController {
-    /// `url` answers streamed through: the base64 is decoded piece by piece into a file, which
-    /// the store then takes (a rename into the folder, or a multipart upload to the bucket).
-    /// Nothing is sent before the image is stored, so every failure is still a proper error,
-    /// and the charge is the usual header.
-    func storeThrough(_ job: ImageRequest, reader: AnswerReader, settlement: Settlement, logger: Logger) async throws -> Response {
-        let images = pipeline.images
-        do {
-            guard let scratch = images.scratchDirectory else { throw GatewayError.internal("No scratch directory for streamed images.") }
-            let sink = try ImageFileSink(directory: scratch)
-            defer { sink.discard() }
-            try await reader.read { event in
-                if case .imageBytes(let chunk) = event, reader.inFirstImage { try await sink.append(base64: chunk) }
-                return true
-            }
-            let outcome = try reader.finishedOutcome(settlement: settlement)
-            guard reader.firstImageEnded else { throw GatewayError.badGateway("Google's answer ended inside the image.") }
-            try await sink.finish()
-            guard let mime = ImageSniffer.mimeType(of: sink.head.prefix(16)) else { throw GatewayError.badGateway("Google's image is no image this gateway knows.") }
-            let name = try await images.images.saveFile(at: sink.path, fileExtension: ImageSniffer.fileExtension(for: mime))
-            let url = images.images.url(name: name, baseURL: job.baseURL, ttl: images.ttl, now: Date())
-            settlement.delivered(images: 1, usage: outcome.usage)
-            var usage = outcome.usage
-            usage.cost = TokenPrices.usd(settlement.chargeMicroUSD)
-            var answer = ImagesResponse(
-                created: Int(Date().timeIntervalSince1970), data: [ImageObject(url: url, revisedPrompt: outcome.text)], usage: usage, background: "opaque",
-                outputFormat: OutputFormat(mimeType: mime)?.rawValue, size: ImageConverter.dimensions(of: sink.head)?.description,
-                quality: ImageQuality.reported(for: job.spec.imageSize)
-            )
-            answer.serviceTier = settlement.servedTier.openAIName
-            await pipeline.settle(settlement, status: 200, errorCode: nil, logger: logger)
-            var response = try json(answer, sortedKeys: false)
-            response.headers[Self.upstreamModelHeader] = settlement.servedBy.id
-            response.headers[Self.costHeader] = Pricing.usdText(settlement.chargeMicroUSD)
-            return response
-        } catch {
-            let failure = error as? GatewayError ?? .internal("The image could not be stored for a URL answer; retry with response_format b64_json.")
-            if !(error is GatewayError) { logger.error("could not store a streamed image", metadata: ["error": "\(String(reflecting: error))"]) }
-            await pipeline.settle(settlement, status: failure.status, errorCode: failure.code, logger: logger)
-            throw failure
-        }
-    }
-}
-
-/// A file that base64 pieces are decoded into as they arrive (a piece may split a quartet:
-/// up to three characters wait for the next), written on the blocking pool. Keeps the first
-/// 64 KiB of the decoded image for its format and size. Used from one task at a time.
-final class ImageFileSink: @unchecked Sendable {
-    let path: URL
-    private let handle: FileHandle
-    private var carry: [UInt8] = []
-    private(set) var head: [UInt8] = []
-    private var closed = false
-
-    init(directory: URL) throws {
-        path = directory.appendingPathComponent("stream-\(UUID().uuidString).part")
-        guard FileManager.default.createFile(atPath: path.path, contents: nil, attributes: [.posixPermissions: 0o600]) else {
-            throw GatewayError.internal("A streamed image could not be written.")
-        }
-        handle = try FileHandle(forWritingTo: path)
-    }
-
-    func append(base64 chunk: ByteBuffer) async throws {
-        var text = carry
-        text.append(contentsOf: chunk.readableBytesView)
-        let whole = text.count / 4 * 4
-        carry = Array(text[whole...])
-        guard whole > 0 else { return }
-        guard let bytes = SafeBase64.decode(text[..<whole]) else { throw GatewayError.badGateway("Google's image is not valid base64.") }
-        try await write(bytes)
-    }
-
-    /// Writes what is left and closes the file.
-    func finish() async throws {
-        if !carry.isEmpty {
-            guard let bytes = SafeBase64.decode(carry) else { throw GatewayError.badGateway("Google's image is not valid base64.") }
-            carry = []
-            try await write(bytes)
-        }
-        try handle.close()
-        closed = true
-    }
-
-    /// Removes the file if it is still here (the store took it otherwise).
-    func discard() {
-        if !closed { try? handle.close() }
-        try? FileManager.default.removeItem(at: path)
-    }
-
-    private func write(_ bytes: [UInt8]) async throws {
-        if head.count < 64 * 1024 { head.append(contentsOf: bytes.prefix(64 * 1024 - head.count)) }
-        let handle = self.handle
-        try await NIOThreadPool.singleton.runIfActive { try handle.write(contentsOf: bytes) }
     }
 }
 
@@ -260,84 +165,5 @@ struct StreamedTail: Encodable {
         // `{…}` → `}],…}`: the image object and the data list close, the rest of the top object follows.
         text += "}]," + fields.dropFirst()
         return ByteBuffer(string: text)
-    }
-}
-
-/// Reads one streamed answer through the scanner, within its deadline and size limit, keeping
-/// where the first image stands. Used from one task at a time.
-///
-/// AsyncHTTPClient's deadline ends with the head, so the answer's own deadline is checked at
-/// every piece (a Google that trickles its answer is cut there); a Google that falls silent
-/// is cut by the client's read timeout.
-final class AnswerReader: @unchecked Sendable {
-    private let answer: GeminiAnswerBody
-    private var iterator: (any AsyncIteratorProtocol<ByteBuffer, any Error>)?
-    private var scanner = GeminiAnswerScanner()
-    private var pending: [GeminiAnswerScanner.Event] = []
-    private var read = 0
-    private var finished = false
-    private(set) var imageBegan = false
-    private(set) var firstImageEnded = false
-
-    init(answer: GeminiAnswerBody) { self.answer = answer }
-
-    /// Whether the bytes now handed out belong to the first image (later ones are dropped).
-    var inFirstImage: Bool { imageBegan && !firstImageEnded && scanner.imageCount == 1 }
-
-    /// Hands each event to `body` until it answers false or the answer ends.
-    func read(_ body: (GeminiAnswerScanner.Event) async throws -> Bool) async throws {
-        while true {
-            while !pending.isEmpty {
-                let event = pending.removeFirst()
-                switch event {
-                case .imageBegin(let index): if index == 0 { imageBegan = true }
-                case .imageEnd(let index): if index == 0 { firstImageEnded = true }
-                case .imageBytes: break
-                }
-                if try await !body(event) { return }
-            }
-            if finished { return }
-            guard let piece = try await nextPiece() else {
-                finished = true
-                return
-            }
-            do {
-                pending = try scanner.feed(piece)
-            } catch {
-                throw GatewayError.badGateway("Google's answer could not be read (\(error)).")
-            }
-        }
-    }
-
-    /// The next piece, within the answer's deadline and size limit.
-    private func nextPiece() async throws(GatewayError) -> ByteBuffer? {
-        guard ContinuousClock.now < answer.deadline else {
-            throw GatewayError(upstream: UpstreamError(.timeout, detail: "Google's answer did not finish in time"))
-        }
-        if iterator == nil { iterator = answer.pieces.makeAsyncIterator() }
-        let piece: ByteBuffer?
-        do {
-            piece = try await iterator!.next()
-        } catch {
-            throw GatewayError.badGateway("The answer from Google broke off.")
-        }
-        read += piece?.readableBytes ?? 0
-        guard read <= answer.maxBytes else { throw GatewayError.badGateway("Google's answer is larger than \(answer.maxBytes) bytes.") }
-        return piece
-    }
-
-    /// The whole answer's outcome once it has been read: its usage recorded as billed.
-    func finishedOutcome(settlement: Settlement) throws(GatewayError) -> ImageTranslation.Outcome {
-        let response: GeminiWire.Response
-        do {
-            response = try SplicedJSON.decode(GeminiWire.Response.self, from: scanner.skeleton)
-        } catch {
-            throw GatewayError.badGateway("Google's answer could not be read.")
-        }
-        settlement.billed(ImageTranslation.usage(of: response.usageMetadata))
-        settlement.served(tier: ServiceTier(echoed: response.usageMetadata?.serviceTier))
-        // Google's own text is not passed on: it is untrusted and may name the credential.
-        if response.error != nil { throw GatewayError.badGateway("Google answered an error instead of an image.") }
-        return try ImageTranslation.outcome(of: response)
     }
 }

@@ -18,8 +18,8 @@ struct ImagesController {
     let keepAliveInterval: Duration
     /// Background jobs (`Prefer: respond-async`); nil: answered inline only.
     var jobs: ImageJobs?
-    /// Google's answer streamed into the client's where the request allows
-    /// (`NANOGATE_STREAM_IMAGES`; `ImagesController+StreamThrough.swift`).
+    /// `b64_json` answers streamed into the client's where the request allows
+    /// (`NANOGATE_STREAM_IMAGES=on`; `ImagesController+StreamThrough.swift`).
     var streamImages = false
 
     /// Turns a request's fields into the one `ImageRequest` every path runs.

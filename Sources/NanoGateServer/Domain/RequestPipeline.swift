@@ -379,6 +379,22 @@ struct RequestPipeline: Sendable {
         }
     }
 
+    /// One `generateContent` call whose answer `read` reads within the attempt (a fault it
+    /// reports is retried like a whole answer's); the caller records the usage and tier.
+    func answerRead<Output: Sendable>(
+        _ request: GeminiWire.Request, size: ImageSize?, settlement: Settlement, logger: Logger,
+        read: @escaping @Sendable (GeminiAnswerBody) async -> Result<Output, AnswerReadFailure>
+    ) async throws(GatewayError) -> Output {
+        let aliases = [settlement.model.name]
+        return try await onTier(request, settlement: settlement, logger: logger) { request throws(GatewayError) in
+            try await withFallback(request, settlement: settlement, logger: logger) { (model, request) throws(UpstreamError) in
+                try await upstream.generateContentRead(
+                    model: model, aliases: aliases, imageSize: size?.rawValue, request: request, trace: settlement.trace, logger: logger, read: read
+                )
+            }
+        }
+    }
+
     /// Runs `call` with the request on the settlement's tier; a flex request Google sheds (429
     /// or 503: flex is "sheddable") runs again on standard, when the key may use standard.
     private func onTier<Value>(
@@ -505,7 +521,8 @@ struct RequestPipeline: Sendable {
     func generateImages(
         _ job: ImageRequest, settlement: Settlement, given: [Result<GeminiWire.Response, GatewayError>]? = nil, logger: Logger
     ) async throws(GatewayError) -> ImagesResponse {
-        try await settling(settlement, logger: logger) { () throws(GatewayError) -> ImagesResponse in
+        if given == nil, storesThrough(job) { return try await generateStoredImages(job, settlement: settlement, logger: logger) }
+        return try await settling(settlement, logger: logger) { () throws(GatewayError) -> ImagesResponse in
             let outcomes = try await produceImages(job, settlement: settlement, given: given, logger: logger)
             var data: [ImageObject] = []
             var delivered = ImageUsage.zero
@@ -562,7 +579,8 @@ struct ImageURLService: Sendable {
     let ttl: Duration
     let converter: ImageConverter
     /// Where an image streamed through is written before it is moved into the store (on the
-    /// data directory's file system, so a folder store takes it by rename).
+    /// data directory's file system, so a folder store takes it by rename); nil when images
+    /// are held whole (`NANOGATE_STREAM_IMAGES=off`).
     var scratchDirectory: URL?
 
     /// Reads the real format and size from the bytes (Gemini labels JPEG as PNG at times) and

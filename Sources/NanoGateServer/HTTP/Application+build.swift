@@ -118,7 +118,7 @@ func makeGatewayParts(
     let managedChannels = ManagedChannels(store: dependencies.store, pool: pool, logger: logger)
     let urls = ImageURLService(
         images: dependencies.images, ttl: configuration.urlTTL,
-        converter: ImageConverter(threadPool: dependencies.conversionThreadPool), scratchDirectory: dependencies.fileStore.directory
+        converter: ImageConverter(threadPool: dependencies.conversionThreadPool), scratchDirectory: configuration.streamImages == .off ? nil : dependencies.fileStore.directory
     )
     let pipeline = RequestPipeline(
         upstream: pool, ledger: dependencies.ledger, images: urls, priceBook: PriceBook(store: dependencies.store),
@@ -153,7 +153,7 @@ func makeGatewayParts(
         catalog: configuration.catalog, pipeline: pipeline, publicURL: publicURL,
         maxJSONBodyBytes: configuration.maxJSONBodyBytes, inputs: inputs, keepAliveInterval: configuration.keepAliveInterval
     )
-    images.streamImages = configuration.streamImages
+    images.streamImages = configuration.streamImages == .on
     let webhookPolicy = WebhookPolicy(limits: configuration.inputs)
     images.jobs = ImageJobs(
         store: dependencies.store, resultTTL: configuration.urlTTL, webhookPolicy: webhookPolicy, pipeline: pipeline, images: dependencies.images,
