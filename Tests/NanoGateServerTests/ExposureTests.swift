@@ -7,6 +7,7 @@ import NanoGateCore
 import NIOCore
 import NIOFoundationCompat
 import NIOHTTP1
+import NIOPosix
 import SQLKit
 import Synchronization
 import Testing
@@ -182,35 +183,70 @@ import Upstream
     // MARK: 11. Lingering after an error
 
     /// A 401 to an upload that trickles in (a byte at a time, never idle long enough for the idle
-    /// timeout) no longer holds the connection: it closes `errorLinger` after the answer.
+    /// timeout) no longer holds the connection: it closes `errorLinger` after the answer. The
+    /// same holds on the admin and metrics ports when they listen apart (each its own server).
     @Test func aTrickledBodyAfterA401IsNotDrainedForever() async throws {
-        try await withGateway(configure: { $0.errorLinger = .seconds(2) }) { gateway in
-            let port = Int(gateway.baseURL.split(separator: ":").last!)!
-            try await RawConnection.with(port: port) { connection in
-                try await connection.send("POST /v1/images/generations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 16777216\r\n\r\n{")
-                let closed = try await withThrowingTaskGroup(of: String?.self) { group in
-                    group.addTask {
-                        // One byte every 300 ms, until the server closes (a write then fails) or 60 s.
-                        for _ in 0..<200 {
-                            do {
-                                try await Task.sleep(for: .milliseconds(300))
-                                try await connection.send(" ")
-                            } catch {
-                                return nil
-                            }
-                        }
-                        return nil
-                    }
-                    // Closed or reset: the server closes with the client's bytes still unread, so
-                    // the kernel may answer with a reset (and drop the 401 it wrote last).
-                    let answer = try await connection.readUntilEnded(limit: .seconds(20))
-                    group.cancelAll()
-                    return answer
-                }
-                let answer = try #require(closed, "the server closed the connection")
-                #expect(answer.isEmpty || answer.hasPrefix("HTTP/1.1 401"), "\(answer.prefix(200))")
+        let (adminPort, metricsPort) = (try await Self.freeLoopbackPort(), try await Self.freeLoopbackPort())
+        try await withGateway(configure: {
+            $0.errorLinger = .seconds(2)
+            $0.adminToken = Self.adminToken
+            $0.adminPort = adminPort
+            $0.metricsPort = metricsPort
+            $0.metricsToken = "metrics-token-for-the-linger-test"
+        }) { gateway in
+            let mainPort = Int(gateway.baseURL.split(separator: ":").last!)!
+            for (port, request) in [(mainPort, "POST /v1/images/generations"), (adminPort, "POST /admin/v1/keys"), (metricsPort, "GET /metrics")] {
+                try await Self.expectTrickleCut(port: port, head: "\(request) HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 16777216\r\n\r\n{")
             }
         }
+    }
+
+    /// Sends `head`, then a byte every 300 ms: the server must end the connection (within 20 s,
+    /// for a 2 s linger), having answered 401 or reset it.
+    static func expectTrickleCut(port: Int, head: String) async throws {
+        // A listener of its own may still be starting.
+        let deadline = ContinuousClock.now.advanced(by: .seconds(30))
+        while true {
+            do {
+                try await RawConnection.with(port: port) { _ in }
+                break
+            } catch {
+                guard ContinuousClock.now < deadline else { throw error }
+                try await Task.sleep(for: .milliseconds(100))
+            }
+        }
+        try await RawConnection.with(port: port) { connection in
+            try await connection.send(head)
+            let closed = try await withThrowingTaskGroup(of: String?.self) { group in
+                group.addTask {
+                    // One byte every 300 ms, until the server closes (a write then fails) or 60 s.
+                    for _ in 0..<200 {
+                        do {
+                            try await Task.sleep(for: .milliseconds(300))
+                            try await connection.send(" ")
+                        } catch {
+                            return nil
+                        }
+                    }
+                    return nil
+                }
+                // Closed or reset: the server closes with the client's bytes still unread, so
+                // the kernel may answer with a reset (and drop the 401 it wrote last).
+                let answer = try await connection.readUntilEnded(limit: .seconds(20))
+                group.cancelAll()
+                return answer
+            }
+            let answer = try #require(closed, "port \(port): the server closed the connection")
+            #expect(answer.isEmpty || answer.hasPrefix("HTTP/1.1 401"), "port \(port): \(answer.prefix(200))")
+        }
+    }
+
+    /// A port nothing listens on now (the kernel's pick for a socket bound and closed at once).
+    static func freeLoopbackPort() async throws -> Int {
+        let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton).bind(host: "127.0.0.1", port: 0).get()
+        let port = channel.localAddress?.port ?? 0
+        try await channel.close()
+        return port
     }
 
     /// An error answer to a request whose body did arrive keeps the connection for the next request.

@@ -411,6 +411,15 @@ class Gateway:
         finally:
             connection.close()
 
+    def key_view(self) -> dict[str, Any]:
+        """The key's money as ``nanogate keys show`` reports it (spent, reserved)."""
+        shown = subprocess.run(
+            [str(self.binary), "keys", "show", "t", "--json", "--data-dir", str(self.data_dir)],
+            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60,
+        )
+        assert shown.returncode == 0, f"keys show failed: {shown.stdout}\n{shown.stderr}"
+        return json.loads(shown.stdout)
+
     def wait_for_usage(self, endpoint: str, count: int = 1, timeout: float = USAGE_WAIT) -> list[dict[str, Any]]:
         """The usage_log rows of ``endpoint`` once there are ``count`` of them (the row is written
         when the request settles, a moment after the client saw the end)."""
@@ -759,6 +768,8 @@ def test_midstream_error_after_usage_is_not_charged(upstream, gateway):
     row = gateway.wait_for_usage("chat.completions")[-1]
     assert row["status"] != 200 and row["cost_micro_usd"] == 0, f"a failed stream was billed: {row}"
     assert row["input_tokens"] == 9, "what Google billed is still logged"
+    view = gateway.key_view()
+    assert view["spent_usd"] == 0 and view["reserved_usd"] == 0, f"the key paid for a failed stream: {view}"
 
 
 def test_a_decompression_bomb_from_upstream_is_not_converted(upstream, gateway):

@@ -170,6 +170,8 @@ def test_a_native_text_stream_is_charged_like_generate_content(private_gateway):
     assert whole_row["cost_usd"] > 0
     assert stream_row["status"] == 200 and stream_row["cost_usd"] > 0, f"a streamed text answer was free: {stream_row}"
     assert abs(stream_row["cost_usd"] - stream_row["upstream_cost_usd"]) < 1e-9, "charged what Google billed for it"
+    view = key_view(gateway, name)
+    assert view["reserved_usd"] == 0 and abs(view["spent_usd"] - stream_row["cost_usd"] - whole_row["cost_usd"]) < 1e-9, view
 
 
 # --- findings 3 and 4: batches ------------------------------------------------------------
@@ -210,7 +212,10 @@ def test_batch_lines_ignore_the_keys_per_minute_limit(private_gateway):
     uploaded = client.files.create(file=("four.jsonl", jsonl([line(index, response_format="b64_json") for index in range(4)])), purpose="batch")
     batch = wait_for_batch(client, client.batches.create(input_file_id=uploaded.id, endpoint="/v1/images/generations", completion_window="24h").id)
     assert batch.status == "completed" and batch.request_counts.completed == 4 and batch.request_counts.failed == 0, batch
-    assert len([row for row in usage(gateway, name) if row["cost_usd"] > 0]) == 4
+    charged = [row for row in usage(gateway, name) if row["cost_usd"] > 0]
+    assert len(charged) == 4
+    view = key_view(gateway, name)
+    assert view["reserved_usd"] == 0 and abs(view["spent_usd"] - sum(row["cost_usd"] for row in charged)) < 1e-9, view
 
 
 def test_cancelling_a_batch_google_finished_delivers_and_charges_it(private_gateway):
@@ -263,6 +268,42 @@ def test_a_batch_beyond_the_keys_credit_fetches_nothing(private_gateway, image_h
     assert refused.value.body["code"] == "too_many_images"
     assert image_host.gets == [], f"{len(image_host.gets)} images fetched for batches the key could not pay for"
     assert key_view(gateway, name)["reserved_usd"] == 0
+
+
+def test_edits_and_chat_fetch_nothing_before_the_key_is_admitted(private_gateway, image_host):
+    """A JSON edit and a chat turn name image URLs: a key whose credit cannot cover the request
+    gets 429 ``insufficient_quota`` and a key over its per-minute limit gets 429, both before
+    any URL is fetched (the credit check used to come after the downloads), and neither is
+    charged or left holding credit."""
+    gateway = private_gateway(env=FETCH)
+    root = root_of(gateway)
+    poor_name = f"poor-sync-{time.time_ns()}"
+    poor = funded_key(gateway, poor_name, credit="0.000001")
+    edit = {"model": "nano-banana", "prompt": "p", "images": [{"image_url": image_host.url(f"edit-{k}.png")} for k in range(3)], "response_format": "b64_json"}
+    chat = {"model": "nano-banana", "messages": [{"role": "user", "content": [{"type": "text", "text": "p"}, {"type": "image_url", "image_url": {"url": image_host.url("chat.png")}}]}]}
+    for path, body in (("/v1/images/edits", edit), ("/v1/chat/completions", chat)):
+        refused = call("POST", f"{root}{path}", poor, body)
+        assert refused.status == 429 and refused.json()["error"]["code"] == "insufficient_quota", refused.body[:300]
+    assert image_host.gets == [], f"fetched before the credit check: {image_host.gets}"
+    view = key_view(gateway, poor_name)
+    assert view["reserved_usd"] == 0 and view["spent_usd"] == 0, view
+
+    limited_name = f"rpm-sync-{time.time_ns()}"
+    limited = funded_key(gateway, limited_name)
+    ok(cli_in(gateway, "keys", "update", limited_name, "--rpm", "1"))
+    first = call("POST", f"{root}/v1/images/edits", limited, edit)
+    assert first.status == 200, first.body[:300]
+    fetched = len(image_host.gets)
+    assert fetched == 3
+    for path, body in (("/v1/images/edits", edit), ("/v1/chat/completions", chat)):
+        refused = call("POST", f"{root}{path}", limited, body)
+        assert refused.status == 429 and refused.json()["error"]["code"] != "insufficient_quota", refused.body[:300]
+    job = call("POST", f"{root}/v1/images/edits", limited, edit, ASYNC)
+    assert job.status == 429, job.body[:300]
+    assert len(image_host.gets) == fetched, f"fetched past the per-minute limit: {image_host.gets[fetched:]}"
+    charged = [row for row in usage(gateway, limited_name) if row["cost_usd"] > 0]
+    view = key_view(gateway, limited_name)
+    assert len(charged) == 1 and view["reserved_usd"] == 0 and abs(view["spent_usd"] - charged[0]["cost_usd"]) < 1e-9, (charged, view)
 
 
 # --- finding 5: jobs ----------------------------------------------------------------------

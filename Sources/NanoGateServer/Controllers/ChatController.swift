@@ -100,15 +100,22 @@ struct ChatController {
         let baseURL = publicURL.base(of: request)
         // The tier is checked before any image of the conversation is read.
         let tier = try pipeline.tier(try ServiceTier.requested(input.serviceTier), key: key)
-        let job = try await prepare(input, key: key, baseURL: baseURL)
+        // The account is opened (limits checked, worst case reserved) once the conversation is
+        // validated and before any of its image URLs is fetched.
+        var opened: Settlement?
+        let job: ChatJob
+        do {
+            job = try await prepare(input, key: key, baseURL: baseURL) { (model, spec, prompt, images) throws(GatewayError) in
+                let estimate = pipeline.estimate(key: key, model: model, spec: spec, count: 1, prompt: prompt, inputImages: images, tier: tier)
+                let info = RequestInfo(requestID: context.requestID, started: context.started, observation: context.observation, requestedSize: spec.label)
+                opened = try await pipeline.open(key: key, endpoint: .chatCompletions, model: model, info: info, estimateMicroUSD: estimate, tier: tier, logger: context.logger)
+            }
+        } catch {
+            if let opened { await pipeline.settle(opened, status: error.status, errorCode: error.code, logger: context.logger) }
+            throw error
+        }
+        guard let settlement = opened else { throw GatewayError.internal("The request was not admitted.") }
         context.logger.info("chat completion", metadata: ["model": "\(job.model.name)", "stream": "\(input.stream == true)", "turns": "\(job.gemini.contents.count)"])
-        let texts = job.gemini.contents.flatMap { $0.parts ?? [] }.compactMap(\.text).joined(separator: "\n")
-        let inputImages = job.gemini.contents.flatMap { $0.parts ?? [] }.filter { $0.inlineData != nil }.count
-        let estimate = pipeline.estimate(key: key, model: job.model, spec: job.spec, count: 1, prompt: texts, inputImages: inputImages, tier: tier)
-        let info = RequestInfo(requestID: context.requestID, started: context.started, observation: context.observation, requestedSize: job.spec.label)
-        let settlement = try await pipeline.open(
-            key: key, endpoint: .chatCompletions, model: job.model, info: info, estimateMicroUSD: estimate, tier: tier, logger: context.logger
-        )
         var response: Response
         if input.stream == true {
             response = try await streamed(job, settlement: settlement, logger: context.logger)
@@ -136,7 +143,13 @@ struct ChatController {
 
     // MARK: Request
 
-    func prepare(_ input: ChatCompletionRequest, key: APIKey, baseURL: String) async throws(GatewayError) -> ChatJob {
+    /// The validated request, Gemini's contents built. `admit` is called once everything was
+    /// validated and before any image URL is fetched, with the model, the size, the prompt text
+    /// and the number of images the conversation names.
+    func prepare(
+        _ input: ChatCompletionRequest, key: APIKey, baseURL: String,
+        admit: (CatalogModel, ImageSpec, String, Int) async throws(GatewayError) -> Void
+    ) async throws(GatewayError) -> ChatJob {
         guard let name = input.model, !name.isEmpty else {
             throw .invalidParameter("model", "Missing required parameter: 'model'.", code: "missing_required_parameter")
         }
@@ -163,7 +176,9 @@ struct ChatController {
         let effort = try ReasoningEffort.parse(input.reasoningEffort)
         if effort != nil, model.family.thinkingLevels.isEmpty { throw ReasoningEffort.unsupported(model: model.name) }
 
-        let (contents, dropped) = try await geminiContents(input.messages, model: model, keyID: key.id, baseURL: baseURL)
+        let (contents, dropped) = try await geminiContents(input.messages, model: model, keyID: key.id, baseURL: baseURL) { (prompt, images) throws(GatewayError) in
+            try await admit(model, spec, prompt, images)
+        }
         var request = ImageTranslation.geminiRequest(prompt: "", spec: spec, family: model.family, reasoningEffort: effort)
         request.contents = contents
         let shape = chatImages.resolved(modalities: input.modalities)
@@ -182,7 +197,9 @@ struct ChatController {
     /// An assistant-turn image the gateway cannot read (Open WebUI rewrites earlier images into
     /// its own relative `/api/v1/files/…` URLs) is left out rather than failing the turn; the
     /// count comes back as the second value. A user-turn image that cannot be read is a 400.
-    func geminiContents(_ messages: [ChatMessage], model: CatalogModel, keyID: String, baseURL: String) async throws(GatewayError) -> ([GeminiWire.Content], dropped: Int) {
+    func geminiContents(
+        _ messages: [ChatMessage], model: CatalogModel, keyID: String, baseURL: String, admit: (String, Int) async throws(GatewayError) -> Void
+    ) async throws(GatewayError) -> ([GeminiWire.Content], dropped: Int) {
         let family = model.family
         var system: [String] = []
         var pending: [(role: String, text: String, urls: [(url: String, param: String)])] = []
@@ -220,7 +237,12 @@ struct ChatController {
         guard imageCount <= model.maxInputImages else {
             throw .invalidParameter("messages", "'\(model.name)' takes at most \(model.maxInputImages) images per request (earlier turns included); \(imageCount) were sent.", code: "too_many_images")
         }
-        try PromptLimit.check((system + pending.map(\.text)).joined(separator: "\n"), param: "messages")
+        let prompt = (system + pending.map(\.text)).joined(separator: "\n")
+        try PromptLimit.check(prompt, param: "messages")
+        guard pending.contains(where: { $0.role == "user" }) else {
+            throw .invalidParameter("messages", "The conversation needs at least one user message.")
+        }
+        try await admit(prompt, imageCount)
 
         var turns: [(role: String, text: String, images: [GeminiWire.InlineData])] = []
         var dropped = 0

@@ -53,6 +53,14 @@ struct ImageJobs: Sendable {
         if let balance = key.balanceMicroUSD, balance <= 0 {
             throw GatewayError.insufficientQuota(balanceMicroUSD: balance, neededMicroUSD: 1)
         }
+        // Queue room and the per-minute limit too, before an edit's image URLs are fetched.
+        guard try await store.pendingJobs(keyID: key.id) < maxPendingPerKey else {
+            throw GatewayError(
+                status: 429, type: "rate_limit_error", code: "job_queue_full", param: nil,
+                message: "This key has \(maxPendingPerKey) image jobs queued or running; wait for one to finish.", retryAfterSeconds: 5
+            )
+        }
+        try await pipeline.limiter.admitRate(key, logger: context.logger)
         var replay = request
         replay.body = RequestBody(buffer: body)
         let job = try await prepare(replay)
@@ -64,13 +72,6 @@ struct ImageJobs: Sendable {
             let estimate = pipeline.estimate(key: key, model: job.model, spec: job.spec, count: job.count, prompt: job.prompt, inputImages: job.inputImages.count, tier: tier)
             guard balance >= estimate else { throw GatewayError.insufficientQuota(balanceMicroUSD: balance, neededMicroUSD: estimate) }
         }
-        guard try await store.pendingJobs(keyID: key.id) < maxPendingPerKey else {
-            throw GatewayError(
-                status: 429, type: "rate_limit_error", code: "job_queue_full", param: nil,
-                message: "This key has \(maxPendingPerKey) image jobs queued or running; wait for one to finish.", retryAfterSeconds: 5
-            )
-        }
-        try await pipeline.limiter.admitRate(key, logger: context.logger)
         let fields = (request.headers[.contentType] ?? "").lowercased().hasPrefix("application/json") ? try? JSONDecoder().decode(AsyncFields.self, from: body) : nil
         var secret: String?
         if let webhook = fields?.webhook_url, !webhook.isEmpty {

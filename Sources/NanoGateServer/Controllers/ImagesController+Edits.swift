@@ -5,6 +5,7 @@ import NanoGateCore
 import NanoGateStorage
 import NIOCore
 import NIOFoundationCompat
+import Upstream
 
 extension ImagesController {
     /// `POST /v1/images/edits`: `multipart/form-data` as the SDKs send it (`image`, repeated
@@ -21,9 +22,37 @@ extension ImagesController {
                 try await editJob(replay, key: key, baseURL: baseURL)
             }
         }
-        let job = try await editJob(request, key: key, baseURL: publicURL.base(of: request))
+        let baseURL = publicURL.base(of: request)
+        if !Self.isMultipart(request) {
+            // Image URLs are fetched only once the key's limits and credit admitted the request.
+            var (job, urls) = try await editJobUnfetched(request, key: key, baseURL: baseURL)
+            context.logger.info("image edit", metadata: ["model": "\(job.model.name)", "images": "\(urls.count)", "format": "\(job.format.rawValue)"])
+            let settlement = try await open(job, inputImages: urls.count, context: context)
+            do {
+                job.inputImages = try await fetch(urls, baseURL: baseURL)
+            } catch {
+                await pipeline.settle(settlement, status: error.status, errorCode: error.code, logger: context.logger)
+                throw error
+            }
+            return try await answer(job, settlement: settlement, request: request, context: context)
+        }
+        let job = try await editJob(request, key: key, baseURL: baseURL)
         context.logger.info("image edit", metadata: ["model": "\(job.model.name)", "images": "\(job.inputImages.count)", "format": "\(job.format.rawValue)"])
         return try await answer(job, request: request, context: context)
+    }
+
+    static func isMultipart(_ request: Request) -> Bool {
+        (request.headers[.contentType] ?? "").lowercased().hasPrefix("multipart/form-data")
+    }
+
+    /// A JSON edit's image URLs read (data URLs decoded, the gateway's own URLs read from the
+    /// store, others fetched under the fetch policy).
+    func fetch(_ urls: [String], baseURL: String) async throws(GatewayError) -> [GeminiWire.InlineData] {
+        var images: [GeminiWire.InlineData] = []
+        for (index, url) in urls.enumerated() {
+            images.append(try await inputs.load(url: url, param: "images[\(index)].image_url", baseURLs: [baseURL]))
+        }
+        return images
     }
 
     /// An edit request read, validated and its images loaded (also when a background job replays it).
@@ -31,7 +60,7 @@ extension ImagesController {
         let contentType = request.headers[.contentType] ?? ""
         // Validate (model, prompt, sizes, image count) before any image is read or fetched.
         var job: ImageRequest
-        if contentType.lowercased().hasPrefix("multipart/form-data") {
+        if Self.isMultipart(request) {
             guard let boundary = Self.boundary(of: contentType) else {
                 throw GatewayError.invalidBody("The multipart body has no boundary in its Content-Type.")
             }
@@ -45,9 +74,7 @@ extension ImagesController {
         } else {
             let urls: [String]
             (job, urls) = try await editJobUnfetched(request, key: key, baseURL: baseURL)
-            for (index, url) in urls.enumerated() {
-                job.inputImages.append(try await inputs.load(url: url, param: "images[\(index)].image_url", baseURLs: [baseURL]))
-            }
+            job.inputImages = try await fetch(urls, baseURL: baseURL)
         }
 
         return job

@@ -62,11 +62,22 @@ struct ImagesController {
     /// `X-NanoGate-Upstream-Model` header names the Google model that answered (the fallback
     /// when the catalog's id is retired).
     func answer(_ job: ImageRequest, request: Request, context: GatewayRequestContext) async throws -> Response {
-        let logger = context.logger
+        let settlement = try await open(job, inputImages: job.inputImages.count, context: context)
+        return try await answer(job, settlement: settlement, request: request, context: context)
+    }
+
+    /// The request's account: its limits checked and its worst case reserved, before any input
+    /// image is fetched or Google called (`inputImages`: how many it names, fetched or not).
+    func open(_ job: ImageRequest, inputImages: Int, context: GatewayRequestContext) async throws(GatewayError) -> Settlement {
         let tier = try pipeline.tier(job.options.serviceTier, key: job.key)
-        let estimate = pipeline.estimate(key: job.key, model: job.model, spec: job.spec, count: job.count, prompt: job.prompt, inputImages: job.inputImages.count, tier: tier)
+        let estimate = pipeline.estimate(key: job.key, model: job.model, spec: job.spec, count: job.count, prompt: job.prompt, inputImages: inputImages, tier: tier)
         let info = RequestInfo(requestID: context.requestID, started: context.started, observation: context.observation, requestedSize: job.spec.label)
-        let settlement = try await pipeline.open(key: job.key, endpoint: job.endpoint, model: job.model, info: info, estimateMicroUSD: estimate, tier: tier, logger: logger)
+        return try await pipeline.open(key: job.key, endpoint: job.endpoint, model: job.model, info: info, estimateMicroUSD: estimate, tier: tier, logger: context.logger)
+    }
+
+    /// Runs a validated job on its open account.
+    func answer(_ job: ImageRequest, settlement: Settlement, request: Request, context: GatewayRequestContext) async throws -> Response {
+        let logger = context.logger
         if job.options.stream {
             return streamed(job, settlement: settlement, logger: logger)
         }

@@ -1,5 +1,6 @@
 public import AsyncHTTPClient
 import Foundation
+import HummingbirdCore
 public import Hummingbird
 public import Logging
 public import NIOCore
@@ -107,6 +108,13 @@ struct GatewayParts {
     let managedChannels: ManagedChannels
     let jobRunner: JobRunner
     let batchPoller: BatchPoller
+}
+
+/// HTTP/1.1 with the gateway's connection rules, for every listener (the API, and the metrics
+/// and admin ports when they are apart): the idle timeout and `ConnectionGuard`'s bounded
+/// lingering after an error answer (each connection gets a guard of its own).
+func guardedHTTP1(_ configuration: GatewayConfiguration) -> HTTPServerBuilder {
+    .http1(configuration: .init(additionalChannelHandlers: [ConnectionGuard(lingerTime: .init(configuration.errorLinger))], idleTimeout: .init(configuration.idleTimeout)))
 }
 
 /// Builds the router and the objects behind it.
@@ -225,7 +233,7 @@ public func buildApplication(
         // The idle timeout closes connections that send nothing: idle keep-alive ones, request
         // heads or bodies that stall (slowloris). It never cuts a request whose handler is
         // still working (waiting on Google): Hummingbird suspends it between head and response.
-        server: .http1(configuration: .init(additionalChannelHandlers: [ConnectionGuard(lingerTime: .init(configuration.errorLinger))], idleTimeout: .init(configuration.idleTimeout))),
+        server: guardedHTTP1(configuration),
         configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "NanoGate"),
         onServerRunning: onServerRunning,
         logger: logger
@@ -250,12 +258,19 @@ public func buildApplication(
         // Metrics on their own port (a scraper on an internal network, the API on a public one).
         let metricsRouter = Router()
         MetricsController<BasicRequestContext>(metrics: metrics, pool: pool, live: pipeline.live, token: configuration.metricsToken).addRoutes(to: metricsRouter)
-        app.addServices(Application(router: metricsRouter, configuration: .init(address: .hostname(configuration.host, port: port), serverName: "NanoGate-metrics"), logger: logger))
+        app.addServices(
+            Application(
+                router: metricsRouter, server: guardedHTTP1(configuration),
+                configuration: .init(address: .hostname(configuration.host, port: port), serverName: "NanoGate-metrics"), logger: logger
+            )
+        )
     }
     if let adminRouter = parts.adminRouter, let port = configuration.adminPort {
         // The admin API on its own address (an internal network, or loopback behind a tunnel).
         let host = configuration.adminHost ?? configuration.host
-        app.addServices(Application(router: adminRouter, configuration: .init(address: .hostname(host, port: port), serverName: "NanoGate-admin"), logger: logger))
+        app.addServices(
+            Application(router: adminRouter, server: guardedHTTP1(configuration), configuration: .init(address: .hostname(host, port: port), serverName: "NanoGate-admin"), logger: logger)
+        )
     }
     app.addServices(LeaseKeeper(ledger: dependencies.ledger, live: pipeline.live, lease: configuration.billing.lease, logger: logger))
     app.addServices(
