@@ -151,6 +151,7 @@ public final class EmulatorRecorder: Sendable {
 /// | `jpeg` | the image is a real JPEG at the table's size, labelled `image/png` (as Gemini sometimes does) |
 /// | `garbage` | 200 with a body that is not JSON |
 /// | `cut` | 200 whose body stops half way through (the connection closes mid-image) |
+/// | `batch_early` | in a batch: this request was answered before the batch was cancelled (a cancelled batch answers these only) |
 struct Directives {
     var values: [String: String] = [:]
 
@@ -697,48 +698,61 @@ public struct GeminiEmulator: Sendable {
             return Self.error(403, "PERMISSION_DENIED", "The caller does not have permission.")
         }
         if batch.cancelled {
-            var head = operation(name: name, model: batch.model, displayName: batch.displayName, state: "BATCH_STATE_CANCELLED", count: batch.items.count)
-            head["done"] = true
-            return Self.json(head)
+            // Requests whose prompt says `[emulate:batch_early]` were answered before the cancel;
+            // the rest never ran.
+            let early = batch.items.filter { $0.body.firstRange(of: Array("[emulate:batch_early]".utf8)) != nil }
+            if early.isEmpty {
+                var head = operation(name: name, model: batch.model, displayName: batch.displayName, state: "BATCH_STATE_CANCELLED", count: batch.items.count)
+                head["done"] = true
+                return Self.json(head)
+            }
+            let bytes = try await output(name: name, batch: batch, items: early, state: "BATCH_STATE_CANCELLED")
+            return Response(status: .ok, headers: [.contentType: "application/json; charset=UTF-8"], body: .init(byteBuffer: ByteBuffer(bytes: bytes)))
         }
         guard batch.created.duration(to: .now) >= configuration.batchDelay else {
             return Self.json(operation(name: name, model: batch.model, displayName: batch.displayName, state: "BATCH_STATE_RUNNING", count: batch.items.count))
         }
         var output = batch.output
         if output == nil {
-            // {"name":…,"metadata":{…},"done":true,"response":{"@type":…,"inlinedResponses":{"inlinedResponses":[…]}}}
-            var entries: [[UInt8]] = []
-            for item in batch.items {
-                let call = Request(
-                    head: HTTPRequest(method: .post, scheme: "http", authority: "emulator", path: "/v1beta/models/\(batch.model):generateContent",
-                                      headerFields: [.init("x-goog-api-key")!: batch.apiKey ?? "", .contentType: "application/json"]),
-                    body: RequestBody(buffer: ByteBuffer(bytes: item.body))
-                )
-                let answer = try await handle(target: "\(batch.model):generateContent", request: call)
-                var collected = Collected()
-                try await answer.body.write(collected.writer)
-                let key = String(decoding: try JSONSerialization.data(withJSONObject: ["key": item.key]), as: UTF8.self)
-                let field = answer.status == .ok ? "response" : "error"
-                var body = collected.box.bytes
-                if field == "error", let wrapped = (try? JSONSerialization.jsonObject(with: Data(body))) as? [String: Any], let error = wrapped["error"] {
-                    body = Array((try? JSONSerialization.data(withJSONObject: error)) ?? Data())
-                }
-                entries.append(Array("{\"\(field)\":".utf8) + body + Array(",\"metadata\":\(key)}".utf8))
-            }
-            var head = operation(name: name, model: batch.model, displayName: batch.displayName, state: "BATCH_STATE_SUCCEEDED", count: batch.items.count)
-            head["done"] = true
-            var bytes = Array(try JSONSerialization.data(withJSONObject: head))
-            bytes.removeLast()
-            bytes += Array(#","response":{"@type":"type.googleapis.com/google.ai.generativelanguage.v1beta.GenerateContentBatchOutput","inlinedResponses":{"inlinedResponses":["#.utf8)
-            for (index, entry) in entries.enumerated() {
-                if index > 0 { bytes.append(UInt8(ascii: ",")) }
-                bytes += entry
-            }
-            bytes += Array("]}}}".utf8)
+            let bytes = try await self.output(name: name, batch: batch, items: batch.items, state: "BATCH_STATE_SUCCEEDED")
             output = bytes
             state.batches.withLock { $0[name]?.output = bytes }
         }
         return Response(status: .ok, headers: [.contentType: "application/json; charset=UTF-8"], body: .init(byteBuffer: ByteBuffer(bytes: output ?? [])))
+    }
+
+    /// A finished batch operation answering `items` as `generateContent` answers them:
+    /// `{"name":…,"metadata":{…},"done":true,"response":{"@type":…,"inlinedResponses":{"inlinedResponses":[…]}}}`.
+    private func output(name: String, batch: Batch, items: [(key: String, body: [UInt8])], state: String) async throws -> [UInt8] {
+        var entries: [[UInt8]] = []
+        for item in items {
+            let call = Request(
+                head: HTTPRequest(method: .post, scheme: "http", authority: "emulator", path: "/v1beta/models/\(batch.model):generateContent",
+                                  headerFields: [.init("x-goog-api-key")!: batch.apiKey ?? "", .contentType: "application/json"]),
+                body: RequestBody(buffer: ByteBuffer(bytes: item.body))
+            )
+            let answer = try await handle(target: "\(batch.model):generateContent", request: call)
+            var collected = Collected()
+            try await answer.body.write(collected.writer)
+            let key = String(decoding: try JSONSerialization.data(withJSONObject: ["key": item.key]), as: UTF8.self)
+            let field = answer.status == .ok ? "response" : "error"
+            var body = collected.box.bytes
+            if field == "error", let wrapped = (try? JSONSerialization.jsonObject(with: Data(body))) as? [String: Any], let error = wrapped["error"] {
+                body = Array((try? JSONSerialization.data(withJSONObject: error)) ?? Data())
+            }
+            entries.append(Array("{\"\(field)\":".utf8) + body + Array(",\"metadata\":\(key)}".utf8))
+        }
+        var head = operation(name: name, model: batch.model, displayName: batch.displayName, state: state, count: batch.items.count)
+        head["done"] = true
+        var bytes = Array(try JSONSerialization.data(withJSONObject: head))
+        bytes.removeLast()
+        bytes += Array(#","response":{"@type":"type.googleapis.com/google.ai.generativelanguage.v1beta.GenerateContentBatchOutput","inlinedResponses":{"inlinedResponses":["#.utf8)
+        for (index, entry) in entries.enumerated() {
+            if index > 0 { bytes.append(UInt8(ascii: ",")) }
+            bytes += entry
+        }
+        bytes += Array("]}}}".utf8)
+        return bytes
     }
 
     /// A response body read back (the batch's answers are the emulator's own `generateContent` answers).

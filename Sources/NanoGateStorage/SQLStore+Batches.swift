@@ -38,6 +38,9 @@ public enum BatchStatus: String, Sendable, Codable {
     case inProgress = "in_progress"
     /// Google answered; one instance is delivering the lines.
     case finalizing
+    /// Cancelled (by its key, or at its window's end): Google was asked to stop, and what it
+    /// answered before it stopped is still to be delivered and charged.
+    case cancelling
     case completed
     case failed
     case expired
@@ -279,7 +282,7 @@ extension SQLStore {
     public func claimBatchForPoll(owner: String, leaseUntil: Date, now: Date = Date()) async throws -> BatchRecord? {
         let nowMillis = Self.millis(now)
         // Submitted batches when due, and deliveries whose instance died (their lease ran out).
-        let due: SQLQueryString = "((status = 'in_progress' AND (lease_until IS NULL OR lease_until < \(bind: nowMillis))) OR (status = 'finalizing' AND lease_until < \(bind: nowMillis)))"
+        let due: SQLQueryString = "((status IN ('in_progress', 'cancelling') AND (lease_until IS NULL OR lease_until < \(bind: nowMillis))) OR (status = 'finalizing' AND lease_until < \(bind: nowMillis)))"
         struct IDRow: Decodable { var id: String }
         guard let id = try await database.raw("""
             UPDATE batches SET owner = \(bind: owner), lease_until = \(bind: Self.millis(leaseUntil))
@@ -290,14 +293,14 @@ extension SQLStore {
         return try await database.raw("\(Self.batchColumns) WHERE id = \(bind: id)").first(decoding: BatchRow.self)?.record
     }
 
-    /// Moves a batch Google has finished from `in_progress` to `finalizing` for `owner`, who
+    /// Moves a batch Google has finished from `in_progress` (or `cancelling`) to `finalizing` for `owner`, who
     /// then delivers it (one statement: a cancel, or another instance, racing it finds it
     /// taken). True when `owner` holds it now.
     public func beginDelivery(id: String, owner: String, leaseUntil: Date) async throws -> Bool {
         struct IDRow: Decodable { var id: String }
         return try await database.raw("""
             UPDATE batches SET status = 'finalizing', owner = \(bind: owner), lease_until = \(bind: Self.millis(leaseUntil))
-            WHERE id = \(bind: id) AND (status = 'in_progress' OR (status = 'finalizing' AND owner = \(bind: owner)))
+            WHERE id = \(bind: id) AND (status IN ('in_progress', 'cancelling') OR (status = 'finalizing' AND owner = \(bind: owner)))
             RETURNING id
             """).first(decoding: IDRow.self) != nil
     }
@@ -314,7 +317,7 @@ extension SQLStore {
         try await database.raw("""
             UPDATE batches SET status = \(bind: status.rawValue), completed = \(bind: completed), failed = \(bind: failed), output_file_id = \(bind: outputFileID),
                 error_file_id = \(bind: errorFileID), errors = \(bind: errors), completed_at = \(bind: Self.millis(now)), lease_until = NULL
-            WHERE id = \(bind: id) AND owner = \(bind: owner) AND status IN ('in_progress', 'finalizing')
+            WHERE id = \(bind: id) AND owner = \(bind: owner) AND status IN ('in_progress', 'cancelling', 'finalizing')
             """).run()
     }
 
@@ -322,6 +325,17 @@ extension SQLStore {
     public func batches(keyID: String, limit: Int) async throws -> [BatchRecord] {
         try await database.raw("\(Self.batchColumns) WHERE key_id = \(bind: keyID) ORDER BY created_at DESC, id LIMIT \(bind: max(1, min(limit, 100)))")
             .all(decoding: BatchRow.self).map(\.record)
+    }
+
+    /// Marks a running batch `cancelling` (its key's cancel, or its window's end), due for the
+    /// next poll at once, which delivers what Google answered before it stopped. `keyID` nil:
+    /// the gateway's own decision. True when the batch was running.
+    public func markCancelling(id: String, keyID: String?) async throws -> Bool {
+        let owned: SQLQueryString = keyID.map { "AND key_id = \(bind: $0)" } ?? ""
+        return try await !database.raw("""
+            UPDATE batches SET status = 'cancelling', lease_until = NULL
+            WHERE id = \(bind: id) \(owned) AND status = 'in_progress' RETURNING id
+            """).all().isEmpty
     }
 
     /// Cancels the batch if it is still running (one statement: the poller delivering it at the

@@ -79,6 +79,10 @@ struct Serve: AsyncParsableCommand {
         for id in (ProcessInfo.processInfo.environment["NANOGATE_DEMO_REVIVED"] ?? "").split(separator: ",") {
             emulatorConfiguration.retiredModels.remove(id.trimmingCharacters(in: .whitespaces))
         }
+        // How long the emulator keeps a batch pending (NANOGATE_DEMO_BATCH_DELAY_MS; 2000 by default).
+        if let delay = ProcessInfo.processInfo.environment["NANOGATE_DEMO_BATCH_DELAY_MS"].flatMap(Int.init), delay >= 0 {
+            emulatorConfiguration.batchDelay = .milliseconds(delay)
+        }
         emulatorConfiguration.everyKeyIsNewProject = newProject || ["1", "true", "yes", "on"].contains(ProcessInfo.processInfo.environment["NANOGATE_DEMO_NEW_PROJECT"]?.lowercased() ?? "")
         let emulator = Application(
             router: GeminiEmulator(configuration: emulatorConfiguration).router(),

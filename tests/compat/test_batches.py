@@ -157,9 +157,14 @@ def test_a_batch_in_progress_is_cancelled_and_charges_nothing(private_gateway):
     batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/images/generations", completion_window="24h")
     held = json.loads(cli_in(gateway, "keys", "show", name, "--json").stdout)
     assert held["reserved_usd"] > 0, "the batch's worst case is held"
-    cancelled = client.batches.cancel(batch.id)
-    assert cancelled.status == "cancelled" and cancelled.cancelled_at
+    cancelling = client.batches.cancel(batch.id)
+    assert cancelling.status == "cancelling", "Google is asked to stop; what it answered first is still delivered"
     assert [b.id for b in client.batches.list().data][:1] == [batch.id]
+    deadline = time.monotonic() + 60
+    while (cancelled := client.batches.retrieve(batch.id)).status == "cancelling":
+        assert time.monotonic() < deadline, cancelled
+        time.sleep(0.3)
+    assert cancelled.status == "cancelled" and cancelled.cancelled_at and cancelled.output_file_id is None, cancelled
     # A batch submitted after it, with the same delay at Google, completes: the poller has
     # passed the cancelled one's moment by then.
     later = client.batches.create(

@@ -50,9 +50,9 @@ def funded_key(gateway: Gateway, name: str, credit: str = "5", group: str = "gem
     return secret
 
 
-def wait_for_batch(client: openai.OpenAI, batch_id: str, timeout: float = 60):
+def wait_for_batch(client: openai.OpenAI, batch_id: str, timeout: float = 60, statuses: tuple[str, ...] = ()):
     deadline = time.monotonic() + timeout
-    while (batch := client.batches.retrieve(batch_id)).status in ("validating", "in_progress", "finalizing"):
+    while (batch := client.batches.retrieve(batch_id)).status in ("validating", "in_progress", "finalizing", *statuses):
         assert time.monotonic() < deadline, batch
         time.sleep(0.3)
     return batch
@@ -236,6 +236,32 @@ def test_cancelling_a_batch_google_finished_delivers_and_charges_it(private_gate
     assert view["reserved_usd"] == 0 and view["spent_usd"] > 0
     with pytest.raises(openai.ConflictError):
         client.batches.cancel(batch.id)
+
+
+def test_cancelling_a_batch_charges_what_google_answered_before_it_stopped(private_gateway):
+    """Three lines; Google answered two of them before the cancel reached it (the emulator's
+    ``[emulate:batch_early]``). The cancel answers ``cancelling``; the batch then ends
+    ``cancelled`` with those two delivered and charged, the third failed, the hold released
+    (a cancel used to drop Google's finished work for free)."""
+    # Google never finishes it by itself (the emulator holds it for 10 minutes): only the cancel ends it.
+    gateway = private_gateway(env={"NANOGATE_BATCH_POLL": "1", "NANOGATE_DEMO_BATCH_DELAY_MS": "600000"})
+    name = f"part-cancel-{time.time_ns()}"
+    client = client_for(gateway, funded_key(gateway, name))
+    lines = [line(0, prompt="early one [emulate:batch_early]", response_format="b64_json"),
+             line(1, prompt="early two [emulate:batch_early]", response_format="b64_json"),
+             line(2, prompt="never ran", response_format="b64_json")]
+    uploaded = client.files.create(file=("three.jsonl", jsonl(lines)), purpose="batch")
+    batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/images/generations", completion_window="24h")
+    answered = client.batches.cancel(batch.id)
+    assert answered.status == "cancelling", answered
+    batch = wait_for_batch(client, batch.id, statuses=("cancelling",))
+    assert batch.status == "cancelled" and batch.request_counts.completed == 2 and batch.request_counts.failed == 1, batch
+    output = {entry["custom_id"]: entry for entry in map(json.loads, client.files.content(batch.output_file_id).text.splitlines())}
+    assert [output[f"req-{index}"]["response"]["status_code"] for index in range(3)] == [200, 200, 502], output.keys()
+    charged = [row for row in usage(gateway, name) if row["cost_usd"] > 0]
+    assert len(charged) == 2 and sum(row["images"] for row in charged) == 2, charged
+    view = key_view(gateway, name)
+    assert view["reserved_usd"] == 0 and abs(view["spent_usd"] - sum(row["cost_usd"] for row in charged)) < 1e-9, view
 
 
 def test_a_batch_whose_answer_could_not_be_read_is_refused_up_front(private_gateway):

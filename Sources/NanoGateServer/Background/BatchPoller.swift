@@ -10,8 +10,11 @@ import Synchronization
 import Upstream
 
 /// Polls submitted batches (one instance at a time per batch, through a lease), and when Google
-/// has answered, delivers every line (`BatchesController.deliver`). A batch Google never
-/// finishes expires a day after its window: stopped at Google, its hold released.
+/// has answered, delivers every line (`BatchesController.deliver`). A batch cancelled by its
+/// key, or still unfinished at Google an hour past its 24 h window, is stopped at Google and
+/// then delivered and charged for what Google answered before it stopped (OpenAI's
+/// `cancelled` and `expired` batches keep their finished requests); a batch Google does not
+/// stop either, another hour on, is given up: its hold released.
 struct BatchPoller: Service {
     let store: SQLStore
     let batches: BatchesController
@@ -41,34 +44,64 @@ struct BatchPoller: Service {
             await batches.fail(batch, owner: owner, code: "batch_lost", message: "The batch's upstream reference is missing.", logger: logger)
             return
         }
-        let expired = now > batch.expiresAt.addingTimeInterval(TimeInterval(expiryGrace.components.seconds))
+        let grace = TimeInterval(expiryGrace.components.seconds)
+        let expired = now > batch.expiresAt.addingTimeInterval(grace)
         let status: GeminiBatch.Status
         do {
             status = try await batches.pipeline.upstream.batchStatus(upstream, logger: logger)
         } catch {
             if expired {
-                await batches.expire(batch, upstream: upstream, owner: owner, logger: logger)
+                await stop(batch, upstream: upstream, abandoned: now > batch.expiresAt.addingTimeInterval(2 * grace), logger: logger)
                 return
             }
             logger.warning("batch poll failed; retried at the next poll", metadata: ["error": "\(error)"])
-            try? await store.delayBatchPoll(id: batch.id, owner: owner, until: Date().addingTimeInterval(TimeInterval(pollInterval.components.seconds)))
+            await pollLater(batch)
             return
         }
         guard status.done else {
             if expired {
-                await batches.expire(batch, upstream: upstream, owner: owner, logger: logger)
+                await stop(batch, upstream: upstream, abandoned: now > batch.expiresAt.addingTimeInterval(2 * grace), logger: logger)
                 return
             }
             // Not done: polled again after the interval (by whichever instance is free then).
-            try? await store.delayBatchPoll(id: batch.id, owner: owner, until: Date().addingTimeInterval(TimeInterval(pollInterval.components.seconds)))
+            await pollLater(batch)
             return
         }
-        guard status.state == "BATCH_STATE_SUCCEEDED" || !status.results.isEmpty else {
-            await batches.fail(batch, owner: owner, code: "upstream_batch_failed", message: "Google's batch ended \(status.state)\(status.failure.map { ": \($0)" } ?? "").", logger: logger)
-            return
+        if status.results.isEmpty {
+            if batch.status == .cancelling || status.state == "BATCH_STATE_CANCELLED" {
+                // Stopped before it answered anything: nothing to deliver or charge.
+                await batches.endUndelivered(batch, owner: owner, status: expired ? .expired : .cancelled, logger: logger)
+                return
+            }
+            guard status.state == "BATCH_STATE_SUCCEEDED" else {
+                await batches.fail(batch, owner: owner, code: "upstream_batch_failed", message: "Google's batch ended \(status.state)\(status.failure.map { ": \($0)" } ?? "").", logger: logger)
+                return
+            }
         }
         guard (try? await store.beginDelivery(id: batch.id, owner: owner, leaseUntil: Date().addingTimeInterval(3600))) == true else { return }
-        await batches.deliver(batch, status: status, owner: owner, logger: logger)
+        await batches.deliver(batch, status: status, endAs: BatchesController.ending(of: status, expired: expired), owner: owner, logger: logger)
+    }
+
+    /// A batch past its window that Google has not finished: asked to stop at Google, then
+    /// delivered for what Google answered once it has (`cancelling`); given up with its hold
+    /// released when Google did not stop either (`abandoned`).
+    private func stop(_ batch: BatchRecord, upstream: GeminiBatch.Handle, abandoned: Bool, logger: Logger) async {
+        if abandoned {
+            await batches.fail(batch, owner: owner, code: "batch_expired", message: "Google did not finish the batch within its 24 h window.", status: .expired, logger: logger)
+            return
+        }
+        if batch.status == .inProgress {
+            do { try await batches.pipeline.upstream.cancelBatch(upstream, logger: logger) } catch {
+                logger.warning("Google did not take the expired batch's cancellation", metadata: ["error": "\(error)"])
+            }
+            _ = try? await store.markCancelling(id: batch.id, keyID: nil)
+            logger.notice("batch expired at Google; what it answered will be delivered")
+        }
+        await pollLater(batch)
+    }
+
+    private func pollLater(_ batch: BatchRecord) async {
+        try? await store.delayBatchPoll(id: batch.id, owner: owner, until: Date().addingTimeInterval(TimeInterval(pollInterval.components.seconds)))
     }
 }
 
@@ -91,11 +124,24 @@ extension BatchesController {
         logger.error("batch ended undelivered", metadata: ["status": "\(status)", "code": "\(code)", "message": "\(message)"])
     }
 
-    /// A batch Google did not finish in its window (and a grace hour): stopped at Google, ended
-    /// as `expired` with nothing charged (Google returned nothing to deliver).
-    func expire(_ batch: BatchRecord, upstream: GeminiBatch.Handle, owner: String, logger: Logger) async {
-        try? await pipeline.upstream.cancelBatch(upstream, logger: logger)
-        await fail(batch, owner: owner, code: "batch_expired", message: "Google did not finish the batch within its 24 h window.", status: .expired, logger: logger)
+    /// A batch stopped before Google answered any of it: ended `cancelled` or `expired`, its
+    /// hold released, nothing charged.
+    func endUndelivered(_ batch: BatchRecord, owner: String, status: BatchStatus, logger: Logger) async {
+        if let reservationID = batch.reservationID { try? await pipeline.ledger.release(reservationID: reservationID) }
+        var errors: String?
+        if status == .expired {
+            let expired = BatchObject.BatchErrors(data: [.init(code: "batch_expired", message: "Google did not finish the batch within its 24 h window.", line: nil)])
+            errors = (try? JSONEncoder().encode(expired)).map { String(decoding: $0, as: UTF8.self) }
+        }
+        try? await store.finishBatch(id: batch.id, owner: owner, status: status, completed: 0, failed: batch.total, outputFileID: nil, errorFileID: nil, errors: errors)
+        logger.notice("batch stopped before Google answered any of it", metadata: ["status": "\(status)"])
+    }
+
+    /// How a batch Google answered ends: `completed`, or — when it stopped before the end (a
+    /// cancel, the window's end) — `cancelled` or `expired`, with what it did answer delivered.
+    static func ending(of status: GeminiBatch.Status, expired: Bool) -> BatchStatus {
+        guard status.state == "BATCH_STATE_CANCELLED" else { return .completed }
+        return expired ? .expired : .cancelled
     }
 
     /// The delivery plan of every line: stored at submission; for a batch submitted before plans
@@ -114,7 +160,7 @@ extension BatchesController {
     /// or inlined per its `response_format`, a usage row and a charge at batch price each, no
     /// per-minute or concurrency limit (Google already did the work) — writes the output file
     /// and releases what the batch held. The caller holds the batch (`beginDelivery`).
-    func deliver(_ batch: BatchRecord, status: GeminiBatch.Status, owner: String, logger: Logger) async {
+    func deliver(_ batch: BatchRecord, status: GeminiBatch.Status, endAs ending: BatchStatus, owner: String, logger: Logger) async {
         guard let key = try? await store.key(id: batch.keyID), let plans = await plans(of: batch, key: key) else {
             await fail(batch, owner: owner, code: "batch_input_unavailable", message: "The batch's key or input is gone.", logger: logger)
             return
@@ -184,8 +230,8 @@ extension BatchesController {
                 objectName: objectName, bytes: size, expiresAt: Date().addingTimeInterval(TimeInterval(Self.fileDays * 24 * 3600))
             )
             try await store.storeFile(outputFile)
-            try await store.finishBatch(id: batch.id, owner: owner, status: .completed, completed: completed, failed: failed, outputFileID: outputFile.id, errorFileID: nil, errors: nil)
-            logger.info("batch completed", metadata: ["completed": "\(completed)", "failed": "\(failed)"])
+            try await store.finishBatch(id: batch.id, owner: owner, status: ending, completed: completed, failed: failed, outputFileID: outputFile.id, errorFileID: nil, errors: nil)
+            logger.info("batch delivered", metadata: ["status": "\(ending)", "completed": "\(completed)", "failed": "\(failed)"])
         } catch {
             logger.error("could not store a batch's output", metadata: ["error": "\(String(reflecting: error))"])
         }

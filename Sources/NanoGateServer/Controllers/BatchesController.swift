@@ -400,8 +400,10 @@ struct BatchesController {
 
     /// `POST /v1/batches/{id}/cancel`. Google is asked first: a batch it has already finished is
     /// delivered and charged like any finished batch (the operator paid for it) and answered as
-    /// `completed`; otherwise the batch stops at once for the key — nothing delivered or
-    /// charged, its hold released — and Google is asked to stop it too.
+    /// `completed`. Otherwise Google is asked to stop it and it is answered `cancelling`, as
+    /// OpenAI does: once Google has stopped, the poller delivers and charges the requests it
+    /// answered before that (`cancelled`, with an output file), or releases the hold when there
+    /// are none. A batch Google never took ends `cancelled` at once.
     @Sendable func cancel(_ request: Request, context: GatewayRequestContext) async throws -> Response {
         let key = try context.requireKey()
         let id = context.parameters.get("id") ?? ""
@@ -420,17 +422,19 @@ struct BatchesController {
             guard try await store.beginDelivery(id: id, owner: delivery, leaseUntil: Date().addingTimeInterval(3600)) else {
                 throw notCancellable((try await store.batch(id: id, keyID: key.id))?.status ?? .completed)
             }
-            await deliver(batch, status: status, owner: delivery, logger: context.logger)
+            await deliver(batch, status: status, endAs: Self.ending(of: status, expired: false), owner: delivery, logger: context.logger)
+        } else if let handle {
+            guard try await store.markCancelling(id: id, keyID: key.id) else {
+                throw notCancellable((try await store.batch(id: id, keyID: key.id))?.status ?? .completed)
+            }
+            do { try await pipeline.upstream.cancelBatch(handle, logger: context.logger) } catch {
+                context.logger.warning("Google did not take the batch's cancellation", metadata: ["error": "\(error)"])
+            }
         } else {
             guard try await store.cancelBatch(id: id, keyID: key.id) else {
                 throw notCancellable((try await store.batch(id: id, keyID: key.id))?.status ?? .completed)
             }
             if let reservationID = batch.reservationID { try? await pipeline.ledger.release(reservationID: reservationID) }
-            if let handle {
-                do { try await pipeline.upstream.cancelBatch(handle, logger: context.logger) } catch {
-                    context.logger.warning("Google did not take the batch's cancellation", metadata: ["error": "\(error)"])
-                }
-            }
         }
         guard let final = try await store.batch(id: id, keyID: key.id) else { throw GatewayError.internal("The batch vanished.") }
         return try json(BatchObject(final))
