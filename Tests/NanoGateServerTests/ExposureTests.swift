@@ -241,6 +241,24 @@ import Upstream
         }
     }
 
+    /// Idempotency (review 7c): a request with an `Idempotency-Key` is read no further than its
+    /// route reads (a generation's 1 MiB), not the 64 MiB an upload route takes: a declared
+    /// 4 MiB generation is refused with 413 once past 1 MiB, without waiting for the rest.
+    @Test func anIdempotentRequestIsReadNoFurtherThanItsRoute() async throws {
+        try await withGateway { gateway in
+            let port = Int(gateway.baseURL.split(separator: ":").last!)!
+            try await RawConnection.with(port: port) { connection in
+                try await connection.send(
+                    "POST /v1/images/generations HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \(gateway.defaultKey)\r\nIdempotency-Key: big-body\r\n"
+                        + "Content-Type: application/json\r\nContent-Length: \(4 << 20)\r\n\r\n"
+                )
+                try await connection.send(String(repeating: " ", count: (1 << 20) + 64 * 1024))
+                let answer = try await connection.read(until: "\r\n\r\n", limit: .seconds(20))
+                #expect(answer.hasPrefix("HTTP/1.1 413"), "\(answer.prefix(200))")
+            }
+        }
+    }
+
     /// A port nothing listens on now (the kernel's pick for a socket bound and closed at once).
     static func freeLoopbackPort() async throws -> Int {
         let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton).bind(host: "127.0.0.1", port: 0).get()

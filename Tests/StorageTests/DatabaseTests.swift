@@ -106,6 +106,43 @@ import Testing
         await fresh?.drop()
     }
 
+    /// Files (security review 7b): kept as bytes, an expired file is neither read, described
+    /// nor counted in its key's upload quota, and the sweep deletes its row.
+    @Test func expiredFilesAreNeitherReadNorCountedAndAreSwept() async throws {
+        try await TestDatabase.with { database in
+            let store = database.store
+            let key = try await store.createKey(name: "files", group: .default).key
+            let now = Date(timeIntervalSince1970: 1_800_000_000)
+            let content = Array("{\"custom_id\":\"a\"}\n".utf8)
+            try await store.storeFile(StoredFile(id: "file-live", keyID: key.id, purpose: "batch", filename: "a.jsonl", content: content, expiresAt: now.addingTimeInterval(60)))
+            try await store.storeFile(StoredFile(id: "file-old", keyID: key.id, purpose: "batch", filename: "b.jsonl", content: Array(repeating: 0x61, count: 1000), expiresAt: now.addingTimeInterval(-1)))
+            #expect(try await store.file(id: "file-live", keyID: key.id, now: now)?.content == content, "stored as the bytes sent")
+            #expect(try await store.file(id: "file-old", keyID: key.id, now: now) == nil)
+            #expect(try await store.fileInfo(id: "file-old", keyID: key.id, now: now) == nil)
+            #expect(try await store.fileBytes(keyID: key.id, now: now) == content.count, "only the unexpired file counts")
+            #expect(try await store.pruneFiles(now: now) == 1)
+            #expect(try await store.fileInfo(id: "file-live", keyID: key.id, now: now)?.bytes == content.count, "the live file stays")
+            #expect(try await store.pruneFiles(now: now.addingTimeInterval(120)) == 1)
+        }
+    }
+
+    /// A key's job list (security review 7e) reads no request bodies, answers or secrets: those
+    /// come only with one job.
+    @Test func aJobListReadsNoBodiesOrAnswers() async throws {
+        try await TestDatabase.with { database in
+            let store = database.store
+            let key = try await store.createKey(name: "jobs", group: .default).key
+            let body = Array(repeating: UInt8(ascii: "x"), count: 100_000)
+            try await store.createJob(
+                ImageJobRecord(id: "imgjob_a", keyID: key.id, endpoint: "images.generations", model: "nano-banana", contentType: "application/json", body: body, baseURL: "http://x", webhookURL: "https://hook.example", webhookSecret: "whsec_secret")
+            )
+            let listed = try #require(try await store.jobs(keyID: key.id, limit: 10).first)
+            #expect(listed.id == "imgjob_a" && listed.body.isEmpty && listed.webhookSecret == nil && listed.result == nil)
+            let one = try #require(try await store.job(id: "imgjob_a", keyID: key.id))
+            #expect(one.body == body && one.webhookSecret == "whsec_secret", "one job still has them")
+        }
+    }
+
     @Test func databaseURLsAreParsed() throws {
         let data = URL(fileURLWithPath: "/srv/nanogate")
         #expect(try DatabaseLocation.from(url: nil, dataDirectory: data) == .sqlite(path: "/srv/nanogate/nanogate.sqlite"))

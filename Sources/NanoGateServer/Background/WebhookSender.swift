@@ -28,7 +28,8 @@ struct WebhookPolicy: Sendable {
 ///     NanoGate-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(webhook_secret, "<t>.<body>")>
 ///
 /// (the scheme Stripe uses: the timestamp is signed, so a receiver can refuse old replays).
-/// Retried with backoff (1, 2, 4, 8 s) until a 2xx; the target is checked like an image fetch.
+/// Retried with backoff (1, 2, 4, 8 s) until a 2xx, each attempt within 10 s and all of them
+/// within 45 s; the target is checked like an image fetch.
 struct WebhookSender: Sendable {
     let policy: WebhookPolicy
     let resolver: ThreadPoolResolver
@@ -36,6 +37,9 @@ struct WebhookSender: Sendable {
     /// The most one attempt may take, from the address look-up to the answer's last byte (a
     /// receiver that trickles its answer is cut off, not waited on).
     var attemptDeadline: Duration = .seconds(10)
+    /// The most one webhook may take, its attempts and the waits between them included: one
+    /// delivery holds one of the sender's few slots for no longer than this.
+    var totalDeadline: Duration = .seconds(45)
 
     static let signatureHeader = "NanoGate-Signature"
 
@@ -49,12 +53,16 @@ struct WebhookSender: Sendable {
             let body = try? ImageJobs.JobView(job).encoded()
         else { return }
         let bytes = Array(body.readableBytesView)
+        let end = ContinuousClock.now.advanced(by: totalDeadline)
         for attempt in 1...attempts {
             if attempt > 1 {
-                try? await Task.sleep(for: .seconds(1 << (attempt - 2)))
+                let pause = Duration.seconds(1 << (attempt - 2))
+                guard ContinuousClock.now.advanced(by: pause) < end else { break }
+                try? await Task.sleep(for: pause)
             }
             do {
-                let status = try await Deadline.run(until: .now.advanced(by: attemptDeadline), orThrow: GatewayError.requestTimeout("The webhook took longer than \(attemptDeadline).")) {
+                let attemptEnd = min(ContinuousClock.now.advanced(by: attemptDeadline), end)
+                let status = try await Deadline.run(until: attemptEnd, orThrow: GatewayError.requestTimeout("The webhook took longer than \(attemptDeadline).")) {
                     try await post(url: url, body: bytes, secret: secret, jobID: job.id)
                 }
                 if (200..<300).contains(status) {
@@ -70,7 +78,7 @@ struct WebhookSender: Sendable {
                 logger.warning("webhook failed", metadata: ["error": "\(error)", "attempt": "\(attempt)"])
             }
         }
-        logger.error("webhook given up", metadata: ["attempts": "\(attempts)"])
+        logger.error("webhook given up", metadata: ["attempts": "\(attempts)", "deadline": "\(totalDeadline)"])
     }
 
     /// A refusal that no retry changes: a loopback, private or reserved address (without the
