@@ -54,13 +54,13 @@ import Upstream
                 endpoint: .imageGenerations, model: "nano-banana", spec: try SizeRules.resolve(model: model, size: nil, aspectRatio: nil), prompt: "p",
                 count: 1, format: .b64JSON, baseURL: gateway.baseURL, options: ImageOptions(), inputImages: []
             )
-            let record = ImageJobRecord(
-                id: jobID, keyID: key.id, endpoint: "images.generations", model: "nano-banana", contentType: StoredImageRequest.contentType,
-                body: Array(try JSONEncoder().encode(stored)), baseURL: gateway.baseURL
-            )
-            try await store.createJob(record)
+            // Inserted as it was left, in one statement: a job inserted `queued` and then marked could
+            // be claimed by this gateway's runner in between, and run twice (it did, on a busy machine).
+            let body = try JSONEncoder().encode(stored).base64EncodedString()
             try await store.database.raw("""
-                UPDATE image_jobs SET status = 'running', owner = 'a-gateway-that-died', attempts = 1, lease_until = 0 WHERE id = \(bind: jobID)
+                INSERT INTO image_jobs (id, key_id, endpoint, model, content_type, body, base_url, status, owner, attempts, lease_until, created_at)
+                VALUES (\(bind: jobID), \(bind: key.id), 'images.generations', 'nano-banana', \(bind: StoredImageRequest.contentType), \(bind: body),
+                        \(bind: gateway.baseURL), 'running', 'a-gateway-that-died', 1, 0, \(bind: Int64(Date().timeIntervalSince1970 * 1000)))
                 """).run()
             var lost = UsageRecord(
                 keyID: key.id, endpoint: "images.generations", model: "nano-banana", status: 200, images: 1, inputTokens: 10, outputTokens: 1290,
