@@ -204,7 +204,7 @@ extension SQLStore {
     /// The bytes of the key's files that have not expired (its upload quota counts them).
     public func fileBytes(keyID: String, now: Date = Date()) async throws -> Int {
         struct Row: Decodable { var total: Int64? }
-        return try await Int(database.raw("SELECT SUM(bytes) AS total FROM api_files WHERE key_id = \(bind: keyID) AND \(unexpired(now))")
+        return try await Int(database.raw("SELECT CAST(SUM(bytes) AS BIGINT) AS total FROM api_files WHERE key_id = \(bind: keyID) AND \(unexpired(now))")
             .first(decoding: Row.self)?.total ?? 0)
     }
 
