@@ -7,7 +7,6 @@ import NanoGateCore
 import NIOCore
 import NIOFoundationCompat
 import NIOHTTP1
-import NIOPosix
 import SQLKit
 import Synchronization
 import Testing
@@ -186,15 +185,15 @@ import Upstream
     /// timeout) no longer holds the connection: it closes `errorLinger` after the answer. The
     /// same holds on the admin and metrics ports when they listen apart (each its own server).
     @Test func aTrickledBodyAfterA401IsNotDrainedForever() async throws {
-        let (adminPort, metricsPort) = (try await Self.freeLoopbackPort(), try await Self.freeLoopbackPort())
         try await withGateway(configure: {
             $0.errorLinger = .seconds(2)
             $0.adminToken = Self.adminToken
-            $0.adminPort = adminPort
-            $0.metricsPort = metricsPort
+            $0.adminPort = 0
+            $0.metricsPort = 0
             $0.metricsToken = "metrics-token-for-the-linger-test"
         }) { gateway in
             let mainPort = Int(gateway.baseURL.split(separator: ":").last!)!
+            let (adminPort, metricsPort) = (try await gateway.port(of: .admin), try await gateway.port(of: .metrics))
             for (port, request) in [(mainPort, "POST /v1/images/generations"), (adminPort, "POST /admin/v1/keys"), (metricsPort, "GET /metrics")] {
                 try await Self.expectTrickleCut(port: port, head: "\(request) HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 16777216\r\n\r\n{")
             }
@@ -204,17 +203,6 @@ import Upstream
     /// Sends `head`, then a byte every 300 ms: the server must end the connection (within 20 s,
     /// for a 2 s linger), having answered 401 or reset it.
     static func expectTrickleCut(port: Int, head: String) async throws {
-        // A listener of its own may still be starting.
-        let deadline = ContinuousClock.now.advanced(by: .seconds(30))
-        while true {
-            do {
-                try await RawConnection.with(port: port) { _ in }
-                break
-            } catch {
-                guard ContinuousClock.now < deadline else { throw error }
-                try await Task.sleep(for: .milliseconds(100))
-            }
-        }
         try await RawConnection.with(port: port) { connection in
             try await connection.send(head)
             let closed = try await withThrowingTaskGroup(of: String?.self) { group in
@@ -259,13 +247,6 @@ import Upstream
         }
     }
 
-    /// A port nothing listens on now (the kernel's pick for a socket bound and closed at once).
-    static func freeLoopbackPort() async throws -> Int {
-        let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton).bind(host: "127.0.0.1", port: 0).get()
-        let port = channel.localAddress?.port ?? 0
-        try await channel.close()
-        return port
-    }
 
     /// An error answer to a request whose body did arrive keeps the connection for the next request.
     @Test func anErrorToAWholeRequestKeepsTheConnection() async throws {
@@ -388,17 +369,19 @@ import Upstream
     /// A claim counts as running for longer than the longest request it guards (every attempt at
     /// the longest timeout: 3 × 360 s at 4K by default), so a retry never starts a second run.
     @Test func idempotencyClaimsOutliveTheLongestRequest() throws {
+        // 14 input images (Pro's most), fetched one after another within 20 s each, come first.
+        let fetching: TimeInterval = 14 * 20
         let defaults = try GatewayConfiguration.fromEnvironment([:])
-        #expect(defaults.idempotencyStaleAfter == 3 * 360 + 60)
+        #expect(defaults.idempotencyStaleAfter == 3 * 360 + fetching + 60)
         let slow = try GatewayConfiguration.fromEnvironment(["NANOGATE_UPSTREAM_SIZE_TIMEOUTS": "4K=600", "NANOGATE_UPSTREAM_ATTEMPTS": "4"])
-        #expect(slow.idempotencyStaleAfter == 4 * 600 + 60)
-        let deadline = try GatewayConfiguration.fromEnvironment(["NANOGATE_UPSTREAM_DEADLINE": "5000"])
-        #expect(deadline.idempotencyStaleAfter == 5000 + 60)
+        #expect(slow.idempotencyStaleAfter == 4 * 600 + fetching + 60)
+        let deadline = try GatewayConfiguration.fromEnvironment(["NANOGATE_UPSTREAM_DEADLINE": "5000", "NANOGATE_FETCH_TIMEOUT": "5"])
+        #expect(deadline.idempotencyStaleAfter == 5000 + 14 * 5 + 60)
     }
 
     /// Against a running gateway with the default size timeouts: a claim 1,000 s old (past the
     /// old 960 s) is still running, so a retry is refused rather than starting a second, charged
-    /// run; a claim past timeout × attempts + 60 s (1,140 s) is taken over.
+    /// run; a claim past the fetches, timeout × attempts and 60 s is taken over.
     @Test func aRetryDoesNotTakeOverAClaimStillWithinTheLongestRequest() async throws {
         try await withGateway(configure: { $0.upstream.sizeTimeouts = UpstreamConfiguration.defaultSizeTimeouts }) { gateway in
             let store = gateway.dependencies.store
@@ -423,7 +406,7 @@ import Upstream
             let refused = try await retry("still-running")
             #expect(refused.status == 409, "\(refused.text.prefix(300))")
             #expect(gateway.recorder.all.isEmpty, "nothing went to Google")
-            try await claim("gateway-died", age: 1_200)
+            try await claim("gateway-died", age: Int(gateway.configuration.idempotencyStaleAfter) + 60)
             #expect(try await retry("gateway-died").status == 200, "a claim past the longest request is taken over")
         }
     }

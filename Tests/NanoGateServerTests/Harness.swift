@@ -13,6 +13,7 @@ import NIOHTTP1
 import NIOPosix
 import NanoGateCore
 import ServiceLifecycle
+import Synchronization
 import Upstream
 
 /// A gateway and an emulator, both listening on loopback ports, for one test.
@@ -27,6 +28,14 @@ struct Harness {
     let defaultKey: String
     /// A key of the "gemini" group (base64 answers unless asked otherwise).
     let geminiKey: String
+    /// The ports of the listeners apart from the API's (admin, metrics), once they listen.
+    let listenerPorts: ListenerPorts
+
+    /// The port `listener` listens on (asked for as port 0), waiting for it to start.
+    func port(of listener: Listener) async throws -> Int {
+        try await eventually("the \(listener) listener started") { listenerPorts.port(of: listener) != nil }
+        return try #require(listenerPorts.port(of: listener))
+    }
     /// A client that waits as long as the gateway may (HTTPClient.shared gives up on a silent
     /// read after 90 s, which a busy 2-core machine rendering 4K images can reach), with a
     /// connection per request a test sends at once: with AsyncHTTPClient's default of 8 per
@@ -106,6 +115,14 @@ struct Harness {
     }
 }
 
+/// Where the gateway's own admin and metrics listeners came up.
+final class ListenerPorts: Sendable {
+    private let ports = Mutex<[Listener: Int]>([:])
+
+    func record(_ listener: Listener, port: Int?) { ports.withLock { $0[listener] = port } }
+    func port(of listener: Listener) -> Int? { ports.withLock { $0[listener] } }
+}
+
 /// Starts the emulator and the gateway on free loopback ports, runs `body`, then shuts both down.
 func withGateway(
     googleKeys: [String] = ["google-key-1"],
@@ -160,9 +177,11 @@ func withGateway(
         let geminiKey = try await dependencies.store.createKey(name: "test-gemini", group: .gemini).secret
 
         let (gatewayPorts, gatewayPort) = AsyncStream.makeStream(of: Int.self)
+        let listenerPorts = ListenerPorts()
         let gateway = buildApplication(
             configuration: configuration, dependencies: dependencies, logger: gatewayLogger ?? logger, hostLookup: hostLookup,
-            onServerRunning: { gatewayPort.yield($0.localAddress!.port!) }
+            onServerRunning: { gatewayPort.yield($0.localAddress!.port!) },
+            onListenerRunning: { listener, channel in listenerPorts.record(listener, port: channel.localAddress?.port) }
         )
         let gatewayGroup = ServiceGroup(configuration: .init(services: [gateway], logger: logger))
         tasks.addTask {
@@ -174,7 +193,7 @@ func withGateway(
 
         let harness = Harness(
             baseURL: "http://127.0.0.1:\(port)", emulatorURL: "http://127.0.0.1:\(upstreamPort)", recorder: recorder, dependencies: dependencies,
-            configuration: configuration, defaultKey: defaultKey, geminiKey: geminiKey
+            configuration: configuration, defaultKey: defaultKey, geminiKey: geminiKey, listenerPorts: listenerPorts
         )
         do {
             try await body(harness)

@@ -216,13 +216,15 @@ extension GatewayConfiguration {
     }
 
     /// How long an `Idempotency-Key` claim still counts as running: longer than the longest
-    /// request it guards (every attempt at the longest timeout, or the deadline), so a retry
-    /// never starts a second, charged run while the first is still at Google.
+    /// request it guards (its input images fetched one after another, each within the fetch
+    /// timeout, then every attempt at the longest timeout, or the deadline), so a retry never
+    /// starts a second, charged run while the first is still at Google.
     var idempotencyStaleAfter: TimeInterval {
         let perAttempt = upstream.longestTimeout.components.seconds
         let attempts = Int64(upstream.maxAttempts)
         let longest = max(perAttempt * attempts, upstream.deadline?.components.seconds ?? 0)
-        return TimeInterval(longest + 60)
+        let fetching = Int64(catalog.models.map(\.maxInputImages).max() ?? 0) * inputs.fetchTimeout.components.seconds
+        return TimeInterval(longest + fetching + 60)
     }
 
     /// Example values (the README's) that must never guard a real admin API.

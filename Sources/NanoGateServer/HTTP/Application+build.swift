@@ -110,6 +110,12 @@ struct GatewayParts {
     let batchPoller: BatchPoller
 }
 
+/// A listener of its own beside the API's (`NANOGATE_METRICS_PORT`, `NANOGATE_ADMIN_PORT`).
+public enum Listener: Sendable, Hashable {
+    case metrics
+    case admin
+}
+
 /// HTTP/1.1 with the gateway's connection rules, for every listener (the API, and the metrics
 /// and admin ports when they are apart): the idle timeout and `ConnectionGuard`'s bounded
 /// lingering after an error answer (each connection gets a guard of its own).
@@ -224,7 +230,8 @@ public func buildApplication(
     dependencies: GatewayDependencies,
     logger: Logger,
     hostLookup: @escaping HostLookup = systemHostLookup,
-    onServerRunning: @escaping @Sendable (any Channel) async -> Void = { _ in }
+    onServerRunning: @escaping @Sendable (any Channel) async -> Void = { _ in },
+    onListenerRunning: @escaping @Sendable (Listener, any Channel) async -> Void = { _, _ in }
 ) -> some ApplicationProtocol {
     let parts = makeGatewayParts(configuration: configuration, dependencies: dependencies, logger: logger, hostLookup: hostLookup)
     let (router, metrics, pool, pipeline, managedChannels) = (parts.router, parts.metrics, parts.pool, parts.pipeline, parts.managedChannels)
@@ -261,7 +268,8 @@ public func buildApplication(
         app.addServices(
             Application(
                 router: metricsRouter, server: guardedHTTP1(configuration),
-                configuration: .init(address: .hostname(configuration.host, port: port), serverName: "NanoGate-metrics"), logger: logger
+                configuration: .init(address: .hostname(configuration.host, port: port), serverName: "NanoGate-metrics"),
+                onServerRunning: { await onListenerRunning(.metrics, $0) }, logger: logger
             )
         )
     }
@@ -269,7 +277,10 @@ public func buildApplication(
         // The admin API on its own address (an internal network, or loopback behind a tunnel).
         let host = configuration.adminHost ?? configuration.host
         app.addServices(
-            Application(router: adminRouter, server: guardedHTTP1(configuration), configuration: .init(address: .hostname(host, port: port), serverName: "NanoGate-admin"), logger: logger)
+            Application(
+                router: adminRouter, server: guardedHTTP1(configuration), configuration: .init(address: .hostname(host, port: port), serverName: "NanoGate-admin"),
+                onServerRunning: { await onListenerRunning(.admin, $0) }, logger: logger
+            )
         )
     }
     app.addServices(LeaseKeeper(ledger: dependencies.ledger, live: pipeline.live, lease: configuration.billing.lease, logger: logger))
