@@ -366,6 +366,17 @@ class Case:
         return f"{self.size} {kind}"
 
 
+@dataclass
+class Gateway:
+    """A running `nanogate serve` with its two keys."""
+    name: str
+    service: Service
+    port: int
+    secret: str
+    credit_secret: str
+    data_dir: Path
+
+
 class Monitor(threading.Thread):
     """Samples gateway and emulator CPU and the gateway's upstream connections, 4 times a second."""
 
@@ -442,6 +453,11 @@ class Benchmark:
         self.emulator_port = 0
         self.nanogate_port = 0
         self.secret = ""
+        self.credit_secret = ""
+        # Every gateway by its case name: "nanogate" (the main one), and with --postgres-url,
+        # --tls: "nanogate-pg", "nanogate-relay" (plain HTTP through a relay) and "nanogate-tls".
+        self.gateways: dict[str, Gateway] = {}
+        self.relay: Service | None = None
         self.cases: list[Case] = []
         self.facts: dict = {}
         self.started = time.monotonic()
@@ -473,49 +489,129 @@ class Benchmark:
         wait_until(listening, 30, "the emulator to listen", self.emulator)
         log(f"emulator pid {self.emulator.pid} on 127.0.0.1:{self.emulator_port}")
 
-    def start_nanogate(self) -> None:
+    def start_nanogate(self, name: str = "nanogate", upstream: str | None = None, database_url: str | None = None,
+                       extra_env: dict[str, str] | None = None) -> Gateway:
+        """Starts a gateway with two keys (unlimited, and with credit) on its own data directory."""
+        data_dir = self.data_dir if name == "nanogate" else self.run_dir / f"{name}-data"
         env = dict(os.environ)
         env.update({
             "LOG_LEVEL": "error",
             "GEMINI_API_KEY": GOOGLE_KEY,
-            "NANOGATE_GEMINI_BASE_URL": f"http://127.0.0.1:{self.emulator_port}",
+            "NANOGATE_GEMINI_BASE_URL": upstream or f"http://127.0.0.1:{self.emulator_port}",
             "NANOGATE_URL_TTL": "3600",
         })
-        if os.environ.get("NGBENCH_DATABASE_URL"):
+        if name == "nanogate" and os.environ.get("NGBENCH_DATABASE_URL"):
             # bench/run.sh --postgres: a throwaway cluster on a free port (kept out of the reported command).
             env["NANOGATE_DATABASE_URL"] = os.environ["NGBENCH_DATABASE_URL"]
+        if database_url:
+            env["NANOGATE_DATABASE_URL"] = database_url
         for assignment in self.args.nanogate_env:
-            name, _, value = assignment.partition("=")
-            env[name] = value
+            key, _, value = assignment.partition("=")
+            env[key] = value
+        env.update(extra_env or {})
         # The schema first (a shared PostgreSQL database is never migrated by operator commands).
-        migrated = subprocess.run([str(self.nanogate_bin), "migrate", "--data-dir", str(self.data_dir)], env=env, capture_output=True, text=True, timeout=60)
+        migrated = subprocess.run([str(self.nanogate_bin), "migrate", "--data-dir", str(data_dir)], env=env, capture_output=True, text=True, timeout=60)
         if migrated.returncode != 0:
-            raise BenchError(f"nanogate migrate failed:\n{migrated.stdout}{migrated.stderr}")
-        self.facts["database"] = "postgresql" if env.get("NANOGATE_DATABASE_URL", "").startswith("postgres") else "sqlite"
+            raise BenchError(f"{name}: nanogate migrate failed:\n{migrated.stdout}{migrated.stderr}")
+        if name == "nanogate":
+            self.facts["database"] = "postgresql" if env.get("NANOGATE_DATABASE_URL", "").startswith("postgres") else "sqlite"
         created = subprocess.run(
-            [str(self.nanogate_bin), "keys", "create", "--name", "bench", "--group", "gemini", "--data-dir", str(self.data_dir)],
+            [str(self.nanogate_bin), "keys", "create", "--name", "bench", "--group", "gemini", "--data-dir", str(data_dir)],
             env=env, capture_output=True, text=True, timeout=60,
         )
         if created.returncode != 0:
-            raise BenchError(f"nanogate keys create failed:\n{created.stdout}{created.stderr}")
-        self.secret = [line for line in created.stdout.splitlines() if line.strip()][-1].strip()
+            raise BenchError(f"{name}: nanogate keys create failed:\n{created.stdout}{created.stderr}")
+        secret = [line for line in created.stdout.splitlines() if line.strip()][-1].strip()
         # A key with credit: every request reserves and settles against it (the billing hot path).
         credited = subprocess.run(
-            [str(self.nanogate_bin), "keys", "create", "--name", "bench-credit", "--group", "gemini", "--credit", "1000000", "--data-dir", str(self.data_dir)],
+            [str(self.nanogate_bin), "keys", "create", "--name", "bench-credit", "--group", "gemini", "--credit", "1000000", "--data-dir", str(data_dir)],
             env=env, capture_output=True, text=True, timeout=60,
         )
         if credited.returncode != 0:
-            raise BenchError(f"nanogate keys create --credit failed:\n{credited.stdout}{credited.stderr}")
-        self.credit_secret = [line for line in credited.stdout.splitlines() if line.strip()][-1].strip()
-        os.chmod(self.data_dir, 0o700)
+            raise BenchError(f"{name}: nanogate keys create --credit failed:\n{credited.stdout}{credited.stderr}")
+        credit_secret = [line for line in credited.stdout.splitlines() if line.strip()][-1].strip()
+        os.chmod(data_dir, 0o700)
 
-        self.nanogate_port = free_port()
-        self.nanogate = Service("nanogate", [
-            str(self.nanogate_bin), "serve", "--host", "127.0.0.1", "--port", str(self.nanogate_port), "--data-dir", str(self.data_dir),
-        ], self.run_dir / "nanogate.log", env=env)
-        self.services.append(self.nanogate)
-        wait_until(lambda: http("GET", f"http://127.0.0.1:{self.nanogate_port}/health", timeout=2)[0] == 200, 30, "NanoGate /health", self.nanogate)
-        log(f"nanogate pid {self.nanogate.pid} on 127.0.0.1:{self.nanogate_port}")
+        port = free_port()
+        service = Service(name, [
+            str(self.nanogate_bin), "serve", "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(data_dir),
+        ], self.run_dir / f"{name}.log", env=env)
+        self.services.append(service)
+        wait_until(lambda: http("GET", f"http://127.0.0.1:{port}/health", timeout=2)[0] == 200, 30, f"{name} /health", service)
+        log(f"{name} pid {service.pid} on 127.0.0.1:{port}")
+        gateway = Gateway(name, service, port, secret, credit_secret, data_dir)
+        self.gateways[name] = gateway
+        if name == "nanogate":
+            self.nanogate, self.nanogate_port, self.secret, self.credit_secret = service, port, secret, credit_secret
+        return gateway
+
+    def start_relay(self) -> tuple[int, int, Path]:
+        """nginx in front of the emulator twice: plain HTTP and TLS (a self-signed P-256 certificate,
+        16 KiB records as Google sends, TLS 1.3), so that a gateway behind each shows what TLS to the
+        upstream adds, the relay's own cost being the same on both. Returns (plain port, TLS port, certificate)."""
+        prefix = self.run_dir / "relay"
+        (prefix / "tmp").mkdir(parents=True)
+        os.chmod(prefix, 0o755)
+        certificate, key = prefix / "cert.pem", prefix / "key.pem"
+        made = subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2",
+             "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(certificate)],
+            capture_output=True, text=True, timeout=60,
+        )
+        if made.returncode != 0:
+            raise BenchError(f"openssl could not make the relay's certificate:\n{made.stderr}")
+        os.chmod(key, 0o644)  # nginx workers (user nobody when run as root) read it
+        plain, tls = free_port(), free_port()
+        config = prefix / "nginx.conf"
+        location = """location / {
+                proxy_pass http://emulator;
+                proxy_http_version 1.1;
+                proxy_set_header Connection "";
+                proxy_buffering off;
+                proxy_buffer_size 64k; proxy_buffers 4 64k; proxy_busy_buffers_size 64k;
+                proxy_read_timeout 300s;
+            }"""
+        config.write_text(f"""# Generated by bench/bench.py: the emulator behind plain HTTP and behind TLS.
+worker_processes 1;
+daemon off;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {prefix}/tmp/client_body;
+    proxy_temp_path {prefix}/tmp/proxy;
+    fastcgi_temp_path {prefix}/tmp/fastcgi;
+    uwsgi_temp_path {prefix}/tmp/uwsgi;
+    scgi_temp_path {prefix}/tmp/scgi;
+    client_max_body_size 64m;
+    keepalive_requests 100000;
+    upstream emulator {{
+        server 127.0.0.1:{self.emulator_port};
+        keepalive 32;
+    }}
+    server {{
+        listen 127.0.0.1:{plain};
+        {location}
+    }}
+    server {{
+        listen 127.0.0.1:{tls} ssl;
+        ssl_certificate {certificate};
+        ssl_certificate_key {key};
+        ssl_protocols TLSv1.3;
+        ssl_buffer_size 16k;
+        ssl_session_cache shared:bench:1m;
+        {location}
+    }}
+}}
+""")
+        binary = shutil.which("nginx", path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")
+        self.relay = Service("relay-nginx", [binary, "-p", str(prefix), "-e", str(prefix / "error.log"), "-c", str(config)], self.run_dir / "relay.log")
+        self.services.append(self.relay)
+        models = f"http://127.0.0.1:{plain}/v1beta/models"
+        wait_until(lambda: http("GET", models, headers={"x-goog-api-key": GOOGLE_KEY}, timeout=2)[0] == 200, 30, "the relay", self.relay)
+        log(f"relay: plain HTTP on 127.0.0.1:{plain}, TLS on 127.0.0.1:{tls}")
+        return plain, tls, certificate
 
     @staticmethod
     def nginx_via(buffer_size: str) -> str:
@@ -593,7 +689,7 @@ http {{
         return path
 
     def configure(self, case: Case) -> Case:
-        if case.via != "nanogate":
+        if case.via not in self.gateways:
             port = self.emulator_port if case.via == "direct" else self.nginx[case.via][1]
             model, body = gemini_request(case.size)
             action = "streamGenerateContent?alt=sse" if case.kind == "stream" else "generateContent"
@@ -601,8 +697,9 @@ http {{
             case.headers = ["Content-Type: application/json", f"x-goog-api-key: {GOOGLE_KEY}"]
             case.body_file = self.body_file(f"gemini-{case.size}", body)
         else:
-            base = f"http://127.0.0.1:{self.nanogate_port}"
-            secret = self.credit_secret if case.kind == "billed" else self.secret
+            gateway = self.gateways[case.via]
+            base = f"http://127.0.0.1:{gateway.port}"
+            secret = gateway.credit_secret if case.kind == "billed" else gateway.secret
             case.headers = ["Content-Type: application/json", f"Authorization: Bearer {secret}"]
             if case.kind == "stream":
                 case.url = f"{base}/v1/chat/completions"
@@ -621,7 +718,7 @@ http {{
         status, response_headers, body = http("POST", case.url, case.body_file.read_bytes(), headers)
         if status != 200:
             raise BenchError(f"{case.key}: HTTP {status}: {body[:300]!r}")
-        if case.via != "nanogate":
+        if case.via not in self.gateways:
             return validate_gemini(body, streamed=case.kind == "stream")
         if case.kind == "stream":
             return validate_chat_stream(body)
@@ -637,8 +734,8 @@ http {{
     # ---- measuring -----------------------------------------------------------------------
 
     def gateway_pids(self, case: Case) -> list[int]:
-        if case.via == "nanogate":
-            return [self.nanogate.pid]
+        if case.via in self.gateways:
+            return [self.gateways[case.via].service.pid]
         if case.via.startswith("nginx"):
             return self.nginx_pids(case.via)
         return []
@@ -689,8 +786,9 @@ http {{
 
         for pid in gateway:
             reset_peak_rss(pid)
-        threads_before = thread_ticks(self.nanogate.pid) if case.via == "nanogate" else {}
-        io_before = io_counters(self.nanogate.pid) if case.via == "nanogate" else {}
+        measured = self.gateways[case.via].service.pid if case.via in self.gateways else None
+        threads_before = thread_ticks(measured) if measured else {}
+        io_before = io_counters(measured) if measured else {}
         counters_before = proc_counters(gateway)
         monitor = Monitor(gateway, self.emulator.pid, self.emulator_port)
         monitor.sample()
@@ -698,8 +796,8 @@ http {{
         log(f"{case.key}: measuring {case.duration}s with {case.conc} connection(s)")
         started = time.monotonic()
         report, client_cpu = self.wrk(case, case.duration, "run")
-        threads_after = thread_ticks(self.nanogate.pid) if case.via == "nanogate" else {}
-        io_after = io_counters(self.nanogate.pid) if case.via == "nanogate" else {}
+        threads_after = thread_ticks(measured) if measured else {}
+        io_after = io_counters(measured) if measured else {}
         counters_after = proc_counters(gateway)
         self.quiesce(watched)
         monitor.finish()
@@ -753,7 +851,7 @@ http {{
             result["gateway_context_switches_per_unit"] = (counters_after["ctxsw"] - counters_before["ctxsw"]) / units
         if case.kind == "url":
             result["post_body_bytes_max"] = report["extra"]["post_body_bytes_max"]
-        if case.via == "nanogate":
+        if measured:
             result["thread_cpu_shares"] = [(name, round(share, 3)) for name, share in thread_cpu_shares(threads_before, threads_after)[:6]]
             result["disk_write_kib_per_unit"] = (io_after.get("write_bytes", 0) - io_before.get("write_bytes", 0)) / 1024 / units if units else None
             if case.kind == "url":
@@ -786,6 +884,11 @@ http {{
                 time.sleep(1)
                 self.facts["nanogate_idle_rss_warm_1k_mib"] = status_kib(self.nanogate.pid, "VmRSS") / 1024
         self.one_request(self.configure(Case("4K", "stream", "nanogate", 1, 0)))
+        for name in self.gateways:
+            if name != "nanogate":
+                for kind in ("b64", "billed"):
+                    for _ in range(3):
+                        self.one_request(self.configure(Case("1K", kind, name, 1, 0)))
         self.clean_images()
         self.quiesce([self.nanogate.pid, self.emulator.pid])
         time.sleep(2)
@@ -817,6 +920,16 @@ http {{
         # The streamed chat reply (NanoGate), with the emulator's own stream as the reference.
         for via in ("direct", "nanogate"):
             cases.append(Case("4K", "stream", via, 1, self.args.duration_4k))
+        # The same 1K requests with the gateway's database on PostgreSQL (--postgres-url).
+        if self.args.postgres_url:
+            for conc in self.args.connections:
+                for kind in ("b64", "billed"):
+                    cases.append(Case("1K", kind, "nanogate-pg", conc, self.args.duration_1k))
+        # TLS to the upstream (--tls): a gateway behind the TLS relay beside one behind the same relay in plain HTTP.
+        if self.args.tls:
+            for conc in self.args.connections:
+                for via in ("nanogate-relay", "nanogate-tls"):
+                    cases.append(Case("1K", "b64", via, conc, self.args.duration_1k))
         if self.args.only:
             cases = [case for case in cases if any(part in case.key for part in self.args.only)]
         return cases
@@ -881,6 +994,12 @@ http {{
         self.facts["nanogate_idle_rss_start_mib"] = status_kib(self.nanogate.pid, "VmRSS") / 1024
         for size in self.args.nginx_buffers:
             self.start_nginx(size)
+        if self.args.postgres_url:
+            self.start_nanogate("nanogate-pg", database_url=self.args.postgres_url)
+        if self.args.tls:
+            plain, tls, certificate = self.start_relay()
+            self.start_nanogate("nanogate-relay", upstream=f"http://127.0.0.1:{plain}")
+            self.start_nanogate("nanogate-tls", upstream=f"https://127.0.0.1:{tls}", extra_env={"NANOGATE_UPSTREAM_CA_FILE": str(certificate)})
         self.warm_up()
         self.facts["nanogate_idle_rss_warm_mib"] = status_kib(self.nanogate.pid, "VmRSS") / 1024
         for via in self.nginx:
@@ -898,7 +1017,34 @@ http {{
             self.run_case(case)
         time.sleep(1)
         self.facts["nanogate_idle_rss_end_mib"] = status_kib(self.nanogate.pid, "VmRSS") / 1024
+        if self.args.capacity:
+            self.stop_all()
+            self.run_capacity()
         self.facts["wall_seconds"] = time.monotonic() - self.started
+
+    def run_capacity(self) -> None:
+        """Memory per request in flight (bench/capacity.py, the release binaries): many slow
+        generations at once against an emulator that answers after 20 s, then the RSS a minute later."""
+        self.facts["capacity"] = {}
+        for size, clients, extra in (("1K", self.args.capacity_1k, []), ("4K", self.args.capacity_4k, ["--model", "nano-banana-pro", "--size", "4k"])):
+            if clients <= 0:
+                continue
+            results = self.run_dir / f"capacity-{size}.json"
+            options = ["--clients", str(clients), "--latency-ms", "20000", "--settle-seconds", "60", *extra]
+            argv = ["python3", str(BENCH_DIR / "capacity.py"), *options, "--bin-dir", str(self.release), "--results", str(results)]
+            env = dict(os.environ)  # capacity.py's gateway inherits it
+            for assignment in self.args.nanogate_env:
+                name, _, value = assignment.partition("=")
+                env[name] = value
+            log(f"capacity {size}: {' '.join(argv[1:])}")
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=900, env=env)
+            if done.returncode != 0 or not results.exists():
+                raise BenchError(f"capacity {size} failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+            summary = json.loads(results.read_text())
+            summary["command"] = " ".join(["python3", "bench/capacity.py", *options, "--bin-dir", ".build/release"])
+            self.facts["capacity"][size] = summary
+            log(f"capacity {size}: {summary.get('succeeded')} succeeded, peak in flight {summary.get('peak_in_flight')}, "
+                f"peak RSS {summary.get('gateway_peak_rss_mib')} MiB")
 
 
 # --------------------------------------------------------------------------------------------
@@ -1141,6 +1287,107 @@ class Report:
             ))
         return rows
 
+    def targets24(self) -> list[tuple[str, str, str]]:
+        """Issue 24's targets (images streamed through, billing off the critical path): (target, measured, verdict)."""
+        rows: list[tuple[str, str, str]] = []
+        facts = self.bench.facts
+
+        def verdict(ok: bool | None, note: str = "") -> str:
+            if ok is None:
+                return "not measured"
+            return ("**met**" if ok else "**NOT met**") + (f" ({note})" if note else "")
+
+        reference = "nginx-64k" if "nginx-64k" in self.bench.nginx else next(iter(self.bench.nginx), None)
+        direct, ng, nginx = self.get("1K/b64/c1/direct"), self.get("1K/b64/c1/nanogate"), self.get(f"1K/b64/c1/{reference}")
+        if direct and ng and nginx:
+            x, y = ng["p50_ms"] - direct["p50_ms"], nginx["p50_ms"] - direct["p50_ms"]
+            limit = min(1.0, 1.5 * max(y, 0))
+            rows.append((
+                f"1K b64, 1 connection: added p50 over direct ≤ 1.5× {reference}'s and ≤ 1 ms",
+                f"NanoGate {x:+.2f} ms, {reference} {y:+.2f} ms (direct {fmt_ms(direct['p50_ms'])} ms)",
+                verdict(x <= limit, f"limit {limit:.2f} ms" + ("" if x <= limit else f", missed by {x - limit:.2f} ms ({x / max(y, 1e-9):.1f}× {reference})")),
+            ))
+            cpu, ncpu = ng["gateway_cpu_ms"], nginx["gateway_cpu_ms"]
+            if cpu is not None and ncpu:
+                rows.append((
+                    f"CPU per request (1K b64, 1 connection) ≤ 1.5× {reference}'s",
+                    f"NanoGate {fmt_num(cpu, 2)} ms, {reference} {fmt_num(ncpu, 2)} ms = {cpu / ncpu:.1f}×",
+                    verdict(cpu <= 1.5 * ncpu, "" if cpu <= 1.5 * ncpu else f"missed by {cpu - 1.5 * ncpu:.2f} ms"),
+                ))
+        ng16, nginx16 = self.get("1K/b64/c16/nanogate"), self.get(f"1K/b64/c16/{reference}")
+        if ng16 and nginx16:
+            share = ng16["throughput"] / nginx16["throughput"]
+            rows.append((
+                f"1K b64, 16 connections: requests/s ≥ 0.8× {reference}'s",
+                f"NanoGate {ng16['throughput']:.1f}/s, {reference} {nginx16['throughput']:.1f}/s = {share:.2f}×",
+                verdict(share >= 0.8, "" if share >= 0.8 else f"missed by {0.8 - share:.2f}"),
+            ))
+        for conc in self.bench.args.connections:
+            plain, billed = self.get(f"1K/b64/c{conc}/nanogate"), self.get(f"1K/billed/c{conc}/nanogate")
+            if plain and billed:
+                extra, share = billed["p50_ms"] - plain["p50_ms"], billed["throughput"] / plain["throughput"]
+                ok = extra <= 0.3 and share >= 0.95
+                rows.append((
+                    f"Key with credit (reserve + settle), {conc} connection(s): ≤ +0.3 ms p50 and ≥ 0.95× an unlimited key's requests/s",
+                    f"{extra:+.2f} ms p50 ({fmt_ms(billed['p50_ms'])} vs {fmt_ms(plain['p50_ms'])} ms); {share:.2f}× requests/s",
+                    verdict(ok),
+                ))
+            for kind in ("b64", "billed"):
+                sqlite, pg = self.get(f"1K/{kind}/c{conc}/nanogate"), self.get(f"1K/{kind}/c{conc}/nanogate-pg")
+                if sqlite and pg:
+                    extra = pg["p50_ms"] - sqlite["p50_ms"]
+                    rows.append((
+                        f"PostgreSQL, 1K {'b64' if kind == 'b64' else 'key with credit'}, {conc} connection(s): ≤ +1 ms p50 over SQLite",
+                        f"{extra:+.2f} ms ({fmt_ms(pg['p50_ms'])} vs {fmt_ms(sqlite['p50_ms'])} ms); {pg['throughput']:.1f} vs {sqlite['throughput']:.1f}/s",
+                        verdict(extra <= 1.0, "" if extra <= 1.0 else f"missed by {extra - 1.0:.2f} ms"),
+                    ))
+        for size, summary in (facts.get("capacity") or {}).items():
+            idle, peak, flight = summary.get("gateway_idle_rss_kib"), summary.get("gateway_peak_rss_kib"), summary.get("peak_in_flight")
+            if idle and peak and flight:
+                per = (peak - idle) / flight
+                rows.append((
+                    f"Memory per request in flight, {size} ({summary.get('clients')} clients, 20 s upstream latency): (peak RSS − idle) ÷ in flight ≤ 128 KiB",
+                    f"{per:.0f} KiB ((peak {peak / 1024:.0f} − idle {idle / 1024:.0f} MiB) ÷ {flight}); {summary.get('succeeded')} succeeded, "
+                    f"{summary.get('failed')} failed; `{summary.get('command')}`",
+                    verdict(per <= 128, "" if per <= 128 else f"{per / 128:.1f}× the target"),
+                ))
+            settled = summary.get("gateway_rss_settled_kib")
+            if idle and settled:
+                rows.append((
+                    f"RSS 60 s after the {size} load ≤ 2× idle",
+                    f"{settled / 1024:.0f} MiB vs idle {idle / 1024:.0f} MiB = {settled / idle:.1f}×",
+                    verdict(settled <= 2 * idle),
+                ))
+        warm = facts.get("nanogate_idle_rss_warm_mib")
+        if warm is not None:
+            rows.append(("Idle RSS after warm-up ≤ 40 MiB", f"{warm:.1f} MiB", verdict(warm <= 40, "" if warm <= 40 else f"over by {warm - 40:.1f} MiB")))
+        direct, ng = self.get("4K/stream/c1/direct"), self.get("4K/stream/c1/nanogate")
+        if direct and ng:
+            ratio = ng["p50_ms"] / direct["p50_ms"]
+            rows.append((
+                "4K streamed chat, time to last byte ≤ 1.3× the emulator's own stream",
+                f"{fmt_ms(ng['p50_ms'])} vs {fmt_ms(direct['p50_ms'])} ms p50 = {ratio:.2f}×",
+                verdict(ratio <= 1.3),
+            ))
+        for conc in self.bench.args.connections:
+            url, b64 = self.get(f"1K/url/c{conc}/nanogate"), self.get(f"1K/b64/c{conc}/nanogate")
+            if url and b64:
+                ratio = url["p50_ms"] / b64["p50_ms"]
+                rows.append((
+                    f"url mode POST + GET pair, 1K, {conc} connection(s): ≤ 1.3× b64",
+                    f"{fmt_ms(url['p50_ms'])} vs {fmt_ms(b64['p50_ms'])} ms p50 = {ratio:.2f}×; {url['throughput']:.1f} pairs/s vs {b64['throughput']:.1f}/s",
+                    verdict(ratio <= 1.3),
+                ))
+            relay, tls = self.get(f"1K/b64/c{conc}/nanogate-relay"), self.get(f"1K/b64/c{conc}/nanogate-tls")
+            if relay and tls:
+                rows.append((
+                    f"TLS upstream (TLS 1.3, 16 KiB records), 1K b64, {conc} connection(s): added p50 reported beside plain HTTP",
+                    f"through the TLS relay {fmt_ms(tls['p50_ms'])} ms vs the same relay in plain HTTP {fmt_ms(relay['p50_ms'])} ms "
+                    f"({tls['p50_ms'] - relay['p50_ms']:+.2f} ms; gateway CPU {fmt_num(tls['gateway_cpu_ms'], 2)} vs {fmt_num(relay['gateway_cpu_ms'], 2)} ms/req)",
+                    "reported",
+                ))
+        return rows
+
     def thread_notes(self) -> list[str]:
         lines = []
         for case in self.bench.cases:
@@ -1160,6 +1407,7 @@ class Report:
     def markdown(self) -> str:
         args, facts, machine = self.bench.args, self.bench.facts, self.machine
         target_rows = "\n".join(f"| {t} | {m} | {v} |" for t, m, v in self.targets())
+        target24_rows = "\n".join(f"| {t} | {m} | {v} |" for t, m, v in self.targets24())
         comparisons = "\n".join(self.comparisons())
         threads = "\n".join(self.thread_notes())
         results = os.path.relpath(args.results, ROOT) if args.results else "not written (--results '')"
@@ -1240,7 +1488,20 @@ second; `response` is the size of one answer (url: the POST's JSON + the PNG fet
 
 {comparisons}
 
-## Targets
+## Targets of issue 24 (images streamed through, billing off the critical path)
+
+| target | measured | verdict |
+|---|---|---|
+{target24_rows}
+
+Extra gateways in this run, beside the main one (each its own process and data directory, the same release binary):
+`nanogate-pg` (database on a throwaway PostgreSQL cluster on this machine, `--postgres-url`), `nanogate-relay` and
+`nanogate-tls` (Google's address replaced by nginx in front of the emulator, in plain HTTP and in TLS 1.3 with
+`ssl_buffer_size 16k` and a self-signed P-256 certificate given with `NANOGATE_UPSTREAM_CA_FILE`, `--tls`); memory per
+request in flight from `bench/capacity.py` (`--capacity`, the command in the row; its emulator answers after 20 s and
+renders each size once).
+
+## Earlier targets (issues 5 and 9)
 
 | target | measured | verdict |
 |---|---|---|
@@ -1278,12 +1539,20 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="3 s / 4 s cases and 1 s warm-ups, for trying the harness")
     parser.add_argument("--wait-quiet", type=float, default=120, help="wait up to this many seconds for other processes "
                         "to stop using the CPUs before starting (default 120)")
-    parser.add_argument("--max-minutes", type=float, default=15, help="abort if the run takes longer (default 15)")
+    parser.add_argument("--max-minutes", type=float, default=40, help="abort if the cases take longer (default 40)")
     parser.add_argument("--output", default=str(ROOT / "BENCHMARKS.md"), help="where to write the report ('' for nowhere)")
     parser.add_argument("--results", default=str(BENCH_DIR / "results" / "latest.json"), help="where to write the raw figures as JSON ('' for nowhere)")
     parser.add_argument("--keep", action="store_true", help="keep the run directory (logs, wrk output, data dir)")
     parser.add_argument("--nanogate-env", action="append", default=[], metavar="NAME=VALUE",
                         help="extra environment for nanogate serve (repeatable), e.g. MALLOC_ARENA_MAX=2 to try allocator settings")
+    parser.add_argument("--postgres-url", default=os.environ.get("NGBENCH_PG_URL", ""),
+                        help="also run the 1K cases on a gateway whose database is this PostgreSQL (bench/run.sh starts a throwaway cluster)")
+    extras = os.environ.get("NGBENCH_EXTRAS") == "1"  # bench/run.sh's default
+    parser.add_argument("--tls", action="store_true", default=extras, help="also run the 1K cases through a TLS upstream (nginx with a self-signed "
+                        "certificate in front of the emulator) beside the same relay in plain HTTP")
+    parser.add_argument("--capacity", action="store_true", default=extras, help="also measure memory per request in flight (bench/capacity.py: 1K and 4K)")
+    parser.add_argument("--capacity-1k", type=int, default=2000, help="1K generations in flight for --capacity (default 2000)")
+    parser.add_argument("--capacity-4k", type=int, default=300, help="4K generations in flight for --capacity (default 300)")
     parser.add_argument("--run-parent", default="", help="where to create the run directory, NanoGate's data dir included "
                         "(default: the system temp dir; e.g. /dev/shm to take disk fsyncs out of the picture)")
     args = parser.parse_args()
@@ -1325,7 +1594,7 @@ def main() -> int:
     print()
     print("\n".join(report.comparisons()))
     print()
-    for target, measured, verdict in report.targets():
+    for target, measured, verdict in report.targets24() + report.targets():
         print(f"- {target}: {measured} → {verdict}")
     if args.output:
         Path(args.output).write_text(report.markdown())

@@ -477,10 +477,12 @@ async def one_client(index: int, host: str, port: int, request: bytes, load: Loa
     return outcome
 
 
-async def run_clients(host: str, port: int, secret: str, clients: int, timeout: float, full_checks: int = 3, model: str = "nano-banana") -> tuple[list[Outcome], Load, float]:
+async def run_clients(
+    host: str, port: int, secret: str, clients: int, timeout: float, full_checks: int = 3, model: str = "nano-banana", size: str | None = None
+) -> tuple[list[Outcome], Load, float]:
     """Opens ``clients`` connections at once, one request each; returns the outcomes, the shared
     counters and the wall time. The first ``full_checks`` answers are parsed whole."""
-    body = json.dumps({"model": model, "prompt": "load", "response_format": "b64_json"}).encode()
+    body = json.dumps({"model": model, "prompt": "load", "response_format": "b64_json", **({"size": size} if size else {})}).encode()
     request = (
         f"POST /v1/images/generations HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Bearer {secret}\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
@@ -541,6 +543,8 @@ def run_scenario(
     keep: bool = False,
     model: str = "nano-banana",
     emulator: Path | None = None,
+    size: str | None = None,
+    settle_seconds: float = 0,
 ) -> dict[str, Any]:
     """One whole scenario: start the stack, run the clients, stop it; returns the summary."""
     run_dir = Path(tempfile.mkdtemp(prefix="nanogate-capacity-", dir=run_parent or None))
@@ -550,10 +554,16 @@ def run_scenario(
             cpu_before = [cpu_seconds(stack.gateway.pid), cpu_seconds(stack.emulator.pid), time.process_time()]
             log(f"{name}: {clients} clients against nanogate (pid {stack.gateway.pid}, port {stack.port}), emulator latency {latency_ms} ms")
             with RSSSampler(stack.gateway.pid) as gateway_rss, RSSSampler(stack.emulator.pid) as emulator_rss:
-                outcomes, load, wall = asyncio.run(run_clients(stack.host, stack.port, stack.secret, clients, timeout, model=model))
+                outcomes, load, wall = asyncio.run(run_clients(stack.host, stack.port, stack.secret, clients, timeout, model=model, size=size))
             cpu_after = [cpu_seconds(stack.gateway.pid), cpu_seconds(stack.emulator.pid), time.process_time()]
             hwm = status_kib(stack.gateway.pid, "VmHWM")
             rss_after = status_kib(stack.gateway.pid, "VmRSS")
+            rss_settled = None
+            if settle_seconds > 0:
+                # What the gateway gives back once the load is over (allocator and pools).
+                log(f"{name}: waiting {settle_seconds:.0f} s after the load for the gateway's RSS")
+                time.sleep(settle_seconds)
+                rss_settled = status_kib(stack.gateway.pid, "VmRSS")
             emulator_hwm = status_kib(stack.emulator.pid, "VmHWM")
             gateway_alive = stack.gateway.alive()
             gateway_log = stack.gateway.log_tail(3000)
@@ -568,6 +578,9 @@ def run_scenario(
             "gateway_sampled_peak_rss_kib": gateway_rss.peak_kib,
             "gateway_idle_rss_kib": rss_idle,
             "gateway_rss_after_kib": rss_after,
+            "gateway_rss_settled_kib": rss_settled,
+            "settle_seconds": settle_seconds,
+            "size": size,
             "gateway_peak_threads": gateway_rss.peak_threads,
             "gateway_alive_after": gateway_alive,
             "emulator_peak_rss_kib": emulator_hwm,
@@ -760,6 +773,8 @@ def main() -> int:
     parser.add_argument("--max-concurrency", type=int, help="give the channel this max_concurrency (configuration file); default: NanoGate's")
     parser.add_argument("--queue", type=int, help="NANOGATE_UPSTREAM_QUEUE; default: NanoGate's")
     parser.add_argument("--model", default="nano-banana", help="the model asked for (default nano-banana)")
+    parser.add_argument("--size", help="the size asked for (e.g. 4k with --model nano-banana-pro); default: the model's")
+    parser.add_argument("--settle-seconds", type=float, default=0, help="after the load, wait this long and sample the gateway's RSS again (default 0: not sampled)")
     parser.add_argument("--bin-dir", help="where nanogate and gemini-emulator are (default .build/release if both are there, else .build/debug)")
     parser.add_argument("--emulator-bin", help="the gemini-emulator to use (default: the one in --bin-dir); the emulator is the "
                         "load's upstream, not what is measured, so a release emulator may stand in front of a debug gateway")
@@ -792,7 +807,7 @@ def main() -> int:
         summary = run_scenario(
             "capacity", bin_dir, args.clients, args.latency_ms, args.timeout,
             queue=args.queue, max_concurrency=args.max_concurrency, run_parent=args.run_parent, keep=args.keep, model=args.model,
-            emulator=Path(os.path.abspath(args.emulator_bin)) if args.emulator_bin else None,
+            emulator=Path(os.path.abspath(args.emulator_bin)) if args.emulator_bin else None, size=args.size, settle_seconds=args.settle_seconds,
         )
     except (CapacityError, KeyboardInterrupt) as error:
         log(f"FAILED: {error}" if isinstance(error, CapacityError) else "interrupted")

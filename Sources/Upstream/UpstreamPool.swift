@@ -2,6 +2,7 @@ import NIOHTTP1
 public import Logging
 import NanoGateCore
 public import NIOCore
+import NIOSSL
 public import AsyncHTTPClient
 import Foundation
 import NIOFoundationCompat
@@ -43,6 +44,10 @@ public struct UpstreamConfiguration: Sendable {
     /// 1K): Pro at 4K takes 100–170 s and sometimes over 180 s, 1K a fraction of that. Empty:
     /// `requestTimeout` for every size. A channel's `timeout` or `model_timeouts` wins.
     public var sizeTimeouts: [String: Duration] = [:]
+    /// A PEM file of certificate authorities trusted beside the system's for upstream calls
+    /// (`NANOGATE_UPSTREAM_CA_FILE`: a private CA, a TLS-inspecting proxy, the benchmark's TLS
+    /// emulator).
+    public var trustedCAFile: String?
 
     /// NanoGate's defaults for `sizeTimeouts`.
     public static let defaultSizeTimeouts: [String: Duration] = ["512": .seconds(120), "1K": .seconds(120), "2K": .seconds(180), "4K": .seconds(360)]
@@ -281,7 +286,9 @@ public final class UpstreamPool: Sendable {
     }
 
     private func makeMember(_ channel: ChannelConfiguration, id: Int, managed: Bool) -> PoolMember {
-        var clientConfiguration = Self.clientConfiguration(requestTimeout: configuration.longestTimeout, maxConnections: channel.maxConcurrency)
+        var clientConfiguration = Self.clientConfiguration(
+            requestTimeout: configuration.longestTimeout, maxConnections: channel.maxConcurrency, trustedCAFile: configuration.trustedCAFile
+        )
         if let proxyText = channel.proxy, let proxy = ProxySetting(proxyText) {
             let authorization = proxy.user.map { HTTPClient.Authorization.basic(username: $0, password: proxy.password ?? "") }
             clientConfiguration.proxy = .server(host: proxy.host, port: proxy.port, authorization: authorization)
@@ -315,12 +322,17 @@ public final class UpstreamPool: Sendable {
     /// pool as large as the channel's cap, so no request ever waits in the client's own pool
     /// (whose wait is bounded by the connect timeout): callers queue in the channel's gate.
     /// Over TLS, HTTP/2 is used where the server offers it (one connection, many streams).
-    public static func clientConfiguration(requestTimeout: Duration, maxConnections: Int = 1024) -> HTTPClient.Configuration {
+    public static func clientConfiguration(requestTimeout: Duration, maxConnections: Int = 1024, trustedCAFile: String? = nil) -> HTTPClient.Configuration {
         var configuration = HTTPClient.Configuration()
         configuration.redirectConfiguration = .disallow
         configuration.timeout = .init(connect: .seconds(5), read: .init(requestTimeout))
         configuration.connectionPool = .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: max(8, maxConnections))
         configuration.httpVersion = .automatic
+        if let trustedCAFile {
+            var tls = TLSConfiguration.makeClientConfiguration()
+            tls.additionalTrustRoots = [.file(trustedCAFile)]
+            configuration.tlsConfiguration = tls
+        }
         return configuration
     }
 

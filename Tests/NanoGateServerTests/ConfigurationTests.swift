@@ -94,6 +94,20 @@ import Upstream
         }
     }
 
+    /// `NANOGATE_UPSTREAM_CA_FILE` must name a readable file (a typo would otherwise surface as
+    /// every upstream call failing its TLS handshake); a readable one is trusted for upstream calls.
+    @Test func anUpstreamCAFileMustBeReadable() throws {
+        #expect {
+            try GatewayConfiguration.fromEnvironment(["NANOGATE_UPSTREAM_CA_FILE": "/nonexistent/ca.pem"])
+        } throws: { error in
+            "\(error)".contains("NANOGATE_UPSTREAM_CA_FILE=/nonexistent/ca.pem is not a readable file")
+        }
+        let file = FileManager.default.temporaryDirectory.appendingPathComponent("ca-\(UUID().uuidString).pem")
+        try Data("-----BEGIN CERTIFICATE-----\n".utf8).write(to: file)
+        defer { try? FileManager.default.removeItem(at: file) }
+        #expect(try GatewayConfiguration.fromEnvironment(["NANOGATE_UPSTREAM_CA_FILE": file.path]).upstream.trustedCAFile == file.path)
+    }
+
     /// The configuration file's settings are read under the environment (which wins), and a
     /// value outside a fixed set is named with the values it may take.
     @Test func fileSettingsSitUnderTheEnvironment() throws {

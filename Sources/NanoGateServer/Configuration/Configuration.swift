@@ -16,6 +16,7 @@ import NanoGateStorage
 /// | | `NANOGATE_URL_SECRET` | HMAC secret for image URLs (share it across instances) | generated into the data dir |
 /// | | `GEMINI_API_KEY` | Google key(s), comma-separated | none |
 /// | | `NANOGATE_GEMINI_BASE_URL` | Gemini API base | Google's |
+/// | | `NANOGATE_UPSTREAM_CA_FILE` | PEM file of certificate authorities trusted beside the system's for upstream and S3 calls | none |
 /// | `--config` | `NANOGATE_CONFIG` | configuration file (YAML or JSON): settings and the `models:` list | none |
 /// | | `NANOGATE_UPSTREAM_FLASH` / `NANOGATE_UPSTREAM_PRO` / `NANOGATE_UPSTREAM_FLASH31` | upstream model ids of the built-in catalog | `gemini-2.5-flash-image` / `gemini-3-pro-image` / `gemini-nano-banana-2.1` |
 /// | | `NANOGATE_UPSTREAM_FLASH_FALLBACK` | tried in order when Google refuses the 2.5 id (comma-separated; empty: none) | `gemini-nano-banana-2.1` |

@@ -18,6 +18,13 @@ extension UpstreamConfiguration {
             breakerThreshold: settings.number("nanogate.breaker.threshold", default: 5),
             breakerCooldown: settings.seconds("nanogate.breaker.cooldown", default: 30)
         )
+        if let file = settings.string("nanogate.upstream.ca.file") {
+            if FileManager.default.isReadableFile(atPath: file) {
+                trustedCAFile = file
+            } else {
+                settings.problem("NANOGATE_UPSTREAM_CA_FILE=\(file) is not a readable file")
+            }
+        }
         // One timeout for every size when NANOGATE_UPSTREAM_TIMEOUT is set; else one per size.
         guard settings.string("nanogate.upstream.timeout") == nil else { return }
         var table = Self.defaultSizeTimeouts

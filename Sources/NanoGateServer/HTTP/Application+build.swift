@@ -50,7 +50,7 @@ public struct GatewayDependencies: Sendable {
         let location = try DatabaseLocation.from(url: configuration.databaseURL, dataDirectory: directory)
         let database = try await DatabaseHandle.open(location, poolSize: configuration.databasePoolSize, migrations: .apply, logger: logger)
         let httpClient = HTTPClient(
-            eventLoopGroupProvider: .singleton, configuration: UpstreamPool.clientConfiguration(requestTimeout: configuration.upstream.longestTimeout)
+            eventLoopGroupProvider: .singleton, configuration: UpstreamPool.clientConfiguration(requestTimeout: configuration.upstream.longestTimeout, trustedCAFile: configuration.upstream.trustedCAFile)
         )
         let threadPool = NIOThreadPool(numberOfThreads: 8)
         threadPool.start()
