@@ -360,7 +360,7 @@ class Case:
     @property
     def label(self) -> str:
         kind = {
-            "b64": "b64_json" if self.via == "nanogate" else "Gemini JSON", "url": "url (POST+GET)", "stream": "stream (SSE)",
+            "b64": "b64_json" if self.via.startswith("nanogate") else "Gemini JSON", "url": "url (POST+GET)", "stream": "stream (SSE)",
             "billed": "b64_json, key with credit",
         }[self.kind]
         return f"{self.size} {kind}"
@@ -1030,7 +1030,7 @@ http {{
             if clients <= 0:
                 continue
             results = self.run_dir / f"capacity-{size}.json"
-            options = ["--clients", str(clients), "--latency-ms", "20000", "--settle-seconds", "60", *extra]
+            options = ["--clients", str(clients), "--latency-ms", "20000", "--warm-up", "--settle-seconds", "60", *extra]
             argv = ["python3", str(BENCH_DIR / "capacity.py"), *options, "--bin-dir", str(self.release), "--results", str(results)]
             env = dict(os.environ)  # capacity.py's gateway inherits it
             for assignment in self.args.nanogate_env:

@@ -545,12 +545,21 @@ def run_scenario(
     emulator: Path | None = None,
     size: str | None = None,
     settle_seconds: float = 0,
+    warm_up: bool = False,
 ) -> dict[str, Any]:
     """One whole scenario: start the stack, run the clients, stop it; returns the summary."""
     run_dir = Path(tempfile.mkdtemp(prefix="nanogate-capacity-", dir=run_parent or None))
     try:
         with running_stack(bin_dir, run_dir, latency_ms, queue=queue, max_concurrency=max_concurrency, emulator=emulator) as stack:
             rss_idle = status_kib(stack.gateway.pid, "VmRSS")
+            # One request first: the emulator renders each image size once and keeps it, so the
+            # load meets a prepared answer (hundreds of first 4K renders at once would measure
+            # the emulator, not the gateway).
+            if warm_up:
+                log(f"{name}: one request first, so the emulator has the image ready ({latency_ms} ms)")
+                warm, _, _ = asyncio.run(run_clients(stack.host, stack.port, stack.secret, 1, timeout, model=model, size=size))
+                if not warm[0].ok:
+                    raise CapacityError(f"the first request failed: {warm[0].status} {warm[0].error}")
             cpu_before = [cpu_seconds(stack.gateway.pid), cpu_seconds(stack.emulator.pid), time.process_time()]
             log(f"{name}: {clients} clients against nanogate (pid {stack.gateway.pid}, port {stack.port}), emulator latency {latency_ms} ms")
             with RSSSampler(stack.gateway.pid) as gateway_rss, RSSSampler(stack.emulator.pid) as emulator_rss:
@@ -774,6 +783,8 @@ def main() -> int:
     parser.add_argument("--queue", type=int, help="NANOGATE_UPSTREAM_QUEUE; default: NanoGate's")
     parser.add_argument("--model", default="nano-banana", help="the model asked for (default nano-banana)")
     parser.add_argument("--size", help="the size asked for (e.g. 4k with --model nano-banana-pro); default: the model's")
+    parser.add_argument("--warm-up", action="store_true", help="send one request before the load, so the emulator renders the image once "
+                        "(after the idle RSS is read)")
     parser.add_argument("--settle-seconds", type=float, default=0, help="after the load, wait this long and sample the gateway's RSS again (default 0: not sampled)")
     parser.add_argument("--bin-dir", help="where nanogate and gemini-emulator are (default .build/release if both are there, else .build/debug)")
     parser.add_argument("--emulator-bin", help="the gemini-emulator to use (default: the one in --bin-dir); the emulator is the "
@@ -807,7 +818,7 @@ def main() -> int:
         summary = run_scenario(
             "capacity", bin_dir, args.clients, args.latency_ms, args.timeout,
             queue=args.queue, max_concurrency=args.max_concurrency, run_parent=args.run_parent, keep=args.keep, model=args.model,
-            emulator=Path(os.path.abspath(args.emulator_bin)) if args.emulator_bin else None, size=args.size, settle_seconds=args.settle_seconds,
+            emulator=Path(os.path.abspath(args.emulator_bin)) if args.emulator_bin else None, size=args.size, settle_seconds=args.settle_seconds, warm_up=args.warm_up,
         )
     except (CapacityError, KeyboardInterrupt) as error:
         log(f"FAILED: {error}" if isinstance(error, CapacityError) else "interrupted")
