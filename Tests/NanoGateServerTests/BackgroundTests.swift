@@ -141,6 +141,30 @@ import Upstream
         }
     }
 
+    /// A receiver that never answers holds a delivery no longer than the total deadline, not for
+    /// every attempt and pause (5 × 10 s + 15 s before): with 1 s per attempt and 2.5 s in all,
+    /// at most two attempts reach it (a slow machine makes fewer, never more).
+    @Test func aSilentReceiverHoldsADeliveryNoLongerThanItsTotalDeadline() async throws {
+        let deliveries = Deliveries()
+        let released = Mutex(false)
+        try await withLocalServer({ router in
+            router.post("hook") { _, _ in
+                deliveries.all.withLock { $0.append((nil, [])) }
+                // Silent until the test ends (bounded, so a stuck test still ends).
+                for _ in 0..<1200 where !released.withLock({ $0 }) { try await Task.sleep(for: .milliseconds(50)) }
+                return Response(status: .noContent)
+            }
+        }) { port in
+            var sender = Self.sender(allowPrivate: true)
+            sender.attemptDeadline = .seconds(1)
+            sender.totalDeadline = .milliseconds(2500)
+            await sender.deliver(Self.job(webhook: "http://127.0.0.1:\(port)/hook"), logger: Self.quiet)
+            released.withLock { $0 = true }
+        }
+        let attempts = deliveries.all.withLock { $0.count }
+        #expect((1...2).contains(attempts), "\(attempts) attempts reached the receiver")
+    }
+
     /// Without the operator's leave, a webhook to a loopback address is never sent, and the
     /// refusal is final (no retry would be allowed either): `deliver` returns at once.
     @Test func aWebhookToAPrivateAddressIsNeverSent() async throws {
