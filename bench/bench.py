@@ -1089,6 +1089,13 @@ def machine_info() -> dict:
     }
 
 
+def verdict(ok: bool | None, note: str = "") -> str:
+    """A target's verdict cell."""
+    if ok is None:
+        return "not measured"
+    return ("**met**" if ok else "**NOT met**") + (f" ({note})" if note else "")
+
+
 class Report:
     def __init__(self, bench: Benchmark, command: str):
         self.bench = bench
@@ -1170,11 +1177,6 @@ class Report:
         """(target, measured, verdict) rows."""
         rows = []
         facts = self.bench.facts
-
-        def verdict(ok: bool | None, note: str = "") -> str:
-            if ok is None:
-                return "not measured"
-            return ("**met**" if ok else "**NOT met**") + (f" ({note})" if note else "")
 
         # 1. Sequential 1K b64_json latency overhead, against each nginx variant.
         direct, ng = self.get("1K/b64/c1/direct"), self.get("1K/b64/c1/nanogate")
@@ -1286,11 +1288,6 @@ class Report:
         """Issue 24's targets (images streamed through, billing off the critical path): (target, measured, verdict)."""
         rows: list[tuple[str, str, str]] = []
         facts = self.bench.facts
-
-        def verdict(ok: bool | None, note: str = "") -> str:
-            if ok is None:
-                return "not measured"
-            return ("**met**" if ok else "**NOT met**") + (f" ({note})" if note else "")
 
         reference = "nginx-64k" if "nginx-64k" in self.bench.nginx else next(iter(self.bench.nginx), None)
         direct, ng, nginx = self.get("1K/b64/c1/direct"), self.get("1K/b64/c1/nanogate"), self.get(f"1K/b64/c1/{reference}")

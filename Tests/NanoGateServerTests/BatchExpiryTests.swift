@@ -16,18 +16,13 @@ import Upstream
 /// 25 h wait).
 @Suite(.timeLimit(.minutes(10))) struct BatchExpiryTests {
     @Test func aStuckBatchExpiresAndReleasesItsHold() async throws {
-        try await withGateway(
-            configure: { $0.batchPollInterval = .seconds(3600) },
-            emulator: { $0.batchDelay = .seconds(3600) }
-        ) { gateway in
+        try await Self.withUnfinishedBatches { gateway in
             let secret = try await BillingTests.key(gateway, name: "stuck", KeyOptions(creditMicroUSD: 5_000_000))
             let line = #"{"custom_id":"a","method":"POST","url":"/v1/images/generations","body":{"model":"nano-banana","prompt":"p"}}"#
             let batchID = try await BackgroundTests.submitBatch(gateway, key: secret, lines: [line])
             #expect(try await BillingTests.balance(gateway, "stuck").reservedMicroUSD > 0, "the batch's worst case is held")
 
-            var logger = Logger(label: "test")
-            logger.logLevel = .critical
-            let parts = makeGatewayParts(configuration: gateway.configuration, dependencies: gateway.dependencies, logger: logger)
+            let parts = Self.parts(of: gateway)
             let poller = parts.batchPoller
             let store = gateway.dependencies.store
             // Polled now: Google is still working on it, so it stays in progress.
@@ -50,19 +45,14 @@ import Upstream
     /// delivered and charged (at the batch price), the other fails, and the batch ends `expired`
     /// with its output file, the rest of its hold released.
     @Test func anExpiredBatchIsChargedForWhatGoogleAnswered() async throws {
-        try await withGateway(
-            configure: { $0.batchPollInterval = .seconds(3600) },
-            emulator: { $0.batchDelay = .seconds(3600) }
-        ) { gateway in
+        try await Self.withUnfinishedBatches { gateway in
             let secret = try await BillingTests.key(gateway, name: "half", KeyOptions(creditMicroUSD: 5_000_000))
             let lines = [
                 #"{"custom_id":"a","method":"POST","url":"/v1/images/generations","body":{"model":"nano-banana","prompt":"p [emulate:batch_early]","response_format":"b64_json"}}"#,
                 #"{"custom_id":"b","method":"POST","url":"/v1/images/generations","body":{"model":"nano-banana","prompt":"q","response_format":"b64_json"}}"#,
             ]
             let batchID = try await BackgroundTests.submitBatch(gateway, key: secret, lines: lines)
-            var logger = Logger(label: "test")
-            logger.logLevel = .critical
-            let parts = makeGatewayParts(configuration: gateway.configuration, dependencies: gateway.dependencies, logger: logger)
+            let parts = Self.parts(of: gateway)
             let store = gateway.dependencies.store
             try await Self.pollTwiceLate(parts.batchPoller, store: store)
             var read = HTTPClientRequest(url: gateway.baseURL + "/v1/batches/\(batchID)")
@@ -78,6 +68,19 @@ import Upstream
             #expect(key.reservedMicroUSD == 0 && key.spentMicroUSD == rows.reduce(0) { $0 + $1.costMicroUSD } && key.spentMicroUSD > 0)
             await parts.pool.shutdown()
         }
+    }
+
+    /// A gateway whose poller waits an hour between polls, in front of a Google that keeps every
+    /// batch pending for an hour: the test drives the poller itself.
+    static func withUnfinishedBatches(_ body: (Harness) async throws -> Void) async throws {
+        try await withGateway(configure: { $0.batchPollInterval = .seconds(3600) }, emulator: { $0.batchDelay = .seconds(3600) }, body)
+    }
+
+    /// The gateway's parts (its batch poller among them), logging nothing.
+    static func parts(of gateway: Harness) -> GatewayParts {
+        var logger = Logger(label: "test")
+        logger.logLevel = .critical
+        return makeGatewayParts(configuration: gateway.configuration, dependencies: gateway.dependencies, logger: logger)
     }
 
     /// Polls the batch as if 25.5 hours had passed (past the window and its grace hour, within the hour Google is given to stop), twice: the first poll stops it at Google, the

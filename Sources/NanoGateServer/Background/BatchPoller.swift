@@ -70,7 +70,10 @@ struct BatchPoller: Service {
         if status.results.isEmpty {
             if batch.status == .cancelling || status.state == "BATCH_STATE_CANCELLED" {
                 // Stopped before it answered anything: nothing to deliver or charge.
-                await batches.endUndelivered(batch, owner: owner, status: expired ? .expired : .cancelled, logger: logger)
+                await batches.endUndelivered(
+                    batch, owner: owner, status: expired ? .expired : .cancelled, error: expired ? BatchesController.expiredError : nil, logger: logger
+                )
+                logger.notice("batch stopped before Google answered any of it", metadata: ["expired": "\(expired)"])
                 return
             }
             guard status.state == "BATCH_STATE_SUCCEEDED" else {
@@ -87,7 +90,8 @@ struct BatchPoller: Service {
     /// released when Google did not stop either (`abandoned`).
     private func stop(_ batch: BatchRecord, upstream: GeminiBatch.Handle, abandoned: Bool, logger: Logger) async {
         if abandoned {
-            await batches.fail(batch, owner: owner, code: "batch_expired", message: "Google did not finish the batch within its 24 h window.", status: .expired, logger: logger)
+            let error = BatchesController.expiredError
+            await batches.fail(batch, owner: owner, code: error.code, message: error.message, status: .expired, logger: logger)
             return
         }
         if batch.status == .inProgress {
@@ -115,27 +119,23 @@ extension BatchRecord {
 extension BatchesController {
     /// Ends a batch that cannot be delivered: its hold released, nothing charged.
     func fail(_ batch: BatchRecord, owner: String, code: String, message: String, status: BatchStatus = .failed, logger: Logger) async {
-        let errors = BatchObject.BatchErrors(data: [.init(code: code, message: message, line: nil)])
-        if let reservationID = batch.reservationID { try? await pipeline.ledger.release(reservationID: reservationID) }
-        try? await store.finishBatch(
-            id: batch.id, owner: owner, status: status, completed: 0, failed: batch.total, outputFileID: nil, errorFileID: nil,
-            errors: (try? JSONEncoder().encode(errors)).map { String(decoding: $0, as: UTF8.self) }
-        )
+        await endUndelivered(batch, owner: owner, status: status, error: (code, message), logger: logger)
         logger.error("batch ended undelivered", metadata: ["status": "\(status)", "code": "\(code)", "message": "\(message)"])
     }
 
-    /// A batch stopped before Google answered any of it: ended `cancelled` or `expired`, its
-    /// hold released, nothing charged.
-    func endUndelivered(_ batch: BatchRecord, owner: String, status: BatchStatus, logger: Logger) async {
+    /// Ends a batch with nothing delivered (`cancelled` or `expired` before Google answered any
+    /// of it, or failed): its hold released, nothing charged, `error` in its `errors`.
+    func endUndelivered(_ batch: BatchRecord, owner: String, status: BatchStatus, error: (code: String, message: String)?, logger: Logger) async {
         if let reservationID = batch.reservationID { try? await pipeline.ledger.release(reservationID: reservationID) }
-        var errors: String?
-        if status == .expired {
-            let expired = BatchObject.BatchErrors(data: [.init(code: "batch_expired", message: "Google did not finish the batch within its 24 h window.", line: nil)])
-            errors = (try? JSONEncoder().encode(expired)).map { String(decoding: $0, as: UTF8.self) }
-        }
-        try? await store.finishBatch(id: batch.id, owner: owner, status: status, completed: 0, failed: batch.total, outputFileID: nil, errorFileID: nil, errors: errors)
-        logger.notice("batch stopped before Google answered any of it", metadata: ["status": "\(status)"])
+        let errors = error.map { BatchObject.BatchErrors(data: [.init(code: $0.code, message: $0.message, line: nil)]) }
+        try? await store.finishBatch(
+            id: batch.id, owner: owner, status: status, completed: 0, failed: batch.total, outputFileID: nil, errorFileID: nil,
+            errors: errors.flatMap { try? JSONEncoder().encode($0) }.map { String(decoding: $0, as: UTF8.self) }
+        )
     }
+
+    /// The `errors` of a batch Google did not finish in its window.
+    static let expiredError = (code: "batch_expired", message: "Google did not finish the batch within its 24 h window.")
 
     /// How a batch Google answered ends: `completed`, or — when it stopped before the end (a
     /// cancel, the window's end) — `cancelled` or `expired`, with what it did answer delivered.

@@ -38,38 +38,13 @@ extension RequestPipeline {
             let request = ImageTranslation.geminiRequest(
                 prompt: job.prompt, inputImages: job.inputImages, spec: job.spec, family: job.model.family, reasoningEffort: job.options.reasoningEffort
             )
-            let results = await withTaskGroup(of: (Int, Result<StoredImage, GatewayError>).self) { group in
-                for index in 0..<job.count {
-                    group.addTask {
-                        do throws(GatewayError) {
-                            return (index, .success(try await storedImage(request, job: job, settlement: settlement, logger: logger)))
-                        } catch {
-                            return (index, .failure(error))
-                        }
-                    }
-                }
-                var collected: [(Int, Result<StoredImage, GatewayError>)] = []
-                for await result in group { collected.append(result) }
-                return collected.sorted { $0.0 < $1.0 }.map(\.1)
+            let stored = try await perImage(job, logger: logger) { () throws(GatewayError) in
+                try await storedImage(request, job: job, settlement: settlement, logger: logger)
             }
-            let stored = results.compactMap { try? $0.get() }
-            guard let first = stored.first else {
-                for case .failure(let error) in results { throw error }
-                throw .internal("No upstream call was made.")
-            }
-            if stored.count < results.count {
-                logger.warning("some images of the request failed; answering with the others", metadata: ["delivered": "\(stored.count)", "asked": "\(job.count)"])
-            }
-            let delivered = stored.reduce(ImageUsage.zero) { $0 + $1.usage }
-            settlement.delivered(images: stored.count, usage: delivered)
-            var usage = delivered
-            usage.cost = TokenPrices.usd(settlement.chargeMicroUSD)
-            var response = ImagesResponse(
-                created: Int(Date().timeIntervalSince1970), data: stored.map { ImageObject(url: $0.url, revisedPrompt: $0.text) }, usage: usage,
-                background: "opaque", outputFormat: first.format?.rawValue, size: first.pixels?.description, quality: ImageQuality.reported(for: job.spec.imageSize)
+            return imagesResponse(
+                job, data: stored.map { ImageObject(url: $0.url, revisedPrompt: $0.text) }, usage: stored.reduce(.zero) { $0 + $1.usage },
+                format: stored.first?.format, pixels: stored.first?.pixels, settlement: settlement
             )
-            response.serviceTier = settlement.servedTier.openAIName
-            return response
         }
     }
 
@@ -80,11 +55,8 @@ extension RequestPipeline {
         guard let scratch = images.scratchDirectory else { throw .internal("No scratch directory for streamed images.") }
         let stored = try await answerRead(request, size: job.spec.imageSize, settlement: settlement, logger: logger) { answer in
             await Self.readImages(of: answer, into: scratch, logger: logger)
-        }
+        }.get()
         defer { stored.sinks.discardAll() }
-        if stored.failedLocally {
-            throw .internal("The image could not be stored for a URL answer; retry with response_format b64_json.")
-        }
         AnswerReader.record(stored.response, in: settlement)
         let outcome = try ImageTranslation.outcome(of: stored.response)
         guard let index = Self.finalImageIndex(in: stored.response, imagesRead: stored.imagesRead), index < stored.sinks.items.count,
@@ -95,7 +67,7 @@ extension RequestPipeline {
         let sink = stored.sinks.items[index]
         guard let mime = sink.mimeType else {
             logger.error("could not store a generated image", metadata: ["error": "\(ImageStoreError.notAnImage)"])
-            throw .internal("The image was generated but could not be stored for a URL answer; retry with response_format b64_json.")
+            throw .notStored
         }
         do {
             let name = try await images.images.saveFile(at: sink.path, fileExtension: ImageSniffer.fileExtension(for: mime))
@@ -105,7 +77,7 @@ extension RequestPipeline {
             )
         } catch {
             logger.error("could not store a generated image", metadata: ["error": "\(error)"])
-            throw .internal("The image was generated but could not be stored for a URL answer; retry with response_format b64_json.")
+            throw .notStored
         }
     }
 
@@ -114,13 +86,15 @@ extension RequestPipeline {
         var response: GeminiWire.Response
         var imagesRead: Int
         fileprivate var sinks: SinkList
-        /// The gateway could not write an image (Google's answer was not at fault).
-        var failedLocally = false
     }
 
     /// Reads one attempt's answer, each image into a file of its own. A fault of the answer is
-    /// the attempt's (its files are removed; the next attempt starts afresh).
-    private static func readImages(of answer: GeminiAnswerBody, into scratch: URL, logger: Logger) async -> Result<ReadImages, AnswerReadFailure> {
+    /// the attempt's (its files are removed; the next attempt starts afresh); a file the
+    /// gateway could not write is its own error, inside the attempt's success (Google's answer
+    /// was not at fault, and is not tried again).
+    private static func readImages(
+        of answer: GeminiAnswerBody, into scratch: URL, logger: Logger
+    ) async -> Result<Result<ReadImages, GatewayError>, AnswerReadFailure> {
         let reader = AnswerReader(answer: answer)
         let sinks = SinkList()
         do {
@@ -138,14 +112,14 @@ extension RequestPipeline {
                 }
                 return true
             }
-            return .success(ReadImages(response: try reader.response(), imagesRead: reader.imageCount, sinks: sinks))
+            return .success(.success(ReadImages(response: try reader.response(), imagesRead: reader.imageCount, sinks: sinks)))
         } catch let failure as AnswerReadFailure {
             sinks.discardAll()
             return .failure(failure)
         } catch {
             logger.error("could not write a streamed image", metadata: ["error": "\(String(reflecting: error))"])
             sinks.discardAll()
-            return .success(ReadImages(response: GeminiWire.Response(candidates: nil, usageMetadata: nil), imagesRead: 0, sinks: SinkList(), failedLocally: true))
+            return .success(.failure(.notStored))
         }
     }
 

@@ -465,11 +465,8 @@ struct RequestPipeline: Sendable {
         throw firstRefusal ?? UpstreamError(.modelNotFound, detail: "no upstream id of '\(model.name)' can serve this request")
     }
 
-    /// The images endpoints' upstream work: `n` parallel calls (Gemini rejects `candidateCount` > 1).
-    ///
-    /// When some calls fail, the outcomes that succeeded are returned (OpenAI clients accept
-    /// fewer than `n`); it throws only when no image came back, with the first call's error.
-    /// Every answer Google returned is in the settlement's billed usage either way.
+    /// The images endpoints' upstream work: `n` parallel calls (`perImage`). Every answer
+    /// Google returned is in the settlement's billed usage, whether or not it made an image.
     func produceImages(_ job: ImageRequest, settlement: Settlement, given: [Result<GeminiWire.Response, GatewayError>]? = nil, logger: Logger) async throws(GatewayError) -> [ImageTranslation.Outcome] {
         if let given {
             // Google's answers arrived another way (a batch): billed and read like a call's.
@@ -490,30 +487,56 @@ struct RequestPipeline: Sendable {
         let request = ImageTranslation.geminiRequest(
             prompt: job.prompt, inputImages: job.inputImages, spec: job.spec, family: job.model.family, reasoningEffort: job.options.reasoningEffort
         )
-        let results = await withTaskGroup(of: (Int, Result<ImageTranslation.Outcome, GatewayError>).self) { group in
+        return try await perImage(job, logger: logger) { () throws(GatewayError) in
+            try ImageTranslation.outcome(of: try await generate(request, size: job.spec.imageSize, settlement: settlement, logger: logger))
+        }
+    }
+
+    /// `job.count` upstream calls at once (one image each: Gemini rejects `candidateCount` > 1),
+    /// in request order. When some fail, the values of those that succeeded are returned (OpenAI
+    /// clients accept fewer than `n`); it throws only when none did, with the first call's error.
+    func perImage<Value: Sendable>(
+        _ job: ImageRequest, logger: Logger, _ call: @escaping @Sendable () async throws(GatewayError) -> Value
+    ) async throws(GatewayError) -> [Value] {
+        let results = await withTaskGroup(of: (Int, Result<Value, GatewayError>).self) { group in
             for index in 0..<job.count {
                 group.addTask {
                     do throws(GatewayError) {
-                        let response = try await generate(request, size: job.spec.imageSize, settlement: settlement, logger: logger)
-                        return (index, .success(try ImageTranslation.outcome(of: response)))
+                        return (index, .success(try await call()))
                     } catch {
                         return (index, .failure(error))
                     }
                 }
             }
-            var collected: [(Int, Result<ImageTranslation.Outcome, GatewayError>)] = []
+            var collected: [(Int, Result<Value, GatewayError>)] = []
             for await result in group { collected.append(result) }
             return collected.sorted { $0.0 < $1.0 }.map(\.1)
         }
-        let outcomes = results.compactMap { try? $0.get() }
-        guard !outcomes.isEmpty else {
+        let values = results.compactMap { try? $0.get() }
+        guard !values.isEmpty else {
             for case .failure(let error) in results { throw error }
             throw .internal("No upstream call was made.")
         }
-        if outcomes.count < results.count {
-            logger.warning("some images of the request failed; answering with the others", metadata: ["delivered": "\(outcomes.count)", "asked": "\(job.count)"])
+        if values.count < results.count {
+            logger.warning("some images of the request failed; answering with the others", metadata: ["delivered": "\(values.count)", "asked": "\(job.count)"])
         }
-        return outcomes
+        return values
+    }
+
+    /// The images answer for what was delivered: charged now (the settlement's figure is the
+    /// answer's `usage.cost`), with the first image's format and size.
+    func imagesResponse(
+        _ job: ImageRequest, data: [ImageObject], usage delivered: ImageUsage, format: OutputFormat?, pixels: PixelSize?, settlement: Settlement
+    ) -> ImagesResponse {
+        settlement.delivered(images: data.count, usage: delivered)
+        var usage = delivered
+        usage.cost = TokenPrices.usd(settlement.chargeMicroUSD)
+        var response = ImagesResponse(
+            created: Int(Date().timeIntervalSince1970), data: data, usage: usage, background: "opaque",
+            outputFormat: format?.rawValue, size: pixels?.description, quality: ImageQuality.reported(for: job.spec.imageSize)
+        )
+        response.serviceTier = settlement.servedTier.openAIName
+        return response
     }
 
     /// The images endpoints, answered as one JSON body. Images that succeeded are returned and
@@ -545,18 +568,8 @@ struct RequestPipeline: Sendable {
                 first = first ?? image
                 delivered = delivered + outcome.usage
             }
-            guard !data.isEmpty else {
-                throw .internal("The image was generated but could not be stored for a URL answer; retry with response_format b64_json.")
-            }
-            settlement.delivered(images: data.count, usage: delivered)
-            var usage = delivered
-            usage.cost = TokenPrices.usd(settlement.chargeMicroUSD)
-            var response = ImagesResponse(
-                created: Int(Date().timeIntervalSince1970), data: data, usage: usage, background: "opaque",
-                outputFormat: first?.format?.rawValue, size: first?.pixels?.description, quality: ImageQuality.reported(for: job.spec.imageSize)
-            )
-            response.serviceTier = settlement.servedTier.openAIName
-            return response
+            guard !data.isEmpty else { throw .notStored }
+            return imagesResponse(job, data: data, usage: delivered, format: first?.format, pixels: first?.pixels, settlement: settlement)
         }
     }
 }

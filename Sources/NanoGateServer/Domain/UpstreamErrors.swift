@@ -41,3 +41,8 @@ extension GatewayError {
         }
     }
 }
+
+extension GatewayError {
+    /// A `url` answer whose image Google made but the store could not take.
+    static let notStored = GatewayError.internal("The image was generated but could not be stored for a URL answer; retry with response_format b64_json.")
+}
