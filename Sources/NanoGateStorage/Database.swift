@@ -127,11 +127,14 @@ public final class DatabaseHandle: Sendable {
     /// Reservations and settlement (single statements on the same store).
     public var ledger: SQLStore { store }
     public let location: DatabaseLocation
+    /// API keys as requests look them up (cached; `KeyEpochWatcher` keeps it current).
+    public let keys: KeyCache
     private let closeResources: @Sendable () async throws -> Void
 
     private init(store: SQLStore, location: DatabaseLocation, close: @escaping @Sendable () async throws -> Void) {
         self.store = store
         self.location = location
+        self.keys = KeyCache(store: store)
         self.closeResources = close
     }
 

@@ -90,8 +90,7 @@ extension SQLStore {
     }
 
     public func activeKey(secret: String) async throws -> APIKey? {
-        try await database.raw("\(Self.keyColumns) WHERE k.secret_hash = \(bind: Self.hash(secret)) AND k.revoked_at IS NULL")
-            .first(decoding: KeyRow.self)?.key
+        try await activeKey(secretHash: Self.hash(secret))
     }
 
     public func key(id: String) async throws -> APIKey? {

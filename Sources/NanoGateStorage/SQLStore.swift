@@ -47,6 +47,7 @@ public struct SQLStore: KeyStore, UsageLog, SignatureStore {
         (12, { database in try await SQLStore.createRefunds(database) }),
         (13, { database in try await SQLStore.addObjectNames(database) }),
         (14, { database in try await SQLStore.addColumnIfMissing(database, table: "key_rates", column: "last_us", type: "BIGINT") }),
+        (15, { database in try await SQLStore.createKeyEpoch(database, backend: .sqlite) }),
     ]
 
     /// PostgreSQL's: PostgreSQL support began at SQLite's version 5, so its first migration
@@ -62,6 +63,7 @@ public struct SQLStore: KeyStore, UsageLog, SignatureStore {
         (12, { database in try await SQLStore.createRefunds(database) }),
         (13, { database in try await SQLStore.addObjectNames(database) }),
         (14, { database in try await SQLStore.addColumnIfMissing(database, table: "key_rates", column: "last_us", type: "BIGINT") }),
+        (15, { database in try await SQLStore.createKeyEpoch(database, backend: .postgres) }),
     ]
 
     /// Version 14 (`key_rates.last_us`): the latest admitted arrival per key, so requests sent

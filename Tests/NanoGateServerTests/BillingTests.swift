@@ -154,6 +154,7 @@ import Testing
             let late = try await gateway.generate(#"{"model":"nano-banana","prompt":"p"}"#, key: expired)
             #expect(late.status == 401 && late.error["code"] as? String == "api_key_expired")
             _ = try await gateway.dependencies.store.updateKey(name: "narrow", KeyUpdate(disabled: true))
+            await gateway.dependencies.database.keys.refresh()  // as the admin API does after a change
             let disabled = try await gateway.generate(#"{"model":"nano-banana-2","prompt":"p"}"#, key: narrow)
             #expect(disabled.status == 401 && disabled.error["code"] as? String == "api_key_disabled")
 

@@ -20,8 +20,9 @@ import Upstream
 @Suite(.timeLimit(.minutes(10))) struct ExposureTests {
     static let adminToken = "9f2c61d0a7b84e3fb5d19c0e6a2f47d3"
 
-    static func request(_ gateway: Harness, _ path: String, bearer: String?) async throws -> Harness.Reply {
+    static func request(_ gateway: Harness, _ path: String, method: HTTPMethod = .GET, bearer: String?) async throws -> Harness.Reply {
         var request = HTTPClientRequest(url: gateway.baseURL + path)
+        request.method = method
         if let bearer { request.headers.add(name: "Authorization", value: "Bearer \(bearer)") }
         return try await gateway.send(request)
     }

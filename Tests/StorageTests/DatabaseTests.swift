@@ -159,4 +159,55 @@ import Testing
         #expect(throws: DatabaseConfigurationError.self) { try DatabaseLocation.from(url: "postgres://db.internal/gateway", dataDirectory: data) }
         #expect(throws: DatabaseConfigurationError.self) { try DatabaseLocation.from(url: "postgres://u@h/d?sslmode=sometimes", dataDirectory: data) }
     }
+
+    /// The key cache: money moving per request leaves cached keys alone (else it would empty
+    /// on every request); a change to a key or a group, made by anyone, moves the key epoch,
+    /// and a cache that reads it serves the key as it is now; with no read for `maxStaleness`,
+    /// every look-up goes to the database, so a revocation bites even if the watcher stalls.
+    @Test func cachedKeysFollowTheKeyEpoch() async throws {
+        try await TestDatabase.with { database in
+            let store = database.store
+            let (key, secret) = try await store.createKey(name: "cached", group: .default, options: KeyOptions(creditMicroUSD: 1_000_000))
+            let cache = KeyCache(store: store, maxStaleness: .seconds(600))
+            await cache.refresh()
+            #expect(try await cache.activeKey(secret: secret)?.id == key.id)
+            #expect(cache.count == 1)
+
+            let epoch = try await store.keyEpoch()
+            #expect(try await store.reserve(Reservation(keyID: key.id, amountMicroUSD: 1_000, owner: "t", leaseUntil: Date().addingTimeInterval(60))) == .held)
+            #expect(try await store.releaseExpired(now: Date().addingTimeInterval(120)) == 1)
+            #expect(try await store.keyEpoch() == epoch, "holds and releases do not move the epoch")
+            await cache.refresh()
+            #expect(cache.count == 1)
+
+            var topUp = KeyUpdate()
+            topUp.addCredit = 500_000
+            _ = try await store.updateKey(name: "cached", topUp)
+            #expect(try await store.keyEpoch() > epoch)
+            #expect(try await cache.activeKey(secret: secret)?.creditMicroUSD == 1_000_000, "until the epoch is read again, the cached key")
+            await cache.refresh()
+            #expect(cache.count == 0)
+            #expect(try await cache.activeKey(secret: secret)?.creditMicroUSD == 1_500_000)
+
+            let beforeGroup = try await store.keyEpoch()
+            try await store.updateGroup(KeyGroupSettings(name: .default, responseFormat: .b64JSON))
+            #expect(try await store.keyEpoch() > beforeGroup, "a group's change moves it too")
+            await cache.refresh()
+            #expect(try await cache.activeKey(secret: secret)?.group == .default)
+
+            try await store.revokeKey(name: "cached")
+            await cache.refresh()
+            #expect(try await cache.activeKey(secret: secret) == nil)
+            #expect(cache.count == 0, "unknown secrets are never kept")
+
+            // A cache whose epoch read is older than its bound reads the database every time.
+            let (_, other) = try await store.createKey(name: "stale", group: .default)
+            let bounded = KeyCache(store: store, maxStaleness: .milliseconds(50))
+            await bounded.refresh()
+            #expect(try await bounded.activeKey(secret: other) != nil)
+            try await store.revokeKey(name: "stale")
+            try await Task.sleep(for: .milliseconds(60))
+            #expect(try await bounded.activeKey(secret: other) == nil)
+        }
+    }
 }

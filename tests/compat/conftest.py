@@ -255,18 +255,33 @@ def client(make_client, gateway: Gateway) -> openai.OpenAI:
     return make_client(gateway.key)
 
 
+# A running gateway serves keys from a cache: a change made outside it (the CLI, another
+# instance) reaches it within one second, guaranteed whether or not its epoch watcher kept up
+# (README, "Keys are cached"). A test that changed a key through the CLI waits that second out.
+KEY_CACHE_SECONDS = 1.0
+
+
+def wait_out_key_cache(args) -> None:
+    """After ``nanogate keys|groups <change>``: the bound within which every gateway sees it."""
+    args = [a for a in args if not a.startswith("-")]
+    if len(args) >= 2 and ((args[0] == "keys" and args[1] not in ("list", "show", "create")) or (args[0] == "groups" and args[1] not in ("list", "show"))):
+        time.sleep(KEY_CACHE_SECONDS + 0.05)
+
+
 @pytest.fixture(scope="session")
 def cli(nanogate_bin: Path, gateway: Gateway) -> Callable[..., subprocess.CompletedProcess]:
     """Run ``nanogate <args> --data-dir <demo data dir>`` and capture its output."""
 
     def run(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
+        result = subprocess.run(
             [str(nanogate_bin), *args, "--data-dir", str(gateway.data_dir)],
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,
             timeout=CLI_TIMEOUT,
         )
+        wait_out_key_cache(args)
+        return result
 
     return run
 

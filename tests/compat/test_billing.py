@@ -21,16 +21,18 @@ from pathlib import Path
 import openai
 import pytest
 
-from conftest import CLI_TIMEOUT, _free_port, sdk_client
+from conftest import CLI_TIMEOUT, _free_port, sdk_client, wait_out_key_cache
 
 ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
 
 
 def run_cli(nanogate_bin: Path, data_dir: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
+    result = subprocess.run(
         [str(nanogate_bin), *args, "--data-dir", str(data_dir)],
         stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=CLI_TIMEOUT,
     )
+    wait_out_key_cache(args)
+    return result
 
 
 def ok(result: subprocess.CompletedProcess) -> str:

@@ -31,7 +31,7 @@ import openai
 import pytest
 from PIL import Image
 
-from conftest import CLI_TIMEOUT, _demo_in_temp_dir, sdk_client
+from conftest import CLI_TIMEOUT, _demo_in_temp_dir, sdk_client, wait_out_key_cache
 from test_edits import small_png
 from test_openai_sdk import PNG_SIGNATURE, check_usage
 
@@ -82,9 +82,11 @@ def client(make_client, gateway):
 @pytest.fixture(scope="module")
 def cli(nanogate_bin, gateway):
     def run(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
+        result = subprocess.run(
             [str(nanogate_bin), *args, "--data-dir", str(gateway.data_dir)], capture_output=True, text=True, timeout=CLI_TIMEOUT
         )
+        wait_out_key_cache(args)
+        return result
 
     return run
 FLASH25_NAMES = [name for name, entry in CATALOG.items() if entry["family"] == "flash25"]

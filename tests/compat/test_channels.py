@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from PIL import Image
 
-from conftest import CLI_TIMEOUT, CLIENT_TIMEOUT, STARTUP_TIMEOUT, _demo_in_temp_dir, _free_port, _stop, wait_until_healthy
+from conftest import CLI_TIMEOUT, CLIENT_TIMEOUT, STARTUP_TIMEOUT, _demo_in_temp_dir, _free_port, _stop, wait_until_healthy, wait_out_key_cache
 
 ADMIN_TOKEN = "channels-admin-token-0123456789abcdef"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -177,6 +177,7 @@ def cli(nanogate_bin: Path, *args: str, env: dict[str, str] | None = None) -> su
         proc.kill()
         proc.communicate()
         raise
+    wait_out_key_cache(args)
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 

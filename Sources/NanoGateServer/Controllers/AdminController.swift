@@ -400,7 +400,7 @@ struct AccountController {
 
     func addRoutes(to group: RouterGroup<GatewayRequestContext>) {
         group.get("usage") { request, context in
-            let key = try context.requireKey()
+            let key = try await current(context.requireKey())
             let query = request.uri.queryParameters
             let rows = try await store.usage(UsageQuery(
                 keyID: key.id, since: query.get("since").flatMap { OperatorService.date(String($0)) },
@@ -427,12 +427,19 @@ struct AccountController {
             let until = query.get("end_date").flatMap { OperatorService.date(String($0)) }
             let cents: Double
             if since == nil && until == nil {
+                let key = try await current(key)
                 cents = TokenPrices.usd(key.spentMicroUSD) * 100
             } else {
                 cents = TokenPrices.usd(try await store.spentMicroUSD(keyID: key.id, since: since, until: until)) * 100
             }
             return try json(BillingUsage(total_usage: cents))
         }
+    }
+
+    /// The key as the database has it now: the request's key may come from the key cache,
+    /// whose money is as it was when cached.
+    func current(_ key: APIKey) async throws -> APIKey {
+        try await store.key(id: key.id) ?? key
     }
 
     struct Usage: Encodable {

@@ -157,7 +157,7 @@ func makeGatewayParts(
     if configuration.metricsOnMainPort { metricsRoutes.addRoutes(to: router) }
     ImageFilesController(store: dependencies.imageStore).addRoutes(to: router)
 
-    let api = router.group("v1").add(middleware: APIKeyAuthenticator(keys: dependencies.store))
+    let api = router.group("v1").add(middleware: APIKeyAuthenticator(keys: dependencies.database.keys))
         .add(middleware: IdempotencyMiddleware(
             store: dependencies.store, maxBodyBytes: configuration.inputs.maxRequestBytes, maxJSONBodyBytes: configuration.maxJSONBodyBytes,
             staleAfter: configuration.idempotencyStaleAfter
@@ -194,7 +194,7 @@ func makeGatewayParts(
     // Google's own API for its SDKs: under /v1beta, and /v1 (google-genai's other default).
     let native = NativeController(catalog: configuration.catalog, pipeline: pipeline, maxRequestBytes: configuration.inputs.maxRequestBytes)
     native.addRoutes(to: api, listModels: false)
-    native.addRoutes(to: router.group("v1beta").add(middleware: APIKeyAuthenticator(keys: dependencies.store)).add(middleware: DisconnectMiddleware()), listModels: true)
+    native.addRoutes(to: router.group("v1beta").add(middleware: APIKeyAuthenticator(keys: dependencies.database.keys)).add(middleware: DisconnectMiddleware()), listModels: true)
     AccountController(store: dependencies.store).addRoutes(to: api)
     var adminRouter: Router<GatewayRequestContext>?
     if let token = configuration.adminToken {
@@ -212,7 +212,11 @@ func makeGatewayParts(
             store: dependencies.store, catalog: configuration.catalog, pool: pool, channels: managedChannels,
             fileChannels: Set(configuration.upstream.effectiveChannels.map(\.name))
         )
-            .addRoutes(to: adminHome.group("admin/v1").add(middleware: AdminTokenAuthenticator(token: token, throttle: AdminThrottle(), trustForwardedHeaders: configuration.trustForwardedHeaders)))
+            .addRoutes(
+                to: adminHome.group("admin/v1")
+                    .add(middleware: AdminTokenAuthenticator(token: token, throttle: AdminThrottle(), trustForwardedHeaders: configuration.trustForwardedHeaders))
+                    .add(middleware: KeyCacheRefresh(keys: dependencies.database.keys))
+            )
     }
     ChatController(
         catalog: configuration.catalog, pipeline: pipeline, signatures: dependencies.store,
@@ -283,6 +287,7 @@ public func buildApplication(
             )
         )
     }
+    app.addServices(KeyEpochWatcher(keys: dependencies.database.keys))
     app.addServices(LeaseKeeper(ledger: dependencies.ledger, live: pipeline.live, lease: configuration.billing.lease, logger: logger))
     app.addServices(
         ImageSweeper(

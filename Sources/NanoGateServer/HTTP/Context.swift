@@ -44,7 +44,7 @@ public struct GatewayRequestContext: AuthRequestContext {
 /// routes, `?key=`): missing, unknown or revoked keys get a 401 before any work is done.
 struct APIKeyAuthenticator: AuthenticatorMiddleware {
     typealias Context = GatewayRequestContext
-    let keys: any KeyStore
+    let keys: KeyCache
 
     /// The key, or a 401 naming what is wrong (never nil: no route behind it is open).
     func authenticate(request: Request, context: Context) async throws -> APIKey? {
