@@ -90,7 +90,8 @@ struct ImagesController {
                 try SplicedJSON.encode(try await pipeline.generateImages(job, settlement: settlement, logger: logger))
             }
         }
-        var response = try json(try await pipeline.generateImages(job, settlement: settlement, logger: logger), sortedKeys: false)
+        settlement.commitAlongsideAnswer()
+        var response = try json(try await pipeline.generateImages(job, settlement: settlement, logger: logger), sortedKeys: false, beforeLastByte: settlement.committed)
         response.headers[Self.upstreamModelHeader] = settlement.servedBy.id
         response.headers[Self.costHeader] = Pricing.usdText(settlement.chargeMicroUSD)
         return response

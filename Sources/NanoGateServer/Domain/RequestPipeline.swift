@@ -51,6 +51,9 @@ final class Settlement: Sendable {
     /// Run when the settlement goes away unsettled.
     private let onAbandon: @Sendable () -> Void
     private let state: Mutex<State>
+    /// The ledger write of a successful settlement that runs beside the answer's writing
+    /// (`commitAlongsideAnswer`), for the writer to wait on before its last byte.
+    private let pendingCommit = Mutex<Task<Void, Never>?>(nil)
 
     private struct State {
         var billed = ImageUsage.zero
@@ -58,6 +61,7 @@ final class Settlement: Sendable {
         var deliveredImages = 0
         var note: String?
         var settled = false
+        var commitsAlongsideAnswer = false
         var servedBy: UpstreamTarget
         /// The tier Google echoed (nil until an answer says; then standard when it names none):
         /// the charge's prices. Answers of one request on several tiers count at the dearest.
@@ -127,6 +131,26 @@ final class Settlement: Sendable {
     /// The answering model's prices at the tier Google served.
     private func prices(of state: State) -> TokenPrices {
         tier.prices(state.servedBy.prices, tier: state.servedTier)
+    }
+
+    /// The caller writes the answer itself and calls `committed()` before its last byte: a
+    /// successful settlement's ledger write then runs while the answer is being written instead
+    /// of before it. The client still holds the whole answer only once its charge and usage row
+    /// are in the database (a `GET /v1/usage` right after sees them); a crash in between leaves
+    /// the reservation, which its lease releases, as a crash before settling always did.
+    func commitAlongsideAnswer() {
+        state.withLock { $0.commitsAlongsideAnswer = true }
+    }
+
+    fileprivate var commitsAlongsideAnswer: Bool { state.withLock { $0.commitsAlongsideAnswer } }
+
+    fileprivate func started(commit: Task<Void, Never>) {
+        pendingCommit.withLock { $0 = commit }
+    }
+
+    /// Returns once the settlement's ledger write (if one was started beside the answer) is done.
+    func committed() async {
+        await pendingCommit.withLock { $0 }?.value
     }
 
     /// A code for the log row of a request that succeeded with a remark (`content_filter`).
@@ -314,18 +338,23 @@ struct RequestPipeline: Sendable {
         if status >= 400, let errorCode { settlement.info.observation?.errorCode = errorCode }
         if settlement.limited { limiter.finish(settlement.key) }
         if let id = settlement.reservationID { live.remove(id) }
-        do {
-            if Task.isCancelled {
-                // A request cancelled because its client left is settled all the same, outside the
-                // cancelled task (SQLKit's async calls refuse to run in one).
-                let ledger = self.ledger
-                try await Task { try await ledger.settle(reservationID: settlement.reservationID, record: record) }.value
-            } else {
+        let ledger = self.ledger
+        let write: @Sendable () async -> Void = {
+            do {
                 try await ledger.settle(reservationID: settlement.reservationID, record: record)
+            } catch {
+                // The reservation stays held until its lease runs out; then it is released uncharged.
+                logger.error("could not settle the request", metadata: ["error": "\(error)", "cost_micro_usd": "\(record.costMicroUSD)"])
             }
-        } catch {
-            // The reservation stays held until its lease runs out; then it is released uncharged.
-            logger.error("could not settle the request", metadata: ["error": "\(error)", "cost_micro_usd": "\(record.costMicroUSD)"])
+        }
+        if status < 400, settlement.commitsAlongsideAnswer {
+            settlement.started(commit: Task(operation: write))
+        } else if Task.isCancelled {
+            // A request cancelled because its client left is settled all the same, outside the
+            // cancelled task (SQLKit's async calls refuse to run in one).
+            await Task(operation: write).value
+        } else {
+            await write()
         }
     }
 
