@@ -171,6 +171,57 @@ import Upstream
         }
     }
 
+    /// Nano Banana 2.1 makes no thought images, so its streamed `data:` images go out as Google's
+    /// stream arrives (`chunkedImages`): the same image as the reply built whole, in one chunk
+    /// of each shape, and its signature restored on the next turn (the emulator, as Google,
+    /// refuses a model turn without it).
+    @Test(arguments: [true, false])
+    func streamedImagesPassThroughAsTheyArrive(imagesField: Bool) async throws {
+        try await withGateway { gateway in
+            var body: [String: Any] = [
+                "model": "nano-banana-2.1", "response_format": "b64_json", "image_config": ["aspect_ratio": "16:9", "image_size": "2K"],
+                "messages": [["role": "user", "content": "a lighthouse"]],
+            ]
+            if imagesField { body["modalities"] = ["image", "text"] }
+            let whole = try await Self.chat(gateway, body)
+            #expect(whole.status == 200, "\(whole.text.prefix(300))")
+            body["stream"] = true
+            let reply = try await Self.chat(gateway, body)
+            #expect(reply.status == 200)
+            let deltas = Self.chunks(reply).compactMap { ($0["choices"] as? [[String: Any]])?.first?["delta"] as? [String: Any] }
+            let urls: [String]
+            if imagesField {
+                urls = deltas.compactMap { $0["images"] as? [[String: Any]] }.flatMap { $0 }.compactMap { ($0["image_url"] as? [String: Any])?["url"] as? String }
+                #expect(deltas.allSatisfy { ($0["content"] as? String)?.contains("data:") != true })
+            } else {
+                let content = deltas.compactMap { $0["content"] as? String }.joined()
+                urls = content.components(separatedBy: "](").dropFirst().map { String($0.prefix { $0 != ")" }) }
+                #expect(deltas.allSatisfy { $0["images"] == nil })
+            }
+            #expect(urls.count == 1)
+            let prefix = "data:image/png;base64,"
+            let streamed = try #require(urls.first.flatMap { $0.hasPrefix(prefix) ? Data(base64Encoded: String($0.dropFirst(prefix.count))) : nil })
+            let message = Self.message(whole)
+            let wholeURL = imagesField
+                ? ((message["images"] as? [[String: Any]])?.first?["image_url"] as? [String: Any])?["url"] as? String
+                : (message["content"] as? String)?.components(separatedBy: "](").dropFirst().first.map { String($0.prefix { $0 != ")" }) }
+            let built = try #require(wholeURL.flatMap { Data(base64Encoded: String($0.dropFirst(prefix.count))) })
+            #expect(Harness.pngSize(Array(streamed)).0 > 1000)
+            #expect(Harness.pngSize(Array(streamed)) == Harness.pngSize(Array(built)))
+
+            // The next turn sends the streamed image back with its signature.
+            let content = imagesField
+                ? [["type": "text", "text": "Here is your image."], ["type": "image_url", "image_url": ["url": urls[0]]]]
+                : deltas.compactMap { $0["content"] as? String }.joined() as Any
+            body["messages"] = [["role": "user", "content": "a lighthouse"], ["role": "assistant", "content": content], ["role": "user", "content": "at night"]]
+            let next = try await Self.chat(gateway, body)
+            #expect(next.status == 200, "\(next.text.prefix(400))")
+            let modelTurn = try #require(gateway.recorder.all.last?.body.contents.first { $0.role == "model" })
+            let imagePart = try #require(modelTurn.parts?.first { $0.inlineData != nil })
+            #expect(String(decoding: Data(base64Encoded: imagePart.thoughtSignature ?? "") ?? Data(), as: UTF8.self).hasPrefix("emulator-signature:"))
+        }
+    }
+
     @Test func silentStreamsGetKeepAlives() async throws {
         try await withGateway(configure: { $0.keepAliveInterval = .milliseconds(200) }) { gateway in
             let reply = try await Self.chat(gateway, ["model": "nano-banana", "stream": true, "messages": [["role": "user", "content": "slow [emulate:slow=4000]"]]])

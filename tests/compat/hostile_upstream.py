@@ -302,6 +302,22 @@ def sse_midstream_error(text: str = "Let me draw that.") -> Behaviour:
     return answer
 
 
+def sse_image_cut(cut: threading.Event, text: str = "Here is your image.") -> Behaviour:
+    """200 SSE: a text event, then an image event whose base64 breaks off after 64 KiB: once
+    ``cut`` is set (or after 30 s) the connection closes without the chunked body's end, as a
+    reset from Google would leave it."""
+
+    def answer(ex: Exchange) -> None:
+        ex.start_sse()
+        ex.sse_event(response([text_part(text)], None))
+        data = base64.b64encode(make_png(256, 256) + bytes(96 * 1024)).decode()
+        ex.chunk(b'data: {"candidates":[{"content":{"role":"model","parts":[{"inlineData":{"mimeType":"image/png","data":"' + data[: 64 * 1024].encode())
+        cut.wait(30)
+        ex.close()
+
+    return answer
+
+
 def sse_midstream_error_after_usage(text: str = "Let me draw that.") -> Behaviour:
     """200 SSE: one text event carrying Google's usage so far (as Google's every event does),
     then an ``{"error":{...}}`` event, then the stream ends."""

@@ -371,8 +371,8 @@ class Gateway:
     def generate(self, model: str = "nano-banana", deadline: float = CLIENT_DEADLINE, **fields: Any) -> Response:
         return self.call("POST", "/v1/images/generations", {"model": model, "prompt": "a banana on the moon", **fields}, deadline)
 
-    def stream_chat(self, model: str = "nano-banana", deadline: float = CLIENT_DEADLINE) -> Response:
-        body = {"model": model, "stream": True, "modalities": ["image", "text"], "messages": [{"role": "user", "content": "x"}]}
+    def stream_chat(self, model: str = "nano-banana", deadline: float = CLIENT_DEADLINE, **fields: Any) -> Response:
+        body = {"model": model, "stream": True, "modalities": ["image", "text"], "messages": [{"role": "user", "content": "x"}], **fields}
         return self.open("POST", "/v1/chat/completions", body, deadline)
 
     def get_url(self, url: str, deadline: float = 15) -> Response:
@@ -752,6 +752,43 @@ def test_midstream_error_is_an_error(upstream, gateway):
     row = gateway.wait_for_usage("chat.completions")[-1]
     assert row["status"] != 200, f"a failed stream was logged as a success: {row}"
     assert row["cost_micro_usd"] == 0, f"a failed stream was billed: {row}"
+
+
+def test_an_image_cut_mid_stream_ends_the_chat_stream_broken(upstream, gateway):
+    """Streamed chat whose ``data:`` image is written as it arrives: Google's stream breaks off
+    inside the image. The client's stream must end broken (its chunked body never terminated,
+    no ``[DONE]``), never as an event that parses with half an image; nothing is charged."""
+    cut = threading.Event()  # Google breaks off once the client has seen the image begin
+    upstream.behaviour = hu.sse_image_cut(cut)
+
+    response = gateway.stream_chat(response_format="b64_json")
+    body = bytearray()
+    broken: Optional[Exception] = None
+    try:
+        assert response.status == 200, response.body[:300]
+        for piece in response.iter_body():
+            body += piece
+            if b"data:image/png;base64," in body:
+                cut.set()
+    except (GatewayUnreachable, DeadlineExceeded) as error:
+        broken = error
+    finally:
+        cut.set()
+        response.close()
+    assert not isinstance(broken, DeadlineExceeded), f"the broken stream was still open after the deadline: {broken}"
+    assert not response.complete, f"the stream ended as if complete: {bytes(body[:300])!r} … {bytes(body[-300:])!r}"
+    assert b"[DONE]" not in body
+    assert b"data:image/png;base64,iVBOR" in body, "the image was not being written as it arrived"
+    # Every complete event before the break parses; the image's event is the one left open.
+    events = body.split(b"\n\n")
+    for event in events[:-1]:
+        if event.startswith(b"data: "):
+            json.loads(event[6:])
+    assert b"base64," in events[-1]
+
+    row = gateway.wait_for_usage("chat.completions")[-1]
+    assert row["status"] != 200, f"a broken stream was logged as a success: {row}"
+    assert row["cost_micro_usd"] == 0, f"a broken stream was billed: {row}"
 
 
 def test_midstream_error_after_usage_is_not_charged(upstream, gateway):

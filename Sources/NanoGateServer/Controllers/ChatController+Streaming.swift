@@ -3,6 +3,7 @@ import Foundation
 import Hummingbird
 import Logging
 import NanoGateCore
+import NanoGateStorage
 import NIOCore
 import NIOFoundationCompat
 import Synchronization
@@ -12,6 +13,10 @@ extension ChatController {
     /// What the stream loop waits for: the next upstream event, the end, a failure, or a keep-alive tick.
     enum StreamItem: Sendable {
         case event(GeminiWire.Response)
+        /// An image's base64 as it arrives (`chunkedImages`): its start, its pieces, its end.
+        case imageBegin
+        case imageBytes(ByteBuffer)
+        case imageEnd
         case finished
         case failed(GatewayError)
         case tick
@@ -53,6 +58,7 @@ extension ChatController {
         let created = Int(Date().timeIntervalSince1970)
         let controller = self
         let interval = keepAliveInterval
+        let chunked = chunkedImages(job)
 
         return Response(
             status: .ok,
@@ -60,15 +66,22 @@ extension ChatController {
             body: .init { writer in
                 /// One SSE event; image payloads go out as their own writes, never copied. The chunk
                 /// with the usage says the tier Google served.
-                func send(_ choices: [ChatChoice], usage: ChatUsage? = nil, tier: ServiceTier? = nil) async throws {
+                func frame(_ choices: [ChatChoice], usage: ChatUsage? = nil, tier: ServiceTier? = nil) throws -> [ByteBuffer] {
                     var completion = ChatCompletion(id: id, object: "chat.completion.chunk", created: created, model: job.model.name, choices: choices, usage: usage)
                     completion.serviceTier = tier?.openAIName
                     var pieces = try SplicedJSON.encode(completion)
                     pieces.insert(ByteBuffer(string: "data: "), at: 0)
                     pieces.append(ByteBuffer(string: "\n\n"))
-                    for piece in pieces { try await writer.write(piece) }
+                    return pieces
+                }
+                func send(_ choices: [ChatChoice], usage: ChatUsage? = nil, tier: ServiceTier? = nil) async throws {
+                    for piece in try frame(choices, usage: usage, tier: tier) { try await writer.write(piece) }
                 }
                 var collector = Collector()
+                /// The image being written as it arrives (`chunked`), and the fingerprints of
+                /// the current event's images already written (for their thought signatures).
+                var image: ImageInFlight?
+                var streamedImages: [String] = []
                 var failure: GatewayError?
                 var clientGone = false
                 do {
@@ -88,7 +101,13 @@ extension ChatController {
                                 case .success(let stream): events = stream
                                 case .failure(let error): throw error
                                 }
-                                try await events.consume { event in await channel.send(.event(event)) }
+                                if chunked {
+                                    let gatherer = ImagePieceGatherer(channel: channel)
+                                    try await events.scan { piece in await gatherer.forward(piece) }
+                                    await gatherer.flush()
+                                } else {
+                                    try await events.consume { event in await channel.send(.event(event)) }
+                                }
                                 await channel.send(.finished)
                             } catch let error as GatewayError {
                                 await channel.send(.failed(error))
@@ -104,9 +123,39 @@ extension ChatController {
                         }
                         loop: for await item in channel {
                             switch item {
+                            case .imageBegin:
+                                image = ImageInFlight()
+                            case .imageBytes(let bytes):
+                                do {
+                                    try await image?.take(bytes) { mimeType in
+                                        // The chunk's JSON up to the image's base64: written once its type is known.
+                                        let url = SplicedString("data:\(mimeType);base64,") + SplicedString(ImageInFlight.marker)
+                                        return try ImageInFlight.split(frame([ChatChoice(delta: controller.imageDelta(url, collector: collector, job: job), finishReason: nil)]))
+                                    } write: { try await writer.write($0) }
+                                } catch {
+                                    clientGone = true
+                                    break loop
+                                }
+                            case .imageEnd:
+                                guard var finished = image else { break }
+                                image = nil
+                                do {
+                                    try await finished.end { mimeType in
+                                        let url = SplicedString("data:\(mimeType);base64,") + SplicedString(ImageInFlight.marker)
+                                        return try ImageInFlight.split(frame([ChatChoice(delta: controller.imageDelta(url, collector: collector, job: job), finishReason: nil)]))
+                                    } write: { try await writer.write($0) }
+                                } catch {
+                                    clientGone = true
+                                    break loop
+                                }
+                                // Delivered once its chunk is whole.
+                                collector.imageURLs.append(SplicedString(""))
+                                collector.deliveredImages += 1
+                                streamedImages.append(finished.fingerprint.hash(keyID: job.key.id))
                             case .event(let event):
                                 let deltas: [ChatMessageOut]
-                                switch await controller.absorbed(event, into: &collector, job: job) {
+                                defer { streamedImages = [] }
+                                switch await controller.absorbed(event, into: &collector, job: job, streamedImages: streamedImages) {
                                 case .success(let value): deltas = value
                                 case .failure(let error):
                                     failure = error
@@ -143,7 +192,7 @@ extension ChatController {
                             drain: for await item in channel {
                                 switch item {
                                 case .event(let event): if let usage = event.usageMetadata { collector.usage = usage }
-                                case .tick: continue
+                                case .tick, .imageBegin, .imageBytes, .imageEnd: continue
                                 case .finished: break drain
                                 case .failed(let error):
                                     failure = error
@@ -158,7 +207,10 @@ extension ChatController {
                 // Google's last usage names the tier it served: the charge follows it on every path.
                 if let usage = collector.usage { settlement.served(tier: ServiceTier(echoed: usage.serviceTier)) }
 
-                if !clientGone {
+                // An image cut off mid-chunk: the connection is closed without the stream's end
+                // below (never an event that parses with half an image).
+                let brokenMidImage = image?.begunWriting == true && !clientGone
+                if !clientGone, !brokenMidImage {
                     do {
                         if let failure {
                             var buffer = ByteBuffer(string: "data: ")
@@ -194,16 +246,142 @@ extension ChatController {
                 settlement.billed(await controller.account(collector, job: job, settlement: settlement, logger: logger))
                 let outcome = clientGone ? GatewayError.clientDisconnected : failure
                 await pipeline.settle(settlement, status: outcome?.status ?? 200, errorCode: outcome?.code, logger: logger)
+                if brokenMidImage {
+                    logger.error("the image broke off mid-answer; the client's stream ends broken", metadata: ["error": "\(failure?.message ?? "")"])
+                    throw failure ?? GatewayError.badGateway("The stream from Google broke.")
+                }
             }
         )
     }
 
+    /// Whether the reply's images are written as they arrive from Google rather than once each
+    /// is whole: `data:` URLs in one shape only (the base64 goes out once), from a family that
+    /// makes no interim thought images (Google's JSON says a part is a thought only after its
+    /// data, too late to hold a thought image back). `url` replies store the image first.
+    func chunkedImages(_ job: ChatJob) -> Bool {
+        job.format == .b64JSON && job.markdownImages != job.imagesField && job.model.family != .pro3
+    }
+
+    /// The delta of an image chunk, as `absorb` makes it.
+    func imageDelta(_ url: SplicedString, collector: Collector, job: ChatJob) -> ChatMessageOut {
+        let markdown = SplicedString(collector.text.isEmpty && collector.imageURLs.isEmpty ? "" : "\n\n") + ChatTranslation.markdown(imageURL: url)
+        return ChatMessageOut(
+            content: job.markdownImages ? markdown : nil,
+            images: job.imagesField ? [ChatImage(url: url, index: collector.imageURLs.count)] : nil
+        )
+    }
+
     /// `absorb` as a result (typed throws do not survive the SSE writer's closure).
-    func absorbed(_ event: GeminiWire.Response, into collector: inout Collector, job: ChatJob) async -> Result<[ChatMessageOut], GatewayError> {
+    func absorbed(_ event: GeminiWire.Response, into collector: inout Collector, job: ChatJob, streamedImages: [String] = []) async -> Result<[ChatMessageOut], GatewayError> {
         do throws(GatewayError) {
-            return .success(try await absorb(event, into: &collector, job: job))
+            return .success(try await absorb(event, into: &collector, job: job, streamedImages: streamedImages))
         } catch {
             return .failure(error)
         }
+    }
+}
+
+/// An image of a chat reply being written as its base64 arrives: its first characters are held
+/// until its type is known (the chunk's `data:` URL names it), then every piece goes out,
+/// gathered into writes of at least `writeBytes`.
+struct ImageInFlight {
+    /// Stands where the base64 goes in the encoded chunk (no JSON escaping touches it).
+    static let marker = "NANOGATE-IMAGE-BASE64-7f3a9c"
+    static let writeBytes = 64 * 1024
+
+    private var head = ByteBuffer()
+    private var outgoing = ByteBuffer()
+    /// What follows the base64 in the chunk, once the part before it was written.
+    private var suffix: [ByteBuffer]?
+    private(set) var fingerprint = ChatController.ImageFingerprint()
+    /// Whether any of the chunk went out (a failure after that cannot be an SSE event).
+    var begunWriting: Bool { suffix != nil }
+
+    /// `frame(mimeType)` gives the chunk split around the base64.
+    mutating func take(
+        _ bytes: ByteBuffer, frame: (String) throws -> (prefix: [ByteBuffer], suffix: [ByteBuffer]), write: (ByteBuffer) async throws -> Void
+    ) async throws {
+        fingerprint.add(bytes)
+        if suffix == nil {
+            var bytes = bytes
+            head.writeBuffer(&bytes)
+            guard head.readableBytes >= 32 else { return }
+            try await begin(frame: frame, write: write)
+            return
+        }
+        if outgoing.readableBytes == 0, bytes.readableBytes >= Self.writeBytes {
+            try await write(bytes)
+            return
+        }
+        var bytes = bytes
+        outgoing.writeBuffer(&bytes)
+        if outgoing.readableBytes >= Self.writeBytes {
+            try await write(outgoing)
+            outgoing = ByteBuffer()
+        }
+    }
+
+    /// The image's base64 ended: the rest of the chunk.
+    mutating func end(frame: (String) throws -> (prefix: [ByteBuffer], suffix: [ByteBuffer]), write: (ByteBuffer) async throws -> Void) async throws {
+        if suffix == nil { try await begin(frame: frame, write: write) }
+        if outgoing.readableBytes > 0 { try await write(outgoing) }
+        outgoing = ByteBuffer()
+        for piece in suffix ?? [] { try await write(piece) }
+    }
+
+    private mutating func begin(frame: (String) throws -> (prefix: [ByteBuffer], suffix: [ByteBuffer]), write: (ByteBuffer) async throws -> Void) async throws {
+        let decoded = SafeBase64.decode(head.readableBytesView.prefix(head.readableBytes / 4 * 4)) ?? []
+        let parts = try frame(ImageSniffer.mimeType(of: decoded.prefix(16)) ?? "image/png")
+        suffix = parts.suffix
+        for piece in parts.prefix { try await write(piece) }
+        try await write(head)
+        head = ByteBuffer()
+    }
+
+    /// An encoded chunk split at `marker`.
+    static func split(_ pieces: [ByteBuffer]) throws -> (prefix: [ByteBuffer], suffix: [ByteBuffer]) {
+        var joined = ByteBuffer()
+        for var piece in pieces { joined.writeBuffer(&piece) }
+        let text = String(buffer: joined)
+        guard let range = text.range(of: marker) else { throw GatewayError.internal("An image chunk could not be framed.") }
+        return ([ByteBuffer(string: String(text[..<range.lowerBound]))], [ByteBuffer(string: String(text[range.upperBound...]))])
+    }
+}
+
+/// Forwards the pieces of a chunked stream to the writer, gathering an image's base64 into
+/// pieces of at least `ImageInFlight.writeBytes` first: each send is a hop between tasks, and
+/// Google's stream arrives in pieces of a few KiB. Used from the reading task alone.
+final class ImagePieceGatherer: @unchecked Sendable {
+    let channel: AsyncChannel<ChatController.StreamItem>
+    private var gathered = ByteBuffer()
+
+    init(channel: AsyncChannel<ChatController.StreamItem>) { self.channel = channel }
+
+    func forward(_ piece: GeminiEventStream.Piece) async {
+        switch piece {
+        case .imageBytes(var bytes):
+            if gathered.readableBytes == 0, bytes.readableBytes >= ImageInFlight.writeBytes {
+                await channel.send(.imageBytes(bytes))
+                return
+            }
+            gathered.writeBuffer(&bytes)
+            if gathered.readableBytes >= ImageInFlight.writeBytes { await flush() }
+        case .imageBegin:
+            await flush()
+            await channel.send(.imageBegin)
+        case .imageEnd:
+            await flush()
+            await channel.send(.imageEnd)
+        case .event(let event):
+            await flush()
+            await channel.send(.event(event))
+        }
+    }
+
+    func flush() async {
+        guard gathered.readableBytes > 0 else { return }
+        let bytes = gathered
+        gathered = ByteBuffer()
+        await channel.send(.imageBytes(bytes))
     }
 }

@@ -323,17 +323,46 @@ struct ChatController {
     /// and last 256 KiB. Hashing all of a 4K image (~47 MB of base64) on every streamed reply
     /// cost more than the rest of the request; Google's images differ within their first bytes.
     static func hash(image: GeminiWire.InlineData, keyID: String) -> String {
-        let text = image.data.bytes.readableBytesView
-        let sample = 256 * 1024
-        var hasher = SHA256()
-        hasher.update(data: Array("\(keyID)\n\(text.count):".utf8))
-        if text.count <= 2 * sample {
-            hasher.update(data: Array(text))
-        } else {
-            hasher.update(data: Array(text.prefix(sample)))
-            hasher.update(data: Array(text.suffix(sample)))
+        var fingerprint = ImageFingerprint()
+        fingerprint.add(image.data.bytes)
+        return fingerprint.hash(keyID: keyID)
+    }
+
+    /// `hash(image:keyID:)` of an image that passes by in pieces: keeps its first and last
+    /// 256 KiB of base64, never the whole.
+    struct ImageFingerprint {
+        static let sample = 256 * 1024
+        private(set) var count = 0
+        /// The first `2 × sample` bytes.
+        private var head: [UInt8] = []
+        /// The bytes after `head`, trimmed to their last `sample` (or a little more).
+        private var tail: [UInt8] = []
+
+        mutating func add(_ bytes: ByteBuffer) {
+            var rest = bytes.readableBytesView[...]
+            count += rest.count
+            if head.count < 2 * Self.sample {
+                let taken = min(2 * Self.sample - head.count, rest.count)
+                head.append(contentsOf: rest.prefix(taken))
+                rest = rest.dropFirst(taken)
+            }
+            guard !rest.isEmpty else { return }
+            tail.append(contentsOf: rest)
+            if tail.count > 2 * Self.sample { tail.removeFirst(tail.count - Self.sample) }
         }
-        return "i:" + hasher.finalize().lowercaseHex
+
+        func hash(keyID: String) -> String {
+            var hasher = SHA256()
+            hasher.update(data: Array("\(keyID)\n\(count):".utf8))
+            if count <= 2 * Self.sample {
+                hasher.update(data: head)
+            } else {
+                hasher.update(data: head.prefix(Self.sample))
+                let fromTail = min(tail.count, Self.sample)
+                hasher.update(data: Array(head.suffix(Self.sample - fromTail)) + tail.suffix(fromTail))
+            }
+            return "i:" + hasher.finalize().lowercaseHex
+        }
     }
 
     // MARK: Reply
@@ -369,7 +398,10 @@ struct ChatController {
 
     /// Reads the parts of one Gemini answer (or stream event) into the collector; returns the
     /// deltas to send: text, reasoning, and image URLs, in order.
-    func absorb(_ response: GeminiWire.Response, into collector: inout Collector, job: ChatJob) async throws(GatewayError) -> [ChatMessageOut] {
+    ///
+    /// `streamedImages`: the fingerprints of this event's images that were already written to
+    /// the client as they arrived (their `data` is empty here), in document order.
+    func absorb(_ response: GeminiWire.Response, into collector: inout Collector, job: ChatJob, streamedImages: [String] = []) async throws(GatewayError) -> [ChatMessageOut] {
         if let metadata = response.usageMetadata { collector.usage = metadata }
         if let block = response.promptFeedback?.blockReason {
             collector.blocked = "Google blocked the prompt: \(block)."
@@ -382,7 +414,12 @@ struct ChatController {
             }
         }
         var deltas: [ChatMessageOut] = []
+        var streamed = streamedImages[...]
         for part in candidate.content?.parts ?? [] {
+            if part.inlineData != nil, let fingerprint = streamed.popFirst() {
+                if part.thought != true, let signature = part.thoughtSignature { collector.signatures[fingerprint] = signature }
+                continue
+            }
             if part.thought == true {
                 if let text = part.text, !text.isEmpty {
                     collector.reasoning += text
