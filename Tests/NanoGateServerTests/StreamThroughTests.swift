@@ -86,6 +86,48 @@ import Upstream
         }
     }
 
+    /// The image stream (`stream: true`) of a flash model: its one `completed` event carries
+    /// Google's base64 as it arrives, with the same fields as an event built whole (here one
+    /// with `output_format`, which converts and so takes the whole path), and its `usage.cost`
+    /// is the usage row's charge.
+    @Test func anImageStreamEventPassesTheImageThrough() async throws {
+        try await withGateway { gateway in
+            let streamed = try await gateway.generate(#"{"model":"nano-banana","prompt":"a streamed banana","stream":true}"#)
+            #expect(streamed.status == 200)
+            let events = CatalogTests.sse(streamed.text)
+            #expect(events.map(\.event) == ["image_generation.completed"], "\(streamed.text.prefix(300))")
+            let completed = try #require(events.first?.json)
+            let bytes = try #require(Data(base64Encoded: completed["b64_json"] as? String ?? ""))
+            #expect(Harness.pngSize(Array(bytes)) == (1024, 1024))
+            #expect(completed["size"] as? String == "1024x1024" && completed["output_format"] as? String == "png")
+            let whole = try await gateway.generate(#"{"model":"nano-banana","prompt":"a whole banana","stream":true,"output_format":"png"}"#)
+            let wholeEvent = try #require(CatalogTests.sse(whole.text).first?.json)
+            #expect(Set(completed.keys) == Set(wholeEvent.keys))
+            let rows = try await gateway.dependencies.store.usage(UsageQuery())
+            let charged = try #require(rows.first { $0.requestID == streamed.headers["x-request-id"].first })
+            #expect(charged.status == 200 && charged.images == 1 && charged.costMicroUSD > 0)
+            let cost = (completed["usage"] as? [String: Any])?["cost"] as? Double ?? -1
+            #expect(abs(cost - Double(charged.costMicroUSD) / 1_000_000) < 1e-9)
+        }
+    }
+
+    /// An image stream whose answer breaks off inside the image ends broken: no `completed`
+    /// event that parses, nothing charged.
+    @Test func anImageStreamCutMidImageEndsBroken() async throws {
+        try await withGateway(configure: { $0.upstream.maxAttempts = 1 }) { gateway in
+            do {
+                let reply = try await gateway.generate(#"{"model":"nano-banana","prompt":"p [emulate:cut]","stream":true}"#)
+                let events = CatalogTests.sse(reply.text)
+                #expect(!events.contains { $0.event.hasSuffix(".completed") && !$0.json.isEmpty }, "\(reply.text.prefix(200))")
+            } catch {
+                // The body broke off: what a client sees.
+            }
+            try await eventually("the failed request's usage row") { try await !gateway.dependencies.store.usage(UsageQuery()).isEmpty }
+            let rows = try await gateway.dependencies.store.usage(UsageQuery())
+            #expect(rows.count == 1 && rows[0].costMicroUSD == 0 && rows[0].status >= 400, "\(rows)")
+        }
+    }
+
     /// A `url` answer streams into the store (the default): the URL serves the PNG, the charge
     /// is the usual header, and no partial file is left behind.
     @Test func aURLAnswerStreamsIntoTheStore() async throws {

@@ -643,6 +643,19 @@ def test_edit_stream_with_partial_images(client):
     assert completed.usage.input_tokens_details.image_tokens == PRO_INPUT_TOKENS
 
 
+def test_flash_edit_stream_passes_the_image_through(client):
+    """A flash edit streamed: its one ``image_edit.completed`` event carries Google's base64 as it
+    arrives (usage after it); the official SDK reads it like any other, the input image billed."""
+    events = stream_events(
+        client.images.edit(model="nano-banana-2.1", image=("in.png", small_png(), "image/png"), prompt=PROMPT, size="2k", stream=True)
+    )
+
+    partials, completed = check_image_stream(events, "image_edit", (2048, 2048), max_partials=0)
+    assert partials == []
+    assert completed.usage.input_tokens_details.image_tokens > 0
+    assert completed.usage.output_tokens > 0
+
+
 @pytest.mark.parametrize("partial_images", [4, 5])
 def test_partial_images_out_of_range(client, partial_images):
     """``partial_images`` above 3 is a 400, before any streaming."""

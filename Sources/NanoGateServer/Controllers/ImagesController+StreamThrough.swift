@@ -29,12 +29,6 @@ extension ImagesController {
             && KeepAliveAnswer.requested(request, defaultInterval: keepAliveInterval) == nil && job.model.keepAliveSeconds == nil
     }
 
-    /// How much of the image's base64 is read before the head goes out: enough for its header
-    /// (format and pixel size) whatever the format.
-    static let headBase64Bytes = 64 * 1024
-    /// The least the image is written to the client in (but its last piece).
-    static let writeBytes = 64 * 1024
-
     func streamThrough(_ job: ImageRequest, settlement: Settlement, logger: Logger) async throws -> Response {
         let gemini = ImageTranslation.geminiRequest(
             prompt: job.prompt, inputImages: job.inputImages, spec: job.spec, family: job.model.family, reasoningEffort: job.options.reasoningEffort
@@ -47,39 +41,15 @@ extension ImagesController {
             throw error
         }
         let reader = AnswerReader(answer: answer)
-        // Up to the image's first 64 KiB (or its end, or the answer's): what the head depends on.
-        var head = ByteBuffer()
+        let head: ImageHead
         do {
-            try await reader.read { event in
-                switch event {
-                case .imageBegin: return true
-                case .imageEnd: return false
-                case .imageBytes(var chunk):
-                    head.writeBuffer(&chunk)
-                    return head.readableBytes < Self.headBase64Bytes
-                }
-            }
+            head = try await ImageHead.read(from: reader, settlement: settlement)
         } catch {
             let failure = GatewayError(reading: error)
             await pipeline.settle(settlement, status: failure.status, errorCode: failure.code, logger: logger)
             throw failure
         }
-        if !reader.imageBegan {
-            // No image came: the answer says why (safety, no image, a prompt block).
-            let error: GatewayError
-            do {
-                _ = try reader.finishedOutcome(settlement: settlement)
-                error = .badGateway("Google's answer held no image.")
-            } catch let failure {
-                error = failure
-            }
-            await pipeline.settle(settlement, status: error.status, errorCode: error.code, logger: logger)
-            throw error
-        }
-        let joinedHead = head
-        let headBytes = SafeBase64.decode(joinedHead.readableBytesView.prefix(joinedHead.readableBytes / 4 * 4)) ?? []
-        let format = ImageSniffer.mimeType(of: headBytes.prefix(16)).flatMap(OutputFormat.init(mimeType:))
-        let pixels = ImageConverter.dimensions(of: headBytes)
+        let (format, pixels) = (head.format, head.pixels)
         let created = Int(Date().timeIntervalSince1970)
         let pipeline = self.pipeline
         let headers: HTTPFields = [
@@ -89,26 +59,7 @@ extension ImagesController {
             let failure: GatewayError
             do {
                 try await writer.write(ByteBuffer(string: #"{"created":\#(created),"data":[{"b64_json":""#))
-                try await writer.write(joinedHead)
-                // The rest of the image as it arrives, then the rest of the answer (usage).
-                // Small pieces are gathered into writes of `writeBytes`: each write is a hop to the
-                // connection's event loop, and Google's answer arrives in pieces of a few KiB.
-                var outgoing = ByteBuffer()
-                try await reader.read { event in
-                    guard case .imageBytes(var chunk) = event, reader.inFirstImage else { return true }
-                    if outgoing.readableBytes == 0, chunk.readableBytes >= Self.writeBytes {
-                        try await writer.write(chunk)
-                        return true
-                    }
-                    outgoing.writeBuffer(&chunk)
-                    if outgoing.readableBytes >= Self.writeBytes {
-                        try await writer.write(outgoing)
-                        outgoing = ByteBuffer()
-                    }
-                    return true
-                }
-                if outgoing.readableBytes > 0 { try await writer.write(outgoing) }
-                guard reader.firstImageEnded else { throw GatewayError.badGateway("Google's answer ended inside the image.") }
+                try await head.passImage(of: reader, to: &writer)
                 let outcome = try reader.finishedOutcome(settlement: settlement)
                 settlement.delivered(images: 1, usage: outcome.usage)
                 var usage = outcome.usage
@@ -165,5 +116,66 @@ struct StreamedTail: Encodable {
         // `{…}` → `}],…}`: the image object and the data list close, the rest of the top object follows.
         text += "}]," + fields.dropFirst()
         return ByteBuffer(string: text)
+    }
+}
+
+/// The first image of an answer read through `AnswerReader`, as far as a streamed answer needs
+/// it before its head goes out: its first 64 KiB of base64 (enough for the header of any format),
+/// its format and pixel size. Then `passImage` writes it and the rest of the image as it arrives.
+struct ImageHead {
+    /// How much of the image's base64 is read before anything is written.
+    static let base64Bytes = 64 * 1024
+    /// The least the image is written to the client in (but its last piece): each write is a hop
+    /// to the connection's event loop, and Google's answer arrives in pieces of a few KiB.
+    static let writeBytes = 64 * 1024
+
+    var base64: ByteBuffer
+    var format: OutputFormat?
+    var pixels: PixelSize?
+
+    /// Reads up to the image's first 64 KiB (or its end, or the answer's). An answer with no
+    /// image is the error it says (safety, no image, a prompt block), its usage billed.
+    static func read(from reader: AnswerReader, settlement: Settlement) async throws -> ImageHead {
+        var head = ByteBuffer()
+        try await reader.read { event in
+            switch event {
+            case .imageBegin: return true
+            case .imageEnd: return false
+            case .imageBytes(var chunk):
+                head.writeBuffer(&chunk)
+                return head.readableBytes < Self.base64Bytes
+            }
+        }
+        guard reader.imageBegan else {
+            _ = try reader.finishedOutcome(settlement: settlement)
+            throw GatewayError.badGateway("Google's answer held no image.")
+        }
+        let bytes = SafeBase64.decode(head.readableBytesView.prefix(head.readableBytes / 4 * 4)) ?? []
+        return ImageHead(
+            base64: head, format: ImageSniffer.mimeType(of: bytes.prefix(16)).flatMap(OutputFormat.init(mimeType:)),
+            pixels: ImageConverter.dimensions(of: bytes)
+        )
+    }
+
+    /// Writes the head, then the rest of the first image as it arrives, then reads the answer to
+    /// its end (usage). An answer that ends inside the image throws.
+    func passImage(of reader: AnswerReader, to writer: inout any ResponseBodyWriter) async throws {
+        try await writer.write(base64)
+        var outgoing = ByteBuffer()
+        try await reader.read { event in
+            guard case .imageBytes(var chunk) = event, reader.inFirstImage else { return true }
+            if outgoing.readableBytes == 0, chunk.readableBytes >= Self.writeBytes {
+                try await writer.write(chunk)
+                return true
+            }
+            outgoing.writeBuffer(&chunk)
+            if outgoing.readableBytes >= Self.writeBytes {
+                try await writer.write(outgoing)
+                outgoing = ByteBuffer()
+            }
+            return true
+        }
+        if outgoing.readableBytes > 0 { try await writer.write(outgoing) }
+        guard reader.firstImageEnded else { throw GatewayError.badGateway("Google's answer ended inside the image.") }
     }
 }

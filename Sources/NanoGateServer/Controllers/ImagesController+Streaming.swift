@@ -36,6 +36,7 @@ extension ImagesController {
     /// Events always carry `b64_json` (OpenAI's stream has no URL form). An image is charged
     /// once its `completed` event was written; a failure is an `error` event at no cost.
     func streamed(_ job: ImageRequest, settlement: Settlement, logger: Logger) -> Response {
+        if eventsStreamThrough(job) { return streamedThrough(job, settlement: settlement, logger: logger) }
         let pipeline = self.pipeline
         let prefix = job.endpoint == .imageEdits ? "image_edit" : "image_generation"
         let interval = keepAliveInterval
@@ -96,6 +97,104 @@ extension ImagesController {
                 await pipeline.settle(settlement, status: failure?.status ?? 200, errorCode: failure?.code, logger: logger)
             }
         )
+    }
+
+    /// Whether the image stream's one `completed` event carries Google's base64 as it arrives:
+    /// one image, no conversion, from a family that makes no interim thought images (so no
+    /// partial images to tell apart, which Google's JSON does only after each image's data).
+    func eventsStreamThrough(_ job: ImageRequest) -> Bool {
+        job.count == 1 && job.options.outputFormat == nil && job.options.outputCompression == nil && job.model.family != .pro3
+    }
+
+    /// The image stream with its `completed` event written as Google's answer arrives (memory
+    /// holds one piece of it, never the image): the event's `b64_json` first, the fields that
+    /// need the whole answer (`usage`) after it. A failure before the image began is an `error`
+    /// event at no cost; an answer that breaks inside the image ends the stream broken (never
+    /// an event that parses with half an image), uncharged, and logged.
+    func streamedThrough(_ job: ImageRequest, settlement: Settlement, logger: Logger) -> Response {
+        let pipeline = self.pipeline
+        let type = (job.endpoint == .imageEdits ? "image_edit" : "image_generation") + ".completed"
+        let interval = keepAliveInterval
+        let gemini = ImageTranslation.geminiRequest(
+            prompt: job.prompt, inputImages: job.inputImages, spec: job.spec, family: job.model.family, reasoningEffort: job.options.reasoningEffort
+        )
+        return Response(
+            status: .ok,
+            headers: [.contentType: "text/event-stream", .cacheControl: "no-cache", .init("X-Accel-Buffering")!: "no"],
+            body: .init { writer in
+                let call = Task { () -> Result<GeminiAnswerBody, GatewayError> in
+                    do throws(GatewayError) {
+                        return .success(try await pipeline.answerBody(gemini, size: job.spec.imageSize, settlement: settlement, logger: logger))
+                    } catch {
+                        return .failure(error)
+                    }
+                }
+                var failure: GatewayError?
+                var begun = false
+                do {
+                    let answer = try await Heartbeat.wait(for: call, every: interval) { try await writer.write(Heartbeat.sseComment) }.get()
+                    let reader = AnswerReader(answer: answer)
+                    let head = try await ImageHead.read(from: reader, settlement: settlement)
+                    begun = true
+                    try await writer.write(ByteBuffer(string: #"event: \#(type)\#ndata: {"type":"\#(type)","b64_json":""#))
+                    try await head.passImage(of: reader, to: &writer)
+                    let outcome = try reader.finishedOutcome(settlement: settlement)
+                    var usage = outcome.usage
+                    usage.cost = TokenPrices.usd(settlement.charge(after: outcome.usage))
+                    let rest = CompletedEventTail(
+                        createdAt: Int(Date().timeIntervalSince1970), size: head.pixels?.description, quality: ImageQuality.reported(for: job.spec.imageSize),
+                        outputFormat: head.format?.rawValue, usage: usage
+                    )
+                    try await writer.write(rest.encoded())
+                    settlement.delivered(images: 1, usage: outcome.usage)
+                    try await writer.finish(nil)
+                } catch let error as GatewayError where !begun {
+                    failure = error
+                    try? await Self.write(StreamError(error: .init(error)), event: "error", to: &writer)
+                    try? await writer.finish(nil)
+                } catch let error as AnswerReadFailure where !begun {
+                    failure = GatewayError(upstream: error.error)
+                    try? await Self.write(StreamError(error: .init(failure!)), event: "error", to: &writer)
+                    try? await writer.finish(nil)
+                } catch let error as GatewayError {
+                    failure = error
+                } catch let error as AnswerReadFailure {
+                    failure = GatewayError(upstream: error.error)
+                } catch {
+                    // A write failed: the client went away.
+                    call.cancel()
+                    failure = .clientDisconnected
+                }
+                await pipeline.settle(settlement, status: failure?.status ?? 200, errorCode: failure?.code, logger: logger)
+                if begun, let failure, failure.code != GatewayError.clientDisconnected.code {
+                    logger.error("the image broke off mid-answer; the client's stream ends broken", metadata: ["error": "\(failure.message)"])
+                    // Throwing closes the connection without the body's end.
+                    throw failure
+                }
+            }
+        )
+    }
+
+    /// What follows the base64 in a streamed `completed` event: `"` ends it, then the event's
+    /// other fields (the same as an event built whole).
+    struct CompletedEventTail: Encodable {
+        var createdAt: Int
+        var size: String?
+        var quality: String
+        var background = "opaque"
+        var outputFormat: String?
+        var usage: ImageUsage
+
+        enum CodingKeys: String, CodingKey {
+            case size, quality, background, usage
+            case createdAt = "created_at"
+            case outputFormat = "output_format"
+        }
+
+        func encoded() throws -> ByteBuffer {
+            let fields = String(decoding: try JSONEncoder().encode(self), as: UTF8.self)
+            return ByteBuffer(string: "\"," + fields.dropFirst() + "\n\n")
+        }
     }
 
     /// `{"type":"error","error":{…}}`: the OpenAI SDKs raise on an event whose data has `error`.
