@@ -37,6 +37,25 @@ import Upstream
         }
     }
 
+    /// `n` > 1 streams each image through as it comes: every image a whole PNG, the usage the
+    /// sum of the images', charged as the answer says.
+    @Test func severalImagesStreamThroughOneAfterAnother() async throws {
+        try await withGateway(configure: { $0.streamImages = .on; $0.upstream.maxAttempts = 1 }) { gateway in
+            let reply = try await gateway.generate(#"{"model":"nano-banana","prompt":"three bananas","n":3,"response_format":"b64_json"}"#, key: gateway.geminiKey)
+            #expect(reply.status == 200 && reply.headers["Transfer-Encoding"].first == "chunked", "\(reply.text.prefix(300))")
+            #expect(reply.data.count == 3)
+            for item in reply.data {
+                let bytes = try #require(Data(base64Encoded: item["b64_json"] as? String ?? ""))
+                #expect(Harness.pngSize(Array(bytes)) == (1024, 1024))
+            }
+            #expect((reply.usage["output_tokens_details"] as? [String: Any])?["image_tokens"] as? Int == 3 * 1290)
+            let row = try #require(try await gateway.dependencies.store.usage(UsageQuery()).first)
+            #expect(row.images == 3 && row.status == 200)
+            #expect(abs((reply.usage["cost"] as? Double ?? -1) - Double(row.costMicroUSD) / 1_000_000) < 1e-9)
+
+        }
+    }
+
     /// The charge, known only after the image, is the chunked body's trailer.
     @Test func theChargeIsATrailer() async throws {
         try await withGateway(configure: { $0.streamImages = .on }) { gateway in

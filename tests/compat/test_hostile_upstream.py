@@ -873,14 +873,19 @@ def test_disconnect_after_image_is_billed(upstream, gateway, how):
 # 8. n=2 with one failed call (finding 10)
 
 
-def test_partial_success_returns_and_bills_the_images_made(upstream, gateway):
+@pytest.mark.parametrize("streamed", [False, True], ids=["whole", "streamed-through"])
+def test_partial_success_returns_and_bills_the_images_made(upstream, start_gateway, streamed):
     """``n=2`` makes two upstream calls; the first to arrive gets an image, the second a 503
     (ATTEMPTS=1, so no retry). NanoGate returns the images that succeeded and charges for those:
     HTTP 200 with exactly one image in ``data``, and a usage_log row with images == 1 and a cost
-    above zero (Google billed that image)."""
+    above zero (Google billed that image). The same when the images stream through
+    (``NANOGATE_STREAM_IMAGES=on``, ``b64_json``)."""
     upstream.behaviour = hu.sequence(hu.image(), hu.unavailable())
+    gateway = start_gateway(**({"NANOGATE_STREAM_IMAGES": "on"} if streamed else {}))
 
-    response = gateway.generate(n=2)
+    response = gateway.generate(n=2, **({"response_format": "b64_json"} if streamed else {}))
+    if streamed:
+        assert "chunked" in response.headers.get("transfer-encoding", ""), response.headers
 
     assert upstream.wait_for_requests(2, timeout=5), f"expected two upstream calls, got {len(upstream.requests)}"
     assert response.status == 200, f"expected 200 with the image that succeeded, got {response.status}: {response.body[:300]!r}"

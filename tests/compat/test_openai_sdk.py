@@ -215,3 +215,11 @@ def test_a_streamed_through_answer_reads_like_any_other(private_gateway):
     width, height = struct.unpack(">II", png[16:24])
     assert (width, height) == (1024, 1024) and result.size == "1024x1024" and result.output_format == "png"
     assert result.usage.output_tokens_details.image_tokens == 1290
+
+    # n > 1 streams each image through in turn: the SDK reads them all.
+    several = client.images.generate(model="nano-banana", prompt="bananas passing through", response_format="b64_json", n=3)
+    assert len(several.data) == 3
+    for item in several.data:
+        png = base64.b64decode(item.b64_json)
+        assert png.startswith(b"\x89PNG\r\n\x1a\n") and struct.unpack(">II", png[16:24]) == (1024, 1024)
+    assert several.usage.output_tokens_details.image_tokens == 3 * 1290
