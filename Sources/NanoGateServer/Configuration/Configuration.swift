@@ -80,6 +80,9 @@ public struct GatewayConfiguration: Sendable {
     /// How much of Google's answer streams through instead of being held whole
     /// (`NANOGATE_STREAM_IMAGES`, `ImageStreaming`).
     public var streamImages = ImageStreaming.url
+    /// Whether a request's handler runs on its connection's event loop (`NANOGATE_LOOP_HANDLERS`,
+    /// `EventLoopExecutor`) instead of Swift's shared pool.
+    public var handlersOnEventLoop = false
     /// Whether `serve` reads each channel's model list (in the background: at start-up, every
     /// `modelCheckInterval`, and soon after a channel's project refused a model).
     public var checkModelsAtStart = true
@@ -167,6 +170,7 @@ public struct GatewayConfiguration: Sendable {
         trustForwardedHeaders = settings.flag("nanogate.trust.forwarded")
         chatImages = settings.choice("nanogate.chat.images", default: .auto)
         streamImages = settings.choice("nanogate.stream.images", default: .url)
+        handlersOnEventLoop = settings.flag("nanogate.loop.handlers", default: handlersOnEventLoop)
         checkModelsAtStart = settings.flag("nanogate.check.models", default: true)
         modelCheckInterval = settings.seconds("nanogate.model.check.interval", default: 3600, minimum: 60)
         if settings.string("nanogate.metrics.port") != nil { metricsPort = settings.number("nanogate.metrics.port", default: 9090, minimum: 0) }

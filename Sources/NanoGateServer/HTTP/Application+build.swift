@@ -145,6 +145,7 @@ func makeGatewayParts(
     let publicURL = PublicURL(configured: configuration.publicBaseURL, trustForwardedHeaders: configuration.trustForwardedHeaders)
 
     let router = Router(context: GatewayRequestContext.self)
+    if configuration.handlersOnEventLoop { router.add(middleware: EventLoopAffinityMiddleware()) }
     router.add(middleware: RequestIDMiddleware())
     router.add(middleware: RequestLogMiddleware(metrics: metrics))
     router.add(middleware: OpenAIErrorMiddleware())
