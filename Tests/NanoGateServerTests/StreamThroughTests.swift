@@ -56,6 +56,32 @@ import Upstream
         }
     }
 
+    /// A 4K `b64_json` answer is spooled through files, not held: it reads as an answer built
+    /// whole (`Content-Length`, the cost header equal to the row's charge), Pro's thought image
+    /// is left out, and no spool file is left behind; `n` = 2 at 2K alike.
+    @Test func largeBase64AnswersAreSpooledThroughFiles() async throws {
+        try await withGateway { gateway in
+            let scratch = gateway.dependencies.fileStore.directory
+            let pro = try await gateway.generate(#"{"model":"nano-banana-pro","prompt":"a spooled banana","size":"4k","response_format":"b64_json"}"#)
+            #expect(pro.status == 200, "\(pro.text.prefix(300))")
+            #expect(Int(pro.headers["Content-Length"].first ?? "") == pro.body.readableBytes)
+            #expect(pro.data.count == 1)
+            let bytes = try #require(Data(base64Encoded: pro.data.first?["b64_json"] as? String ?? ""))
+            #expect(Harness.pngSize(Array(bytes)) == (4096, 4096), "the final image, not the thought image")
+            let row = try #require(try await gateway.dependencies.store.usage(UsageQuery()).first { $0.requestID == pro.headers["x-request-id"].first })
+            #expect(pro.headers["X-NanoGate-Cost"].first == Pricing.usdText(row.costMicroUSD) && row.costMicroUSD > 0)
+
+            let two = try await gateway.generate(#"{"model":"nano-banana-2.1","prompt":"two spooled bananas","size":"2k","n":2,"response_format":"b64_json"}"#)
+            #expect(two.status == 200 && two.data.count == 2, "\(two.text.prefix(300))")
+            for item in two.data {
+                let image = try #require(Data(base64Encoded: item["b64_json"] as? String ?? ""))
+                #expect(Harness.pngSize(Array(image)) == (2048, 2048))
+            }
+            let left = (try? FileManager.default.contentsOfDirectory(atPath: scratch.path)) ?? []
+            #expect(!left.contains { $0.hasPrefix("stream-") }, "\(left)")
+        }
+    }
+
     /// The charge, known only after the image, is the chunked body's trailer.
     @Test func theChargeIsATrailer() async throws {
         try await withGateway(configure: { $0.streamImages = .on }) { gateway in

@@ -91,10 +91,47 @@ struct ImagesController {
             }
         }
         settlement.commitAlongsideAnswer()
-        var response = try json(try await pipeline.generateImages(job, settlement: settlement, logger: logger), sortedKeys: false, beforeLastByte: settlement.committed)
+        var response: Response
+        if pipeline.spoolsImages(job) {
+            response = try Self.spooled(try await pipeline.generateSpooledImages(job, settlement: settlement, logger: logger), beforeLastByte: settlement.committed)
+        } else {
+            response = try json(try await pipeline.generateImages(job, settlement: settlement, logger: logger), sortedKeys: false, beforeLastByte: settlement.committed)
+        }
         response.headers[Self.upstreamModelHeader] = settlement.servedBy.id
         response.headers[Self.costHeader] = Pricing.usdText(settlement.chargeMicroUSD)
         return response
+    }
+
+    /// A spooled answer (`RequestPipeline.generateSpooledImages`): its JSON with each image's
+    /// base64 read from its file in place of the image's marker, its length known up front. The
+    /// files go once it is written (or when the answer is dropped unwritten).
+    static func spooled(_ answer: RequestPipeline.SpooledAnswer, beforeLastByte: @escaping @Sendable () async -> Void) throws -> Response {
+        var joined = ByteBuffer()
+        for var piece in try SplicedJSON.encode(answer.response) { joined.writeBuffer(&piece) }
+        var text = Substring(String(buffer: joined))
+        var segments: [ByteBuffer] = []
+        for index in answer.files.sizes.indices {
+            guard let range = text.range(of: RequestPipeline.SpooledAnswer.marker(index)) else { throw GatewayError.internal("The answer could not be encoded.") }
+            segments.append(ByteBuffer(string: String(text[..<range.lowerBound])))
+            text = text[range.upperBound...]
+        }
+        let last = ByteBuffer(string: String(text))
+        let length = segments.reduce(last.readableBytes) { $0 + $1.readableBytes } + answer.files.sizes.reduce(0, +)
+        // The last byte waits for `beforeLastByte` (the settlement's ledger write).
+        let lead = last.getSlice(at: last.readerIndex, length: last.readableBytes - 1)!
+        let lastByte = last.getSlice(at: last.readerIndex + last.readableBytes - 1, length: 1)!
+        let files = answer.files
+        return Response(status: .ok, headers: [.contentType: "application/json"], body: ResponseBody(contentLength: length) { [segments] writer in
+            defer { files.removeAll() }
+            for (index, path) in files.files.enumerated() {
+                try await writer.write(segments[index])
+                try await SpoolFiles.stream(path, bytes: files.sizes[index]) { try await writer.write($0) }
+            }
+            try await writer.write(lead)
+            await beforeLastByte()
+            try await writer.write(lastByte)
+            try await writer.finish(nil)
+        })
     }
 
     static let upstreamModelHeader = HTTPField.Name("X-NanoGate-Upstream-Model")!

@@ -85,15 +85,15 @@ extension RequestPipeline {
     struct ReadImages: Sendable {
         var response: GeminiWire.Response
         var imagesRead: Int
-        fileprivate var sinks: SinkList
+        var sinks: SinkList
     }
 
     /// Reads one attempt's answer, each image into a file of its own. A fault of the answer is
     /// the attempt's (its files are removed; the next attempt starts afresh); a file the
     /// gateway could not write is its own error, inside the attempt's success (Google's answer
     /// was not at fault, and is not tried again).
-    private static func readImages(
-        of answer: GeminiAnswerBody, into scratch: URL, logger: Logger
+    static func readImages(
+        of answer: GeminiAnswerBody, into scratch: URL, decoding: Bool = true, logger: Logger
     ) async -> Result<Result<ReadImages, GatewayError>, AnswerReadFailure> {
         let reader = AnswerReader(answer: answer)
         let sinks = SinkList()
@@ -104,7 +104,7 @@ extension RequestPipeline {
                     guard index < maxImagesPerAnswer else {
                         throw AnswerReadFailure(UpstreamError(.unreadable, detail: "more than \(maxImagesPerAnswer) images"), retry: true)
                     }
-                    sinks.items.append(try ImageFileSink(directory: scratch))
+                    sinks.items.append(try ImageFileSink(directory: scratch, decodes: decoding))
                 case .imageBytes(let chunk):
                     try await sinks.items.last?.append(base64: chunk)
                 case .imageEnd:
@@ -142,7 +142,7 @@ extension RequestPipeline {
 final class SinkList: @unchecked Sendable {
     var items: [ImageFileSink] = []
 
-    func discardAll() {
-        for sink in items { sink.discard() }
+    func discardAll(except kept: Int? = nil) {
+        for (index, sink) in items.enumerated() where index != kept { sink.discard() }
     }
 }

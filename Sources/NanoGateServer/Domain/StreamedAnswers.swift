@@ -132,7 +132,14 @@ final class ImageFileSink: @unchecked Sendable {
     static let headBytes = 64 * 1024
 
     let path: URL
+    /// Whether the base64 is decoded into the file (`url` answers) or kept as it came (a
+    /// spooled `b64_json` answer, `RequestPipeline.spooledImage`).
+    let decodes: Bool
     private let handle: FileHandle
+    /// Bytes written to the file so far.
+    private(set) var size = 0
+    /// A spooled image's first base64 characters, decoded only for its header.
+    private var headText: [UInt8] = []
     private var carry: [UInt8] = []
     private var pending: [UInt8] = []
     private var head: [UInt8] = []
@@ -144,7 +151,8 @@ final class ImageFileSink: @unchecked Sendable {
     /// The image's pixel size, once its header has been read.
     private(set) var pixels: PixelSize?
 
-    init(directory: URL) throws {
+    init(directory: URL, decodes: Bool = true) throws {
+        self.decodes = decodes
         path = directory.appendingPathComponent("stream-\(randomHex(bytes: 12)).part")
         guard FileManager.default.createFile(atPath: path.path, contents: nil, attributes: [.posixPermissions: 0o600]) else {
             throw GatewayError.internal("A streamed image could not be written.")
@@ -153,6 +161,15 @@ final class ImageFileSink: @unchecked Sendable {
     }
 
     func append(base64 chunk: ByteBuffer) async throws {
+        guard decodes else {
+            if !headRead {
+                headText.append(contentsOf: chunk.readableBytesView.prefix(Self.headBytes / 3 * 4 - headText.count))
+                if headText.count >= Self.headBytes / 3 * 4 { readSpooledHead(complete: false) }
+            }
+            pending.append(contentsOf: chunk.readableBytesView)
+            if pending.count >= Self.writeBytes { try await flush() }
+            return
+        }
         var text = carry
         text.append(contentsOf: chunk.readableBytesView)
         let whole = text.count / 4 * 4
@@ -164,6 +181,7 @@ final class ImageFileSink: @unchecked Sendable {
 
     /// Writes what is left and closes the file.
     func finish() async throws {
+        if !decodes, !headRead { readSpooledHead(complete: true) }
         if !carry.isEmpty {
             guard let bytes = SafeBase64.decode(carry) else { throw Self.notBase64 }
             carry = []
@@ -193,6 +211,14 @@ final class ImageFileSink: @unchecked Sendable {
         if pending.count >= Self.writeBytes { try await flush() }
     }
 
+    /// A spooled image's header from its first base64 characters (not a base64 image: none).
+    private func readSpooledHead(complete: Bool) {
+        let bytes = SafeBase64.decode(headText.prefix(headText.count / 4 * 4)) ?? []
+        head = Array(bytes.prefix(Self.headBytes))
+        headText = []
+        readHead(complete: true)
+    }
+
     /// Reads the type and size once the header is in (then lets the head go).
     private func readHead(complete: Bool) {
         guard !headRead else { return }
@@ -207,6 +233,7 @@ final class ImageFileSink: @unchecked Sendable {
     private func flush() async throws {
         guard !pending.isEmpty else { return }
         let bytes = pending
+        size += bytes.count
         pending = []
         pending.reserveCapacity(Self.writeBytes)
         let handle = self.handle
