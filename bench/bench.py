@@ -273,10 +273,12 @@ def http(method: str, url: str, body: bytes | None = None, headers: dict[str, st
 # Requests and answers
 # --------------------------------------------------------------------------------------------
 
-def gemini_request(size: str) -> tuple[str, dict]:
+def gemini_request(size: str, kind: str = "b64") -> tuple[str, dict]:
     """The upstream model and Gemini body NanoGate sends for our OpenAI requests."""
     if size == "1K":
         model, image_config = "gemini-2.5-flash-image", {"aspectRatio": "1:1"}
+    elif kind == "stream-flash":
+        model, image_config = "gemini-nano-banana-2.1", {"aspectRatio": "1:1", "imageSize": "4K"}
     else:
         model, image_config = "gemini-3-pro-image", {"aspectRatio": "1:1", "imageSize": "4K"}
     body = {
@@ -292,7 +294,13 @@ def openai_images_request(size: str, response_format: str) -> dict:
     return {"model": "nano-banana-pro-4k", "prompt": PROMPT, "size": "1:1", "response_format": response_format}
 
 
-def openai_chat_stream_request() -> dict:
+def openai_chat_stream_request(flash: bool = False) -> dict:
+    if flash:
+        # Nano Banana 2.1 makes no thought images: its data: image passes through as Google streams it.
+        return {
+            "model": "nano-banana-2.1", "stream": True, "response_format": "b64_json", "messages": [{"role": "user", "content": PROMPT}],
+            "image_config": {"aspect_ratio": "1:1", "image_size": "4K"},
+        }
     return {"model": "nano-banana-pro-4k", "stream": True, "messages": [{"role": "user", "content": PROMPT}], "image_config": {"aspect_ratio": "1:1"}}
 
 
@@ -343,7 +351,7 @@ def validate_chat_stream(body: bytes) -> dict:
 @dataclass
 class Case:
     size: str            # "1K" or "4K"
-    kind: str            # "b64" (Gemini JSON / b64_json), "url" (POST + GET) or "stream"
+    kind: str            # "b64" (Gemini JSON / b64_json), "url" (POST + GET), "stream" (3 Pro) or "stream-flash" (Nano Banana 2.1)
     via: str             # "direct", "nginx" / "nginx-64k" (one per buffer size) or "nanogate"
     conc: int            # connections (= wrk threads)
     duration: int        # measured seconds
@@ -361,6 +369,7 @@ class Case:
     def label(self) -> str:
         kind = {
             "b64": "b64_json" if self.via.startswith("nanogate") else "Gemini JSON", "url": "url (POST+GET)", "stream": "stream (SSE)",
+            "stream-flash": "stream (SSE), Nano Banana 2.1",
             "billed": "b64_json, key with credit",
         }[self.kind]
         return f"{self.size} {kind}"
@@ -686,8 +695,8 @@ http {{
     def configure(self, case: Case) -> Case:
         if case.via not in self.gateways:
             port = self.emulator_port if case.via == "direct" else self.nginx[case.via][1]
-            model, body = gemini_request(case.size)
-            action = "streamGenerateContent?alt=sse" if case.kind == "stream" else "generateContent"
+            model, body = gemini_request(case.size, case.kind)
+            action = "streamGenerateContent?alt=sse" if case.kind.startswith("stream") else "generateContent"
             case.url = f"http://127.0.0.1:{port}/v1beta/models/{model}:{action}"
             case.headers = ["Content-Type: application/json", f"x-goog-api-key: {GOOGLE_KEY}"]
             case.body_file = self.body_file(f"gemini-{case.size}", body)
@@ -696,9 +705,9 @@ http {{
             base = f"http://127.0.0.1:{gateway.port}"
             secret = gateway.credit_secret if case.kind == "billed" else gateway.secret
             case.headers = ["Content-Type: application/json", f"Authorization: Bearer {secret}"]
-            if case.kind == "stream":
+            if case.kind.startswith("stream"):
                 case.url = f"{base}/v1/chat/completions"
-                case.body_file = self.body_file("chat-stream-4K", openai_chat_stream_request())
+                case.body_file = self.body_file(f"chat-{case.kind}-4K", openai_chat_stream_request(flash=case.kind == "stream-flash"))
             else:
                 case.url = f"{base}/v1/images/generations"
                 fmt = "url" if case.kind == "url" else "b64_json"
@@ -714,8 +723,8 @@ http {{
         if status != 200:
             raise BenchError(f"{case.key}: HTTP {status}: {body[:300]!r}")
         if case.via not in self.gateways:
-            return validate_gemini(body, streamed=case.kind == "stream")
-        if case.kind == "stream":
+            return validate_gemini(body, streamed=case.kind.startswith("stream"))
+        if case.kind.startswith("stream"):
             return validate_chat_stream(body)
         if case.kind in ("b64", "billed"):
             return validate_openai_b64(body)
@@ -913,8 +922,9 @@ http {{
         for conc in self.args.connections:
             cases.append(Case("1K", "billed", "nanogate", conc, self.args.duration_1k))
         # The streamed chat reply (NanoGate), with the emulator's own stream as the reference.
-        for via in ("direct", "nanogate"):
-            cases.append(Case("4K", "stream", via, 1, self.args.duration_4k))
+        for kind in ("stream", "stream-flash"):
+            for via in ("direct", "nanogate"):
+                cases.append(Case("4K", kind, via, 1, self.args.duration_4k))
         # The same 1K requests with the gateway's database on PostgreSQL (--postgres-url).
         if self.args.postgres_url:
             for conc in self.args.connections:
@@ -1353,14 +1363,15 @@ class Report:
         warm = facts.get("nanogate_idle_rss_warm_mib")
         if warm is not None:
             rows.append(("Idle RSS after warm-up ≤ 40 MiB", f"{warm:.1f} MiB", verdict(warm <= 40, "" if warm <= 40 else f"over by {warm - 40:.1f} MiB")))
-        direct, ng = self.get("4K/stream/c1/direct"), self.get("4K/stream/c1/nanogate")
-        if direct and ng:
-            ratio = ng["p50_ms"] / direct["p50_ms"]
-            rows.append((
-                "4K streamed chat, time to last byte ≤ 1.3× the emulator's own stream",
-                f"{fmt_ms(ng['p50_ms'])} vs {fmt_ms(direct['p50_ms'])} ms p50 = {ratio:.2f}×",
-                verdict(ratio <= 1.3),
-            ))
+        for kind, model in (("stream", "3 Pro: its thought images make the image wait until it is whole"), ("stream-flash", "Nano Banana 2.1: the image passes through as it arrives")):
+            direct, ng = self.get(f"4K/{kind}/c1/direct"), self.get(f"4K/{kind}/c1/nanogate")
+            if direct and ng:
+                ratio = ng["p50_ms"] / direct["p50_ms"]
+                rows.append((
+                    f"4K streamed chat ({model}), time to last byte ≤ 1.3× the emulator's own stream",
+                    f"{fmt_ms(ng['p50_ms'])} vs {fmt_ms(direct['p50_ms'])} ms p50 = {ratio:.2f}×",
+                    verdict(ratio <= 1.3),
+                ))
         for conc in self.bench.args.connections:
             url, b64 = self.get(f"1K/url/c{conc}/nanogate"), self.get(f"1K/b64/c{conc}/nanogate")
             if url and b64:

@@ -82,6 +82,25 @@ import Upstream
         }
     }
 
+    /// Past `NANOGATE_HELD_ANSWERS` answers in memory, 1K answers are spooled as well (here the
+    /// bound is 0, so every one is): the same answer, its length and cost header up front.
+    @Test func pastTheHeldAnswersBoundOneKAnswersAreSpooled() async throws {
+        try await withGateway(configure: { $0.heldAnswers = 0 }) { gateway in
+            let reply = try await gateway.generate(#"{"model":"nano-banana","prompt":"a spooled banana","response_format":"b64_json","n":2}"#)
+            #expect(reply.status == 200 && reply.data.count == 2, "\(reply.text.prefix(300))")
+            #expect(Int(reply.headers["Content-Length"].first ?? "") == reply.body.readableBytes)
+            for item in reply.data {
+                let bytes = try #require(Data(base64Encoded: item["b64_json"] as? String ?? ""))
+                #expect(Harness.pngSize(Array(bytes)) == (1024, 1024))
+            }
+            #expect((reply.usage["output_tokens_details"] as? [String: Any])?["image_tokens"] as? Int == 2 * 1290)
+            let row = try #require(try await gateway.dependencies.store.usage(UsageQuery()).first)
+            #expect(reply.headers["X-NanoGate-Cost"].first == Pricing.usdText(row.costMicroUSD) && row.images == 2)
+            let left = (try? FileManager.default.contentsOfDirectory(atPath: gateway.dependencies.fileStore.directory.path)) ?? []
+            #expect(!left.contains { $0.hasPrefix("stream-") }, "\(left)")
+        }
+    }
+
     /// The charge, known only after the image, is the chunked body's trailer.
     @Test func theChargeIsATrailer() async throws {
         try await withGateway(configure: { $0.streamImages = .on }) { gateway in

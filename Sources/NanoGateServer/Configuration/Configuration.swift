@@ -84,6 +84,9 @@ public struct GatewayConfiguration: Sendable {
     /// `EventLoopExecutor`) instead of Swift's shared pool: on by default (4K answers: −12% p50,
     /// −15% CPU, a fifth of the context switches in BENCHMARKS.md's A/B runs).
     public var handlersOnEventLoop = true
+    /// How many `b64_json` answers may be held whole in memory at once before the next ones are
+    /// spooled through files (`NANOGATE_HELD_ANSWERS`, `HeldAnswers`).
+    public var heldAnswers = 32
     /// Whether `serve` reads each channel's model list (in the background: at start-up, every
     /// `modelCheckInterval`, and soon after a channel's project refused a model).
     public var checkModelsAtStart = true
@@ -172,6 +175,7 @@ public struct GatewayConfiguration: Sendable {
         chatImages = settings.choice("nanogate.chat.images", default: .auto)
         streamImages = settings.choice("nanogate.stream.images", default: .url)
         handlersOnEventLoop = settings.flag("nanogate.loop.handlers", default: handlersOnEventLoop)
+        heldAnswers = settings.number("nanogate.held.answers", default: heldAnswers, minimum: 0)
         checkModelsAtStart = settings.flag("nanogate.check.models", default: true)
         modelCheckInterval = settings.seconds("nanogate.model.check.interval", default: 3600, minimum: 60)
         if settings.string("nanogate.metrics.port") != nil { metricsPort = settings.number("nanogate.metrics.port", default: 9090, minimum: 0) }

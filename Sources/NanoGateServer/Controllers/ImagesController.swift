@@ -92,10 +92,14 @@ struct ImagesController {
         }
         settlement.commitAlongsideAnswer()
         var response: Response
-        if pipeline.spoolsImages(job) {
+        switch pipeline.answerPath(for: job) {
+        case .whole(let held):
+            response = try json(try await pipeline.generateImages(job, settlement: settlement, logger: logger), sortedKeys: false) {
+                await settlement.committed()
+                withExtendedLifetime(held) {}  // written but its last byte: the answer's memory goes with the token
+            }
+        case .spooled:
             response = try Self.spooled(try await pipeline.generateSpooledImages(job, settlement: settlement, logger: logger), beforeLastByte: settlement.committed)
-        } else {
-            response = try json(try await pipeline.generateImages(job, settlement: settlement, logger: logger), sortedKeys: false, beforeLastByte: settlement.committed)
         }
         response.headers[Self.upstreamModelHeader] = settlement.servedBy.id
         response.headers[Self.costHeader] = Pricing.usdText(settlement.chargeMicroUSD)

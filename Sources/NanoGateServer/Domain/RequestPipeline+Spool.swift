@@ -16,11 +16,25 @@ import Upstream
 /// answer built whole; memory holds one piece of it at a time. 1K answers (about 1.4 MB) are
 /// still built whole: the file round trip would cost them latency for little memory.
 extension RequestPipeline {
-    /// Whether `job`'s images are spooled: a 2K or 4K `b64_json` answer with no conversion,
-    /// when the gateway streams (`ImageURLService.scratchDirectory`).
-    func spoolsImages(_ job: ImageRequest) -> Bool {
+    /// Whether `job`'s images can be spooled: a `b64_json` answer with no conversion, when the
+    /// gateway streams (`ImageURLService.scratchDirectory`).
+    func canSpool(_ job: ImageRequest) -> Bool {
         job.format == .b64JSON && images.scratchDirectory != nil && job.options.outputFormat == nil && job.options.outputCompression == nil
-            && [.twoK, .fourK].contains(job.spec.imageSize)
+    }
+
+    /// How a `b64_json` or `url` answer of the images API is made.
+    enum AnswerPath {
+        /// Built whole in memory; the token (if any) counts it among the held answers until it goes.
+        case whole(HeldAnswers.Token?)
+        case spooled
+    }
+
+    /// Spooled when its images are 2K or 4K, or when `held`'s bound of answers is already in
+    /// memory; else built whole.
+    func answerPath(for job: ImageRequest) -> AnswerPath {
+        guard canSpool(job) else { return .whole(nil) }
+        guard ![.twoK, .fourK].contains(job.spec.imageSize), let token = held.take() else { return .spooled }
+        return .whole(token)
     }
 
     /// A `b64_json` images answer whose images wait in files: `response` holds a marker in place
@@ -161,5 +175,40 @@ final class SpoolFiles: Sendable {
 
     deinit {
         removeAll()
+    }
+}
+
+/// How many `b64_json` answers are held whole in memory at once (`NANOGATE_HELD_ANSWERS`):
+/// below the bound a 1K answer is built whole (the fastest path), above it spooled, so that
+/// thousands of answers arriving together cost files, not gigabytes of heap.
+final class HeldAnswers: Sendable {
+    let limit: Int
+    private let count = Mutex(0)
+
+    init(limit: Int) { self.limit = limit }
+
+    /// A place for one more answer, or nil when all are taken.
+    func take() -> Token? {
+        let taken = count.withLock { count -> Bool in
+            guard count < limit else { return false }
+            count += 1
+            return true
+        }
+        return taken ? Token(self) : nil
+    }
+
+    var current: Int { count.withLock { $0 } }
+
+    fileprivate func release() {
+        count.withLock { $0 -= 1 }
+    }
+
+    /// One held answer: its place is given back when the token goes.
+    final class Token: Sendable {
+        private let owner: HeldAnswers
+
+        fileprivate init(_ owner: HeldAnswers) { self.owner = owner }
+
+        deinit { owner.release() }
     }
 }

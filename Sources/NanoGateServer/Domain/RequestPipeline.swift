@@ -236,6 +236,8 @@ struct RequestPipeline: Sendable {
     let billing: BillingConfiguration
     let live: LiveReservations
     let metrics: GatewayMetrics
+    /// `b64_json` answers held whole right now (`holdsWhole`).
+    var held = HeldAnswers(limit: 32)
 
     /// The prices `id` is charged at (the operator's override, else `fallback`).
     func prices(of id: String, fallback: TokenPrices) -> TokenPrices {

@@ -134,10 +134,11 @@ func makeGatewayParts(
         images: dependencies.images, ttl: configuration.urlTTL,
         converter: ImageConverter(threadPool: dependencies.conversionThreadPool), scratchDirectory: configuration.streamImages == .off ? nil : dependencies.fileStore.directory
     )
-    let pipeline = RequestPipeline(
+    var pipeline = RequestPipeline(
         upstream: pool, ledger: dependencies.ledger, images: urls, priceBook: PriceBook(store: dependencies.store),
         limiter: KeyLimiter(rates: dependencies.store), billing: configuration.billing, live: LiveReservations(), metrics: metrics
     )
+    pipeline.held = HeldAnswers(limit: configuration.heldAnswers)
     let inputs = InputImageLoader(
         images: dependencies.images, limits: configuration.inputs,
         resolver: ThreadPoolResolver(threadPool: dependencies.blockingThreadPool, lookup: hostLookup)
