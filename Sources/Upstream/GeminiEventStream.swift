@@ -194,7 +194,13 @@ extension GeminiEventStream {
         }
 
         mutating func feed(_ chunk: ByteBuffer) throws -> [Piece] {
-            pending.writeImmutableBuffer(chunk)
+            // The usual case, all of the last chunk handed on: the new one is used as it is (its
+            // image pieces are slices of what AsyncHTTPClient read, never copied).
+            if pending.readableBytes == 0 {
+                pending = chunk
+            } else {
+                pending.writeImmutableBuffer(chunk)
+            }
             var out: [Piece] = []
             while pending.readableBytes > 0 {
                 let view = pending.readableBytesView
@@ -218,8 +224,11 @@ extension GeminiEventStream {
                         line = .skipped
                     }
                 case .data, .skipped:
-                    if let newline = view.firstIndex(of: UInt8(ascii: "\n")) {
-                        var content = pending.readSlice(length: newline - view.startIndex)!
+                    let newline = pending.withUnsafeReadableBytes { bytes in
+                        memchr(bytes.baseAddress!, Int32(UInt8(ascii: "\n")), bytes.count).map { UnsafeRawPointer(bytes.baseAddress!).distance(to: UnsafeRawPointer($0)) }
+                    }
+                    if let newline {
+                        var content = pending.readSlice(length: newline)!
                         pending.moveReaderIndex(forwardBy: 1)
                         if content.readableBytesView.last == UInt8(ascii: "\r") { content.moveWriterIndex(to: content.writerIndex - 1) }
                         if line == .data { try scan(content, into: &out) }
@@ -233,7 +242,6 @@ extension GeminiEventStream {
                     }
                 }
             }
-            if pending.readerIndex > 64 * 1024 { pending.discardReadBytes() }
             return out
         }
 

@@ -1,4 +1,5 @@
 import AsyncHTTPClient
+import Crypto
 import Foundation
 import Hummingbird
 import NanoGateCore
@@ -172,6 +173,36 @@ func mutate(_ input: [UInt8], using random: inout SeededGenerator) -> [UInt8] {
                 #expect(received == events, "round \(round)")
             } catch {
                 #expect(garbage, "round \(round): a well-formed stream failed: \(error)")
+            }
+        }
+    }
+
+    /// The fingerprint of an image that passes by in pieces (the streamed chat's thought
+    /// signatures are keyed by it) is the one of the whole image, whatever the pieces: checked
+    /// against the rule written out here (length, first and last 256 KiB) around its edges.
+    @Test func anImageFingerprintIsTheSameInPieces() {
+        var random = SeededGenerator(seed: 0x5EED_0005)
+        let sample = 256 * 1024
+        for size in [0, 1, 1000, 2 * sample - 1, 2 * sample, 2 * sample + 1, 3 * sample + 7, 9 * sample + 123] {
+            let text = (0..<size).map { _ in UInt8.random(in: 0x41...0x5A, using: &random) }
+            var reference = SHA256()
+            reference.update(data: Array("key-1\n\(size):".utf8))
+            if size <= 2 * sample {
+                reference.update(data: text)
+            } else {
+                reference.update(data: Array(text.prefix(sample)))
+                reference.update(data: Array(text.suffix(sample)))
+            }
+            let expected = "i:" + reference.finalize().map { String(format: "%02x", $0) }.joined()
+            for _ in 0..<3 {
+                var fingerprint = ChatController.ImageFingerprint()
+                var rest = text[...]
+                while !rest.isEmpty {
+                    let piece = Int.random(in: 1...max(1, min(rest.count, Bool.random(using: &random) ? 700 : 400_000)), using: &random)
+                    fingerprint.add(ByteBuffer(bytes: rest.prefix(piece)))
+                    rest = rest.dropFirst(piece)
+                }
+                #expect(fingerprint.hash(keyID: "key-1") == expected, "\(size) bytes")
             }
         }
     }

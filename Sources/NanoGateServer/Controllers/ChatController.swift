@@ -329,37 +329,46 @@ struct ChatController {
     }
 
     /// `hash(image:keyID:)` of an image that passes by in pieces: keeps its first and last
-    /// 256 KiB of base64, never the whole.
+    /// 256 KiB of base64, never the whole (copied with `memcpy`, never byte by byte: a 4K
+    /// image is 47 MB).
     struct ImageFingerprint {
         static let sample = 256 * 1024
         private(set) var count = 0
         /// The first `2 × sample` bytes.
-        private var head: [UInt8] = []
-        /// The bytes after `head`, trimmed to their last `sample` (or a little more).
-        private var tail: [UInt8] = []
+        private var head = ByteBuffer()
+        /// The bytes after `head`, trimmed to their last `sample` (or up to twice that).
+        private var tail = ByteBuffer()
 
         mutating func add(_ bytes: ByteBuffer) {
-            var rest = bytes.readableBytesView[...]
-            count += rest.count
-            if head.count < 2 * Self.sample {
-                let taken = min(2 * Self.sample - head.count, rest.count)
-                head.append(contentsOf: rest.prefix(taken))
-                rest = rest.dropFirst(taken)
+            var rest = bytes
+            count += rest.readableBytes
+            if head.readableBytes < 2 * Self.sample {
+                var taken = rest.readSlice(length: min(2 * Self.sample - head.readableBytes, rest.readableBytes))!
+                head.writeBuffer(&taken)
             }
-            guard !rest.isEmpty else { return }
-            tail.append(contentsOf: rest)
-            if tail.count > 2 * Self.sample { tail.removeFirst(tail.count - Self.sample) }
+            guard rest.readableBytes > 0 else { return }
+            if rest.readableBytes >= Self.sample {
+                rest.moveReaderIndex(forwardBy: rest.readableBytes - Self.sample)
+                tail.clear()
+            }
+            tail.writeBuffer(&rest)
+            if tail.readableBytes > 2 * Self.sample {
+                tail.moveReaderIndex(forwardBy: tail.readableBytes - Self.sample)
+                tail.discardReadBytes()
+            }
         }
 
         func hash(keyID: String) -> String {
             var hasher = SHA256()
             hasher.update(data: Array("\(keyID)\n\(count):".utf8))
             if count <= 2 * Self.sample {
-                hasher.update(data: head)
+                head.withUnsafeReadableBytes { hasher.update(bufferPointer: $0) }
             } else {
-                hasher.update(data: head.prefix(Self.sample))
-                let fromTail = min(tail.count, Self.sample)
-                hasher.update(data: Array(head.suffix(Self.sample - fromTail)) + tail.suffix(fromTail))
+                head.withUnsafeReadableBytes { hasher.update(bufferPointer: UnsafeRawBufferPointer(rebasing: $0.prefix(Self.sample))) }
+                // The last `sample` bytes: from the tail, and from the head's end when the tail is shorter.
+                let fromTail = min(tail.readableBytes, Self.sample)
+                head.withUnsafeReadableBytes { hasher.update(bufferPointer: UnsafeRawBufferPointer(rebasing: $0.suffix(Self.sample - fromTail))) }
+                tail.withUnsafeReadableBytes { hasher.update(bufferPointer: UnsafeRawBufferPointer(rebasing: $0.suffix(fromTail))) }
             }
             return "i:" + hasher.finalize().lowercaseHex
         }
