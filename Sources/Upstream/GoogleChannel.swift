@@ -11,15 +11,21 @@ import NIOFoundationCompat
 /// Vertex AI with a service account (a bearer token; `role` on every content).
 struct GoogleChannel: UpstreamChannel {
     let configuration: ChannelConfiguration
-    let httpClient: HTTPClient
+    /// The clients calls go through (`LoopPinnedClients.current`: the calling loop's own).
+    let clients: LoopPinnedClients
+    var httpClient: HTTPClient { clients.current }
     let maxResponseBytes: Int
     /// Vertex with a service account: the cached OAuth2 token.
     let tokens: AccessTokenProvider?
     let redact: @Sendable (String) -> String
 
     init(configuration: ChannelConfiguration, httpClient: HTTPClient, maxResponseBytes: Int, tokens: AccessTokenProvider?) {
+        self.init(configuration: configuration, clients: LoopPinnedClients(single: httpClient), maxResponseBytes: maxResponseBytes, tokens: tokens)
+    }
+
+    init(configuration: ChannelConfiguration, clients: LoopPinnedClients, maxResponseBytes: Int, tokens: AccessTokenProvider?) {
         self.configuration = configuration
-        self.httpClient = httpClient
+        self.clients = clients
         self.maxResponseBytes = maxResponseBytes
         self.tokens = tokens
         self.redact = redactor(secrets: configuration.apiKeys)
@@ -217,6 +223,6 @@ struct GoogleChannel: UpstreamChannel {
     }
 
     func shutdown() async {
-        try? await httpClient.shutdown()
+        await clients.shutdown()
     }
 }

@@ -14,13 +14,19 @@ import NIOFoundationCompat
 /// any other. Streaming is not relayed: the whole answer arrives as one event.
 struct OpenAIChannel: UpstreamChannel {
     let configuration: ChannelConfiguration
-    let httpClient: HTTPClient
+    /// The clients calls go through (`LoopPinnedClients.current`: the calling loop's own).
+    let clients: LoopPinnedClients
+    var httpClient: HTTPClient { clients.current }
     let maxResponseBytes: Int
     let redact: @Sendable (String) -> String
 
     init(configuration: ChannelConfiguration, httpClient: HTTPClient, maxResponseBytes: Int) {
+        self.init(configuration: configuration, clients: LoopPinnedClients(single: httpClient), maxResponseBytes: maxResponseBytes)
+    }
+
+    init(configuration: ChannelConfiguration, clients: LoopPinnedClients, maxResponseBytes: Int) {
         self.configuration = configuration
-        self.httpClient = httpClient
+        self.clients = clients
         self.maxResponseBytes = maxResponseBytes
         self.redact = redactor(secrets: configuration.apiKeys)
     }
@@ -316,7 +322,7 @@ struct OpenAIChannel: UpstreamChannel {
     }
 
     func shutdown() async {
-        try? await httpClient.shutdown()
+        await clients.shutdown()
     }
 }
 

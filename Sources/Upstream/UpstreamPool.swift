@@ -293,13 +293,14 @@ public final class UpstreamPool: Sendable {
             let authorization = proxy.user.map { HTTPClient.Authorization.basic(username: $0, password: proxy.password ?? "") }
             clientConfiguration.proxy = .server(host: proxy.host, port: proxy.port, authorization: authorization)
         }
-        let client = HTTPClient(eventLoopGroup: eventLoopGroup, configuration: clientConfiguration)
+        let clients = LoopPinnedClients(group: eventLoopGroup, configuration: clientConfiguration)
+        let client = clients.shared
         let gate = ConcurrencyGate(limit: channel.maxConcurrency, queueLimit: configuration.queueLimit)
         switch channel.kind {
         case .openai:
-            return PoolMember(id: id, channel: OpenAIChannel(configuration: channel, httpClient: client, maxResponseBytes: configuration.maxResponseBytes), gate: gate, broken: nil, managed: managed)
+            return PoolMember(id: id, channel: OpenAIChannel(configuration: channel, clients: clients, maxResponseBytes: configuration.maxResponseBytes), gate: gate, broken: nil, managed: managed)
         case .gemini, .vertexExpress:
-            return PoolMember(id: id, channel: GoogleChannel(configuration: channel, httpClient: client, maxResponseBytes: configuration.maxResponseBytes, tokens: nil), gate: gate, broken: nil, managed: managed)
+            return PoolMember(id: id, channel: GoogleChannel(configuration: channel, clients: clients, maxResponseBytes: configuration.maxResponseBytes, tokens: nil), gate: gate, broken: nil, managed: managed)
         case .vertex:
             var tokens: AccessTokenProvider?
             var broken: UpstreamError?
@@ -312,7 +313,7 @@ public final class UpstreamPool: Sendable {
                 logger.error("the Vertex channel cannot be used", metadata: ["channel": "\(channel.name)", "error": "\(error)"])
                 broken = UpstreamError(.authFailed, detail: "the service account could not be loaded")
             }
-            return PoolMember(id: id, channel: GoogleChannel(configuration: channel, httpClient: client, maxResponseBytes: configuration.maxResponseBytes, tokens: tokens), gate: gate, broken: broken, managed: managed)
+            return PoolMember(id: id, channel: GoogleChannel(configuration: channel, clients: clients, maxResponseBytes: configuration.maxResponseBytes, tokens: tokens), gate: gate, broken: broken, managed: managed)
         }
     }
 
