@@ -127,12 +127,9 @@ extension GatewayError {
 final class ImageFileSink: @unchecked Sendable {
     /// The least written to the file at a time (but the last piece): each write is a hop to
     /// the blocking pool.
+    /// Spooled images too: 512 KiB pieces cut a 4K `b64_json` answer's p50 from 165 to 106 ms
+    /// but doubled the memory per answer in flight under load (bench/ANALYSIS.md, 2026-12-07).
     static let writeBytes = 64 * 1024
-    /// The same for a spooled image (kept as base64, 47 MB at 4K): larger pieces, far fewer
-    /// hops to the pool, for one piece of memory per answer that is still a fraction of it.
-    static let spoolWriteBytes = 512 * 1024
-
-    private var writeBytes: Int { decodes ? Self.writeBytes : Self.spoolWriteBytes }
     /// Enough of an image for its header, whatever the format (JPEG metadata included).
     static let headBytes = 64 * 1024
 
@@ -172,7 +169,7 @@ final class ImageFileSink: @unchecked Sendable {
                 if headText.count >= Self.headBytes / 3 * 4 { readSpooledHead(complete: false) }
             }
             pending.append(contentsOf: chunk.readableBytesView)
-            if pending.count >= writeBytes { try await flush() }
+            if pending.count >= Self.writeBytes { try await flush() }
             return
         }
         var text = carry
@@ -213,7 +210,7 @@ final class ImageFileSink: @unchecked Sendable {
             readHead(complete: head.count >= Self.headBytes)
         }
         pending.append(contentsOf: bytes)
-        if pending.count >= writeBytes { try await flush() }
+        if pending.count >= Self.writeBytes { try await flush() }
     }
 
     /// A spooled image's header from its first base64 characters (not a base64 image: none).
@@ -240,7 +237,7 @@ final class ImageFileSink: @unchecked Sendable {
         let bytes = pending
         size += bytes.count
         pending = []
-        pending.reserveCapacity(writeBytes)
+        pending.reserveCapacity(Self.writeBytes)
         let handle = self.handle
         try await NIOThreadPool.singleton.runIfActive { try handle.write(contentsOf: bytes) }
     }
