@@ -19,6 +19,18 @@ func asyncChunks(_ chunks: [ByteBuffer]) -> AsyncStream<ByteBuffer> {
     }
 }
 
+/// `bytes` cut at random points into pieces of 1 to `maxPiece` bytes.
+func randomChunks(_ bytes: [UInt8], maxPiece: Int, using random: inout SeededGenerator) -> [ByteBuffer] {
+    var chunks: [ByteBuffer] = []
+    var rest = bytes[...]
+    while !rest.isEmpty {
+        let size = Int.random(in: 1...max(1, min(rest.count, maxPiece)), using: &random)
+        chunks.append(ByteBuffer(bytes: rest.prefix(size)))
+        rest = rest.dropFirst(size)
+    }
+    return chunks
+}
+
 /// Mutations of a valid input: flipped, inserted, deleted and duplicated bytes, cut short,
 /// interesting bytes (quotes, backslashes, newlines, NUL, UTF-8 fragments).
 func mutate(_ input: [UInt8], using random: inout SeededGenerator) -> [UInt8] {
@@ -97,13 +109,7 @@ func mutate(_ input: [UInt8], using random: inout SeededGenerator) -> [UInt8] {
             var bytes = Array(text.utf8)
             let garbage = round % 4 == 3
             if garbage { bytes = mutate(bytes, using: &random) }
-            var chunks: [ByteBuffer] = []
-            var rest = bytes[...]
-            while !rest.isEmpty {
-                let size = Int.random(in: 1...max(1, min(rest.count, 97)), using: &random)
-                chunks.append(ByteBuffer(bytes: rest.prefix(size)))
-                rest = rest.dropFirst(size)
-            }
+            let chunks = randomChunks(bytes, maxPiece: 97, using: &random)
             let stream = GeminiEventStream(body: .stream(asyncChunks(chunks)), maxEventBytes: 1 << 20)
             var received: [GeminiWire.Response] = []
             do {
@@ -138,13 +144,7 @@ func mutate(_ input: [UInt8], using random: inout SeededGenerator) -> [UInt8] {
             var bytes = Array(text.utf8)
             let garbage = round % 4 == 3
             if garbage { bytes = mutate(bytes, using: &random) }
-            var chunks: [ByteBuffer] = []
-            var rest = bytes[...]
-            while !rest.isEmpty {
-                let size = Int.random(in: 1...max(1, min(rest.count, 997)), using: &random)
-                chunks.append(ByteBuffer(bytes: rest.prefix(size)))
-                rest = rest.dropFirst(size)
-            }
+            let chunks = randomChunks(bytes, maxPiece: 997, using: &random)
             let stream = GeminiEventStream(body: .stream(asyncChunks(chunks)), maxEventBytes: 1 << 20)
             let pieces = Mutex<[GeminiEventStream.Piece]>([])
             do {

@@ -82,6 +82,11 @@ extension ChatController {
                 /// the current event's images already written (for their thought signatures).
                 var image: ImageInFlight?
                 var streamedImages: [String] = []
+                /// An image's chunk split where its base64 goes (written once the image's type is known).
+                func imageFrame(_ mimeType: String) throws -> (prefix: [ByteBuffer], suffix: [ByteBuffer]) {
+                    let url = SplicedString("data:\(mimeType);base64,") + SplicedString(ImageInFlight.marker)
+                    return try ImageInFlight.split(frame([ChatChoice(delta: controller.imageDelta(url, collector: collector, job: job), finishReason: nil)]))
+                }
                 var failure: GatewayError?
                 var clientGone = false
                 do {
@@ -127,11 +132,7 @@ extension ChatController {
                                 image = ImageInFlight()
                             case .imageBytes(let bytes):
                                 do {
-                                    try await image?.take(bytes) { mimeType in
-                                        // The chunk's JSON up to the image's base64: written once its type is known.
-                                        let url = SplicedString("data:\(mimeType);base64,") + SplicedString(ImageInFlight.marker)
-                                        return try ImageInFlight.split(frame([ChatChoice(delta: controller.imageDelta(url, collector: collector, job: job), finishReason: nil)]))
-                                    } write: { try await writer.write($0) }
+                                    try await image?.take(bytes, frame: imageFrame) { try await writer.write($0) }
                                 } catch {
                                     clientGone = true
                                     break loop
@@ -140,10 +141,7 @@ extension ChatController {
                                 guard var finished = image else { break }
                                 image = nil
                                 do {
-                                    try await finished.end { mimeType in
-                                        let url = SplicedString("data:\(mimeType);base64,") + SplicedString(ImageInFlight.marker)
-                                        return try ImageInFlight.split(frame([ChatChoice(delta: controller.imageDelta(url, collector: collector, job: job), finishReason: nil)]))
-                                    } write: { try await writer.write($0) }
+                                    try await finished.end(frame: imageFrame) { try await writer.write($0) }
                                 } catch {
                                     clientGone = true
                                     break loop

@@ -84,11 +84,14 @@ extension ImagesController {
                             settlement.delivered(images: 1, usage: outcome.usage)
                         }
                     }
+                    // Settled before the stream's end: a client that reads its usage next sees it.
+                    await pipeline.settle(settlement, status: failure?.status ?? 200, errorCode: failure?.code, logger: logger)
                     try await writer.finish(nil)
                 } catch let error as GatewayError {
                     // A conversion failed after Google answered: tell the client, charge what it got.
                     failure = error
                     try? await Self.write(StreamError(error: .init(error)), event: "error", to: &writer)
+                    await pipeline.settle(settlement, status: failure?.status ?? 200, errorCode: failure?.code, logger: logger)
                     try? await writer.finish(nil)
                 } catch {
                     work.cancel()
@@ -147,14 +150,18 @@ extension ImagesController {
                     )
                     try await writer.write(rest.encoded())
                     settlement.delivered(images: 1, usage: outcome.usage)
+                    // Settled before the stream's end: a client that reads its usage next sees it.
+                    await pipeline.settle(settlement, status: failure?.status ?? 200, errorCode: failure?.code, logger: logger)
                     try await writer.finish(nil)
                 } catch let error as GatewayError where !begun {
                     failure = error
                     try? await Self.write(StreamError(error: .init(error)), event: "error", to: &writer)
+                    await pipeline.settle(settlement, status: failure?.status ?? 200, errorCode: failure?.code, logger: logger)
                     try? await writer.finish(nil)
                 } catch let error as AnswerReadFailure where !begun {
                     failure = GatewayError(upstream: error.error)
                     try? await Self.write(StreamError(error: .init(failure!)), event: "error", to: &writer)
+                    await pipeline.settle(settlement, status: failure?.status ?? 200, errorCode: failure?.code, logger: logger)
                     try? await writer.finish(nil)
                 } catch let error as GatewayError {
                     failure = error
