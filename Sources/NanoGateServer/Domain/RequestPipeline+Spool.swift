@@ -69,12 +69,12 @@ extension RequestPipeline {
                 files.add(image.path)
                 return image
             }
-            files.keep(spooled.map(\.path))
+            files.keep(spooled.map { ($0.path, $0.bytes) })
             let data = spooled.indices.map { ImageObject(b64JSON: Base64Text(bytes: ByteBuffer(string: SpooledAnswer.marker($0))), revisedPrompt: spooled[$0].text) }
             let response = imagesResponse(
                 job, data: data, usage: spooled.reduce(.zero) { $0 + $1.usage }, format: spooled.first?.format, pixels: spooled.first?.pixels, settlement: settlement
             )
-            return SpooledAnswer(response: response, files: files.with(sizes: spooled.map(\.bytes)))
+            return SpooledAnswer(response: response, files: files)
         }
     }
 
@@ -123,19 +123,15 @@ final class SpoolFiles: Sendable {
         state.withLock { $0.paths.append(path) }
     }
 
-    /// Keeps only these, in this order; removes the rest.
-    func keep(_ kept: [URL]) {
+    /// Keeps only these files (with their sizes), in this order; removes the rest.
+    func keep(_ kept: [(path: URL, bytes: Int)]) {
         let dropped = state.withLock { state -> [URL] in
-            let dropped = state.paths.filter { !kept.contains($0) }
-            state.paths = kept
+            let dropped = state.paths.filter { path in !kept.contains { $0.path == path } }
+            state.paths = kept.map(\.path)
+            state.sizes = kept.map(\.bytes)
             return dropped
         }
         for path in dropped { try? FileManager.default.removeItem(at: path) }
-    }
-
-    func with(sizes: [Int]) -> SpoolFiles {
-        state.withLock { $0.sizes = sizes }
-        return self
     }
 
     var files: [URL] { state.withLock { $0.paths } }
@@ -196,8 +192,6 @@ final class HeldAnswers: Sendable {
         }
         return taken ? Token(self) : nil
     }
-
-    var current: Int { count.withLock { $0 } }
 
     fileprivate func release() {
         count.withLock { $0 -= 1 }

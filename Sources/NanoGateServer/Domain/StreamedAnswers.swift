@@ -126,8 +126,7 @@ extension GatewayError {
 /// format and pixel size are known. Used from one task at a time.
 final class ImageFileSink: @unchecked Sendable {
     /// The least written to the file at a time (but the last piece): each write is a hop to
-    /// the blocking pool.
-    /// Spooled images too: 512 KiB pieces cut a 4K `b64_json` answer's p50 from 165 to 106 ms
+    /// the blocking pool. The same for spooled images: 512 KiB pieces cut a 4K `b64_json` answer's p50 from 165 to 106 ms
     /// but doubled the memory per answer in flight under load (bench/ANALYSIS.md, 2026-12-07).
     static let writeBytes = 64 * 1024
     /// Enough of an image for its header, whatever the format (JPEG metadata included).
@@ -166,7 +165,7 @@ final class ImageFileSink: @unchecked Sendable {
         guard decodes else {
             if !headRead {
                 headText.append(contentsOf: chunk.readableBytesView.prefix(Self.headBytes / 3 * 4 - headText.count))
-                if headText.count >= Self.headBytes / 3 * 4 { readSpooledHead(complete: false) }
+                if headText.count >= Self.headBytes / 3 * 4 { readSpooledHead() }
             }
             pending.append(contentsOf: chunk.readableBytesView)
             if pending.count >= Self.writeBytes { try await flush() }
@@ -183,7 +182,7 @@ final class ImageFileSink: @unchecked Sendable {
 
     /// Writes what is left and closes the file.
     func finish() async throws {
-        if !decodes, !headRead { readSpooledHead(complete: true) }
+        if !decodes, !headRead { readSpooledHead() }
         if !carry.isEmpty {
             guard let bytes = SafeBase64.decode(carry) else { throw Self.notBase64 }
             carry = []
@@ -214,7 +213,7 @@ final class ImageFileSink: @unchecked Sendable {
     }
 
     /// A spooled image's header from its first base64 characters (not a base64 image: none).
-    private func readSpooledHead(complete: Bool) {
+    private func readSpooledHead() {
         let bytes = SafeBase64.decode(headText.prefix(headText.count / 4 * 4)) ?? []
         head = Array(bytes.prefix(Self.headBytes))
         headText = []
