@@ -280,15 +280,13 @@ extension ChatController {
 }
 
 /// An image of a chat reply being written as its base64 arrives: its first characters are held
-/// until its type is known (the chunk's `data:` URL names it), then every piece goes out,
-/// gathered into writes of at least `writeBytes`.
+/// until its type is known (the chunk's `data:` URL names it), then every piece goes out as it
+/// came (`ImagePieceGatherer` has gathered them).
 struct ImageInFlight {
     /// Stands where the base64 goes in the encoded chunk (no JSON escaping touches it).
     static let marker = "NANOGATE-IMAGE-BASE64-7f3a9c"
-    static let writeBytes = 64 * 1024
 
     private var head = ByteBuffer()
-    private var outgoing = ByteBuffer()
     /// What follows the base64 in the chunk, once the part before it was written.
     private var suffix: [ByteBuffer]?
     private(set) var fingerprint = ChatController.ImageFingerprint()
@@ -307,23 +305,12 @@ struct ImageInFlight {
             try await begin(frame: frame, write: write)
             return
         }
-        if outgoing.readableBytes == 0, bytes.readableBytes >= Self.writeBytes {
-            try await write(bytes)
-            return
-        }
-        var bytes = bytes
-        outgoing.writeBuffer(&bytes)
-        if outgoing.readableBytes >= Self.writeBytes {
-            try await write(outgoing)
-            outgoing = ByteBuffer()
-        }
+        try await write(bytes)
     }
 
     /// The image's base64 ended: the rest of the chunk.
     mutating func end(frame: (String) throws -> (prefix: [ByteBuffer], suffix: [ByteBuffer]), write: (ByteBuffer) async throws -> Void) async throws {
         if suffix == nil { try await begin(frame: frame, write: write) }
-        if outgoing.readableBytes > 0 { try await write(outgoing) }
-        outgoing = ByteBuffer()
         for piece in suffix ?? [] { try await write(piece) }
     }
 
@@ -346,24 +333,18 @@ struct ImageInFlight {
     }
 }
 
-/// Forwards the pieces of a chunked stream to the writer, gathering an image's base64 into
-/// pieces of at least `ImageInFlight.writeBytes` first: each send is a hop between tasks, and
-/// Google's stream arrives in pieces of a few KiB. Used from the reading task alone.
+/// Forwards the pieces of a chunked stream to the writer, an image's base64 gathered
+/// (`PieceGatherer`): each send is a hop between tasks. Used from the reading task alone.
 final class ImagePieceGatherer: @unchecked Sendable {
     let channel: AsyncChannel<ChatController.StreamItem>
-    private var gathered = ByteBuffer()
+    private var gatherer = PieceGatherer()
 
     init(channel: AsyncChannel<ChatController.StreamItem>) { self.channel = channel }
 
     func forward(_ piece: GeminiEventStream.Piece) async {
         switch piece {
-        case .imageBytes(var bytes):
-            if gathered.readableBytes == 0, bytes.readableBytes >= ImageInFlight.writeBytes {
-                await channel.send(.imageBytes(bytes))
-                return
-            }
-            gathered.writeBuffer(&bytes)
-            if gathered.readableBytes >= ImageInFlight.writeBytes { await flush() }
+        case .imageBytes(let bytes):
+            if let piece = gatherer.add(bytes) { await channel.send(.imageBytes(piece)) }
         case .imageBegin:
             await flush()
             await channel.send(.imageBegin)
@@ -377,9 +358,6 @@ final class ImagePieceGatherer: @unchecked Sendable {
     }
 
     func flush() async {
-        guard gathered.readableBytes > 0 else { return }
-        let bytes = gathered
-        gathered = ByteBuffer()
-        await channel.send(.imageBytes(bytes))
+        if let piece = gatherer.rest() { await channel.send(.imageBytes(piece)) }
     }
 }

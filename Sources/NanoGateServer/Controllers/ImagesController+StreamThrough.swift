@@ -196,9 +196,6 @@ struct StreamedTail: Encodable {
 struct ImageHead {
     /// How much of the image's base64 is read before anything is written.
     static let base64Bytes = 64 * 1024
-    /// The least the image is written to the client in (but its last piece): each write is a hop
-    /// to the connection's event loop, and Google's answer arrives in pieces of a few KiB.
-    static let writeBytes = 64 * 1024
 
     var base64: ByteBuffer
     var format: OutputFormat?
@@ -232,21 +229,13 @@ struct ImageHead {
     /// its end (usage). An answer that ends inside the image throws.
     func passImage(of reader: AnswerReader, to writer: inout any ResponseBodyWriter) async throws {
         try await writer.write(base64)
-        var outgoing = ByteBuffer()
+        var gatherer = PieceGatherer()
         try await reader.read { event in
-            guard case .imageBytes(var chunk) = event, reader.inFirstImage else { return true }
-            if outgoing.readableBytes == 0, chunk.readableBytes >= Self.writeBytes {
-                try await writer.write(chunk)
-                return true
-            }
-            outgoing.writeBuffer(&chunk)
-            if outgoing.readableBytes >= Self.writeBytes {
-                try await writer.write(outgoing)
-                outgoing = ByteBuffer()
-            }
+            guard case .imageBytes(let chunk) = event, reader.inFirstImage else { return true }
+            if let piece = gatherer.add(chunk) { try await writer.write(piece) }
             return true
         }
-        if outgoing.readableBytes > 0 { try await writer.write(outgoing) }
+        if let piece = gatherer.rest() { try await writer.write(piece) }
         guard reader.firstImageEnded else { throw GatewayError.badGateway("Google's answer ended inside the image.") }
     }
 }

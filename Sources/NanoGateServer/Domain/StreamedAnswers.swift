@@ -120,6 +120,28 @@ extension GatewayError {
     }
 }
 
+/// Gathers the pieces Google's answer arrives in (a few KiB each) into writes of at least
+/// `writeBytes`: each write is a hop to another thread. A piece that big on its own goes on as it is.
+struct PieceGatherer {
+    static let writeBytes = 64 * 1024
+    private var gathered = ByteBuffer()
+
+    /// What to write now, if anything: `piece`, or what was gathered with it.
+    mutating func add(_ piece: ByteBuffer) -> ByteBuffer? {
+        if gathered.readableBytes == 0, piece.readableBytes >= Self.writeBytes { return piece }
+        var piece = piece
+        gathered.writeBuffer(&piece)
+        return gathered.readableBytes >= Self.writeBytes ? rest() : nil
+    }
+
+    /// What is gathered and not yet written.
+    mutating func rest() -> ByteBuffer? {
+        guard gathered.readableBytes > 0 else { return nil }
+        defer { gathered = ByteBuffer() }
+        return gathered
+    }
+}
+
 /// A file that an image's base64 is decoded into as it arrives (a piece may split a quartet:
 /// up to three characters wait for the next). Decoded bytes are gathered and written in
 /// pieces of `writeBytes` on the blocking pool. Keeps the image's first bytes until its
