@@ -36,6 +36,7 @@ let package = Package(
         .package(url: "https://github.com/hummingbird-project/hummingbird-auth.git", from: "2.5.0"),
         .package(url: "https://github.com/apple/swift-configuration.git", from: "1.4.0"),
         .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
+        .package(url: "https://github.com/hummingbird-project/swift-mustache.git", from: "2.1.1"),
     ],
     targets: [
         // Pure domain: the catalog, size rules, OpenAI types, errors. No I/O.
@@ -106,10 +107,15 @@ let package = Package(
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "Mustache", package: "swift-mustache"),
                 "CImageCodecs",
             ],
-            // NanoGate's own OpenAPI document, compiled in (served at /openapi.json).
-            resources: [.embedInCode("openapi.json")],
+            // NanoGate's own OpenAPI document (served at /openapi.json) and the console's
+            // stylesheet and scripts, compiled in: the binary needs no files beside it.
+            resources: [
+                .embedInCode("openapi.json"), .embedInCode("Console/assets/console.css"), .embedInCode("Console/assets/console.js"),
+                .embedInCode("Console/assets/playground.js"),
+            ],
             swiftSettings: swiftSettings
         ),
         // PNG/JPEG/WebP conversion through Debian's libpng and libjpeg-turbo (and libwebp, loaded

@@ -301,12 +301,35 @@ public struct UsageQuery: Sendable, Equatable {
     public var since: Date?
     public var until: Date?
     public var limit: Int
+    /// Only rows of this public model name.
+    public var model: String?
+    public var status: UsageStatusFilter?
 
-    public init(keyID: String? = nil, since: Date? = nil, until: Date? = nil, limit: Int = 10_000) {
+    public init(keyID: String? = nil, since: Date? = nil, until: Date? = nil, limit: Int = 10_000, model: String? = nil, status: UsageStatusFilter? = nil) {
         self.keyID = keyID
         self.since = since
         self.until = until
         self.limit = limit
+        self.model = model
+        self.status = status
+    }
+}
+
+/// The usage log's `status` filter: answered (below 400), failed (400 and above), or one code.
+public enum UsageStatusFilter: Sendable, Equatable {
+    case ok
+    case error
+    case code(Int)
+
+    /// `ok`, `error` or a status code such as `429`; nil for anything else.
+    public init?(_ text: String) {
+        switch text.lowercased() {
+        case "ok": self = .ok
+        case "error": self = .error
+        default:
+            guard let code = Int(text), (100...599).contains(code) else { return nil }
+            self = .code(code)
+        }
     }
 }
 

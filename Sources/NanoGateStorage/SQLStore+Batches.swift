@@ -322,8 +322,9 @@ extension SQLStore {
     }
 
     /// The key's batches, newest first.
-    public func batches(keyID: String, limit: Int) async throws -> [BatchRecord] {
-        try await database.raw("\(Self.batchColumns) WHERE key_id = \(bind: keyID) ORDER BY created_at DESC, id LIMIT \(bind: max(1, min(limit, 100)))")
+    public func batches(keyID: String?, limit: Int) async throws -> [BatchRecord] {
+        let owned: SQLQueryString = keyID.map { "WHERE key_id = \(bind: $0)" } ?? ""
+        return try await database.raw("\(Self.batchColumns) \(owned) ORDER BY created_at DESC, id LIMIT \(bind: max(1, min(limit, 100)))")
             .all(decoding: BatchRow.self).map(\.record)
     }
 

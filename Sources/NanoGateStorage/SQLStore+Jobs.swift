@@ -144,11 +144,12 @@ extension SQLStore {
 
     /// The key's jobs, newest first, without their request bodies or answers (a list names
     /// jobs; each answer is read at its own URL).
-    public func jobs(keyID: String, limit: Int) async throws -> [ImageJobRecord] {
-        try await database.raw("""
+    public func jobs(keyID: String?, limit: Int) async throws -> [ImageJobRecord] {
+        let owned: SQLQueryString = keyID.map { "WHERE key_id = \(bind: $0)" } ?? ""
+        return try await database.raw("""
             SELECT id, key_id, endpoint, model, content_type, '' AS body, base_url, status, NULL AS result, NULL AS result_name, error, webhook_url, NULL AS webhook_secret,
                    attempts, created_at, completed_at, expires_at
-            FROM image_jobs WHERE key_id = \(bind: keyID) ORDER BY created_at DESC, id LIMIT \(bind: max(1, min(limit, 1000)))
+            FROM image_jobs \(owned) ORDER BY created_at DESC, id LIMIT \(bind: max(1, min(limit, 1000)))
             """).all(decoding: JobRow.self).map(\.record)
     }
 

@@ -340,6 +340,13 @@ extension SQLStore {
         if let keyID = query.keyID { conditions.append("key_id = \(bind: keyID)") }
         if let since = query.since { conditions.append("created_at >= \(bind: Int64(since.timeIntervalSince1970 * 1000))") }
         if let until = query.until { conditions.append("created_at < \(bind: Int64(until.timeIntervalSince1970 * 1000))") }
+        if let model = query.model { conditions.append("model = \(bind: model)") }
+        switch query.status {
+        case .ok: conditions.append("status < 400")
+        case .error: conditions.append("status >= 400")
+        case .code(let code): conditions.append("status = \(bind: code)")
+        case nil: break
+        }
         var sql: SQLQueryString = Self.usageColumns
         for (index, condition) in conditions.enumerated() { sql = "\(sql) \(unsafeRaw: index == 0 ? "WHERE" : "AND") \(condition)" }
         return try await database.raw("\(sql) ORDER BY created_at DESC, id LIMIT \(bind: max(1, min(query.limit, 100_000)))")

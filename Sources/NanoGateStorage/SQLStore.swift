@@ -48,6 +48,7 @@ public struct SQLStore: KeyStore, UsageLog, SignatureStore {
         (13, { database in try await SQLStore.addObjectNames(database) }),
         (14, { database in try await SQLStore.addColumnIfMissing(database, table: "key_rates", column: "last_us", type: "BIGINT") }),
         (15, { database in try await SQLStore.createKeyEpoch(database, backend: .sqlite) }),
+        (16, { database in try await SQLStore.createConsoleSessions(database) }),
     ]
 
     /// PostgreSQL's: PostgreSQL support began at SQLite's version 5, so its first migration
@@ -64,6 +65,7 @@ public struct SQLStore: KeyStore, UsageLog, SignatureStore {
         (13, { database in try await SQLStore.addObjectNames(database) }),
         (14, { database in try await SQLStore.addColumnIfMissing(database, table: "key_rates", column: "last_us", type: "BIGINT") }),
         (15, { database in try await SQLStore.createKeyEpoch(database, backend: .postgres) }),
+        (16, { database in try await SQLStore.createConsoleSessions(database) }),
     ]
 
     /// Version 14 (`key_rates.last_us`): the latest admitted arrival per key, so requests sent

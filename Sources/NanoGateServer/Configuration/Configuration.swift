@@ -25,6 +25,7 @@ import NanoGateStorage
 /// | | `NANOGATE_CHAT_IMAGES` | how chat replies carry images: `auto`, `markdown`, `images`, `both` | `auto` |
 /// | | `NANOGATE_STREAM_IMAGES` | `url`: images answers with `response_format: url` stream Google's answer into the image store; `on`: also one-image `b64_json` generations on the Flash families stream into the client's answer (their cost becomes a trailer); `off`: every answer held whole | url |
 /// | | `NANOGATE_ADMIN_TOKEN` | turns the admin API on, its bearer token | off |
+/// | | `NANOGATE_CONSOLE` | the browser console at `/console/`: `on` (operators with the admin token, key holders with their key), `keys` (key holders only), `off` | on |
 /// | | `NANOGATE_RESERVATION_LEASE` | seconds a credit reservation lives without renewal | 45 |
 /// | | `NANOGATE_PRIORITY_PRICE_PERCENT` | the priority tier's price, in percent of standard (Google lists none yet) | 200 |
 /// | | `NANOGATE_JOB_SERVICE_TIER` | the tier of background jobs that name none (`standard` or `flex`) | standard |
@@ -80,6 +81,8 @@ public struct GatewayConfiguration: Sendable {
     /// How much of Google's answer streams through instead of being held whole
     /// (`NANOGATE_STREAM_IMAGES`, `ImageStreaming`).
     public var streamImages = ImageStreaming.url
+    /// Who may sign in to the browser console (`NANOGATE_CONSOLE`, `ConsoleAccess`).
+    public var console = ConsoleAccess.on
     /// Whether a request's handler runs on its connection's event loop (`NANOGATE_LOOP_HANDLERS`,
     /// `EventLoopExecutor`) instead of Swift's shared pool: on by default (4K answers: −12% p50,
     /// −15% CPU, a fifth of the context switches in BENCHMARKS.md's A/B runs).
@@ -174,6 +177,7 @@ public struct GatewayConfiguration: Sendable {
         trustForwardedHeaders = settings.flag("nanogate.trust.forwarded")
         chatImages = settings.choice("nanogate.chat.images", default: .auto)
         streamImages = settings.choice("nanogate.stream.images", default: .url)
+        console = settings.choice("nanogate.console", default: .on)
         handlersOnEventLoop = settings.flag("nanogate.loop.handlers", default: handlersOnEventLoop)
         heldAnswers = settings.number("nanogate.held.answers", default: heldAnswers, minimum: 0)
         checkModelsAtStart = settings.flag("nanogate.check.models", default: true)
@@ -280,6 +284,16 @@ public struct ConfigurationError: Error, CustomStringConvertible {
     public var problems: [String]
 
     public var description: String { "Invalid configuration: " + problems.joined(separator: "; ") + "." }
+}
+
+/// Who may sign in to the browser console at `/console/` (`NANOGATE_CONSOLE`).
+public enum ConsoleAccess: String, Sendable, CaseIterable {
+    /// No console: `/console` answers 404.
+    case off
+    /// Key holders only, whatever the admin token.
+    case keys
+    /// Key holders, and the operator with `NANOGATE_ADMIN_TOKEN` (when it is set).
+    case on
 }
 
 /// How much of Google's answer streams through the gateway instead of being held whole

@@ -258,8 +258,9 @@ struct AdminController {
             let query = request.uri.queryParameters
             let rows = try await Self.mapped {
                 try await service.usage(
-                    keyName: query.get("key"), since: try query.get("since").map { try Self.date(String($0)) },
-                    until: try query.get("until").map { try Self.date(String($0)) }, limit: query.get("limit", as: Int.self) ?? 10_000
+                    keyName: Self.filled(query.get("key")), since: try Self.filled(query.get("since")).map { try Self.date($0) },
+                    until: try Self.filled(query.get("until")).map { try Self.date($0) }, limit: query.get("limit", as: Int.self) ?? 10_000,
+                    model: Self.filled(query.get("model")), status: try Self.filled(query.get("status")).map { try Self.status($0) }
                 )
             }
             if query.get("format") == "csv" {
@@ -267,6 +268,82 @@ struct AdminController {
             }
             return try json(rows)
         }
+        // Totals per day, key or model, aggregated by the database (the console's overview).
+        group.get("usage/summary") { request, _ in
+            let query = request.uri.queryParameters
+            let by = Self.filled(query.get("by")) ?? "day"
+            guard let grouping = UsageSummaryGrouping(rawValue: by) else {
+                throw GatewayError.invalidParameter("by", "'by' must be one of: day, key, model.")
+            }
+            let rows = try await service.store.usageSummary(
+                by: grouping, since: try Self.filled(query.get("since")).map { try Self.date($0) },
+                until: try Self.filled(query.get("until")).map { try Self.date($0) }, limit: query.get("limit", as: Int.self) ?? 1000
+            )
+            return try json(UsageSummary(by: by, data: rows.map(UsageSummary.Bucket.init)))
+        }
+    }
+
+    /// `GET /admin/v1/usage/summary`.
+    struct UsageSummary: Encodable {
+        var object = "usage_summary"
+        var by: String
+        var data: [Bucket]
+
+        struct Bucket: Encodable {
+            var group: String
+            var requests: Int
+            var errors: Int
+            var images: Int
+            var cost_usd: Double
+            var upstream_cost_usd: Double
+            var input_tokens: Int
+            var output_tokens: Int
+            var p50_latency_ms: Int?
+            var p95_latency_ms: Int?
+
+            init(_ row: UsageSummaryRow) {
+                group = row.group
+                requests = row.requests
+                errors = row.errors
+                images = row.images
+                cost_usd = TokenPrices.usd(row.costMicroUSD)
+                upstream_cost_usd = TokenPrices.usd(row.upstreamCostMicroUSD)
+                input_tokens = row.inputTokens
+                output_tokens = row.outputTokens
+                p50_latency_ms = row.p50LatencyMs
+                p95_latency_ms = row.p95LatencyMs
+            }
+
+            enum CodingKeys: String, CodingKey {
+                case group, requests, errors, images, cost_usd, upstream_cost_usd, input_tokens, output_tokens, p50_latency_ms, p95_latency_ms
+            }
+
+            /// Percentiles are `null` (not absent) for a bucket without timed requests.
+            func encode(to encoder: any Encoder) throws {
+                var container = encoder.container(keyedBy: CodingKeys.self)
+                try container.encode(group, forKey: .group)
+                try container.encode(requests, forKey: .requests)
+                try container.encode(errors, forKey: .errors)
+                try container.encode(images, forKey: .images)
+                try container.encode(cost_usd, forKey: .cost_usd)
+                try container.encode(upstream_cost_usd, forKey: .upstream_cost_usd)
+                try container.encode(input_tokens, forKey: .input_tokens)
+                try container.encode(output_tokens, forKey: .output_tokens)
+                try container.encode(p50_latency_ms, forKey: .p50_latency_ms)
+                try container.encode(p95_latency_ms, forKey: .p95_latency_ms)
+            }
+        }
+    }
+
+    /// A query value, nil when absent or empty (an HTML form sends empty fields as `key=`).
+    static func filled<Text: StringProtocol>(_ value: Text?) -> String? {
+        guard let value, !value.isEmpty else { return nil }
+        return String(value)
+    }
+
+    static func status(_ text: String) throws(GatewayError) -> UsageStatusFilter {
+        guard let filter = UsageStatusFilter(text) else { throw .invalidParameter("status", "'status' must be ok, error or an HTTP status code.") }
+        return filter
     }
 
     struct KeyBody: Decodable {
@@ -404,8 +481,13 @@ struct AccountController {
             let query = request.uri.queryParameters
             let rows = try await store.usage(UsageQuery(
                 keyID: key.id, since: query.get("since").flatMap { OperatorService.date(String($0)) },
-                until: query.get("until").flatMap { OperatorService.date(String($0)) }, limit: min(query.get("limit", as: Int.self) ?? 100, 1000)
+                until: query.get("until").flatMap { OperatorService.date(String($0)) }, limit: min(query.get("limit", as: Int.self) ?? 100, 1000),
+                model: AdminController.filled(query.get("model")), status: AdminController.filled(query.get("status")).flatMap(UsageStatusFilter.init)
             ))
+            if query.get("format") == "csv" {
+                let body = OperatorService.ownCSV(rows.map(OperatorService.UsageView.init))
+                return Response(status: .ok, headers: [.contentType: "text/csv; charset=utf-8"], body: .init(byteBuffer: ByteBuffer(string: body)))
+            }
             var view = OperatorService.KeyView(key)
             view.prefix = key.prefix
             let money = try await OperatorService.money(of: key.id, store: store)

@@ -33,6 +33,9 @@ struct ModelsController {
         /// model): Google's image tokens for the tier at the charged price, times the key's
         /// group multiplier; text and input tokens come on top.
         var image_prices: [String: Double]?
+        /// The pixel size Google answers with, by `size` tier (`default` for a one-size model)
+        /// and aspect ratio (`"2k": {"16:9": "2752x1536"}`), so a client can show it before asking.
+        var pixel_sizes: [String: [String: String]]?
     }
 
     struct ModelList: Codable, Sendable {
@@ -89,7 +92,10 @@ struct ModelsController {
                 family: model.family.rawValue, aspect_ratios: model.aspectRatios.map(\.rawValue), sizes: model.sizes.map(\.rawValue),
                 max_input_images: model.maxInputImages, url_output: model.allowsURLOutput,
                 output_formats: ImageConverter.webpAvailable ? ["png", "jpeg", "webp"] : ["png", "jpeg"],
-                image_prices: imagePrices
+                image_prices: imagePrices,
+                pixel_sizes: Dictionary(uniqueKeysWithValues: tiers.map { tier in
+                    (tier?.rawValue ?? "default", Dictionary(uniqueKeysWithValues: model.aspectRatios.map { ($0.rawValue, model.family.pixels($0, tier).description) }))
+                })
             )
         )
     }

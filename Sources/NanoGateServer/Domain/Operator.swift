@@ -318,14 +318,16 @@ public struct OperatorService: Sendable {
 
     // MARK: Usage
 
-    public func usage(keyName: String?, since: Date?, until: Date?, limit: Int = 10_000) async throws -> [UsageView] {
+    public func usage(
+        keyName: String?, since: Date?, until: Date?, limit: Int = 10_000, model: String? = nil, status: UsageStatusFilter? = nil
+    ) async throws -> [UsageView] {
         var keyID: String?
         if let keyName {
             let keys = try await store.listKeys().filter { $0.name == keyName }
             guard let key = keys.last else { throw OperatorError.notFound("key", keyName) }
             keyID = key.id
         }
-        return try await store.usage(UsageQuery(keyID: keyID, since: since, until: until, limit: limit)).map(UsageView.init)
+        return try await store.usage(UsageQuery(keyID: keyID, since: since, until: until, limit: limit, model: model, status: status)).map(UsageView.init)
     }
 
     /// A key's money as the ledger has it: charged by its usage rows, refunded by entries of
@@ -358,10 +360,22 @@ public struct OperatorService: Sendable {
     }
 
     public static func csv(_ rows: [UsageView]) -> String {
+        table(UsageView.csvColumns, rows.map(\.csvFields))
+    }
+
+    /// A key holder's CSV (`GET /v1/usage?format=csv`): the operator's columns without what
+    /// Google cost, the attempts and which credential served each request.
+    public static func ownCSV(_ rows: [UsageView]) -> String {
+        let hidden: Set<String> = ["upstream_cost_usd", "attempts", "upstream_key"]
+        let kept = UsageView.csvColumns.enumerated().filter { !hidden.contains($0.element) }.map(\.offset)
+        return table(kept.map { UsageView.csvColumns[$0] }, rows.map { row in let fields = row.csvFields; return kept.map { fields[$0] } })
+    }
+
+    private static func table(_ columns: [String], _ rows: [[String]]) -> String {
         func quoted(_ field: String) -> String {
             field.contains(where: { $0 == "," || $0 == "\"" || $0 == "\n" }) ? "\"" + field.replacingOccurrences(of: "\"", with: "\"\"") + "\"" : field
         }
-        return ([UsageView.csvColumns.joined(separator: ",")] + rows.map { $0.csvFields.map(quoted).joined(separator: ",") }).joined(separator: "\n") + "\n"
+        return ([columns.joined(separator: ",")] + rows.map { $0.map(quoted).joined(separator: ",") }).joined(separator: "\n") + "\n"
     }
 }
 

@@ -159,12 +159,15 @@ func makeGatewayParts(
     if configuration.metricsOnMainPort { metricsRoutes.addRoutes(to: router) }
     ImageFilesController(store: dependencies.imageStore).addRoutes(to: router)
 
-    let api = router.group("v1").add(middleware: APIKeyAuthenticator(keys: dependencies.database.keys))
-        .add(middleware: IdempotencyMiddleware(
+    /// The key's own API: the `/v1` routes, and the console's copy of them (`console/api/v1`).
+    func idempotent(_ group: RouterGroup<GatewayRequestContext>) -> RouterGroup<GatewayRequestContext> {
+        group.add(middleware: IdempotencyMiddleware(
             store: dependencies.store, maxBodyBytes: configuration.inputs.maxRequestBytes, maxJSONBodyBytes: configuration.maxJSONBodyBytes,
             staleAfter: configuration.idempotencyStaleAfter
         ))
         .add(middleware: DisconnectMiddleware())
+    }
+    let api = idempotent(router.group("v1").add(middleware: APIKeyAuthenticator(keys: dependencies.database.keys)))
     var images = ImagesController(
         catalog: configuration.catalog, pipeline: pipeline, publicURL: publicURL,
         maxJSONBodyBytes: configuration.maxJSONBodyBytes, inputs: inputs, keepAliveInterval: configuration.keepAliveInterval
@@ -175,14 +178,11 @@ func makeGatewayParts(
         store: dependencies.store, resultTTL: configuration.urlTTL, webhookPolicy: webhookPolicy, pipeline: pipeline, images: dependencies.images,
         maxPendingPerKey: configuration.jobQueuePerKey
     )
-    images.addRoutes(to: api)
-    ImageJobsController(store: dependencies.store, images: dependencies.images).addRoutes(to: api)
     let batches = BatchesController(
         store: dependencies.store, files: dependencies.files, scratchDirectory: dependencies.fileStore.directory, images: images, pipeline: pipeline,
         maxFileBytes: configuration.inputs.maxRequestBytes,
         fileQuotaBytes: configuration.fileQuotaBytes, owner: configuration.billing.owner
     )
-    batches.addRoutes(to: api)
     let batchPoller = BatchPoller(store: dependencies.store, batches: batches, owner: configuration.billing.owner, pollInterval: configuration.batchPollInterval, logger: logger)
     let jobRunner = JobRunner(
         store: dependencies.store, owner: configuration.billing.owner, lease: configuration.billing.lease, workers: configuration.jobWorkers,
@@ -192,13 +192,26 @@ func makeGatewayParts(
             try await images.runStoredJob(record, key: key, images: repository, logger: logger)
         }
     )
-    ModelsController(catalog: configuration.catalog, prices: { [pipeline] in pipeline.prices(of: $0, fallback: $1) }).addRoutes(to: api)
+    let models = ModelsController(catalog: configuration.catalog, prices: { [pipeline] in pipeline.prices(of: $0, fallback: $1) })
     // Google's own API for its SDKs: under /v1beta, and /v1 (google-genai's other default).
     let native = NativeController(catalog: configuration.catalog, pipeline: pipeline, maxRequestBytes: configuration.inputs.maxRequestBytes)
-    native.addRoutes(to: api, listModels: false)
+    let chat = ChatController(
+        catalog: configuration.catalog, pipeline: pipeline, signatures: dependencies.store,
+        inputs: inputs, publicURL: publicURL, keepAliveInterval: configuration.keepAliveInterval, chatImages: configuration.chatImages
+    )
+    let addPublicRoutes = { (group: RouterGroup<GatewayRequestContext>) in
+        images.addRoutes(to: group)
+        ImageJobsController(store: dependencies.store, images: dependencies.images).addRoutes(to: group)
+        batches.addRoutes(to: group)
+        models.addRoutes(to: group)
+        native.addRoutes(to: group, listModels: false)
+        AccountController(store: dependencies.store).addRoutes(to: group)
+        chat.addRoutes(to: group)
+    }
+    addPublicRoutes(api)
     native.addRoutes(to: router.group("v1beta").add(middleware: APIKeyAuthenticator(keys: dependencies.database.keys)).add(middleware: DisconnectMiddleware()), listModels: true)
-    AccountController(store: dependencies.store).addRoutes(to: api)
     var adminRouter: Router<GatewayRequestContext>?
+    var addAdminRoutes: ((RouterGroup<GatewayRequestContext>) -> Void)?
     if let token = configuration.adminToken {
         let adminHome: Router<GatewayRequestContext>
         if configuration.adminPort != nil {
@@ -210,20 +223,30 @@ func makeGatewayParts(
         } else {
             adminHome = router
         }
-        AdminController(
+        let admin = AdminController(
             store: dependencies.store, catalog: configuration.catalog, pool: pool, channels: managedChannels,
             fileChannels: Set(configuration.upstream.effectiveChannels.map(\.name))
         )
-            .addRoutes(
-                to: adminHome.group("admin/v1")
-                    .add(middleware: AdminTokenAuthenticator(token: token, throttle: AdminThrottle(), trustForwardedHeaders: configuration.trustForwardedHeaders))
-                    .add(middleware: KeyCacheRefresh(keys: dependencies.database.keys))
-            )
+        let keyCacheRefresh = KeyCacheRefresh<GatewayRequestContext>(keys: dependencies.database.keys)
+        admin.addRoutes(
+            to: adminHome.group("admin/v1")
+                .add(middleware: AdminTokenAuthenticator(token: token, throttle: AdminThrottle(), trustForwardedHeaders: configuration.trustForwardedHeaders))
+                .add(middleware: keyCacheRefresh)
+        )
+        addAdminRoutes = { admin.addRoutes(to: $0.add(middleware: keyCacheRefresh)) }
     }
-    ChatController(
-        catalog: configuration.catalog, pipeline: pipeline, signatures: dependencies.store,
-        inputs: inputs, publicURL: publicURL, keepAliveInterval: configuration.keepAliveInterval, chatImages: configuration.chatImages
-    ).addRoutes(to: api)
+    if configuration.console != .off {
+        // The browser console (issue 25): its pages, and the same API behind its session.
+        let settings = ConsoleSettings(
+            access: configuration.console, adminToken: configuration.console == .on ? configuration.adminToken : nil, publicURL: publicURL
+        )
+        var console = ConsoleController(
+            settings: settings, store: dependencies.store, operatorService: OperatorService(store: dependencies.store, catalog: configuration.catalog),
+            pool: pool, catalog: configuration.catalog, models: models
+        )
+        console.trustForwardedHeaders = configuration.trustForwardedHeaders
+        console.addRoutes(to: router, publicAPI: { addPublicRoutes(idempotent($0)) }, adminAPI: settings.adminToken == nil ? nil : addAdminRoutes)
+    }
     return GatewayParts(
         router: router, adminRouter: adminRouter, metrics: metrics, pool: pool, pipeline: pipeline, managedChannels: managedChannels,
         jobRunner: jobRunner, batchPoller: batchPoller

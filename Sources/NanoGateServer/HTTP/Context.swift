@@ -13,6 +13,8 @@ public struct GatewayRequestContext: AuthRequestContext {
     public var coreContext: CoreRequestContextStorage
     /// Set by `APIKeyAuthenticator` on every `/v1` route.
     public var identity: APIKey?
+    /// The browser console's session, on `/console` routes (`ConsoleSessionMiddleware`).
+    var console: ConsoleSession?
     /// The client's connection (to answer `Expect: 100-continue` once the key is known).
     let channel: any Channel
     /// `x-request-id`: the client's (when it is a sane token), else one the gateway made.
