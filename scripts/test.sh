@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite: one debug build, the Swift tests (unit + HTTP-level against the Gemini
 # emulator) on SQLite, the HTTP-level Swift tests again on a throwaway PostgreSQL cluster
-# (scripts/postgres.sh), then the official `openai` Python SDK and the two-instance tests
-# (PostgreSQL + moto's S3 + nginx) against the built gateway. Prints each phase's duration.
+# (scripts/postgres.sh), then the official `openai` Python SDK, the two-instance tests
+# (PostgreSQL + moto's S3 + nginx) and the browser console's (Selenium + Chromium) against the
+# built gateway. Prints each phase's duration.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -80,6 +81,9 @@ if [ ! -x "$venv/bin/python" ]; then
     python3 -m venv "$venv"
 fi
 "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/compat/requirements.txt
+# Only for the axe-core (4.12.1) it bundles, injected into pages by test_console.py; its
+# Playwright dependency is not needed, hence --no-deps.
+"$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps axe-playwright-python==0.1.8
 end
 
 begin "pytest (SDKs, two instances)"

@@ -108,6 +108,14 @@ struct Serve: AsyncParsableCommand {
             }
             let (_, secret) = try await keys.createKey(name: "demo", group: .default)
             let host = configuration.host
+            let console = configuration.console
+            let consoleOperator = configuration.adminToken != nil && console == .on
+            /// The console's address and how to sign in (nothing when it is off).
+            @Sendable func consoleLines(_ address: String) -> String {
+                guard console != .off else { return "" }
+                let how = consoleOperator ? "the demo key, or NANOGATE_ADMIN_TOKEN for the operator's pages" : "the demo key (set NANOGATE_ADMIN_TOKEN for the operator's pages)"
+                return "Console: \(address)/console/\n  sign in with \(how)"
+            }
             let app = buildApplication(
                 configuration: configuration, dependencies: dependencies, logger: logger,
                 onServerRunning: { channel in
@@ -117,6 +125,7 @@ struct Serve: AsyncParsableCommand {
 
                         NanoGate demo is running at \(address), answering from the offline Gemini emulator.
                         Demo API key (group "default"): \(secret)
+                        \(consoleLines(address))
 
                         Try it:
                           curl -s \(address)/v1/images/generations \\

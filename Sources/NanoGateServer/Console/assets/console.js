@@ -4,9 +4,13 @@
 
 /** CSP violations this page met (the browser tests read it; it should stay empty). */
 window.__cspViolations = window.__cspViolations || [];
-document.addEventListener('securitypolicyviolation', (event) => {
-  window.__cspViolations.push(`${event.violatedDirective} ${event.blockedURI}`);
-});
+const firstRun = !window.__nanogateConsole;
+window.__nanogateConsole = true;
+if (firstRun) {
+  document.addEventListener('securitypolicyviolation', (event) => {
+    window.__cspViolations.push(`${event.violatedDirective} ${event.blockedURI}`);
+  });
+}
 
 export const consoleHeaders = { 'X-NanoGate-Console': '1' };
 
@@ -110,14 +114,14 @@ async function submitForm(form, submitter) {
   }
 }
 
-document.addEventListener('submit', (event) => {
+if (firstRun) document.addEventListener('submit', (event) => {
   const form = event.target;
   if (!(form instanceof HTMLFormElement) || !form.hasAttribute('data-console-form')) return;
   event.preventDefault();
   submitForm(form, event.submitter);
 });
 
-document.addEventListener('click', async (event) => {
+if (firstRun) document.addEventListener('click', async (event) => {
   const button = event.target.closest('[data-copy]');
   if (!button) return;
   const target = button.parentElement.querySelector('[data-secret]');

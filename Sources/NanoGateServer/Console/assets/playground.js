@@ -2,7 +2,9 @@
 // console's copy of the API, which acts as the signed-in key or the operator's paying key).
 // Results are shown with textContent and blob: URLs only; history stays in this browser
 // (IndexedDB).
-import { consoleHeaders, errorText } from './console.js';
+// The same module instance the page loaded (same URL, version query included): imported
+// without it, console.js would run twice and every form would submit twice.
+const { consoleHeaders, errorText } = await import(`./console.js${new URL(import.meta.url).search}`);
 
 const $ = (id) => document.getElementById(id);
 const controls = {
@@ -167,12 +169,8 @@ function describe() {
   const model = current();
   const caps = model.capabilities;
   const fields = { model: model.id, prompt: controls.prompt.value, n: Math.max(1, Number(controls.n.value) || 1) };
-  if (caps.sizes.length) {
-    fields.size = controls.size.value;
-    fields.aspect_ratio = controls.ratio.value;
-  } else {
-    fields.size = controls.ratio.value;
-  }
+  if (caps.sizes.length) fields.size = controls.size.value;
+  fields.aspect_ratio = controls.ratio.value;
   fields.response_format = controls.response.value;
   if (controls.format.value && controls.format.value !== 'png') fields.output_format = controls.format.value;
   if (controls.stream.checked) fields.stream = true;
@@ -395,7 +393,7 @@ function snippets(described) {
       'import os', 'from openai import OpenAI', '', `client = OpenAI(base_url=${JSON.stringify(publicBase)}, api_key=os.environ["NANOGATE_API_KEY"])`,
       `result = client.images.edit(`, `    model=${JSON.stringify(described.fields.model)},`, `    prompt=${JSON.stringify(described.fields.prompt)},`,
       `    image=[${described.files.map((file, index) => `open(${JSON.stringify(file.name || `reference-${index + 1}.png`)}, "rb")`).join(', ')}],`,
-      `    n=${described.fields.n},`, `    size=${JSON.stringify(described.fields.size)},`, `    response_format=${JSON.stringify(described.fields.response_format)},`,
+      `    n=${described.fields.n},`, described.fields.size ? `    size=${JSON.stringify(described.fields.size)},` : null, `    response_format=${JSON.stringify(described.fields.response_format)},`,
       extra.length ? `    extra_body=${JSON.stringify(Object.fromEntries(extra))},` : null, ')',
     ].filter((line) => line !== null).join('\n');
     return { curl, python };
@@ -406,7 +404,7 @@ function snippets(described) {
   const python = [
     'import os', 'from openai import OpenAI', '', `client = OpenAI(base_url=${JSON.stringify(publicBase)}, api_key=os.environ["NANOGATE_API_KEY"])`,
     'result = client.images.generate(', `    model=${JSON.stringify(described.fields.model)},`, `    prompt=${JSON.stringify(described.fields.prompt)},`,
-    `    n=${described.fields.n},`, `    size=${JSON.stringify(described.fields.size)},`, `    response_format=${JSON.stringify(described.fields.response_format)},`,
+    `    n=${described.fields.n},`, described.fields.size ? `    size=${JSON.stringify(described.fields.size)},` : null, `    response_format=${JSON.stringify(described.fields.response_format)},`,
     extra.length ? `    extra_body=${JSON.stringify(Object.fromEntries(extra)).replaceAll('true', 'True')},` : null, ')',
   ].filter((line) => line !== null).join('\n');
   return { curl, python };
@@ -462,7 +460,7 @@ async function renderHistory() {
       item.append(image);
     }
     const text = document.createElement('span');
-    text.textContent = `${new Date(run.when).toLocaleString()} · ${run.fields.model} · ${run.fields.size} · ${run.fields.prompt}`;
+    text.textContent = `${new Date(run.when).toLocaleString()} · ${run.fields.model} · ${[run.fields.size, run.fields.aspect_ratio].filter(Boolean).join(' ')} · ${run.fields.prompt}`;
     const rerun = document.createElement('button');
     rerun.type = 'button';
     rerun.textContent = 'Re-run';
