@@ -15,6 +15,13 @@ public struct ObjectImageStore: Sendable {
 
     func key(of name: String) -> String { prefix.isEmpty ? name : "\(prefix)/\(name)" }
 
+    /// `scheme://host[:port]` of the presigned URLs (a page that shows them must allow it).
+    public var origin: String? {
+        let url = client.location.bucketURL
+        guard let scheme = url.scheme, let host = url.host else { return nil }
+        return url.port.map { "\(scheme)://\(host):\($0)" } ?? "\(scheme)://\(host)"
+    }
+
     /// Uploads the bytes under a new random name with their type's extension; returns the name.
     public func save(_ bytes: [UInt8], fileExtension: String) async throws -> String {
         guard !bytes.isEmpty else { throw ImageStoreError.emptyImage }

@@ -22,6 +22,8 @@ struct ConsoleController {
     /// Failed sign-ins per client address (the admin API's own throttle, a separate count).
     let throttle = AdminThrottle()
     var trustForwardedHeaders = false
+    /// The bucket's origin when images are served from one (the playground shows `url` answers).
+    var imageOrigin: String?
 
     /// Adds `/console`, its pages and assets, and the console's API: `publicAPI` mounts the
     /// `/v1` routes on a group (acting as the session's key), `adminAPI` the admin routes.
@@ -29,7 +31,7 @@ struct ConsoleController {
         to router: Router<GatewayRequestContext>, publicAPI: (RouterGroup<GatewayRequestContext>) -> Void,
         adminAPI: ((RouterGroup<GatewayRequestContext>) -> Void)?
     ) {
-        let console = router.group("console").add(middleware: ConsoleHeadersMiddleware()).add(middleware: ConsoleCSRFGuard(settings: settings))
+        let console = router.group("console").add(middleware: ConsoleHeadersMiddleware(imageOrigin: imageOrigin)).add(middleware: ConsoleCSRFGuard(settings: settings))
         console.get { request, context in
             // `/console` and `/console/` route alike; the relative links need the slash.
             guard request.uri.path.hasSuffix("/") else { return Response(status: .seeOther, headers: [.location: "console/"]) }
@@ -231,7 +233,7 @@ struct ConsoleController {
                     "index": index, "name": key.name, "path": Self.path(key.name), "prefix": key.prefix, "group": key.group.rawValue,
                     "credit": ConsoleFormat.usd(key.creditMicroUSD.map(TokenPrices.usd)), "spent": ConsoleFormat.usd(TokenPrices.usd(key.spentMicroUSD)),
                     "reserved": ConsoleFormat.usd(TokenPrices.usd(key.reservedMicroUSD)), "balance": ConsoleFormat.usd(key.balanceMicroUSD.map(TokenPrices.usd)),
-                    "meter": Self.meter(key) as Any, "limits": Self.limits(key), "rpm": key.rpm.map(String.init) ?? "",
+                    "meter": Self.meter(key).map { $0 as Any } ?? false, "limits": Self.limits(key), "rpm": key.rpm.map(String.init) ?? "",
                     "expires": key.expiresAt.map { ConsoleFormat.time($0) } ?? "never", "disabled": key.disabled,
                 ]
             },
@@ -337,7 +339,7 @@ struct ConsoleController {
             values["account"] = [
                 "balance": ConsoleFormat.usd(own.balanceMicroUSD.map(TokenPrices.usd)), "credit": ConsoleFormat.usd(own.creditMicroUSD.map(TokenPrices.usd)),
                 "spent": ConsoleFormat.usd(TokenPrices.usd(own.spentMicroUSD)), "reserved": ConsoleFormat.usd(TokenPrices.usd(own.reservedMicroUSD)),
-                "meter": Self.meter(own) as Any, "limits": Self.limits(own), "expires": own.expiresAt.map { ConsoleFormat.time($0) } ?? "never",
+                "meter": Self.meter(own).map { $0 as Any } ?? false, "limits": Self.limits(own), "expires": own.expiresAt.map { ConsoleFormat.time($0) } ?? "never",
                 "models": own.models?.joined(separator: ", ") ?? "all",
             ] as [String: Any]
         }

@@ -55,10 +55,15 @@ struct ConsoleSettings: Sendable {
 struct ConsoleHeadersMiddleware: RouterMiddleware {
     typealias Context = GatewayRequestContext
 
-    static let policy = [
-        "default-src 'none'", "script-src 'self'", "style-src 'self'", "img-src 'self' data: blob:", "connect-src 'self'",
-        "form-action 'self'", "frame-ancestors 'none'", "base-uri 'none'",
-    ].joined(separator: "; ")
+    /// The policy: images also from the bucket's origin when `url` answers point there.
+    let policy: String
+
+    init(imageOrigin: String? = nil) {
+        policy = [
+            "default-src 'none'", "script-src 'self'", "style-src 'self'", "img-src 'self' data: blob:" + (imageOrigin.map { " " + $0 } ?? ""),
+            "connect-src 'self'", "form-action 'self'", "frame-ancestors 'none'", "base-uri 'none'",
+        ].joined(separator: "; ")
+    }
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         var response: Response
@@ -67,7 +72,7 @@ struct ConsoleHeadersMiddleware: RouterMiddleware {
         } catch let error as GatewayError {
             response = OpenAIErrorMiddleware<GatewayRequestContext>.response(for: error, request: request)
         }
-        response.headers[.contentSecurityPolicy] = Self.policy
+        response.headers[HTTPField.Name("Content-Security-Policy")!] = policy
         response.headers[HTTPField.Name("Referrer-Policy")!] = "no-referrer"
         response.headers[HTTPField.Name("X-Frame-Options")!] = "DENY"
         response.headers[HTTPField.Name("X-Content-Type-Options")!] = "nosniff"

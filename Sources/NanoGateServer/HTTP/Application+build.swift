@@ -245,6 +245,7 @@ func makeGatewayParts(
             pool: pool, catalog: configuration.catalog, models: models
         )
         console.trustForwardedHeaders = configuration.trustForwardedHeaders
+        console.imageOrigin = dependencies.objectStore?.origin
         console.addRoutes(to: router, publicAPI: { addPublicRoutes(idempotent($0)) }, adminAPI: settings.adminToken == nil ? nil : addAdminRoutes)
     }
     return GatewayParts(
