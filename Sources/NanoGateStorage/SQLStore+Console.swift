@@ -145,6 +145,19 @@ extension SQLStore {
         try await database.raw("DELETE FROM console_sessions WHERE created_at <= \(bind: cutoff)").run()
     }
 
+    /// What each of these background jobs was charged so far (the sum of its usage rows).
+    public func chargedMicroUSD(jobIDs: [String]) async throws -> [String: Int] {
+        guard !jobIDs.isEmpty else { return [:] }
+        struct Row: Decodable {
+            var job_id: String
+            var cost: Int64
+        }
+        let rows = try await database.raw(
+            "SELECT job_id, CAST(SUM(cost_micro_usd) AS BIGINT) AS cost FROM usage_log WHERE job_id IN (\(binds: jobIDs)) GROUP BY job_id"
+        ).all(decoding: Row.self)
+        return Dictionary(uniqueKeysWithValues: rows.map { ($0.job_id, Int($0.cost)) })
+    }
+
     static func randomSessionID() -> String {
         var generator = SystemRandomNumberGenerator()
         let bytes = (0..<32).map { _ in UInt8.random(in: 0...255, using: &generator) }

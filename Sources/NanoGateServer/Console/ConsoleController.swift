@@ -356,8 +356,10 @@ struct ConsoleController {
         let own = try await sessionKey(context)
         let records = try await store.jobs(keyID: isOperator ? nil : own?.id ?? "-", limit: 200)
         let names = try await keyNames()
+        let charged = try await store.chargedMicroUSD(jobIDs: records.map(\.id))
         let jobs = records.map { job -> [String: Any] in
             [
+                "cost": ConsoleFormat.usd(TokenPrices.usd(charged[job.id] ?? 0)),
                 "id": job.id, "key": names[job.keyID] ?? "", "model": job.model, "endpoint": job.endpoint, "status": job.status.rawValue, "attempts": job.attempts,
                 "created": ConsoleFormat.time(job.createdAt), "completed": ConsoleFormat.time(job.completedAt), "error": job.error ?? "",
                 "cancellable": job.status == .queued || job.status == .running,

@@ -55,13 +55,13 @@ struct ConsoleSettings: Sendable {
 struct ConsoleHeadersMiddleware: RouterMiddleware {
     typealias Context = GatewayRequestContext
 
-    /// The policy: images also from the bucket's origin when `url` answers point there.
+    /// The policy: images also from (and fetched from) the bucket's origin when `url` answers point there.
     let policy: String
 
     init(imageOrigin: String? = nil) {
         policy = [
             "default-src 'none'", "script-src 'self'", "style-src 'self'", "img-src 'self' data: blob:" + (imageOrigin.map { " " + $0 } ?? ""),
-            "connect-src 'self'", "form-action 'self'", "frame-ancestors 'none'", "base-uri 'none'",
+            "connect-src 'self'" + (imageOrigin.map { " " + $0 } ?? ""), "form-action 'self'", "frame-ancestors 'none'", "base-uri 'none'",
         ].joined(separator: "; ")
     }
 

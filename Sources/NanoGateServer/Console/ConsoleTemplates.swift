@@ -251,10 +251,10 @@ enum ConsoleTemplates {
         {{> head}}
         <div class="scroll"><table>
         <caption>Background image jobs, newest first</caption>
-        <thead><tr><th scope="col">Job</th>{{#operator}}<th scope="col">Key</th>{{/operator}}<th scope="col">Model</th><th scope="col">Endpoint</th><th scope="col">Status</th><th scope="col">Attempts</th><th scope="col">Created</th><th scope="col">Finished</th><th scope="col">Error</th><th scope="col">Cancel</th></tr></thead>
-        <tbody>{{#jobs}}<tr data-job="{{id}}"><th scope="row"><code>{{id}}</code></th>{{#operator}}<td>{{key}}</td>{{/operator}}<td>{{model}}</td><td>{{endpoint}}</td><td>{{status}}</td><td>{{attempts}}</td><td>{{created}}</td><td>{{completed}}</td><td>{{error}}</td>
+        <thead><tr><th scope="col">Job</th>{{#operator}}<th scope="col">Key</th>{{/operator}}<th scope="col">Model</th><th scope="col">Endpoint</th><th scope="col">Status</th><th scope="col">Attempts</th><th scope="col">Charged</th><th scope="col">Created</th><th scope="col">Finished</th><th scope="col">Error</th><th scope="col">Cancel</th></tr></thead>
+        <tbody>{{#jobs}}<tr data-job="{{id}}"><th scope="row"><code>{{id}}</code></th>{{#operator}}<td>{{key}}</td>{{/operator}}<td>{{model}}</td><td>{{endpoint}}</td><td>{{status}}</td><td>{{attempts}}</td><td>{{cost}}</td><td>{{created}}</td><td>{{completed}}</td><td>{{error}}</td>
         <td>{{#cancellable}}<form class="inline" data-console-form data-endpoint="api/v1/images/jobs/{{id}}" data-method="DELETE" data-key="{{key}}" data-then="reload"><button type="submit">Cancel</button></form>{{/cancellable}}</td></tr>{{/jobs}}
-        {{^jobs}}<tr><td colspan="10">No jobs.</td></tr>{{/jobs}}</tbody>
+        {{^jobs}}<tr><td colspan="11">No jobs.</td></tr>{{/jobs}}</tbody>
         </table></div>
         {{> foot}}
         """#

@@ -191,6 +191,21 @@ function base64Blob(b64, format) {
   return new Blob([bytes], { type: `image/${format === 'jpeg' ? 'jpeg' : format || 'png'}` });
 }
 
+/** A result's bytes: kept from the answer (blob: URLs cannot be fetched under the page's
+ * connect-src), or fetched from its `url` (this gateway's image store or the bucket). */
+async function imageBlob(item) {
+  if (item.blob) return item.blob;
+  try { return await (await fetch(item.src)).blob(); } catch { return null; }
+}
+
+/** A `data:` URL's bytes, decoded here (connect-src does not allow fetching data: URLs). */
+function dataURLBlob(url) {
+  const comma = url.indexOf(',');
+  const type = url.slice(5, url.indexOf(';'));
+  const bytes = Uint8Array.from(atob(url.slice(comma + 1)), (char) => char.charCodeAt(0));
+  return new Blob([bytes], { type });
+}
+
 function definition(list, term, value) {
   if (value === undefined || value === null || value === '') return;
   const dt = document.createElement('dt');
@@ -222,8 +237,8 @@ function showResult(item, meta) {
   useAsInput.type = 'button';
   useAsInput.textContent = 'Use as input';
   useAsInput.addEventListener('click', async () => {
-    const blob = await (await fetch(item.src)).blob();
-    addReferences([new File([blob], `result.${item.format || 'png'}`, { type: blob.type || 'image/png' })]);
+    const blob = await imageBlob(item);
+    if (blob) addReferences([new File([blob], `result.${item.format || 'png'}`, { type: blob.type || 'image/png' })]);
   });
   definition(list, 'Requested', meta.requested);
   const dt = document.createElement('dt');
@@ -308,7 +323,8 @@ async function generate(described = describe()) {
           if (event.usage && event.usage.cost != null) meta.cost = `$${Number(event.usage.cost).toFixed(6)}`;
           const previous = partials.get(event.image_index ?? 0);
           if (previous) previous.remove();
-          const item = { src: event.b64_json ? URL.createObjectURL(base64Blob(event.b64_json, event.output_format)) : event.url, format: event.output_format, size: event.size };
+          const blob = event.b64_json ? base64Blob(event.b64_json, event.output_format) : null;
+          const item = { blob, src: blob ? URL.createObjectURL(blob) : event.url, format: event.output_format, size: event.size };
           showResult(item, meta);
           shown.push(item);
         } else if (event.error) {
@@ -322,7 +338,8 @@ async function generate(described = describe()) {
       if (meta.cost) meta.cost = `$${meta.cost}`;
       for (const data of answer.data || []) {
         const format = answer.output_format || described.fields.output_format || 'png';
-        const item = { src: data.b64_json ? URL.createObjectURL(base64Blob(data.b64_json, format)) : data.url, format, size: answer.size, revisedPrompt: data.revised_prompt };
+        const blob = data.b64_json ? base64Blob(data.b64_json, format) : null;
+        const item = { blob, src: blob ? URL.createObjectURL(blob) : data.url, format, size: answer.size, revisedPrompt: data.revised_prompt };
         showResult(item, meta);
         shown.push(item);
       }
@@ -371,10 +388,14 @@ async function chatTurn() {
     };
     const urls = (message.images || []).map((image) => image.image_url.url);
     if (!urls.length) for (const match of (message.content || '').matchAll(/!\[[^\]]*\]\(([^)\s]+)\)/g)) urls.push(match[1]);
+    const shown = [];
     for (const url of urls) {
-      const src = url.startsWith('data:') ? URL.createObjectURL(await (await fetch(url)).blob()) : url;
-      showResult({ src, format: url.startsWith('data:image/') ? url.slice(11, url.indexOf(';')) : 'png', revisedPrompt: message.content }, meta);
+      const blob = url.startsWith('data:') ? dataURLBlob(url) : null;
+      const item = { blob, src: blob ? URL.createObjectURL(blob) : url, format: url.startsWith('data:image/') ? url.slice(11, url.indexOf(';')) : 'png', revisedPrompt: message.content };
+      showResult(item, meta);
+      shown.push(item);
     }
+    if (shown.length) await remember({ path: 'chat/completions', fields: { model: model.id, prompt: controls.prompt.value, n: 1, aspect_ratio: controls.ratio.value }, files: [] }, meta, shown);
     if (!urls.length) showError(`No image in this turn: ${message.content || '(empty reply)'}`);
   } finally {
     controls.generate.disabled = false;
@@ -441,7 +462,8 @@ async function store(mode, action) {
 async function remember(described, meta, shown) {
   const thumbnails = [];
   for (const item of shown.slice(0, 4)) {
-    try { thumbnails.push(await (await fetch(item.src)).blob()); } catch { /* a URL that expired */ }
+    const blob = await imageBlob(item);
+    if (blob) thumbnails.push(blob);
   }
   await store('readwrite', (runs) => runs.add({ when: Date.now(), fields: described.fields, path: described.path, requestID: meta.requestID, thumbnails }));
   await renderHistory();
