@@ -840,3 +840,37 @@ def test_nginx_spreads_requests_and_streams(cluster: Cluster):
         assert len(urls) == 1, content[:300]
         status, image = fetch(urls[0])
         assert status == 200 and image[:8] == PNG_SIGNATURE
+
+
+def test_a_console_session_made_on_a_works_on_b_and_ends_everywhere(cluster: Cluster):
+    """The console's sessions live in PostgreSQL: a key holder signed in through A browses B's
+    pages with the same cookie; signing out on B ends it on A; a new session ends on both when
+    the key is revoked."""
+    name, secret = new_key(cluster)
+
+    def sign_in(served: Served) -> str:
+        answer = http("POST", served.root + "/console/signin", {"X-NanoGate-Console": "1", "Origin": served.root}, {"token": secret})
+        assert answer.status == 200, answer.body[:300]
+        cookie = answer.headers["set-cookie"]
+        assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+        return cookie.split(";", 1)[0]
+
+    def usage_page(served: Served, cookie: str) -> str:
+        # A session that ended answers 303 to the sign-in page, which urllib follows.
+        answer = http("GET", served.root + "/console/usage", {"Cookie": cookie})
+        assert answer.status == 200
+        return answer.body.decode()
+
+    cookie = sign_in(cluster.a)
+    page = usage_page(cluster.b, cookie)
+    assert "My usage" in page and f"Key {name}" in page, page[:500]
+    out = http("POST", cluster.b.root + "/console/signout", {"X-NanoGate-Console": "1", "Origin": cluster.b.root, "Cookie": cookie})
+    assert out.status == 200
+    assert "My usage" not in usage_page(cluster.a, cookie) and 'id="token"' in usage_page(cluster.a, cookie)
+
+    cookie = sign_in(cluster.b)
+    assert "My usage" in usage_page(cluster.a, cookie)
+    status, body = admin(cluster.a, "DELETE", f"keys/{name}")
+    assert status == 204, body
+    for served in (cluster.a, cluster.b):
+        assert 'id="token"' in usage_page(served, cookie), "revoking the key ends its console sessions on every instance"

@@ -113,6 +113,8 @@ struct ConsoleController {
                 code: "invalid_console_token"
             )
         }
+        // Sessions are only made here, so sweeping here bounds the table.
+        try await store.sweepConsoleSessions(absolute: settings.absolute)
         var response = try json(["redirect": role == .operator ? "overview" : "usage"])
         response.setCookie(settings.cookie(session, request: request, maxAge: Int(settings.absolute.components.seconds)))
         return response
@@ -234,6 +236,7 @@ struct ConsoleController {
                     "credit": ConsoleFormat.usd(key.creditMicroUSD.map(TokenPrices.usd)), "spent": ConsoleFormat.usd(TokenPrices.usd(key.spentMicroUSD)),
                     "reserved": ConsoleFormat.usd(TokenPrices.usd(key.reservedMicroUSD)), "balance": ConsoleFormat.usd(key.balanceMicroUSD.map(TokenPrices.usd)),
                     "meter": Self.meter(key).map { $0 as Any } ?? false, "limits": Self.limits(key), "rpm": key.rpm.map(String.init) ?? "",
+                    "concurrency": key.concurrency.map(String.init) ?? "", "expiresDay": key.expiresAt.map(ConsoleFormat.day) ?? "",
                     "expires": key.expiresAt.map { ConsoleFormat.time($0) } ?? "never", "disabled": key.disabled,
                 ]
             },

@@ -119,8 +119,10 @@ enum ConsoleTemplates {
         <button type="submit">Top up</button>
         </form>
         <form class="inline" data-console-form data-endpoint="api/admin/v1/keys/{{path}}" data-method="PATCH" data-then="reload">
-        <label for="rpm-{{index}}">Requests per minute</label><input id="rpm-{{index}}" name="rpm" data-field data-type="number-or-null" type="number" min="1" value="{{rpm}}" placeholder="no limit">
-        <button type="submit">Set limit</button>
+        <div><label for="rpm-{{index}}">Requests per minute</label><input id="rpm-{{index}}" name="rpm" data-field data-type="number-or-null" type="number" min="1" value="{{rpm}}" placeholder="no limit"></div>
+        <div><label for="concurrency-{{index}}">At once</label><input id="concurrency-{{index}}" name="concurrency" data-field data-type="number-or-null" type="number" min="1" value="{{concurrency}}" placeholder="no limit"></div>
+        <div><label for="expires-{{index}}">Expires (UTC day)</label><input id="expires-{{index}}" name="expires_at" data-field data-type="text-or-null" type="date" value="{{expiresDay}}"></div>
+        <button type="submit">Set limits</button>
         </form>
         <form class="inline" data-console-form data-endpoint="api/admin/v1/keys/{{path}}" data-method="PATCH" data-then="reload">
         <input type="hidden" name="disabled" data-field data-type="bool" value="{{^disabled}}true{{/disabled}}{{#disabled}}false{{/disabled}}">

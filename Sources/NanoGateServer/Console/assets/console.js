@@ -43,6 +43,7 @@ function formJSON(form) {
     switch (input.dataset.type) {
       case 'number': if (raw !== '') body[input.name] = Number(raw); break;
       case 'number-or-null': body[input.name] = raw === '' ? null : Number(raw); break;
+      case 'text-or-null': body[input.name] = raw === '' ? null : raw; break;
       case 'bool': body[input.name] = raw === 'true'; break;
       default: if (raw !== '') body[input.name] = raw;
     }
