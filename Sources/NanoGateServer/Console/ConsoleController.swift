@@ -85,14 +85,7 @@ struct ConsoleController {
     }
 
     func signIn(_ request: Request, context: GatewayRequestContext) async throws -> Response {
-        let forwarded = trustForwardedHeaders ? request.headers[AdminTokenAuthenticator.realIP].flatMap { $0.isEmpty ? nil : $0 } : nil
-        let address = forwarded ?? context.channel.remoteAddress?.ipAddress ?? "unknown"
-        if let wait = throttle.blockedFor(address) {
-            throw GatewayError(
-                status: 429, type: "rate_limit_error", code: "rate_limit_exceeded", param: nil,
-                message: "Too many failed sign-ins from this address; retry in \(wait) s.", retryAfterSeconds: wait
-            )
-        }
+        let address = try throttle.admit(request, context: context, trustForwardedHeaders: trustForwardedHeaders, refusing: "failed sign-ins")
         let body = try await request.collectBody(limit: 16 * 1024)
         let token = Self.formValue("token", in: String(buffer: body))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? ""
         var session: String?

@@ -24,14 +24,7 @@ struct AdminTokenAuthenticator: RouterMiddleware {
     static let realIP = HTTPField.Name("X-Real-IP")!
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
-        let forwarded = trustForwardedHeaders ? request.headers[Self.realIP].flatMap { $0.isEmpty ? nil : $0 } : nil
-        let address = forwarded ?? context.channel.remoteAddress?.ipAddress ?? "unknown"
-        if let wait = throttle.blockedFor(address) {
-            throw GatewayError(
-                status: 429, type: "rate_limit_error", code: "rate_limit_exceeded", param: nil,
-                message: "Too many wrong admin tokens from this address; retry in \(wait) s.", retryAfterSeconds: wait
-            )
-        }
+        let address = try throttle.admit(request, context: context, trustForwardedHeaders: trustForwardedHeaders, refusing: "wrong admin tokens")
         let given = request.headers[.authorization].flatMap { header -> String? in
             let parts = header.split(separator: " ", maxSplits: 1)
             return parts.count == 2 && parts[0].lowercased() == "bearer" ? String(parts[1]) : nil
@@ -69,6 +62,20 @@ final class AdminThrottle: Sendable {
         self.limit = limit
         self.window = window
         self.capacity = capacity
+    }
+
+    /// The client's address (`X-Real-IP` from a trusted proxy, else the connection's), or a 429
+    /// naming what it sent too many of while its window lasts.
+    func admit(_ request: Request, context: GatewayRequestContext, trustForwardedHeaders: Bool, refusing what: String) throws(GatewayError) -> String {
+        let forwarded = trustForwardedHeaders ? request.headers[AdminTokenAuthenticator.realIP].flatMap { $0.isEmpty ? nil : $0 } : nil
+        let address = forwarded ?? context.channel.remoteAddress?.ipAddress ?? "unknown"
+        if let wait = blockedFor(address) {
+            throw GatewayError(
+                status: 429, type: "rate_limit_error", code: "rate_limit_exceeded", param: nil,
+                message: "Too many \(what) from this address; retry in \(wait) s.", retryAfterSeconds: wait
+            )
+        }
+        return address
     }
 
     /// Whole seconds `address` must still wait, or nil when it may try.
