@@ -315,7 +315,7 @@ struct ConsoleController {
         let csv = (isOperator ? "api/admin/v1/usage" : "api/v1/usage") + (components.percentEncodedQuery.map { "?" + $0 } ?? "")
         let keyNames = isOperator ? try await store.listKeys().filter { $0.revokedAt == nil }.map(\.name) : []
         var values: [String: Any] = [
-            "operator": isOperator, "csv": csv, "count": rows.count, "since": since ?? "", "until": until ?? "",
+            "operator": isOperator, "csv": csv, "count": rows.count, "rowWord": rows.count == 1 ? "row" : "rows", "since": since ?? "", "until": until ?? "",
             "keyOptions": keyNames.map { ["name": $0, "selected": $0 == keyFilter] as [String: Any] },
             "modelOptions": catalog.models.map(\.name).map { ["name": $0, "selected": $0 == model] as [String: Any] },
             "statusOptions": [("", "any"), ("ok", "answered"), ("error", "failed")].map { ["value": $0.0, "label": $0.1, "selected": $0.0 == (status ?? "")] as [String: Any] },

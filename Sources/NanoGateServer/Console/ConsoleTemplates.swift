@@ -117,6 +117,7 @@ enum ConsoleTemplates {
         <form class="inline" data-console-form data-endpoint="api/admin/v1/keys/{{path}}" data-method="PATCH" data-then="reload">
         <label for="topup-{{index}}">Top up (USD)</label><input id="topup-{{index}}" name="add_credit_usd" data-field data-type="number" type="number" min="0" step="0.01" required>
         <button type="submit">Top up</button>
+        <p class="alert" role="alert" data-form-alert hidden></p>
         </form>
         <form class="inline" data-console-form data-endpoint="api/admin/v1/keys/{{path}}" data-method="PATCH" data-then="reload">
         <div><label for="rpm-{{index}}">Requests per minute</label><input id="rpm-{{index}}" name="rpm" data-field data-type="number-or-null" type="number" min="1" value="{{rpm}}" placeholder="no limit"></div>
@@ -134,6 +135,7 @@ enum ConsoleTemplates {
         <form class="inline" data-console-form data-endpoint="api/admin/v1/keys/{{path}}" data-method="DELETE" data-then="reload">
         <label for="revoke-{{index}}">Type the name to revoke</label><input id="revoke-{{index}}" name="confirm" data-must-equal="{{name}}" autocomplete="off">
         <button type="submit" class="danger">Revoke</button>
+        <p class="alert" role="alert" data-form-alert hidden></p>
         </form>
         </td>
         </tr>
@@ -195,7 +197,7 @@ enum ConsoleTemplates {
         </form>
         {{#managed}}<form class="inline" data-console-form data-endpoint="api/admin/v1/channels/{{path}}" data-method="DELETE" data-then="reload">
         <label for="remove-{{index}}">Type the name to remove</label><input id="remove-{{index}}" name="confirm" data-must-equal="{{name}}" autocomplete="off">
-        <button type="submit" class="danger">Remove</button></form>{{/managed}}
+        <button type="submit" class="danger">Remove</button><p class="alert" role="alert" data-form-alert hidden></p></form>{{/managed}}
         </td>
         </tr>
         {{/channels}}
@@ -232,8 +234,8 @@ enum ConsoleTemplates {
         <a class="button" href="{{csv}}" download>Download CSV</a>
         </form>
         <div class="scroll"><table class="usage">
-        <caption>{{count}} rows, newest first</caption>
-        <thead><tr><th scope="col">When</th><th scope="col">Request</th>{{#operator}}<th scope="col">Key</th>{{/operator}}<th scope="col">Model</th><th scope="col">Size asked / upstream</th><th scope="col">Status</th><th scope="col">Images</th><th scope="col">Tokens in (text/image)</th><th scope="col">Tokens out (text/image)</th><th scope="col">Charge</th>{{#operator}}<th scope="col">Google cost</th>{{/operator}}<th scope="col">Latency</th></tr></thead>
+        <caption>{{count}} {{rowWord}}, newest first (500 at most here; Download CSV for more)</caption>
+        <thead><tr><th scope="col">When</th><th scope="col">Request</th>{{#operator}}<th scope="col">Key</th>{{/operator}}<th scope="col">Model</th><th scope="col">Size asked<br><small>endpoint, tier</small></th><th scope="col">Status</th><th scope="col">Images</th><th scope="col">Tokens in (text/image)</th><th scope="col">Tokens out (text/image)</th><th scope="col">Charge</th>{{#operator}}<th scope="col">Google cost</th>{{/operator}}<th scope="col">Latency</th></tr></thead>
         <tbody>
         {{#rows}}
         <tr data-request-id="{{request_id}}" id="{{request_id}}">

@@ -173,7 +173,10 @@ function describe() {
   fields.aspect_ratio = controls.ratio.value;
   fields.response_format = controls.response.value;
   if (controls.format.value && controls.format.value !== 'png') fields.output_format = controls.format.value;
-  if (controls.stream.checked) fields.stream = true;
+  if (controls.stream.checked) {
+    fields.stream = true;
+    fields.partial_images = 2;  // Gemini 3 Pro's interim (thought) images; other models send the final one only
+  }
   const edit = references.length > 0;
   return { path: edit ? 'images/edits' : 'images/generations', fields, files: references.slice() };
 }
@@ -377,7 +380,11 @@ async function chatTurn() {
       return;
     }
     const message = answer.choices[0].message;
-    conversation.push({ role: 'assistant', content: message.content || '' });
+    // The reply's images go back with it, so the next turn edits the last image (and the
+    // gateway restores Google's thought signatures from them, as for any chat client).
+    const turn = { role: 'assistant', content: message.content || '' };
+    if (message.images && message.images.length) turn.images = message.images;
+    conversation.push(turn);
     references = [];
     renderReferences();
     const meta = {
