@@ -111,6 +111,17 @@ import Testing
             #expect(blocked.reply.status == 429 && blocked.cookie == nil)
             #expect(blocked.reply.headers["Retry-After"].first != nil)
         }
+        // The admin API on its own listener: the operator signs in there, never on the public port.
+        try await withGateway(configure: { $0.adminToken = Self.adminToken; $0.adminPort = 0 }) { gateway in
+            #expect(try await Self.signIn(gateway, token: Self.adminToken).reply.status == 401)
+            let admin = try await gateway.port(of: .admin)
+            let elsewhere = Harness(
+                baseURL: "http://127.0.0.1:\(admin)", emulatorURL: gateway.emulatorURL, recorder: gateway.recorder, dependencies: gateway.dependencies,
+                configuration: gateway.configuration, defaultKey: gateway.defaultKey, geminiKey: gateway.geminiKey, listenerPorts: gateway.listenerPorts
+            )
+            let (cookie, reply) = try await Self.signIn(elsewhere, token: Self.adminToken)
+            #expect(cookie != nil && reply.json["redirect"] as? String == "overview")
+        }
         try await withGateway(configure: { configuration in configuration.console = ConsoleAccess.off }) { gateway in
             let page = try await gateway.get(gateway.baseURL + "/console/")
             let signIn = try await Self.signIn(gateway, token: gateway.defaultKey)

@@ -236,17 +236,22 @@ func makeGatewayParts(
         addAdminRoutes = { admin.addRoutes(to: $0.add(middleware: keyCacheRefresh)) }
     }
     if configuration.console != .off {
-        // The browser console (issue 25): its pages, and the same API behind its session.
-        let settings = ConsoleSettings(
-            access: configuration.console, adminToken: configuration.console == .on ? configuration.adminToken : nil, publicURL: publicURL
-        )
-        var console = ConsoleController(
-            settings: settings, store: dependencies.store, operatorService: OperatorService(store: dependencies.store, catalog: configuration.catalog),
-            pool: pool, catalog: configuration.catalog, models: models
-        )
-        console.trustForwardedHeaders = configuration.trustForwardedHeaders
-        console.imageOrigin = dependencies.objectStore?.origin
-        console.addRoutes(to: router, publicAPI: { addPublicRoutes(idempotent($0)) }, adminAPI: settings.adminToken == nil ? nil : addAdminRoutes)
+        // The browser console (issue 25): its pages, and the same API behind its session. With
+        // the admin API on a listener of its own, the operator signs in there only: the public
+        // port's console serves key holders, so no admin action is reachable from it.
+        let operatorToken = configuration.console == .on ? configuration.adminToken : nil
+        func addConsole(to router: Router<GatewayRequestContext>, operatorToken: String?) {
+            let settings = ConsoleSettings(access: configuration.console, adminToken: operatorToken, publicURL: publicURL)
+            var console = ConsoleController(
+                settings: settings, store: dependencies.store, operatorService: OperatorService(store: dependencies.store, catalog: configuration.catalog),
+                pool: pool, catalog: configuration.catalog, models: models
+            )
+            console.trustForwardedHeaders = configuration.trustForwardedHeaders
+            console.imageOrigin = dependencies.objectStore?.origin
+            console.addRoutes(to: router, publicAPI: { addPublicRoutes(idempotent($0)) }, adminAPI: operatorToken == nil ? nil : addAdminRoutes)
+        }
+        addConsole(to: router, operatorToken: adminRouter == nil ? operatorToken : nil)
+        if let adminRouter { addConsole(to: adminRouter, operatorToken: operatorToken) }
     }
     return GatewayParts(
         router: router, adminRouter: adminRouter, metrics: metrics, pool: pool, pipeline: pipeline, managedChannels: managedChannels,
