@@ -270,7 +270,7 @@ public struct UsageRecord: Sendable, Equatable, Codable {
     public var upstreamKey: String?
     /// Every upstream attempt, in order.
     public var upstreamAttempts: [UpstreamAttemptRecord] = []
-    /// The background job the row belongs to (set by the gateway, never by a client).
+    /// The background job or batch the row belongs to (set by the gateway, never by a client).
     public var jobID: String?
     /// The service tier Google served and the charge is priced at (`flex`, `standard`, `priority`).
     public var serviceTier: String?

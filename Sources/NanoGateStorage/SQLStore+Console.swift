@@ -145,7 +145,7 @@ extension SQLStore {
         try await database.raw("DELETE FROM console_sessions WHERE created_at <= \(bind: cutoff)").run()
     }
 
-    /// What each of these background jobs was charged so far (the sum of its usage rows).
+    /// What each of these background jobs or batches was charged so far (the sum of its usage rows).
     public func chargedMicroUSD(jobIDs: [String]) async throws -> [String: Int] {
         guard !jobIDs.isEmpty else { return [:] }
         struct Row: Decodable {

@@ -86,6 +86,9 @@ import Upstream
             #expect(rows.count == 2 && rows.allSatisfy { $0.costMicroUSD > 0 })
             let money = try await BillingTests.balance(gateway, "batcher")
             #expect(money.reservedMicroUSD == 0 && money.spentMicroUSD == rows.reduce(0) { $0 + $1.costMicroUSD })
+            // Each line's row names its batch: what the console shows as the batch's charge.
+            let charged = try await store.chargedMicroUSD(jobIDs: [batchID])
+            #expect(charged[batchID] == money.spentMicroUSD && money.spentMicroUSD > 0)
         }
     }
 

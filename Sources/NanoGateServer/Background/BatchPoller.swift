@@ -191,7 +191,8 @@ extension BatchesController {
                     case nil: .failure(GatewayError(status: 502, type: "server_error", code: "upstream_error", param: nil, message: "Google's batch has no answer for this request."))
                     }
                 }
-                let info = RequestInfo(requestID: requestID, started: .now, observation: nil, requestedSize: job.spec.label)
+                // Its row names the batch (the console sums a batch's charges by it).
+                let info = RequestInfo(requestID: requestID, started: .now, observation: nil, requestedSize: job.spec.label, jobID: batch.id)
                 // Priced at the batch share from the start (the settlement's input, never swapped in).
                 let settlement = try await pipeline.open(
                     key: key, endpoint: job.endpoint, model: job.model, info: info, estimateMicroUSD: 0, batchLine: true,

@@ -369,8 +369,10 @@ struct ConsoleController {
         let own = try await sessionKey(context)
         let records = try await store.batches(keyID: isOperator ? nil : own?.id ?? "-", limit: 100)
         let names = try await keyNames()
+        let charged = try await store.chargedMicroUSD(jobIDs: records.map(\.id))
         let batches = records.map { batch -> [String: Any] in
             [
+                "cost": ConsoleFormat.usd(TokenPrices.usd(charged[batch.id] ?? 0)),
                 "id": batch.id, "key": names[batch.keyID] ?? "", "model": batch.model, "status": batch.status.rawValue, "total": batch.total,
                 "completed": batch.completed, "failed": batch.failed, "done": batch.completed + batch.failed, "created": ConsoleFormat.time(batch.createdAt),
                 "cancellable": batch.status == .inProgress || batch.status == .validating,

@@ -267,11 +267,11 @@ enum ConsoleTemplates {
         {{> head}}
         <div class="scroll"><table>
         <caption>Batches, newest first</caption>
-        <thead><tr><th scope="col">Batch</th>{{#operator}}<th scope="col">Key</th>{{/operator}}<th scope="col">Model</th><th scope="col">Status</th><th scope="col">Progress</th><th scope="col">Created</th><th scope="col">Cancel</th></tr></thead>
+        <thead><tr><th scope="col">Batch</th>{{#operator}}<th scope="col">Key</th>{{/operator}}<th scope="col">Model</th><th scope="col">Status</th><th scope="col">Progress</th><th scope="col">Charged</th><th scope="col">Created</th><th scope="col">Cancel</th></tr></thead>
         <tbody>{{#batches}}<tr data-batch="{{id}}"><th scope="row"><code>{{id}}</code></th>{{#operator}}<td>{{key}}</td>{{/operator}}<td>{{model}}</td><td>{{status}}</td>
-        <td><progress max="{{total}}" value="{{done}}" aria-label="Lines done of {{id}}">{{done}}/{{total}}</progress> {{completed}} done, {{failed}} failed of {{total}}</td><td>{{created}}</td>
+        <td><progress max="{{total}}" value="{{done}}" aria-label="Lines done of {{id}}">{{done}}/{{total}}</progress> {{completed}} done, {{failed}} failed of {{total}}</td><td>{{cost}}</td><td>{{created}}</td>
         <td>{{#cancellable}}<form class="inline" data-console-form data-endpoint="api/v1/batches/{{id}}/cancel" data-method="POST" data-key="{{key}}" data-then="reload"><button type="submit">Cancel</button></form>{{/cancellable}}</td></tr>{{/batches}}
-        {{^batches}}<tr><td colspan="7">No batches.</td></tr>{{/batches}}</tbody>
+        {{^batches}}<tr><td colspan="8">No batches.</td></tr>{{/batches}}</tbody>
         </table></div>
         {{> foot}}
         """#

@@ -27,7 +27,8 @@ struct RequestInfo: Sendable {
     /// Filled in for the request log and metrics (model, error code).
     var observation: RequestObservation?
     var requestedSize: String?
-    /// The background job this request runs for (the gateway's own id, which refunds key on).
+    /// The background job or batch this request runs for (the gateway's own id, which job
+    /// refunds key on and the console sums charges by).
     var jobID: String?
 }
 
