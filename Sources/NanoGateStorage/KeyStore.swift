@@ -260,6 +260,8 @@ public struct UsageRecord: Sendable, Equatable, Codable {
     public var upstreamModel: String?
     /// The size asked for (`2:3`, `4K 16:9`).
     public var requestedSize: String?
+    /// The first image's pixel size as delivered (`2752x1536`), when the gateway read it.
+    public var deliveredSize: String?
     public var latencyMilliseconds: Int = 0
     /// Tokens by modality, as Google's `usageMetadata` reported them.
     public var inputTextTokens: Int = 0

@@ -251,7 +251,8 @@ extension SQLStore {
     static let usageColumns: SQLQueryString = """
         SELECT key_id, endpoint, model, status, images, input_tokens, output_tokens, total_tokens, cost_micro_usd, error_code,
                upstream_cost_micro_usd, attempts, created_at, request_id, key_name, key_group, upstream_model, requested_size, latency_ms,
-               input_text_tokens, input_image_tokens, output_text_tokens, output_image_tokens, upstream_key, upstream_attempts, service_tier
+               input_text_tokens, input_image_tokens, output_text_tokens, output_image_tokens, upstream_key, upstream_attempts, service_tier,
+               delivered_size
         FROM usage_log
         """
 
@@ -282,6 +283,7 @@ extension SQLStore {
         var upstream_key: String?
         var upstream_attempts: String?
         var service_tier: String?
+        var delivered_size: String?
 
         var record: UsageRecord {
             var record = UsageRecord(
@@ -304,6 +306,7 @@ extension SQLStore {
             record.upstreamKey = upstream_key
             record.upstreamAttempts = upstream_attempts.flatMap { try? JSONDecoder().decode([UpstreamAttemptRecord].self, from: Data($0.utf8)) } ?? []
             record.serviceTier = service_tier
+            record.deliveredSize = delivered_size
             return record
         }
     }
@@ -314,7 +317,8 @@ extension SQLStore {
         """
         INSERT INTO usage_log (id, key_id, endpoint, model, status, images, input_tokens, output_tokens, total_tokens, cost_micro_usd, error_code,
                                upstream_cost_micro_usd, attempts, created_at, request_id, key_name, key_group, upstream_model, requested_size, latency_ms,
-                               input_text_tokens, input_image_tokens, output_text_tokens, output_image_tokens, upstream_key, reservation_id, upstream_attempts, job_id, service_tier)
+                               input_text_tokens, input_image_tokens, output_text_tokens, output_image_tokens, upstream_key, reservation_id, upstream_attempts, job_id, service_tier,
+                               delivered_size)
         VALUES (\(bind: UUID().uuidString.lowercased()), \(bind: entry.keyID), \(bind: entry.endpoint), \(bind: entry.model), \(bind: entry.status),
                 \(bind: entry.images), \(bind: entry.inputTokens), \(bind: entry.outputTokens), \(bind: entry.totalTokens),
                 \(bind: Int64(entry.costMicroUSD)), \(bind: entry.errorCode), \(bind: Int64(entry.upstreamCostMicroUSD)), \(bind: entry.attempts),
@@ -323,7 +327,7 @@ extension SQLStore {
                 \(bind: entry.inputTextTokens), \(bind: entry.inputImageTokens), \(bind: entry.outputTextTokens), \(bind: entry.outputImageTokens),
                 \(bind: entry.upstreamKey), \(bind: reservationID),
                 \(bind: entry.upstreamAttempts.isEmpty ? nil : (try? JSONEncoder().encode(entry.upstreamAttempts)).map { String(decoding: $0, as: UTF8.self) }),
-                \(bind: entry.jobID), \(bind: entry.serviceTier))
+                \(bind: entry.jobID), \(bind: entry.serviceTier), \(bind: entry.deliveredSize))
         """
     }
 

@@ -49,6 +49,7 @@ public struct SQLStore: KeyStore, UsageLog, SignatureStore {
         (14, { database in try await SQLStore.addColumnIfMissing(database, table: "key_rates", column: "last_us", type: "BIGINT") }),
         (15, { database in try await SQLStore.createKeyEpoch(database, backend: .sqlite) }),
         (16, { database in try await SQLStore.createConsoleSessions(database) }),
+        (17, { database in try await SQLStore.addColumnIfMissing(database, table: "usage_log", column: "delivered_size", type: "TEXT") }),
     ]
 
     /// PostgreSQL's: PostgreSQL support began at SQLite's version 5, so its first migration
@@ -66,6 +67,7 @@ public struct SQLStore: KeyStore, UsageLog, SignatureStore {
         (14, { database in try await SQLStore.addColumnIfMissing(database, table: "key_rates", column: "last_us", type: "BIGINT") }),
         (15, { database in try await SQLStore.createKeyEpoch(database, backend: .postgres) }),
         (16, { database in try await SQLStore.createConsoleSessions(database) }),
+        (17, { database in try await SQLStore.addColumnIfMissing(database, table: "usage_log", column: "delivered_size", type: "TEXT") }),
     ]
 
     /// Version 14 (`key_rates.last_us`): the latest admitted arrival per key, so requests sent

@@ -67,6 +67,7 @@ import Testing
             let cost = try #require(generated.headers["X-NanoGate-Cost"].first.flatMap(Double.init))
             let rows = try await gateway.usageRows()
             #expect(rows.map(\.requestID) == [requestID], "the console's request is in the key's own usage log")
+            #expect(rows.first?.requestedSize == "16:9" && rows.first?.deliveredSize == "1344x768", "the row shows the size asked and the size delivered")
             let key = try #require(try await gateway.dependencies.store.key(named: "test-default"))
             #expect(key.spentMicroUSD == TokenPrices.micro(cost) && cost > 0, "charged to the key that signed in")
         }

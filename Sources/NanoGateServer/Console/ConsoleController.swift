@@ -322,7 +322,7 @@ struct ConsoleController {
             "rows": rows.map { row -> [String: Any] in
                 [
                     "request_id": row.request_id, "created_at": row.created_at, "key": row.key ?? "", "model": row.model, "upstream_model": row.upstream_model ?? "",
-                    "endpoint": row.endpoint, "requested_size": row.requested_size ?? "", "service_tier": row.service_tier ?? "", "status": row.status,
+                    "endpoint": row.endpoint, "requested_size": row.requested_size ?? "", "delivered_size": row.delivered_size ?? "–", "service_tier": row.service_tier ?? "", "status": row.status,
                     "error_code": row.error_code ?? "", "images": row.images, "input_text_tokens": row.input_text_tokens, "input_image_tokens": row.input_image_tokens,
                     "output_text_tokens": row.output_text_tokens, "output_image_tokens": row.output_image_tokens, "cost": ConsoleFormat.usd(row.cost_usd),
                     "upstream_cost": ConsoleFormat.usd(row.upstream_cost_usd), "latency_ms": row.latency_ms,

@@ -235,12 +235,12 @@ enum ConsoleTemplates {
         </form>
         <div class="scroll"><table class="usage">
         <caption>{{count}} {{rowWord}}, newest first (500 at most here; Download CSV for more)</caption>
-        <thead><tr><th scope="col">When</th><th scope="col">Request</th>{{#operator}}<th scope="col">Key</th>{{/operator}}<th scope="col">Model</th><th scope="col">Size asked<br><small>endpoint, tier</small></th><th scope="col">Status</th><th scope="col">Images</th><th scope="col">Tokens in (text/image)</th><th scope="col">Tokens out (text/image)</th><th scope="col">Charge</th>{{#operator}}<th scope="col">Google cost</th>{{/operator}}<th scope="col">Latency</th></tr></thead>
+        <thead><tr><th scope="col">When</th><th scope="col">Request</th>{{#operator}}<th scope="col">Key</th>{{/operator}}<th scope="col">Model</th><th scope="col">Size asked / delivered<br><small>endpoint, tier</small></th><th scope="col">Status</th><th scope="col">Images</th><th scope="col">Tokens in (text/image)</th><th scope="col">Tokens out (text/image)</th><th scope="col">Charge</th>{{#operator}}<th scope="col">Google cost</th>{{/operator}}<th scope="col">Latency</th></tr></thead>
         <tbody>
         {{#rows}}
         <tr data-request-id="{{request_id}}" id="{{request_id}}">
         <td>{{created_at}}</td><td><code>{{request_id}}</code>{{#hasAttempts}}<details><summary>Upstream attempts</summary><ol>{{#attempts}}<li>{{.}}</li>{{/attempts}}</ol></details>{{/hasAttempts}}</td>
-        {{#operator}}<td>{{key}}</td>{{/operator}}<td>{{model}}<br><small>{{upstream_model}}</small></td><td>{{requested_size}}<br><small>{{endpoint}}{{#service_tier}}, {{service_tier}}{{/service_tier}}</small></td>
+        {{#operator}}<td>{{key}}</td>{{/operator}}<td>{{model}}<br><small>{{upstream_model}}</small></td><td>{{requested_size}} / {{delivered_size}}<br><small>{{endpoint}}{{#service_tier}}, {{service_tier}}{{/service_tier}}</small></td>
         <td>{{status}}{{#error_code}}<br><small>{{error_code}}</small>{{/error_code}}</td><td>{{images}}</td>
         <td>{{input_text_tokens}} / {{input_image_tokens}}</td><td>{{output_text_tokens}} / {{output_image_tokens}}</td><td data-charge>{{cost}}</td>{{#operator}}<td>{{upstream_cost}}</td>{{/operator}}<td>{{latency_ms}} ms</td>
         </tr>

@@ -128,7 +128,7 @@ extension ImagesController {
                 var usage = ImageUsage.zero
                 for outcome in delivered {
                     usage = usage + outcome.usage
-                    settlement.delivered(images: 1, usage: outcome.usage)
+                    settlement.delivered(images: 1, usage: outcome.usage, pixels: pixels)
                 }
                 usage.cost = TokenPrices.usd(settlement.chargeMicroUSD)
                 let tail = StreamedTail(

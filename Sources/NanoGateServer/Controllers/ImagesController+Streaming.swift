@@ -81,7 +81,7 @@ extension ImagesController {
                                 quality: quality, outputFormat: image.format?.rawValue, usage: usage
                             )
                             try await Self.write(event, event: event.type, to: &writer)
-                            settlement.delivered(images: 1, usage: outcome.usage)
+                            settlement.delivered(images: 1, usage: outcome.usage, pixels: image.pixels)
                         }
                     }
                     // Settled before the stream's end: a client that reads its usage next sees it.
@@ -149,7 +149,7 @@ extension ImagesController {
                         outputFormat: head.format?.rawValue, usage: usage
                     )
                     try await writer.write(rest.encoded())
-                    settlement.delivered(images: 1, usage: outcome.usage)
+                    settlement.delivered(images: 1, usage: outcome.usage, pixels: head.pixels)
                     // Settled before the stream's end: a client that reads its usage next sees it.
                     await pipeline.settle(settlement, status: failure?.status ?? 200, errorCode: failure?.code, logger: logger)
                     try await writer.finish(nil)

@@ -126,6 +126,8 @@ public struct OperatorService: Sendable {
         public var upstream_model: String?
         public var endpoint: String
         public var requested_size: String?
+        /// The first image's pixel size as delivered, when the gateway read it (`2752x1536`).
+        public var delivered_size: String?
         public var status: Int
         public var images: Int
         public var input_text_tokens: Int
@@ -153,6 +155,7 @@ public struct OperatorService: Sendable {
             upstream_model = row.upstreamModel
             endpoint = row.endpoint
             requested_size = row.requestedSize
+            delivered_size = row.deliveredSize
             status = row.status
             images = row.images
             input_text_tokens = row.inputTextTokens
@@ -171,7 +174,7 @@ public struct OperatorService: Sendable {
         }
 
         enum CodingKeys: String, CodingKey {
-            case request_id, created_at, key, group, model, upstream_model, endpoint, requested_size, status, images, input_text_tokens,
+            case request_id, created_at, key, group, model, upstream_model, endpoint, requested_size, delivered_size, status, images, input_text_tokens,
                 input_image_tokens, output_text_tokens, output_image_tokens, total_tokens, cost_usd, upstream_cost_usd, latency_ms, attempts,
                 error_code, upstream_key, upstream_attempts, service_tier
         }
@@ -187,6 +190,7 @@ public struct OperatorService: Sendable {
             try container.encode(upstream_model, forKey: .upstream_model)
             try container.encode(endpoint, forKey: .endpoint)
             try container.encode(requested_size, forKey: .requested_size)
+            try container.encode(delivered_size, forKey: .delivered_size)
             try container.encode(status, forKey: .status)
             try container.encode(images, forKey: .images)
             try container.encode(input_text_tokens, forKey: .input_text_tokens)
@@ -207,7 +211,7 @@ public struct OperatorService: Sendable {
         static let csvColumns = [
             "request_id", "created_at", "key", "group", "model", "upstream_model", "endpoint", "requested_size", "status", "images",
             "input_text_tokens", "input_image_tokens", "output_text_tokens", "output_image_tokens", "total_tokens", "cost_usd",
-            "upstream_cost_usd", "latency_ms", "attempts", "error_code", "upstream_key", "service_tier",
+            "upstream_cost_usd", "latency_ms", "attempts", "error_code", "upstream_key", "service_tier", "delivered_size",
         ]
 
         var csvFields: [String] {
@@ -215,7 +219,7 @@ public struct OperatorService: Sendable {
                 request_id, created_at, key ?? "", group ?? "", model, upstream_model ?? "", endpoint, requested_size ?? "", "\(status)", "\(images)",
                 "\(input_text_tokens)", "\(input_image_tokens)", "\(output_text_tokens)", "\(output_image_tokens)", "\(total_tokens)",
                 String(format: "%.6f", cost_usd), String(format: "%.6f", upstream_cost_usd), "\(latency_ms)", "\(attempts)", error_code ?? "", upstream_key ?? "",
-                service_tier ?? "",
+                service_tier ?? "", delivered_size ?? "",
             ]
         }
     }
@@ -242,6 +246,7 @@ public struct OperatorService: Sendable {
             try container.encode(row.upstream_model, forKey: .upstream_model)
             try container.encode(row.endpoint, forKey: .endpoint)
             try container.encode(row.requested_size, forKey: .requested_size)
+            try container.encode(row.delivered_size, forKey: .delivered_size)
             try container.encode(row.status, forKey: .status)
             try container.encode(row.images, forKey: .images)
             try container.encode(row.input_text_tokens, forKey: .input_text_tokens)

@@ -60,6 +60,8 @@ final class Settlement: Sendable {
         var billed = ImageUsage.zero
         var delivered = ImageUsage.zero
         var deliveredImages = 0
+        /// The first delivered image's pixel size, when the path that delivered it read it.
+        var deliveredSize: PixelSize?
         var note: String?
         var settled = false
         var commitsAlongsideAnswer = false
@@ -111,10 +113,12 @@ final class Settlement: Sendable {
     var servedTier: ServiceTier { state.withLock { $0.servedTier } }
 
     /// The client received `images` images (or text) produced with `usage`: this is charged.
-    func delivered(images: Int, usage: ImageUsage) {
+    /// `pixels` is the first image's size as delivered (the usage log shows it beside the size asked).
+    func delivered(images: Int, usage: ImageUsage, pixels: PixelSize? = nil) {
         state.withLock {
             $0.deliveredImages += images
             $0.delivered = $0.delivered + usage
+            if images > 0, $0.deliveredSize == nil { $0.deliveredSize = pixels }
         }
     }
 
@@ -182,6 +186,7 @@ final class Settlement: Sendable {
             record.group = key.group.rawValue
             record.upstreamModel = state.servedBy.id
             record.requestedSize = info.requestedSize
+            record.deliveredSize = state.deliveredSize?.description
             record.latencyMilliseconds = Int((info.started.duration(to: .now) / .milliseconds(1)).rounded())
             record.inputTextTokens = billed.inputTokensDetails.textTokens
             record.inputImageTokens = billed.inputTokensDetails.imageTokens
@@ -560,7 +565,7 @@ struct RequestPipeline: Sendable {
     func imagesResponse(
         _ job: ImageRequest, data: [ImageObject], usage delivered: ImageUsage, format: OutputFormat?, pixels: PixelSize?, settlement: Settlement
     ) -> ImagesResponse {
-        settlement.delivered(images: data.count, usage: delivered)
+        settlement.delivered(images: data.count, usage: delivered, pixels: pixels)
         var usage = delivered
         usage.cost = TokenPrices.usd(settlement.chargeMicroUSD)
         var response = ImagesResponse(
