@@ -43,6 +43,7 @@ import pytest
 
 from conftest import REPO_ROOT, STARTUP_TIMEOUT, Gateway, _demo_in_temp_dir, _free_port, _pump, _stop
 from nginx_support import running_nginx
+from pg_support import PG_URL, fresh_database
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -810,6 +811,21 @@ def test_create_key_sign_in_generate_and_pay(root: str, browser: WebDriver) -> N
     holder signs in with it, generates Pro 16:9 at 2K in the playground (the image is
     2752x1536), finds the request's row with its charge on the Usage page, and the balance
     (``/v1/usage``) dropped by exactly that charge."""
+    create_key_generate_and_pay(root, browser)
+
+
+def test_create_key_generate_and_pay_on_postgresql(nanogate_bin: Path, tmp_path_factory, browser: WebDriver) -> None:
+    """The same, against a gateway whose keys, sessions and usage live in PostgreSQL."""
+    if not PG_URL:
+        pytest.skip("NANOGATE_TEST_PG_URL is unset (scripts/test.sh starts a PostgreSQL cluster and sets it)")
+    env = {"NANOGATE_ADMIN_TOKEN": ADMIN_TOKEN}
+    with fresh_database("nanogate_console") as url:
+        # The gateway stops before its database is dropped (the blocks end in reverse order).
+        with _demo_in_temp_dir(nanogate_bin, tmp_path_factory, "nanogate-console-pg", env={**env, "NANOGATE_DATABASE_URL": url}) as gateway:
+            create_key_generate_and_pay(gateway.base_url.removesuffix("/v1"), browser, screenshots=False)
+
+
+def create_key_generate_and_pay(root: str, browser: WebDriver, screenshots: bool = True) -> None:
     name = f"console-ui-{uuid.uuid4().hex[:8]}"
     sign_in(browser, root, ADMIN_TOKEN, "overview")
     go(browser, root, "Keys", "keys")
@@ -825,7 +841,8 @@ def test_create_key_sign_in_generate_and_pay(root: str, browser: WebDriver) -> N
         "the new secret in [data-secret]",
     )
     secret = secret_element.text.strip()
-    screenshot(browser, "operator-keys-created")
+    if screenshots:
+        screenshot(browser, "operator-keys-created")
     wait(browser).until(EC.element_to_be_clickable((By.LINK_TEXT, "Done"))).click()  # the secret is read: back to the list
     wait(browser).until(
         lambda d: any(row.get_attribute("data-key") == name for row in d.find_elements(By.CSS_SELECTOR, "tr[data-key]")),
@@ -848,7 +865,8 @@ def test_create_key_sign_in_generate_and_pay(root: str, browser: WebDriver) -> N
     request_id = result.get_attribute("data-request-id")
     assert natural_size(browser, result) == (2752, 1536)
     assert re.search(r"2752\s*[x×]\s*1536", result.text), f"the delivered size is not shown: {result.text!r}"
-    screenshot(browser, "holder-playground-result")
+    if screenshots:
+        screenshot(browser, "holder-playground-result")
 
     account, row = settled_usage(root, secret, request_id)
     charge = row["cost_usd"]
@@ -867,7 +885,8 @@ def test_create_key_sign_in_generate_and_pay(root: str, browser: WebDriver) -> N
     cells = shown.find_elements(By.CSS_SELECTOR, "[data-charge]")
     text = cells[0].text if cells else shown.text
     assert charge_shown(text, charge), f"the row does not show the charge {charge}: {text!r}"
-    screenshot(browser, "holder-usage-after")
+    if screenshots:
+        screenshot(browser, "holder-usage-after")
 
 
 def test_edit_with_two_reference_images(root: str, browser: WebDriver, tmp_path: Path) -> None:

@@ -25,11 +25,8 @@ import contextlib
 import hashlib
 import hmac
 import json
-import os
 import re
-import shutil
 import signal
-import subprocess
 import threading
 import time
 import urllib.error
@@ -47,12 +44,12 @@ import pytest
 
 from conftest import CLIENT_TIMEOUT, KEY_CACHE_SECONDS, S3Server
 from nginx_support import running_nginx
+from pg_support import PG_URL, database_url, fresh_database, psql
 from test_billing import ADMIN_TOKEN, admin
 from test_channels import Call, Served, cli, emulator, fake_server, ok, serve, write_config
 from test_chat import PRO_INPUT_TOKENS, markdown_urls
 from test_observability import CHAT, GENERATIONS, Answer, bearer, error_code, http, parse_metrics, total
 
-PG_URL = os.environ.get("NANOGATE_TEST_PG_URL", "")
 if not PG_URL:
     pytest.skip(
         "NANOGATE_TEST_PG_URL is unset: the two-instance tests need a PostgreSQL server "
@@ -72,44 +69,11 @@ TRACE = "ng-trace-"  # prompts carrying this are recorded whole by the upstream 
 # PostgreSQL: a fresh database on NANOGATE_TEST_PG_URL's server, through the cluster's psql
 
 
-def psql_binary() -> str:
-    """psql of the PostgreSQL on this machine: beside initdb on PATH, the newest
-    /usr/lib/postgresql/*/bin (as scripts/postgres.sh finds them), or psql on PATH."""
-    initdb = shutil.which("initdb")
-    candidates = [Path(os.path.realpath(initdb)).parent / "psql"] if initdb else []
-    candidates += sorted(Path("/usr/lib/postgresql").glob("*/bin/psql"), key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0, reverse=True)
-    for candidate in candidates:
-        if candidate.is_file():
-            return str(candidate)
-    found = shutil.which("psql")
-    if not found:
-        pytest.fail("no psql found (PATH, /usr/lib/postgresql/*/bin)")
-    return found
-
-
-def psql(url: str, sql: str) -> str:
-    result = subprocess.run(
-        [psql_binary(), url, "-v", "ON_ERROR_STOP=1", "-qAtc", sql],
-        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60,
-    )
-    assert result.returncode == 0, f"psql {sql!r}: exit {result.returncode}\n{result.stderr}"
-    return result.stdout
-
-
-def database_url(server_url: str, name: str) -> str:
-    parts = urllib.parse.urlsplit(server_url)
-    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, ""))
-
-
 @pytest.fixture(scope="module")
 def database() -> Iterator[str]:
     """The URL of a database made for this module (dropped at its end)."""
-    name = f"nanogate_instances_{uuid.uuid4().hex[:8]}"
-    psql(PG_URL, f'CREATE DATABASE "{name}"')
-    try:
-        yield database_url(PG_URL, name)
-    finally:
-        psql(PG_URL, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_database("nanogate_instances") as url:
+        yield url
 
 
 # ---------------------------------------------------------------------------------------------
