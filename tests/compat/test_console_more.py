@@ -215,8 +215,9 @@ def test_chat_mode_two_turns(root: str, browser: WebDriver) -> None:
 
 
 def test_streaming_final_image_has_the_models_pixel_size(root: str, browser: WebDriver) -> None:
-    """Stream ticked for a model that streams: the final result (one card for the request, the
-    partials replaced) has its image at ``pixel_sizes[tier][ratio]``; the usage row is a stream's."""
+    """Stream ticked for Nano Banana Pro: its thought image shows as a partial card while the
+    stream runs, then the final result replaces it (one card for the request), with its image at
+    ``pixel_sizes[tier][ratio]``; the usage row is a stream's."""
     _, secret = new_key(root, credit_usd=5)
     caps = capabilities(root, secret)
     model, ratio, size = "nano-banana-pro", "16:9", "1K"
@@ -231,9 +232,21 @@ def test_streaming_final_image_has_the_models_pixel_size(root: str, browser: Web
     tick(browser, "stream", "Stream (partial images as they come)")
     fill(browser.find_element(By.ID, "prompt"), "a streamed banana at dawn")
     browser.execute_script(RECORD_FETCHES)
+    # Every card the page adds, partial or final, as it is added (a partial lives only while the
+    # stream runs, so it is recorded rather than waited for).
+    browser.execute_script(
+        "window.__testCards = [];"
+        "new MutationObserver(ms => ms.forEach(m => m.addedNodes.forEach(n => {"
+        "  if (n.nodeType === 1 && n.matches('figure')) window.__testCards.push(n.hasAttribute('data-partial') ? 'partial' : 'final');"
+        "}))).observe(document.getElementById('results'), {childList: true});"
+    )
     result = new_result(browser, result_ids(browser), lambda: button(browser, "Generate").click())
     request_id = result.get_attribute("data-request-id")
     playground_idle(browser)
+    cards_added = browser.execute_script("return window.__testCards")
+    assert cards_added == ["partial", "final"], f"Gemini 3 Pro's thought image should show as a partial, then the final: {cards_added}"
+    assert not browser.find_elements(By.CSS_SELECTOR, "[data-partial]"), "the partial card was not replaced"
+
     sent = [f for f in browser.execute_script("return window.__testFetches") if "images/generations" in f["url"]]
     assert len(sent) == 1 and sent[0]["stream"] is True, f"the request did not ask for a stream: {sent}"
     assert sent[0]["type"].startswith("text/event-stream"), f"the answer was not a stream: {sent}"

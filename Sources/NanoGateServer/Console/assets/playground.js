@@ -218,11 +218,12 @@ function definition(list, term, value) {
   list.append(dt, dd);
 }
 
-/** One result card: the image, what was asked and delivered, and what it cost. */
-function showResult(item, meta) {
+/** One result card: the image, what was asked and delivered, and what it cost. A streamed
+ * partial image gets a card marked `data-partial` instead, replaced by the final one. */
+function showResult(item, meta, partial = false) {
   const figure = document.createElement('figure');
-  figure.className = 'result';
-  figure.setAttribute('data-result', '');
+  figure.className = partial ? 'result partial' : 'result';
+  figure.setAttribute(partial ? 'data-partial' : 'data-result', '');
   figure.setAttribute('data-request-id', meta.requestID || '');
   const image = document.createElement('img');
   image.alt = `Result for: ${meta.prompt}`;
@@ -319,7 +320,7 @@ async function generate(described = describe()) {
           const src = URL.createObjectURL(base64Blob(event.b64_json, event.output_format));
           const figure = partials.get(event.image_index ?? 0);
           if (figure) figure.querySelector('img').src = src;
-          else partials.set(event.image_index ?? 0, showResult({ src, format: event.output_format, size: 'partial' }, meta));
+          else partials.set(event.image_index ?? 0, showResult({ src, format: event.output_format, size: 'partial' }, meta, true));
         } else if (event.type && event.type.endsWith('.completed')) {
           meta.latency = `${Math.round(performance.now() - started)} ms`;
           meta.tokens = tokenText(event.usage);
