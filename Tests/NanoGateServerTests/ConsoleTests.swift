@@ -94,6 +94,11 @@ import Testing
             let (fromConsole, fromAdmin) = (try await gateway.send(consoleCSV), try await gateway.send(adminCSV))
             #expect(fromConsole.status == 200 && fromConsole.text == fromAdmin.text && fromConsole.text.contains(paid.headers["x-request-id"].first ?? "-"))
 
+            var channels = HTTPClientRequest(url: gateway.baseURL + "/console/channels")
+            channels.headers.add(name: "Cookie", value: "ng_console=\(cookie)")
+            let page = try await gateway.send(channels)
+            #expect(page.status == 200 && page.text.contains("1 key") && !page.text.contains("refused:"), "no empty 'refused:' for a channel whose keys all work")
+
             let holder = try #require(try await Self.signIn(gateway, token: gateway.defaultKey).cookie)
             var forbidden = HTTPClientRequest(url: gateway.baseURL + "/console/api/admin/v1/keys")
             forbidden.headers.add(name: "Cookie", value: "ng_console=\(holder)")

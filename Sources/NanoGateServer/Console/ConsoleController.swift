@@ -201,6 +201,13 @@ struct ConsoleController {
         return ["width": width, "height": height, "base": base, "bars": bars]
     }
 
+    /// A text for a `{{#name}}…{{/name}}` section: Mustache shows the section for any string,
+    /// the empty one too, so an empty or missing text is `false`.
+    static func section(_ text: String?) -> Any {
+        guard let text, !text.isEmpty else { return false }
+        return text
+    }
+
     static func path(_ name: String) -> String {
         var allowed = CharacterSet.urlPathAllowed
         allowed.remove(charactersIn: "/?#")
@@ -271,7 +278,7 @@ struct ConsoleController {
                 "index": index, "name": channel.name, "path": Self.path(channel.name), "kind": channel.kind, "state": channel.state, "managed": channel.managed,
                 "inFlight": channel.inFlight, "queued": channel.queued, "maxConcurrency": channel.maxConcurrency,
                 "keys": "\(channel.keys) key\(channel.keys == 1 ? "" : "s")",
-                "refused": channel.disabledKeys.isEmpty ? "" : channel.disabledKeys.map { "#\($0)" }.joined(separator: ", "),
+                "refused": Self.section(channel.disabledKeys.map { "#\($0)" }.joined(separator: ", ")),
                 "cooling": channel.coolingModels.isEmpty ? "–" : channel.coolingModels.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value) s" }.joined(separator: ", "),
                 "lastError": channel.lastError ?? "", "upstreams": (channel.models ?? upstreams),
             ]
@@ -322,8 +329,8 @@ struct ConsoleController {
             "rows": rows.map { row -> [String: Any] in
                 [
                     "request_id": row.request_id, "created_at": row.created_at, "key": row.key ?? "", "model": row.model, "upstream_model": row.upstream_model ?? "",
-                    "endpoint": row.endpoint, "requested_size": row.requested_size ?? "", "delivered_size": row.delivered_size ?? "–", "service_tier": row.service_tier ?? "", "status": row.status,
-                    "error_code": row.error_code ?? "", "images": row.images, "input_text_tokens": row.input_text_tokens, "input_image_tokens": row.input_image_tokens,
+                    "endpoint": row.endpoint, "requested_size": row.requested_size ?? "", "delivered_size": row.delivered_size ?? "–", "service_tier": Self.section(row.service_tier), "status": row.status,
+                    "error_code": Self.section(row.error_code), "images": row.images, "input_text_tokens": row.input_text_tokens, "input_image_tokens": row.input_image_tokens,
                     "output_text_tokens": row.output_text_tokens, "output_image_tokens": row.output_image_tokens, "cost": ConsoleFormat.usd(row.cost_usd),
                     "upstream_cost": ConsoleFormat.usd(row.upstream_cost_usd), "latency_ms": row.latency_ms,
                     "hasAttempts": isOperator && !row.upstream_attempts.isEmpty,
