@@ -13,8 +13,6 @@ public struct ConsoleSession: Sendable, Equatable {
     public var role: ConsoleRole
     /// The key a key holder signed in with (nil for the operator).
     public var keyID: String?
-    public var createdAt: Date
-    public var lastSeenAt: Date
 }
 
 /// One bucket of `GET /admin/v1/usage/summary`: a day, a key or a model.
@@ -88,7 +86,7 @@ extension SQLStore {
             keyID = row.id
             secretHash = hash
         }
-        let id = Self.randomSessionID()
+        let id = randomHex(bytes: 32)
         let seconds = Int64(now.timeIntervalSince1970)
         try await database.raw("""
             INSERT INTO console_sessions (id_hash, role, key_id, key_secret_hash, created_at, last_seen_at)
@@ -128,10 +126,7 @@ extension SQLStore {
         if seconds - row.last_seen_at >= 60 {
             try await database.raw("UPDATE console_sessions SET last_seen_at = \(bind: seconds) WHERE id_hash = \(bind: hash)").run()
         }
-        return ConsoleSession(
-            role: role, keyID: row.key_id, createdAt: Date(timeIntervalSince1970: TimeInterval(row.created_at)),
-            lastSeenAt: Date(timeIntervalSince1970: TimeInterval(max(row.last_seen_at, seconds)))
-        )
+        return ConsoleSession(role: role, keyID: row.key_id)
     }
 
     /// Sign-out: the session is gone on every instance.
@@ -158,12 +153,6 @@ extension SQLStore {
         return Dictionary(uniqueKeysWithValues: rows.map { ($0.job_id, Int($0.cost)) })
     }
 
-    static func randomSessionID() -> String {
-        var generator = SystemRandomNumberGenerator()
-        let bytes = (0..<32).map { _ in UInt8.random(in: 0...255, using: &generator) }
-        return Data(bytes).base64EncodedString().replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_")
-            .replacingOccurrences(of: "=", with: "")
-    }
 
     /// Requests, errors, images, money, tokens and latency percentiles per day, key or model,
     /// aggregated in the database (the same SQL on SQLite and PostgreSQL: window functions pick

@@ -128,10 +128,8 @@ struct ConsoleController {
 
     // MARK: Pages
 
-    private func signedIn(_ context: GatewayRequestContext) async throws -> (isOperator: Bool, who: String) {
-        guard let session = context.console else { return (false, "") }
-        if session.role == .operator { return (true, "Operator") }
-        return (false, "Key \(try await sessionKey(context)?.name ?? "")")
+    private func signedIn(_ context: GatewayRequestContext) -> (isOperator: Bool, who: String) {
+        context.console?.role == .operator ? (true, "Operator") : (false, "Key \(context.identity?.name ?? "")")
     }
 
     private func operatorPage(_ context: GatewayRequestContext, _ render: () async throws -> Response) async throws -> Response {
@@ -139,13 +137,15 @@ struct ConsoleController {
         return try await render()
     }
 
-    private func sessionKey(_ context: GatewayRequestContext) async throws -> APIKey? {
-        guard let id = context.console?.keyID else { return nil }
-        return try await store.key(id: id)
+    /// Whose jobs or batches a page lists: everyone's for the operator, else the key holder's
+    /// own (`ConsoleSessionMiddleware` set the key).
+    private func owner(_ context: GatewayRequestContext) -> (all: Bool, keyID: String?) {
+        context.console?.role == .operator ? (true, nil) : (false, context.identity?.id)
     }
 
     func overview(_ request: Request, context: GatewayRequestContext) async throws -> Response {
-        let days = [1, 7, 30].contains(request.uri.queryParameters.get("days", as: Int.self) ?? 7) ? request.uri.queryParameters.get("days", as: Int.self) ?? 7 : 7
+        let asked = request.uri.queryParameters.get("days", as: Int.self) ?? 7
+        let days = [1, 7, 30].contains(asked) ? asked : 7
         let now = Date()
         let startOfToday = Calendar(identifier: .gregorian).startOfDay(for: now, in: TimeZone(identifier: "UTC")!)
         let since = startOfToday.addingTimeInterval(-Double(days - 1) * 86400)
@@ -183,7 +183,7 @@ struct ConsoleController {
                 ["name": $0.name, "state": $0.state, "inFlight": $0.inFlight, "maxConcurrency": $0.maxConcurrency, "lastError": $0.lastError ?? ""] as [String: Any]
             },
         ]
-        return views.page("overview", title: "Overview", values: values, signedIn: try await signedIn(context))
+        return views.page("overview", title: "Overview", values: values, signedIn: signedIn(context))
     }
 
     /// A bar per day, drawn on the server as SVG: heights in proportion to the day's spend.
@@ -241,7 +241,7 @@ struct ConsoleController {
                 ]
             },
         ]
-        return views.page("keys", title: "Keys", values: values, signedIn: try await signedIn(context), script: nil)
+        return views.page("keys", title: "Keys", values: values, signedIn: signedIn(context))
     }
 
     func groups(_ context: GatewayRequestContext) async throws -> Response {
@@ -251,7 +251,7 @@ struct ConsoleController {
                 "models": group.models?.joined(separator: ", ") ?? "all", "tiers": group.service_tiers?.joined(separator: ", ") ?? "",
             ]
         }
-        return views.page("groups", title: "Groups", values: ["groups": groups], signedIn: try await signedIn(context))
+        return views.page("groups", title: "Groups", values: ["groups": groups], signedIn: signedIn(context))
     }
 
     func prices(_ context: GatewayRequestContext) async throws -> Response {
@@ -267,7 +267,7 @@ struct ConsoleController {
             ]
         }
         return views.page(
-            "prices", title: "Prices", values: ["tierNames": tierNames, "perImage": perImage, "prices": tokenPrices], signedIn: try await signedIn(context)
+            "prices", title: "Prices", values: ["tierNames": tierNames, "perImage": perImage, "prices": tokenPrices], signedIn: signedIn(context)
         )
     }
 
@@ -283,14 +283,13 @@ struct ConsoleController {
                 "lastError": channel.lastError ?? "", "upstreams": (channel.models ?? upstreams),
             ]
         }
-        // Synchronous page: the navigation needs no database read for the operator.
-        return views.page("channels", title: "Channels", values: ["channels": channels], signedIn: (true, "Operator"))
+        return views.page("channels", title: "Channels", values: ["channels": channels], signedIn: signedIn(context))
     }
 
     func usage(_ request: Request, context: GatewayRequestContext) async throws -> Response {
         let query = request.uri.queryParameters
         let isOperator = context.console?.role == .operator
-        let own = try await sessionKey(context)
+        let own = context.identity
         let keyFilter = isOperator ? AdminController.filled(query.get("key")) : nil
         let model = AdminController.filled(query.get("model"))
         let status = AdminController.filled(query.get("status"))
@@ -299,9 +298,13 @@ struct ConsoleController {
         let statusFilter = status.flatMap(UsageStatusFilter.init)
         let rows: [OperatorService.UsageView]
         if isOperator {
-            rows = (try? await operatorService.usage(
-                keyName: keyFilter, since: since.flatMap(OperatorService.date), until: until.flatMap(OperatorService.date), limit: 500, model: model, status: statusFilter
-            )) ?? []
+            do {
+                rows = try await operatorService.usage(
+                    keyName: keyFilter, since: since.flatMap(OperatorService.date), until: until.flatMap(OperatorService.date), limit: 500, model: model, status: statusFilter
+                )
+            } catch is OperatorError {
+                rows = []  // a key name no key has (any more): no rows
+            }
         } else if let own {
             rows = try await store.usage(UsageQuery(
                 keyID: own.id, since: since.flatMap(OperatorService.date), until: until.flatMap(OperatorService.date), limit: 500, model: model, status: statusFilter
@@ -346,7 +349,7 @@ struct ConsoleController {
                 "models": own.models?.joined(separator: ", ") ?? "all",
             ] as [String: Any]
         }
-        return views.page("usage", title: isOperator ? "Usage" : "My usage", values: values, signedIn: try await signedIn(context))
+        return views.page("usage", title: isOperator ? "Usage" : "My usage", values: values, signedIn: signedIn(context))
     }
 
     static func attempt(_ attempt: UpstreamAttemptRecord) -> String {
@@ -355,9 +358,8 @@ struct ConsoleController {
     }
 
     func jobs(_ context: GatewayRequestContext) async throws -> Response {
-        let isOperator = context.console?.role == .operator
-        let own = try await sessionKey(context)
-        let records = try await store.jobs(keyID: isOperator ? nil : own?.id ?? "-", limit: 200)
+        let (all, keyID) = owner(context)
+        let records = all || keyID != nil ? try await store.jobs(keyID: keyID, limit: 200) : []
         let names = try await keyNames()
         let charged = try await store.chargedMicroUSD(jobIDs: records.map(\.id))
         let jobs = records.map { job -> [String: Any] in
@@ -368,13 +370,12 @@ struct ConsoleController {
                 "cancellable": job.status == .queued || job.status == .running,
             ]
         }
-        return views.page("jobs", title: "Jobs", values: ["operator": isOperator, "jobs": jobs], signedIn: try await signedIn(context))
+        return views.page("jobs", title: "Jobs", values: ["operator": all, "jobs": jobs], signedIn: signedIn(context))
     }
 
     func batches(_ context: GatewayRequestContext) async throws -> Response {
-        let isOperator = context.console?.role == .operator
-        let own = try await sessionKey(context)
-        let records = try await store.batches(keyID: isOperator ? nil : own?.id ?? "-", limit: 100)
+        let (all, keyID) = owner(context)
+        let records = all || keyID != nil ? try await store.batches(keyID: keyID, limit: 100) : []
         let names = try await keyNames()
         let charged = try await store.chargedMicroUSD(jobIDs: records.map(\.id))
         let batches = records.map { batch -> [String: Any] in
@@ -385,7 +386,7 @@ struct ConsoleController {
                 "cancellable": batch.status == .inProgress || batch.status == .validating,
             ]
         }
-        return views.page("batches", title: "Batches", values: ["operator": isOperator, "batches": batches], signedIn: try await signedIn(context))
+        return views.page("batches", title: "Batches", values: ["operator": all, "batches": batches], signedIn: signedIn(context))
     }
 
     private func keyNames() async throws -> [String: String] {
@@ -396,12 +397,12 @@ struct ConsoleController {
         let isOperator = context.console?.role == .operator
         let keys = isOperator ? try await store.listKeys().filter { $0.revokedAt == nil && !$0.disabled }.map { ["name": $0.name] } : []
         return views.page(
-            "playground", title: "Playground", values: ["operator": isOperator, "keys": keys], signedIn: try await signedIn(context), script: "playground.js"
+            "playground", title: "Playground", values: ["operator": isOperator, "keys": keys], signedIn: signedIn(context), script: "playground.js"
         )
     }
 
     func modelsPage(_ context: GatewayRequestContext) async throws -> Response {
-        let key = try await sessionKey(context)
+        let key = context.identity
         let usable = context.console?.role == .operator ? catalog.models : models.models(for: key)
         let rows = usable.map { model -> [String: Any] in
             let object = models.object(model, key: key)
@@ -413,7 +414,7 @@ struct ConsoleController {
                 "prices": prices.map { "\($0.key == "default" ? "" : $0.key + " ")\(ConsoleFormat.usd($0.value))" }.joined(separator: ", "),
             ]
         }
-        return views.page("models", title: "Models", values: ["models": rows], signedIn: try await signedIn(context))
+        return views.page("models", title: "Models", values: ["models": rows], signedIn: signedIn(context))
     }
 
     static func tierOrder(_ tier: String) -> Int {
@@ -421,14 +422,14 @@ struct ConsoleController {
     }
 
     func quickstart(_ request: Request, context: GatewayRequestContext) async throws -> Response {
-        let key = try await sessionKey(context)
+        let key = context.identity
         let usable = context.console?.role == .operator ? catalog.models : models.models(for: key)
         let first = usable.first { $0.name == "nano-banana" } ?? usable.first
         let values: [String: Any] = [
             "base": settings.publicURL.base(of: request) + "/v1", "model": first?.name ?? "nano-banana",
             "size": first.map { $0.sizes.isEmpty ? "1:1" : "1k" } ?? "1:1", "models": usable.map(\.name),
         ]
-        return views.page("quickstart", title: "Quick start", values: values, signedIn: try await signedIn(context))
+        return views.page("quickstart", title: "Quick start", values: values, signedIn: signedIn(context))
     }
 }
 

@@ -8,8 +8,8 @@ import NanoGateStorage
 /// What the console's guards need: who may sign in, how long a session lives, and how to tell
 /// this gateway's own origin (directly, or behind a proxy that says where it is).
 struct ConsoleSettings: Sendable {
-    var access: ConsoleAccess
-    /// The operator's sign-in: `NANOGATE_ADMIN_TOKEN`, nil when it is unset or `access` is `keys`.
+    /// The operator's sign-in: `NANOGATE_ADMIN_TOKEN`, nil when it is unset, when
+    /// `NANOGATE_CONSOLE` is `keys`, or on the public port when the admin API listens apart.
     var adminToken: String?
     var publicURL: PublicURL
     /// A session unused this long ends.
@@ -81,8 +81,9 @@ struct ConsoleHeadersMiddleware: RouterMiddleware {
     }
 }
 
-/// Reads the session behind the `ng_console` cookie. Pages without one go to the sign-in page;
-/// the console's API answers 401; operator-only parts answer 403 to a key holder.
+/// Reads the session behind the `ng_console` cookie, and a key holder's key (once, as the
+/// request's `identity`). Pages without one go to the sign-in page; the console's API answers
+/// 401; operator-only parts answer 403 to a key holder.
 struct ConsoleSessionMiddleware: RouterMiddleware {
     typealias Context = GatewayRequestContext
     enum Requirement: Sendable { case page, api, operatorOnly }
@@ -97,6 +98,11 @@ struct ConsoleSessionMiddleware: RouterMiddleware {
         }
         if let session = context.console, session.role == .operator, settings.adminToken == nil {
             context.console = nil  // the operator's sign-in was turned off since
+        }
+        if let keyID = context.console?.keyID {
+            // The session's check already found the key active; nil only if it was deleted since.
+            context.identity = try await store.key(id: keyID)
+            if context.identity == nil { context.console = nil }
         }
         guard let session = context.console else {
             if requirement == .page { return Response(status: .seeOther, headers: [.location: "./"]) }
@@ -139,39 +145,29 @@ struct ConsoleCSRFGuard: RouterMiddleware {
     }
 }
 
-/// The key a console API request acts as: the key holder's own, or for the operator the key
-/// named in `X-NanoGate-Console-Key` (the playground's "Paying key"). From then on the request is
-/// that key's like any other: its models, limits, credit and usage rows.
+/// The key a console API request acts as: the key holder's own (set by
+/// `ConsoleSessionMiddleware`), or for the operator the key named in `X-NanoGate-Console-Key`
+/// (the playground's "Paying key"). From then on the request is that key's like any other: its
+/// models, limits, credit and usage rows.
 struct ConsoleKeyIdentity: RouterMiddleware {
     typealias Context = GatewayRequestContext
     let store: SQLStore
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
-        guard let session = context.console else { throw GatewayError.unauthorized("Sign in to the console first.", code: "console_session_required") }
         var context = context
-        let key: APIKey?
-        switch session.role {
-        case .key:
-            key = try await session.keyID.asyncMap { try await store.key(id: $0) }
-        case .operator:
+        if context.console?.role == .operator {
             guard let name = request.headers[ConsoleSettings.payingKeyHeader], !name.isEmpty else {
                 throw GatewayError.invalidParameter(nil, "Choose the key that pays for this request.", code: "console_key_required")
             }
-            key = try await store.key(named: name)
-            if key == nil { throw GatewayError.invalidParameter(nil, "No key is named '\(name)'.", code: "not_found") }
+            // Active keys only: a revoked key is not found.
+            guard let named = try await store.key(named: name) else {
+                throw GatewayError.invalidParameter(nil, "No key is named '\(name)'.", code: "not_found")
+            }
+            context.identity = named
         }
-        guard let key, key.revokedAt == nil else { throw GatewayError.unauthorized("This key has been revoked.") }
-        if key.disabled { throw GatewayError.unauthorized("This API key is disabled. Ask the operator to enable it.", code: "api_key_disabled") }
-        if let expires = key.expiresAt, expires <= Date() { throw GatewayError.unauthorized("This API key has expired.", code: "api_key_expired") }
-        context.identity = key
+        guard let key = context.identity else { throw GatewayError.unauthorized("Sign in to the console first.", code: "console_session_required") }
+        try APIKeyAuthenticator.checkUsable(key)
         context.logger[metadataKey: "nanogate.key_id"] = "\(key.id)"
         return try await next(request, context)
-    }
-}
-
-extension Optional {
-    fileprivate func asyncMap<T>(_ transform: (Wrapped) async throws -> T?) async rethrows -> T? {
-        guard let self else { return nil }
-        return try await transform(self)
     }
 }

@@ -241,7 +241,7 @@ func makeGatewayParts(
         // port's console serves key holders, so no admin action is reachable from it.
         let operatorToken = configuration.console == .on ? configuration.adminToken : nil
         func addConsole(to router: Router<GatewayRequestContext>, operatorToken: String?) {
-            let settings = ConsoleSettings(access: configuration.console, adminToken: operatorToken, publicURL: publicURL)
+            let settings = ConsoleSettings(adminToken: operatorToken, publicURL: publicURL)
             var console = ConsoleController(
                 settings: settings, store: dependencies.store, operatorService: OperatorService(store: dependencies.store, catalog: configuration.catalog),
                 pool: pool, catalog: configuration.catalog, models: models

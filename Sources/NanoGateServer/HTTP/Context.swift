@@ -69,13 +69,19 @@ struct APIKeyAuthenticator: AuthenticatorMiddleware {
         guard let key = try await keys.activeKey(secret: secret) else {
             throw GatewayError.unauthorized("Incorrect API key provided: \(secret.prefix(6))****. It is unknown or has been revoked.")
         }
+        try Self.checkUsable(key)
+        return key
+    }
+
+    /// A 401 for a key that exists but may not be used now: disabled by the operator, or past
+    /// its expiry (the browser console's requests pass the same check).
+    static func checkUsable(_ key: APIKey) throws(GatewayError) {
         if key.disabled {
             throw GatewayError.unauthorized("This API key is disabled. Ask the operator to enable it.", code: "api_key_disabled")
         }
         if let expires = key.expiresAt, expires <= Date() {
             throw GatewayError.unauthorized("This API key expired on \(ISO8601DateFormatter().string(from: expires)).", code: "api_key_expired")
         }
-        return key
     }
 
     /// hummingbird-auth's `handle`, plus what follows acceptance: the key in every log line, and

@@ -98,11 +98,17 @@ function tier() {
   return caps.sizes.length ? controls.size.value : 'default';
 }
 
+/** The pixel size Google answers with for the chosen tier and ratio (from /v1/models). */
+function pixelSize() {
+  const sizes = current().capabilities.pixel_sizes;
+  return sizes && sizes[tier()] ? sizes[tier()][controls.ratio.value] : null;
+}
+
 function updatePreview() {
   const model = current();
   if (!model) return;
   const caps = model.capabilities;
-  const pixels = caps.pixel_sizes && caps.pixel_sizes[tier()] ? caps.pixel_sizes[tier()][controls.ratio.value] : null;
+  const pixels = pixelSize();
   const each = caps.image_prices ? caps.image_prices[tier()] : null;
   const n = Math.max(1, Number(controls.n.value) || 1);
   const parts = [];
@@ -291,10 +297,8 @@ async function readStream(response, onEvent) {
 
 async function generate(described = describe()) {
   showError('');
-  const model = current();
-  const caps = model.capabilities;
-  const requested = caps.pixel_sizes && caps.pixel_sizes[tier()] ? caps.pixel_sizes[tier()][controls.ratio.value] : controls.ratio.value;
   if (controls.chat.checked) return chatTurn();
+  const requested = pixelSize() || controls.ratio.value;
   const { body: payload, type } = body(described);
   const started = performance.now();
   controls.generate.disabled = true;
@@ -412,29 +416,24 @@ async function chatTurn() {
 
 // "Copy as curl / Python": the exact request, with the key left as an environment variable.
 function snippets(described) {
+  const { fields, files } = described;
   const url = `${publicBase}/${described.path}`;
-  if (described.files.length) {
-    const fields = Object.entries(described.fields).map(([name, value]) => `  -F ${JSON.stringify(`${name}=${value}`)}`);
-    const files = described.files.map((file, index) => `  -F "image[]=@${file.name || `reference-${index + 1}.png`}"`);
-    const curl = [`curl ${url}`, '  -H "Authorization: Bearer $NANOGATE_API_KEY"', ...fields, ...files].join(' \\\n');
-    const extra = Object.entries(described.fields).filter(([name]) => !['model', 'prompt', 'n', 'size', 'response_format'].includes(name));
-    const python = [
-      'import os', 'from openai import OpenAI', '', `client = OpenAI(base_url=${JSON.stringify(publicBase)}, api_key=os.environ["NANOGATE_API_KEY"])`,
-      `result = client.images.edit(`, `    model=${JSON.stringify(described.fields.model)},`, `    prompt=${JSON.stringify(described.fields.prompt)},`,
-      `    image=[${described.files.map((file, index) => `open(${JSON.stringify(file.name || `reference-${index + 1}.png`)}, "rb")`).join(', ')}],`,
-      `    n=${described.fields.n},`, described.fields.size ? `    size=${JSON.stringify(described.fields.size)},` : null, `    response_format=${JSON.stringify(described.fields.response_format)},`,
-      extra.length ? `    extra_body=${JSON.stringify(Object.fromEntries(extra))},` : null, ')',
-    ].filter((line) => line !== null).join('\n');
-    return { curl, python };
-  }
-  const curl = [`curl ${url}`, '  -H "Authorization: Bearer $NANOGATE_API_KEY"', '  -H "Content-Type: application/json"',
-    `  -d '${JSON.stringify(described.fields).replaceAll("'", "'\\''")}'`].join(' \\\n');
-  const extra = Object.entries(described.fields).filter(([name]) => !['model', 'prompt', 'n', 'size', 'response_format'].includes(name));
+  const fileName = (file, index) => file.name || `reference-${index + 1}.png`;
+  const auth = '  -H "Authorization: Bearer $NANOGATE_API_KEY"';
+  const curl = (files.length
+    ? [`curl ${url}`, auth, ...Object.entries(fields).map(([name, value]) => `  -F ${JSON.stringify(`${name}=${value}`)}`),
+      ...files.map((file, index) => `  -F "image[]=@${fileName(file, index)}"`)]
+    : [`curl ${url}`, auth, '  -H "Content-Type: application/json"', `  -d '${JSON.stringify(fields).replaceAll("'", "'\\''")}'`]
+  ).join(' \\\n');
+  // The SDK's own arguments; the rest goes as extra_body, decoded from its exact JSON.
+  const extra = Object.fromEntries(Object.entries(fields).filter(([name]) => !['model', 'prompt', 'n', 'size', 'response_format'].includes(name)));
   const python = [
-    'import os', 'from openai import OpenAI', '', `client = OpenAI(base_url=${JSON.stringify(publicBase)}, api_key=os.environ["NANOGATE_API_KEY"])`,
-    'result = client.images.generate(', `    model=${JSON.stringify(described.fields.model)},`, `    prompt=${JSON.stringify(described.fields.prompt)},`,
-    `    n=${described.fields.n},`, described.fields.size ? `    size=${JSON.stringify(described.fields.size)},` : null, `    response_format=${JSON.stringify(described.fields.response_format)},`,
-    extra.length ? `    extra_body=${JSON.stringify(Object.fromEntries(extra)).replaceAll('true', 'True')},` : null, ')',
+    'import json, os', 'from openai import OpenAI', '', `client = OpenAI(base_url=${JSON.stringify(publicBase)}, api_key=os.environ["NANOGATE_API_KEY"])`,
+    files.length ? 'result = client.images.edit(' : 'result = client.images.generate(',
+    `    model=${JSON.stringify(fields.model)},`, `    prompt=${JSON.stringify(fields.prompt)},`,
+    files.length ? `    image=[${files.map((file, index) => `open(${JSON.stringify(fileName(file, index))}, "rb")`).join(', ')}],` : null,
+    `    n=${fields.n},`, fields.size ? `    size=${JSON.stringify(fields.size)},` : null, `    response_format=${JSON.stringify(fields.response_format)},`,
+    Object.keys(extra).length ? `    extra_body=json.loads(${JSON.stringify(JSON.stringify(extra))}),` : null, ')',
   ].filter((line) => line !== null).join('\n');
   return { curl, python };
 }
