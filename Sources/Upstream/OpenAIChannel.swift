@@ -208,7 +208,9 @@ struct OpenAIChannel: UpstreamChannel {
             }
             let trimmed = text.trimmingCharacters(in: .whitespacesAndNewlines)
             if !trimmed.isEmpty { parts.append(.init(text: trimmed)) }
-            for url in urls where url.hasPrefix("data:") {
+            // An answer may carry the same image in `images` and as Markdown: one image.
+            var seen = Set<String>()
+            for url in urls where url.hasPrefix("data:") && seen.insert(url).inserted {
                 guard let comma = url.firstIndex(of: ",") else { continue }
                 let mime = url.dropFirst(5).prefix { $0 != ";" && $0 != "," }
                 parts.append(.init(inlineData: .init(mimeType: String(mime), data: Base64Text(String(url[url.index(after: comma)...])))))

@@ -11,9 +11,9 @@ import Upstream
 
 /// `POST /v1/chat/completions`, streamed and not, and multi-turn editing with signatures.
 @Suite(.timeLimit(.minutes(10))) struct ChatTests {
-    static func chat(_ gateway: Harness, _ body: [String: Any], key: String? = nil) async throws -> Harness.Reply {
+    static func chat(_ gateway: Harness, _ body: [String: Any], key: String? = nil, headers: [String: String] = [:]) async throws -> Harness.Reply {
         let data = try JSONSerialization.data(withJSONObject: body)
-        return try await gateway.post("/v1/chat/completions", json: String(decoding: data, as: UTF8.self), key: key)
+        return try await gateway.post("/v1/chat/completions", json: String(decoding: data, as: UTF8.self), key: key, headers: headers)
     }
 
     static func message(_ reply: Harness.Reply) -> [String: Any] {
@@ -66,10 +66,20 @@ import Upstream
             #expect(url.hasPrefix(gateway.baseURL + "/v1/files/images/"), "default group: a signed URL")
             #expect((message["content"] as? String)?.contains("![") == false, "no second copy in content")
 
+            // Without modalities, a non-streamed answer carries the image as Markdown (chat views)
+            // and in `images` (LobeChat's image generation by chat model); Cherry Studio, which
+            // shows both, gets Markdown only.
             let plain = try await Self.chat(gateway, ["model": "nano-banana", "messages": [["role": "user", "content": "draw a banana"]]])
-            #expect(Self.message(plain)["images"] == nil)
             let markdown = ChatTranslation.splitMarkdownImages(Self.message(plain)["content"] as? String ?? "").urls
             #expect(markdown.count == 1 && markdown[0].hasPrefix(gateway.baseURL + "/v1/files/images/"), "Markdown for plain chat clients")
+            let plainImages = (Self.message(plain)["images"] as? [[String: Any]] ?? []).compactMap { ($0["image_url"] as? [String: Any])?["url"] as? String }
+            #expect(plainImages == markdown, "the same image in images, for LobeChat's generateByChatModel")
+            let cherry = try await Self.chat(
+                gateway, ["model": "nano-banana", "messages": [["role": "user", "content": "draw a banana"]]],
+                headers: ["X-Title": "Cherry Studio", "HTTP-Referer": "https://cherry-ai.com"]
+            )
+            #expect(Self.message(cherry)["images"] == nil, "Cherry Studio renders both: Markdown only")
+            #expect(ChatTranslation.splitMarkdownImages(Self.message(cherry)["content"] as? String ?? "").urls.count == 1)
             #expect(Harness.pngSize(Array(buffer: try await gateway.get(url).body)) == (1024, 1024))
             #expect(Self.finishReason(reply) == "stop")
             let usage = reply.usage

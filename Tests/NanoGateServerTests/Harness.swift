@@ -64,10 +64,11 @@ struct Harness {
         var text: String { String(buffer: body) }
     }
 
-    func post(_ path: String, json: String, key: String? = nil) async throws -> Reply {
+    func post(_ path: String, json: String, key: String? = nil, headers: [String: String] = [:]) async throws -> Reply {
         var request = HTTPClientRequest(url: path.hasPrefix("http") ? path : baseURL + path)
         request.method = .POST
         request.headers.add(name: "Content-Type", value: "application/json")
+        for (name, value) in headers { request.headers.add(name: name, value: value) }
         if let key = key ?? Optional(defaultKey), !key.isEmpty { request.headers.add(name: "Authorization", value: "Bearer \(key)") }
         request.body = .bytes(ByteBuffer(string: json))
         return try await send(request)

@@ -498,6 +498,7 @@ def chat_images(completion, base_url: str) -> list[bytes]:
     message = completion.choices[0].message
     urls = re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", message.content or "")
     urls += [image["image_url"]["url"] for image in (message.model_extra or {}).get("images") or []]
+    urls = list(dict.fromkeys(urls))  # a non-streamed answer carries its image in both places
     found = []
     for url in urls:
         if url.startswith("data:"):

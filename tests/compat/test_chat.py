@@ -49,8 +49,9 @@ def check_chat_usage(usage, image_tokens: int) -> dict:
 
 
 def test_non_streamed_reply(client, gateway):
-    """Each image once: without ``modalities`` it is Markdown in content (what plain chat
-    clients render); with ``modalities: ["image", "text"]`` it is in message.images only."""
+    """Without ``modalities`` the image is Markdown in content (what chat views render) and the
+    same image in message.images (what LobeChat's image generation reads); with ``modalities:
+    ["image", "text"]`` it is in message.images only."""
     completion = client.chat.completions.create(
         model="nano-banana", messages=[{"role": "user", "content": PROMPT}]
     )
@@ -65,7 +66,7 @@ def test_non_streamed_reply(client, gateway):
     assert message.role == "assistant"
     urls = markdown_urls(message.content)
     assert len(urls) == 1, message.content
-    assert "images" not in (message.model_extra or {}), "the image must not come twice"
+    assert [image["image_url"]["url"] for image in (message.model_extra or {})["images"]] == urls, "the same image, not another"
     assert png_size(fetch_url(urls[0], gateway.base_url)) == (1024, 1024)
     check_chat_usage(completion.usage, FLASH_TOKENS)
 

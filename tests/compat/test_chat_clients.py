@@ -193,8 +193,10 @@ def test_open_webui_follow_up_drops_its_own_file_url(gateway, stream):
         content, files = open_webui_view(payload)
         usage = stream_usage(payload)
     else:
+        # Open WebUI reads a non-streamed answer's content; `images` carries the same image.
         message = payload["choices"][0]["message"]
-        content, files, usage = message["content"], message_images(message), payload["usage"]
+        content, files, usage = message["content"], [], payload["usage"]
+        assert message_images(message) == markdown_urls(content)
     check_one_image(markdown_urls(content) + files, gateway.base_url)
     assert prompt_image_tokens(usage) == 0
 
@@ -319,7 +321,7 @@ def placement(message, base_url: str) -> str:
 
 @pytest.mark.parametrize(
     "setting, without_modalities, with_modalities",
-    [("auto", "markdown", "images"), ("markdown", "markdown", "markdown"), ("images", "images", "images"), ("both", "both", "both")],
+    [("auto", "both", "images"), ("markdown", "markdown", "markdown"), ("images", "images", "images"), ("both", "both", "both")],
 )
 def test_chat_images_setting(private_gateway, setting, without_modalities, with_modalities):
     """``NANOGATE_CHAT_IMAGES`` decides where reply images go, with and without ``modalities``;
@@ -391,19 +393,67 @@ def test_lobechat_stream_shows_each_image_once(cli, gateway, unique_name, group)
         assert images[0].startswith("data:image/")
 
 
-# LobeChat turns a non-streamed answer into a stream from message.content alone
-# (packages/model-runtime/src/core/openaiCompatibleFactory/nonStreamToStream.ts,
-# transformResponseToStream): without modalities the image must be in the content.
-def test_lobechat_non_streamed_image_is_in_content(gateway):
-    """A non-streamed reply without modalities carries its image as Markdown in ``content``."""
+def lobechat_non_streamed_view(payload: dict) -> tuple[str, list[str]]:
+    """What LobeChat's chat shows of a non-streamed answer: transformResponseToStream
+    (packages/model-runtime/src/core/openaiCompatibleFactory/nonStreamToStream.ts) makes one chunk
+    of ``message.content``, role and tool calls (``message.images`` is not carried over), which is
+    then read as a stream."""
+    chunks = [{"choices": [{"delta": {"content": choice["message"].get("content"), "role": choice["message"].get("role")}} for choice in payload["choices"]]}]
+    return lobechat_view(chunks)
+
+
+def lobechat_generated_image(payload: dict) -> str:
+    """LobeChat's image generation by chat model (generateByChatModel in
+    packages/model-runtime/src/core/openaiCompatibleFactory/createImage.ts): the picture is
+    ``message.images[0].image_url.url`` and nothing else; without it LobeChat fails with
+    "No image generated in chat completion response"."""
+    message = payload["choices"][0]["message"]
+    images = message.get("images")
+    if isinstance(images, list) and images and (images[0].get("image_url") or {}).get("url"):
+        return images[0]["image_url"]["url"]
+    raise AssertionError(f"LobeChat: No image generated in chat completion response: {message}")
+
+
+# LobeChat turns a non-streamed answer into a stream from message.content alone: without
+# modalities the image must be in the content, once.
+def test_lobechat_non_streamed_chat_shows_the_image_once(gateway):
+    """A non-streamed reply read by LobeChat's chat view shows one image and its text."""
     body = {"model": "nano-banana", "messages": [{"role": "user", "content": PROMPT}], "stream": False, "user": "lobe-user-1"}
 
     status, _, payload = post_chat(gateway, body, headers={"Accept": "*/*"})
 
     assert status == 200, payload
-    message = payload["choices"][0]["message"]
-    check_one_image(markdown_urls(message["content"]), gateway.base_url)
-    assert not message.get("images"), "no modalities: no images field"
+    text, images = lobechat_non_streamed_view(payload)
+    check_one_image(images, gateway.base_url)
+    assert MARKDOWN_IMAGE.sub("", text).strip(), "the reply's text was lost"
+
+
+# LobeChat's "image generation by chat model" (a model id ending in ':image', the suffix removed
+# before sending) posts {model, messages: [{content: [{text, type: 'text'}, image_url…], role:
+# 'user'}], stream: false}: no modalities, no stream_options. The reference image, if any, goes
+# as a data: URL (processImageUrlForChat).
+@pytest.mark.parametrize("group", ["default", "gemini"])
+def test_lobechat_generate_by_chat_model(cli, gateway, unique_name, group):
+    """LobeChat's image generation through a chat model gets its picture from message.images,
+    for a new image and for an edit of it."""
+    key = gateway.key if group == "default" else create_key(cli, unique_name, group="gemini")
+    body = {"messages": [{"content": [{"text": PROMPT, "type": "text"}], "role": "user"}], "model": "nano-banana", "stream": False}
+
+    status, _, payload = post_chat(gateway, body, key=key)
+
+    assert status == 200, payload
+    url = lobechat_generated_image(payload)
+    check_one_image([url], gateway.base_url)
+    if group == "gemini":
+        assert url.startswith("data:image/png;base64,"), url[:40]
+
+    reference = "data:image/png;base64," + base64.b64encode(image_at(url, gateway.base_url)).decode()
+    edit = {"messages": [{"content": [{"text": FOLLOW_UP, "type": "text"}, {"image_url": {"url": reference}, "type": "image_url"}], "role": "user"}], "model": "nano-banana", "stream": False}
+    status, _, edited = post_chat(gateway, edit, key=key)
+
+    assert status == 200, edited
+    check_one_image([lobechat_generated_image(edited)], gateway.base_url)
+    assert prompt_image_tokens(edited["usage"]) == FLASH25_INPUT_TOKENS
 
 
 # ---------------------------------------------------------------------------------------------
@@ -443,6 +493,22 @@ def test_cherry_studio_stream_shows_each_image_once(gateway):
 
     assert status == 200, chunks
     text, blocks = cherry_view(chunks)
+    check_one_image(markdown_urls(text) + blocks, gateway.base_url)
+
+
+# With streaming off, Cherry Studio reads choices[].message through the same transformer: content
+# as text and every message.images entry as an image block, so it would show an image in both
+# twice. Its API clients send the app headers X-Title: Cherry Studio and HTTP-Referer:
+# https://cherry-ai.com (BaseApiClient.defaultHeaders), by which the gateway knows it.
+def test_cherry_studio_non_streamed_shows_each_image_once(gateway):
+    """Read as Cherry Studio reads a non-streamed answer, the reply shows exactly one image."""
+    body = {"model": "nano-banana", "messages": [{"role": "user", "content": PROMPT}], "temperature": 0.7, "stream": False}
+    headers = {"X-Title": "Cherry Studio", "HTTP-Referer": "https://cherry-ai.com"}
+
+    status, _, payload = post_chat(gateway, body, headers=headers)
+
+    assert status == 200, payload
+    text, blocks = cherry_view([payload])
     check_one_image(markdown_urls(text) + blocks, gateway.base_url)
 
 

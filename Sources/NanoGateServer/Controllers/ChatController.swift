@@ -13,11 +13,14 @@ import Upstream
 
 /// `POST /v1/chat/completions`: conversation with image output, streamed or not.
 ///
-/// Each image comes back once, in one of two shapes (OpenRouter's convention): a client that asks
-/// for images with `modalities` (e.g. `["image","text"]`) gets `message.images` /
-/// `delta.images` (`[{"type":"image_url","image_url":{"url"}}]`) and text-only `content`; any other
-/// client gets Markdown `![image](url)` in `content`, which every plain chat client renders.
-/// Clients that render both (Open WebUI) would otherwise show every image twice. The operator
+/// Each image is shown once by every known client (OpenRouter's convention, refined): a client that
+/// asks for images with `modalities` (e.g. `["image","text"]`) gets `message.images` /
+/// `delta.images` (`[{"type":"image_url","image_url":{"url"}}]`) and text-only `content`. Any
+/// other *stream* gets Markdown `![image](url)` in `content` only, because Open WebUI renders both
+/// shapes of a stream. Any other *non-streamed* answer gets both: LobeChat's image-by-chat-model
+/// feature (`generateByChatModel`) reads only `message.images`, while its chat view and plain
+/// clients read only `content`. Cherry Studio is the one known client that renders both shapes of
+/// a non-streamed answer; it names itself (`X-Title: Cherry Studio`) and gets Markdown only. The operator
 /// can fix one shape, or both, with `NANOGATE_CHAT_IMAGES`. The URL is a signed gateway URL or a `data:` URL, by the same rules as
 /// the images API: `response_format` (or `image_response_format`) `url`/`b64_json` if given, else
 /// the key's group (default → URL, gemini → data URL); base64-only model names always give data URLs.
@@ -32,7 +35,8 @@ import Upstream
 /// `message.images` of assistant turns included), and the prompt limit over all text.
 /// How chat replies carry images (`NANOGATE_CHAT_IMAGES`).
 public enum ChatImageStyle: String, Sendable, CaseIterable {
-    /// `images` when the request's `modalities` names `image`, else Markdown.
+    /// `images` when the request's `modalities` names `image`; else Markdown for streams and
+    /// both for non-streamed answers (Markdown only for a caller known to render both).
     case auto
     /// Always Markdown in `content`.
     case markdown
@@ -41,16 +45,30 @@ public enum ChatImageStyle: String, Sendable, CaseIterable {
     /// Both (the gateway's behaviour before 2026-12; clients that render both show images twice).
     case both
 
-    /// The shape for one request.
-    func resolved(modalities: [String]?) -> (markdown: Bool, images: Bool) {
+    /// The shape for one request. `callerRendersBoth`: the caller shows `message.images` and
+    /// Markdown images of a non-streamed answer both (see `ChatClient`).
+    func resolved(modalities: [String]?, streamed: Bool, callerRendersBoth: Bool) -> (markdown: Bool, images: Bool) {
         switch self {
         case .auto:
             let asksForImages = modalities?.contains { $0.lowercased() == "image" } ?? false
-            return (!asksForImages, asksForImages)
+            if asksForImages { return (false, true) }
+            return (true, !streamed && !callerRendersBoth)
         case .markdown: return (true, false)
         case .images: return (false, true)
         case .both: return (true, true)
         }
+    }
+}
+
+/// What the gateway knows of the calling chat client from its own headers.
+enum ChatClient {
+    /// Cherry Studio sends its app headers (`X-Title: Cherry Studio`, `HTTP-Referer:
+    /// https://cherry-ai.com`, BaseApiClient.defaultHeaders) and renders a non-streamed answer's
+    /// `message.images` and its Markdown both (OpenAIApiClient.ts, getResponseChunkTransformer).
+    static func rendersBothImageShapes(_ headers: HTTPFields) -> Bool {
+        let title = HTTPField.Name("X-Title")!
+        let referer = HTTPField.Name("HTTP-Referer")!
+        return headers[title]?.lowercased() == "cherry studio" || headers[referer]?.lowercased().hasPrefix("https://cherry-ai.com") == true
     }
 }
 
@@ -105,7 +123,7 @@ struct ChatController {
         var opened: Settlement?
         let job: ChatJob
         do {
-            job = try await prepare(input, key: key, baseURL: baseURL) { (model, spec, prompt, images) throws(GatewayError) in
+            job = try await prepare(input, key: key, baseURL: baseURL, callerRendersBoth: ChatClient.rendersBothImageShapes(request.headers)) { (model, spec, prompt, images) throws(GatewayError) in
                 let estimate = pipeline.estimate(key: key, model: model, spec: spec, count: 1, prompt: prompt, inputImages: images, tier: tier)
                 let info = RequestInfo(requestID: context.requestID, started: context.started, observation: context.observation, requestedSize: spec.label)
                 opened = try await pipeline.open(key: key, endpoint: .chatCompletions, model: model, info: info, estimateMicroUSD: estimate, tier: tier, logger: context.logger)
@@ -147,7 +165,7 @@ struct ChatController {
     /// validated and before any image URL is fetched, with the model, the size, the prompt text
     /// and the number of images the conversation names.
     func prepare(
-        _ input: ChatCompletionRequest, key: APIKey, baseURL: String,
+        _ input: ChatCompletionRequest, key: APIKey, baseURL: String, callerRendersBoth: Bool = false,
         admit: (CatalogModel, ImageSpec, String, Int) async throws(GatewayError) -> Void
     ) async throws(GatewayError) -> ChatJob {
         guard let name = input.model, !name.isEmpty else {
@@ -181,7 +199,7 @@ struct ChatController {
         }
         var request = ImageTranslation.geminiRequest(prompt: "", spec: spec, family: model.family, reasoningEffort: effort)
         request.contents = contents
-        let shape = chatImages.resolved(modalities: input.modalities)
+        let shape = chatImages.resolved(modalities: input.modalities, streamed: input.stream == true, callerRendersBoth: callerRendersBoth)
         return ChatJob(
             key: key, model: model, spec: spec, gemini: request, format: format, baseURL: baseURL, includeUsage: input.includeUsage,
             markdownImages: shape.markdown, imagesField: shape.images, droppedImages: dropped
