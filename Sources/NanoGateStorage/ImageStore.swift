@@ -249,6 +249,8 @@ public struct ImageSweeper: Service {
                     _ = try await store.pruneIdempotency(before: Date().addingTimeInterval(-24 * 3600))
                     // Finished jobs go when their answers (and the image URLs in them) expire.
                     _ = try await store.pruneJobs()
+                    // Stored responses (the Responses API) go with the images they name.
+                    _ = try await store.pruneResponses()
                     // Uploaded files and batch outputs go when they expire.
                     let files = try await store.pruneFiles()
                     if files > 0 { logger.info("pruned expired files", metadata: ["count": "\(files)"]) }

@@ -50,6 +50,7 @@ public struct SQLStore: KeyStore, UsageLog, SignatureStore {
         (15, { database in try await SQLStore.createKeyEpoch(database, backend: .sqlite) }),
         (16, { database in try await SQLStore.createConsoleSessions(database) }),
         (17, { database in try await SQLStore.addColumnIfMissing(database, table: "usage_log", column: "delivered_size", type: "TEXT") }),
+        (18, { database in try await SQLStore.createStoredResponses(database) }),
     ]
 
     /// PostgreSQL's: PostgreSQL support began at SQLite's version 5, so its first migration
@@ -68,6 +69,7 @@ public struct SQLStore: KeyStore, UsageLog, SignatureStore {
         (15, { database in try await SQLStore.createKeyEpoch(database, backend: .postgres) }),
         (16, { database in try await SQLStore.createConsoleSessions(database) }),
         (17, { database in try await SQLStore.addColumnIfMissing(database, table: "usage_log", column: "delivered_size", type: "TEXT") }),
+        (18, { database in try await SQLStore.createStoredResponses(database) }),
     ]
 
     /// Version 14 (`key_rates.last_us`): the latest admitted arrival per key, so requests sent

@@ -262,7 +262,7 @@ struct ChatController {
         }
         try await admit(prompt, imageCount)
 
-        var turns: [(role: String, text: String, images: [GeminiWire.InlineData])] = []
+        var turns: [ConversationTurn] = []
         var dropped = 0
         for turn in pending {
             var images: [GeminiWire.InlineData] = []
@@ -281,10 +281,26 @@ struct ChatController {
                 if turn.role == "model", !fingerprints.insert(Self.hash(image: image, keyID: keyID)).inserted { continue }
                 images.append(image)
             }
-            turns.append((turn.role, turn.text, images))
+            turns.append(ConversationTurn(role: turn.role, text: turn.text, images: images))
         }
+        return (try await assemble(turns, system: system, family: family, keyID: keyID, param: "messages"), dropped)
+    }
+
+    /// A turn of a conversation, its images read: what chat and the Responses API both give Gemini.
+    struct ConversationTurn: Sendable {
+        /// `user` or `model`.
+        var role: String
+        var text: String
+        var images: [GeminiWire.InlineData]
+    }
+
+    /// Turns → Gemini contents: system text at the start of the first user turn, the thought
+    /// signatures Google gave this key's earlier answers restored on model turns (Google's
+    /// documented bypass value where none is known), consecutive turns of one role merged.
+    func assemble(_ turns: [ConversationTurn], system: [String], family: ModelFamily, keyID: String, param: String) async throws(GatewayError) -> [GeminiWire.Content] {
+        var turns = turns
         guard turns.contains(where: { $0.role == "user" }) else {
-            throw .invalidParameter("messages", "The conversation needs at least one user message.")
+            throw .invalidParameter(param, "The conversation needs at least one user message.")
         }
         if !system.isEmpty, let first = turns.firstIndex(where: { $0.role == "user" }) {
             turns[first].text = (system + [turns[first].text]).filter { !$0.isEmpty }.joined(separator: "\n\n")
@@ -325,7 +341,7 @@ struct ChatController {
                 contents.append(GeminiWire.Content(role: turn.role, parts: parts))
             }
         }
-        return (contents, dropped)
+        return contents
     }
 
     /// The signature-store key of an assistant text, scoped to the API key (a common reply such

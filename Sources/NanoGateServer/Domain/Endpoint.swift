@@ -3,6 +3,8 @@ enum Endpoint: String, Codable, Sendable, CaseIterable {
     case imageGenerations = "images.generations"
     case imageEdits = "images.edits"
     case chatCompletions = "chat.completions"
+    /// OpenAI's Responses API (`POST /v1/responses`).
+    case responses
     /// Google's own routes (`:generateContent`, `:streamGenerateContent`).
     case geminiGenerateContent = "gemini.generateContent"
     case geminiStreamGenerateContent = "gemini.streamGenerateContent"
@@ -13,6 +15,7 @@ enum Endpoint: String, Codable, Sendable, CaseIterable {
         case .imageGenerations: "/v1/images/generations"
         case .imageEdits: "/v1/images/edits"
         case .chatCompletions: "/v1/chat/completions"
+        case .responses: "/v1/responses"
         case .geminiGenerateContent, .geminiStreamGenerateContent: nil
         }
     }

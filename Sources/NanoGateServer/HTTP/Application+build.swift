@@ -199,6 +199,10 @@ func makeGatewayParts(
         catalog: configuration.catalog, pipeline: pipeline, signatures: dependencies.store,
         inputs: inputs, publicURL: publicURL, keepAliveInterval: configuration.keepAliveInterval, chatImages: configuration.chatImages
     )
+    let responses = ResponsesController(
+        catalog: configuration.catalog, pipeline: pipeline, chat: chat, store: dependencies.store, inputs: inputs, publicURL: publicURL,
+        keepAliveInterval: configuration.keepAliveInterval, background: BackgroundResponses()
+    )
     let addPublicRoutes = { (group: RouterGroup<GatewayRequestContext>) in
         images.addRoutes(to: group)
         ImageJobsController(store: dependencies.store, images: dependencies.images).addRoutes(to: group)
@@ -207,6 +211,7 @@ func makeGatewayParts(
         native.addRoutes(to: group, listModels: false)
         AccountController(store: dependencies.store).addRoutes(to: group)
         chat.addRoutes(to: group)
+        responses.addRoutes(to: group)
     }
     addPublicRoutes(api)
     native.addRoutes(to: router.group("v1beta").add(middleware: APIKeyAuthenticator(keys: dependencies.database.keys)).add(middleware: DisconnectMiddleware()), listModels: true)
