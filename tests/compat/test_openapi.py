@@ -165,8 +165,11 @@ def test_document_is_valid_openapi_3_1():
         for method, operation in item.items():
             for status, response in operation["responses"].items():
                 assert status.isdigit(), (method, path, status)
-                # (/ready's 503 is its readiness report, naming the part that fails.)
-                if int(status) >= 400 and not path.startswith("/metrics") and path not in ("/admin/v1/channels/{name}/test", "/ready"):
+                # (/ready's 503 is its readiness report, naming the part that fails; /mcp answers a
+                # message it cannot read with JSON-RPC's error object, and its GET and DELETE bare 405s.)
+                if int(status) >= 400 and not path.startswith("/metrics") and path not in ("/admin/v1/channels/{name}/test", "/ready") and not (
+                    path == "/mcp" and status in ("400", "405")
+                ):
                     assert "$ref" in response and "ErrorResponse" in response["$ref"], (method, path, status)
 
 
