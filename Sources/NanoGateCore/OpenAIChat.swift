@@ -191,13 +191,20 @@ public struct ChatMessageOut: Encodable, Sendable {
     public var images: [ChatImage]?
     /// Thought summaries of 3-pro (as `reasoning_content`, the DeepSeek/new-api convention).
     public var reasoningContent: String?
+    /// How many images this delta delivers, whether as Markdown in `content` or in `images`
+    /// (for the usage row; not encoded).
+    public var carriedImages = 0
 
-    public init(role: String? = nil, content: SplicedString? = nil, refusal: String? = nil, images: [ChatImage]? = nil, reasoningContent: String? = nil) {
+    public init(
+        role: String? = nil, content: SplicedString? = nil, refusal: String? = nil, images: [ChatImage]? = nil, reasoningContent: String? = nil,
+        carriedImages: Int = 0
+    ) {
         self.role = role
         self.content = content
         self.refusal = refusal
         self.images = images
         self.reasoningContent = reasoningContent
+        self.carriedImages = carriedImages
     }
 
     enum CodingKeys: String, CodingKey {

@@ -8,6 +8,7 @@ import Foundation
 import NIOFoundationCompat
 public import NIOPosix
 import Synchronization
+import Tracing
 
 /// Where and how the gateway reaches its upstreams.
 ///
@@ -500,7 +501,23 @@ public final class UpstreamPool: Sendable {
             attemptLogger[metadataKey: "upstream.key"] = "#\(pick.credential + 1)"
             attemptLogger[metadataKey: "upstream.model"] = "\(pick.upstreamID)"
             let started = ContinuousClock.now
+            // One client span per attempt, a child of the request's (a no-op unless traces are on).
+            let span = InstrumentationSystem.tracer.startSpan("generate_content \(pick.upstreamID)", ofKind: .client)
+            span.attributes["gen_ai.operation.name"] = "generate_content"
+            span.attributes["gen_ai.request.model"] = pick.upstreamID
+            span.attributes["nanogate.channel"] = name
+            span.attributes["nanogate.upstream_key"] = pick.credential + 1
+            span.attributes["nanogate.attempt"] = number
             let result = await run(member, pick: pick, body: body, timeout: sizeTimeout, deadline: deadline, logger: attemptLogger, attempt)
+            switch result {
+            case .success:
+                span.attributes["http.response.status_code"] = 200
+            case .failure(let failure):
+                if let status = failure.error.status { span.attributes["http.response.status_code"] = status }
+                span.attributes["error.type"] = failure.error.code.rawValue
+                span.setStatus(.init(code: .error))
+            }
+            span.end()
             let elapsed = started.duration(to: .now)
             let milliseconds = Int((elapsed / .milliseconds(1)).rounded())
             observer?.attempt(channel: name, key: pick.credential + 1, model: model, outcome: result.outcome, duration: elapsed)

@@ -10,6 +10,7 @@ import NIOHTTP1
 import NanoGateCore
 import NanoGateServer
 import NanoGateStorage
+import ServiceLifecycle
 import Upstream
 #if canImport(Glibc)
 import CMalloc
@@ -46,27 +47,39 @@ struct Serve: AsyncParsableCommand {
         if let host { configuration.host = host }
         if let port { configuration.port = port }
         if let publicURL { configuration.publicURL = publicURL }
+        let environment = ProcessInfo.processInfo.environment
+        let traced = Telemetry.wanted(environment)
+        // The composition root picks the log backend once, as swift-log intends; with traces
+        // on, every line logged inside a request carries its trace_id and span_id.
         if configuration.logFormat == "json" {
-            // The composition root picks the log backend once, as swift-log intends.
-            LoggingSystem.bootstrap { label in JSONLogHandler(label: label) }
+            LoggingSystem.bootstrap({ label, provider in
+                var handler = JSONLogHandler(label: label)
+                handler.metadataProvider = provider
+                return handler
+            }, metadataProvider: traced ? Telemetry.loggingMetadata : nil)
+        } else if traced {
+            LoggingSystem.bootstrap({ label, provider in StreamLogHandler.standardError(label: label, metadataProvider: provider) }, metadataProvider: Telemetry.loggingMetadata)
         }
         var logger = Logger(label: "nanogate")
-        logger.logLevel = (logLevel ?? ProcessInfo.processInfo.environment["LOG_LEVEL"]).flatMap(Logger.Level.init(rawValue:)) ?? .info
+        logger.logLevel = (logLevel ?? environment["LOG_LEVEL"]).flatMap(Logger.Level.init(rawValue:)) ?? .info
+        let tracing = try Telemetry.startTracing(environment: environment, logger: logger)
+        configuration.tracing = tracing != nil
+        let services = tracing.map { [$0] } ?? []
 
         guard demo else {
             if configuration.upstream.effectiveChannels.isEmpty {
                 logger.warning("No upstream is configured (GEMINI_API_KEY, or channels in the configuration file): every generation will fail with 503. Use --demo to try NanoGate offline.")
             }
             let dependencies = try await GatewayDependencies.live(configuration: configuration, logger: logger)
-            let app = buildApplication(configuration: configuration, dependencies: dependencies, logger: logger)
+            let app = buildApplication(configuration: configuration, dependencies: dependencies, logger: logger, services: services)
             try await app.runService()
             return
         }
-        try await runDemo(configuration: configuration, logger: logger)
+        try await runDemo(configuration: configuration, logger: logger, services: services)
     }
 
     /// The emulator on a free loopback port, the gateway pointed at it, and a fresh demo key.
-    private func runDemo(configuration: GatewayConfiguration, logger: Logger) async throws {
+    private func runDemo(configuration: GatewayConfiguration, logger: Logger, services: [any Service]) async throws {
         var configuration = configuration
         let emulatorKey = "demo-google-key"
         let (portStream, portContinuation) = AsyncStream.makeStream(of: Int.self)
@@ -117,7 +130,7 @@ struct Serve: AsyncParsableCommand {
                 return "Console: \(address)/console/\n  sign in with \(how)"
             }
             let app = buildApplication(
-                configuration: configuration, dependencies: dependencies, logger: logger,
+                configuration: configuration, dependencies: dependencies, logger: logger, services: services,
                 onServerRunning: { channel in
                     // The bound port (`--port 0` picks a free one).
                     let address = "http://\(host):\(channel.localAddress?.port ?? 0)"

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import base64
+import json
 import re
+import time
+import urllib.request
+import uuid
 
 import openai
 import pytest
@@ -123,19 +127,37 @@ def check_stream(chunks: list, images_field: bool = False) -> tuple[str, str]:
     return content, url
 
 
+def own_row(gateway, request_id: str) -> dict:
+    """The demo key's usage row of a request, once written (a stream settles as it ends)."""
+    deadline = time.monotonic() + 30
+    while True:
+        request = urllib.request.Request(f"{gateway.base_url}/usage", headers={"Authorization": f"Bearer {gateway.key}"})
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            rows = [row for row in json.loads(answer.read())["data"] if row["request_id"] == request_id]
+        if rows:
+            return rows[0]
+        assert time.monotonic() < deadline, f"no usage row for {request_id}"
+        time.sleep(0.2)
+
+
 def test_streamed_reply_with_url(client, gateway):
-    """Streamed nano-banana-pro at 2K 16:9 (OpenRouter's image_config) gives a URL to a 2752x1536 PNG."""
+    """Streamed nano-banana-pro at 2K 16:9 (OpenRouter's image_config) gives a URL to a 2752x1536
+    PNG; the usage row counts the image its Markdown delivered."""
+    request_id = f"stream-{uuid.uuid4().hex}"
     chunks = stream_chat(
         client,
         model="nano-banana-pro",
         messages=[{"role": "user", "content": PROMPT}],
         extra_body={"image_config": {"aspect_ratio": "16:9", "image_size": "2K"}},
+        extra_headers={"x-request-id": request_id},
     )
 
     _, url = check_stream(chunks)
     assert not url.startswith("data:")
     assert png_size(fetch_url(url, gateway.base_url)) == (2752, 1536)
     check_chat_usage(chunks[-1].usage, PRO_TOKENS)
+    row = own_row(gateway, request_id)
+    assert row["images"] == 1 and row["status"] == 200, row
 
 
 def test_streamed_reply_with_4k_data_url(cli, make_client, gateway, unique_name):

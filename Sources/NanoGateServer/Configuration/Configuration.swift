@@ -87,6 +87,9 @@ public struct GatewayConfiguration: Sendable {
     /// `EventLoopExecutor`) instead of Swift's shared pool: on by default (4K answers: −12% p50,
     /// −15% CPU, a fifth of the context switches in BENCHMARKS.md's A/B runs).
     public var handlersOnEventLoop = true
+    /// Whether requests are traced (set by `nanogate serve` once swift-otel's exporter is
+    /// bootstrapped from `OTEL_EXPORTER_OTLP_ENDPOINT`; off otherwise, with no cost per request).
+    public var tracing = false
     /// How many `b64_json` answers may be held whole in memory at once before the next ones are
     /// spooled through files (`NANOGATE_HELD_ANSWERS`, `HeldAnswers`).
     public var heldAnswers = 32

@@ -163,8 +163,9 @@ extension ChatController {
                                     for delta in deltas {
                                         try await send([ChatChoice(delta: delta, finishReason: nil)])
                                         // Delivered once written: from here on the client has it.
-                                        collector.deliveredImages += delta.images?.count ?? 0
-                                        if delta.images == nil, delta.content?.isEmpty == false { collector.deliveredText = true }
+                                        // An image counts whichever shape carried it (Markdown only, for most clients).
+                                        collector.deliveredImages += delta.carriedImages
+                                        if delta.carriedImages == 0, delta.content?.isEmpty == false { collector.deliveredText = true }
                                     }
                                 } catch {
                                     clientGone = true

@@ -477,7 +477,8 @@ struct ChatController {
                 let markdown = SplicedString(collector.text.isEmpty && collector.imageURLs.count == 1 ? "" : "\n\n") + ChatTranslation.markdown(imageURL: url)
                 deltas.append(ChatMessageOut(
                     content: job.markdownImages ? markdown : nil,
-                    images: job.imagesField ? [ChatImage(url: url, index: collector.imageURLs.count - 1)] : nil
+                    images: job.imagesField ? [ChatImage(url: url, index: collector.imageURLs.count - 1)] : nil,
+                    carriedImages: 1
                 ))
             } else {
                 if let signature = part.thoughtSignature { collector.textSignature = collector.textSignature ?? signature }

@@ -4,6 +4,7 @@ import NanoGateCore
 import NanoGateStorage
 import NIOCore
 import Synchronization
+import Tracing
 import Upstream
 
 /// The Google model that answered (the catalog's upstream id, or its fallback), with the
@@ -297,6 +298,10 @@ struct RequestPipeline: Sendable {
         tier: TierRequest = TierRequest(), logger: Logger
     ) async throws(GatewayError) -> Settlement {
         info.observation?.model = model.name
+        // The admission (limits, then the credit held) as a child of the request's span.
+        let span = InstrumentationSystem.tracer.startSpan("nanogate.reserve", context: info.observation?.span?.context ?? ServiceContext.current ?? .topLevel)
+        span.attributes["nanogate.estimate_usd"] = TokenPrices.usd(estimateMicroUSD)
+        defer { span.end() }
         if !batchLine { try await limiter.begin(key, logger: logger) }
         // Frees the concurrency slot the request took (a batch line took none).
         let limiter = self.limiter
@@ -323,6 +328,7 @@ struct RequestPipeline: Sendable {
             case .unlimited: break
             case .insufficient:
                 release()
+                span.attributes["error.type"] = "insufficient_quota"
                 throw .insufficientQuota(balanceMicroUSD: key.balanceMicroUSD ?? 0, neededMicroUSD: estimateMicroUSD)
             }
         }
@@ -343,6 +349,13 @@ struct RequestPipeline: Sendable {
     func settle(_ settlement: Settlement, status: Int, errorCode: String?, logger: Logger) async {
         guard let record = settlement.close(status: status, errorCode: errorCode) else { return }
         metrics.settled(record)
+        // The request's span says what was charged; the ledger write is a child span of its own.
+        let requestSpan = settlement.info.observation?.span
+        if let requestSpan { GatewaySpans.describe(requestSpan, record: record) }
+        let span = InstrumentationSystem.tracer.startSpan("nanogate.settle", context: requestSpan?.context ?? ServiceContext.current ?? .topLevel)
+        span.attributes["nanogate.cost_usd"] = TokenPrices.usd(record.costMicroUSD)
+        span.attributes["nanogate.status"] = status
+        defer { span.end() }
         if status >= 400, let errorCode { settlement.info.observation?.errorCode = errorCode }
         if settlement.limited { limiter.finish(settlement.key) }
         if let id = settlement.reservationID { live.remove(id) }

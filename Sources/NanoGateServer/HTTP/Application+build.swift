@@ -6,7 +6,7 @@ public import Logging
 public import NIOCore
 public import NanoGateStorage
 import NanoGateCore
-import ServiceLifecycle
+public import ServiceLifecycle
 import Upstream
 public import NIOPosix
 
@@ -148,6 +148,7 @@ func makeGatewayParts(
     let router = Router(context: GatewayRequestContext.self)
     if configuration.handlersOnEventLoop { router.add(middleware: EventLoopAffinityMiddleware()) }
     router.add(middleware: RequestIDMiddleware())
+    if configuration.tracing { router.add(middleware: RequestTracingMiddleware()) }
     router.add(middleware: RequestLogMiddleware(metrics: metrics))
     router.add(middleware: OpenAIErrorMiddleware())
     router.get("health") { _, _ in "ok" }
@@ -274,6 +275,7 @@ public func buildApplication(
     configuration: GatewayConfiguration,
     dependencies: GatewayDependencies,
     logger: Logger,
+    services extra: [any Service] = [],
     hostLookup: @escaping HostLookup = systemHostLookup,
     onServerRunning: @escaping @Sendable (any Channel) async -> Void = { _ in },
     onListenerRunning: @escaping @Sendable (Listener, any Channel) async -> Void = { _, _ in }
@@ -346,5 +348,7 @@ public func buildApplication(
         CloseOnShutdown { try await threadPool.shutdownGracefully() },
         CloseOnShutdown { [conversions = dependencies.conversionThreadPool] in try await conversions.shutdownGracefully() }
     )
+    // The caller's own (swift-otel's exporter): flushed after the listeners stopped.
+    app.addServices(extra)
     return app
 }

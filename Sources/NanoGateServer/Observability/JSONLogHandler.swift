@@ -9,6 +9,8 @@ import Synchronization
 public struct JSONLogHandler: LogHandler {
     public var metadata: Logger.Metadata = [:]
     public var logLevel: Logger.Level = .info
+    /// Metadata of the task (the trace's `trace_id` and `span_id` when traces are on).
+    public var metadataProvider: Logger.MetadataProvider?
     let label: String
     private let write: @Sendable (String) -> Void
 
@@ -29,7 +31,8 @@ public struct JSONLogHandler: LogHandler {
 
     public func log(event: LogEvent) {
         var fields: [String: Any] = [:]
-        for (key, value) in metadata.merging(event.metadata ?? [:], uniquingKeysWith: { $1 }) {
+        let provided = metadataProvider?.get() ?? [:]
+        for (key, value) in provided.merging(metadata, uniquingKeysWith: { $1 }).merging(event.metadata ?? [:], uniquingKeysWith: { $1 }) {
             fields[key] = Self.plain(value)
         }
         fields["time"] = Self.timestamp()

@@ -6,6 +6,7 @@ import NanoGateStorage
 import NIOCore
 import Prometheus
 import Synchronization
+import Tracing
 import Upstream
 
 /// The gateway's Prometheus metrics, one registry per gateway (passed in, never global).
@@ -155,6 +156,13 @@ final class GatewayMetrics: Sendable, UpstreamObserver {
 /// a copy).
 final class RequestObservation: Sendable {
     private let state = Mutex<(model: String?, errorCode: String?)>((nil, nil))
+    private let traced = Mutex<(any Span)?>(nil)
+
+    /// The request's server span, when traces are on (`RequestTracingMiddleware`).
+    var span: (any Span)? {
+        get { traced.withLock { $0 } }
+        set { traced.withLock { $0 = newValue } }
+    }
 
     var model: String? {
         get { state.withLock { $0.model } }
