@@ -41,16 +41,9 @@ public struct ImageGenerationRequest: Decodable, Sendable {
         "partial_images", "input_fidelity", "reasoning_effort", "service_tier",
     ]
 
-    struct AnyKey: CodingKey {
-        var stringValue: String
-        var intValue: Int? { nil }
-        init(stringValue: String) { self.stringValue = stringValue }
-        init?(intValue: Int) { nil }
-    }
-
     public init(from decoder: any Decoder) throws {
-        let container = try decoder.container(keyedBy: AnyKey.self)
-        func key(_ name: String) -> AnyKey { AnyKey(stringValue: name) }
+        let container = try decoder.container(keyedBy: AnyCodingKey.self)
+        func key(_ name: String) -> AnyCodingKey { AnyCodingKey(name) }
         self.prompt = try container.decode(String.self, forKey: key("prompt"))
         self.model = try container.decodeIfPresent(String.self, forKey: key("model"))
         // Form posts and some clients send numbers as strings ("2").
@@ -71,19 +64,8 @@ public struct ImageGenerationRequest: Decodable, Sendable {
         self.aspectRatio = try container.decodeIfPresent(String.self, forKey: key("aspect_ratio"))
         self.responseFormat = try container.decodeIfPresent(String.self, forKey: key("response_format"))
         var options: [String: String] = [:]
-        for name in Self.optionNames where container.contains(key(name)) {
-            if try container.decodeNil(forKey: key(name)) { continue }
-            if let text = try? container.decode(String.self, forKey: key(name)) {
-                options[name] = text
-            } else if let flag = try? container.decode(Bool.self, forKey: key(name)) {
-                options[name] = flag ? "true" : "false"
-            } else if let number = try? container.decode(Int.self, forKey: key(name)) {
-                options[name] = String(number)
-            } else if let number = try? container.decode(Double.self, forKey: key(name)) {
-                options[name] = String(number)
-            } else {
-                throw DecodingError.dataCorruptedError(forKey: key(name), in: container, debugDescription: "'\(name)' must be a string, a number or a boolean")
-            }
+        for name in Self.optionNames {
+            options[name] = try container.scalarText(name)
         }
         self.options = options
     }

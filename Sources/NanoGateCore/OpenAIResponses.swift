@@ -127,42 +127,28 @@ public struct ResponseTool: Codable, Sendable, Equatable {
         self.options = options
     }
 
-    struct AnyKey: CodingKey {
-        var stringValue: String
-        var intValue: Int? { nil }
-        init(stringValue: String) { self.stringValue = stringValue }
-        init?(intValue: Int) { nil }
-    }
-
     public init(from decoder: any Decoder) throws {
-        let container = try decoder.container(keyedBy: AnyKey.self)
-        type = try container.decode(String.self, forKey: AnyKey(stringValue: "type"))
+        let container = try decoder.container(keyedBy: AnyCodingKey.self)
+        type = try container.decode(String.self, forKey: AnyCodingKey("type"))
         var options: [String: String] = [:]
         for key in container.allKeys where key.stringValue != "type" {
-            if let text = try? container.decode(String.self, forKey: key) {
-                options[key.stringValue] = text
-            } else if let number = try? container.decode(Int.self, forKey: key) {
-                options[key.stringValue] = String(number)
-            } else if let flag = try? container.decode(Bool.self, forKey: key) {
-                options[key.stringValue] = String(flag)
-            } else if let number = try? container.decode(Double.self, forKey: key) {
-                options[key.stringValue] = String(number)
-            }
+            // Objects and lists (no image option takes one) are left out.
+            options[key.stringValue] = try? container.scalarText(key.stringValue)
         }
         self.options = options
     }
 
     /// Echoed as sent: numbers that were numbers stay numbers.
     public func encode(to encoder: any Encoder) throws {
-        var container = encoder.container(keyedBy: AnyKey.self)
-        try container.encode(type, forKey: AnyKey(stringValue: "type"))
+        var container = encoder.container(keyedBy: AnyCodingKey.self)
+        try container.encode(type, forKey: AnyCodingKey("type"))
         for (name, value) in options.sorted(by: { $0.key < $1.key }) {
             if let number = Int(value) {
-                try container.encode(number, forKey: AnyKey(stringValue: name))
+                try container.encode(number, forKey: AnyCodingKey(name))
             } else if value == "true" || value == "false" {
-                try container.encode(value == "true", forKey: AnyKey(stringValue: name))
+                try container.encode(value == "true", forKey: AnyCodingKey(name))
             } else {
-                try container.encode(value, forKey: AnyKey(stringValue: name))
+                try container.encode(value, forKey: AnyCodingKey(name))
             }
         }
     }

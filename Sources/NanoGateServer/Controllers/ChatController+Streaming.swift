@@ -10,18 +10,6 @@ import Synchronization
 import Upstream
 
 extension ChatController {
-    /// What the stream loop waits for: the next upstream event, the end, a failure, or a keep-alive tick.
-    enum StreamItem: Sendable {
-        case event(GeminiWire.Response)
-        /// An image's base64 as it arrives (`chunkedImages`): its start, its pieces, its end.
-        case imageBegin
-        case imageBytes(ByteBuffer)
-        case imageEnd
-        case finished
-        case failed(GatewayError)
-        case tick
-    }
-
     /// The streamed reply: Server-Sent Events of `chat.completion.chunk`s, then `data: [DONE]`.
     ///
     /// Upstream errors before Google answers are ordinary HTTP errors; after that they arrive as
@@ -34,26 +22,9 @@ extension ChatController {
     /// end (without writing) to learn the usage, and charges it; one that leaves before any
     /// image costs nothing and Google's stream is cancelled.
     func streamed(_ job: ChatJob, settlement: Settlement, logger: Logger) async throws -> Response {
-        // Google may hold its answer's head until the first event is ready (a 4K image can take a
-        // minute). Wait one keep-alive interval for it: errors until then are plain HTTP errors;
-        // after that the SSE response starts, with keep-alives, and later errors become SSE events.
+        // Errors until Google's head (within one keep-alive interval) are plain HTTP errors.
         let pipeline = self.pipeline
-        let call = Task { () -> Result<GeminiEventStream, GatewayError> in
-            do throws(GatewayError) {
-                return .success(try await pipeline.stream(job.gemini, size: job.spec.imageSize, settlement: settlement, logger: logger))
-            } catch {
-                return .failure(error)
-            }
-        }
-        let early = await withTaskCancellationHandler {
-            await Deadline.firstOf({ await call.value }, orNilAfter: keepAliveInterval)
-        } onCancel: {
-            call.cancel()
-        }
-        if case .failure(let error) = early {
-            await pipeline.settle(settlement, status: error.status, errorCode: error.code, logger: logger)
-            throw error
-        }
+        let call = try await UpstreamStream.start(job.gemini, size: job.spec.imageSize, pipeline: pipeline, settlement: settlement, within: keepAliveInterval, logger: logger)
         let id = Self.completionID()
         let created = Int(Date().timeIntervalSince1970)
         let controller = self
@@ -97,31 +68,10 @@ extension ChatController {
                 }
 
                 if !clientGone {
-                    let channel = AsyncChannel<StreamItem>()
+                    let channel = AsyncChannel<UpstreamStreamItem>()
                     await withTaskGroup(of: Void.self) { group in
                         group.addTask {
-                            do {
-                                let events: GeminiEventStream
-                                switch await withTaskCancellationHandler(operation: { await call.value }, onCancel: { call.cancel() }) {
-                                case .success(let stream): events = stream
-                                case .failure(let error): throw error
-                                }
-                                if chunked {
-                                    let gatherer = ImagePieceGatherer(channel: channel)
-                                    try await events.scan { piece in await gatherer.forward(piece) }
-                                    await gatherer.flush()
-                                } else {
-                                    try await events.consume { event in await channel.send(.event(event)) }
-                                }
-                                await channel.send(.finished)
-                            } catch let error as GatewayError {
-                                await channel.send(.failed(error))
-                            } catch let error as UpstreamError {
-                                await channel.send(.failed(GatewayError(upstream: error)))
-                            } catch is CancellationError {
-                            } catch {
-                                await channel.send(.failed(.badGateway("The stream from Google broke.")))
-                            }
+                            await call.forward(into: channel, pieces: chunked ? ImagePieceGatherer(channel: channel) : nil)
                         }
                         group.addTask {
                             for await _ in Heartbeat.ticks(every: interval) { await channel.send(.tick) }
@@ -337,10 +287,10 @@ struct ImageInFlight {
 /// Forwards the pieces of a chunked stream to the writer, an image's base64 gathered
 /// (`PieceGatherer`): each send is a hop between tasks. Used from the reading task alone.
 final class ImagePieceGatherer: @unchecked Sendable {
-    let channel: AsyncChannel<ChatController.StreamItem>
+    let channel: AsyncChannel<UpstreamStreamItem>
     private var gatherer = PieceGatherer()
 
-    init(channel: AsyncChannel<ChatController.StreamItem>) { self.channel = channel }
+    init(channel: AsyncChannel<UpstreamStreamItem>) { self.channel = channel }
 
     func forward(_ piece: GeminiEventStream.Piece) async {
         switch piece {

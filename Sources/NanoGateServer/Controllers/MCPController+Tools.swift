@@ -61,8 +61,8 @@ extension MCPController {
         func encode(to encoder: any Encoder) throws {
             switch value {
             case let object as [String: Any]:
-                var container = encoder.container(keyedBy: AnyKey.self)
-                for (name, item) in object.sorted(by: { $0.key < $1.key }) { try container.encode(JSONAny(item), forKey: AnyKey(name)) }
+                var container = encoder.container(keyedBy: AnyCodingKey.self)
+                for (name, item) in object.sorted(by: { $0.key < $1.key }) { try container.encode(JSONAny(item), forKey: AnyCodingKey(name)) }
             case let list as [Any]:
                 var container = encoder.unkeyedContainer()
                 for item in list { try container.encode(JSONAny(item)) }
@@ -83,14 +83,6 @@ extension MCPController {
                 var container = encoder.singleValueContainer()
                 try container.encodeNil()
             }
-        }
-
-        struct AnyKey: CodingKey {
-            var stringValue: String
-            var intValue: Int? { nil }
-            init(_ name: String) { stringValue = name }
-            init(stringValue: String) { self.stringValue = stringValue }
-            init?(intValue: Int) { nil }
         }
     }
 

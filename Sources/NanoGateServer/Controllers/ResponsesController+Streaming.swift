@@ -41,14 +41,6 @@ struct ResponseStreamEvent: Encodable {
 }
 
 extension ResponsesController {
-    /// What the stream loop waits for: the next upstream event, the end, a failure, or a keep-alive tick.
-    enum StreamItem: Sendable {
-        case event(GeminiWire.Response)
-        case finished
-        case failed(GatewayError)
-        case tick
-    }
-
     /// The streamed answer: `response.created`, `response.in_progress`, the image call's item
     /// (`output_item.added`, `image_generation_call.in_progress`, `.generating`, a
     /// `.partial_image` for each of Gemini 3 Pro's thought images up to `partial_images`,
@@ -60,24 +52,9 @@ extension ResponsesController {
     /// `output_item.done` was written. A client that leaves after that keeps the image, so
     /// Google's stream is read to its end for the usage; one that leaves before costs nothing.
     func streamed(_ job: ResponseJob, settlement: Settlement, logger: Logger) async throws -> Response {
-        // Errors until Google's first event (within one keep-alive interval) are plain HTTP errors.
+        // Errors until Google's head (within one keep-alive interval) are plain HTTP errors.
         let pipeline = self.pipeline
-        let call = Task { () -> Result<GeminiEventStream, GatewayError> in
-            do throws(GatewayError) {
-                return .success(try await pipeline.stream(job.gemini, size: job.spec.imageSize, settlement: settlement, logger: logger))
-            } catch {
-                return .failure(error)
-            }
-        }
-        let early = await withTaskCancellationHandler {
-            await Deadline.firstOf({ await call.value }, orNilAfter: keepAliveInterval)
-        } onCancel: {
-            call.cancel()
-        }
-        if case .failure(let error) = early {
-            await pipeline.settle(settlement, status: error.status, errorCode: error.code, logger: logger)
-            throw error
-        }
+        let call = try await UpstreamStream.start(job.gemini, size: job.spec.imageSize, pipeline: pipeline, settlement: settlement, within: keepAliveInterval, logger: logger)
         let controller = self
         let interval = keepAliveInterval
         return Response(
@@ -135,26 +112,9 @@ extension ResponsesController {
                 var answer = ResponseAnswer()
                 var failure: GatewayError?
                 if clientGone { call.cancel() }
-                let channel = AsyncChannel<StreamItem>()
+                let channel = AsyncChannel<UpstreamStreamItem>()
                 await withTaskGroup(of: Void.self) { group in
-                    group.addTask {
-                        do {
-                            let events: GeminiEventStream
-                            switch await withTaskCancellationHandler(operation: { await call.value }, onCancel: { call.cancel() }) {
-                            case .success(let stream): events = stream
-                            case .failure(let error): throw error
-                            }
-                            try await events.consume { event in await channel.send(.event(event)) }
-                            await channel.send(.finished)
-                        } catch let error as GatewayError {
-                            await channel.send(.failed(error))
-                        } catch let error as UpstreamError {
-                            await channel.send(.failed(GatewayError(upstream: error)))
-                        } catch is CancellationError {
-                        } catch {
-                            await channel.send(.failed(.badGateway("The stream from Google broke.")))
-                        }
-                    }
+                    group.addTask { await call.forward(into: channel) }
                     group.addTask {
                         for await _ in Heartbeat.ticks(every: interval) { await channel.send(.tick) }
                     }
@@ -168,6 +128,8 @@ extension ResponsesController {
                         case .failed(let error):
                             failure = error
                             break loop
+                        case .imageBegin, .imageBytes, .imageEnd:
+                            continue  // whole events only here
                         case .event(let event):
                             for piece in answer.absorb(event) {
                                 switch piece {
@@ -237,7 +199,7 @@ extension ResponsesController {
                         drain: for await item in channel {
                             switch item {
                             case .event(let event): if let usage = event.usageMetadata { answer.usage = usage }
-                            case .tick: continue
+                            case .tick, .imageBegin, .imageBytes, .imageEnd: continue
                             case .finished: break drain
                             case .failed(let error):
                                 failure = error
