@@ -263,3 +263,71 @@ def test_errors_have_openais_shape(gateway):
     body = json.loads(raised.value.read())
     assert set(body["error"]) == {"message", "type", "param", "code"}
     assert body["error"]["param"] == "model"
+
+
+def test_a_refusal_is_incomplete_and_costs_nothing(gateway, cli, unique_name):
+    """Google's safety stop: status incomplete (content_filter), the refusal as a message, no charge."""
+    key = create_key(cli, unique_name)
+    response = sdk_client(gateway, key).responses.create(model="nano-banana", input="a banana [emulate:image_safety]")
+
+    assert response.status == "incomplete" and response.incomplete_details.reason == "content_filter"
+    refusals = [part for item in response.output if item.type == "message" for part in item.content if part.type == "refusal"]
+    assert refusals and "IMAGE_SAFETY" in refusals[0].refusal
+    assert images_of(response)[0].status == "failed" and images_of(response)[0].result is None
+    assert response.usage.model_extra["cost"] == 0
+    assert own_usage(gateway, key)["key"]["spent_usd"] == 0
+
+
+def test_an_upstream_failure_is_an_openai_error_and_costs_nothing(gateway, cli, unique_name):
+    """Google answering garbage is a 502 in OpenAI's shape; the key pays nothing."""
+    key = create_key(cli, unique_name)
+    with pytest.raises(openai.APIStatusError) as raised:
+        sdk_client(gateway, key).responses.create(model="nano-banana", input="a banana [emulate:garbage]")
+    assert raised.value.status_code == 502 and raised.value.body["type"]
+    assert own_usage(gateway, key)["key"]["spent_usd"] == 0
+
+
+def stream_until(gateway, key: str, prompt: str, request_id: str, stop_after: str) -> list[str]:
+    """Streams a response over a raw connection and hangs up right after the event ``stop_after``
+    (its data line read whole)."""
+    request = urllib.request.Request(
+        f"{gateway.base_url}/responses", data=json.dumps({"model": "nano-banana", "input": prompt, "stream": True}).encode(), method="POST",
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json", "x-request-id": request_id},
+    )
+    seen = []
+    answer = urllib.request.urlopen(request, timeout=120)
+    try:
+        for raw in answer:
+            line = raw.decode().strip()
+            if line.startswith("event: "):
+                seen.append(line[len("event: "):])
+            elif line.startswith("data: ") and seen and seen[-1] == stop_after:
+                json.loads(line[len("data: "):])  # the event arrived whole
+                break
+    finally:
+        answer.fp.raw._sock.close()  # hang up now, mid-stream
+        answer.close()
+    return seen
+
+
+def test_a_client_leaving_before_the_image_pays_nothing(gateway, cli, unique_name):
+    """Gone after response.created, while Google still works: the row says 499, nothing charged."""
+    key = create_key(cli, unique_name)
+    request_id = f"leave-{unique_name}"
+    seen = stream_until(gateway, key, "a banana [emulate:slow=4000]", request_id, "response.created")
+    assert seen == ["response.created"]
+
+    row = usage_row(gateway, key, request_id)
+    assert row["status"] == 499 and row["cost_usd"] == 0 and row["images"] == 0, row
+    assert own_usage(gateway, key)["key"]["spent_usd"] == 0
+
+
+def test_a_client_leaving_after_the_image_pays_for_it(gateway, cli, unique_name):
+    """Gone right after the image's output_item.done: it has the image, so it is charged."""
+    key = create_key(cli, unique_name)
+    request_id = f"kept-{unique_name}"
+    seen = stream_until(gateway, key, PROMPT, request_id, "response.output_item.done")
+    assert "response.completed" not in seen
+
+    row = usage_row(gateway, key, request_id)
+    assert row["images"] == 1 and row["cost_usd"] > 0, row

@@ -136,18 +136,10 @@ extension ChatController {
                             }
                         }
                         if clientGone, collector.deliveredImages > 0 || collector.deliveredText {
-                            // The client has an image or text: read on (bounded by the stream's
-                            // deadline) for the usage Google reports at the end, so the charge is Google's.
-                            drain: for await item in channel {
-                                switch item {
-                                case .event(let event): if let usage = event.usageMetadata { collector.usage = usage }
-                                case .tick, .imageBegin, .imageBytes, .imageEnd: continue
-                                case .finished: break drain
-                                case .failed(let error):
-                                    failure = error
-                                    break drain
-                                }
-                            }
+                            // The client has an image or text: read on for the usage Google reports at the end.
+                            let rest = await UpstreamStream.drain(channel)
+                            if let usage = rest.usage { collector.usage = usage }
+                            if let broke = rest.failure { failure = broke }
                         }
                         group.cancelAll()
                         channel.finish()

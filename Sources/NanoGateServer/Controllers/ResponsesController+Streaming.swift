@@ -111,6 +111,7 @@ extension ResponsesController {
 
                 var answer = ResponseAnswer()
                 var failure: GatewayError?
+                var finished = false
                 if clientGone { call.cancel() }
                 let channel = AsyncChannel<UpstreamStreamItem>()
                 await withTaskGroup(of: Void.self) { group in
@@ -124,6 +125,7 @@ extension ResponsesController {
                             guard !clientGone else { continue }
                             do { try await writer.write(Heartbeat.sseComment) } catch { clientGone = true }
                         case .finished:
+                            finished = true
                             break loop
                         case .failed(let error):
                             failure = error
@@ -192,20 +194,14 @@ extension ResponsesController {
                                 }
                             }
                         }
-                        if clientGone, delivered.isEmpty, answer.text.isEmpty { break loop }
+                        // A client gone stops the writing (and Google's stream, unless it has an image).
+                        if clientGone { break loop }
                     }
-                    if clientGone, !delivered.isEmpty || !answer.text.isEmpty, failure == nil {
+                    if clientGone, !delivered.isEmpty, !finished, failure == nil {
                         // The client has an image or text: read on for the usage Google reports at the end.
-                        drain: for await item in channel {
-                            switch item {
-                            case .event(let event): if let usage = event.usageMetadata { answer.usage = usage }
-                            case .tick, .imageBegin, .imageBytes, .imageEnd: continue
-                            case .finished: break drain
-                            case .failed(let error):
-                                failure = error
-                                break drain
-                            }
-                        }
+                        let rest = await UpstreamStream.drain(channel)
+                        if let usage = rest.usage { answer.usage = usage }
+                        failure = rest.failure
                     }
                     group.cancelAll()
                     channel.finish()
@@ -245,7 +241,9 @@ extension ResponsesController {
                     if delivered.isEmpty { answer.text = "" }
                 }
                 do throws(GatewayError) {
-                    try await controller.complete(&response, answer: answer, delivered: delivered, job: job, settlement: settlement, logger: logger)
+                    try await controller.complete(
+                        &response, answer: answer, delivered: delivered, textDelivered: !clientGone && failure == nil, job: job, settlement: settlement, logger: logger
+                    )
                 } catch {
                     failure = failure ?? error
                     response.status = "failed"

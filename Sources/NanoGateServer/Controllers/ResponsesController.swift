@@ -285,8 +285,13 @@ struct ResponsesController {
 
     /// Ends a response: its status from what Google did, the charge (a refusal costs nothing),
     /// signatures and the stored copy. `delivered`: the images the client has, by item id.
+    ///
+    /// The charge follows what the client has: the images it received, or an answer of text
+    /// alone that reached it whole (`textDelivered`). A stream the client left before its image
+    /// costs nothing, whatever text was written before.
     func complete(
-        _ response: inout ResponseObject, answer: ResponseAnswer, delivered: [String: FinishedImage], job: ResponseJob, settlement: Settlement, logger: Logger
+        _ response: inout ResponseObject, answer: ResponseAnswer, delivered: [String: FinishedImage], textDelivered: Bool = true, job: ResponseJob,
+        settlement: Settlement, logger: Logger
     ) async throws(GatewayError) {
         if let usage = answer.usage { settlement.served(tier: ServiceTier(echoed: usage.serviceTier)) }
         let usage = ImageTranslation.usage(of: answer.usage)
@@ -295,7 +300,7 @@ struct ResponsesController {
             response.status = "incomplete"
             response.incompleteDetails = .init(reason: "content_filter")
         } else {
-            if !delivered.isEmpty || !answer.text.isEmpty {
+            if !delivered.isEmpty || (textDelivered && answer.images.isEmpty && !answer.text.isEmpty) {
                 let first = response.output.first { delivered[$0.id] != nil }.flatMap { delivered[$0.id] }
                 settlement.delivered(images: delivered.count, usage: usage, pixels: first?.pixels)
             }

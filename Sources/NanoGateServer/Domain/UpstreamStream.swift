@@ -76,4 +76,20 @@ struct UpstreamStream: Sendable {
     }
 
     func cancel() { call.cancel() }
+
+    /// Reads the rest of the stream without writing it (the client left after it received
+    /// something): the last usage Google reports (so the charge is Google's), and a failure if
+    /// the stream broke. Bounded by the stream's own deadline.
+    static func drain(_ channel: AsyncChannel<UpstreamStreamItem>) async -> (usage: GeminiWire.UsageMetadata?, failure: GatewayError?) {
+        var usage: GeminiWire.UsageMetadata?
+        for await item in channel {
+            switch item {
+            case .event(let event): if let reported = event.usageMetadata { usage = reported }
+            case .tick, .imageBegin, .imageBytes, .imageEnd: continue
+            case .finished: return (usage, nil)
+            case .failed(let error): return (usage, error)
+            }
+        }
+        return (usage, nil)
+    }
 }
