@@ -274,3 +274,36 @@ def test_n_above_one_is_bad_request(client):
 
     assert excinfo.value.status_code == 400
     assert excinfo.value.param == "n"
+
+
+def test_a_client_leaving_a_stream_before_the_image_pays_nothing(cli, gateway, unique_name):
+    """Gone after the first chunk while Google still works: the row says 499 and nothing is
+    charged, though the reply's text may have been written before the image."""
+    key = create_key(cli, unique_name)
+    request_id = f"chat-leave-{unique_name}"
+    request = urllib.request.Request(
+        f"{gateway.base_url}/chat/completions", method="POST",
+        data=json.dumps({"model": "nano-banana", "stream": True, "messages": [{"role": "user", "content": "a banana [emulate:slow=3000]"}]}).encode(),
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json", "x-request-id": request_id},
+    )
+    answer = urllib.request.urlopen(request, timeout=120)
+    try:
+        for raw in answer:
+            if raw.startswith(b"data:"):
+                break  # the role chunk
+    finally:
+        answer.fp.raw._sock.close()  # hang up now, mid-stream
+        answer.close()
+
+    deadline = time.monotonic() + 30
+    while True:
+        usage_request = urllib.request.Request(f"{gateway.base_url}/usage", headers={"Authorization": f"Bearer {key}"})
+        with urllib.request.urlopen(usage_request, timeout=30) as usage:
+            account = json.loads(usage.read())
+        rows = [row for row in account["data"] if row["request_id"] == request_id]
+        if rows:
+            break
+        assert time.monotonic() < deadline, "no usage row"
+        time.sleep(0.2)
+    assert rows[0]["status"] == 499 and rows[0]["cost_usd"] == 0, rows[0]
+    assert account["key"]["spent_usd"] == 0

@@ -331,3 +331,20 @@ def test_a_client_leaving_after_the_image_pays_for_it(gateway, cli, unique_name)
 
     row = usage_row(gateway, key, request_id)
     assert row["images"] == 1 and row["cost_usd"] > 0, row
+
+
+def test_a_cancelled_background_response_costs_nothing(gateway, cli, unique_name):
+    """``responses.cancel`` while Google still works: cancelled, its credit released, no charge."""
+    key = create_key(cli, unique_name)
+    client = sdk_client(gateway, key)
+    queued = client.responses.create(model="nano-banana", input="a banana [emulate:slow=20000]", background=True)
+
+    cancelled = client.responses.cancel(queued.id)
+
+    assert cancelled.status == "cancelled"
+    assert client.responses.retrieve(queued.id).status == "cancelled"
+    deadline = time.monotonic() + WAIT
+    while (account := own_usage(gateway, key))["key"]["reserved_usd"] != 0 or not account["data"]:
+        assert time.monotonic() < deadline, account
+        time.sleep(0.2)
+    assert account["key"]["spent_usd"] == 0 and account["data"][0]["cost_usd"] == 0

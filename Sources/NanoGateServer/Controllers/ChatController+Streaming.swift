@@ -181,8 +181,9 @@ extension ChatController {
                     }
                 }
 
-                // A stream Google broke before any image is a failed answer: its text is not charged.
-                if failure != nil, collector.deliveredImages == 0 { collector.deliveredText = false }
+                // A stream Google broke, or the client left, before any image is a failed answer:
+                // its text is not charged (Google's usage would bill the image it never received).
+                if failure != nil || clientGone, collector.deliveredImages == 0 { collector.deliveredText = false }
                 // A stream has no single answer to bill when it arrives: bill what it carried.
                 settlement.billed(await controller.account(collector, job: job, settlement: settlement, logger: logger))
                 let outcome = clientGone ? GatewayError.clientDisconnected : failure
