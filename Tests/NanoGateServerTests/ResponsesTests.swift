@@ -2,7 +2,7 @@ import AsyncHTTPClient
 import Foundation
 import GeminiEmulator
 import NanoGateCore
-import NanoGateServer
+@testable import NanoGateServer
 import NanoGateStorage
 import NIOCore
 import NIOFoundationCompat
@@ -51,4 +51,39 @@ import Upstream
             #expect(rows.filter { $0.endpoint == "responses" }.count == 2)
         }
     }
+
+    /// A background response left `in_progress` by an instance that stopped (nothing runs it
+    /// here, and it is older than any request can run) reads as failed, and stays so.
+    @Test func aBackgroundResponseLostWithItsInstanceReadsAsFailed() async throws {
+        try await withGateway { gateway in
+            let key = try #require(try await gateway.dependencies.store.listKeys().first { $0.name == "test-default" })
+            let stale = Int(Date().timeIntervalSince1970 - gateway.configuration.idempotencyStaleAfter - 5)
+            func stored(_ id: String, created: Int) throws -> String {
+                var response = ResponseObject(
+                    id: id, createdAt: created, status: "in_progress", background: true, instructions: nil, metadata: [:], model: "nano-banana",
+                    previousResponseID: nil, store: true, tools: []
+                )
+                response.output = []
+                return String(decoding: try JSONEncoder().encode(StoredResponse(response: response, resultNames: [:], conversation: [])), as: UTF8.self)
+            }
+            let expires = Date().addingTimeInterval(3600)
+            try await gateway.dependencies.store.saveResponse(id: "resp_lost", keyID: key.id, status: "in_progress", body: try stored("resp_lost", created: stale), expiresAt: expires)
+            try await gateway.dependencies.store.saveResponse(
+                id: "resp_young", keyID: key.id, status: "in_progress", body: try stored("resp_young", created: Int(Date().timeIntervalSince1970)), expiresAt: expires
+            )
+
+            func get(_ id: String) async throws -> Harness.Reply {
+                var request = HTTPClientRequest(url: gateway.baseURL + "/v1/responses/\(id)")
+                request.headers.add(name: "Authorization", value: "Bearer \(gateway.defaultKey)")
+                return try await gateway.send(request)
+            }
+            let lost = try await get("resp_lost")
+            #expect(lost.status == 200 && lost.json["status"] as? String == "failed", "\(lost.text.prefix(300))")
+            #expect((lost.json["error"] as? [String: Any])?["code"] as? String == "response_lost")
+            #expect(try await gateway.dependencies.store.response(id: "resp_lost", keyID: key.id)?.status == "failed")
+            let young = try await get("resp_young")
+            #expect(young.json["status"] as? String == "in_progress", "a response within the time a request may run is left alone")
+        }
+    }
 }
+

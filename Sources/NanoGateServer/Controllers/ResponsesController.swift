@@ -34,6 +34,9 @@ struct ResponsesController {
     let keepAliveInterval: Duration
     /// Background responses run here, each holding its own settlement.
     let background: BackgroundResponses
+    /// The longest a request can run (every upstream attempt at its longest timeout, or the
+    /// deadline, and a margin): a background response older than this is no longer running.
+    let staleAfter: TimeInterval
 
     var images: any ImageRepository { pipeline.images.images }
 
@@ -392,15 +395,31 @@ struct ResponsesController {
         )
     }
 
-    func loadStored(id: String, keyID: String) async throws(GatewayError) -> StoredResponse? {
+    /// The key's stored response. A background response still `queued` or `in_progress` past
+    /// the longest time a request can run (`staleAfter`), and not running here, was lost with the
+    /// instance that ran it (a restart or a crash; its credit hold ran out uncharged): it is
+    /// answered, and stored, as failed, so that a client polling it stops.
+    func loadStored(id: String, keyID: String, now: Date = Date()) async throws(GatewayError) -> StoredResponse? {
         let row: StoredResponseRow?
         do { row = try await store.response(id: id, keyID: keyID) } catch { throw .internal("Stored responses could not be read.") }
         guard let row else { return nil }
+        var stored: StoredResponse
         do {
-            return try JSONDecoder().decode(StoredResponse.self, from: Data(row.body.utf8))
+            stored = try JSONDecoder().decode(StoredResponse.self, from: Data(row.body.utf8))
         } catch {
             throw .internal("A stored response could not be read.")
         }
+        let started = Date(timeIntervalSince1970: TimeInterval(stored.response.createdAt))
+        if stored.response.background, ["queued", "in_progress"].contains(stored.response.status), !background.isRunning(id: id),
+            now.timeIntervalSince(started) > staleAfter
+        {
+            stored.response.status = "failed"
+            stored.response.error = .init(code: "response_lost", message: "The gateway instance running this background response stopped before it finished; create it again.")
+            if let body = try? String(decoding: JSONEncoder().encode(stored), as: UTF8.self) {
+                try? await store.saveResponse(id: id, keyID: keyID, status: "failed", body: body, expiresAt: row.expiresAt)
+            }
+        }
+        return stored
     }
 
     static func notFound(_ id: String) -> GatewayError {
@@ -571,6 +590,10 @@ final class BackgroundResponses: Sendable {
 
     private func finished(id: String) {
         _ = tasks.withLock { $0.removeValue(forKey: id) }
+    }
+
+    func isRunning(id: String) -> Bool {
+        tasks.withLock { $0[id] != nil }
     }
 
     /// Cancels the response's task; false when none runs here.

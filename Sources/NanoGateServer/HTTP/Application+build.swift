@@ -202,7 +202,7 @@ func makeGatewayParts(
     )
     let responses = ResponsesController(
         catalog: configuration.catalog, pipeline: pipeline, chat: chat, store: dependencies.store, inputs: inputs, publicURL: publicURL,
-        keepAliveInterval: configuration.keepAliveInterval, background: BackgroundResponses()
+        keepAliveInterval: configuration.keepAliveInterval, background: BackgroundResponses(), staleAfter: configuration.idempotencyStaleAfter
     )
     let addPublicRoutes = { (group: RouterGroup<GatewayRequestContext>) in
         images.addRoutes(to: group)
