@@ -348,3 +348,15 @@ def test_a_cancelled_background_response_costs_nothing(gateway, cli, unique_name
         assert time.monotonic() < deadline, account
         time.sleep(0.2)
     assert account["key"]["spent_usd"] == 0 and account["data"][0]["cost_usd"] == 0
+
+
+def test_prefer_keep_alive_sends_spaces_then_the_response(gateway):
+    """``Prefer: keep-alive=1``: the status and headers at once, spaces while Google works, then
+    the response, which the SDK reads as usual."""
+    raw = sdk_client(gateway).responses.with_raw_response.create(
+        model="nano-banana", input="a banana [emulate:slow=2500]", extra_headers={"Prefer": "keep-alive=1"}
+    )
+    assert raw.headers.get("preference-applied") == "keep-alive"
+    body = raw.http_response.content
+    assert body.startswith(b" ") and json.loads(body)["status"] == "completed"
+    assert result_image(images_of(raw.parse())[0]) == ("png", (1024, 1024))

@@ -102,6 +102,16 @@ struct ResponsesController {
         if input.stream {
             return try await streamed(job, settlement: settlement, logger: context.logger)
         }
+        if let interval = KeepAliveAnswer.requested(request, defaultInterval: keepAliveInterval) ?? job.model.keepAliveSeconds.map({ .seconds($0) }) {
+            // Status and headers now, spaces while Google works, then the response (or its error).
+            let logger = context.logger
+            let pipeline = self.pipeline
+            return KeepAliveAnswer.response(interval: interval, survivesDisconnect: request.headers[IdempotencyMiddleware.header] != nil, logger: logger) {
+                try SplicedJSON.encode(try await pipeline.settling(settlement, logger: logger) { () throws(GatewayError) -> ResponseObject in
+                    try await self.answer(job, settlement: settlement, logger: logger)
+                })
+            }
+        }
         var response = try await pipeline.settling(settlement, logger: context.logger) { () throws(GatewayError) -> Response in
             let answer = try await answer(job, settlement: settlement, logger: context.logger)
             do {
