@@ -91,7 +91,7 @@ extension MCPController {
     func call(_ params: [String: Any], id: Any, request: Request, context: GatewayRequestContext) async throws -> Response {
         let key = try context.requireKey()
         guard let name = params["name"] as? String else { throw RPCError(code: .invalidParams, message: "tools/call needs the tool's 'name'.") }
-        guard tools(for: key).contains(where: { $0.name == name }) else {
+        guard Self.toolNames.contains(name) else {
             throw RPCError(code: .invalidParams, message: "Unknown tool '\(name)'. Call tools/list for the tools.")
         }
         guard let arguments = try? JSONSerialization.data(withJSONObject: params["arguments"] as? [String: Any] ?? [:]) else {
@@ -203,7 +203,7 @@ extension MCPController {
                 result.content.insert(.text("Image job \(id) succeeded."), at: 0)
                 return result
             case "list_models":
-                let objects = catalog.models.filter { key.mayUse(model: $0.name) }.map { models.object($0, key: key) }
+                let objects = models.models(for: key).map { models.object($0, key: key) }
                 let data = try JSONEncoder().encode(objects)
                 let list = try JSONSerialization.jsonObject(with: data)
                 return ToolResult(content: [.text(String(decoding: data, as: UTF8.self))], structuredContent: JSONAny(["models": list]), isError: false)

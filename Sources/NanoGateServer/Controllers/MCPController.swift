@@ -32,7 +32,6 @@ import NIOFoundationCompat
 /// `resource_link` to the image's signed URL; the image's id (its name in the image store, as
 /// good as its URL) names it in a later `edit_image`.
 struct MCPController {
-    let catalog: ModelCatalog
     let images: ImagesController
     let models: ModelsController
     let store: SQLStore
@@ -47,6 +46,7 @@ struct MCPController {
     /// Versions of the per-request envelope (`server/discover`).
     static let modernVersions = ["2026-07-28"]
     static let serverName = "NanoGate"
+    static let toolNames: Set = ["generate_image", "edit_image", "list_models", "get_balance", "start_image_job", "get_image_job"]
 
     func addRoutes(to group: RouterGroup<GatewayRequestContext>) {
         group.post(use: handle)
@@ -271,7 +271,7 @@ struct MCPController {
     /// The tools for this key, their enums from the catalog (the models the key may use, their
     /// ratios, sizes and most reference images).
     func tools(for key: APIKey) -> [Tool] {
-        let models = catalog.models.filter { key.mayUse(model: $0.name) }
+        let models = self.models.models(for: key)
         let names = models.map(\.name)
         var ratios: [String] = []
         var sizes: [String] = []
@@ -300,8 +300,6 @@ struct MCPController {
             "array", "Reference images: https:// URLs, data: URLs, or this gateway's image URLs.", items: Property("string", "An image URL."), maxItems: maxReferences
         )
         edit["image_ids"] = Property("array", "Reference images by the ids of earlier results of these tools.", items: Property("string", "An image id."), maxItems: maxReferences)
-        var job = edit
-        job["images"] = edit["images"]
         return [
             Tool(
                 name: "generate_image", title: "Generate an image",
@@ -326,7 +324,8 @@ struct MCPController {
             Tool(
                 name: "start_image_job", title: "Start an image job",
                 description: "Starts a generation (or, with reference images, an edit) in the background, for long work such as 4K. Returns the job id at once; poll get_image_job.",
-                inputSchema: Schema(properties: job, required: ["prompt"]), annotations: .init(readOnlyHint: false, openWorldHint: true)
+                // The edit's fields: with reference images the job is an edit.
+                inputSchema: Schema(properties: edit, required: ["prompt"]), annotations: .init(readOnlyHint: false, openWorldHint: true)
             ),
             Tool(
                 name: "get_image_job", title: "Get an image job",
@@ -338,6 +337,7 @@ struct MCPController {
     }
 
     func defaultModel(for key: APIKey) -> String? {
-        key.mayUse(model: "nano-banana") && catalog.model(named: "nano-banana") != nil ? "nano-banana" : catalog.models.first { key.mayUse(model: $0.name) }?.name
+        let allowed = models.models(for: key)
+        return allowed.contains { $0.name == "nano-banana" } ? "nano-banana" : allowed.first?.name
     }
 }

@@ -83,7 +83,7 @@ extension ResponsesController {
                     event.item = item
                     return event
                 }
-                func imageEvent(_ type: String, _ index: Int, _ id: String) -> ResponseStreamEvent {
+                func itemIDEvent(_ type: String, _ index: Int, _ id: String) -> ResponseStreamEvent {
                     var event = ResponseStreamEvent(type)
                     event.outputIndex = index
                     event.itemID = id
@@ -106,8 +106,8 @@ extension ResponsesController {
                 var messageIndex: Int?
                 var reasoningIndex: Int?
                 await send(itemEvent("response.output_item.added", 0, output[0]))
-                await send(imageEvent("response.image_generation_call.in_progress", 0, output[0].id))
-                await send(imageEvent("response.image_generation_call.generating", 0, output[0].id))
+                await send(itemIDEvent("response.image_generation_call.in_progress", 0, output[0].id))
+                await send(itemIDEvent("response.image_generation_call.generating", 0, output[0].id))
 
                 var answer = ResponseAnswer()
                 var failure: GatewayError?
@@ -137,7 +137,7 @@ extension ResponsesController {
                                 switch piece {
                                 case .thoughtImage(let image):
                                     guard let index = openImage, partials < job.options.partialImages, !clientGone else { continue }
-                                    var partial = imageEvent("response.image_generation_call.partial_image", index, output[index].id)
+                                    var partial = itemIDEvent("response.image_generation_call.partial_image", index, output[index].id)
                                     partial.partialImageIndex = partials
                                     partial.partialImageB64 = image.data
                                     partials += 1
@@ -168,25 +168,24 @@ extension ResponsesController {
                                     if !clientGone { delivered[item.id] = finished }
                                     // The stored form keeps the result by name, not in memory twice.
                                     output[index].result = nil
-                                case .reasoning(let text):
+                                case .reasoning:
                                     if reasoningIndex == nil {
                                         reasoningIndex = output.count
                                         output.append(.reasoning(id: Self.newID("rs_"), text: ""))
                                         await send(itemEvent("response.output_item.added", reasoningIndex!, output[reasoningIndex!]))
                                     }
                                     output[reasoningIndex!].summary = [.init(type: "summary_text", text: answer.reasoning)]
-                                    _ = text
                                 case .text(let text):
                                     if messageIndex == nil {
                                         messageIndex = output.count
                                         output.append(.message(id: Self.newID("msg_"), status: "in_progress", content: []))
                                         await send(itemEvent("response.output_item.added", messageIndex!, output[messageIndex!]))
-                                        var part = imageEvent("response.content_part.added", messageIndex!, output[messageIndex!].id)
+                                        var part = itemIDEvent("response.content_part.added", messageIndex!, output[messageIndex!].id)
                                         part.contentIndex = 0
                                         part.part = .outputText("")
                                         await send(part)
                                     }
-                                    var delta = imageEvent("response.output_text.delta", messageIndex!, output[messageIndex!].id)
+                                    var delta = itemIDEvent("response.output_text.delta", messageIndex!, output[messageIndex!].id)
                                     delta.contentIndex = 0
                                     delta.delta = text
                                     delta.logprobs = []
@@ -198,7 +197,7 @@ extension ResponsesController {
                         if clientGone { break loop }
                     }
                     if clientGone, !delivered.isEmpty, !finished, failure == nil {
-                        // The client has an image or text: read on for the usage Google reports at the end.
+                        // The client has an image: read on for the usage Google reports at the end.
                         let rest = await UpstreamStream.drain(channel)
                         if let usage = rest.usage { answer.usage = usage }
                         failure = rest.failure
@@ -212,12 +211,12 @@ extension ResponsesController {
                 if let index = messageIndex {
                     output[index].status = "completed"
                     output[index].content = [.outputText(answer.text)]
-                    var done = imageEvent("response.output_text.done", index, output[index].id)
+                    var done = itemIDEvent("response.output_text.done", index, output[index].id)
                     done.contentIndex = 0
                     done.text = answer.text
                     done.logprobs = []
                     await send(done)
-                    var part = imageEvent("response.content_part.done", index, output[index].id)
+                    var part = itemIDEvent("response.content_part.done", index, output[index].id)
                     part.contentIndex = 0
                     part.part = .outputText(answer.text)
                     await send(part)
@@ -237,8 +236,6 @@ extension ResponsesController {
                 if let failure {
                     response.status = "failed"
                     response.error = .init(code: failure.code ?? "server_error", message: failure.message)
-                    // A stream Google broke before any image is a failed answer: its text is not charged.
-                    if delivered.isEmpty { answer.text = "" }
                 }
                 do throws(GatewayError) {
                     try await controller.complete(

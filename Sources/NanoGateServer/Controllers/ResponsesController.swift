@@ -393,16 +393,26 @@ struct ResponsesController {
             }
         }
         if let answer, answer.blocked == nil, !answer.images.isEmpty || !answer.text.isEmpty {
+            // Google's own bytes (their signatures are keyed on them): the delivered copy's name
+            // when no conversion changed them, else a copy of their own.
+            let imageIDs = stored.response.output.filter { $0.type == "image_generation_call" }.map(\.id)
             var names: [StoredResponse.Image] = []
-            for image in answer.images { names.append(try await keep(image.data)) }
+            for (index, image) in answer.images.enumerated() {
+                if index < imageIDs.count, let name = stored.resultNames[imageIDs[index]], delivered[imageIDs[index]]?.base64 == image.data.data {
+                    names.append(StoredResponse.Image(name: name, mimeType: image.data.mimeType))
+                } else {
+                    names.append(try await keep(image.data))
+                }
+            }
             stored.conversation.append(.init(role: "model", text: answer.text, images: names))
         }
         let body = String(decoding: try JSONEncoder().encode(stored), as: UTF8.self)
-        let ttl = pipeline.images.ttl
-        try await store.saveResponse(
-            id: response.id, keyID: job.key.id, status: response.status, body: body,
-            expiresAt: Date().addingTimeInterval(TimeInterval(ttl.components.seconds))
-        )
+        let expires = Date().addingTimeInterval(TimeInterval(pipeline.images.ttl.components.seconds))
+        // In a task of its own: SQLKit refuses calls from a cancelled task, and a cancelled
+        // background response still records how it ended.
+        try await Task { [store, keyID = job.key.id] in
+            try await store.saveResponse(id: response.id, keyID: keyID, status: response.status, body: body, expiresAt: expires)
+        }.value
     }
 
     /// The key's stored response. A background response still `queued` or `in_progress` past
@@ -450,10 +460,11 @@ struct ResponsesController {
     @Sendable func delete(_ request: Request, context: GatewayRequestContext) async throws -> Response {
         let key = try context.requireKey()
         let id = try context.parameters.require("id")
+        // A background response running here stops (and writes how it ended) before the row goes.
+        if try await loadStored(id: id, keyID: key.id) != nil, let running = background.cancel(id: id) { await running.value }
         let deleted: Bool
         do { deleted = try await store.deleteResponse(id: id, keyID: key.id) } catch { throw GatewayError.internal("Stored responses could not be changed.") }
         guard deleted else { throw Self.notFound(id) }
-        background.cancel(id: id)
         struct Deleted: Encodable {
             var id: String
             var object = "response"
@@ -462,7 +473,9 @@ struct ResponsesController {
         return try json(Deleted(id: id), sortedKeys: false)
     }
 
-    /// Cancels a background response still queued or running; its charge is what was delivered (nothing).
+    /// Cancels a background response still queued or running here and answers it as it ended:
+    /// `cancelled` (nothing charged) when the cancel came before Google's answer was taken,
+    /// else `completed` (charged, its images kept).
     @Sendable func cancel(_ request: Request, context: GatewayRequestContext) async throws -> Response {
         let key = try context.requireKey()
         let id = try context.parameters.require("id")
@@ -470,10 +483,10 @@ struct ResponsesController {
         guard stored.response.background else {
             throw GatewayError.invalidParameter(nil, "Only background responses can be cancelled.")
         }
-        if ["queued", "in_progress"].contains(stored.response.status), background.cancel(id: id) {
-            stored.response.status = "cancelled"
-            let body = String(decoding: try JSONEncoder().encode(stored), as: UTF8.self)
-            try await store.saveResponse(id: id, keyID: key.id, status: "cancelled", body: body, expiresAt: Date().addingTimeInterval(TimeInterval(pipeline.images.ttl.components.seconds)))
+        if ["queued", "in_progress"].contains(stored.response.status), let running = background.cancel(id: id) {
+            // The task writes how it ended (one writer: no cancelled row over a charged answer).
+            await running.value
+            stored = try await loadStored(id: id, keyID: key.id) ?? stored
         }
         return try json(stored.response, sortedKeys: false)
     }
@@ -492,12 +505,14 @@ struct ResponsesController {
                 return try await answer(job, settlement: settlement, logger: logger)
             }
         } catch {
-            // A cancel or a delete already wrote (or removed) the row.
-            guard !Task.isCancelled else { return }
-            var failed = job.shell
-            failed.status = "failed"
-            failed.error = .init(code: error.code ?? "server_error", message: error.message)
-            try? await save(failed, job: job, answer: nil)
+            var ended = job.shell
+            if Task.isCancelled {
+                ended.status = "cancelled"
+            } else {
+                ended.status = "failed"
+                ended.error = .init(code: error.code ?? "server_error", message: error.message)
+            }
+            try? await save(ended, job: job, answer: nil)
         }
     }
 }
@@ -515,7 +530,8 @@ struct ResponseAnswer: Sendable {
     /// One piece of an answer, in the order Google sent it.
     enum Piece: Sendable {
         case text(String)
-        case reasoning(String)
+        /// More of the thought summary (`reasoning` holds it whole).
+        case reasoning
         case image(GeminiWire.InlineData)
         /// An interim thought image (Gemini 3 Pro): a partial image for a stream.
         case thoughtImage(GeminiWire.InlineData)
@@ -534,7 +550,7 @@ struct ResponseAnswer: Sendable {
                 if let image = part.inlineData { pieces.append(.thoughtImage(image)) }
                 if let text = part.text, !text.isEmpty {
                     reasoning += text
-                    pieces.append(.reasoning(text))
+                    pieces.append(.reasoning)
                 }
                 continue
             }
@@ -606,11 +622,10 @@ final class BackgroundResponses: Sendable {
         tasks.withLock { $0[id] != nil }
     }
 
-    /// Cancels the response's task; false when none runs here.
-    @discardableResult
-    func cancel(id: String) -> Bool {
-        guard let task = tasks.withLock({ $0.removeValue(forKey: id) }) else { return false }
+    /// Cancels the response's task and returns it (to await its end); nil when none runs here.
+    func cancel(id: String) -> Task<Void, Never>? {
+        guard let task = tasks.withLock({ $0.removeValue(forKey: id) }) else { return nil }
         task.cancel()
-        return true
+        return task
     }
 }

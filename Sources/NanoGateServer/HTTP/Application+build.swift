@@ -217,7 +217,7 @@ func makeGatewayParts(
     addPublicRoutes(api)
     // MCP (issue 26): image tools for agents, on the caller's key.
     MCPController(
-        catalog: configuration.catalog, images: images, models: models, store: dependencies.store,
+        images: images, models: models, store: dependencies.store,
         keepAliveInterval: configuration.keepAliveInterval, maxRequestBytes: configuration.inputs.maxRequestBytes
     ).addRoutes(to: router.group("mcp").add(middleware: APIKeyAuthenticator(keys: dependencies.database.keys)).add(middleware: DisconnectMiddleware()))
     native.addRoutes(to: router.group("v1beta").add(middleware: APIKeyAuthenticator(keys: dependencies.database.keys)).add(middleware: DisconnectMiddleware()), listModels: true)
